@@ -1,0 +1,91 @@
+"""Backends: one small interface (`base.Backend`), engines imported lazily.
+
+`create_backend("auto", ...)` picks the best that can run here: TensorRT on an
+NVIDIA GPU with engines or ONNX graphs, then ONNX Runtime for an exported
+bundle, then PyTorch. The log says which one ran.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+from ..bundle import BundleConfig
+from ..errors import BackendUnavailable
+from .base import ArrayBackend, Backend
+
+__all__ = ["Backend", "ArrayBackend", "BACKENDS", "create_backend", "available_backends"]
+
+log = logging.getLogger("v2m.backend")
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+def _has(mod: str) -> bool:
+    try:
+        return importlib.util.find_spec(mod) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def available_backends() -> dict[str, bool]:
+    """Which backends' engines are importable here (not whether a bundle has graphs for them)."""
+    return {"torch": _has("torch"), "onnxruntime": _has("onnxruntime"), "tensorrt": _has("tensorrt")}
+
+
+def _is_exported(bundle_dir: Path) -> bool:
+    return (bundle_dir / "manifest.json").is_file()
+
+
+def create_backend(
+    name: str, bundle_dir: str | Path, cfg: BundleConfig, device: str = "cpu", precision: str = "fp32"
+) -> Backend:
+    """Instantiate backend `name` (torch, onnxruntime, tensorrt or auto) for a bundle."""
+    bundle_dir = Path(bundle_dir)
+    if name == "auto":
+        name = _pick_auto(bundle_dir, device)
+        log.info("backend auto -> %s", name)
+    if name == "torch":
+        if not _has("torch"):
+            raise BackendUnavailable("the torch backend needs PyTorch (pip install torch); or export the bundle and use --backend onnxruntime")
+        from .torch_backend import TorchBackend
+
+        return TorchBackend(bundle_dir, cfg, device=device, precision=precision)
+    if name == "onnxruntime":
+        if not _has("onnxruntime"):
+            raise BackendUnavailable("the onnxruntime backend needs ONNX Runtime: pip install 'v2m-runtime[ort]' (or [ort-gpu])")
+        from .ort_backend import OrtBackend
+
+        return OrtBackend(bundle_dir, cfg, device=device, precision=precision)
+    if name == "tensorrt":
+        if not _has("tensorrt"):
+            raise BackendUnavailable("the tensorrt backend needs TensorRT 10 and an NVIDIA GPU: pip install 'v2m-runtime[trt]'")
+        from .trt_backend import TensorRTBackend
+
+        return TensorRTBackend(bundle_dir, cfg, device=device, precision=precision)
+    raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or auto")
+
+
+def _pick_auto(bundle_dir: Path, device: str) -> str:
+    have = available_backends()
+    exported = _is_exported(bundle_dir)
+    gpu = device.startswith("cuda") or device == "auto"
+    if exported and gpu and have["tensorrt"]:
+        return "tensorrt"
+    if have["torch"] and (bundle_dir / "dit.safetensors").is_file():
+        if gpu:
+            import torch
+
+            if torch.cuda.is_available():
+                return "torch"
+        if not (exported and have["onnxruntime"]):
+            return "torch"
+    if exported and have["onnxruntime"]:
+        return "onnxruntime"
+    if have["torch"]:
+        return "torch"
+    raise BackendUnavailable(
+        f"no backend can run {bundle_dir}: install torch for a PyTorch bundle, or export it "
+        "(`v2m export`) and install onnxruntime"
+    )

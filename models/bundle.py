@@ -1,0 +1,143 @@
+"""Create and load model bundles (the directory format is described in `v2m.runtime.bundle`).
+
+`init_bundle` writes a random-weight bundle for any preset: the tiny one is what
+`v2m demo` and the tests run. `load_component` builds one PyTorch module from a
+bundle with strict, one-line-error loading.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from v2m.runtime.bundle import AudioConfig, BundleConfig, CurveConfig, SamplerConfig, load_config
+from v2m.runtime.errors import BundleError
+
+from . import dinov2 as dinov2_mod
+from . import dit as dit_mod
+from . import text as text_mod
+from . import vae as vae_mod
+from .checkpoint import apply_state_dict, load_safetensors, save_safetensors
+
+__all__ = ["BUNDLE_PRESETS", "bundle_config", "init_bundle", "load_component", "build_component"]
+
+log = logging.getLogger("v2m.bundle")
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+# preset -> (DiT, VAE, DINOv2 preset, encoder input px, text preset)
+BUNDLE_PRESETS: dict[str, tuple[str, str, str, int, str]] = {
+    "tiny": ("tiny", "tiny", "tiny", 112, "tiny"),
+    "small": ("small", "small", "vits14", 224, "small"),
+    "full": ("full", "full", "vitl14", 224, "full"),
+}
+
+
+def bundle_config(preset: str) -> BundleConfig:
+    """The config of a random bundle of `preset` (tiny, small or full)."""
+    if preset not in BUNDLE_PRESETS:
+        raise BundleError(f"unknown preset {preset!r}; choose one of {sorted(BUNDLE_PRESETS)}")
+    dit_p, vae_p, enc_p, px, text_p = BUNDLE_PRESETS[preset]
+    dit_cfg = dit_mod.PRESETS[dit_p]
+    vae_cfg = vae_mod.PRESETS[vae_p]
+    if vae_cfg.latent_channels != dit_cfg.latent_channels:
+        raise AssertionError(f"preset {preset}: VAE and DiT latent channels differ")
+    return BundleConfig(
+        preset=preset,
+        dit=dit_cfg.to_dict(),
+        vae=vae_cfg.to_dict(),
+        encoder={
+            "kind": "dinov2",
+            "config": dinov2_mod.PRESETS[enc_p].to_dict(),
+            "input_size": px,
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+            "pooling": "mean_patch",  # the paper's spatial pooling of the final-normed patch tokens
+        },
+        text=text_mod.PRESETS[text_p].to_dict(),
+        sampler=SamplerConfig(),
+        curve=CurveConfig(),
+        audio=AudioConfig(hop_length=vae_cfg.hop_length),
+    )
+
+
+def build_component(cfg: BundleConfig, name: str) -> nn.Module:
+    """An uninitialized module for one component of a bundle config."""
+    if name == "dit":
+        return dit_mod.DiT(dit_mod.DiTConfig.from_dict(cfg.dit))
+    if name == "vae":
+        return vae_mod.OobleckDecoder(vae_mod.OobleckConfig.from_dict(cfg.vae))
+    if name == "encoder":
+        if cfg.encoder.get("kind", "dinov2") != "dinov2":
+            raise BundleError(f"unknown frame encoder kind {cfg.encoder.get('kind')!r}")
+        return dinov2_mod.DINOv2(dinov2_mod.DINOv2Config.from_dict(cfg.encoder["config"]))
+    raise BundleError(f"unknown bundle component {name!r}")
+
+
+def _randomize(module: nn.Module, generator: torch.Generator) -> None:
+    """Deterministic random init of every parameter, whatever the module's own init does."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=generator) / fan_in**0.5)
+            elif name.endswith(("alpha", "beta")):  # Snake: log-scale parameters start at 0 (= 1)
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+            elif "norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            elif "lambda" in name or "gamma" in name or name.endswith(("ls1", "ls2")):
+                p.fill_(0.1)  # LayerScale
+            else:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
+
+
+def init_bundle(
+    preset: str, out_dir: str | Path, seed: int = 0, dtype: torch.dtype = torch.float32, overwrite: bool = False
+) -> Path:
+    """Write a random-weight bundle of `preset` to `out_dir`."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        if not (out / "config.json").is_file():
+            raise BundleError(f"{out} exists and is not empty; choose another directory")
+        if load_config(out).preset != preset:
+            raise BundleError(f"{out} holds another bundle; pass --overwrite to replace it")
+    cfg = bundle_config(preset)
+    out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    meta = {"format": "v2m", "preset": preset, "seed": str(seed), "weights": "random"}
+    for name in ("encoder", "vae", "dit"):
+        module = build_component(cfg, name)
+        _randomize(module, gen)
+        if name == "dit":
+            module.init_weights(gen)
+        state = {k: v.to(dtype) for k, v in module.state_dict().items()}
+        save_safetensors(state, out / f"{name}.safetensors", metadata={**meta, "component": name})
+        log.info("wrote %s (%.1fM parameters)", out / f"{name}.safetensors", sum(v.numel() for v in state.values()) / 1e6)
+    text_cfg = text_mod.TextConfig(**cfg.text)
+    save_safetensors(
+        text_mod.init_builtin_table(text_cfg, cfg.text_dim, gen), out / "text.safetensors", metadata={**meta, "component": "text"}
+    )
+    cfg.save(out)
+    return out
+
+
+def load_component(
+    bundle_dir: str | Path,
+    name: str,
+    cfg: BundleConfig | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """Build component `name` of a bundle and load its weights strictly, in eval mode."""
+    bundle_dir = Path(bundle_dir)
+    cfg = cfg or load_config(bundle_dir)
+    path = bundle_dir / f"{name}.safetensors"
+    if not path.is_file():
+        raise BundleError(f"{bundle_dir}: component '{name}' is missing ({path.name}); the bundle is incomplete")
+    module = build_component(cfg, name)
+    apply_state_dict(module, load_safetensors(path), where=str(path))
+    return module.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,314 @@
+"""The whole path: video -> frames -> features -> event curve -> sampler -> VAE -> audio.
+
+```python
+from v2m.runtime import Pipeline
+pipe = Pipeline.from_pretrained("tiny-bundle", backend="torch", device="cpu", precision="fp32")
+result = pipe.generate("clip.mp4", prompt="warm synth pop", seed=7)
+result.mux("clip.mp4", "clip_music.mp4")      # or result.save("music.wav")
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import curves as curves_mod
+from . import media, sampler, video
+from .backends import Backend, create_backend
+from .bundle import BundleConfig, load_config
+from .errors import InputError, NumericalError
+from .text import PrecomputedText, TextEncoder, load_text_encoder
+
+__all__ = ["Pipeline", "GenerationResult", "CurveResult"]
+
+log = logging.getLogger("v2m.pipeline")
+
+STAGES = ("decode", "encode", "curve", "text", "sampler", "vae", "write")
+
+
+@dataclass
+class CurveResult:
+    curve: np.ndarray  # [L] float32
+    duration_s: float
+    num_frames: int  # frames sampled at curve_fps
+    curve_fps: float
+    latent_rate: float
+    curve_impl: str  # "numpy" or "triton"
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationResult:
+    """What `Pipeline.generate` returns. `audio` is float32 [2, N] at `sample_rate`."""
+
+    audio: np.ndarray
+    sample_rate: int
+    curve: np.ndarray
+    seed: int
+    prompt: str
+    duration_s: float
+    latents: np.ndarray  # [C, L] float32
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    step_ms: list[float] = field(default_factory=list)  # per sampler step (CPU clock or CUDA events)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the audio to .wav or .flac (atomically)."""
+        t0 = time.perf_counter()
+        kind = media.check_output_path(path)
+        if kind == "video":
+            raise InputError(f"{path}: saving music to a video needs the source video; use result.mux(video, path)")
+        media.write_audio(path, self.audio, self.sample_rate)
+        self.timings["write"] = time.perf_counter() - t0
+        return Path(path)
+
+    def mux(self, video_path: str | Path, path: str | Path, keep_audio_db: float | None = None) -> Path:
+        """Write `path`: the video stream of `video_path` copied bit-for-bit plus this music as AAC."""
+        t0 = time.perf_counter()
+        media.check_output_path(path, video_path)
+        media.mux(video_path, self.audio, self.sample_rate, path, keep_audio_db=keep_audio_db)
+        self.timings["write"] = time.perf_counter() - t0
+        return Path(path)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str, sync: Callable[[], None] | None = None):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        if sync is not None:
+            sync()
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
+    """Run iterator `it` in a background thread (PyAV decodes without the GIL), `depth` items ahead."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in it:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            q.put(e)
+
+    th = threading.Thread(target=work, name="v2m-decode", daemon=True)
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while th.is_alive():  # drain so the worker is not stuck on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                th.join(timeout=0.05)
+
+
+class Pipeline:
+    """A loaded bundle on one backend. Build with `Pipeline.from_pretrained`."""
+
+    def __init__(self, bundle_dir: Path, config: BundleConfig, backend: Backend, text_encoder: TextEncoder):
+        self.bundle_dir = bundle_dir
+        self.config = config
+        self.backend = backend
+        self.text_encoder = text_encoder
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        backend: str = "torch",
+        device: str = "cpu",
+        precision: str = "fp32",
+    ) -> Pipeline:
+        """Load a bundle directory.
+
+        Args:
+            path: bundle directory (`v2m init-model`, or an exported one from `v2m export`).
+            backend: torch, onnxruntime, tensorrt or auto.
+            device: cpu, cuda, cuda:N or auto.
+            precision: fp32, fp16 or bf16 (the backend's compute precision).
+        """
+        path = Path(path)
+        cfg = load_config(path)
+        be = create_backend(backend, path, cfg, device=device, precision=precision)
+        text = load_text_encoder(path, cfg.text, cfg.text_dim, device=be.device)
+        log.info("loaded %s (preset %s) on %s", path, cfg.preset, be.describe())
+        return cls(path, cfg, be, text)
+
+    # --- stages ---------------------------------------------------------------------
+    def encode_video(self, video_path: str | Path, timings: dict[str, float] | None = None, batch_size: int = 32):
+        """Decode (background thread) and encode (this thread) in batches: features [T, D]."""
+        timings = {} if timings is None else timings
+        enc = self.config.encoder
+        size = int(enc["input_size"])
+        reader = video.VideoReader(video_path)
+        batches = _prefetch(reader.sample(self.config.curve_fps, size, batch_size=batch_size))
+        feats = []
+        t_enc = 0.0
+        t_start = time.perf_counter()
+        for frames in batches:
+            t0 = time.perf_counter()
+            pixels = video.normalize(frames, enc["mean"], enc["std"])
+            feats.append(self.backend.encode_frames(pixels))
+            t_enc += time.perf_counter() - t0
+        self.backend.synchronize()
+        total = time.perf_counter() - t_start
+        timings["encode"] = timings.get("encode", 0.0) + t_enc
+        timings["decode"] = timings.get("decode", 0.0) + max(total - t_enc, 0.0)  # decode not hidden by encode
+        if not feats:
+            raise InputError(f"{video_path}: no video frames could be decoded")
+        if hasattr(feats[0], "device"):  # device tensors (torch backend on CUDA)
+            import torch
+
+            features = torch.cat(feats)
+        else:
+            features = np.concatenate(feats)
+        return features, reader
+
+    def compute_curve(self, features, duration_s: float) -> tuple[np.ndarray, str]:
+        """Event curve from features: the Triton kernel for CUDA tensors, else the numpy reference."""
+        length = curves_mod.latent_length(duration_s, self.config.latent_rate)
+        fps, rate, k = self.config.curve_fps, self.config.latent_rate, self.config.curve.kernel
+        if getattr(getattr(features, "device", None), "type", None) == "cuda":
+            from v2m.kernels import event_curve as kernel
+
+            if kernel.triton_available():
+                import torch
+
+                t = torch.tensor([features.shape[0]], device=features.device)
+                out = kernel.event_curves(features[None], t, torch.tensor([length], device=features.device), fps, rate, k)
+                log.debug("event curve: triton kernel")
+                return out[0, :length].cpu().numpy(), "triton"
+            features = features.cpu().numpy()
+            log.info("event curve: numpy reference (triton not available)")
+        elif hasattr(features, "numpy"):
+            features = features.cpu().numpy()
+        return curves_mod.event_curve(np.asarray(features), length, fps, rate, k), "numpy"
+
+    def curve(self, video_path: str | Path) -> CurveResult:
+        """The event curve of a video, at the latent frame rate."""
+        timings: dict[str, float] = {}
+        features, reader = self.encode_video(video_path, timings)
+        with _timed(timings, "curve"):
+            c, impl = self.compute_curve(features, reader.duration_s)
+        return CurveResult(c, reader.duration_s, int(features.shape[0]), self.config.curve_fps, self.config.latent_rate, impl, timings)
+
+    def encode_text(self, prompt: str, text_embeddings: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+        enc = PrecomputedText(text_embeddings, dim=self.config.text_dim) if text_embeddings else self.text_encoder
+        emb, mask = enc.encode(prompt)
+        return emb, mask
+
+    # --- the main job ----------------------------------------------------------------
+    def generate(
+        self,
+        video_path: str | Path,
+        prompt: str = "",
+        seed: int | None = None,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        text_embeddings: str | Path | None = None,
+        profile_steps: bool = True,
+        on_step: Callable[[int], None] | None = None,
+    ) -> GenerationResult:
+        """Generate music for a video.
+
+        Args:
+            video_path: any container/codec FFmpeg reads.
+            prompt: text prompt (style, instruments, mood).
+            seed: noise seed; None draws one (returned in the result).
+            steps: Euler steps (default: the bundle's, 96).
+            cfg_scale: classifier-free guidance weight (default: the bundle's).
+            text_embeddings: a safetensors file of precomputed embeddings, instead of the prompt.
+            profile_steps: record per-step latency (CPU clock; a sync per step on GPUs).
+            on_step: called with the step index after each step (progress bars).
+        """
+        cfg = self.config
+        seed = sampler.resolve_seed(seed)
+        steps = int(steps or cfg.sampler.steps)
+        cfg_scale = float(cfg.sampler.cfg_scale if cfg_scale is None else cfg_scale)
+        timings: dict[str, float] = {}
+        sync = self.backend.synchronize
+
+        features, reader = self.encode_video(video_path, timings)
+        duration = reader.duration_s
+        with _timed(timings, "curve"):
+            curve, curve_impl = self.compute_curve(features, duration)
+        length = curve.shape[0]
+        if length > cfg.sampler.max_frames:
+            log.warning(
+                "video is %.1f s, longer than the %.1f s the model was trained on; generating it in one window",
+                duration, cfg.max_seconds,
+            )
+        with _timed(timings, "text"):
+            emb, mask = self.encode_text(prompt, text_embeddings)
+
+        noise = sampler.initial_noise(seed, (1, cfg.latent_channels, length))
+        ts = sampler.timesteps(steps)
+        step_ms: list[float] = []
+        last = [time.perf_counter()]
+
+        def step_hook(i: int) -> None:
+            if profile_steps:
+                sync()
+                now = time.perf_counter()
+                step_ms.append((now - last[0]) * 1e3)
+                last[0] = now
+            if on_step is not None:
+                on_step(i)
+
+        with _timed(timings, "sampler", sync):
+            last[0] = time.perf_counter()
+            latents = self.backend.sample(
+                noise, curve[None, None, :].astype(np.float32), emb[None], mask[None], ts, cfg_scale,
+                cfg.sampler.uncond_keeps_curve, step_hook,
+            )
+        if not np.isfinite(latents).all():
+            raise NumericalError("the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)")
+        with _timed(timings, "vae", sync):
+            audio = self.backend.decode(latents)[0]
+        audio = media.finalize_audio(audio, duration, cfg.audio.sample_rate, cfg.audio.fade_out_s)
+        log.info("generated %.2f s of audio (seed %d) in %.2f s", duration, seed, sum(timings.values()))
+        return GenerationResult(
+            audio=audio,
+            sample_rate=cfg.audio.sample_rate,
+            curve=curve,
+            seed=seed,
+            prompt=prompt,
+            duration_s=duration,
+            latents=latents[0],
+            timings=timings,
+            step_ms=step_ms,
+            info={
+                **self.backend.describe(),
+                "preset": cfg.preset,
+                "steps": steps,
+                "cfg_scale": cfg_scale,
+                "latent_frames": length,
+                "curve_frames": int(features.shape[0]),
+                "curve_impl": curve_impl,
+            },
+        )
