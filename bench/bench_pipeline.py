@@ -1,0 +1,108 @@
+"""End-to-end pipeline benchmark: per-stage wall time and per-step sampler latency.
+
+    python bench/bench_pipeline.py --presets tiny,small --device cpu
+    python bench/bench_pipeline.py --presets tiny --backend onnxruntime   # an exported bundle
+
+For each preset: a random-weight bundle, a generated test video with scene
+cuts, one warm-up generation, then `--repeats` timed ones. One JSON line per
+(preset, backend, device) in bench/results/pipeline.jsonl with the median of
+each stage, sampler step median/p10/p90 and the real-time factor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+log = logging.getLogger("v2m.bench.pipeline")
+
+
+def prepare(preset: str, work: Path, backend: str, duration: float) -> tuple[Path, Path]:
+    from v2m.models.bundle import init_bundle
+    from v2m.runtime import synth
+
+    bundle = work / f"{preset}-bundle"
+    if not (bundle / "config.json").is_file():
+        init_bundle(preset, bundle, seed=0)
+    if backend in ("onnxruntime", "tensorrt") and not (bundle / "manifest.json").is_file():
+        from v2m.export.exporter import export_bundle
+
+        export_bundle(bundle, bundle)
+    clip = work / f"clip-{duration:g}s.mp4"
+    if not clip.is_file():
+        synth.make_test_video(clip, duration_s=duration, size=(320, 240))
+    return bundle, clip
+
+
+def run(preset: str, backend: str, device: str, precision: str, duration: float, repeats: int, work: Path, out: Path | None):
+    from v2m.runtime import Pipeline
+
+    bundle, clip = prepare(preset, work, backend, duration)
+    pipe = Pipeline.from_pretrained(bundle, backend=backend, device=device, precision=precision)
+    pipe.generate(clip, prompt="warm synth pop", seed=0)  # warm-up (allocations, graph builds)
+    stage_runs: dict[str, list[float]] = {}
+    steps: list[float] = []
+    totals = []
+    for r in range(repeats):
+        res = pipe.generate(clip, prompt="warm synth pop", seed=r)
+        with tempfile.TemporaryDirectory() as td:
+            res.mux(clip, Path(td) / "out.mp4")
+        for k, v in res.timings.items():
+            stage_runs.setdefault(k, []).append(v)
+        steps.extend(res.step_ms)
+        totals.append(sum(res.timings.values()))
+    step = harness.summarize(steps)
+    row = {
+        "bench": "pipeline",
+        "preset": preset,
+        "backend": backend,
+        "precision": precision,
+        "duration_s": duration,
+        "L": int(res.curve.shape[0]),
+        "steps": len(res.step_ms),
+        "repeats": repeats,
+        **{f"{k}_s": float(np.median(v)) for k, v in stage_runs.items()},
+        "total_s": float(np.median(totals)),
+        "step_ms": step["median"],
+        "step_ms_p10": step["p10"],
+        "step_ms_p90": step["p90"],
+        "realtime_factor": duration / float(np.median(totals)),
+        **harness.environment(device),
+    }
+    harness.append_result("pipeline", row, out)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", default="tiny,small")
+    ap.add_argument("--backends", default="torch")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workdir", default=None, help="reuse bundles and clips here")
+    ap.add_argument("--out", default=None, help="results directory (default bench/results)")
+    args = ap.parse_args()
+    harness.setup_logging()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="v2m-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    for preset in args.presets.split(","):
+        for backend in args.backends.split(","):
+            row = run(preset, backend, args.device, args.precision, args.duration, args.repeats, work, args.out and Path(args.out))
+            log.info(
+                "%s/%s: total %.3f s (RTF %.1fx), step median %.2f ms, sampler %.3f s, vae %.3f s",
+                preset, backend, row["total_s"], row["realtime_factor"], row["step_ms"], row["sampler_s"], row["vae_s"],
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Synthetic test videos with known hard cuts.
+
+`make_test_video` writes a short clip whose scenes differ sharply (colour, stripe
+direction, gradient) with a little motion inside each scene, so frame features
+change a lot at the cuts and a little elsewhere. `v2m demo` and the tests use it;
+it needs only PyAV and numpy and writes 5 s at 160x120 in well under a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .errors import OutputError
+
+__all__ = ["make_test_video", "scene_palette"]
+
+logger = logging.getLogger(__name__)
+
+# Distinct, saturated scene colours (RGB); scene i uses entry i % len.
+_PALETTE = np.array(
+    [
+        (220, 40, 40),
+        (40, 200, 60),
+        (40, 70, 230),
+        (235, 210, 40),
+        (200, 50, 210),
+        (40, 210, 220),
+        (240, 140, 30),
+        (120, 120, 120),
+    ],
+    dtype=np.float32,
+)
+
+_CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".m4v": "mp4", ".mkv": "matroska"}
+_VFR_TIME_BASE = Fraction(1, 90000)  # the MPEG clock: fine enough for irregular pts
+
+
+def scene_palette() -> np.ndarray:
+    """The scene base colours, uint8 [8, 3] RGB (scene i uses row i % 8)."""
+    return _PALETTE.astype(np.uint8)
+
+
+def _render(t: float, scene: int, width: int, height: int) -> np.ndarray:
+    """One upright RGB frame (H, W, 3) uint8 of `scene` at time `t` seconds."""
+    y = np.arange(height, dtype=np.float32)[:, None]
+    x = np.arange(width, dtype=np.float32)[None, :]
+    base = _PALETTE[scene % len(_PALETTE)]
+    # Left-to-right gradient makes every scene asymmetric, so a wrong rotation shows.
+    shade = 0.55 + 0.45 * (x / max(width - 1, 1))  # (1, W)
+    # Stripes whose direction depends on the scene; they drift slowly over time.
+    angle = (scene * 0.7) % math.pi
+    period = 10.0 + 4.0 * (scene % 3)
+    phase = 2 * math.pi * (x * math.cos(angle) + y * math.sin(angle) + 6.0 * t) / period
+    stripes = 0.85 + 0.15 * np.sin(phase)  # (H, W)
+    img = base[None, None, :] * (shade * stripes)[:, :, None]  # (H, W, 3)
+    # A small bright square moving across the frame: motion inside a scene.
+    side = max(4, min(width, height) // 6)
+    cx = int((0.1 + 0.8 * ((t * 0.4) % 1.0)) * (width - side))
+    cy = int((0.5 + 0.3 * math.sin(2 * math.pi * 0.5 * t)) * (height - side))
+    img[cy : cy + side, cx : cx + side, :] = 250.0
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _frame_times(duration_s: float, fps: float, vfr: bool, seed: int) -> list[float]:
+    """Presentation times of the frames: regular 1/fps, or jittered in [0.5, 1.5]/fps."""
+    if not vfr:
+        return [i / fps for i in range(max(1, round(duration_s * fps)))]
+    rng = np.random.default_rng(seed)
+    times, t = [], 0.0
+    while t < duration_s - 1e-9:
+        times.append(t)
+        t += float(rng.uniform(0.5, 1.5)) / fps
+    return times
+
+
+def make_test_video(
+    path: str | os.PathLike,
+    duration_s: float = 5.0,
+    fps: float = 24.0,
+    size: tuple[int, int] = (160, 120),
+    cuts: tuple[float, ...] = (1.25, 2.5, 3.75),
+    codec: str = "libx264",
+    with_audio: bool = False,
+    rotation: int = 0,
+    vfr: bool = False,
+    seed: int = 0,
+) -> list[float]:
+    """Write a short video with hard scene cuts at `cuts` (seconds) and return them.
+
+    Args:
+        path: output file; .mp4, .mov, .m4v or .mkv.
+        duration_s: video duration in seconds.
+        fps: frame rate (the mean rate when `vfr`).
+        size: (width, height) as displayed, both even.
+        cuts: cut times in seconds; a frame at time t >= cut shows the next scene.
+        codec: video encoder, e.g. "libx264" or "mpeg4".
+        with_audio: add a stereo 44.1 kHz AAC sine track of the same duration.
+        rotation: display rotation in degrees counter-clockwise (0, 90, 180, 270).
+            The pixels are stored rotated the other way, so a player (or
+            `VideoReader`) that applies the rotation shows the same upright
+            `size` picture as `rotation=0`.
+        vfr: irregular frame timestamps (variable frame rate).
+        seed: seeds the VFR jitter.
+    """
+    path = Path(path)
+    fmt = _CONTAINERS.get(path.suffix.lower())
+    if fmt is None:
+        raise OutputError(f"cannot write a test video to {path.name}: use .mp4, .mov, .m4v or .mkv")
+    width, height = int(size[0]), int(size[1])
+    if width % 2 or height % 2 or width < 16 or height < 16:
+        raise ValueError(f"size must be even and at least 16x16, got {size}")
+    if rotation % 90:
+        raise ValueError(f"rotation must be a multiple of 90 degrees, got {rotation}")
+    k = (rotation // 90) % 4
+    cuts = sorted(float(c) for c in cuts)
+    times = _frame_times(duration_s, fps, vfr, seed)
+
+    coded_w, coded_h = (height, width) if k % 2 else (width, height)
+    with av.open(str(path), "w", format=fmt) as out:
+        rate = Fraction(fps).limit_denominator(1001)
+        vs = out.add_stream(codec, rate=rate)
+        vs.width, vs.height, vs.pix_fmt = coded_w, coded_h, "yuv420p"
+        if codec == "libx264":
+            # Every 12th frame a keyframe keeps seeks and truncation tests meaningful.
+            vs.options = {"preset": "ultrafast", "crf": "20", "g": "12"}
+        time_base = _VFR_TIME_BASE if vfr else 1 / rate
+        vs.codec_context.time_base = time_base
+        if rotation:
+            vs.set_display_rotation(rotation)
+        aus = out.add_stream("aac", rate=44100, layout="stereo") if with_audio else None
+
+        for i, t in enumerate(times):
+            scene = sum(t >= c - 1e-9 for c in cuts)
+            img = _render(t, scene, width, height)
+            if k:
+                # Store rotated clockwise by `rotation`; display undoes it (CCW).
+                img = np.ascontiguousarray(np.rot90(img, -k))
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = round(t / time_base) if vfr else i
+            frame.time_base = time_base
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode(None))
+
+        if aus is not None:
+            _write_sine(out, aus, duration_s)
+    logger.debug("wrote test video %s (%d frames, cuts %s)", path, len(times), cuts)
+    return cuts
+
+
+def _write_sine(out: av.container.OutputContainer, stream, duration_s: float) -> None:
+    """A 440/660 Hz stereo sine of exactly `duration_s`, encoded in 1024-sample frames."""
+    sr = 44100
+    n = round(duration_s * sr)
+    t = np.arange(n, dtype=np.float64) / sr
+    audio = np.stack([0.2 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 660 * t)])
+    audio = audio.astype(np.float32)  # (2, N)
+    for start in range(0, n, 1024):
+        chunk = np.ascontiguousarray(audio[:, start : start + 1024])
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+        frame.sample_rate = sr
+        frame.pts = start
+        frame.time_base = Fraction(1, sr)
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))

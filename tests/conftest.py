@@ -1,0 +1,69 @@
+"""Shared fixtures: small generated videos with known scene cuts.
+
+The session-scoped clips are written once per test run (well under a second
+each) by `v2m.runtime.synth.make_test_video`; treat them as read-only. Tests
+that need their own variant (rotation, VFR, odd length) use `make_video`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from v2m.runtime.synth import make_test_video
+
+
+@dataclass(frozen=True)
+class SynthVideo:
+    """A generated clip and what it was made with."""
+
+    path: Path
+    duration_s: float
+    fps: float
+    size: tuple[int, int]  # (width, height) as displayed
+    cuts: tuple[float, ...]  # scene cut times, seconds
+    has_audio: bool
+
+
+def _make(path: Path, duration_s: float, fps: float, cuts, with_audio: bool) -> SynthVideo:
+    size = (160, 120)
+    cuts = make_test_video(
+        path, duration_s=duration_s, fps=fps, size=size, cuts=cuts, with_audio=with_audio
+    )
+    return SynthVideo(path, duration_s, fps, size, tuple(cuts), with_audio)
+
+
+@pytest.fixture(scope="session")
+def synth_video(tmp_path_factory) -> SynthVideo:
+    """5 s, 24 fps, 160x120 H.264 .mp4, cuts at 1.25, 2.5, 3.75 s, no audio."""
+    d = tmp_path_factory.mktemp("synth")
+    return _make(d / "clip.mp4", 5.0, 24.0, (1.25, 2.5, 3.75), with_audio=False)
+
+
+@pytest.fixture(scope="session")
+def synth_video_audio(tmp_path_factory) -> SynthVideo:
+    """The `synth_video` clip plus a 5 s stereo 44.1 kHz AAC sine track."""
+    d = tmp_path_factory.mktemp("synth_audio")
+    return _make(d / "clip_audio.mp4", 5.0, 24.0, (1.25, 2.5, 3.75), with_audio=True)
+
+
+@pytest.fixture(scope="session")
+def short_video(tmp_path_factory) -> SynthVideo:
+    """2 s, 24 fps, 160x120 .mp4, cuts at 0.5 and 1.25 s, no audio: for end-to-end runs."""
+    d = tmp_path_factory.mktemp("synth_short")
+    return _make(d / "short.mp4", 2.0, 24.0, (0.5, 1.25), with_audio=False)
+
+
+@pytest.fixture
+def make_video(tmp_path) -> Callable[..., Path]:
+    """Factory: `make_video("name.mp4", **make_test_video_kwargs)` -> path in tmp_path."""
+
+    def make(name: str = "video.mp4", **kwargs) -> Path:
+        path = tmp_path / name
+        make_test_video(path, **kwargs)
+        return path
+
+    return make
