@@ -8,6 +8,7 @@ bundle with strict, one-line-error loading.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -95,6 +96,21 @@ def _randomize(module: nn.Module, generator: torch.Generator) -> None:
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
 
 
+@torch.no_grad()
+def _calibrate_vae(vae: nn.Module, generator: torch.Generator, channels: int, target_rms: float = 0.1) -> None:
+    """Scale the last conv so unit-Gaussian latents decode to audio of RMS `target_rms`.
+
+    A randomly initialized Oobleck decoder's gain compounds over ~20 layers (Snake
+    adds sin^2 terms); without this the random bundles' audio would sit at +40 dB
+    and be clipped flat. Trained checkpoints never go through here.
+    """
+    z = torch.randn(1, channels, 8, generator=generator)
+    rms = vae(z).pow(2).mean().sqrt().item()
+    if rms > 0 and math.isfinite(rms):
+        last = [m for m in vae.modules() if isinstance(m, nn.Conv1d) and not isinstance(m, nn.ConvTranspose1d)][-1]
+        last.weight.mul_(target_rms / rms)
+
+
 def init_bundle(
     preset: str, out_dir: str | Path, seed: int = 0, dtype: torch.dtype = torch.float32, overwrite: bool = False
 ) -> Path:
@@ -114,6 +130,8 @@ def init_bundle(
         _randomize(module, gen)
         if name == "dit":
             module.init_weights(gen)
+        if name == "vae":
+            _calibrate_vae(module, gen, cfg.latent_channels)
         state = {k: v.to(dtype) for k, v in module.state_dict().items()}
         save_safetensors(state, out / f"{name}.safetensors", metadata={**meta, "component": name})
         log.info("wrote %s (%.1fM parameters)", out / f"{name}.safetensors", sum(v.numel() for v in state.values()) / 1e6)

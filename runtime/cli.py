@@ -133,12 +133,12 @@ def cmd_curve(args) -> int:
             "curve": [round(float(v), 6) for v in res.curve],
         }))
     else:
-        import numpy as np
+        from .curves import curve_peaks
 
-        peaks = np.argsort(res.curve)[::-1][:5]
+        peaks = curve_peaks(res.curve, 5)
         print(f"{args.video}: {res.duration_s:.2f} s, {res.num_frames} frames at {res.curve_fps:.3f} fps, "
               f"curve of {res.curve.size} latent frames ({res.curve_impl})")
-        print("strongest events at: " + ", ".join(f"{i / res.latent_rate:.2f} s" for i in sorted(peaks)))
+        print("strongest events at: " + ", ".join(f"{i / res.latent_rate:.2f} s" for i in peaks))
     return 0
 
 
@@ -203,7 +203,9 @@ def cmd_demo(args) -> int:
     pipe = _load_pipeline(args)
     result = pipe.generate(clip, prompt=args.prompt, seed=args.seed)
     result.mux(clip, out)
-    peaks = sorted(int(i) for i in result.curve.argsort()[::-1][: len(cuts)])
+    from .curves import curve_peaks
+
+    peaks = curve_peaks(result.curve, len(cuts))
     print(f"demo: event curve peaks at {', '.join(f'{i / pipe.config.latent_rate:.2f}' for i in peaks)} s")
     print(f"wrote {out} ({result.duration_s:.2f} s, seed {result.seed}, backend {result.info['backend']} "
           f"on {result.info['device']}, setup {t_setup:.2f} s)")

@@ -29,6 +29,7 @@ __all__ = [
     "hann_smooth",
     "event_curve",
     "latent_length",
+    "curve_peaks",
 ]
 
 COS_EPS = 1e-8  # floor of ||a|| * ||b|| in the cosine
@@ -113,3 +114,18 @@ def event_curve(
         return np.zeros(length, dtype=np.float32)
     z = standardize(dissimilarity(features))
     return hann_smooth(resample(z, fps, length, latent_rate), kernel).astype(np.float32)
+
+
+def curve_peaks(curve: np.ndarray, count: int, min_distance: int = 4) -> np.ndarray:
+    """Indices of the `count` highest local maxima at least `min_distance` frames apart, in time order."""
+    c = np.asarray(curve, dtype=np.float64)
+    order = np.argsort(-c, kind="stable")
+    picked: list[int] = []
+    for i in order:
+        if len(picked) == count:
+            break
+        left = c[i - 1] if i > 0 else -np.inf
+        right = c[i + 1] if i + 1 < c.size else -np.inf
+        if c[i] >= left and c[i] >= right and all(abs(int(i) - p) >= min_distance for p in picked):
+            picked.append(int(i))
+    return np.array(sorted(picked), dtype=np.int64)

@@ -181,19 +181,19 @@ class Pipeline:
         timings["decode"] = timings.get("decode", 0.0) + max(total - t_enc, 0.0)  # decode not hidden by encode
         if not feats:
             raise InputError(f"{video_path}: no video frames could be decoded")
-        if hasattr(feats[0], "device"):  # device tensors (torch backend on CUDA)
+        if isinstance(feats[0], np.ndarray):
+            features = np.concatenate(feats)
+        else:  # device tensors (torch backend on CUDA)
             import torch
 
             features = torch.cat(feats)
-        else:
-            features = np.concatenate(feats)
         return features, reader
 
     def compute_curve(self, features, duration_s: float) -> tuple[np.ndarray, str]:
         """Event curve from features: the Triton kernel for CUDA tensors, else the numpy reference."""
         length = curves_mod.latent_length(duration_s, self.config.latent_rate)
         fps, rate, k = self.config.curve_fps, self.config.latent_rate, self.config.curve.kernel
-        if getattr(getattr(features, "device", None), "type", None) == "cuda":
+        if not isinstance(features, np.ndarray) and features.device.type == "cuda":
             from v2m.kernels import event_curve as kernel
 
             if kernel.triton_available():
@@ -205,7 +205,7 @@ class Pipeline:
                 return out[0, :length].cpu().numpy(), "triton"
             features = features.cpu().numpy()
             log.info("event curve: numpy reference (triton not available)")
-        elif hasattr(features, "numpy"):
+        elif not isinstance(features, np.ndarray):
             features = features.cpu().numpy()
         return curves_mod.event_curve(np.asarray(features), length, fps, rate, k), "numpy"
 
