@@ -67,3 +67,19 @@ def make_video(tmp_path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A random-weight tiny bundle (seed 0), made once per session. Tests must not modify it."""
+    from v2m.models.bundle import init_bundle
+
+    return init_bundle("tiny", tmp_path_factory.mktemp("bundles") / "tiny", seed=0)
+
+
+@pytest.fixture
+def tiny_bundle_copy(tiny_bundle, tmp_path) -> Path:
+    """A private copy of the tiny bundle that a test may break."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_bundle, tmp_path / "tiny-copy"))
