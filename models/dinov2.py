@@ -1,11 +1,16 @@
 """DINOv2 ViT/14 frame encoder (Oquab et al. 2023, "DINOv2: Learning Robust Visual Features").
 
 Matches Hugging Face transformers' `Dinov2Model` / `Dinov2WithRegistersModel`
-numerically (and hence the official facebookresearch/dinov2 torch-hub models,
-which the HF port reproduces): CLS token, optional register tokens (Darcet et
-al. 2024), learned position embeddings stored at the pretraining grid and
+numerically, and the official facebookresearch/dinov2 torch-hub models up to
+the interpolation convention below: CLS token, optional register tokens (Darcet
+et al. 2024), learned position embeddings stored at the pretraining grid and
 interpolated bicubically to the input grid, pre-norm blocks with LayerScale,
 MLP or SwiGLU feed-forward, final LayerNorm.
+
+Position embeddings follow HF by default (`F.interpolate(size=(h, w))`). The
+torch-hub non-register models pass `scale_factor=(h + 0.1) / grid` instead,
+which moves the sampling points: `interpolate_offset=0.1` reproduces those.
+(Register models interpolate the same way in both, with antialiasing.)
 
 V2M-Zero uses the mean of the final-normed patch tokens as the frame feature
 (`pooled`). Native parameter names follow the torch-hub layout (fused qkv);
@@ -15,6 +20,7 @@ foreign layouts are converted once, at load time, by one small function each.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -33,7 +39,10 @@ __all__ = [
     "DINOv2",
     "convert_state_dict",
     "config_from_hf",
+    "flops_per_frame",
 ]
+
+log = logging.getLogger("v2m.dinov2")
 
 
 @dataclass
@@ -49,8 +58,22 @@ class DINOv2Config:
     layer_norm_eps: float = 1e-6
     use_swiglu_ffn: bool = False
     qkv_bias: bool = True
-    # Registers models interpolate position embeddings with antialiasing; the originals do not.
-    interpolate_antialias: bool = False
+    # None = as HF does: antialiased with registers (Dinov2WithRegisters), plain without.
+    interpolate_antialias: bool | None = None
+    # 0.0 = HF (`size=`); 0.1 = torch-hub's non-register models (`scale_factor=(n + 0.1) / grid`).
+    interpolate_offset: float = 0.0
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise BundleError(f"DINOv2 config: hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+        if self.image_size < self.patch_size:
+            raise BundleError(f"DINOv2 config: image_size {self.image_size} is smaller than patch_size {self.patch_size}")
+
+    @property
+    def antialias(self) -> bool:
+        if self.interpolate_antialias is None:
+            return self.num_register_tokens > 0
+        return self.interpolate_antialias
 
     @property
     def grid(self) -> int:
@@ -79,29 +102,53 @@ PRESETS: dict[str, DINOv2Config] = {
     "vits14": DINOv2Config(hidden_size=384, num_layers=12, num_heads=6),
     "vitb14": DINOv2Config(hidden_size=768, num_layers=12, num_heads=12),
     "vitl14": DINOv2Config(hidden_size=1024, num_layers=24, num_heads=16),
+    # SwiGLU hidden: int(1536 * 4 * 2 / 3) rounded up to 8 = 4096, as torch-hub's SwiGLUFFNFused.
     "vitg14": DINOv2Config(hidden_size=1536, num_layers=40, num_heads=24, use_swiglu_ffn=True),
 }
 
+# transformers' class defaults, for config.json files that leave a key out.
+_HF_DEFAULTS = {
+    "dinov2": {"image_size": 224, "patch_size": 14, "num_register_tokens": 0},
+    "dinov2_with_registers": {"image_size": 224, "patch_size": 16, "num_register_tokens": 4},
+}
+
+
+def _square(v: int | list[int], name: str) -> int:
+    """HF allows (h, w) pairs; the checkpoints and this port use square grids."""
+    if isinstance(v, (list, tuple)):
+        if len(set(v)) != 1:
+            raise BundleError(f"DINOv2 config.json: {name} {list(v)} is not square; only square grids are supported")
+        v = v[0]
+    return int(v)
+
 
 def config_from_hf(cfg: dict) -> DINOv2Config:
-    """A Hugging Face `Dinov2Config` / `Dinov2WithRegistersConfig` dict -> DINOv2Config."""
-    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in cfg]
-    if missing:
-        raise BundleError(f"DINOv2 config.json lacks {missing}; is this a Hugging Face Dinov2Model directory?")
-    registers = int(cfg.get("num_register_tokens", 0))
+    """A Hugging Face `Dinov2Config` / `Dinov2WithRegistersConfig` dict -> DINOv2Config.
+
+    Keys left out take transformers' defaults for that model type (note HF's image_size
+    default is 224, not the 518 the published checkpoints are stored at)."""
+    model_type = cfg.get("model_type", "dinov2_with_registers" if "num_register_tokens" in cfg else "dinov2")
+    if model_type not in _HF_DEFAULTS:
+        raise BundleError(f"config.json model_type {model_type!r} is not a DINOv2 model ({sorted(_HF_DEFAULTS)})")
+    if cfg.get("hidden_act", "gelu") != "gelu" or cfg.get("num_channels", 3) != 3:
+        raise BundleError(
+            f"DINOv2 config.json: only hidden_act 'gelu' and 3 channels are supported, got "
+            f"{cfg.get('hidden_act')!r} and {cfg.get('num_channels')}"
+        )
+    hf = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, **_HF_DEFAULTS[model_type], **cfg}
     return DINOv2Config(
-        hidden_size=cfg["hidden_size"],
-        num_layers=cfg["num_hidden_layers"],
-        num_heads=cfg["num_attention_heads"],
-        mlp_ratio=cfg.get("mlp_ratio", 4.0),
-        patch_size=cfg.get("patch_size", 14),
-        image_size=cfg.get("image_size", 518),
-        num_register_tokens=registers,
-        layerscale_value=cfg.get("layerscale_value", 1.0),
-        layer_norm_eps=cfg.get("layer_norm_eps", 1e-6),
-        use_swiglu_ffn=cfg.get("use_swiglu_ffn", False),
-        qkv_bias=cfg.get("qkv_bias", True),
-        interpolate_antialias=cfg.get("model_type") == "dinov2_with_registers" or registers > 0,
+        hidden_size=int(hf["hidden_size"]),
+        num_layers=int(hf["num_hidden_layers"]),
+        num_heads=int(hf["num_attention_heads"]),
+        mlp_ratio=float(hf.get("mlp_ratio", 4.0)),
+        patch_size=_square(hf["patch_size"], "patch_size"),
+        image_size=_square(hf["image_size"], "image_size"),
+        num_register_tokens=int(hf["num_register_tokens"]),
+        layerscale_value=float(hf.get("layerscale_value", 1.0)),
+        layer_norm_eps=float(hf.get("layer_norm_eps", 1e-6)),
+        use_swiglu_ffn=bool(hf.get("use_swiglu_ffn", False)),
+        qkv_bias=bool(hf.get("qkv_bias", True)),
+        interpolate_antialias=model_type == "dinov2_with_registers",
     )
 
 
@@ -192,7 +239,7 @@ class DINOv2(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid * cfg.grid, d))
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
         self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
-        self._baked_size: int | None = None
+        self._baked_size: tuple[int, int] | None = None  # (H, W) once bake_position_embeddings ran
 
     @classmethod
     def from_config(cls, cfg: DINOv2Config | dict) -> DINOv2:
@@ -200,38 +247,47 @@ class DINOv2(nn.Module):
 
     # --- position embeddings --------------------------------------------------------------
     def interpolate_pos_embed(self, height: int, width: int) -> torch.Tensor:
-        """Position embeddings for an input of height x width pixels, as HF transformers computes them:
-        bicubic in fp32 to the target grid (size=, align_corners=False, antialias per config)."""
+        """Position embeddings [1, 1 + h*w, D] for an input of height x width pixels, as HF computes
+        them: bicubic in fp32 from the stored grid to (height // patch, width // patch),
+        align_corners=False, antialiased only for register models."""
+        if self._baked_size is not None:
+            raise RuntimeError("position embeddings are already baked; interpolate before baking")
         p, g = self.cfg.patch_size, self.cfg.grid
         h, w = height // p, width // p
-        if h == g and w == g:
-            return self.pos_embed
+        if h == g and w == g and (height == width or not self.cfg.interpolate_offset):
+            return self.pos_embed  # the references' shortcut; bicubic to the same size is the identity
         cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
         d = patch_pos.shape[-1]
         grid = patch_pos.reshape(1, g, g, d).permute(0, 3, 1, 2)  # (1, D, g, g)
-        grid = F.interpolate(
-            grid.float(), size=(h, w), mode="bicubic", align_corners=False, antialias=self.cfg.interpolate_antialias
-        ).to(patch_pos.dtype)
-        patch_pos = grid.permute(0, 2, 3, 1).reshape(1, h * w, d)  # (1, h*w, D)
+        off = self.cfg.interpolate_offset
+        size = {"scale_factor": ((h + off) / g, (w + off) / g)} if off else {"size": (h, w)}
+        grid = F.interpolate(grid.float(), mode="bicubic", align_corners=False, antialias=self.cfg.antialias, **size)
+        patch_pos = grid.to(patch_pos.dtype).permute(0, 2, 3, 1).reshape(1, h * w, d)  # (1, h*w, D)
         return torch.cat([cls_pos, patch_pos], dim=1)
 
-    def bake_position_embeddings(self, image_size: int) -> DINOv2:
-        """Replace the stored embeddings by their interpolation to `image_size` (square) input,
-        so an export at that size has no interpolation op. Other sizes then raise."""
+    def bake_position_embeddings(self, image_size: int | tuple[int, int]) -> DINOv2:
+        """Store the position embeddings interpolated for `image_size` pixels (an int for a
+        square input, or (height, width)), so a forward or ONNX export at that size contains
+        no interpolation. Forward at any other size then raises. Returns self."""
+        hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if self._baked_size is not None:
+            if hw == self._baked_size:
+                return self
+            raise RuntimeError(f"position embeddings are already baked for {self._baked_size}; rebuild the model to bake {hw}")
         with torch.no_grad():
-            baked = self.interpolate_pos_embed(image_size, image_size).detach().clone()
+            baked = self.interpolate_pos_embed(*hw).detach().clone()
         self.pos_embed = nn.Parameter(baked, requires_grad=False)
-        self._baked_size = image_size
+        self._baked_size = hw
+        log.info("DINOv2 position embeddings baked for %dx%d input (%d patches)", *hw, baked.shape[1] - 1)
         return self
 
     # --- forward ----------------------------------------------------------------------------
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         b, _, height, width = pixels.shape
         if self._baked_size is not None:
-            if (height, width) != (self._baked_size, self._baked_size):
-                raise ValueError(
-                    f"position embeddings are baked for {self._baked_size}x{self._baked_size} input, got {height}x{width}"
-                )
+            if (height, width) != self._baked_size:
+                bh, bw = self._baked_size
+                raise ValueError(f"position embeddings are baked for {bh}x{bw} input, got {height}x{width}")
             pos = self.pos_embed
         else:
             pos = self.interpolate_pos_embed(height, width)
@@ -254,6 +310,7 @@ class DINOv2(nn.Module):
     # --- loading ----------------------------------------------------------------------------
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor], cfg: DINOv2Config, where: str = "state dict") -> DINOv2:
+        """A model in eval mode from a state dict in any supported layout (see `convert_state_dict`)."""
         model = cls(cfg)
         apply_state_dict(model, convert_state_dict(state), where)
         return model.eval()
@@ -347,19 +404,27 @@ def _convert_hub(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         m = re.match(r"^blocks\.\d+\.(\d+)\.(.+)$", key)
         out[f"blocks.{m.group(1)}.{m.group(2)}" if m else key] = t
     if "mask_token" in out and out["mask_token"].ndim == 3:
-        out["mask_token"] = out["mask_token"].reshape(1, -1)
+        out["mask_token"] = out["mask_token"].reshape(1, -1)  # (1, 1, D) -> (1, D)
     return out
 
 
 def convert_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Any supported DINOv2 layout -> native names. Detected by key names, once, at load time."""
+    sd = {k: v for k, v in sd.items() if not k.startswith(("classifier.", "head."))}  # task heads
     for prefix in ("dinov2.", "dinov2_with_registers.", "backbone.", "model."):
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
-    sd = {k: v for k, v in sd.items() if not k.startswith(("classifier.", "head."))}
     if any(k.startswith(("embeddings.", "encoder.layer.")) for k in sd):
-        return _convert_hf(sd)
-    return _convert_hub(sd)
+        log.debug("DINOv2 checkpoint: Hugging Face layout")
+        out = _convert_hf(sd)
+    else:
+        log.debug("DINOv2 checkpoint: torch-hub layout")
+        out = _convert_hub(sd)
+    if "register_tokens" in out and out["register_tokens"].numel() == 0:  # HF registers model, R = 0
+        del out["register_tokens"]
+    if "mask_token" not in out and "cls_token" in out:  # HF `use_mask_token=False`; unused at inference
+        out["mask_token"] = out["cls_token"].new_zeros(1, out["cls_token"].shape[-1])
+    return out
 
 
 def flops_per_frame(cfg: DINOv2Config, image_size: int) -> float:
