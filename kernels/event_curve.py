@@ -1,0 +1,356 @@
+"""Batched event curves in Triton: `v2m.runtime.curves.event_curve` for B videos at once.
+
+The numpy function in `v2m.runtime.curves` is the ground truth; this module
+computes the same curve for a padded batch of feature sequences on the GPU in
+two kernel launches and no host sync between them:
+
+1. `_curve_diff_kernel`, grid (B, cdiv(T_max, BLOCK_T)): the frame-to-frame
+   cosine dissimilarity d of each video, into a [B, T_max] fp32 scratch.
+2. `_curve_smooth_kernel`, grid (B, cdiv(L_max, BLOCK_L)): each program
+   recomputes the mean and std of its row of d (d is tiny next to the
+   features), then standardizes, resamples to the latent rate and applies the
+   Hann window in one pass over its block of output frames.
+
+`event_curves_torch` is the same computation as a handful of plain PyTorch ops
+(the baseline `bench/bench_event_curve.py` compares against) and
+`event_curves_reference` loops the numpy reference over a batch (the one
+reference tests and bench share).
+
+A torch-free runtime could launch these kernels without PyTorch: Triton's
+ahead-of-time compiler (`triton.tools.compile`) emits a cubin plus a C launcher
+for fixed constexprs, which cuda-python (or the TensorRT runtime, wrapped as an
+`IPluginV3` plugin) can load and launch on raw device pointers. Neither is
+implemented: the lean runtime today uses the numpy reference whenever torch is
+absent, and imports of this module need neither triton nor torch.
+"""
+
+import os
+
+import numpy as np
+
+from v2m.runtime import curves as _curves
+
+__all__ = [
+    "triton_available",
+    "event_curves",
+    "event_curves_torch",
+    "event_curves_reference",
+]
+
+try:  # the runtime never hard-requires triton; the kernels exist only when it is installed
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised on installs without triton
+    triton = None
+    tl = None
+
+
+def triton_available() -> bool:
+    """True when triton imports and can run: a CUDA device, or the CPU interpreter.
+
+    The interpreter counts only when TRITON_INTERPRET=1 was set before triton was
+    imported (tests do this in `tests/kernels/conftest.py`).
+    """
+    if triton is None:
+        return False
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+if triton is not None:
+
+    @triton.jit
+    def _curve_diff_kernel(
+        F_ptr,
+        D_ptr,
+        LEN_ptr,
+        T_max,
+        D_dim,
+        f_batch_stride,
+        f_row_stride,
+        f_col_stride,
+        d_batch_stride,
+        BLOCK_T: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        """d[b, i] = 1 - <f_i, f_{i-1}> / max(||f_i|| * ||f_{i-1}||, 1e-8) for 1 <= i < T_b, else 0.
+
+        F: [B, T_max, D] features (any float dtype, loaded and accumulated in fp32),
+        D: [B, T_max] fp32 scratch, LEN: [B] frame counts T_b (clamped to T_max).
+        One program covers BLOCK_T frames of one video and loops over the feature
+        dimension in BLOCK_D chunks, accumulating the dot product and both squared
+        norms; the previous frame is re-read (it is the neighbouring row, so it
+        comes from cache).
+        """
+        pid_b = tl.program_id(0)
+        pid_t = tl.program_id(1)
+        n_frames = tl.minimum(tl.load(LEN_ptr + pid_b).to(tl.int32), T_max)
+        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        valid = (offs_t >= 1) & (offs_t < n_frames)
+        row_ptr = F_ptr + pid_b.to(tl.int64) * f_batch_stride
+        cur_ptr = row_ptr + offs_t.to(tl.int64)[:, None] * f_row_stride  # (BLOCK_T, 1)
+        prev_ptr = cur_ptr - f_row_stride
+        dot = tl.zeros([BLOCK_T], dtype=tl.float32)
+        sq_cur = tl.zeros([BLOCK_T], dtype=tl.float32)
+        sq_prev = tl.zeros([BLOCK_T], dtype=tl.float32)
+        for d0 in range(0, D_dim, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            mask = valid[:, None] & (offs_d[None, :] < D_dim)  # (BLOCK_T, BLOCK_D)
+            col = offs_d[None, :] * f_col_stride
+            a = tl.load(cur_ptr + col, mask=mask, other=0.0).to(tl.float32)
+            b = tl.load(prev_ptr + col, mask=mask, other=0.0).to(tl.float32)
+            dot += tl.sum(a * b, axis=1)
+            sq_cur += tl.sum(a * a, axis=1)
+            sq_prev += tl.sum(b * b, axis=1)
+        # sqrt of each norm separately: ||a||^2 * ||b||^2 overflows fp32 for large features
+        den = tl.maximum(tl.sqrt_rn(sq_cur) * tl.sqrt_rn(sq_prev), 1e-8)
+        d = tl.where(valid, 1.0 - tl.div_rn(dot, den), 0.0)
+        tl.store(D_ptr + pid_b.to(tl.int64) * d_batch_stride + offs_t, d, mask=offs_t < T_max)
+
+    @triton.jit
+    def _curve_smooth_kernel(
+        D_ptr,
+        OUT_ptr,
+        LEN_ptr,
+        OUT_LEN_ptr,
+        T_max,
+        L_max,
+        d_batch_stride,
+        out_batch_stride,
+        src_per_dst: tl.float64,
+        K: tl.constexpr,
+        BLOCK_T: tl.constexpr,
+        BLOCK_L: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
+        """out[b, j] = sum_k w[k] * r(clamp(j + k - K // 2, 0, L_b - 1)) for j < L_b, else 0.
+
+        z = (d - mean(d)) / std(d) over the row's T_b frames (population std,
+        z = 0 when std < 1e-6); r(m) = z linearly interpolated at source position
+        p = m * fps / latent_rate (p in fp64, i0 = min(floor(p), T_b - 1),
+        i1 = min(i0 + 1, T_b - 1)), which is numpy.interp of z (frame i at i / fps)
+        at latent time m / latent_rate, clamped at both ends; w[k] = numpy.hanning(K)
+        normalized to unit sum, 0.5 - 0.5 cos(2 pi k / (K - 1)) over (K - 1) / 2
+        (w = [1] for K = 1). The index clamp is the edge-replicate padding.
+        Each program recomputes the row's mean and std in two passes over d.
+        """
+        pid_b = tl.program_id(0)
+        pid_l = tl.program_id(1)
+        n_frames = tl.maximum(tl.minimum(tl.load(LEN_ptr + pid_b).to(tl.int32), T_max), 0)
+        n_out = tl.load(OUT_LEN_ptr + pid_b).to(tl.int32)
+        d_row = D_ptr + pid_b.to(tl.int64) * d_batch_stride
+
+        # Population mean and std of d[0:T_b], two passes (d is [T] fp32, cheap to re-read).
+        count = tl.maximum(n_frames, 1).to(tl.float32)
+        acc = tl.zeros([BLOCK_T], dtype=tl.float32)
+        for t0 in range(0, n_frames, BLOCK_T):
+            offs_t = t0 + tl.arange(0, BLOCK_T)
+            acc += tl.load(d_row + offs_t, mask=offs_t < n_frames, other=0.0)
+        mean = tl.sum(acc, axis=0) / count
+        acc = tl.zeros([BLOCK_T], dtype=tl.float32)
+        for t0 in range(0, n_frames, BLOCK_T):
+            offs_t = t0 + tl.arange(0, BLOCK_T)
+            mask = offs_t < n_frames
+            dev = tl.where(mask, tl.load(d_row + offs_t, mask=mask, other=0.0) - mean, 0.0)
+            acc += dev * dev
+        std = tl.sqrt_rn(tl.sum(acc, axis=0) / count)
+        inv_std = tl.where(std >= 1e-6, 1.0 / tl.maximum(std, 1e-6), 0.0)  # still video: flat
+
+        # Resample + smooth: every (output j, tap k) pair reads its clamped latent index.
+        offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+        offs_k = tl.arange(0, BLOCK_K)
+        idx = offs_l[:, None] + offs_k[None, :] - K // 2  # (BLOCK_L, BLOCK_K)
+        idx = tl.maximum(tl.minimum(idx, n_out - 1), 0)
+        pos = idx.to(tl.float64) * src_per_dst  # fp64: p reaches thousands, frac must stay exact
+        last = tl.maximum(n_frames - 1, 0)
+        i0 = tl.minimum(pos.to(tl.int32), last)  # pos >= 0, so truncation is floor
+        i1 = tl.minimum(i0 + 1, last)
+        frac = (pos - i0.to(tl.float64)).to(tl.float32)  # past the end i0 == i1: frac unused
+        has = n_frames > 0
+        z0 = (tl.load(d_row + i0, mask=i0 < n_frames, other=0.0) - mean) * inv_std
+        z1 = (tl.load(d_row + i1, mask=i1 < n_frames, other=0.0) - mean) * inv_std
+        r = z0 + (z1 - z0) * frac
+        if K == 1:
+            w = tl.where(offs_k < 1, 1.0, 0.0)
+        else:
+            phase = offs_k.to(tl.float32) * (6.283185307179586 / (K - 1))  # 2 pi k / (K - 1)
+            w = (0.5 - 0.5 * tl.cos(phase)) / ((K - 1) * 0.5)
+            w = tl.where(offs_k < K, w, 0.0)
+        out = tl.sum(r * w[None, :], axis=1)  # (BLOCK_L,)
+        out = tl.where((offs_l < n_out) & has, out, 0.0)
+        tl.store(OUT_ptr + pid_b.to(tl.int64) * out_batch_stride + offs_l, out, mask=offs_l < L_max)
+
+
+def _check_args(features, kernel: int, fps: float, latent_rate: float) -> None:
+    if features.ndim != 3:
+        raise ValueError(f"features must be [B, T, D], got shape {tuple(features.shape)}")
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"smoothing kernel must be a positive odd number, got {kernel}")
+    if not (fps > 0 and latent_rate > 0):
+        raise ValueError(f"fps and latent_rate must be positive, got {fps}, {latent_rate}")
+
+
+def _out_length(out_lengths, max_length: int | None) -> int:
+    # Read on the host before any launch: the only sync, and none if max_length is given.
+    return int(max_length) if max_length is not None else int(out_lengths.max())
+
+
+def event_curves(features, lengths, out_lengths, fps: float, latent_rate: float, kernel: int = 31, max_length: int | None = None):
+    """Event curves of a padded batch of videos, two Triton launches.
+
+    Args:
+        features: [B, T_max, D] fp16/bf16/fp32 tensor, frame i of video b at time
+            i / fps; rows past lengths[b] are ignored (any values).
+        lengths: [B] int tensor, real frame count T_b of each video.
+        out_lengths: [B] int tensor, latent length L_b of each video's curve.
+        fps: rate at which the features were sampled.
+        latent_rate: latent frames per second.
+        kernel: odd Hann window length.
+        max_length: columns of the output; default max(out_lengths) (one host read).
+
+    Returns:
+        fp32 [B, L_max] tensor on the features' device; row b equals
+        `v2m.runtime.curves.event_curve(features[b, :T_b], L_b, ...)`, zeros past L_b.
+    """
+    if triton is None:
+        raise RuntimeError(
+            "v2m.kernels.event_curve.event_curves needs triton; install it or use "
+            "event_curves_torch / v2m.runtime.curves.event_curve"
+        )
+    import torch
+
+    _check_args(features, kernel, fps, latent_rate)
+    if not features.is_floating_point():
+        raise TypeError(f"features must be a float tensor, got {features.dtype}")
+    device = features.device
+    batch, t_max, dim = features.shape
+    lengths = lengths.to(device)  # no-ops when already there; kernels read any int dtype
+    out_lengths = out_lengths.to(device)
+    l_max = _out_length(out_lengths, max_length)
+    out = torch.empty((batch, l_max), dtype=torch.float32, device=device)
+    if batch == 0 or l_max == 0:
+        return out
+    if t_max == 0 or dim == 0:
+        # No frames (or no feature channels): d is all zeros, hence so is every curve.
+        return out.zero_()
+    scratch = torch.empty((batch, t_max), dtype=torch.float32, device=device)
+
+    block_t = 16
+    block_d = min(128, triton.next_power_of_2(dim))
+    _curve_diff_kernel[(batch, triton.cdiv(t_max, block_t))](
+        features,
+        scratch,
+        lengths,
+        t_max,
+        dim,
+        features.stride(0),
+        features.stride(1),
+        features.stride(2),
+        scratch.stride(0),
+        BLOCK_T=block_t,
+        BLOCK_D=block_d,
+        num_warps=4,
+    )
+    block_k = triton.next_power_of_2(kernel)
+    block_l = max(16, 2048 // block_k)  # a (BLOCK_L, BLOCK_K) tile of about 2k taps
+    _curve_smooth_kernel[(batch, triton.cdiv(l_max, block_l))](
+        scratch,
+        out,
+        lengths,
+        out_lengths,
+        t_max,
+        l_max,
+        scratch.stride(0),
+        out.stride(0),
+        float(fps) / float(latent_rate),
+        K=kernel,
+        BLOCK_T=1024,
+        BLOCK_L=block_l,
+        BLOCK_K=block_k,
+        num_warps=4,
+    )
+    return out
+
+
+def event_curves_torch(features, lengths, out_lengths, fps: float, latent_rate: float, kernel: int = 31, max_length: int | None = None):
+    """The same batched curves as `event_curves`, in plain PyTorch ops (fp32 math, any device).
+
+    Args and returns as `event_curves`.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    _check_args(features, kernel, fps, latent_rate)
+    device = features.device
+    batch, t_max, _ = features.shape
+    lengths = lengths.to(device=device, dtype=torch.long).clamp(0, t_max)
+    out_lengths = out_lengths.to(device=device, dtype=torch.long)
+    l_max = _out_length(out_lengths, max_length)
+    if batch == 0 or l_max == 0 or t_max == 0:
+        return torch.zeros((batch, l_max), dtype=torch.float32, device=device)
+
+    frame = torch.arange(t_max, device=device)
+    valid = frame[None, :] < lengths[:, None]  # (B, T)
+    f = torch.where(valid[..., None], features.float(), 0.0)  # padding may hold anything
+    dot = (f[:, 1:] * f[:, :-1]).sum(-1)  # (B, T-1)
+    norm = torch.linalg.vector_norm(f, dim=-1)  # (B, T)
+    den = (norm[:, 1:] * norm[:, :-1]).clamp_min(_curves.COS_EPS)
+    d = F.pad(1.0 - dot / den, (1, 0))  # (B, T), d[:, 0] = 0
+    d = torch.where(valid, d, 0.0)
+
+    count = lengths.clamp_min(1).float()[:, None]  # (B, 1)
+    mean = d.sum(1, keepdim=True) / count
+    std = (torch.where(valid, d - mean, 0.0).square().sum(1, keepdim=True) / count).sqrt()
+    inv_std = torch.where(std >= _curves.STD_EPS, 1.0 / std.clamp_min(_curves.STD_EPS), 0.0)
+    z = (d - mean) * inv_std  # (B, T)
+
+    # Resample at the latent indices the window touches: 0 .. L_max + K//2 - 1, each
+    # clamped to L_b - 1 (right edge replicate); the left edge is replicated by F.pad.
+    pad = kernel // 2
+    m = torch.arange(l_max + pad, device=device)
+    m = torch.minimum(m[None, :], (out_lengths[:, None] - 1).clamp_min(0))  # (B, L + pad)
+    pos = m.double() * (float(fps) / float(latent_rate))
+    last = (lengths - 1).clamp_min(0)[:, None]
+    i0 = torch.minimum(pos.long(), last)
+    i1 = torch.minimum(i0 + 1, last)
+    frac = (pos - i0.double()).float()
+    z0, z1 = z.gather(1, i0), z.gather(1, i1)
+    r = z0 + (z1 - z0) * frac  # (B, L + pad)
+
+    w = torch.from_numpy(_curves.hann_window(kernel)).to(device=device, dtype=torch.float32)
+    r = F.pad(r[:, None, :], (pad, 0), mode="replicate")  # (B, 1, L + 2 pad)
+    out = F.conv1d(r, w.view(1, 1, -1))[:, 0]  # (B, L)
+    keep = (torch.arange(l_max, device=device)[None, :] < out_lengths[:, None]) & (lengths[:, None] > 0)
+    return torch.where(keep, out, 0.0)
+
+
+def _to_numpy(x, dtype) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor; via float64 so bf16 converts too
+        x = x.detach().cpu()
+        x = x.double() if x.is_floating_point() else x.long()
+        return x.numpy().astype(dtype, copy=False)
+    return np.asarray(x, dtype=dtype)
+
+
+def event_curves_reference(features, lengths, out_lengths, fps: float, latent_rate: float, kernel: int = 31, max_length: int | None = None) -> np.ndarray:
+    """`v2m.runtime.curves.event_curve` looped over a batch (features cast to float64).
+
+    Args and layout as `event_curves` (tensors or arrays); returns float32 [B, L_max].
+    """
+    f = _to_numpy(features, np.float64)
+    lens = _to_numpy(lengths, np.int64)
+    out_lens = _to_numpy(out_lengths, np.int64)
+    l_max = int(max_length) if max_length is not None else int(out_lens.max(initial=0))
+    out = np.zeros((f.shape[0], l_max), dtype=np.float32)
+    for b in range(f.shape[0]):
+        n_out = int(out_lens[b])
+        if n_out < 1:
+            continue
+        curve = _curves.event_curve(f[b, : int(lens[b])], n_out, fps, latent_rate, kernel)
+        out[b, : min(n_out, l_max)] = curve[:l_max]
+    return out
