@@ -1,7 +1,7 @@
 """Event-curve benchmark: the Triton kernel vs plain PyTorch vs the numpy reference.
 
     python bench/bench_event_curve.py --device cuda --sizes full
-    python bench/bench_event_curve.py --device cpu --sizes quick --out /tmp/bench_ec
+    python bench/bench_event_curve.py --device cpu --sizes quick --threads 1 --out /tmp/bench_ec
     python bench/bench_event_curve.py --device cpu --interpret      # + Triton interpreter, small sizes
 
 Features are fp16 [B, T, D] with D = 1024 (B in 1, 8, 64; T in 394, 960, 3600
@@ -62,8 +62,12 @@ def run_config(batch: int, frames: int, args, impls: list[str], peaks) -> dict:
     length = int(out_np.max())
     call_args = (args.fps, LATENT_RATE, args.kernel)
     fns = {
-        "triton": lambda: ec.event_curves(features, lengths, out_lengths, *call_args, max_length=length),
-        "torch": lambda: ec.event_curves_torch(features, lengths, out_lengths, *call_args, max_length=length),
+        "triton": lambda: ec.event_curves(
+            features, lengths, out_lengths, *call_args, max_length=length
+        ),
+        "torch": lambda: ec.event_curves_torch(
+            features, lengths, out_lengths, *call_args, max_length=length
+        ),
         "numpy": lambda: ec.event_curves_reference(f_np, lens_np, out_np, *call_args),
     }
     expected = fns["numpy"]()
@@ -96,17 +100,26 @@ def run_config(batch: int, frames: int, args, impls: list[str], peaks) -> dict:
             warmup, iters = 1, 5
         else:
             warmup, iters = 2, 10
-        stats = harness.summarize(harness.time_fn(fns[name], warmup=warmup, iters=iters, device=args.device if name != "numpy" else "cpu"))
+        stats = harness.summarize(
+            harness.time_fn(
+                fns[name],
+                warmup=warmup,
+                iters=iters,
+                device=args.device if name != "numpy" else "cpu",
+            )
+        )
         gbps = nbytes / (stats["median"] * 1e-3) / 1e9
-        row.update({
-            f"{name}_ms": stats["median"],
-            f"{name}_ms_p10": stats["p10"],
-            f"{name}_ms_p90": stats["p90"],
-            f"{name}_iters": stats["n"],
-            f"{name}_gbps": gbps,
-            f"{name}_pct_peak": 100.0 * gbps / peaks["gbps"] if peaks else None,
-            f"{name}_max_abs_err": max_err,
-        })
+        row.update(
+            {
+                f"{name}_ms": stats["median"],
+                f"{name}_ms_p10": stats["p10"],
+                f"{name}_ms_p90": stats["p90"],
+                f"{name}_iters": stats["n"],
+                f"{name}_gbps": gbps,
+                f"{name}_pct_peak": 100.0 * gbps / peaks["gbps"] if peaks else None,
+                f"{name}_max_abs_err": max_err,
+            }
+        )
     for name in ("triton", "numpy"):
         if f"{name}_ms" in row and "torch_ms" in row:
             row[f"{name}_speedup_vs_torch"] = row["torch_ms"] / row[f"{name}_ms"]
@@ -114,13 +127,25 @@ def run_config(batch: int, frames: int, args, impls: list[str], peaks) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", default="cuda", help="cuda or cpu")
     ap.add_argument("--sizes", choices=sorted(SIZES), default="full")
     ap.add_argument("--fps", type=float, default=24.0)
     ap.add_argument("--kernel", type=int, default=31, help="Hann window length")
-    ap.add_argument("--interpret", action="store_true", help="on CPU, also time Triton under its interpreter (small sizes only)")
+    ap.add_argument(
+        "--interpret",
+        action="store_true",
+        help="on CPU, also time Triton under its interpreter (small sizes only)",
+    )
     ap.add_argument("--out", default=None, help="results directory (default bench/results)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is steadier on a shared machine)",
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     harness.setup_logging(args.verbose)
@@ -134,6 +159,8 @@ def main() -> None:
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("no CUDA device; use --device cpu")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     impls = ["torch", "numpy"]
     if args.device.startswith("cuda") or args.interpret:
         if not ec.triton_available():
@@ -158,7 +185,11 @@ def main() -> None:
                     for n in impls
                     if n + "_ms" in row
                 )
-                + (f"  triton x{row['triton_speedup_vs_torch']:.2f} vs torch" if "triton_speedup_vs_torch" in row else ""),
+                + (
+                    f"  triton x{row['triton_speedup_vs_torch']:.2f} vs torch"
+                    if "triton_speedup_vs_torch" in row
+                    else ""
+                ),
             )
 
 

@@ -2,6 +2,7 @@
 
     python bench/bench_pipeline.py --presets tiny,small --device cpu
     python bench/bench_pipeline.py --presets tiny --backend onnxruntime   # an exported bundle
+    python bench/bench_pipeline.py --presets full --device cuda --precision fp16 --duration 32 --size 1280x720
 
 For each preset: a random-weight bundle, a generated test video with scene
 cuts, one warm-up generation, then `--repeats` timed ones. One JSON line per
@@ -25,7 +26,7 @@ import harness  # noqa: E402
 log = logging.getLogger("v2m.bench.pipeline")
 
 
-def prepare(preset: str, work: Path, backend: str, duration: float) -> tuple[Path, Path]:
+def prepare(preset: str, work: Path, backend: str, duration: float, size: tuple[int, int] = (320, 240)) -> tuple[Path, Path]:
     from v2m.models.bundle import init_bundle
     from v2m.runtime import synth
 
@@ -36,17 +37,18 @@ def prepare(preset: str, work: Path, backend: str, duration: float) -> tuple[Pat
         from v2m.export.exporter import export_bundle
 
         export_bundle(bundle, bundle)
-    clip = work / f"clip-{duration:g}s.mp4"
+    clip = work / f"clip-{duration:g}s-{size[0]}x{size[1]}.mp4"
     if not clip.is_file():
-        synth.make_test_video(clip, duration_s=duration, size=(320, 240))
+        synth.make_test_video(clip, duration_s=duration, size=size)
     return bundle, clip
 
 
-def run(preset: str, backend: str, device: str, precision: str, duration: float, repeats: int, work: Path, out: Path | None):
+def run(preset: str, backend: str, device: str, precision: str, duration: float, repeats: int, work: Path, out: Path | None,
+        size: tuple[int, int] = (320, 240), fast: bool | None = None):
     from v2m.runtime import Pipeline
 
-    bundle, clip = prepare(preset, work, backend, duration)
-    pipe = Pipeline.from_pretrained(bundle, backend=backend, device=device, precision=precision)
+    bundle, clip = prepare(preset, work, backend, duration, size)
+    pipe = Pipeline.from_pretrained(bundle, backend=backend, device=device, precision=precision, fast=fast)
     pipe.generate(clip, prompt="warm synth pop", seed=0)  # warm-up (allocations, graph builds)
     stage_runs: dict[str, list[float]] = {}
     steps: list[float] = []
@@ -66,6 +68,8 @@ def run(preset: str, backend: str, device: str, precision: str, duration: float,
         "backend": backend,
         "precision": precision,
         "duration_s": duration,
+        "video_size": f"{size[0]}x{size[1]}",
+        "sampler_path": res.info.get("sampler_path", "eager"),
         "L": int(res.curve.shape[0]),
         "steps": len(res.step_ms),
         "repeats": repeats,
@@ -89,6 +93,9 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--size", default="320x240", help="test clip WIDTHxHEIGHT (1280x720 for the 720p run)")
+    ap.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch fast path (default: on for CUDA + fp16)")
     ap.add_argument("--workdir", default=None, help="reuse bundles and clips here")
     ap.add_argument("--out", default=None, help="results directory (default bench/results)")
     args = ap.parse_args()
@@ -97,7 +104,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     for preset in args.presets.split(","):
         for backend in args.backends.split(","):
-            row = run(preset, backend, args.device, args.precision, args.duration, args.repeats, work, args.out and Path(args.out))
+            size = tuple(int(v) for v in args.size.lower().split("x"))
+            row = run(preset, backend, args.device, args.precision, args.duration, args.repeats, work,
+                      args.out and Path(args.out), size, args.fast)
             log.info(
                 "%s/%s: total %.3f s (RTF %.1fx), step median %.2f ms, sampler %.3f s, vae %.3f s",
                 preset, backend, row["total_s"], row["realtime_factor"], row["step_ms"], row["sampler_s"], row["vae_s"],

@@ -5,25 +5,45 @@ computes the same curve for a padded batch of feature sequences on the GPU in
 two kernel launches and no host sync between them:
 
 1. `_curve_diff_kernel`, grid (B, cdiv(T_max, BLOCK_T)): the frame-to-frame
-   cosine dissimilarity d of each video, into a [B, T_max] fp32 scratch.
+   cosine dissimilarity d of each video, into a [B, T_max] fp32 scratch. It
+   reads the features once (plus a cached neighbour row per frame) and uses a
+   cancellation-free form of 1 - cos, so a nearly still video, where std(d) is
+   1e-5 and 1 / std(d) amplifies every error in d, still matches the float64
+   reference to a few fp32 ulps.
 2. `_curve_smooth_kernel`, grid (B, cdiv(L_max, BLOCK_L)): each program
-   recomputes the mean and std of its row of d (d is tiny next to the
-   features), then standardizes, resamples to the latent rate and applies the
-   Hann window in one pass over its block of output frames.
+   recomputes the mean and std of its row of d (two passes over T_b floats,
+   tiny next to the features), then standardizes, resamples to the latent rate
+   and applies the Hann window (the reference's own weights, a cached [K] fp32
+   tensor) over its block of output frames.
 
 `event_curves_torch` is the same computation as a handful of plain PyTorch ops
 (the baseline `bench/bench_event_curve.py` compares against) and
 `event_curves_reference` loops the numpy reference over a batch (the one
 reference tests and bench share).
 
-A torch-free runtime could launch these kernels without PyTorch: Triton's
-ahead-of-time compiler (`triton.tools.compile`) emits a cubin plus a C launcher
-for fixed constexprs, which cuda-python (or the TensorRT runtime, wrapped as an
-`IPluginV3` plugin) can load and launch on raw device pointers. Neither is
-implemented: the lean runtime today uses the numpy reference whenever torch is
-absent, and imports of this module need neither triton nor torch.
+Launching without torch (not implemented). The kernels take raw pointers,
+int32 strides and one fp64 scalar, so they need nothing from PyTorch at run
+time. Triton's ahead-of-time path (`python -m triton.tools.compile`, or
+`triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))` as
+`test_kernels_compile_for_sm90` does) turns each kernel into a cubin for fixed
+constexprs (BLOCK_*, K), a fixed feature dtype and fixed alignment hints (the
+16-byte divisibility of pointers, D and strides that makes the fp16 loads
+vectorize; a variant without them serves odd D). A torch-free runtime would
+ship those cubins in the bundle, keyed by compute capability, load them with
+cuda-python (`cuModuleLoadData`, `cuModuleGetFunction`) and launch with
+`cuLaunchKernel` on the stream that produced the features, allocating the
+[B, T_max] scratch and the [K] Hann weights itself. On the TensorRT route
+(10.8+), each kernel becomes a Quickly Deployable Plugin whose `@trtp.aot_impl`
+returns the Triton-compiled PTX and its launch grid, d being the tensor between
+the two plugin layers, so the curve runs inside the engine next to the encoder
+that produces the features and no Python is left at run time (QDP AOT wants
+inputs, then scalars, then outputs in the kernel signature, a reordering of
+these arguments). The lean
+runtime today uses the numpy reference whenever torch is absent, and importing
+this module needs neither triton nor torch.
 """
 
+import functools
 import os
 
 import numpy as np
@@ -78,14 +98,21 @@ if triton is not None:
         BLOCK_T: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
-        """d[b, i] = 1 - <f_i, f_{i-1}> / max(||f_i|| * ||f_{i-1}||, 1e-8) for 1 <= i < T_b, else 0.
+        """d[b, i] = 1 - <a, c> / max(||a|| ||c||, 1e-8), a = f[b, i], c = f[b, i-1], for 1 <= i < T_b, else 0.
 
         F: [B, T_max, D] features (any float dtype, loaded and accumulated in fp32),
         D: [B, T_max] fp32 scratch, LEN: [B] frame counts T_b (clamped to T_max).
         One program covers BLOCK_T frames of one video and loops over the feature
-        dimension in BLOCK_D chunks, accumulating the dot product and both squared
-        norms; the previous frame is re-read (it is the neighbouring row, so it
-        comes from cache).
+        dimension in BLOCK_D chunks; the previous frame is re-read (it is the
+        neighbouring row, so it comes from cache).
+
+        Computed in an equal form, since for similar frames 1 - cos cancels in
+        fp32 (an absolute error of ~1e-7 in d, which 1 / std(d) turns into percent
+        errors in z for a nearly still video). With p = ||a||^2, q = ||c||^2,
+        s = ||a - c||^2 and m = <a - c, a + c> = p - q, each summed directly,
+            1 - cos = (s - (||a|| - ||c||)^2) / (2 ||a|| ||c||),  ||a|| - ||c|| = m / (||a|| + ||c||),
+        which keeps d's relative error near fp32 epsilon. Below the 1e-8 floor it
+        is 1 - <a, c> / 1e-8 with <a, c> = (p + q - s) / 2, as the reference.
         """
         pid_b = tl.program_id(0)
         pid_t = tl.program_id(1)
@@ -95,26 +122,41 @@ if triton is not None:
         row_ptr = F_ptr + pid_b.to(tl.int64) * f_batch_stride
         cur_ptr = row_ptr + offs_t.to(tl.int64)[:, None] * f_row_stride  # (BLOCK_T, 1)
         prev_ptr = cur_ptr - f_row_stride
-        dot = tl.zeros([BLOCK_T], dtype=tl.float32)
-        sq_cur = tl.zeros([BLOCK_T], dtype=tl.float32)
-        sq_prev = tl.zeros([BLOCK_T], dtype=tl.float32)
+        # Per-lane partial sums, reduced over D once after the loop.
+        sq_cur = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)  # p
+        sq_prev = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)  # q
+        sq_diff = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)  # s
+        cross = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)  # m
         for d0 in range(0, D_dim, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
             mask = valid[:, None] & (offs_d[None, :] < D_dim)  # (BLOCK_T, BLOCK_D)
             col = offs_d[None, :] * f_col_stride
             a = tl.load(cur_ptr + col, mask=mask, other=0.0).to(tl.float32)
-            b = tl.load(prev_ptr + col, mask=mask, other=0.0).to(tl.float32)
-            dot += tl.sum(a * b, axis=1)
-            sq_cur += tl.sum(a * a, axis=1)
-            sq_prev += tl.sum(b * b, axis=1)
-        # sqrt of each norm separately: ||a||^2 * ||b||^2 overflows fp32 for large features
-        den = tl.maximum(tl.sqrt_rn(sq_cur) * tl.sqrt_rn(sq_prev), 1e-8)
-        d = tl.where(valid, 1.0 - tl.div_rn(dot, den), 0.0)
+            c = tl.load(prev_ptr + col, mask=mask, other=0.0).to(tl.float32)
+            diff = a - c  # exact for fp16/bf16 inputs
+            sq_cur += a * a
+            sq_prev += c * c
+            sq_diff += diff * diff
+            cross += diff * (a + c)
+        p = tl.sum(sq_cur, axis=1)
+        q = tl.sum(sq_prev, axis=1)
+        s = tl.sum(sq_diff, axis=1)
+        m = tl.sum(cross, axis=1)
+        # sqrt of each norm separately: ||a||^2 * ||c||^2 overflows fp32 for large features
+        norm_a = tl.sqrt_rn(p)
+        norm_c = tl.sqrt_rn(q)
+        den = norm_a * norm_c
+        gap = tl.div_rn(m, tl.maximum(norm_a + norm_c, 1e-30))  # ||a|| - ||c||
+        stable = tl.div_rn(s - gap * gap, 2.0 * tl.maximum(den, 1e-8))
+        floored = 1.0 - tl.div_rn((p + q - s) * 0.5, 1e-8)  # den < 1e-8: 1 - <a, c> / 1e-8
+        d = tl.where(den >= 1e-8, stable, floored)
+        d = tl.where(valid, d, 0.0)
         tl.store(D_ptr + pid_b.to(tl.int64) * d_batch_stride + offs_t, d, mask=offs_t < T_max)
 
     @triton.jit
     def _curve_smooth_kernel(
         D_ptr,
+        W_ptr,
         OUT_ptr,
         LEN_ptr,
         OUT_LEN_ptr,
@@ -134,10 +176,11 @@ if triton is not None:
         z = 0 when std < 1e-6); r(m) = z linearly interpolated at source position
         p = m * fps / latent_rate (p in fp64, i0 = min(floor(p), T_b - 1),
         i1 = min(i0 + 1, T_b - 1)), which is numpy.interp of z (frame i at i / fps)
-        at latent time m / latent_rate, clamped at both ends; w[k] = numpy.hanning(K)
-        normalized to unit sum, 0.5 - 0.5 cos(2 pi k / (K - 1)) over (K - 1) / 2
-        (w = [1] for K = 1). The index clamp is the edge-replicate padding.
-        Each program recomputes the row's mean and std in two passes over d.
+        at latent time m / latent_rate, clamped at both ends; W: [K] fp32, the
+        reference's own window (numpy.hanning(K) / sum, rounded once), since
+        an in-kernel tl.cos may be an approximate instruction on GPU. The index
+        clamp is the edge-replicate padding. Each program recomputes the row's
+        mean and std in two passes over d (T_b floats, from cache).
         """
         pid_b = tl.program_id(0)
         pid_l = tl.program_id(1)
@@ -151,15 +194,17 @@ if triton is not None:
         for t0 in range(0, n_frames, BLOCK_T):
             offs_t = t0 + tl.arange(0, BLOCK_T)
             acc += tl.load(d_row + offs_t, mask=offs_t < n_frames, other=0.0)
-        mean = tl.sum(acc, axis=0) / count
+        mean = tl.div_rn(tl.sum(acc, axis=0), count)
         acc = tl.zeros([BLOCK_T], dtype=tl.float32)
         for t0 in range(0, n_frames, BLOCK_T):
             offs_t = t0 + tl.arange(0, BLOCK_T)
             mask = offs_t < n_frames
             dev = tl.where(mask, tl.load(d_row + offs_t, mask=mask, other=0.0) - mean, 0.0)
             acc += dev * dev
-        std = tl.sqrt_rn(tl.sum(acc, axis=0) / count)
-        inv_std = tl.where(std >= 1e-6, 1.0 / tl.maximum(std, 1e-6), 0.0)  # still video: flat
+        std = tl.sqrt_rn(tl.div_rn(tl.sum(acc, axis=0), count))
+        inv_std = tl.where(
+            std >= 1e-6, tl.div_rn(1.0, tl.maximum(std, 1e-6)), 0.0
+        )  # still video: flat
 
         # Resample + smooth: every (output j, tap k) pair reads its clamped latent index.
         offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -175,15 +220,18 @@ if triton is not None:
         z0 = (tl.load(d_row + i0, mask=i0 < n_frames, other=0.0) - mean) * inv_std
         z1 = (tl.load(d_row + i1, mask=i1 < n_frames, other=0.0) - mean) * inv_std
         r = z0 + (z1 - z0) * frac
-        if K == 1:
-            w = tl.where(offs_k < 1, 1.0, 0.0)
-        else:
-            phase = offs_k.to(tl.float32) * (6.283185307179586 / (K - 1))  # 2 pi k / (K - 1)
-            w = (0.5 - 0.5 * tl.cos(phase)) / ((K - 1) * 0.5)
-            w = tl.where(offs_k < K, w, 0.0)
+        w = tl.load(W_ptr + offs_k, mask=offs_k < K, other=0.0)  # (BLOCK_K,)
         out = tl.sum(r * w[None, :], axis=1)  # (BLOCK_L,)
         out = tl.where((offs_l < n_out) & has, out, 0.0)
         tl.store(OUT_ptr + pid_b.to(tl.int64) * out_batch_stride + offs_l, out, mask=offs_l < L_max)
+
+
+@functools.lru_cache(maxsize=16)
+def _hann_weights(kernel: int, device):
+    """The reference's normalized Hann window as an fp32 tensor on `device`, made once per (K, device)."""
+    import torch
+
+    return torch.tensor(_curves.hann_window(kernel), dtype=torch.float32, device=device)
 
 
 def _check_args(features, kernel: int, fps: float, latent_rate: float) -> None:
@@ -197,10 +245,20 @@ def _check_args(features, kernel: int, fps: float, latent_rate: float) -> None:
 
 def _out_length(out_lengths, max_length: int | None) -> int:
     # Read on the host before any launch: the only sync, and none if max_length is given.
-    return int(max_length) if max_length is not None else int(out_lengths.max())
+    if max_length is not None:
+        return int(max_length)
+    return int(out_lengths.max()) if out_lengths.numel() else 0
 
 
-def event_curves(features, lengths, out_lengths, fps: float, latent_rate: float, kernel: int = 31, max_length: int | None = None):
+def event_curves(
+    features,
+    lengths,
+    out_lengths,
+    fps: float,
+    latent_rate: float,
+    kernel: int = 31,
+    max_length: int | None = None,
+):
     """Event curves of a padded batch of videos, two Triton launches.
 
     Args:
@@ -235,13 +293,12 @@ def event_curves(features, lengths, out_lengths, fps: float, latent_rate: float,
     out = torch.empty((batch, l_max), dtype=torch.float32, device=device)
     if batch == 0 or l_max == 0:
         return out
-    if t_max == 0 or dim == 0:
-        # No frames (or no feature channels): d is all zeros, hence so is every curve.
-        return out.zero_()
+    if t_max == 0:
+        return out.zero_()  # no frames anywhere: every curve is flat (the reference's rule)
     scratch = torch.empty((batch, t_max), dtype=torch.float32, device=device)
 
     block_t = 16
-    block_d = min(128, triton.next_power_of_2(dim))
+    block_d = min(128, triton.next_power_of_2(max(dim, 1)))  # D = 0 is legal: every d is 1
     _curve_diff_kernel[(batch, triton.cdiv(t_max, block_t))](
         features,
         scratch,
@@ -260,6 +317,7 @@ def event_curves(features, lengths, out_lengths, fps: float, latent_rate: float,
     block_l = max(16, 2048 // block_k)  # a (BLOCK_L, BLOCK_K) tile of about 2k taps
     _curve_smooth_kernel[(batch, triton.cdiv(l_max, block_l))](
         scratch,
+        _hann_weights(kernel, device),
         out,
         lengths,
         out_lengths,
@@ -277,7 +335,15 @@ def event_curves(features, lengths, out_lengths, fps: float, latent_rate: float,
     return out
 
 
-def event_curves_torch(features, lengths, out_lengths, fps: float, latent_rate: float, kernel: int = 31, max_length: int | None = None):
+def event_curves_torch(
+    features,
+    lengths,
+    out_lengths,
+    fps: float,
+    latent_rate: float,
+    kernel: int = 31,
+    max_length: int | None = None,
+):
     """The same batched curves as `event_curves`, in plain PyTorch ops (fp32 math, any device).
 
     Args and returns as `event_curves`.
@@ -297,10 +363,20 @@ def event_curves_torch(features, lengths, out_lengths, fps: float, latent_rate: 
     frame = torch.arange(t_max, device=device)
     valid = frame[None, :] < lengths[:, None]  # (B, T)
     f = torch.where(valid[..., None], features.float(), 0.0)  # padding may hold anything
-    dot = (f[:, 1:] * f[:, :-1]).sum(-1)  # (B, T-1)
-    norm = torch.linalg.vector_norm(f, dim=-1)  # (B, T)
-    den = (norm[:, 1:] * norm[:, :-1]).clamp_min(_curves.COS_EPS)
-    d = F.pad(1.0 - dot / den, (1, 0))  # (B, T), d[:, 0] = 0
+    # 1 - cos without cancellation, as in `_curve_diff_kernel`: s = ||a - c||^2,
+    # m = <a - c, a + c>, 1 - cos = (s - (m / (||a|| + ||c||))^2) / (2 ||a|| ||c||).
+    a, c = f[:, 1:], f[:, :-1]  # (B, T-1, D): frame i and frame i - 1
+    diff = a - c
+    s = diff.square().sum(-1)  # (B, T-1)
+    m = (diff * (a + c)).sum(-1)
+    sq = f.square().sum(-1)  # (B, T)
+    p, q = sq[:, 1:], sq[:, :-1]
+    norm_a, norm_c = p.sqrt(), q.sqrt()
+    den = norm_a * norm_c
+    gap = m / (norm_a + norm_c).clamp_min(1e-30)
+    stable = (s - gap.square()) / (2.0 * den.clamp_min(_curves.COS_EPS))
+    floored = 1.0 - 0.5 * (p + q - s) / _curves.COS_EPS  # below the floor: 1 - <a, c> / 1e-8
+    d = F.pad(torch.where(den >= _curves.COS_EPS, stable, floored), (1, 0))  # (B, T), d[:, 0] = 0
     d = torch.where(valid, d, 0.0)
 
     count = lengths.clamp_min(1).float()[:, None]  # (B, 1)
@@ -312,9 +388,9 @@ def event_curves_torch(features, lengths, out_lengths, fps: float, latent_rate: 
     # Resample at the latent indices the window touches: 0 .. L_max + K//2 - 1, each
     # clamped to L_b - 1 (right edge replicate); the left edge is replicated by F.pad.
     pad = kernel // 2
-    m = torch.arange(l_max + pad, device=device)
-    m = torch.minimum(m[None, :], (out_lengths[:, None] - 1).clamp_min(0))  # (B, L + pad)
-    pos = m.double() * (float(fps) / float(latent_rate))
+    idx = torch.arange(l_max + pad, device=device)
+    idx = torch.minimum(idx[None, :], (out_lengths[:, None] - 1).clamp_min(0))  # (B, L + pad)
+    pos = idx.double() * (float(fps) / float(latent_rate))
     last = (lengths - 1).clamp_min(0)[:, None]
     i0 = torch.minimum(pos.long(), last)
     i1 = torch.minimum(i0 + 1, last)
@@ -322,10 +398,12 @@ def event_curves_torch(features, lengths, out_lengths, fps: float, latent_rate: 
     z0, z1 = z.gather(1, i0), z.gather(1, i1)
     r = z0 + (z1 - z0) * frac  # (B, L + pad)
 
-    w = torch.from_numpy(_curves.hann_window(kernel)).to(device=device, dtype=torch.float32)
+    w = _hann_weights(kernel, device)
     r = F.pad(r[:, None, :], (pad, 0), mode="replicate")  # (B, 1, L + 2 pad)
     out = F.conv1d(r, w.view(1, 1, -1))[:, 0]  # (B, L)
-    keep = (torch.arange(l_max, device=device)[None, :] < out_lengths[:, None]) & (lengths[:, None] > 0)
+    keep = (torch.arange(l_max, device=device)[None, :] < out_lengths[:, None]) & (
+        lengths[:, None] > 0
+    )
     return torch.where(keep, out, 0.0)
 
 
@@ -337,7 +415,15 @@ def _to_numpy(x, dtype) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
-def event_curves_reference(features, lengths, out_lengths, fps: float, latent_rate: float, kernel: int = 31, max_length: int | None = None) -> np.ndarray:
+def event_curves_reference(
+    features,
+    lengths,
+    out_lengths,
+    fps: float,
+    latent_rate: float,
+    kernel: int = 31,
+    max_length: int | None = None,
+) -> np.ndarray:
     """`v2m.runtime.curves.event_curve` looped over a batch (features cast to float64).
 
     Args and layout as `event_curves` (tensors or arrays); returns float32 [B, L_max].

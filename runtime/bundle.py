@@ -55,6 +55,9 @@ class SamplerConfig:
     uncond_keeps_curve: bool = True
     # Longest clip the DiT was trained on, in latent frames (32 s at 12.3 frames/s).
     max_frames: int = 394
+    # Longer videos run in max_frames windows that crossfade over this share of a
+    # window (or this many frames if >= 1): 10% = 3.2 s, long enough to hide the seam.
+    window_overlap: float = 0.1
 
 
 @dataclass

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from . import __version__
@@ -34,6 +35,9 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", help="torch, onnxruntime, tensorrt or auto (default: auto)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch backend: fast path (CUDA-graphed sampler step, chunked VAE); default: on for CUDA + fp16")
+    p.add_argument("--compile", default="none", choices=["none", "inductor"], help="torch fast path: torch.compile the DiT backbone")
 
 
 def _precision(args) -> str:
@@ -49,7 +53,10 @@ def _load_pipeline(args):
     if device == "auto":
         device = "cuda" if _cuda_available() else "cpu"
         args.device = device
-    return Pipeline.from_pretrained(args.model, backend=args.backend, device=device, precision=_precision(args))
+    return Pipeline.from_pretrained(
+        args.model, backend=args.backend, device=device, precision=_precision(args),
+        fast=getattr(args, "fast", None), compile=getattr(args, "compile", "none"),
+    )
 
 
 def _cuda_available() -> bool:
@@ -96,11 +103,16 @@ def cmd_init_model(args) -> int:
 def cmd_generate(args) -> int:
     from . import media
 
-    if len(args.inputs) != 1:
-        raise InputError("give exactly one input video (batches of videos come with `v2m generate DIR -o OUTDIR`)")
+    if args.manifest or len(args.inputs) != 1 or Path(args.inputs[0]).is_dir():
+        return cmd_generate_batch(args)
     video_path = Path(args.inputs[0])
     media.check_output_path(args.output, video_path)  # before any heavy work
     pipe = _load_pipeline(args)
+    profiler = None
+    if args.profile or args.trace:
+        from .profiler import Profiler
+
+        profiler = Profiler(device=pipe.backend.device, trace=bool(args.trace))
     result = pipe.generate(
         video_path,
         prompt=args.prompt,
@@ -108,15 +120,52 @@ def cmd_generate(args) -> int:
         steps=args.steps,
         cfg_scale=args.cfg_scale,
         text_embeddings=args.text_embeddings,
+        profiler=profiler,
     )
-    if media.check_output_path(args.output, video_path) == "video":
-        result.mux(video_path, args.output, keep_audio_db=args.keep_audio)
-    else:
-        result.save(args.output)
+    with profiler.range("write") if profiler is not None else nullcontext():
+        if media.check_output_path(args.output, video_path) == "video":
+            result.mux(video_path, args.output, keep_audio_db=args.keep_audio)
+        else:
+            result.save(args.output)
     print(f"wrote {args.output} ({result.duration_s:.2f} s, seed {result.seed}, backend {result.info['backend']})")
+    if profiler is not None:
+        profiler.add_stage("write", result.timings["write"])
+        if args.profile:
+            print(f"wrote profile report {profiler.write_report(args.profile)}")
+        if args.trace:
+            print(f"wrote Chrome trace {profiler.write_trace(args.trace)}")
     if not args.quiet:
         print(format_timings(result.timings, result.step_ms))
     return 0
+
+
+def cmd_generate_batch(args) -> int:
+    """Batch mode: a folder, several videos or --manifest; -o is a folder. Exit 1 if any video failed."""
+    from . import batch
+
+    if args.manifest and args.inputs:
+        raise InputError("give either input videos or --manifest, not both")
+    if not args.manifest and not args.inputs:
+        raise InputError("give input videos, a folder, or --manifest")
+    out_dir = Path(args.output)
+    if out_dir.suffix.lower() in (".mp4", ".mov", ".mkv", ".m4v", ".wav", ".flac") and not out_dir.is_dir():
+        raise InputError(f"with several inputs -o is a folder, not {batch.show(out_dir)}")
+    if args.manifest:
+        jobs = batch.read_manifest(args.manifest, prompt=args.prompt, seed=args.seed)
+    else:
+        jobs = batch.collect_inputs(args.inputs, out_dir, prompt=args.prompt, seed=args.seed)
+    batch.check_output_dir(out_dir)  # before loading the model
+    batch.assign_outputs(jobs, out_dir, args.format)
+    pipe = _load_pipeline(args)
+    opts = batch.BatchOptions(
+        out_dir, format=args.format, batch_size=args.batch_size, steps=args.steps, cfg_scale=args.cfg_scale,
+        overwrite=args.overwrite, keep_audio_db=args.keep_audio, text_embeddings=args.text_embeddings,
+        progress=False if args.quiet else None,
+    )
+    summary = batch.run_batch(pipe, jobs, opts)
+    print(f"{summary.count('ok')} ok, {summary.count('failed')} failed, {summary.count('skipped')} skipped "
+          f"in {summary.wall_s:.1f} s; summary in {batch.show(summary.path)}")
+    return 1 if summary.count("failed") else 0
 
 
 def cmd_curve(args) -> int:
@@ -139,6 +188,21 @@ def cmd_curve(args) -> int:
         print(f"{args.video}: {res.duration_s:.2f} s, {res.num_frames} frames at {res.curve_fps:.3f} fps, "
               f"curve of {res.curve.size} latent frames ({res.curve_impl})")
         print("strongest events at: " + ", ".join(f"{i / res.latent_rate:.2f} s" for i in peaks))
+    if args.plot:
+        from .evaluate import plot_curve
+
+        path, source = plot_curve(args.video, res.curve, res.latent_rate, args.plot)
+        print(f"wrote {path} (cuts from {source})", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_folder, require_eval
+
+    require_eval("librosa")  # one line if the [eval] extra is missing, before any work
+    require_eval("scenedetect")
+    report = evaluate_folder(args.outputs, args.videos, tolerance=args.tolerance)
+    print(report.to_json() if args.json else report.table())
     return 0
 
 
@@ -213,6 +277,42 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    import importlib.util
+
+    from .errors import BackendUnavailable
+
+    need = ("torch", "onnx") + (() if args.no_check else ("onnxruntime",))
+    missing = [m for m in need if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BackendUnavailable(
+            f"`v2m export` needs {', '.join(missing)}: pip install 'v2m-runtime[export]'"
+            + (" (or pass --no-check to skip the ONNX Runtime check)" if missing == ["onnxruntime"] else "")
+        )
+    from v2m.export.exporter import export_bundle
+
+    res = export_bundle(
+        args.bundle, args.output, opset=args.opset, check=not args.no_check, with_weights=args.with_weights,
+        on_check=lambda r: print(r.line(), flush=True),
+    )
+    print(f"wrote {res.out_dir} ({', '.join(sorted(res.graphs))} graphs, {res.manifest.name}) "
+          f"in {res.seconds['total']:.1f} s")
+    return 0
+
+
+def cmd_build(args) -> int:
+    from v2m.export.tensorrt_build import build_engines
+
+    kind, _, idx = args.device.partition(":")
+    if kind != "cuda" or (idx and not idx.isdigit()):
+        raise InputError(f"--device {args.device!r}: TensorRT engines are built on a CUDA device (cuda or cuda:N)")
+    paths = build_engines(args.bundle, precision=args.precision, cache_dir=args.cache_dir,
+                          device_id=int(idx or 0), force=args.force)
+    for name, path in paths.items():
+        print(f"{name:<8} {path}")
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="v2m", description="Zero-pair video-to-music generation (V2M-Zero) runtime.")
@@ -242,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_init_model)
 
     g = sub.add_parser("generate", help="generate music for a video")
-    g.add_argument("inputs", nargs="+", help="input video")
-    g.add_argument("-o", "--output", required=True, help=".mp4/.mov/.mkv (muxed) or .wav/.flac (audio only)")
+    g.add_argument("inputs", nargs="*", help="input video; or several videos / a folder (batch mode, -o is a folder)")
+    g.add_argument("-o", "--output", required=True, help=".mp4/.mov/.mkv (muxed) or .wav/.flac (audio only); a folder in batch mode")
     _add_runtime_args(g)
     g.add_argument("--prompt", default="")
     g.add_argument("--text-embeddings", default=None, help="safetensors with precomputed 'embeddings' [S, E]")
@@ -252,17 +352,51 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cfg-scale", type=float, default=None)
     g.add_argument("--keep-audio", type=float, default=None, metavar="LEVEL_DB", help="mix the original audio under the music at this level")
     g.add_argument("--quiet", "-q", action="store_true")
+    g.add_argument("--manifest", default=None, help="JSONL, one {video, prompt, seed, output} per line (batch mode)")
+    g.add_argument("--batch-size", type=int, default=8, help="videos of one length sampled together (batch mode)")
+    g.add_argument("--format", default="mp4", choices=["mp4", "wav", "flac"], help="batch mode output kind (default: mp4)")
+    g.add_argument("--overwrite", action="store_true", help="batch mode: redo outputs that are already complete")
+    g.add_argument("--profile", default=None, metavar="REPORT.json", help="write a per-stage / per-step profile report")
+    g.add_argument("--trace", default=None, metavar="TRACE.json", help="write a Chrome trace (chrome://tracing, Perfetto)")
     g.set_defaults(func=cmd_generate)
+
+    from .cli_bench import add_bench_parsers
+
+    add_bench_parsers(sub, _add_runtime_args)
 
     c = sub.add_parser("curve", help="print a video's event curve")
     c.add_argument("video")
     _add_runtime_args(c)
     c.add_argument("--json", action="store_true")
+    c.add_argument("--plot", default=None, metavar="PNG", help="save the curve with cuts and thumbnails (matplotlib)")
     c.set_defaults(func=cmd_curve)
+
+    e = sub.add_parser("eval", help="Scene Cut Hit: beats of generated music vs the videos' scene cuts")
+    e.add_argument("outputs", help="folder of generated audio or muxed videos")
+    e.add_argument("--videos", required=True, help="folder of the source videos (matched by file name)")
+    e.add_argument("--tolerance", type=float, default=0.5, help="seconds between a cut and a beat for a hit")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
 
     n = sub.add_parser("info", help="versions, devices, backends")
     n.add_argument("--json", action="store_true")
     n.set_defaults(func=cmd_info)
+
+    x = sub.add_parser("export", help="export a bundle's networks to ONNX (checked against PyTorch)")
+    x.add_argument("bundle", help="a PyTorch bundle directory")
+    x.add_argument("-o", "--output", required=True, help="the exported bundle (may be the bundle itself)")
+    x.add_argument("--opset", type=int, default=17)
+    x.add_argument("--with-weights", action="store_true", help="copy the .safetensors too (the torch backend can then run it)")
+    x.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    x.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("build", help="build TensorRT engines for an exported bundle")
+    b.add_argument("bundle", help="an exported bundle directory (v2m export)")
+    b.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16"])
+    b.add_argument("--cache-dir", default=None, help="where engines live (default: BUNDLE/engines)")
+    b.add_argument("--device", default="cuda", help="cuda or cuda:N")
+    b.add_argument("--force", action="store_true", help="rebuild even when a matching engine exists")
+    b.set_defaults(func=cmd_build)
     return p
 
 

@@ -192,13 +192,14 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) ->
     data = _quantize16(a)
     tmp = _temp_path(p)
     try:
-        sf.write(
-            str(tmp),
-            data,
-            int(sample_rate),
-            subtype="PCM_16",
-            format=AUDIO_SUFFIXES[p.suffix.lower()],
-        )
+        with open(tmp, "wb") as f:  # a file object: libsndfile cannot open non-UTF-8 names
+            sf.write(
+                f,
+                data,
+                int(sample_rate),
+                subtype="PCM_16",
+                format=AUDIO_SUFFIXES[p.suffix.lower()],
+            )
         os.replace(tmp, p)
     except (OSError, RuntimeError, sf.LibsndfileError) as e:
         raise OutputError(

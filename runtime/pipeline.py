@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import curves as curves_mod
-from . import media, sampler, video
+from . import media, sampler, video, windows
 from .backends import Backend, create_backend
 from .bundle import BundleConfig, load_config
 from .errors import InputError, NumericalError
@@ -82,13 +82,16 @@ class GenerationResult:
 
 
 @contextmanager
-def _timed(timings: dict[str, float], stage: str, sync: Callable[[], None] | None = None):
+def _timed(timings: dict[str, float], stage: str, sync: Callable[[], None] | None = None, profiler=None):
+    """Add the wall time of the block to `timings[stage]`; also an NVTX/trace range when profiled."""
+    rng = profiler.range(stage) if profiler is not None else nullcontext()
     t0 = time.perf_counter()
     try:
-        yield
+        with rng:
+            yield
+            if sync is not None:
+                sync()
     finally:
-        if sync is not None:
-            sync()
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
 
 
@@ -143,6 +146,8 @@ class Pipeline:
         backend: str = "torch",
         device: str = "cpu",
         precision: str = "fp32",
+        fast: bool | None = None,
+        compile: str = "none",
     ) -> Pipeline:
         """Load a bundle directory.
 
@@ -151,16 +156,21 @@ class Pipeline:
             backend: torch, onnxruntime, tensorrt or auto.
             device: cpu, cuda, cuda:N or auto.
             precision: fp32, fp16 or bf16 (the backend's compute precision).
+            fast: torch backend: the fast path (CUDA-graphed sampler step, chunked VAE);
+                None = on for CUDA + fp16. The log says which path runs.
+            compile: torch fast path: "none" or "inductor" (torch.compile of the DiT backbone).
         """
         path = Path(path)
         cfg = load_config(path)
-        be = create_backend(backend, path, cfg, device=device, precision=precision)
+        be = create_backend(backend, path, cfg, device=device, precision=precision, fast=fast, compile=compile)
         text = load_text_encoder(path, cfg.text, cfg.text_dim, device=be.device)
         log.info("loaded %s (preset %s) on %s", path, cfg.preset, be.describe())
         return cls(path, cfg, be, text)
 
     # --- stages ---------------------------------------------------------------------
-    def encode_video(self, video_path: str | Path, timings: dict[str, float] | None = None, batch_size: int = 32):
+    def encode_video(
+        self, video_path: str | Path, timings: dict[str, float] | None = None, batch_size: int = 32, profiler=None
+    ):
         """Decode (background thread) and encode (this thread) in batches: features [T, D]."""
         timings = {} if timings is None else timings
         enc = self.config.encoder
@@ -173,7 +183,8 @@ class Pipeline:
         for frames in batches:
             t0 = time.perf_counter()
             pixels = video.normalize(frames, enc["mean"], enc["std"])
-            feats.append(self.backend.encode_frames(pixels))
+            with profiler.range("encode") if profiler is not None else nullcontext():
+                feats.append(self.backend.encode_frames(pixels))
             t_enc += time.perf_counter() - t0
         self.backend.synchronize()
         total = time.perf_counter() - t_start
@@ -233,6 +244,7 @@ class Pipeline:
         text_embeddings: str | Path | None = None,
         profile_steps: bool = True,
         on_step: Callable[[int], None] | None = None,
+        profiler=None,
     ) -> GenerationResult:
         """Generate music for a video.
 
@@ -245,6 +257,8 @@ class Pipeline:
             text_embeddings: a safetensors file of precomputed embeddings, instead of the prompt.
             profile_steps: record per-step latency (CPU clock; a sync per step on GPUs).
             on_step: called with the step index after each step (progress bars).
+            profiler: a `v2m.runtime.profiler.Profiler`; stages and steps are recorded through it
+                (steps by CUDA events without a per-step sync, instead of `profile_steps`' sync).
         """
         cfg = self.config
         seed = sampler.resolve_seed(seed)
@@ -253,17 +267,19 @@ class Pipeline:
         timings: dict[str, float] = {}
         sync = self.backend.synchronize
 
-        features, reader = self.encode_video(video_path, timings)
+        if profiler is not None:
+            profiler.begin_run()
+        features, reader = self.encode_video(video_path, timings, profiler=profiler)
         duration = reader.duration_s
-        with _timed(timings, "curve"):
+        with _timed(timings, "curve", None, profiler):
             curve, curve_impl = self.compute_curve(features, duration)
         length = curve.shape[0]
         if length > cfg.sampler.max_frames:
-            log.warning(
-                "video is %.1f s, longer than the %.1f s the model was trained on; generating it in one window",
+            log.info(
+                "video is %.1f s, longer than the %.1f s the model was trained on; generating it in overlapping windows",
                 duration, cfg.max_seconds,
             )
-        with _timed(timings, "text"):
+        with _timed(timings, "text", None, profiler):
             emb, mask = self.encode_text(prompt, text_embeddings)
 
         noise = sampler.initial_noise(seed, (1, cfg.latent_channels, length))
@@ -272,7 +288,9 @@ class Pipeline:
         last = [time.perf_counter()]
 
         def step_hook(i: int) -> None:
-            if profile_steps:
+            if profiler is not None:
+                profiler.step(i)  # an event per step, read after the loop: no sync here
+            elif profile_steps:
                 sync()
                 now = time.perf_counter()
                 step_ms.append((now - last[0]) * 1e3)
@@ -280,19 +298,29 @@ class Pipeline:
             if on_step is not None:
                 on_step(i)
 
-        with _timed(timings, "sampler", sync):
+        if profiler is not None:
+            profiler.begin_steps()
+        if length > cfg.sampler.max_frames:
             last[0] = time.perf_counter()
-            latents = self.backend.sample(
-                noise, curve[None, None, :].astype(np.float32), emb[None], mask[None], ts, cfg_scale,
-                cfg.sampler.uncond_keeps_curve, step_hook,
-            )
-        if not np.isfinite(latents).all():
-            raise NumericalError("the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)")
-        with _timed(timings, "vae", sync):
-            audio = self.backend.decode(latents)[0]
+            latents, audio = self.sample_windows(noise, curve, emb, mask, ts, cfg_scale, step_hook, timings, profiler)
+            if profiler is not None:
+                step_ms = profiler.end_steps()
+        else:
+            with _timed(timings, "sampler", sync, profiler):
+                last[0] = time.perf_counter()
+                latents = self.backend.sample(
+                    noise, curve[None, None, :].astype(np.float32), emb[None], mask[None], ts, cfg_scale,
+                    cfg.sampler.uncond_keeps_curve, step_hook,
+                )
+            if not np.isfinite(latents).all():
+                raise NumericalError("the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)")
+            if profiler is not None:
+                step_ms = profiler.end_steps()
+            with _timed(timings, "vae", sync, profiler):
+                audio = self.backend.decode(latents)[0]
         audio = media.finalize_audio(audio, duration, cfg.audio.sample_rate, cfg.audio.fade_out_s)
         log.info("generated %.2f s of audio (seed %d) in %.2f s", duration, seed, sum(timings.values()))
-        return GenerationResult(
+        result = GenerationResult(
             audio=audio,
             sample_rate=cfg.audio.sample_rate,
             curve=curve,
@@ -312,3 +340,52 @@ class Pipeline:
                 "curve_impl": curve_impl,
             },
         )
+        if profiler is not None:
+            profiler.end_run(timings, {
+                **result.info, "L": length, "B": int(noise.shape[0]), "S": int(mask.shape[-1]),
+            })
+        return result
+
+    def sample_windows(self, noise, curve, emb, mask, ts, cfg_scale, on_step=None, timings=None, profiler=None):
+        """Sample and decode a video longer than `max_frames` in overlapping windows (see `windows`).
+
+        Each window gets its slice of the whole-video curve and noise, so the result
+        depends only on the seed; its latents are decoded at once and crossfaded into
+        the output, so memory holds one window's latents plus the final audio.
+
+        Args:
+            noise: [1, C, L] whole-video noise.
+            curve: [L] whole-video event curve.
+            emb, mask: [S, E], [S] text conditioning.
+            ts, cfg_scale, on_step: as for `Backend.sample`.
+
+        Returns:
+            latents [1, C, L] (each frame from the last window that sampled it) and audio [2, L * hop].
+        """
+        cfg = self.config
+        timings = {} if timings is None else timings
+        sync = self.backend.synchronize
+        hop = cfg.audio.hop_length
+        length = curve.shape[0]
+        plan = windows.plan_windows(
+            length, cfg.sampler.max_frames, windows.overlap_frames(cfg.sampler.max_frames, cfg.sampler.window_overlap)
+        )
+        log.info("%d windows of %d latent frames over %d", len(plan), cfg.sampler.max_frames, length)
+        latents = np.zeros_like(noise)
+        audio = None
+        for w in plan:
+            with _timed(timings, "sampler", sync, profiler):
+                lat = self.backend.sample(
+                    np.ascontiguousarray(noise[:, :, w.start : w.end]),
+                    curve[None, None, w.start : w.end].astype(np.float32), emb[None], mask[None], ts, cfg_scale,
+                    cfg.sampler.uncond_keeps_curve, on_step,
+                )
+            if not np.isfinite(lat).all():
+                raise NumericalError("the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)")
+            latents[:, :, w.start : w.end] = lat
+            with _timed(timings, "vae", sync, profiler):
+                a = self.backend.decode(lat)[0]
+            if audio is None:
+                audio = np.zeros((a.shape[0], length * hop), dtype=np.float32)
+            windows.overlap_add(audio, a[:, : (w.keep_end - w.start) * hop], w.start * hop, w.fade_in * hop, w.fade_out * hop)
+        return latents, audio

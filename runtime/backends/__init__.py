@@ -39,9 +39,21 @@ def _is_exported(bundle_dir: Path) -> bool:
 
 
 def create_backend(
-    name: str, bundle_dir: str | Path, cfg: BundleConfig, device: str = "cpu", precision: str = "fp32"
+    name: str,
+    bundle_dir: str | Path,
+    cfg: BundleConfig,
+    device: str = "cpu",
+    precision: str = "fp32",
+    fast: bool | None = None,
+    compile: str = "none",
 ) -> Backend:
-    """Instantiate backend `name` (torch, onnxruntime, tensorrt or auto) for a bundle."""
+    """Instantiate backend `name` (torch, onnxruntime, tensorrt or auto) for a bundle.
+
+    Args:
+        fast: torch only: the fast path (static buffers, CUDA-graphed step, chunked VAE);
+            None = on for CUDA + fp16, off otherwise. The log says which path runs.
+        compile: torch fast path only: "none" or "inductor" (torch.compile of the backbone).
+    """
     bundle_dir = Path(bundle_dir)
     if name == "auto":
         name = _pick_auto(bundle_dir, device)
@@ -49,9 +61,7 @@ def create_backend(
     if name == "torch":
         if not _has("torch"):
             raise BackendUnavailable("the torch backend needs PyTorch (pip install torch); or export the bundle and use --backend onnxruntime")
-        from .torch_backend import TorchBackend
-
-        return TorchBackend(bundle_dir, cfg, device=device, precision=precision)
+        return _torch_backend(bundle_dir, cfg, device, precision, fast, compile)
     if name == "onnxruntime":
         if not _has("onnxruntime"):
             raise BackendUnavailable("the onnxruntime backend needs ONNX Runtime: pip install 'v2m-runtime[ort]' (or [ort-gpu])")
@@ -65,6 +75,26 @@ def create_backend(
 
         return TensorRTBackend(bundle_dir, cfg, device=device, precision=precision)
     raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or auto")
+
+
+def _torch_backend(bundle_dir, cfg, device, precision, fast, compile) -> Backend:
+    from .torch_backend import TorchBackend, resolve_device
+
+    dev = resolve_device(device)
+    if fast is None:
+        fast = dev.type == "cuda" and precision == "fp16"
+        why = "auto: CUDA + fp16" if fast else f"auto: off for {dev.type} + {precision}"
+    else:
+        why = "asked for"
+    if compile != "none" and not fast:
+        raise BackendUnavailable(f"compile={compile!r} is a fast-path option; pass fast=True (CLI --fast)")
+    if fast:
+        from .torch_fast import FastConfig, TorchFastBackend
+
+        log.info("torch backend: fast path (%s)", why)
+        return TorchFastBackend(bundle_dir, cfg, device=str(dev), precision=precision, config=FastConfig(compile=compile))
+    log.info("torch backend: eager reference path (%s)", why)
+    return TorchBackend(bundle_dir, cfg, device=str(dev), precision=precision)
 
 
 def _pick_auto(bundle_dir: Path, device: str) -> str:

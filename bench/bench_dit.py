@@ -1,0 +1,219 @@
+"""Per-step DiT latency: eager vs torch.compile vs the CUDA-graphed fast path, plus fp16 accuracy.
+
+    python bench/bench_dit.py                                   # full preset, CUDA, fp16
+    python bench/bench_dit.py --preset small --device cpu --out /tmp/bench_dit
+
+One "step" is what the sampler does 96 times: a CFG forward on a 2B batch
+(cond ++ uncond), the guidance combine and the fp32 Euler update, over the
+static buffers of `runtime/backends/torch_fast.py` (text K/V and adaLN
+modulations hoisted, as in every variant). Variants:
+
+- eager:         `euler_cfg_step` eagerly (the reference backend's per-step work)
+- compile:       the backbone through torch.compile (inductor; "max-autotune-no-cudagraphs" on CUDA)
+- graph:         the step captured in a CUDA graph and replayed (CUDA only)
+- graph+compile: both (CUDA only)
+
+Weights are random and made on the target device in its dtype (the module is
+built on the `meta` device, then materialized with `to_empty` and initialized
+in place), so the 1.5B-parameter `full` preset never goes through a CPU init.
+Achieved TFLOP/s uses `DiTConfig.flops` minus the hoisted text K/V projections,
+against `harness.device_peaks`. One JSON line per (variant, L, B) in
+`<out>/dit.jsonl`, plus one accuracy line (fp16 vs fp32: per-step velocity
+cosine at the fp32 trajectory, and the SNR of the final latents).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+from v2m.models.dit import PRESETS, DiT, DiTConfig  # noqa: E402
+from v2m.runtime import sampler  # noqa: E402
+from v2m.runtime.backends.torch_fast import FastConfig, FastSampler, euler_cfg_step  # noqa: E402
+
+log = logging.getLogger("v2m.bench.dit")
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def make_dit(cfg: DiTConfig, device: torch.device, dtype: torch.dtype, seed: int = 0) -> DiT:
+    """A random DiT allocated directly on `device` in `dtype` (no CPU copy of the weights)."""
+    with torch.device("meta"):
+        dit = DiT(cfg)
+    dit = dit.to(dtype).to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for m in dit.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0.0, 1.0 / math.sqrt(m.in_features), generator=gen)
+                m.bias.zero_()
+        for lin in [blk.ada for blk in dit.blocks] + [dit.ada_out]:
+            lin.weight.mul_(0.25)  # as DiT.init_weights(zero_init=False)
+        for m in dit.modules():
+            if isinstance(m, torch.nn.LayerNorm) and m.weight is not None:
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+    return dit.eval()
+
+
+def step_flops(cfg: DiTConfig, b: int, length: int, s: int) -> float:
+    """FLOPs of one CFG step (batch 2B), without the text K/V projections the sampler hoists."""
+    hoisted = cfg.depth * 2 * b * s * 2 * (2 * cfg.width * cfg.width)
+    return cfg.flops(2 * b, length, s) - hoisted
+
+
+def _inputs(cfg: DiTConfig, b: int, length: int, s: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    noise = sampler.initial_noise(seed, (b, cfg.latent_channels, length))
+    curve = rng.random((b, 1, length), dtype=np.float32)
+    text = rng.standard_normal((b, s, cfg.text_dim), dtype=np.float32)
+    mask = np.ones((b, s), dtype=np.float32)
+    mask[:, s // 2 :] = 0  # half the prompt is padding, as a short prompt would be
+    return noise, curve, text, mask
+
+
+def time_variant(fast: FastSampler, cfg, b, length, s, steps, device, warmup, iters) -> list[float]:
+    ts = sampler.timesteps(steps)
+    entry = fast.prepare(*_inputs(cfg, b, length, s), ts, 4.5)
+    st = entry.state
+    if entry.graph is not None:
+        def fn():
+            st.idx.zero_()  # the graph increments it; keep it inside the schedule
+            entry.graph.replay()
+    else:
+        def fn():
+            st.idx.zero_()
+            euler_cfg_step(fast.backbone, st)
+    with torch.inference_mode():
+        return harness.time_fn(fn, warmup=warmup, iters=iters, device=str(device))
+
+
+@torch.inference_mode()
+def accuracy(dit_lo: DiT, dit_ref: DiT, b: int, length: int, s: int, steps: int) -> dict:
+    """fp16 (or bf16) vs fp32: per-step velocity cosine along the fp32 trajectory; final latent SNR."""
+    cfg = dit_ref.cfg
+    args = (*_inputs(cfg, b, length, s, seed=1), sampler.timesteps(steps), 4.5)
+    ref = FastSampler(dit_ref, FastConfig(graphs=False))
+    lo = FastSampler(dit_lo, FastConfig(graphs=False))
+    e_ref, e_lo = ref.prepare(*args), lo.prepare(*args)
+    ts = args[-2]
+    x = e_ref.state.x.clone()
+    cos = []
+    for i in range(steps):
+        v_ref = ref.velocity_at(e_ref, x, i)
+        v_lo = lo.velocity_at(e_lo, x, i)
+        cos.append(torch.nn.functional.cosine_similarity(v_ref.flatten(), v_lo.flatten(), dim=0).item())
+        x = x + float(ts[i + 1] - ts[i]) * v_ref
+    x_ref = ref.sample(*args)
+    x_lo = lo.sample(*args)
+    snr = 10 * np.log10(np.sum(x_ref.astype(np.float64) ** 2) / max(np.sum((x_ref - x_lo).astype(np.float64) ** 2), 1e-30))
+    return {
+        "cos_min": float(np.min(cos)), "cos_median": float(np.median(cos)), "cos_per_step": [round(c, 6) for c in cos],
+        "final_snr_db": float(snr), "L": length, "B": b, "steps": steps,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="full", choices=sorted(PRESETS))
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--precision", default=None, choices=sorted(DTYPES), help="default: fp16 on CUDA, fp32 on CPU")
+    ap.add_argument("--lengths", default="128,394,1024", help="latent frames L (394 = 32 s)")
+    ap.add_argument("--batches", default="1,4", help="B (the DiT batch is 2B with CFG)")
+    ap.add_argument("--text-len", type=int, default=64, help="S, text tokens")
+    ap.add_argument("--variants", default=None, help="default: eager,compile,graph,graph+compile on CUDA; eager,compile on CPU")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--accuracy-steps", type=int, default=96, help="0 skips the fp16-vs-fp32 check")
+    ap.add_argument("--accuracy-length", type=int, default=None, help="default: the smallest of --lengths")
+    ap.add_argument("--out", default=None, help="results directory (default bench/results)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU: torch.set_num_threads (1 on a shared, loaded box)")
+    args = ap.parse_args()
+    harness.setup_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("bench_dit: --device cuda but PyTorch sees no CUDA GPU; use --device cpu --preset small")
+    precision = args.precision or ("fp16" if cuda else "fp32")
+    dtype = DTYPES[precision]
+    variants = (args.variants or ("eager,compile,graph,graph+compile" if cuda else "eager,compile")).split(",")
+    if not cuda and any(v.startswith("graph") for v in variants):
+        raise SystemExit("bench_dit: graph variants need CUDA")
+    cfg = PRESETS[args.preset]
+    env = harness.environment(str(device))
+    versions = {k: env.get(k) for k in ("python", "numpy", "torch", "triton", "cuda") if k in env}
+    versions["cuda"] = torch.version.cuda if cuda else None
+    peaks = harness.device_peaks(env["device"]) if cuda else None
+    out_dir = Path(args.out) if args.out else None
+
+    dit = make_dit(cfg, device, dtype)
+    log.info("%s DiT on %s (%s): %.0fM parameters, made on the device", args.preset, env["device"], precision,
+             sum(p.numel() for p in dit.parameters()) / 1e6)
+    samplers = {}
+    for v in variants:
+        compile_ = "inductor" if "compile" in v else "none"
+        samplers[v] = FastSampler(dit, FastConfig(graphs=v.startswith("graph"), compile=compile_, max_graphs=1))
+
+    rows = []
+    for b in (int(x) for x in args.batches.split(",")):
+        for length in (int(x) for x in args.lengths.split(",")):
+            flops = step_flops(cfg, b, length, args.text_len)
+            eager_ms = None
+            for v in variants:
+                ms = time_variant(samplers[v], cfg, b, length, args.text_len, 96, device, args.warmup, args.iters)
+                st = harness.summarize(ms)
+                eager_ms = st["median"] if v == "eager" else eager_ms
+                tflops = flops / (st["median"] / 1e3) / 1e12
+                row = {
+                    "bench": "dit", "device": env["device"], "preset": args.preset, "precision": precision,
+                    "variant": v, "L": length, "B": b, "batch": 2 * b, "S": args.text_len,
+                    "step_ms": st["median"], "step_ms_p10": st["p10"], "step_ms_p90": st["p90"], "iters": st["n"],
+                    "gflop_per_step": flops / 1e9, "tflops": tflops,
+                    "pct_peak": 100 * tflops / peaks["tflops_fp16"] if peaks and precision != "fp32" else None,
+                    "speedup_vs_eager": eager_ms / st["median"] if eager_ms else None,
+                    "cpu_threads": None if cuda else torch.get_num_threads(),
+                    "versions": versions, "commit": env["commit"], "date": env["date"],
+                }
+                harness.append_result("dit", row, out_dir)
+                rows.append(row)
+                if cuda:
+                    torch.cuda.empty_cache()
+
+    print(f"\n{args.preset} DiT, {precision}, {env['device']}, S={args.text_len}")
+    print(f"{'variant':<14} {'B':>2} {'L':>5} {'step ms':>9} {'p10':>8} {'p90':>8} {'TFLOP/s':>8} {'%peak':>6} {'speedup':>7}")
+    for r in rows:
+        pk = f"{r['pct_peak']:.1f}" if r["pct_peak"] is not None else "-"
+        sp = f"{r['speedup_vs_eager']:.2f}x" if r["speedup_vs_eager"] else "-"
+        print(f"{r['variant']:<14} {r['B']:>2} {r['L']:>5} {r['step_ms']:>9.3f} {r['step_ms_p10']:>8.3f} "
+              f"{r['step_ms_p90']:>8.3f} {r['tflops']:>8.3f} {pk:>6} {sp:>7}")
+
+    if args.accuracy_steps > 0:
+        del samplers
+        lo_dtype = torch.float16 if precision == "fp32" else dtype  # compare a half precision against fp32
+        dit_ref = dit.float() if dtype == torch.float32 else copy.deepcopy(dit).float()
+        dit_lo = copy.deepcopy(dit_ref).to(lo_dtype)
+        length = args.accuracy_length or min(int(x) for x in args.lengths.split(","))
+        acc = accuracy(dit_lo, dit_ref, 1, length, args.text_len, args.accuracy_steps)
+        lo_name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[lo_dtype]
+        row = {"bench": "dit", "device": env["device"], "preset": args.preset, "variant": f"accuracy_{lo_name}_vs_fp32",
+               **acc, "versions": versions, "commit": env["commit"], "date": env["date"]}
+        harness.append_result("dit", row, out_dir)
+        print(f"\n{lo_name} vs fp32 (L={length}, B=1, {acc['steps']} steps): per-step velocity cosine "
+              f"min {acc['cos_min']:.6f}, median {acc['cos_median']:.6f}; final latents SNR {acc['final_snr_db']:.1f} dB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,397 @@
+"""Export a bundle's networks to ONNX, check each against PyTorch, write the manifest.
+
+```python
+from v2m.export import export_bundle
+result = export_bundle("tiny-bundle", "tiny-onnx")   # onnx/{encoder,dit,vae,step}.onnx + manifest.json
+```
+
+One generic path reads the export contracts (`v2m.export.contracts`): build
+the module, trace it at the contract's first sample shape, write
+`onnx/<name>.onnx` (external data in `<name>.onnx.data` past 2 GB), then run
+it in ONNX Runtime (CPU) at every sample shape, the export one and others, and
+compare with PyTorch. The manifest is written last, so a failed export never
+leaves a bundle that looks usable.
+
+Exporter: the TorchScript-based `torch.onnx.export(..., dynamo=False)` with
+`dynamic_axes`. In torch 2.13 the dynamo exporter needs `onnxscript` (not a
+dependency here) and traces far slower; the TorchScript tracer records every
+`x.shape[i]` as a graph op, so RoPE's `arange(L)`, the text mask and the
+batch split of the Euler step stay dynamic, which the check at a second
+shape proves on every export.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from v2m.runtime import __version__
+from v2m.runtime.bundle import BundleConfig, load_config
+from v2m.runtime.errors import BundleError, OutputError, V2MError
+from v2m.runtime.manifest import (
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    config_sections_digest,
+    sha256_file,
+    write_manifest,
+)
+from v2m.runtime.sampler import cfg_combine
+
+from .contracts import CONTRACTS, GRAPH_NAMES, ExportContract
+
+__all__ = [
+    "ONNX_OPSET",
+    "ExportError",
+    "CheckResult",
+    "ExportResult",
+    "PooledEncoder",
+    "GuidedEulerStep",
+    "build_module",
+    "export_graph",
+    "check_graph",
+    "export_bundle",
+]
+
+log = logging.getLogger("v2m.export")
+
+ONNX_OPSET = 17  # LayerNormalization is a single op from 17 on (TensorRT maps it to INormalizationLayer)
+EXPORTER = "torch.onnx.export (TorchScript tracer, dynamo=False)"
+_EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB per serialized model
+
+
+class ExportError(V2MError):
+    """An exported graph disagrees with PyTorch beyond its contract's tolerance."""
+
+
+# --- modules that are exported as they are -------------------------------------------------
+class PooledEncoder(nn.Module):
+    """DINOv2 at a fixed input size with baked position embeddings: pixels [B,3,H,H] -> [B, D]."""
+
+    def __init__(self, encoder: nn.Module, image_size: int):
+        super().__init__()
+        self.encoder = encoder.bake_position_embeddings(image_size)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder.pooled(pixels)
+
+
+class GuidedEulerStep(nn.Module):
+    """One guided Euler update on the device, and the doubled batch of the next DiT call.
+
+    x [B, C, L], velocity [2B, C, L] (cond first), scale [1], dt [1]
+    -> x_next = x + dt * (v_u + scale * (v_c - v_u)) [B, C, L], x2_next = [x_next; x_next] [2B, C, L]
+    """
+
+    def forward(self, x, velocity, scale, dt):
+        b = x.shape[0]
+        x_next = x + dt * cfg_combine(velocity[:b], velocity[b:], scale)
+        return x_next, torch.cat([x_next, x_next])  # (B, C, L), (2B, C, L)
+
+
+def build_module(bundle_dir: str | Path, name: str, cfg: BundleConfig) -> nn.Module:
+    """The fp32 CPU module whose graph is exported as `name`."""
+    if name == "step":
+        return GuidedEulerStep().eval()
+    from v2m.models.bundle import load_component
+
+    module = load_component(bundle_dir, name, cfg, device="cpu", dtype=torch.float32)
+    if name == "encoder":
+        return PooledEncoder(module, cfg.image_size).eval()
+    return module
+
+
+# --- export and check ------------------------------------------------------------------------
+@contextmanager
+def _quiet_tracer():
+    """The TorchScript exporter's deprecation notice and tracer warnings say nothing we do not
+    check: every graph is run at a second shape right after."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r"Constant folding - Only steps=1")  # a strided slice left unfolded: harmless
+        yield
+
+
+def _torch_inputs(contract: ExportContract, arrays: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(arrays[n]) for n in contract.input_names)
+
+
+def export_graph(
+    module: nn.Module,
+    contract: ExportContract,
+    cfg: BundleConfig,
+    onnx_dir: str | Path,
+    opset: int = ONNX_OPSET,
+    external_data: bool | None = None,
+) -> tuple[Path, Path | None]:
+    """Trace `module` at the contract's export sample and write `<onnx_dir>/<name>.onnx`.
+
+    Args:
+        external_data: weights in `<name>.onnx.data`; None: only when the graph passes 1.8 GB.
+
+    Returns:
+        (graph path, external data path or None).
+    """
+    import onnx
+
+    onnx_dir = Path(onnx_dir)
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    name = contract.name
+    args = _torch_inputs(contract, contract.sample_inputs(cfg, contract.samples(cfg)[0]))
+    final, final_data = onnx_dir / f"{name}.onnx", onnx_dir / f"{name}.onnx.data"
+    with tempfile.TemporaryDirectory(dir=onnx_dir, prefix=f".{name}-") as td:
+        raw_dir, out_dir = Path(td) / "raw", Path(td) / "out"
+        raw_dir.mkdir()
+        out_dir.mkdir()
+        raw = raw_dir / f"{name}.onnx"
+        with torch.no_grad(), _quiet_tracer():
+            torch.onnx.export(
+                module,
+                args,
+                str(raw),
+                dynamo=False,
+                opset_version=opset,
+                input_names=contract.input_names,
+                output_names=contract.output_names,
+                dynamic_axes=contract.dynamic_axes(cfg),
+                do_constant_folding=True,
+            )
+        files = list(raw_dir.iterdir())
+        size = sum(p.stat().st_size for p in files)
+        if external_data is None:
+            external_data = len(files) > 1 or size > _EXTERNAL_DATA_BYTES
+        out = out_dir / final.name
+        if external_data:  # one data file beside the graph (torch writes one file per tensor)
+            model = onnx.load(str(raw))
+            onnx.save_model(
+                model, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
+                location=final_data.name, size_threshold=1024,
+            )
+        else:
+            shutil.move(str(raw), out)
+        onnx.checker.check_model(str(out))
+        final.unlink(missing_ok=True)
+        final_data.unlink(missing_ok=True)
+        if external_data:
+            os.replace(out_dir / final_data.name, final_data)
+        os.replace(out, final)
+    log.info("exported %s (%.1f MB%s)", final, size / 1e6, ", external data" if external_data else "")
+    return final, (final_data if external_data else None)
+
+
+@dataclass
+class CheckResult:
+    """ONNX Runtime vs PyTorch on one output at one shape."""
+
+    graph: str
+    output: str
+    shape: list[int]
+    max_abs: float
+    max_rel: float  # max_abs / max |torch|
+    atol: float
+    rtol: float
+    ref_max: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(np.isfinite(self.max_abs)) and self.max_abs <= self.atol + self.rtol * self.ref_max
+
+    def line(self) -> str:
+        return (f"{self.graph:<8} {self.output:<9} {str(self.shape):<18} max abs {self.max_abs:.3e}  "
+                f"rel {self.max_rel:.3e}  (tol {self.atol:g} + {self.rtol:g} x {self.ref_max:.3g})  "
+                f"{'ok' if self.ok else 'FAIL'}")
+
+
+def ort_cpu_session(path: str | Path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def check_graph(
+    module: nn.Module,
+    contract: ExportContract,
+    cfg: BundleConfig,
+    path: str | Path,
+    shapes: list[dict[str, int]] | None = None,
+    session=None,
+) -> list[CheckResult]:
+    """Run the graph in ONNX Runtime (CPU) and `module` in PyTorch at each of `shapes`
+    (default: the contract's samples) and compare every output."""
+    sess = session or ort_cpu_session(path)
+    atol, rtol = contract.tolerance
+    results = []
+    for i, values in enumerate(shapes or contract.samples(cfg)):
+        feeds = contract.sample_inputs(cfg, values, seed=100 + i)
+        with torch.no_grad():
+            ref = module(*_torch_inputs(contract, feeds))
+        ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
+        got = sess.run(contract.output_names, feeds)
+        for name, r, g in zip(contract.output_names, ref, got):
+            r = r.numpy()
+            if r.shape != g.shape:
+                raise ExportError(
+                    f"{contract.name}.{name}: ONNX Runtime gives shape {list(g.shape)}, PyTorch {list(r.shape)} "
+                    f"at {values}; the graph lost a dynamic axis"
+                )
+            err = float(np.max(np.abs(g.astype(np.float64) - r))) if r.size else 0.0
+            ref_max = float(np.max(np.abs(r))) if r.size else 0.0
+            results.append(CheckResult(contract.name, name, list(r.shape), err, err / max(ref_max, 1e-30), atol, rtol, ref_max))
+    return results
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    manifest: Path
+    graphs: dict[str, Path]
+    checks: list[CheckResult] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _versions() -> dict[str, Any]:
+    import platform
+
+    import onnx
+
+    v: dict[str, Any] = {"v2m": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                         "onnx": onnx.__version__, "exporter": EXPORTER}
+    try:
+        import onnxruntime
+
+        v["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        v["onnxruntime"] = None
+    return v
+
+
+def _prepare_out(src: Path, out: Path, cfg: BundleConfig, with_weights: bool) -> None:
+    """Copy what the runtime needs besides the graphs: config.json, the text table, maybe weights."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file() and not (out / "config.json").is_file():
+        raise OutputError(f"{out} exists, is not empty and is not a v2m bundle; choose another directory")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / "config.json", out / "config.json")
+    text_file = cfg.text.get("file", "text.safetensors")
+    if (src / text_file).is_file():
+        shutil.copy2(src / text_file, out / text_file)
+    elif cfg.text.get("kind", "builtin") != "hf":
+        raise BundleError(f"{src / text_file}: missing; the bundle is incomplete")
+    else:
+        log.warning("text encoder is a Hugging Face directory (%s); it is not copied", cfg.text.get("path"))
+    for name in ("dit", "vae", "encoder"):
+        f = out / f"{name}.safetensors"
+        if with_weights:
+            shutil.copy2(src / f.name, f)
+        elif f.is_file():  # a lean bundle: a stale copy would not match the new config
+            log.info("removing %s (export without --with-weights)", f)
+            f.unlink()
+
+
+def export_bundle(
+    bundle_dir: str | Path,
+    out_dir: str | Path | None = None,
+    opset: int = ONNX_OPSET,
+    check: bool = True,
+    with_weights: bool = False,
+    names: tuple[str, ...] = GRAPH_NAMES,
+    on_check: Callable[[CheckResult], None] | None = None,
+    external_data: bool | None = None,
+) -> ExportResult:
+    """Export every graph of a bundle to ONNX and write `manifest.json`.
+
+    Args:
+        bundle_dir: a PyTorch bundle (`v2m init-model`).
+        out_dir: the exported bundle; None exports in place. A new directory gets config.json
+            and the text table (and the .safetensors weights with `with_weights`).
+        opset: ONNX opset (>= 17).
+        check: compare each graph with PyTorch in ONNX Runtime at two or more shapes; raise
+            ExportError past the contract's tolerance (the manifest is then not written).
+        names: graphs to export (default: all four).
+        on_check: called with each CheckResult as it is computed (the CLI prints them).
+        external_data: force (True) or forbid (False) external weight files; None: past 1.8 GB.
+    """
+    t_start = time.perf_counter()
+    src = Path(bundle_dir)
+    cfg = load_config(src)
+    if opset < 17:
+        raise V2MError(f"opset {opset} is too old: LayerNormalization needs opset 17 or newer")
+    out = Path(out_dir) if out_dir is not None else src
+    if out.resolve() != src.resolve():
+        _prepare_out(src, out, cfg, with_weights)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # until every graph is written and checked
+    graphs: dict[str, Any] = {}
+    paths: dict[str, Path] = {}
+    checks: list[CheckResult] = []
+    seconds: dict[str, float] = {}
+    for name in names:
+        contract = CONTRACTS[name]
+        t0 = time.perf_counter()
+        module = build_module(src, name, cfg)
+        path, data = export_graph(module, contract, cfg, out / "onnx", opset, external_data)
+        seconds[f"{name}_export"] = time.perf_counter() - t0
+        results: list[CheckResult] = []
+        if check:
+            t0 = time.perf_counter()
+            results = check_graph(module, contract, cfg, path)
+            seconds[f"{name}_check"] = time.perf_counter() - t0
+            for r in results:
+                if on_check is not None:
+                    on_check(r)
+                log.info("check %s", r.line())
+            checks += results
+            bad = [r for r in results if not r.ok]
+            if bad:
+                r = max(bad, key=lambda r: r.max_abs / max(r.atol + r.rtol * r.ref_max, 1e-30))
+                raise ExportError(
+                    f"exported {name} graph differs from PyTorch: {r.output} at shape {r.shape} has max abs error "
+                    f"{r.max_abs:.3e} > {r.atol:g} + {r.rtol:g} x {r.ref_max:.3g}; no manifest was written"
+                )
+        del module
+        profile = contract.profile(cfg)
+        graphs[name] = {
+            "file": path.relative_to(out).as_posix(),
+            "sha256": sha256_file(path),
+            "data_file": data.relative_to(out).as_posix() if data else None,
+            "data_sha256": sha256_file(data) if data else None,
+            "inputs": [{"name": s.name, "dtype": s.dtype, "dims": list(s.dims)} for s in contract.inputs],
+            "outputs": [{"name": s.name, "dtype": s.dtype, "dims": list(s.dims)} for s in contract.outputs],
+            "dynamic_axes": {k: {str(i): d for i, d in v.items()} for k, v in contract.dynamic_axes(cfg).items()},
+            "profile": {k: {"min": list(v[0]), "opt": list(v[1]), "max": list(v[2])} for k, v in profile.items()},
+            "fp32_inputs": list(contract.fp32_inputs),
+            "tolerance": {"atol": contract.tolerance[0], "rtol": contract.tolerance[1]},
+            "check": [asdict(r) | {"ok": r.ok} for r in results],
+        }
+        paths[name] = path
+    manifest = write_manifest(out, {
+        "format": MANIFEST_FORMAT,
+        "opset": opset,
+        "config_sections": config_sections_digest(cfg),
+        "config_sha256": sha256_file(src / "config.json"),
+        "config": cfg.to_dict(),
+        "source": str(src.resolve()),
+        "graphs": graphs,
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    seconds["total"] = time.perf_counter() - t_start
+    log.info("exported %s to %s in %.1f s", src, out, seconds["total"])
+    return ExportResult(out, manifest, paths, checks, seconds)

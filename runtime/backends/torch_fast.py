@@ -1,0 +1,410 @@
+"""Fast path of the PyTorch backend: static buffers, one CUDA-graphed Euler step, chunked VAE.
+
+Selected explicitly (`Pipeline.from_pretrained(..., fast=True)`, CLI `--fast`), or
+automatically for CUDA + fp16; `create_backend` logs which sampler path ran.
+`TorchBackend` (eager) stays the reference the fast path is tested against.
+
+What it does on top of the eager backend:
+
+- **One step, captured once per shape.** `euler_cfg_step` is a small function over
+  a `StaticState` of preallocated tensors: it reads the step index from a device
+  tensor, gathers that step's precomputed adaLN modulations and dt, runs the
+  backbone on the 2B (cond ++ uncond) batch, combines CFG, updates the fp32 Euler
+  state in place and increments the index. On CUDA it is captured in a
+  `torch.cuda.CUDAGraph` (side-stream warm-up, then `torch.cuda.graph`) and
+  replayed `steps` times: no host sync and no host-to-device write inside the
+  loop. Graphs are keyed by (B, L, S, schedule) in a small LRU. On CPU (or with
+  `graphs=False`) the very same function runs eagerly: that is what CPU tests
+  compare against `TorchBackend.sample`.
+- **Hoisted work.** Text K/V once per generation (copied into static buffers);
+  timestep embeddings + adaLN modulations of every step computed once per
+  schedule, in fp32 from upcast weights, and cached across generations.
+- **Precision (fp16).** Weights and activations fp16; fp32 is kept where it matters:
+  the Euler state and the CFG combine (here); timestep sinusoids and the
+  modulation MLP (here, at precompute time); RoPE angles and the rotation math
+  (`models/dit.py` computes them in fp32); LayerNorm statistics (PyTorch's CUDA
+  LayerNorm accumulates fp16 inputs in fp32); attention softmax (SDPA's flash /
+  memory-efficient kernels accumulate in fp32). The text mask bias (-30000) is
+  finite in fp16.
+- **Optional `torch.compile`** of the backbone (`compile="inductor"`), with
+  mode "max-autotune-no-cudagraphs" on CUDA since the graph is ours.
+- **Chunked VAE decode** over latent frames with receptive-field overlap and exact
+  stitching, so long clips decode in bounded memory.
+- **Frame encoding** from pinned host memory with non-blocking copies, so the
+  DINOv2 batches overlap the background video decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..bundle import BundleConfig
+from ..errors import BackendUnavailable
+from ..sampler import cfg_combine
+from .torch_backend import TorchBackend
+
+__all__ = [
+    "FastConfig",
+    "StaticState",
+    "FastSampler",
+    "TorchFastBackend",
+    "euler_cfg_step",
+    "guided_velocity",
+    "precompute_modulations",
+    "vae_receptive_field",
+    "chunked_decode",
+    "COMPILE_CHOICES",
+]
+
+log = logging.getLogger("v2m.backend.torch_fast")
+
+COMPILE_CHOICES = ("none", "inductor")
+
+
+@dataclass
+class FastConfig:
+    """Options of the fast path.
+
+    Args:
+        graphs: capture the step in a CUDA graph; None = on CUDA yes, on CPU no.
+        compile: "none" or "inductor" (torch.compile of the DiT backbone).
+        max_graphs: captured (B, L, S, schedule) shapes kept (LRU).
+        vae_chunk: latent frames decoded per chunk (0 = the whole clip at once).
+        vae_overlap: context frames each side of a chunk; None = the VAE's receptive field.
+    """
+
+    graphs: bool | None = None
+    compile: str = "none"
+    max_graphs: int = 4
+    vae_chunk: int = 128  # ~10 s of audio per chunk: a few hundred MB of fp16 activations for `full`
+    vae_overlap: int | None = None
+
+    def __post_init__(self):
+        if self.compile not in COMPILE_CHOICES:
+            raise BackendUnavailable(f"compile {self.compile!r} is not one of {', '.join(COMPILE_CHOICES)}")
+        if self.max_graphs < 1 or self.vae_chunk < 0:
+            raise BackendUnavailable("max_graphs must be >= 1 and vae_chunk >= 0")
+
+
+# --- hoisted, per-schedule work -------------------------------------------------------------
+def schedule_key(ts: np.ndarray) -> str:
+    """A content key for a timestep grid (two schedules of equal length may differ)."""
+    return hashlib.sha1(np.ascontiguousarray(ts, dtype=np.float64).tobytes()).hexdigest()[:16]
+
+
+@torch.inference_mode()
+def precompute_modulations(dit: nn.Module, ts: np.ndarray, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """adaLN modulations of every step, (depth, steps, 6, D) and (steps, 2, D), in `dtype`.
+
+    The math (sinusoid, timestep MLP, SiLU, every block's modulation Linear) runs in
+    fp32 on weights upcast one layer at a time, whatever the model dtype: it runs once
+    per schedule, so precision is free here. In fp32 this is `dit.time_modulations`.
+    """
+    from v2m.models.dit import timestep_features
+
+    dev = next(dit.parameters()).device
+    lin = lambda m, x: torch.nn.functional.linear(x, m.weight.float(), m.bias.float())
+    t = torch.tensor(np.asarray(ts[:-1]), dtype=torch.float32, device=dev)  # (steps,)
+    feats = timestep_features(t, dit.t_embed.freq_dim)  # (steps, F) fp32
+    mlp = dit.t_embed.mlp
+    c = lin(mlp[2], torch.nn.functional.silu(lin(mlp[0], feats)))  # (steps, D)
+    c_act = torch.nn.functional.silu(c)
+    n = c_act.shape[0]
+    mods = torch.stack([lin(blk.ada, c_act).view(n, 6, -1).to(dtype) for blk in dit.blocks])  # (depth, steps, 6, D)
+    final = lin(dit.ada_out, c_act).view(n, 2, -1).to(dtype)  # (steps, 2, D)
+    return mods, final
+
+
+# --- the step over static buffers -----------------------------------------------------------
+@dataclass
+class StaticState:
+    """Every tensor the captured step reads or writes; addresses never change after capture."""
+
+    x: torch.Tensor  # (B, C, L) fp32 Euler state
+    idx: torch.Tensor  # (1,) int64 step index, incremented by the step itself
+    dts: torch.Tensor  # (steps,) fp32
+    scale: torch.Tensor  # () fp32 CFG weight
+    mods: torch.Tensor  # (depth, steps, 6, D) model dtype
+    finals: torch.Tensor  # (steps, 2, D)
+    curve2: torch.Tensor  # (2B, 1, L) model dtype
+    kvs: list[tuple[torch.Tensor, torch.Tensor]]  # per block 2 x (2B, H, S, Dh)
+    bias: torch.Tensor  # (2B, 1, 1, S)
+    dtype: torch.dtype  # model compute dtype
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        b, _, n = self.x.shape
+        return b, n, self.bias.shape[-1]
+
+
+def guided_velocity(backbone, st: StaticState) -> torch.Tensor:
+    """CFG velocity (B, C, L) fp32 at the current state and step index. No host sync."""
+    b = st.x.shape[0]
+    m = st.mods.index_select(1, st.idx).expand(-1, 2 * b, -1, -1)  # (depth, 2B, 6, D)
+    f = st.finals.index_select(0, st.idx).expand(2 * b, -1, -1)  # (2B, 2, D)
+    x2 = torch.cat([st.x, st.x]).to(st.dtype)  # (2B, C, L)
+    v = backbone(x2, st.curve2, m, f, st.kvs, st.bias).float()  # (2B, C, L)
+    return cfg_combine(v[:b], v[b:], st.scale)
+
+
+def euler_cfg_step(backbone, st: StaticState) -> None:
+    """One Euler step in place: x += dt[idx] * v(x, idx); idx += 1. The unit we capture."""
+    v = guided_velocity(backbone, st)
+    st.x.add_(st.dts.index_select(0, st.idx) * v)
+    st.idx.add_(1)
+
+
+def _alloc_state(dit, b: int, length: int, s: int, mods, finals, dts, dtype, device) -> StaticState:
+    cfg = dit.cfg
+    kv = lambda: torch.zeros(2 * b, cfg.heads, s, cfg.head_dim, dtype=dtype, device=device)  # (2B, H, S, Dh)
+    return StaticState(
+        x=torch.zeros(b, cfg.latent_channels, length, dtype=torch.float32, device=device),
+        idx=torch.zeros(1, dtype=torch.int64, device=device),
+        dts=dts,
+        scale=torch.zeros((), dtype=torch.float32, device=device),
+        mods=mods,
+        finals=finals,
+        curve2=torch.zeros(2 * b, 1, length, dtype=dtype, device=device),
+        kvs=[(kv(), kv()) for _ in range(cfg.depth)],
+        bias=torch.zeros(2 * b, 1, 1, s, dtype=dtype, device=device),
+        dtype=dtype,
+    )
+
+
+class _Entry:
+    """One captured shape: its static state and (on CUDA) its graph."""
+
+    def __init__(self, state: StaticState, graph=None):
+        self.state, self.graph = state, graph
+
+
+class FastSampler:
+    """The static-buffer Euler sampler; CUDA-graph replay on CUDA, the same step eagerly elsewhere.
+
+    Args:
+        dit: the DiT (eval mode, weights on `device` in the compute dtype).
+        config: FastConfig (graphs, compile, LRU size).
+    """
+
+    def __init__(self, dit: nn.Module, config: FastConfig | None = None):
+        self.dit = dit
+        self.config = config or FastConfig()
+        p = next(dit.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        cuda = self.device.type == "cuda"
+        want_graphs = cuda if self.config.graphs is None else self.config.graphs
+        if want_graphs and not cuda:
+            raise BackendUnavailable("CUDA graphs need a CUDA device; use graphs=False (or None) on CPU")
+        self.graphs = bool(want_graphs)
+        self.backbone = self._backbone()
+        self._sched: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
+        self.captures = 0  # how many graphs were captured (tests and logs)
+
+    @property
+    def path(self) -> str:
+        return ("cuda_graph" if self.graphs else "static_eager") + ("+inductor" if self.config.compile == "inductor" else "")
+
+    def _backbone(self):
+        if self.config.compile == "none":
+            return self.dit.backbone
+        mode = "max-autotune-no-cudagraphs" if self.device.type == "cuda" else None
+        log.info("torch.compile(backbone, mode=%s)", mode)
+        return torch.compile(self.dit.backbone, mode=mode, dynamic=False)
+
+    # --- caches -------------------------------------------------------------------------
+    def schedule(self, ts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mods, finals, dts) of a schedule, cached across generations (LRU of 4)."""
+        key = (schedule_key(ts), self.dtype)
+        if key in self._sched:
+            self._sched.move_to_end(key)
+            return self._sched[key]
+        mods, finals = precompute_modulations(self.dit, ts, self.dtype)
+        dts = torch.tensor(np.diff(np.asarray(ts, dtype=np.float64)), dtype=torch.float32, device=self.device)
+        self._sched[key] = (mods, finals, dts)
+        while len(self._sched) > 4:
+            self._sched.popitem(last=False)
+        return self._sched[key]
+
+    def _entry(self, b: int, length: int, s: int, ts: np.ndarray) -> _Entry:
+        key = (b, length, s, schedule_key(ts))
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        mods, finals, dts = self.schedule(ts)
+        st = _alloc_state(self.dit, b, length, s, mods, finals, dts, self.dtype, self.device)
+        entry = _Entry(st, self._capture(st) if self.graphs else None)
+        self._entries[key] = entry
+        while len(self._entries) > self.config.max_graphs:
+            old, _ = self._entries.popitem(last=False)
+            log.info("fast sampler: evicted the graph of shape (B, L, S) = %s", old[:3])
+        return entry
+
+    def _capture(self, st: StaticState):
+        """Capture `euler_cfg_step` over `st` (side-stream warm-up first, as PyTorch documents)."""
+        step = lambda: euler_cfg_step(self.backbone, st)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):  # cuBLAS handles, autotuning, torch.compile all happen here
+                st.idx.zero_()
+                step()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        st.idx.zero_()
+        with torch.cuda.graph(graph):
+            step()
+        self.captures += 1
+        log.info("fast sampler: captured a CUDA graph for (B, L, S) = %s", st.key)
+        return graph
+
+    # --- the sampler ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def prepare(self, noise, curve, text, text_mask, ts, cfg_scale, uncond_keeps_curve=True) -> _Entry:
+        """Copy one generation's inputs into the static buffers of its shape (capturing if new)."""
+        dev, dt = self.device, self.dtype
+        b, _, length = noise.shape
+        s = text.shape[1]
+        entry = self._entry(b, length, s, ts)
+        st = entry.state
+        as_t = lambda a, dtype=dt: torch.from_numpy(np.ascontiguousarray(a)).to(dev, dtype)
+        curve_u = curve if uncond_keeps_curve else np.zeros_like(curve)
+        text2 = as_t(np.concatenate([text, np.zeros_like(text)]))  # (2B, S, E)
+        mask2 = as_t(np.concatenate([text_mask, text_mask]), torch.float32)  # (2B, S)
+        kvs, bias = self.dit.text_context(text2, mask2)  # once per generation
+        for (k_dst, v_dst), (k, v) in zip(st.kvs, kvs):
+            k_dst.copy_(k)
+            v_dst.copy_(v)
+        st.bias.copy_(bias)
+        st.curve2.copy_(as_t(np.concatenate([curve, curve_u])))  # (2B, 1, L)
+        st.x.copy_(as_t(noise, torch.float32))
+        st.scale.fill_(float(cfg_scale))
+        st.idx.zero_()
+        return entry
+
+    @torch.inference_mode()
+    def run(self, entry: _Entry, steps: int, on_step=None) -> torch.Tensor:
+        """`steps` Euler steps from the prepared state: graph replays, or the same step eagerly."""
+        st = entry.state
+        for i in range(steps):
+            if entry.graph is not None:
+                entry.graph.replay()
+            else:
+                euler_cfg_step(self.backbone, st)
+            if on_step is not None:
+                on_step(i)
+        return st.x
+
+    def sample(self, noise, curve, text, text_mask, ts, cfg_scale, uncond_keeps_curve=True, on_step=None):
+        entry = self.prepare(noise, curve, text, text_mask, ts, cfg_scale, uncond_keeps_curve)
+        x = self.run(entry, len(ts) - 1, on_step)
+        return x.cpu().numpy().copy()
+
+    @torch.inference_mode()
+    def velocity_at(self, entry: _Entry, x: torch.Tensor, i: int) -> torch.Tensor:
+        """The guided velocity at state `x`, step `i` (accuracy checks); leaves the state as it was."""
+        st = entry.state
+        saved_x, saved_i = st.x.clone(), st.idx.clone()
+        st.x.copy_(x)
+        st.idx.fill_(i)
+        v = guided_velocity(self.backbone, st).clone()
+        st.x.copy_(saved_x)
+        st.idx.copy_(saved_i)
+        return v
+
+
+# --- VAE: chunked decode -----------------------------------------------------------------
+def vae_receptive_field(cfg) -> int:
+    """Latent frames each side that can influence an output sample of an Oobleck decoder.
+
+    conv1 (k=7): 3 frames; per upsampling block at input rate r (samples per latent
+    frame): the transposed conv (k=2s) reaches 2 input samples, the residual units
+    (k=7, dilations 1, 3, 9) 3 * 13 output samples; conv2 (k=7): 3 samples.
+    """
+    r, rate = 3.0, 1
+    for s in reversed(cfg.strides):
+        r += 2.0 / rate
+        rate *= s
+        r += 3 * (1 + 3 + 9) / rate
+    r += 3 / rate
+    return math.ceil(r)
+
+
+@torch.inference_mode()
+def chunked_decode(vae: nn.Module, z: torch.Tensor, chunk: int, overlap: int | None = None) -> torch.Tensor:
+    """Decode latents (B, C, L) -> audio (B, A, L * hop) `chunk` latent frames at a time.
+
+    Each chunk [a, b) is decoded with `overlap` frames of context each side (clipped
+    at the clip edges) and only its own [a*hop, b*hop) samples are kept: with overlap
+    >= the receptive field this equals one full decode up to float rounding. The
+    output is assembled on the host, so device memory is bounded by one chunk.
+    """
+    b, _, length = z.shape
+    out_dtype = torch.promote_types(z.dtype, torch.float32)  # fp16/bf16 -> fp32; fp64 stays
+    if chunk <= 0 or chunk >= length:
+        return vae(z).to(out_dtype).cpu()
+    hop = vae.hop_length
+    pad = vae_receptive_field(vae.cfg) if overlap is None else int(overlap)
+    out = torch.empty(b, vae.cfg.audio_channels, length * hop, dtype=out_dtype)
+    for a in range(0, length, chunk):
+        e = min(a + chunk, length)
+        a0, e0 = max(0, a - pad), min(length, e + pad)
+        audio = vae(z[:, :, a0:e0])  # (B, A, (e0 - a0) * hop)
+        out[:, :, a * hop : e * hop] = audio[:, :, (a - a0) * hop : (e - a0) * hop].to(out_dtype).cpu()
+    return out
+
+
+# --- the backend --------------------------------------------------------------------------
+class TorchFastBackend(TorchBackend):
+    """TorchBackend with the fast sampler, chunked VAE decode and pinned frame uploads."""
+
+    name = "torch"
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        cfg: BundleConfig,
+        device: str = "cpu",
+        precision: str = "fp16",
+        config: FastConfig | None = None,
+    ):
+        super().__init__(bundle_dir, cfg, device=device, precision=precision)
+        self.fast_config = config or FastConfig()
+        self.sampler = FastSampler(self.dit, self.fast_config)
+        log.info(
+            "torch fast path: sampler %s, %s on %s, VAE chunk %s latent frames",
+            self.sampler.path, precision, self.device, self.fast_config.vae_chunk or "all",
+        )
+
+    @torch.inference_mode()
+    def encode_frames(self, pixels: np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(pixels))
+        if self.torch_device.type == "cuda":
+            x = x.pin_memory().to(self.torch_device, non_blocking=True)  # overlaps the decode thread
+        feats = self.encoder.pooled(x.to(self.torch_device, self.dtype)).float()  # (N, D)
+        return feats if self.torch_device.type == "cuda" else feats.numpy()
+
+    def sample(self, noise, curve, text, text_mask, ts, cfg_scale, uncond_keeps_curve=True, on_step=None):
+        return self.sampler.sample(noise, curve, text, text_mask, ts, cfg_scale, uncond_keeps_curve, on_step)
+
+    @torch.inference_mode()
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        z = torch.from_numpy(np.ascontiguousarray(latents)).to(self.torch_device, self.dtype)
+        audio = chunked_decode(self.vae, z, self.fast_config.vae_chunk, self.fast_config.vae_overlap)
+        return audio.float().numpy()
+
+    def describe(self):
+        d = super().describe()
+        d["sampler_path"] = self.sampler.path
+        d["compile"] = self.fast_config.compile
+        d["vae_chunk"] = self.fast_config.vae_chunk
+        return d

@@ -1,0 +1,202 @@
+"""The manifest of an exported bundle: which graphs, their hashes, the config they came from.
+
+`v2m export` writes `manifest.json` beside `config.json`:
+
+```
+{"format": "v2m-onnx/1", "opset": 17,
+ "config_sections": {"dit": "<sha256>", "vae": "...", "encoder": "..."}, "config": {...},
+ "graphs": {"dit": {"file": "onnx/dit.onnx", "sha256": "...", "data_file": null, "data_sha256": null,
+                    "inputs": [{"name": "x", "dtype": "float32", "dims": ["B", 64, "L"]}, ...],
+                    "outputs": [...], "profile": {"x": {"min": [...], "opt": [...], "max": [...]}, ...},
+                    "check": [...]}, ...},
+ "versions": {"v2m": ..., "torch": ..., "onnx": ..., "onnxruntime": ...}, "created": "..."}
+```
+
+Backends read it here, without torch or onnx: `load_manifest` parses it and
+`Manifest.verify` checks every graph file against its sha256 and the bundle's
+`config.json` against the config the graphs were exported from. Only the
+sections that shape the graphs (dit, vae, encoder) must match; sampler, curve
+and text settings may change after export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .bundle import BundleConfig
+from .errors import BundleError
+
+__all__ = [
+    "MANIFEST_FORMAT",
+    "MANIFEST_NAME",
+    "GRAPH_SECTIONS",
+    "GraphInfo",
+    "Manifest",
+    "sha256_file",
+    "config_sections_digest",
+    "load_manifest",
+    "write_manifest",
+]
+
+MANIFEST_FORMAT = "v2m-onnx/1"
+MANIFEST_NAME = "manifest.json"
+GRAPH_SECTIONS = ("dit", "vae", "encoder")  # the config sections baked into the graphs
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def config_sections_digest(cfg: BundleConfig | dict[str, Any]) -> dict[str, str]:
+    """sha256 of each graph-shaping config section (canonical JSON)."""
+    d = cfg.to_dict() if isinstance(cfg, BundleConfig) else cfg
+    return {k: _digest(d.get(k)) for k in GRAPH_SECTIONS}
+
+
+@dataclass
+class GraphInfo:
+    name: str
+    file: str  # relative to the bundle directory
+    sha256: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    profile: dict[str, dict[str, list[int]]]
+    data_file: str | None = None  # external weights (graphs over 2 GB)
+    data_sha256: str | None = None
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t["name"] for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t["name"] for t in self.outputs]
+
+    def profile_shapes(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """input -> (min, opt, max) shapes."""
+        return {k: (tuple(v["min"]), tuple(v["opt"]), tuple(v["max"])) for k, v in self.profile.items()}
+
+
+@dataclass
+class Manifest:
+    bundle_dir: Path
+    opset: int
+    config_sections: dict[str, str]
+    graphs: dict[str, GraphInfo]
+    versions: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.bundle_dir / MANIFEST_NAME
+
+    def graph(self, name: str) -> GraphInfo:
+        if name not in self.graphs:
+            raise BundleError(
+                f"{self.path}: no '{name}' graph (has {', '.join(sorted(self.graphs)) or 'none'}); "
+                "re-export with this v2m (`v2m export`)"
+            )
+        return self.graphs[name]
+
+    def graph_path(self, name: str) -> Path:
+        return self.bundle_dir / self.graph(name).file
+
+    def verify_config(self, cfg: BundleConfig) -> None:
+        """The bundle's config.json must describe the models the graphs were exported from."""
+        now = config_sections_digest(cfg)
+        changed = [k for k in GRAPH_SECTIONS if self.config_sections.get(k) != now[k]]
+        if changed:
+            raise BundleError(
+                f"{self.bundle_dir / 'config.json'} does not match the config the graphs were exported from "
+                f"(section{'s' if len(changed) > 1 else ''} {', '.join(changed)} changed); "
+                "re-export with `v2m export`"
+            )
+
+    def verify_graph(self, name: str) -> str:
+        """Check the graph file (and its external data) against the manifest; returns its sha256."""
+        g = self.graph(name)
+        for rel, want in ((g.file, g.sha256), (g.data_file, g.data_sha256)):
+            if rel is None:
+                continue
+            path = self.bundle_dir / rel
+            if not path.is_file():
+                raise BundleError(f"{path}: missing; the exported bundle is incomplete (re-export with `v2m export`)")
+            got = sha256_file(path)
+            if got != want:
+                raise BundleError(
+                    f"{path}: sha256 {got[:12]}... does not match manifest.json ({str(want)[:12]}...): "
+                    "the file changed or was truncated after export; re-export with `v2m export`"
+                )
+        return g.sha256
+
+    def verify(self, cfg: BundleConfig, names: tuple[str, ...] | list[str] | None = None) -> None:
+        """verify_config, then verify_graph for each of `names` (default: all)."""
+        self.verify_config(cfg)
+        for name in names or sorted(self.graphs):
+            self.verify_graph(name)
+
+
+def _graph_from_dict(name: str, d: dict[str, Any], where: Path) -> GraphInfo:
+    try:
+        return GraphInfo(
+            name=name,
+            file=str(d["file"]),
+            sha256=str(d["sha256"]),
+            inputs=list(d["inputs"]),
+            outputs=list(d["outputs"]),
+            profile=dict(d.get("profile", {})),
+            data_file=d.get("data_file"),
+            data_sha256=d.get("data_sha256"),
+        )
+    except (KeyError, TypeError) as e:
+        raise BundleError(f"{where}: graph '{name}' entry is malformed ({type(e).__name__}: {e})") from None
+
+
+def load_manifest(bundle_dir: str | Path) -> Manifest:
+    """Parse `<bundle_dir>/manifest.json` (one-line BundleError for every way it can be wrong)."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(
+            f"{bundle_dir} is not an exported bundle (no {MANIFEST_NAME}); "
+            f"run `v2m export {bundle_dir} -o OUT` and point --model at OUT, or use --backend torch"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e}); re-export with `v2m export`") from None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise BundleError(f"{path}: format {got!r} is not {MANIFEST_FORMAT!r}; re-export with this v2m")
+    graphs = data.get("graphs")
+    if not isinstance(graphs, dict) or not graphs:
+        raise BundleError(f"{path}: lists no graphs; re-export with `v2m export`")
+    return Manifest(
+        bundle_dir=bundle_dir,
+        opset=int(data.get("opset", 0)),
+        config_sections=dict(data.get("config_sections", {})),
+        graphs={k: _graph_from_dict(k, v, path) for k, v in graphs.items()},
+        versions=dict(data.get("versions", {})),
+        raw=data,
+    )
+
+
+def write_manifest(bundle_dir: str | Path, data: dict[str, Any]) -> Path:
+    """Write manifest.json atomically (the exporter writes it last, after every graph)."""
+    path = Path(bundle_dir) / MANIFEST_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,281 @@
+"""ONNX export: contracts, graph parity with PyTorch (tiny and small), whole-pipeline parity
+torch vs onnxruntime, and one-line errors for every broken exported bundle.
+
+Tolerances (fp32 everywhere, CPU):
+- graphs: each contract's (atol, rtol), an output fails past atol + rtol * max|torch|.
+  DiT and encoder 1e-4 (observed ~1e-6: only op reordering differs), VAE 1e-3
+  (observed ~1e-4: Snake's sin(alpha x)^2 over ~20 conv layers amplifies rounding),
+  the Euler step 1e-6 (three elementwise ops, bit-exact in practice).
+- pipeline: the curve comes from encoder features through a numpy reference, so it
+  inherits the encoder's ~1e-7 error: atol 1e-5. Latents after 96 Euler steps:
+  per-step DiT differences of ~1e-6 (relative) accumulate over 96 steps of size
+  1/96 with CFG weight 4, observed ~1e-6 (tiny) and ~5e-6 (small) on latents of
+  magnitude ~7 and ~11: atol 1e-3.
+  Audio: the VAE's own 1e-4 on top: atol 2e-3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from v2m.export import contracts
+from v2m.export.contracts import CONTRACTS, GRAPH_NAMES
+from v2m.export.exporter import build_module, check_graph, export_bundle, export_graph
+from v2m.models.bundle import bundle_config, init_bundle
+from v2m.runtime.bundle import load_config
+from v2m.runtime.cli import main
+from v2m.runtime.manifest import load_manifest, sha256_file
+
+ort = pytest.importorskip("onnxruntime")
+
+
+# --- fixtures: one export per preset per session ----------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(PyTorch bundle, exported bundle with weights)."""
+    d = tmp_path_factory.mktemp("tiny")
+    src = init_bundle("tiny", d / "bundle", seed=0)
+    res = export_bundle(src, d / "exported", with_weights=True)
+    return src, d / "exported", res
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    d = tmp_path_factory.mktemp("small")
+    src = init_bundle("small", d / "bundle", seed=0)
+    res = export_bundle(src, d / "exported", with_weights=True)
+    return src, d / "exported", res
+
+
+@pytest.fixture
+def lean_copy(tiny, tmp_path):
+    """A writable copy of the exported tiny bundle, without weights."""
+    out = tmp_path / "lean"
+    weights = {"dit.safetensors", "vae.safetensors", "encoder.safetensors"}
+    shutil.copytree(tiny[1], out, ignore=lambda d, names: [n for n in names if n in weights])
+    return out
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _one_line_error(rc: int, err: str) -> str:
+    assert rc != 0
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("v2m: error:"), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# --- contracts ------------------------------------------------------------------------------
+def test_contract_profiles_and_dynamic_axes():
+    cfg = bundle_config("tiny")
+    dit = CONTRACTS["dit"]
+    prof = dit.profile(cfg)
+    c, e, s, f = cfg.latent_channels, cfg.text_dim, cfg.text["max_tokens"], cfg.sampler.max_frames
+    assert prof["x"] == ((2, c, 1), (2, c, f), (8, c, 2 * f))
+    assert prof["text"] == ((2, 1, e), (2, s, e), (8, s, e))
+    assert prof["t"] == ((2,), (2,), (8,))
+    assert dit.dynamic_axes(cfg)["x"] == {0: "B", 2: "L"}
+    assert CONTRACTS["encoder"].dynamic_axes(cfg) == {"pixels": {0: "B"}, "features": {0: "B"}}  # H baked
+    for contract in CONTRACTS.values():  # every dynamic dim of the export sample changes in a check
+        first, *rest = contract.samples(cfg)
+        assert rest
+        for other in rest:
+            assert all(first[k] != other[k] for k in first if isinstance(contract.dims(cfg).get(k), tuple))
+    feeds = dit.sample_inputs(cfg, {"B": 2, "L": 5, "S": 6})
+    assert feeds["text_mask"].dtype == np.float32 and feeds["text_mask"][:, 0].all()
+    assert list(feeds) == dit.input_names
+
+
+# --- export: files, manifest --------------------------------------------------------------
+def test_export_writes_graphs_and_manifest(tiny):
+    src, out, res = tiny
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["format"] == "v2m-onnx/1" and man["opset"] == 17
+    assert set(man["graphs"]) == set(GRAPH_NAMES)
+    for name, g in man["graphs"].items():
+        assert sha256_file(out / g["file"]) == g["sha256"]
+        assert g["data_file"] is None  # tiny graphs are far below 2 GB
+        assert g["check"] and all(c["ok"] for c in g["check"])
+        assert [i["name"] for i in g["inputs"]] == CONTRACTS[name].input_names
+    assert man["config"] == load_config(src).to_dict()
+    assert {"torch", "onnx", "onnxruntime", "v2m", "exporter"} <= set(man["versions"])
+    assert (out / "config.json").read_bytes() == (src / "config.json").read_bytes()
+    assert (out / "text.safetensors").is_file() and (out / "dit.safetensors").is_file()
+    load_manifest(out).verify(load_config(out))
+
+
+def test_cli_export_prints_checks_and_lean_bundle_has_no_weights(tiny, tmp_path, capsys):
+    rc, out, err = _run(capsys, "export", str(tiny[0]), "-o", str(tmp_path / "lean"))
+    assert rc == 0, err
+    lines = [ln for ln in out.splitlines() if "max abs" in ln]
+    assert {ln.split()[0] for ln in lines} == set(GRAPH_NAMES)
+    assert len(lines) >= 2 * len(GRAPH_NAMES)  # two shapes or more per graph
+    assert all(ln.endswith("ok") for ln in lines)
+    assert sorted(p.name for p in (tmp_path / "lean").iterdir()) == ["config.json", "manifest.json", "onnx", "text.safetensors"]
+
+
+def test_external_data_round_trip(tiny, tmp_path):
+    src, _, _ = tiny
+    cfg = load_config(src)
+    module, contract = build_module(src, "vae", cfg), CONTRACTS["vae"]
+    path, data = export_graph(module, contract, cfg, tmp_path, external_data=True)
+    assert data is not None and data.stat().st_size > path.stat().st_size
+    assert all(r.ok for r in check_graph(module, contract, cfg, path))
+
+
+# --- graph parity -------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", ["tiny", pytest.param("small", marks=pytest.mark.slow)])
+def test_graph_parity(preset, request):
+    src, out, res = request.getfixturevalue(preset)
+    assert {r.graph for r in res.checks} == set(GRAPH_NAMES)
+    assert all(r.ok for r in res.checks), [r.line() for r in res.checks if not r.ok]
+    # The DiT again at shapes the export never saw: one frame, a one-token prompt, and the
+    # training length with a full CFG batch of two videos.
+    cfg = load_config(src)
+    contract = CONTRACTS["dit"]
+    shapes = [{"B": 2, "L": 1, "S": 1}, {"B": 4, "L": cfg.sampler.max_frames if preset == "tiny" else 100, "S": 3}]
+    results = check_graph(build_module(src, "dit", cfg), contract, cfg, out / "onnx" / "dit.onnx", shapes)
+    assert [r.shape[2] for r in results] == [s["L"] for s in shapes]
+    assert all(r.ok for r in results), [r.line() for r in results]
+
+
+# --- whole pipeline, torch vs onnxruntime ------------------------------------------------------------
+@pytest.mark.parametrize("preset,steps", [("tiny", 96), pytest.param("small", 96, marks=pytest.mark.slow)])
+def test_pipeline_parity_torch_vs_onnxruntime(preset, steps, request, short_video):
+    from v2m.runtime import Pipeline
+
+    _, out, _ = request.getfixturevalue(preset)
+    runs = {}
+    for backend in ("torch", "onnxruntime"):
+        pipe = Pipeline.from_pretrained(out, backend=backend, device="cpu", precision="fp32")
+        runs[backend] = pipe.generate(short_video.path, prompt="warm synth pop", seed=11, steps=steps)
+        assert runs[backend].info["backend"] == backend
+    a, b = runs["torch"], runs["onnxruntime"]
+    assert a.latents.shape == b.latents.shape and a.audio.shape == b.audio.shape
+    np.testing.assert_allclose(b.curve, a.curve, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(b.latents, a.latents, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(b.audio, a.audio, atol=2e-3, rtol=0)
+    assert len(b.step_ms) == steps
+
+
+def test_ort_sample_matches_generic_array_loop(tiny):
+    """The IOBinding loop (DiT + step graph) equals ArrayBackend's generic numpy loop."""
+    from v2m.runtime import sampler
+    from v2m.runtime.backends.base import ArrayBackend
+    from v2m.runtime.backends.ort_backend import OrtBackend
+
+    out = tiny[1]
+    cfg = load_config(out)
+    be = OrtBackend(out, cfg)
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((2, cfg.latent_channels, 13), dtype=np.float32)
+    curve = rng.random((2, 1, 13), dtype=np.float32)
+    text = rng.standard_normal((2, 5, cfg.text_dim), dtype=np.float32)
+    mask = np.ones((2, 5), dtype=np.float32)
+    ts = sampler.timesteps(8)
+    steps = []
+    got = be.sample(noise, curve, text, mask, ts, 3.0, uncond_keeps_curve=False, on_step=steps.append)
+    ref = ArrayBackend.sample(be, noise, curve, text, mask, ts, 3.0, uncond_keeps_curve=False)
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+    assert steps == list(range(8))
+
+
+# --- bad input: one line, non-zero exit ---------------------------------------------------------
+def _generate(capsys, bundle, video, backend="onnxruntime", tmp=None):
+    return _run(capsys, "generate", str(video), "-o", str(Path(tmp) / "o.wav"), "--model", str(bundle),
+                "--backend", backend, "--device", "cpu", "--steps", "2", "--seed", "0", "-q")
+
+
+def test_lean_copy_generates(lean_copy, short_video, tmp_path, capsys):
+    rc, out, err = _generate(capsys, lean_copy, short_video.path, tmp=tmp_path)
+    assert rc == 0, err
+    assert "backend onnxruntime" in out
+
+
+def test_truncated_graph_is_a_hash_mismatch(lean_copy, short_video, tmp_path, capsys):
+    g = lean_copy / "onnx" / "dit.onnx"
+    g.write_bytes(g.read_bytes()[: g.stat().st_size // 2])
+    line = _one_line_error(*_generate(capsys, lean_copy, short_video.path, tmp=tmp_path)[::2])
+    assert "dit.onnx" in line and "does not match manifest.json" in line
+
+
+def test_corrupted_graph_with_matching_hash(lean_copy, short_video, tmp_path, capsys):
+    g = lean_copy / "onnx" / "vae.onnx"
+    g.write_bytes(b"\x08\x07garbage" + bytes(range(256)) * 4)
+    man = json.loads((lean_copy / "manifest.json").read_text())
+    man["graphs"]["vae"]["sha256"] = sha256_file(g)  # a broken export, consistently hashed
+    (lean_copy / "manifest.json").write_text(json.dumps(man))
+    line = _one_line_error(*_generate(capsys, lean_copy, short_video.path, tmp=tmp_path)[::2])
+    assert "vae.onnx" in line and "ONNX Runtime cannot load it" in line
+
+
+def test_manifest_hash_mismatch(lean_copy, short_video, tmp_path, capsys):
+    man = json.loads((lean_copy / "manifest.json").read_text())
+    man["graphs"]["encoder"]["sha256"] = "0" * 64
+    (lean_copy / "manifest.json").write_text(json.dumps(man))
+    line = _one_line_error(*_generate(capsys, lean_copy, short_video.path, tmp=tmp_path)[::2])
+    assert "encoder.onnx" in line and "does not match manifest.json" in line
+
+
+def test_config_changed_after_export(lean_copy, short_video, tmp_path, capsys):
+    cfg = json.loads((lean_copy / "config.json").read_text())
+    cfg["dit"]["rope_theta"] = 500.0
+    (lean_copy / "config.json").write_text(json.dumps(cfg))
+    line = _one_line_error(*_generate(capsys, lean_copy, short_video.path, tmp=tmp_path)[::2])
+    assert "does not match the config the graphs were exported from" in line and "dit" in line
+
+
+def test_runtime_settings_may_change_after_export(lean_copy, short_video, tmp_path, capsys):
+    cfg = json.loads((lean_copy / "config.json").read_text())
+    cfg["sampler"]["cfg_scale"] = 2.5  # not baked into any graph
+    (lean_copy / "config.json").write_text(json.dumps(cfg))
+    rc, _, err = _generate(capsys, lean_copy, short_video.path, tmp=tmp_path)
+    assert rc == 0, err
+
+
+def test_not_exported_bundle(tiny, short_video, tmp_path, capsys):
+    line = _one_line_error(*_generate(capsys, tiny[0], short_video.path, tmp=tmp_path)[::2])
+    assert "not an exported bundle" in line and "v2m export" in line
+
+
+def test_malformed_manifest(lean_copy, short_video, tmp_path, capsys):
+    (lean_copy / "manifest.json").write_text("{not json")
+    line = _one_line_error(*_generate(capsys, lean_copy, short_video.path, tmp=tmp_path)[::2])
+    assert "manifest.json" in line and "not valid JSON" in line
+
+
+def test_tensorrt_missing(lean_copy, short_video, tmp_path, capsys):
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    line = _one_line_error(*_generate(capsys, lean_copy, short_video.path, backend="tensorrt", tmp=tmp_path)[::2])
+    assert "TensorRT" in line
+    line = _one_line_error(*_run(capsys, "build", str(lean_copy), "--precision", "fp16")[::2])
+    assert "TensorRT" in line
+
+
+def test_export_check_failure_is_one_line(tiny, tmp_path, capsys, monkeypatch):
+    strict = dataclasses.replace(CONTRACTS["dit"], tolerance=(0.0, 0.0))  # DiT differs by ~1e-6
+    monkeypatch.setitem(contracts.CONTRACTS, "dit", strict)
+    line = _one_line_error(*_run(capsys, "export", str(tiny[0]), "-o", str(tmp_path / "x"))[::2])
+    assert "dit graph differs from PyTorch" in line
+    assert not (tmp_path / "x" / "manifest.json").exists()
+
+
+def test_export_refuses_foreign_directory(tiny, tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    line = _one_line_error(*_run(capsys, "export", str(tiny[0]), "-o", str(tmp_path / "x"))[::2])
+    assert "not a v2m bundle" in line

@@ -1,0 +1,208 @@
+"""The torch fast path: static-buffer step == eager reference on CPU; CUDA graphs on GPU only."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from v2m.models.bundle import bundle_config, load_component
+from v2m.models.vae import OobleckConfig, OobleckDecoder
+from v2m.runtime import sampler
+from v2m.runtime.backends import create_backend
+from v2m.runtime.backends.torch_backend import TorchBackend
+from v2m.runtime.backends.torch_fast import (
+    FastConfig,
+    FastSampler,
+    TorchFastBackend,
+    chunked_decode,
+    precompute_modulations,
+    vae_receptive_field,
+)
+from v2m.runtime.bundle import load_config
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _inputs(cfg, b=1, length=37, s=5, seed=0):
+    rng = np.random.default_rng(seed)
+    noise = sampler.initial_noise(seed, (b, cfg.latent_channels, length))
+    curve = rng.random((b, 1, length), dtype=np.float32)
+    text = rng.standard_normal((b, s, cfg.text_dim), dtype=np.float32)
+    mask = np.ones((b, s), dtype=np.float32)
+    mask[:, -2:] = 0
+    return noise, curve, text, mask
+
+
+@pytest.fixture(scope="module")
+def eager(tiny_bundle):
+    return TorchBackend(tiny_bundle, load_config(tiny_bundle), device="cpu", precision="fp32")
+
+
+def test_modulations_match_model(eager):
+    ts = sampler.timesteps(12)
+    mods, final = precompute_modulations(eager.dit, ts, torch.float32)
+    ref_mods, ref_final = eager.dit.time_modulations(torch.tensor(ts[:-1], dtype=torch.float32))
+    assert mods.shape == ref_mods.shape and final.shape == ref_final.shape
+    torch.testing.assert_close(mods, ref_mods, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(final, ref_final, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("b,uncond_keeps_curve", [(1, True), (2, False)])
+def test_fast_sampler_matches_eager_fp32(eager, b, uncond_keeps_curve):
+    cfg = eager.cfg
+    noise, curve, text, mask = _inputs(cfg, b=b)
+    ts = sampler.timesteps(10)
+    fast = FastSampler(eager.dit, FastConfig())
+    assert fast.path == "static_eager" and not fast.graphs
+    seen = []
+    got = fast.sample(noise, curve, text, mask, ts, 4.5, uncond_keeps_curve, seen.append)
+    ref = eager.sample(noise, curve, text, mask, ts, 4.5, uncond_keeps_curve)
+    assert seen == list(range(10))
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_sampler_96_steps_reproducible_and_cached(eager):
+    cfg = eager.cfg
+    noise, curve, text, mask = _inputs(cfg, length=31)
+    ts = sampler.timesteps(96)
+    fast = FastSampler(eager.dit)
+    a = fast.sample(noise, curve, text, mask, ts, 4.5)
+    b = fast.sample(noise, curve, text, mask, ts, 4.5)
+    assert np.array_equal(a, b)  # bit-reproducible, static buffers reused
+    assert len(fast._entries) == 1 and len(fast._sched) == 1
+    np.testing.assert_allclose(a, eager.sample(noise, curve, text, mask, ts, 4.5), atol=1e-5, rtol=1e-5)
+    # another prompt, same shape: same entry, new text K/V
+    _, _, text2, _ = _inputs(cfg, length=31, seed=1)
+    c = fast.sample(noise, curve, text2, mask, ts, 4.5)
+    assert len(fast._entries) == 1 and not np.allclose(a, c)
+
+
+def test_shape_lru(eager):
+    fast = FastSampler(eager.dit, FastConfig(max_graphs=2))
+    ts = sampler.timesteps(3)
+    for length in (10, 11, 12, 10):
+        fast.sample(*_inputs(eager.cfg, length=length), ts, 3.0)
+    assert [k[1] for k in fast._entries] == [12, 10]
+
+
+def test_config_errors(eager):
+    with pytest.raises(Exception, match="compile"):
+        FastConfig(compile="tensorrt")
+    with pytest.raises(Exception, match="CUDA graphs"):
+        FastSampler(eager.dit, FastConfig(graphs=True))
+
+
+def test_selection_and_log(tiny_bundle, caplog):
+    cfg = load_config(tiny_bundle)
+    with caplog.at_level(logging.INFO, logger="v2m.backend"):
+        be = create_backend("torch", tiny_bundle, cfg, device="cpu", precision="fp32")
+        assert type(be) is TorchBackend
+        assert "eager reference path" in caplog.text
+        be = create_backend("torch", tiny_bundle, cfg, device="cpu", precision="fp32", fast=True)
+        assert isinstance(be, TorchFastBackend) and be.describe()["sampler_path"] == "static_eager"
+        assert "fast path (asked for)" in caplog.text
+    with pytest.raises(Exception, match="fast-path option"):
+        create_backend("torch", tiny_bundle, cfg, device="cpu", compile="inductor")
+
+
+def test_pipeline_fast_equals_eager(tiny_bundle, short_video):
+    from v2m.runtime import Pipeline
+
+    a = Pipeline.from_pretrained(tiny_bundle, device="cpu", precision="fp32").generate(short_video.path, "x", seed=2, steps=6)
+    pf = Pipeline.from_pretrained(tiny_bundle, device="cpu", precision="fp32", fast=True)
+    b = pf.generate(short_video.path, "x", seed=2, steps=6)
+    assert b.info["sampler_path"] == "static_eager" and len(b.step_ms) == 6
+    np.testing.assert_allclose(a.latents, b.latents, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(a.audio, b.audio, atol=1e-5)
+
+
+# --- chunked VAE decode ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_vae(tiny_bundle):
+    return load_component(tiny_bundle, "vae", bundle_config("tiny"))
+
+
+@pytest.mark.parametrize("length,chunk", [(29, 10), (12, 5)])
+def test_chunked_decode_equals_full(tiny_vae, length, chunk):
+    z = torch.randn(1, tiny_vae.cfg.latent_channels, length, generator=torch.Generator().manual_seed(length))
+    with torch.inference_mode():
+        full = tiny_vae(z)
+    got = chunked_decode(tiny_vae, z, chunk)
+    assert got.shape == full.shape
+    # fp32: within the rounding of the full decode itself (~1e-4 from fp64 at |audio| ~ 0.6)
+    torch.testing.assert_close(got, full, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("length,chunk", [(23, 8)])
+def test_chunked_decode_exact_in_fp64(tiny_bundle, length, chunk):
+    vae = load_component(tiny_bundle, "vae", bundle_config("tiny"), dtype=torch.float64)
+    z = torch.randn(1, vae.cfg.latent_channels, length, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.inference_mode():
+        full = vae(z)
+    torch.testing.assert_close(chunked_decode(vae, z, chunk).double(), full, atol=1e-7, rtol=0)
+
+
+def test_chunk_overlap_too_small_differs(tiny_vae):
+    z = torch.randn(1, tiny_vae.cfg.latent_channels, 30, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        full = tiny_vae(z)
+    assert not torch.allclose(chunked_decode(tiny_vae, z, 7, overlap=0), full, atol=1e-5)
+
+
+def test_receptive_field():
+    assert vae_receptive_field(OobleckConfig()) == 11
+    assert vae_receptive_field(OobleckDecoder(OobleckConfig(latent_channels=4, channels=2)).cfg) == 11
+
+
+# --- GPU only ----------------------------------------------------------------------------------
+def _gpu_pair(tiny_bundle, preset_len=62):
+    cfg = load_config(tiny_bundle)
+    ref = TorchBackend(tiny_bundle, cfg, device="cuda", precision="fp32")
+    f16 = TorchFastBackend(tiny_bundle, cfg, device="cuda", precision="fp16")
+    return cfg, ref, f16
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_graph_replay_equals_eager_and_reproducible(tiny_bundle):
+    cfg = load_config(tiny_bundle)
+    ref32 = TorchBackend(tiny_bundle, cfg, device="cuda", precision="fp32")
+    graphed = FastSampler(ref32.dit, FastConfig(graphs=True))
+    eager = FastSampler(ref32.dit, FastConfig(graphs=False))
+    args = (*_inputs(cfg, length=62), sampler.timesteps(96), 4.5)
+    a = graphed.sample(*args)
+    b = graphed.sample(*args)
+    assert graphed.captures == 1 and np.array_equal(a, b)
+    np.testing.assert_allclose(a, eager.sample(*args), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(a, ref32.sample(*args), atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_fp16_velocity_cosine(tiny_bundle):
+    cfg, ref, f16 = _gpu_pair(tiny_bundle)
+    noise, curve, text, mask = _inputs(cfg, length=62)
+    ts = sampler.timesteps(96)
+    s32 = FastSampler(ref.dit, FastConfig(graphs=False))
+    e32 = s32.prepare(noise, curve, text, mask, ts, 4.5)
+    e16 = f16.sampler.prepare(noise, curve, text, mask, ts, 4.5)
+    x = e32.state.x.clone()
+    for i in range(96):
+        v32 = s32.velocity_at(e32, x, i)
+        v16 = f16.sampler.velocity_at(e16, x, i)
+        cos = torch.nn.functional.cosine_similarity(v32.flatten(), v16.flatten(), dim=0).item()
+        assert cos >= 0.999, (i, cos)
+        x = x + float(ts[i + 1] - ts[i]) * v32
+    a = f16.sample(noise, curve, text, mask, ts, 4.5)
+    assert np.array_equal(a, f16.sample(noise, curve, text, mask, ts, 4.5))
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_graph_recaptured_on_new_shape(tiny_bundle):
+    _, _, f16 = _gpu_pair(tiny_bundle)
+    ts = sampler.timesteps(8)
+    for length in (40, 41, 40):
+        f16.sample(*_inputs(f16.cfg, length=length), ts, 4.5)
+    assert f16.sampler.captures == 2
