@@ -4,19 +4,27 @@
     python bench/bench_dit.py --preset small --device cpu --out /tmp/bench_dit
 
 One "step" is what the sampler does 96 times: a CFG forward on a 2B batch
-(cond ++ uncond), the guidance combine and the fp32 Euler update, over the
-static buffers of `runtime/backends/torch_fast.py` (text K/V and adaLN
-modulations hoisted, as in every variant). Variants:
+(cond ++ uncond), the guidance combine and the fp32 Euler update. Variants:
 
-- eager:         `euler_cfg_step` eagerly (the reference backend's per-step work)
-- compile:       the backbone through torch.compile (inductor; "max-autotune-no-cudagraphs" on CUDA)
-- graph:         the step captured in a CUDA graph and replayed (CUDA only)
-- graph+compile: both (CUDA only)
+- eager:         plain PyTorch, as stable-audio-tools runs a DiT: `DiT.forward` on the
+                 2B batch every step (timestep MLP, adaLN modulations and text K/V
+                 recomputed each step), CFG combine, Euler update. The baseline
+                 `speedup_vs_eager` divides by.
+- static:        `euler_cfg_step` eagerly over the static buffers of
+                 `runtime/backends/torch_fast.py` (text K/V and modulations hoisted)
+- compile:       static, backbone through torch.compile (inductor; "max-autotune-no-cudagraphs" on CUDA)
+- graph:         static, the step captured in a CUDA graph and replayed (CUDA only)
+- graph+compile: graph with the compiled backbone (CUDA only)
+- graph+triton:  graph with the fused Triton kernels (`kernels="triton"`, CUDA only)
+
+graph+compile and graph+triton are the two fusion choices of `FastConfig`; the
+faster one in this table is the one to configure.
 
 Weights are random and made on the target device in its dtype (the module is
 built on the `meta` device, then materialized with `to_empty` and initialized
 in place), so the 1.5B-parameter `full` preset never goes through a CPU init.
-Achieved TFLOP/s uses `DiTConfig.flops` minus the hoisted text K/V projections,
+Achieved TFLOP/s uses `DiTConfig.flops` minus the hoisted text K/V projections (the
+step's necessary work, the same figure for every variant, eager included),
 against `harness.device_peaks`. One JSON line per (variant, L, B) in
 `<out>/dit.jsonl`, plus one accuracy line (fp16 vs fp32: per-step velocity
 cosine at the fp32 trajectory, and the SNR of the final latents).
@@ -40,6 +48,7 @@ import harness  # noqa: E402
 from v2m.models.dit import PRESETS, DiT, DiTConfig  # noqa: E402
 from v2m.runtime import sampler  # noqa: E402
 from v2m.runtime.backends.torch_fast import FastConfig, FastSampler, euler_cfg_step  # noqa: E402
+from v2m.runtime.sampler import cfg_combine  # noqa: E402
 
 log = logging.getLogger("v2m.bench.dit")
 
@@ -82,6 +91,25 @@ def _inputs(cfg: DiTConfig, b: int, length: int, s: int, seed: int = 0):
     return noise, curve, text, mask
 
 
+def time_eager(dit: DiT, cfg, b, length, s, device, dtype, warmup, iters) -> list[float]:
+    """The plain-PyTorch step: the model's own forward on the CFG batch, every step."""
+    noise, curve, text, mask = _inputs(cfg, b, length, s)
+    as_t = lambda a, dt=dtype: torch.from_numpy(np.ascontiguousarray(a)).to(device, dt)
+    x = as_t(noise, torch.float32)  # (B, C, L) fp32 Euler state
+    curve2 = as_t(np.concatenate([curve, curve]))  # (2B, 1, L)
+    text2 = as_t(np.concatenate([text, np.zeros_like(text)]))  # (2B, S, E)
+    mask2 = as_t(np.concatenate([mask, mask]), torch.float32)  # (2B, S)
+    t2 = torch.full((2 * b,), 0.5, device=device)
+
+    def fn():
+        x2 = torch.cat([x, x]).to(dtype)
+        v = dit(x2, curve2, t2, text2, mask2).float()  # (2B, C, L)
+        x.add_(-0.01 * cfg_combine(v[:b], v[b:], 4.5))
+
+    with torch.inference_mode():
+        return harness.time_fn(fn, warmup=warmup, iters=iters, device=str(device))
+
+
 def time_variant(fast: FastSampler, cfg, b, length, s, steps, device, warmup, iters) -> list[float]:
     ts = sampler.timesteps(steps)
     entry = fast.prepare(*_inputs(cfg, b, length, s), ts, 4.5)
@@ -99,12 +127,12 @@ def time_variant(fast: FastSampler, cfg, b, length, s, steps, device, warmup, it
 
 
 @torch.inference_mode()
-def accuracy(dit_lo: DiT, dit_ref: DiT, b: int, length: int, s: int, steps: int) -> dict:
+def accuracy(dit_lo: DiT, dit_ref: DiT, b: int, length: int, s: int, steps: int, kernels: str = "torch") -> dict:
     """fp16 (or bf16) vs fp32: per-step velocity cosine along the fp32 trajectory; final latent SNR."""
     cfg = dit_ref.cfg
     args = (*_inputs(cfg, b, length, s, seed=1), sampler.timesteps(steps), 4.5)
     ref = FastSampler(dit_ref, FastConfig(graphs=False))
-    lo = FastSampler(dit_lo, FastConfig(graphs=False))
+    lo = FastSampler(dit_lo, FastConfig(graphs=False, kernels=kernels))
     e_ref, e_lo = ref.prepare(*args), lo.prepare(*args)
     ts = args[-2]
     x = e_ref.state.x.clone()
@@ -131,7 +159,8 @@ def main() -> None:
     ap.add_argument("--lengths", default="128,394,1024", help="latent frames L (394 = 32 s)")
     ap.add_argument("--batches", default="1,4", help="B (the DiT batch is 2B with CFG)")
     ap.add_argument("--text-len", type=int, default=64, help="S, text tokens")
-    ap.add_argument("--variants", default=None, help="default: eager,compile,graph,graph+compile on CUDA; eager,compile on CPU")
+    ap.add_argument("--variants", default=None,
+                    help="default: eager,static,compile,graph,graph+compile,graph+triton on CUDA; eager,static,compile on CPU")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--accuracy-steps", type=int, default=96, help="0 skips the fp16-vs-fp32 check")
@@ -149,7 +178,8 @@ def main() -> None:
         raise SystemExit("bench_dit: --device cuda but PyTorch sees no CUDA GPU; use --device cpu --preset small")
     precision = args.precision or ("fp16" if cuda else "fp32")
     dtype = DTYPES[precision]
-    variants = (args.variants or ("eager,compile,graph,graph+compile" if cuda else "eager,compile")).split(",")
+    variants = (args.variants or ("eager,static,compile,graph,graph+compile,graph+triton" if cuda
+                                  else "eager,static,compile")).split(",")
     if not cuda and any(v.startswith("graph") for v in variants):
         raise SystemExit("bench_dit: graph variants need CUDA")
     cfg = PRESETS[args.preset]
@@ -164,8 +194,14 @@ def main() -> None:
              sum(p.numel() for p in dit.parameters()) / 1e6)
     samplers = {}
     for v in variants:
+        if v == "eager":
+            continue
         compile_ = "inductor" if "compile" in v else "none"
-        samplers[v] = FastSampler(dit, FastConfig(graphs=v.startswith("graph"), compile=compile_, max_graphs=1))
+        kernels = "triton" if "triton" in v else "torch"
+        samplers[v] = FastSampler(
+            dit, FastConfig(graphs=v.startswith("graph"), compile=compile_, kernels=kernels, max_graphs=1)
+        )
+        log.info("variant %s: sampler path %s", v, samplers[v].path)
 
     rows = []
     for b in (int(x) for x in args.batches.split(",")):
@@ -173,7 +209,10 @@ def main() -> None:
             flops = step_flops(cfg, b, length, args.text_len)
             eager_ms = None
             for v in variants:
-                ms = time_variant(samplers[v], cfg, b, length, args.text_len, 96, device, args.warmup, args.iters)
+                if v == "eager":
+                    ms = time_eager(dit, cfg, b, length, args.text_len, device, dtype, args.warmup, args.iters)
+                else:
+                    ms = time_variant(samplers[v], cfg, b, length, args.text_len, 96, device, args.warmup, args.iters)
                 st = harness.summarize(ms)
                 eager_ms = st["median"] if v == "eager" else eager_ms
                 tflops = flops / (st["median"] / 1e3) / 1e12
@@ -206,13 +245,15 @@ def main() -> None:
         dit_ref = dit.float() if dtype == torch.float32 else copy.deepcopy(dit).float()
         dit_lo = copy.deepcopy(dit_ref).to(lo_dtype)
         length = args.accuracy_length or min(int(x) for x in args.lengths.split(","))
-        acc = accuracy(dit_lo, dit_ref, 1, length, args.text_len, args.accuracy_steps)
         lo_name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[lo_dtype]
-        row = {"bench": "dit", "device": env["device"], "preset": args.preset, "variant": f"accuracy_{lo_name}_vs_fp32",
-               **acc, "versions": versions, "commit": env["commit"], "date": env["date"]}
-        harness.append_result("dit", row, out_dir)
-        print(f"\n{lo_name} vs fp32 (L={length}, B=1, {acc['steps']} steps): per-step velocity cosine "
-              f"min {acc['cos_min']:.6f}, median {acc['cos_median']:.6f}; final latents SNR {acc['final_snr_db']:.1f} dB")
+        for kernels in ["torch"] + (["triton"] if any("triton" in v for v in variants) else []):
+            acc = accuracy(dit_lo, dit_ref, 1, length, args.text_len, args.accuracy_steps, kernels)
+            name = f"accuracy_{lo_name}_vs_fp32" + ("_triton" if kernels == "triton" else "")
+            row = {"bench": "dit", "device": env["device"], "preset": args.preset, "variant": name, "kernels": kernels,
+                   **acc, "versions": versions, "commit": env["commit"], "date": env["date"]}
+            harness.append_result("dit", row, out_dir)
+            print(f"\n{lo_name} ({kernels} kernels) vs fp32 (L={length}, B=1, {acc['steps']} steps): per-step velocity "
+                  f"cosine min {acc['cos_min']:.6f}, median {acc['cos_median']:.6f}; final latents SNR {acc['final_snr_db']:.1f} dB")
 
 
 if __name__ == "__main__":

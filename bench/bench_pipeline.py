@@ -26,13 +26,18 @@ import harness  # noqa: E402
 log = logging.getLogger("v2m.bench.pipeline")
 
 
-def prepare(preset: str, work: Path, backend: str, duration: float, size: tuple[int, int] = (320, 240)) -> tuple[Path, Path]:
+def prepare(preset: str, work: Path, backend: str, duration: float, size: tuple[int, int] = (320, 240),
+            init_device: str = "cpu", precision: str = "fp32") -> tuple[Path, Path]:
+    import torch
+
     from v2m.models.bundle import init_bundle
     from v2m.runtime import synth
 
     bundle = work / f"{preset}-bundle"
     if not (bundle / "config.json").is_file():
-        init_bundle(preset, bundle, seed=0)
+        # full-size random weights are made on the GPU, stored in the precision they run in
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+        init_bundle(preset, bundle, seed=0, dtype=dtype, device=init_device)
     if backend in ("onnxruntime", "tensorrt") and not (bundle / "manifest.json").is_file():
         from v2m.export.exporter import export_bundle
 
@@ -44,17 +49,21 @@ def prepare(preset: str, work: Path, backend: str, duration: float, size: tuple[
 
 
 def run(preset: str, backend: str, device: str, precision: str, duration: float, repeats: int, work: Path, out: Path | None,
-        size: tuple[int, int] = (320, 240), fast: bool | None = None):
+        size: tuple[int, int] = (320, 240), fast: bool | None = None, kernels: str = "torch", compile: str = "none"):
     from v2m.runtime import Pipeline
+    from v2m.runtime.profiler import Profiler
 
-    bundle, clip = prepare(preset, work, backend, duration, size)
-    pipe = Pipeline.from_pretrained(bundle, backend=backend, device=device, precision=precision, fast=fast)
+    init_device = "cuda" if device.startswith("cuda") else "cpu"
+    bundle, clip = prepare(preset, work, backend, duration, size, init_device, precision)
+    pipe = Pipeline.from_pretrained(bundle, backend=backend, device=device, precision=precision, fast=fast,
+                                    kernels=kernels, compile=compile)
     pipe.generate(clip, prompt="warm synth pop", seed=0)  # warm-up (allocations, graph builds)
     stage_runs: dict[str, list[float]] = {}
     steps: list[float] = []
     totals = []
+    prof = Profiler(device=pipe.backend.device)  # per-step CUDA events and peak GPU memory on CUDA
     for r in range(repeats):
-        res = pipe.generate(clip, prompt="warm synth pop", seed=r)
+        res = pipe.generate(clip, prompt="warm synth pop", seed=r, profiler=prof)
         with tempfile.TemporaryDirectory() as td:
             res.mux(clip, Path(td) / "out.mp4")
         for k, v in res.timings.items():
@@ -70,6 +79,7 @@ def run(preset: str, backend: str, device: str, precision: str, duration: float,
         "duration_s": duration,
         "video_size": f"{size[0]}x{size[1]}",
         "sampler_path": res.info.get("sampler_path", "eager"),
+        "peak_gpu_mb": (lambda b: b / 2**20 if b else None)(prof.report().get("peak_gpu_mem_bytes")),
         "L": int(res.curve.shape[0]),
         "steps": len(res.step_ms),
         "repeats": repeats,
@@ -96,6 +106,8 @@ def main() -> None:
     ap.add_argument("--size", default="320x240", help="test clip WIDTHxHEIGHT (1280x720 for the 720p run)")
     ap.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                     help="torch fast path (default: on for CUDA + fp16)")
+    ap.add_argument("--kernels", default="torch", choices=["torch", "triton"], help="torch fast path: fused glue kernels")
+    ap.add_argument("--compile", default="none", choices=["none", "inductor"], help="torch fast path: torch.compile")
     ap.add_argument("--workdir", default=None, help="reuse bundles and clips here")
     ap.add_argument("--out", default=None, help="results directory (default bench/results)")
     args = ap.parse_args()
@@ -106,7 +118,7 @@ def main() -> None:
         for backend in args.backends.split(","):
             size = tuple(int(v) for v in args.size.lower().split("x"))
             row = run(preset, backend, args.device, args.precision, args.duration, args.repeats, work,
-                      args.out and Path(args.out), size, args.fast)
+                      args.out and Path(args.out), size, args.fast, args.kernels, args.compile)
             log.info(
                 "%s/%s: total %.3f s (RTF %.1fx), step median %.2f ms, sampler %.3f s, vae %.3f s",
                 preset, backend, row["total_s"], row["realtime_factor"], row["step_ms"], row["sampler_s"], row["vae_s"],

@@ -243,11 +243,19 @@ def _check_args(features, kernel: int, fps: float, latent_rate: float) -> None:
         raise ValueError(f"fps and latent_rate must be positive, got {fps}, {latent_rate}")
 
 
-def _out_length(out_lengths, max_length: int | None) -> int:
-    # Read on the host before any launch: the only sync, and none if max_length is given.
+def _lengths_on_device(features, lengths, out_lengths, max_length: int | None, dtype=None):
+    """`lengths`, `out_lengths` ([B] each) moved to `features.device` (and `dtype`, if given),
+    and L_max, the output's column count: `max_length`, else max(out_lengths).
+
+    L_max is read on the host before any launch: the only sync, and none if max_length is given.
+    """
+    lengths = lengths.to(device=features.device, dtype=dtype)  # no-ops when already there
+    out_lengths = out_lengths.to(device=features.device, dtype=dtype)
     if max_length is not None:
-        return int(max_length)
-    return int(out_lengths.max()) if out_lengths.numel() else 0
+        l_max = int(max_length)
+    else:
+        l_max = int(out_lengths.max()) if out_lengths.numel() else 0
+    return lengths, out_lengths, l_max
 
 
 def event_curves(
@@ -287,9 +295,8 @@ def event_curves(
         raise TypeError(f"features must be a float tensor, got {features.dtype}")
     device = features.device
     batch, t_max, dim = features.shape
-    lengths = lengths.to(device)  # no-ops when already there; kernels read any int dtype
-    out_lengths = out_lengths.to(device)
-    l_max = _out_length(out_lengths, max_length)
+    # dtypes kept: the kernels read any int dtype
+    lengths, out_lengths, l_max = _lengths_on_device(features, lengths, out_lengths, max_length)
     out = torch.empty((batch, l_max), dtype=torch.float32, device=device)
     if batch == 0 or l_max == 0:
         return out
@@ -354,9 +361,8 @@ def event_curves_torch(
     _check_args(features, kernel, fps, latent_rate)
     device = features.device
     batch, t_max, _ = features.shape
-    lengths = lengths.to(device=device, dtype=torch.long).clamp(0, t_max)
-    out_lengths = out_lengths.to(device=device, dtype=torch.long)
-    l_max = _out_length(out_lengths, max_length)
+    lengths, out_lengths, l_max = _lengths_on_device(features, lengths, out_lengths, max_length, torch.long)
+    lengths = lengths.clamp(0, t_max)
     if batch == 0 or l_max == 0 or t_max == 0:
         return torch.zeros((batch, l_max), dtype=torch.float32, device=device)
 

@@ -85,15 +85,15 @@ def _randomize(module: nn.Module, generator: torch.Generator) -> None:
         for name, p in module.named_parameters():
             if p.ndim >= 2:
                 fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=generator) / fan_in**0.5)
+                p.copy_(torch.randn(p.shape, generator=generator, device=p.device) / fan_in**0.5)
             elif name.endswith(("alpha", "beta")):  # Snake: log-scale parameters start at 0 (= 1)
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+                p.copy_(torch.randn(p.shape, generator=generator, device=p.device) * 0.1)
             elif "norm" in name and name.endswith("weight"):
                 p.fill_(1.0)
             elif "lambda" in name or "gamma" in name or name.endswith(("ls1", "ls2")):
                 p.fill_(0.1)  # LayerScale
             else:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
+                p.copy_(torch.randn(p.shape, generator=generator, device=p.device) * 0.02)
 
 
 @torch.no_grad()
@@ -104,7 +104,7 @@ def _calibrate_vae(vae: nn.Module, generator: torch.Generator, channels: int, ta
     adds sin^2 terms); without this the random bundles' audio would sit at +40 dB
     and be clipped flat. Trained checkpoints never go through here.
     """
-    z = torch.randn(1, channels, 8, generator=generator)
+    z = torch.randn(1, channels, 8, generator=generator, device=next(vae.parameters()).device)
     rms = vae(z).pow(2).mean().sqrt().item()
     if rms > 0 and math.isfinite(rms):
         last = [m for m in vae.modules() if isinstance(m, nn.Conv1d) and not isinstance(m, nn.ConvTranspose1d)][-1]
@@ -112,9 +112,20 @@ def _calibrate_vae(vae: nn.Module, generator: torch.Generator, channels: int, ta
 
 
 def init_bundle(
-    preset: str, out_dir: str | Path, seed: int = 0, dtype: torch.dtype = torch.float32, overwrite: bool = False
+    preset: str,
+    out_dir: str | Path,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    overwrite: bool = False,
+    device: str | torch.device = "cpu",
 ) -> Path:
-    """Write a random-weight bundle of `preset` to `out_dir`."""
+    """Write a random-weight bundle of `preset` to `out_dir`.
+
+    Args:
+        device: where the random weights are made ("cuda" makes the 1.5B-parameter
+            `full` preset in seconds). Each device's generator gives its own
+            weights for a seed: bundles are reproducible per device, not across.
+    """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         if not (out / "config.json").is_file():
@@ -123,21 +134,26 @@ def init_bundle(
             raise BundleError(f"{out} holds another bundle; pass --overwrite to replace it")
     cfg = bundle_config(preset)
     out.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(seed)
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
     meta = {"format": "v2m", "preset": preset, "seed": str(seed), "weights": "random"}
+    if device.type != "cpu":
+        meta["made_on"] = device.type
     for name in ("encoder", "vae", "dit"):
-        module = build_component(cfg, name)
+        with device:
+            module = build_component(cfg, name)
         _randomize(module, gen)
         if name == "dit":
             module.init_weights(gen)
         if name == "vae":
             _calibrate_vae(module, gen, cfg.latent_channels)
-        state = {k: v.to(dtype) for k, v in module.state_dict().items()}
+        state = {k: v.to(dtype).cpu() for k, v in module.state_dict().items()}
+        del module
         save_safetensors(state, out / f"{name}.safetensors", metadata={**meta, "component": name})
         log.info("wrote %s (%.1fM parameters)", out / f"{name}.safetensors", sum(v.numel() for v in state.values()) / 1e6)
     text_cfg = text_mod.TextConfig(**cfg.text)
     save_safetensors(
-        text_mod.init_builtin_table(text_cfg, cfg.text_dim, gen), out / "text.safetensors", metadata={**meta, "component": "text"}
+        text_mod.init_builtin_table(text_cfg, cfg.text_dim, torch.Generator().manual_seed(seed + 1) if device.type != "cpu" else gen), out / "text.safetensors", metadata={**meta, "component": "text"}
     )
     cfg.save(out)
     return out

@@ -243,7 +243,7 @@ class DiT(nn.Module):
             for m in self.modules():
                 if isinstance(m, nn.Linear):
                     std = 1.0 / math.sqrt(m.in_features)
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * std)
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=generator, device=m.weight.device) * std)
                     m.bias.zero_()
             for lin in [blk.ada for blk in self.blocks] + [self.ada_out]:
                 lin.weight.mul_(0.0 if zero_init else 0.25)

@@ -20,6 +20,11 @@ summary = run_batch(pipe, jobs, BatchOptions("out/"))     # writes out/summary.j
   seed, settings, model hash). A re-run skips an output only when both match,
   so an interrupted run resumes with the missing ones (outputs are written
   atomically: a half file never appears).
+- With a `Profiler` (`v2m generate ... --profile R.json --trace T.json`), each
+  finished video is one run of its report (its own stages, its share of its
+  group's sampler time) and each sampler call over a group of B videos (or a
+  long video's windows) is one group with its step times, B and shapes; the
+  trace shows every video's preparation and every group as host ranges.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import logging
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -112,6 +118,11 @@ class BatchSummary:
 def show(path: Any) -> str:
     """A path as printable text (undecodable bytes as \\xNN), for messages and JSON."""
     return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def _input_name(job: Job) -> str:
+    """How a job's input is named in summaries and reports (a manifest line for a bad line)."""
+    return job.source if str(job.video).startswith("<") else show(job.video)
 
 
 # --- inputs ------------------------------------------------------------------------------
@@ -424,6 +435,7 @@ class _Prepared:
     mask: np.ndarray  # [S]
     duration_s: float
     key: dict[str, Any]
+    peak_gpu_mem_bytes: int | None = None  # while it was decoded and encoded (profiled on CUDA)
 
 
 def _reason(e: BaseException) -> str:
@@ -433,7 +445,9 @@ def _reason(e: BaseException) -> str:
     return f"internal error: {type(e).__name__}: {msg}"
 
 
-def run_batch(pipe, jobs: list[Job], opts: BatchOptions, progress: Progress | None = None) -> BatchSummary:
+def run_batch(
+    pipe, jobs: list[Job], opts: BatchOptions, progress: Progress | None = None, profiler=None
+) -> BatchSummary:
     """Run every pending job; write `summary.json` in the output folder (also after each video).
 
     Args:
@@ -441,6 +455,9 @@ def run_batch(pipe, jobs: list[Job], opts: BatchOptions, progress: Progress | No
         jobs: from `collect_inputs` or `read_manifest` (outputs assigned here if missing).
         opts: output folder, format, batch size, sampler settings.
         progress: a `Progress`; default: one on stderr when it is a terminal.
+        profiler: a `v2m.runtime.profiler.Profiler`: one run per finished video, one group per
+            sampler call (B videos, or a long video's windows) with its steps; closed with
+            `end_batch` (also when interrupted) so its report and trace can be written after.
     """
     from .pipeline import _timed
 
@@ -463,6 +480,35 @@ def run_batch(pipe, jobs: list[Job], opts: BatchOptions, progress: Progress | No
     for j in jobs:
         if j.status == "failed":
             progress.message(f"v2m: failed: {show(j.source or j.video)}: {j.reason}")
+    prof = profiler
+    group_of: dict[int, int] = {}  # id(job) -> its profiled group
+
+    def span(name: str, **args: Any):
+        """A profiler range (NVTX + trace event) when profiling."""
+        return prof.range(name, args or None) if prof is not None else nullcontext()
+
+    def on_step(i: int) -> None:
+        if prof is not None:
+            prof.step(i)  # a mark per step, read after the call: no sync here
+        progress.on_step(i)
+
+    def begin_group(kind: str, group: list[_Prepared]) -> str:
+        """Open a profiled group (no-op without a profiler); returns its range name."""
+        if prof is None:
+            return ""
+        shape = {"B": len(group), "L": int(group[0].curve.shape[0]), "S": int(group[0].mask.shape[-1])}
+        rec = prof.begin_group(kind=kind, **shape, videos=[show(p.job.video) for p in group])
+        for p in group:
+            group_of[id(p.job)] = rec.meta["index"]
+        return f"group {rec.meta['index']} {kind} B={shape['B']} L={shape['L']}"
+
+    def end_group(group: list[_Prepared], sampler_s: float, error: BaseException | None = None) -> None:
+        if prof is None:
+            return
+        stages = {"sampler": sampler_s}
+        for s in ("vae", "write"):
+            stages[s] = sum(p.job.timings.get(s, 0.0) for p in group)
+        prof.end_group(stages, status="failed" if error else "ok", reason=_reason(error) if error else None)
 
     def write_summary() -> None:
         _write_summary(summary_path, jobs, pipe, steps, cfg_scale, time.perf_counter() - t_start)
@@ -477,26 +523,32 @@ def run_batch(pipe, jobs: list[Job], opts: BatchOptions, progress: Progress | No
         job = p.job
         try:
             t0 = time.perf_counter()
-            audio = media.finalize_audio(audio, p.duration_s, cfg.audio.sample_rate, cfg.audio.fade_out_s)
-            if media.check_output_path(job.output, job.video) == "video":
-                media.mux(job.video, audio, cfg.audio.sample_rate, job.output, keep_audio_db=opts.keep_audio_db)
-            else:
-                media.write_audio(job.output, audio, cfg.audio.sample_rate)
-            side = {
-                "format": SIDECAR_FORMAT,
-                "output": show(job.output.name),
-                "output_sha256": _sha256(job.output),
-                "seed": job.used_seed,
-                "inputs": p.key,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            }
-            _atomic_write_text(_sidecar(job.output), json.dumps(side, indent=2) + "\n")
+            with span("write", video=show(job.video)):
+                audio = media.finalize_audio(audio, p.duration_s, cfg.audio.sample_rate, cfg.audio.fade_out_s)
+                if media.check_output_path(job.output, job.video) == "video":
+                    media.mux(job.video, audio, cfg.audio.sample_rate, job.output, keep_audio_db=opts.keep_audio_db)
+                else:
+                    media.write_audio(job.output, audio, cfg.audio.sample_rate)
+                side = {
+                    "format": SIDECAR_FORMAT,
+                    "output": show(job.output.name),
+                    "output_sha256": _sha256(job.output),
+                    "seed": job.used_seed,
+                    "inputs": p.key,
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                }
+                _atomic_write_text(_sidecar(job.output), json.dumps(side, indent=2) + "\n")
             job.timings["write"] = time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - recorded per video; the batch goes on
             failed(job, e)
             return
         job.status = "ok"
         job.info.update(latent_frames=lat_frames, duration_s=round(p.duration_s, 4))
+        if prof is not None:
+            prof.add_run(job.timings, {
+                "video": show(job.video), "group": group_of.get(id(job)), "B": job.info.get("batch_size", 1),
+                "L": lat_frames, "S": int(p.mask.shape[-1]),
+            }, p.peak_gpu_mem_bytes)
         progress.advance()
         write_summary()
 
@@ -510,28 +562,42 @@ def run_batch(pipe, jobs: list[Job], opts: BatchOptions, progress: Progress | No
         mask = np.stack([p.mask for p in group])  # (B, S)
         progress.start_batch(len(group), steps)
         timings: dict[str, float] = {}
-        try:
-            with _timed(timings, "sampler", pipe.backend.synchronize):
-                latents = pipe.backend.sample(noise, curves, emb, mask, ts, cfg_scale, cfg.sampler.uncond_keeps_curve, progress.on_step)
-        except Exception as e:  # noqa: BLE001
-            for p in group:
-                failed(p.job, e)
-            return
-        for i, p in enumerate(group):
-            p.job.timings["sampler"] = timings["sampler"] / len(group)
-            p.job.info["batch_size"] = len(group)
+        name = begin_group("batched", group)
+        with span(name, videos=[show(p.job.video) for p in group]):
             try:
-                if not np.isfinite(latents[i]).all():
-                    raise NumericalError("the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)")
-                t0 = time.perf_counter()
-                audio = pipe.backend.decode(latents[i : i + 1])[0]
-                p.job.timings["vae"] = time.perf_counter() - t0
+                if prof is not None:
+                    prof.begin_steps()
+                with _timed(timings, "sampler", pipe.backend.synchronize, prof):
+                    latents = pipe.backend.sample(noise, curves, emb, mask, ts, cfg_scale, cfg.sampler.uncond_keeps_curve, on_step)
+                if prof is not None:
+                    prof.end_steps()
             except Exception as e:  # noqa: BLE001
-                failed(p.job, e)
-                continue
-            finish(p, audio, length)
+                for p in group:
+                    p.job.timings["sampler"] = timings.get("sampler", 0.0) / len(group)
+                    failed(p.job, e)
+                end_group(group, timings.get("sampler", 0.0), e)
+                return
+            for i, p in enumerate(group):
+                p.job.timings["sampler"] = timings["sampler"] / len(group)
+                p.job.info["batch_size"] = len(group)
+                try:
+                    if not np.isfinite(latents[i]).all():
+                        raise NumericalError("the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)")
+                    t0 = time.perf_counter()
+                    with span("vae", video=show(p.job.video)):
+                        audio = pipe.backend.decode(latents[i : i + 1])[0]
+                    p.job.timings["vae"] = time.perf_counter() - t0
+                except Exception as e:  # noqa: BLE001
+                    failed(p.job, e)
+                    continue
+                finish(p, audio, length)
+            end_group(group, timings["sampler"])
 
     buckets: dict[tuple[int, int], list[_Prepared]] = {}
+    interrupted = False
+    if prof is not None:
+        prof.begin_batch(**{**pipe.backend.describe(), "preset": cfg.preset, "steps": steps, "cfg_scale": cfg_scale,
+                            "batch_size": opts.batch_size, "format": opts.format})
     try:
         for job in todo:
             try:
@@ -546,25 +612,38 @@ def run_batch(pipe, jobs: list[Job], opts: BatchOptions, progress: Progress | No
             try:
                 job.used_seed = sampler.resolve_seed(job.seed)
                 t = job.timings
-                features, reader = pipe.encode_video(job.video, t)
-                with _timed(t, "curve"):
-                    curve, _ = pipe.compute_curve(features, reader.duration_s)
-                del features
-                with _timed(t, "text"):
-                    emb, mask = pipe.encode_text(job.prompt, opts.text_embeddings)
+                if prof is not None:
+                    prof.reset_peak_memory()
+                with span(f"video {show(job.video.name)}", video=show(job.video)):
+                    features, reader = pipe.encode_video(job.video, t, profiler=prof)
+                    with _timed(t, "curve", None, prof):
+                        curve, _ = pipe.compute_curve(features, reader.duration_s)
+                    del features
+                    with _timed(t, "text", None, prof):
+                        emb, mask = pipe.encode_text(job.prompt, opts.text_embeddings)
             except Exception as e:  # noqa: BLE001 - recorded per video; the batch goes on
                 failed(job, e)
                 continue
             p = _Prepared(job, curve, emb, mask, reader.duration_s, key)
+            if prof is not None:
+                p.peak_gpu_mem_bytes = prof.peak_memory()
             if curve.shape[0] > cfg.sampler.max_frames:  # long: windows, alone
                 noise = sampler.initial_noise(job.used_seed, (1, cfg.latent_channels, curve.shape[0]))
                 progress.start_batch(1, steps)
-                try:
-                    _, audio = pipe.sample_windows(noise, curve, emb, mask, ts, cfg_scale, progress.on_step, job.timings)
-                except Exception as e:  # noqa: BLE001
-                    failed(job, e)
-                    continue
-                finish(p, audio, curve.shape[0])
+                name = begin_group("windows", [p])
+                with span(name, videos=[show(job.video)]):
+                    try:
+                        if prof is not None:
+                            prof.begin_steps()
+                        _, audio = pipe.sample_windows(noise, curve, emb, mask, ts, cfg_scale, on_step, job.timings, prof)
+                        if prof is not None:
+                            prof.end_steps()
+                    except Exception as e:  # noqa: BLE001
+                        failed(job, e)
+                        end_group([p], job.timings.get("sampler", 0.0), e)
+                        continue
+                    finish(p, audio, curve.shape[0])
+                    end_group([p], job.timings.get("sampler", 0.0))
                 continue
             group = buckets.setdefault((curve.shape[0], mask.shape[-1]), [])
             group.append(p)
@@ -573,6 +652,7 @@ def run_batch(pipe, jobs: list[Job], opts: BatchOptions, progress: Progress | No
         for k in list(buckets):
             flush(buckets.pop(k))
     except KeyboardInterrupt:
+        interrupted = True
         for j in jobs:
             if j.status == "pending":
                 j.reason = "interrupted"
@@ -580,15 +660,41 @@ def run_batch(pipe, jobs: list[Job], opts: BatchOptions, progress: Progress | No
         raise
     finally:
         progress.close()
+        if prof is not None:
+            _end_profile(prof, jobs, group_of, time.perf_counter() - t_start, interrupted)
     write_summary()
     return BatchSummary(jobs, summary_path, time.perf_counter() - t_start)
+
+
+def _end_profile(prof, jobs: list[Job], group_of: dict[int, int], wall_s: float, interrupted: bool) -> None:
+    """Hand the batch's own figures to the profiler: counts, wall time, stage totals, per-video items."""
+    totals: dict[str, float] = {}
+    for j in jobs:
+        for k, v in j.timings.items():
+            totals[k] = totals.get(k, 0.0) + v * 1e3
+    ok = sum(j.status == "ok" for j in jobs)
+    prof.end_batch(
+        interrupted=interrupted,
+        wall_ms=wall_s * 1e3,
+        counts={s: sum(j.status == s for j in jobs) for s in ("ok", "failed", "skipped", "pending")},
+        videos_per_s=ok / wall_s if wall_s > 0 else None,
+        stage_totals_ms=totals,
+        videos=[{
+            "input": _input_name(j),
+            "output": show(j.output) if j.output is not None else None,
+            "status": j.status,
+            "reason": j.reason,
+            "group": group_of.get(id(j)),
+            "stages_ms": {k: v * 1e3 for k, v in j.timings.items()},
+        } for j in jobs],
+    )
 
 
 def _write_summary(path: Path, jobs: list[Job], pipe, steps: int, cfg_scale: float, wall_s: float) -> None:
     items = []
     for j in jobs:
         items.append({
-            "input": j.source if str(j.video).startswith("<") else show(j.video),
+            "input": _input_name(j),
             "status": j.status,
             "reason": j.reason,
             "output": show(j.output) if j.output is not None else None,

@@ -38,6 +38,11 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                    help="torch backend: fast path (CUDA-graphed sampler step, chunked VAE); default: on for CUDA + fp16")
     p.add_argument("--compile", default="none", choices=["none", "inductor"], help="torch fast path: torch.compile the DiT backbone")
+    p.add_argument("--kernels", default="torch", choices=["torch", "triton"],
+                   help="torch fast path: fused Triton kernels for the DiT's norm/modulate/residual and RoPE "
+                        "(an alternative to --compile)")
+    p.add_argument("--engine-cache", default=None, metavar="DIR",
+                   help="tensorrt backend: where engines are built and found (default: BUNDLE/engines)")
 
 
 def _precision(args) -> str:
@@ -56,6 +61,7 @@ def _load_pipeline(args):
     return Pipeline.from_pretrained(
         args.model, backend=args.backend, device=device, precision=_precision(args),
         fast=getattr(args, "fast", None), compile=getattr(args, "compile", "none"),
+        kernels=getattr(args, "kernels", "torch"), engine_cache=getattr(args, "engine_cache", None),
     )
 
 
@@ -107,6 +113,11 @@ def cmd_generate(args) -> int:
         return cmd_generate_batch(args)
     video_path = Path(args.inputs[0])
     media.check_output_path(args.output, video_path)  # before any heavy work
+    if args.profile or args.trace:
+        from .profiler import check_report_paths
+
+        check_report_paths({"--profile": args.profile, "--trace": args.trace},
+                           {args.output: "the output", video_path: "the input video"})
     pipe = _load_pipeline(args)
     profiler = None
     if args.profile or args.trace:
@@ -140,7 +151,12 @@ def cmd_generate(args) -> int:
 
 
 def cmd_generate_batch(args) -> int:
-    """Batch mode: a folder, several videos or --manifest; -o is a folder. Exit 1 if any video failed."""
+    """Batch mode: a folder, several videos or --manifest; -o is a folder. Exit 1 if any video failed.
+
+    --profile writes one report of the whole run (per-video stages, each sampled group's steps
+    with its B and shapes, stage totals, wall time); --trace one Chrome trace of it. Both are
+    also written when the run is interrupted (what ran until then).
+    """
     from . import batch
 
     if args.manifest and args.inputs:
@@ -156,15 +172,53 @@ def cmd_generate_batch(args) -> int:
         jobs = batch.collect_inputs(args.inputs, out_dir, prompt=args.prompt, seed=args.seed)
     batch.check_output_dir(out_dir)  # before loading the model
     batch.assign_outputs(jobs, out_dir, args.format)
+    profiling = bool(args.profile or args.trace)
+    if profiling:  # before loading the model: a long run must not end in an unwritable report
+        from .profiler import check_report_paths
+
+        taken = {out_dir / batch.SUMMARY_NAME: "the batch summary"}
+        for j in jobs:
+            if j.output is not None:
+                taken[j.output] = f"the output of {batch.show(j.video)}"
+                taken[j.output.with_name(j.output.name + batch.SIDECAR_SUFFIX)] = f"the sidecar of {batch.show(j.output)}"
+        check_report_paths({"--profile": args.profile, "--trace": args.trace}, taken)
     pipe = _load_pipeline(args)
     opts = batch.BatchOptions(
         out_dir, format=args.format, batch_size=args.batch_size, steps=args.steps, cfg_scale=args.cfg_scale,
         overwrite=args.overwrite, keep_audio_db=args.keep_audio, text_embeddings=args.text_embeddings,
         progress=False if args.quiet else None,
     )
-    summary = batch.run_batch(pipe, jobs, opts)
+    profiler = None
+    if profiling:
+        from .profiler import Profiler, format_report, write_json_atomic
+
+        profiler = Profiler(device=pipe.backend.device, trace=bool(args.trace))
+
+    def write_profile():
+        """Write --profile / --trace; returns the report (None without --profile)."""
+        report = None
+        if args.profile:
+            report = profiler.report()
+            print(f"wrote profile report {write_json_atomic(args.profile, report)}")
+        if args.trace:
+            print(f"wrote Chrome trace {profiler.write_trace(args.trace)}")
+        return report
+
+    try:
+        summary = batch.run_batch(pipe, jobs, opts, profiler=profiler)
+    except KeyboardInterrupt:
+        if profiler is not None:
+            try:
+                write_profile()  # what ran until the interrupt
+            except OSError as e:
+                log.warning("could not write the profile of the interrupted run: %s", e)
+        raise
     print(f"{summary.count('ok')} ok, {summary.count('failed')} failed, {summary.count('skipped')} skipped "
           f"in {summary.wall_s:.1f} s; summary in {batch.show(summary.path)}")
+    if profiler is not None:
+        report = write_profile()
+        if report is not None and not args.quiet:
+            print(format_report(report))
     return 1 if summary.count("failed") else 0
 
 
@@ -356,8 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=8, help="videos of one length sampled together (batch mode)")
     g.add_argument("--format", default="mp4", choices=["mp4", "wav", "flac"], help="batch mode output kind (default: mp4)")
     g.add_argument("--overwrite", action="store_true", help="batch mode: redo outputs that are already complete")
-    g.add_argument("--profile", default=None, metavar="REPORT.json", help="write a per-stage / per-step profile report")
-    g.add_argument("--trace", default=None, metavar="TRACE.json", help="write a Chrome trace (chrome://tracing, Perfetto)")
+    g.add_argument("--profile", default=None, metavar="REPORT.json",
+                   help="write a per-stage / per-step profile report; in batch mode one report of the whole run "
+                        "(per-video stages, each sampled group's steps with its batch size and shapes)")
+    g.add_argument("--trace", default=None, metavar="TRACE.json",
+                   help="write a Chrome trace (chrome://tracing, Perfetto); in batch mode one trace of the whole run")
     g.set_defaults(func=cmd_generate)
 
     from .cli_bench import add_bench_parsers

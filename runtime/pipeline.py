@@ -148,6 +148,8 @@ class Pipeline:
         precision: str = "fp32",
         fast: bool | None = None,
         compile: str = "none",
+        kernels: str = "torch",
+        engine_cache: str | Path | None = None,
     ) -> Pipeline:
         """Load a bundle directory.
 
@@ -159,10 +161,14 @@ class Pipeline:
             fast: torch backend: the fast path (CUDA-graphed sampler step, chunked VAE);
                 None = on for CUDA + fp16. The log says which path runs.
             compile: torch fast path: "none" or "inductor" (torch.compile of the DiT backbone).
+            kernels: torch fast path: "torch" or "triton" (fused residual/norm/modulate and
+                RoPE kernels); an alternative to compile.
+            engine_cache: tensorrt backend: engine cache folder (default BUNDLE/engines).
         """
         path = Path(path)
         cfg = load_config(path)
-        be = create_backend(backend, path, cfg, device=device, precision=precision, fast=fast, compile=compile)
+        be = create_backend(backend, path, cfg, device=device, precision=precision, fast=fast, compile=compile,
+                            kernels=kernels, engine_cache=engine_cache)
         text = load_text_encoder(path, cfg.text, cfg.text_dim, device=be.device)
         log.info("loaded %s (preset %s) on %s", path, cfg.preset, be.describe())
         return cls(path, cfg, be, text)

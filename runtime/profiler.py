@@ -9,12 +9,20 @@ prof.write_report("report.json"); prof.write_trace("trace.json")
 Stage times are the pipeline's own (`GenerationResult.timings`). Sampler steps
 are timed without a host sync inside the loop: on CUDA one event is recorded
 per step (after the step is enqueued) and all are read after the loop; on CPU,
-`perf_counter`. When torch sees a CUDA device, every stage and every step is
-also an NVTX range (for Nsight Systems); otherwise the ranges are no-ops.
+`perf_counter`. Each `range("sampler")` opened while steps are timed starts a
+new sampler call, so the work between calls (a long video's per-window VAE
+decode) is in no step. When torch sees a CUDA device, every stage and every
+step is also an NVTX range (for Nsight Systems); otherwise the ranges are no-ops.
+
+Batch mode (`v2m.runtime.batch.run_batch(..., profiler=prof)`) records one run
+per finished video (its own stages; its share of its group's sampler time) and
+one group per sampler call over B videos (or per long video's windows) with
+that group's step times, B and shapes; `report()["batch"]` holds the groups,
+per-video items, stage totals and the wall time.
 
 The Chrome trace (chrome://tracing, Perfetto) is written by the profiler from
 its own timestamps: host ranges on thread 1, sampler steps on thread 2 (on
-CUDA their start is the host time the loop began plus the event offsets).
+CUDA their start is the host time the sampler call began plus the event offsets).
 
 This module imports no torch at import time; it uses torch only when the
 pipeline already did (`sys.modules`).
@@ -37,7 +45,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Profiler", "RunRecord", "write_json_atomic", "plot_report", "format_report", "REPORT_SCHEMA"]
+from .errors import OutputError
+
+__all__ = [
+    "Profiler",
+    "RunRecord",
+    "write_json_atomic",
+    "check_report_paths",
+    "plot_report",
+    "format_report",
+    "REPORT_SCHEMA",
+]
 
 log = logging.getLogger("v2m.profiler")
 
@@ -112,14 +130,53 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     return path
 
 
+def check_report_paths(paths: dict[str, str | Path | None], taken: dict[str | Path, str] | None = None) -> None:
+    """Check report files before a long run, so that it cannot end in an unwritable report.
+
+    Args:
+        paths: flag -> path (e.g. {"--profile": "r.json", "--trace": None}); None is skipped.
+        taken: paths the run itself writes -> what they are ("the batch summary").
+
+    Raises:
+        OutputError: a path is a folder, is below a file, is in a folder that is not
+            writable, is given twice, or is one of `taken`.
+    """
+    taken_real = {os.path.realpath(k): v for k, v in (taken or {}).items()}
+    seen: dict[str, str] = {}
+    for flag, path in paths.items():
+        if not path:
+            continue
+        p = Path(path)
+        real = os.path.realpath(p)
+        if p.is_dir():
+            raise OutputError(f"{flag} {path} is a folder; give a file name in it, e.g. {p / 'report.json'}")
+        if real in seen:
+            raise OutputError(f"{seen[real]} and {flag} both name {path}; give each its own file")
+        if real in taken_real:
+            raise OutputError(f"{flag} {path} is {taken_real[real]}; choose another file name")
+        parent = p.absolute().parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent  # the folder that will hold the created folders
+        if not parent.is_dir():
+            raise OutputError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"{flag} {path}: the folder {parent} is not writable; choose another path")
+        seen[real] = flag
+
+
 @dataclass
 class RunRecord:
-    """One generation: stage seconds, step milliseconds, peak memory, shapes."""
+    """One generation (or one sampled group of a batch): stage seconds, step milliseconds, peak memory, shapes."""
 
     stages: dict[str, float] = field(default_factory=dict)
-    step_ms: list[float] = field(default_factory=list)
+    step_ms: list[float] = field(default_factory=list)  # every step, all sampler calls in order
     peak_gpu_mem_bytes: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    step_ms_by_call: list[list[float]] = field(default_factory=list)  # `step_ms` split per sampler call
+
+    def calls(self) -> list[list[float]]:
+        """Step milliseconds per sampler call (one call per window of a long video)."""
+        return self.step_ms_by_call or ([self.step_ms] if self.step_ms else [])
 
 
 class _Nvtx:
@@ -137,6 +194,14 @@ class _Nvtx:
         if self._nvtx is not None:
             self._nvtx.range_pop()
 
+    def start(self, name: str) -> int | None:
+        """A range that need not nest with push/pop (sampler steps); `end` closes it."""
+        return self._nvtx.range_start(name) if self._nvtx is not None else None
+
+    def end(self, range_id: int | None) -> None:
+        if self._nvtx is not None and range_id is not None:
+            self._nvtx.range_end(range_id)
+
 
 class Profiler:
     """Collects stage ranges, per-step times and memory over one or more generations.
@@ -153,12 +218,17 @@ class Profiler:
         self.nvtx = _Nvtx(self.cuda if nvtx is None else (nvtx and self.cuda))
         self.trace = trace
         self.runs: list[RunRecord] = []
+        self.groups: list[RunRecord] = []  # batch mode: one per sampled group
+        self.batch: dict[str, Any] | None = None  # batch mode: set by begin_batch / end_batch
         self.meta: dict[str, Any] = {}
         self._t0 = time.perf_counter()
         self._events: list[dict[str, Any]] = []
-        self._steps: list[Any] = []  # CUDA events, or perf_counter floats
-        self._steps_t0 = 0.0
-        self._step_open = False
+        self._group: RunRecord | None = None
+        self._timing = False  # between begin_steps and end_steps
+        self._steps: list[Any] = []  # marks: CUDA events, or perf_counter floats
+        self._calls: list[int] = []  # index in _steps of each sampler call's start mark
+        self._calls_t0: list[float] = []  # host time of each sampler call's start
+        self._nvtx_step: int | None = None  # the open NVTX step range
         log.info("profiler: steps timed with %s; NVTX %s", self.step_timer, "on" if self.nvtx.enabled else "off")
 
     @property
@@ -177,23 +247,43 @@ class Profiler:
             self._events.append(ev)
 
     @contextmanager
-    def range(self, name: str):
-        """An NVTX range plus a trace event (host time) around a block."""
+    def range(self, name: str, args: dict[str, Any] | None = None):
+        """An NVTX range plus a trace event (host time, with `args`) around a block.
+
+        A "sampler" range opened while steps are timed starts a new sampler call (see `begin_steps`).
+        """
+        sampler_call = name == "sampler" and self._timing
         self.nvtx.push(name)
+        if sampler_call:
+            self._new_call()  # its NVTX step ranges nest in this one
         t0 = time.perf_counter()
         try:
             yield
         finally:
+            if sampler_call and self._timing:
+                self._nvtx_step_close()  # the one opened after the call's last step: the wait for it
             self.nvtx.pop()
-            self._add_event(name, t0, time.perf_counter() - t0)
+            self._add_event(name, t0, time.perf_counter() - t0, args=args)
+
+    # --- memory ----------------------------------------------------------------------
+    def reset_peak_memory(self) -> None:
+        """Restart the CUDA peak-memory counter (no-op on CPU)."""
+        if self.cuda:
+            torch = _torch()
+            torch.cuda.reset_peak_memory_stats(torch.device(self.device))
+
+    def peak_memory(self) -> int | None:
+        """Peak CUDA bytes allocated since `reset_peak_memory`; None on CPU."""
+        if not self.cuda:
+            return None
+        torch = _torch()
+        return int(torch.cuda.max_memory_allocated(torch.device(self.device)))
 
     # --- runs ------------------------------------------------------------------------
     def begin_run(self) -> None:
         """Start one generation (resets the CUDA peak-memory counter)."""
         self.runs.append(RunRecord())
-        if self.cuda:
-            torch = _torch()
-            torch.cuda.reset_peak_memory_stats(torch.device(self.device))
+        self.reset_peak_memory()
 
     def _run(self) -> RunRecord:
         if not self.runs:
@@ -206,9 +296,7 @@ class Profiler:
         run.stages.update({k: float(v) for k, v in timings.items()})
         run.meta.update(meta or {})
         self.meta.update(meta or {})
-        if self.cuda:
-            torch = _torch()
-            run.peak_gpu_mem_bytes = int(torch.cuda.max_memory_allocated(torch.device(self.device)))
+        run.peak_gpu_mem_bytes = self.peak_memory()
         return run
 
     def add_stage(self, name: str, seconds: float) -> None:
@@ -216,50 +304,137 @@ class Profiler:
         self._run().stages[name] = self._run().stages.get(name, 0.0) + float(seconds)
 
     # --- sampler steps (called from the step hook: no host sync) ---------------------
-    def begin_steps(self) -> None:
-        self._steps = []
-        self._steps_t0 = time.perf_counter()
-        if self.cuda:
-            torch = _torch()
-            start = torch.cuda.Event(enable_timing=True)
-            start.record()
-            self._steps.append(start)
-        else:
-            self._steps.append(self._steps_t0)
-        self.nvtx.push("step 0")
-        self._step_open = True
-
-    def step(self, i: int) -> None:
-        """Step `i` has been enqueued: record its end (event or clock) and open the next NVTX range."""
-        if self._step_open:
-            self.nvtx.pop()
+    def _mark(self) -> Any:
         if self.cuda:
             ev = _torch().cuda.Event(enable_timing=True)
             ev.record()
-            self._steps.append(ev)
-        else:
-            self._steps.append(time.perf_counter())
-        self.nvtx.push(f"step {i + 1}")
-        self._step_open = True
+            return ev
+        return time.perf_counter()
+
+    def _nvtx_step_open(self, name: str) -> None:
+        self._nvtx_step_close()
+        self._nvtx_step = self.nvtx.start(name)
+
+    def _nvtx_step_close(self) -> None:
+        if self._nvtx_step is not None:
+            self.nvtx.end(self._nvtx_step)
+            self._nvtx_step = None
+
+    def _new_call(self, nvtx: bool = True) -> None:
+        """Start a sampler call: a start mark; a call that has no step yet is restarted instead."""
+        if self._calls and self._calls[-1] == len(self._steps) - 1:
+            self._steps.pop()
+            self._calls.pop()
+            self._calls_t0.pop()
+        self._calls.append(len(self._steps))
+        self._calls_t0.append(time.perf_counter())
+        self._steps.append(self._mark())
+        if nvtx:
+            self._nvtx_step_open("step 0")
+
+    def begin_steps(self) -> None:
+        """Start timing sampler steps (one or more sampler calls) until `end_steps`.
+
+        Each `range("sampler")` inside starts a call (and its "step 0" NVTX range); steps
+        of a call are timed from its start mark, so time between calls is in no step.
+        """
+        self._steps, self._calls, self._calls_t0 = [], [], []
+        self._timing = True
+        self._new_call(nvtx=False)  # a call outside any "sampler" range still has its start
+
+    def step(self, i: int) -> None:
+        """Step `i` has been enqueued: record its end (event or clock) and open the next NVTX range."""
+        if not self._timing:
+            return
+        self._steps.append(self._mark())
+        self._nvtx_step_open(f"step {i + 1}")
+
+    def abort_steps(self) -> None:
+        """Drop the steps being timed (a sampler call failed); nothing is recorded, nothing synchronizes."""
+        self._nvtx_step_close()
+        self._timing = False
+        self._steps, self._calls, self._calls_t0 = [], [], []
 
     def end_steps(self) -> list[float]:
-        """Read every step time (after the loop; synchronizes once on CUDA). Returns ms per step."""
-        if self._step_open:
-            self.nvtx.pop()
-            self._step_open = False
-        marks = self._steps
-        if self.cuda:
-            marks[-1].synchronize()
-            ms = [a.elapsed_time(b) for a, b in zip(marks[:-1], marks[1:])]
-        else:
-            ms = [(b - a) * 1e3 for a, b in zip(marks[:-1], marks[1:])]
-        t = self._steps_t0
-        for i, d in enumerate(ms):
-            self._add_event(f"step {i}", t, d / 1e3, tid=2)
-            t += d / 1e3
-        self._run().step_ms = list(ms)
-        self._steps = []
-        return ms
+        """Read every step time (after the loop; synchronizes once on CUDA). Returns ms per step.
+
+        The steps go to the open batch group (`begin_group`), else to the latest run.
+        """
+        self._nvtx_step_close()
+        self._timing = False
+        marks, starts = self._steps, self._calls
+        if self.cuda and marks:
+            marks[-1].synchronize()  # the last mark: every earlier one has completed too
+        bounds = [*starts, len(marks)]
+        calls: list[list[float]] = []
+        for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            seg = marks[a:b]
+            if self.cuda:
+                ms = [x.elapsed_time(y) for x, y in zip(seg[:-1], seg[1:])]
+            else:
+                ms = [(y - x) * 1e3 for x, y in zip(seg[:-1], seg[1:])]
+            if not ms:
+                continue
+            args = {} if self._group is None else {"group": self._group.meta.get("index")}
+            if len(starts) > 1:
+                args["call"] = len(calls)
+            t = self._calls_t0[k]
+            for i, d in enumerate(ms):
+                self._add_event(f"step {i}", t, d / 1e3, tid=2, args=args or None)
+                t += d / 1e3
+            calls.append(ms)
+        flat = [v for c in calls for v in c]
+        target = self._group if self._group is not None else self._run()
+        target.step_ms, target.step_ms_by_call = flat, calls
+        self._steps, self._calls, self._calls_t0 = [], [], []
+        return flat
+
+    # --- batch mode (v2m.runtime.batch.run_batch) ------------------------------------
+    def begin_batch(self, **meta: Any) -> None:
+        """Start a batch run; `meta` (backend, preset, steps...) goes to the report."""
+        self.meta.update(meta)
+        self.batch = {}
+
+    def begin_group(self, **meta: Any) -> RunRecord:
+        """Start one sampled group: B videos of one latent length in one sampler call, or a long
+        video's windows. Until `end_group`, step times go to the group and the CUDA peak-memory
+        counter covers it. `meta`: kind, B, L, S, videos."""
+        if self._group is not None:
+            raise RuntimeError("begin_group: the previous group was not closed with end_group")
+        rec = RunRecord(meta={"index": len(self.groups), **meta})
+        self.groups.append(rec)
+        self._group = rec
+        self.reset_peak_memory()
+        return rec
+
+    def end_group(self, stages: dict[str, float], **meta: Any) -> RunRecord:
+        """Close the open group with its stage seconds (sampler, vae, write) and more `meta` (status)."""
+        rec = self._group
+        if rec is None:
+            raise RuntimeError("end_group: no group is open (begin_group)")
+        if self._timing:
+            self.abort_steps()  # its sampler call failed before end_steps
+        rec.stages.update({k: float(v) for k, v in stages.items()})
+        rec.meta.update(meta)
+        rec.peak_gpu_mem_bytes = self.peak_memory()
+        self._group = None
+        return rec
+
+    def add_run(self, stages: dict[str, float], meta: dict[str, Any] | None = None,
+                peak_gpu_mem_bytes: int | None = None) -> RunRecord:
+        """Add a finished generation timed elsewhere (a video of a batch; its steps are its group's)."""
+        run = RunRecord({k: float(v) for k, v in stages.items()}, [], peak_gpu_mem_bytes, dict(meta or {}))
+        self.runs.append(run)
+        return run
+
+    def end_batch(self, **info: Any) -> None:
+        """Close the batch: an open group is ended as interrupted; `info` (wall_ms, counts, videos...)
+        goes to `report()["batch"]`."""
+        if self._group is not None:
+            self.end_group({}, status="interrupted")
+        if self.batch is None:
+            self.batch = {}
+        self.batch.update(info)
 
     # --- report ----------------------------------------------------------------------
     def device_name(self) -> str:
@@ -268,8 +443,28 @@ class Profiler:
             return torch.cuda.get_device_name(torch.device(self.device))
         return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
+    def _batch_report(self) -> dict[str, Any] | None:
+        if self.batch is None:
+            return None
+        groups = []
+        for g in self.groups:
+            groups.append({
+                **g.meta,
+                "sampler_calls": len(g.calls()),
+                "stages_ms": {k: v * 1e3 for k, v in g.stages.items()},
+                "step_ms": list(g.step_ms),
+                "step_summary_ms": _stats(g.step_ms),
+                "peak_gpu_mem_bytes": g.peak_gpu_mem_bytes,
+            })
+        return {**self.batch, "groups": groups}
+
     def report(self, **extra: Any) -> dict[str, Any]:
-        """The JSON-able report over all runs (stage and step statistics across runs)."""
+        """The JSON-able report over all runs (stage and step statistics across runs).
+
+        Steps are indexed within a sampler call; their statistics are over sampler calls
+        (a run's calls, or in batch mode every group's). In batch mode a run is a finished
+        video and `shapes` holds a list where the groups differ.
+        """
         runs = self.runs
         stage_names = [s for s in STAGE_ORDER if any(s in r.stages for r in runs)]
         stage_names += sorted({s for r in runs for s in r.stages} - set(stage_names))
@@ -278,17 +473,22 @@ class Profiler:
             ms = [r.stages[s] * 1e3 for r in runs if s in r.stages]
             st = _stats(ms)
             stages[s] = {"median_ms": st["median"], "p10_ms": st["p10"], "p90_ms": st["p90"], "runs_ms": ms}
-        n_steps = max((len(r.step_ms) for r in runs), default=0)
+        calls = [c for r in (self.groups or runs) for c in r.calls()]
+        n_steps = max((len(c) for c in calls), default=0)
         steps = []
         for i in range(n_steps):
-            ms = [r.step_ms[i] for r in runs if i < len(r.step_ms)]
+            ms = [c[i] for c in calls if i < len(c)]
             st = _stats(ms)
             steps.append({"index": i, "ms": st["median"], "p10_ms": st["p10"], "p90_ms": st["p90"], "runs_ms": ms})
-        all_steps = [v for r in runs for v in r.step_ms]
+        all_steps = [v for c in calls for v in c]
         totals = [sum(r.stages.values()) * 1e3 for r in runs]
-        peaks = [r.peak_gpu_mem_bytes for r in runs if r.peak_gpu_mem_bytes is not None]
+        peaks = [r.peak_gpu_mem_bytes for r in (*runs, *self.groups) if r.peak_gpu_mem_bytes is not None]
         meta = {**self.meta, **extra}
         shapes = {k: meta.get(k) for k in ("L", "B", "S", "steps")}
+        if self.groups:
+            for k in ("L", "B", "S"):
+                seen = sorted({g.meta[k] for g in self.groups if g.meta.get(k) is not None})
+                shapes[k] = seen[0] if len(seen) == 1 else (seen or None)
         return {
             "schema": REPORT_SCHEMA,
             "device": self.device_name(),
@@ -308,6 +508,7 @@ class Profiler:
             "steps": steps,
             "step_summary_ms": _stats(all_steps),
             "peak_gpu_mem_bytes": max(peaks) if peaks else None,
+            "batch": self._batch_report(),
             "meta": meta,
         }
 
@@ -343,7 +544,28 @@ def format_report(report: dict[str, Any]) -> str:
                      f"p10 {st['p10']:.3f}, p90 {st['p90']:.3f} over {st['n']} steps")
     if report.get("peak_gpu_mem_bytes"):
         lines.append(f"peak GPU memory: {report['peak_gpu_mem_bytes'] / 2**20:.1f} MiB")
+    if report.get("batch"):
+        lines += _format_batch(report["batch"])
     return "\n".join(lines)
+
+
+def _format_batch(b: dict[str, Any]) -> list[str]:
+    """Batch lines: counts and wall time, then one line per group shape (kind, B, L, S)."""
+    c = b.get("counts", {})
+    groups = b.get("groups", [])
+    lines = [f"batch: {c.get('ok', 0)} ok, {c.get('failed', 0)} failed, {c.get('skipped', 0)} skipped "
+             f"in {b.get('wall_ms', float('nan')) / 1e3:.2f} s; {len(groups)} sampled groups "
+             f"(stages above: per video, sampler shared by its group)"]
+    shapes: dict[tuple, list[dict[str, Any]]] = {}
+    for g in groups:
+        shapes.setdefault((g.get("kind"), g.get("B"), g.get("L"), g.get("S")), []).append(g)
+    for (kind, bsz, length, s), gs in shapes.items():
+        sampler = float(np.median([g["stages_ms"].get("sampler", float("nan")) for g in gs]))
+        st = _stats([v for g in gs for v in g["step_ms"]])
+        step = f", step median {st['median']:.3f} ms over {st['n']} steps" if st["n"] else ""
+        lines.append(f"  {kind} B={bsz} L={length} S={s}: {len(gs)} group(s), sampler median {sampler:.2f} ms "
+                     f"({sampler / max(bsz or 1, 1):.2f} ms per video){step}")
+    return lines
 
 
 def plot_report(report: dict[str, Any] | str | Path, out: str | Path) -> Path:

@@ -46,6 +46,8 @@ def create_backend(
     precision: str = "fp32",
     fast: bool | None = None,
     compile: str = "none",
+    kernels: str = "torch",
+    engine_cache: str | Path | None = None,
 ) -> Backend:
     """Instantiate backend `name` (torch, onnxruntime, tensorrt or auto) for a bundle.
 
@@ -53,6 +55,9 @@ def create_backend(
         fast: torch only: the fast path (static buffers, CUDA-graphed step, chunked VAE);
             None = on for CUDA + fp16, off otherwise. The log says which path runs.
         compile: torch fast path only: "none" or "inductor" (torch.compile of the backbone).
+        kernels: torch fast path only: "torch" or "triton" (fused glue kernels; an
+            alternative to compile).
+        engine_cache: tensorrt only: where engines are built and found (default BUNDLE/engines).
     """
     bundle_dir = Path(bundle_dir)
     if name == "auto":
@@ -61,7 +66,7 @@ def create_backend(
     if name == "torch":
         if not _has("torch"):
             raise BackendUnavailable("the torch backend needs PyTorch (pip install torch); or export the bundle and use --backend onnxruntime")
-        return _torch_backend(bundle_dir, cfg, device, precision, fast, compile)
+        return _torch_backend(bundle_dir, cfg, device, precision, fast, compile, kernels)
     if name == "onnxruntime":
         if not _has("onnxruntime"):
             raise BackendUnavailable("the onnxruntime backend needs ONNX Runtime: pip install 'v2m-runtime[ort]' (or [ort-gpu])")
@@ -73,11 +78,11 @@ def create_backend(
             raise BackendUnavailable("the tensorrt backend needs TensorRT 10 and an NVIDIA GPU: pip install 'v2m-runtime[trt]'")
         from .trt_backend import TensorRTBackend
 
-        return TensorRTBackend(bundle_dir, cfg, device=device, precision=precision)
+        return TensorRTBackend(bundle_dir, cfg, device=device, precision=precision, cache_dir=engine_cache)
     raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or auto")
 
 
-def _torch_backend(bundle_dir, cfg, device, precision, fast, compile) -> Backend:
+def _torch_backend(bundle_dir, cfg, device, precision, fast, compile, kernels) -> Backend:
     from .torch_backend import TorchBackend, resolve_device
 
     dev = resolve_device(device)
@@ -86,13 +91,14 @@ def _torch_backend(bundle_dir, cfg, device, precision, fast, compile) -> Backend
         why = "auto: CUDA + fp16" if fast else f"auto: off for {dev.type} + {precision}"
     else:
         why = "asked for"
-    if compile != "none" and not fast:
-        raise BackendUnavailable(f"compile={compile!r} is a fast-path option; pass fast=True (CLI --fast)")
+    if (compile != "none" or kernels != "torch") and not fast:
+        what = f"compile={compile!r}" if compile != "none" else f"kernels={kernels!r}"
+        raise BackendUnavailable(f"{what} is a fast-path option; pass fast=True (CLI --fast)")
     if fast:
         from .torch_fast import FastConfig, TorchFastBackend
 
         log.info("torch backend: fast path (%s)", why)
-        return TorchFastBackend(bundle_dir, cfg, device=str(dev), precision=precision, config=FastConfig(compile=compile))
+        return TorchFastBackend(bundle_dir, cfg, device=str(dev), precision=precision, config=FastConfig(compile=compile, kernels=kernels))
     log.info("torch backend: eager reference path (%s)", why)
     return TorchBackend(bundle_dir, cfg, device=str(dev), precision=precision)
 

@@ -26,8 +26,14 @@ What it does on top of the eager backend:
   LayerNorm accumulates fp16 inputs in fp32); attention softmax (SDPA's flash /
   memory-efficient kernels accumulate in fp32). The text mask bias (-30000) is
   finite in fp16.
-- **Optional `torch.compile`** of the backbone (`compile="inductor"`), with
-  mode "max-autotune-no-cudagraphs" on CUDA since the graph is ours.
+- **Fused glue kernels, explicitly chosen.** `kernels="triton"` swaps the
+  backbone for `torch_fused.triton_backbone` (gated residual + LayerNorm +
+  adaLN modulate in one kernel, RoPE straight out of the QKV projection);
+  `compile="inductor"` lets torch.compile fuse the same glue instead, with mode
+  "max-autotune-no-cudagraphs" on CUDA since the graph is ours. They are
+  alternatives; with "triton" the VAE's Snake activations are fused too
+  (`torch_fused.use_triton_snake`). The default (`torch`, no compile) stays until a GPU run of
+  `bench/bench_dit.py` shows which is faster. `path` and the log name the choice.
 - **Chunked VAE decode** over latent frames with receptive-field overlap and exact
   stitching, so long clips decode in bounded memory.
 - **Frame encoding** from pinned host memory with non-blocking copies, so the
@@ -63,11 +69,13 @@ __all__ = [
     "vae_receptive_field",
     "chunked_decode",
     "COMPILE_CHOICES",
+    "KERNEL_CHOICES",
 ]
 
 log = logging.getLogger("v2m.backend.torch_fast")
 
 COMPILE_CHOICES = ("none", "inductor")
+KERNEL_CHOICES = ("torch", "triton")
 
 
 @dataclass
@@ -77,6 +85,10 @@ class FastConfig:
     Args:
         graphs: capture the step in a CUDA graph; None = on CUDA yes, on CPU no.
         compile: "none" or "inductor" (torch.compile of the DiT backbone).
+        kernels: "torch" (PyTorch's elementwise kernels) or "triton" (the fused
+            residual/norm/modulate and RoPE kernels of `v2m.kernels`, see
+            `torch_fused.py`). Triton kernels and torch.compile are alternatives
+            for the same glue: pick the one `bench/bench_dit.py` measures faster.
         max_graphs: captured (B, L, S, schedule) shapes kept (LRU).
         vae_chunk: latent frames decoded per chunk (0 = the whole clip at once).
         vae_overlap: context frames each side of a chunk; None = the VAE's receptive field.
@@ -84,6 +96,7 @@ class FastConfig:
 
     graphs: bool | None = None
     compile: str = "none"
+    kernels: str = "torch"
     max_graphs: int = 4
     vae_chunk: int = 128  # ~10 s of audio per chunk: a few hundred MB of fp16 activations for `full`
     vae_overlap: int | None = None
@@ -91,6 +104,13 @@ class FastConfig:
     def __post_init__(self):
         if self.compile not in COMPILE_CHOICES:
             raise BackendUnavailable(f"compile {self.compile!r} is not one of {', '.join(COMPILE_CHOICES)}")
+        if self.kernels not in KERNEL_CHOICES:
+            raise BackendUnavailable(f"kernels {self.kernels!r} is not one of {', '.join(KERNEL_CHOICES)}")
+        if self.kernels == "triton" and self.compile != "none":
+            raise BackendUnavailable(
+                "kernels='triton' and compile='inductor' are alternatives for the same fusion; "
+                "choose one (bench/bench_dit.py times both)"
+            )
         if self.max_graphs < 1 or self.vae_chunk < 0:
             raise BackendUnavailable("max_graphs must be >= 1 and vae_chunk >= 0")
 
@@ -212,9 +232,15 @@ class FastSampler:
 
     @property
     def path(self) -> str:
-        return ("cuda_graph" if self.graphs else "static_eager") + ("+inductor" if self.config.compile == "inductor" else "")
+        extra = {"inductor": "+inductor"}.get(self.config.compile, "") + {"triton": "+triton"}.get(self.config.kernels, "")
+        return ("cuda_graph" if self.graphs else "static_eager") + extra
 
     def _backbone(self):
+        if self.config.kernels == "triton":
+            from .torch_fused import triton_backbone
+
+            log.info("fast sampler: fused Triton kernels for residual/norm/modulate and RoPE")
+            return triton_backbone(self.dit)
         if self.config.compile == "none":
             return self.dit.backbone
         mode = "max-autotune-no-cudagraphs" if self.device.type == "cuda" else None
@@ -380,9 +406,14 @@ class TorchFastBackend(TorchBackend):
         super().__init__(bundle_dir, cfg, device=device, precision=precision)
         self.fast_config = config or FastConfig()
         self.sampler = FastSampler(self.dit, self.fast_config)
+        if self.fast_config.kernels == "triton":
+            from .torch_fused import use_triton_snake
+
+            log.info("torch fast path: VAE decoder with %d fused Triton Snake activations", use_triton_snake(self.vae))
         log.info(
-            "torch fast path: sampler %s, %s on %s, VAE chunk %s latent frames",
-            self.sampler.path, precision, self.device, self.fast_config.vae_chunk or "all",
+            "torch fast path: sampler %s (kernels %s, compile %s), %s on %s, VAE chunk %s latent frames",
+            self.sampler.path, self.fast_config.kernels, self.fast_config.compile, precision, self.device,
+            self.fast_config.vae_chunk or "all",
         )
 
     @torch.inference_mode()
@@ -406,5 +437,6 @@ class TorchFastBackend(TorchBackend):
         d = super().describe()
         d["sampler_path"] = self.sampler.path
         d["compile"] = self.fast_config.compile
+        d["kernels"] = self.fast_config.kernels
         d["vae_chunk"] = self.fast_config.vae_chunk
         return d

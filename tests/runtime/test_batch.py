@@ -176,3 +176,151 @@ def test_progress_bar_renders(short_video):
     text = s.getvalue()
     assert "2/4 videos" in text and "step" in text and "ETA" in text and "v2m: failed: x: y\n" in text
     assert not batch.Progress(3, stream=io.StringIO()).enabled  # not a terminal: quiet
+
+
+# --- --profile / --trace in batch mode ----------------------------------------------------
+def _x_events(trace_path):
+    return [e for e in json.loads(trace_path.read_text())["traceEvents"] if e["ph"] == "X"]
+
+
+def test_batch_profile_and_trace(capsys, tiny_bundle, folder, tmp_path):
+    """One report of the whole run: a run per finished video, a group per sampler call with its
+    B, shapes and steps; one trace with every video's preparation and every group."""
+    out, rep_path, trace_path = tmp_path / "out", tmp_path / "prof" / "report.json", tmp_path / "trace.json"
+    rc, stdout, err = _run(capsys, "generate", folder, "-o", out, "--model", tiny_bundle, "--device", "cpu",
+                           "--steps", "3", "--batch-size", "2", "--format", "wav",
+                           "--profile", rep_path, "--trace", trace_path)
+    assert rc == 1 and "3 ok, 1 failed" in stdout  # notes.txt
+    assert f"wrote profile report {rep_path}" in stdout and f"wrote Chrome trace {trace_path}" in stdout
+    assert "batch: 3 ok, 1 failed, 0 skipped" in stdout and "batched B=2 L=25" in stdout  # the table
+    r = json.loads(rep_path.read_text())
+    b = r["batch"]
+    assert r["runs"] == 3 and b["counts"] == {"ok": 3, "failed": 1, "skipped": 0, "pending": 0}
+    assert b["interrupted"] is False and b["wall_ms"] > 0
+    groups = b["groups"]
+    assert [(g["kind"], g["B"], g["status"], g["sampler_calls"]) for g in groups] == [
+        ("batched", 2, "ok", 1), ("batched", 1, "ok", 1)]
+    assert groups[0]["L"] == 25 and groups[1]["L"] < 25 and groups[0]["S"] == groups[1]["S"]
+    assert sorted(os.path.basename(v) for v in groups[0]["videos"]) == ["clip.mp4", "clip.mp4"]
+    assert r["shapes"] == {"L": [groups[1]["L"], 25], "B": [1, 2], "S": groups[0]["S"], "steps": 3}
+    for g in groups:
+        assert len(g["step_ms"]) == 3 and all(v > 0 for v in g["step_ms"]) and g["step_summary_ms"]["n"] == 3
+        assert sum(g["step_ms"]) <= 1.01 * g["stages_ms"]["sampler"]
+        assert g["stages_ms"]["vae"] > 0 and g["stages_ms"]["write"] > 0
+    assert [len(s["runs_ms"]) for s in r["steps"]] == [2, 2, 2]  # per step index, over the 2 groups
+    assert {"decode", "encode", "curve", "text", "sampler", "vae", "write"} <= set(r["stages"])
+    assert all(len(s["runs_ms"]) == 3 for s in r["stages"].values())  # one per finished video
+    items = {os.path.basename(v["input"]) + str(v["group"]): v for v in b["videos"]}
+    assert items["notes.txtNone"]["status"] == "failed" and "sampler" not in items["notes.txtNone"]["stages_ms"]
+    assert sorted(v["group"] for v in b["videos"] if v["status"] == "ok") == [0, 0, 1]
+    # a group's sampler time is shared by its videos; the totals add up
+    group_sampler = sum(g["stages_ms"]["sampler"] for g in groups)
+    assert b["stage_totals_ms"]["sampler"] == pytest.approx(group_sampler)
+    assert sum(r["stages"]["sampler"]["runs_ms"]) == pytest.approx(group_sampler)
+
+    xs = _x_events(trace_path)
+    names = [e["name"] for e in xs]
+    assert sum(n.startswith("video ") for n in names) == 4  # notes.txt's failed preparation too
+    assert {"encode", "curve", "text", "sampler", "vae", "write"} <= set(names)
+    for g in groups:
+        span = next(e for e in xs if e["name"].startswith(f"group {g['index']} batched B={g['B']}"))
+        steps = [e for e in xs if e["tid"] == 2 and e["args"]["group"] == g["index"]]
+        assert [e["name"] for e in steps] == ["step 0", "step 1", "step 2"]
+        assert all(span["ts"] - 1 <= e["ts"] and e["ts"] + e["dur"] <= span["ts"] + span["dur"] + 1 for e in steps)
+
+
+@pytest.fixture(scope="module")
+def windowed_bundle(tiny_bundle, tmp_path_factory):
+    """The tiny bundle with max_frames 16: a 2 s video (25 latent frames) runs in windows, 1 s (13) does not."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("win") / "b16")
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["sampler"]["max_frames"] = 16
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    return bundle
+
+
+def test_batch_profile_failed_group_then_windows(windowed_bundle, short_video, make_video, tmp_path):
+    """A group whose sampler call fails is recorded as failed without steps; the profiler goes on
+    to time a long video's windows as one group of several sampler calls."""
+    from v2m.runtime import Pipeline
+    from v2m.runtime.profiler import Profiler
+    from v2m.runtime.windows import overlap_frames, plan_windows
+
+    a = make_video("a.mp4", duration_s=1.0, seed=1)
+    c = make_video("c.mp4", duration_s=1.0, seed=2)
+    pipe = Pipeline.from_pretrained(windowed_bundle, backend="torch", device="cpu", precision="fp32")
+    orig = pipe.backend.sample
+
+    def sample(noise, *args):
+        if noise.shape[0] == 2:  # the batched pair fails after one step
+            args[-1](0)
+            raise RuntimeError("device lost")
+        return orig(noise, *args)
+
+    pipe.backend.sample = sample
+    jobs = batch.collect_inputs([a, c, short_video.path], tmp_path / "o")
+    prof = Profiler(device="cpu", trace=True)
+    opts = batch.BatchOptions(tmp_path / "o", format="wav", steps=3, batch_size=2, progress=False)
+    summary = batch.run_batch(pipe, jobs, opts, profiler=prof)
+    assert [j.status for j in jobs] == ["failed", "failed", "ok"]
+    r = prof.report()
+    g0, g1 = r["batch"]["groups"]
+    assert (g0["kind"], g0["B"], g0["status"], g0["step_ms"], g0["sampler_calls"]) == ("batched", 2, "failed", [], 0)
+    assert "device lost" in g0["reason"]
+    n_win = len(plan_windows(25, 16, overlap_frames(16, pipe.config.sampler.window_overlap)))
+    assert n_win >= 2
+    assert (g1["kind"], g1["B"], g1["L"], g1["status"], g1["sampler_calls"]) == ("windows", 1, 25, "ok", n_win)
+    assert len(g1["step_ms"]) == 3 * n_win
+    assert sum(g1["step_ms"]) <= 1.01 * g1["stages_ms"]["sampler"]  # the windows' VAE decodes are in no step
+    assert r["runs"] == 1 and [len(s["runs_ms"]) for s in r["steps"]] == [n_win] * 3
+    assert [v["group"] for v in r["batch"]["videos"]] == [0, 0, 1]
+    data, _ = _summary(tmp_path / "o")
+    assert data["counts"]["ok"] == 1 and summary.count("failed") == 2
+    assert all("sampler" in i["timings"] for i in data["items"])  # the failed pair's share too
+
+
+def test_batch_profile_bad_paths_fail_up_front(capsys, tiny_bundle, short_video, tmp_path, monkeypatch):
+    """Report paths that cannot work end the command before the model is loaded: one line, exit 2."""
+    from v2m.runtime import cli
+
+    def no_model(args):
+        raise AssertionError("the model was loaded before the report paths were checked")
+
+    monkeypatch.setattr(cli, "_load_pipeline", no_model)
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "out"
+    base = ("generate", short_video.path, short_video.path, "-o", out, "--model", tiny_bundle, "--format", "wav")
+    cases = [
+        (("--profile", tmp_path), "is a folder"),
+        (("--profile", tmp_path / "p.json", "--trace", tmp_path / "p.json"), "both name"),
+        (("--trace", out / "summary.json"), "the batch summary"),
+        (("--profile", out / "short.wav"), "the output of"),
+        (("--profile", tmp_path / "afile" / "p.json"), "is a file, not a folder"),
+    ]
+    for flags, msg in cases:
+        rc, stdout, err = _run(capsys, *base, *flags)
+        _one_line_error(rc, err)
+        assert rc == 2 and msg in err and "--" in err
+    assert not any(out.iterdir())
+
+
+def test_batch_profile_written_when_interrupted(capsys, tiny_bundle, short_video, make_video, tmp_path, monkeypatch):
+    """Ctrl-C during a batch still writes the report and trace of what ran, marked interrupted."""
+    other = make_video("other.mp4", duration_s=2.0, seed=4)
+    rep_path, trace_path = tmp_path / "r.json", tmp_path / "t.json"
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch.media, "finalize_audio", interrupt)  # after the pair was sampled and decoded
+    rc, stdout, err = _run(capsys, "generate", short_video.path, other, "-o", tmp_path / "o", "--model", tiny_bundle,
+                           "--device", "cpu", "--steps", "2", "--format", "wav",
+                           "--profile", rep_path, "--trace", trace_path)
+    assert rc == 130 and "v2m: interrupted" in err
+    assert "wrote profile report" in stdout and "wrote Chrome trace" in stdout
+    r = json.loads(rep_path.read_text())
+    b = r["batch"]
+    assert b["interrupted"] is True and b["counts"]["pending"] == 2 and r["runs"] == 0
+    (g,) = b["groups"]
+    assert g["status"] == "interrupted" and g["B"] == 2 and len(g["step_ms"]) == 2
+    assert any(e["name"].startswith("group 0") for e in _x_events(trace_path))

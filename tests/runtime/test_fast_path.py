@@ -78,6 +78,30 @@ def test_fast_sampler_96_steps_reproducible_and_cached(eager):
     assert len(fast._entries) == 1 and not np.allclose(a, c)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_precision_velocity_cosine_cpu(eager, dtype):
+    """The accuracy criterion on CPU (CI): half-precision fast step vs fp32 along the fp32
+    trajectory, per-step velocity cosine >= 0.999 over all 96 steps; reproducible run to run."""
+    import copy
+
+    cfg = eager.cfg
+    noise, curve, text, mask = _inputs(cfg, length=62, seed=5)
+    ts = sampler.timesteps(96)
+    ref = FastSampler(eager.dit, FastConfig())
+    lo = FastSampler(copy.deepcopy(eager.dit).to(dtype), FastConfig())
+    e_ref = ref.prepare(noise, curve, text, mask, ts, 4.5)
+    e_lo = lo.prepare(noise, curve, text, mask, ts, 4.5)
+    x = e_ref.state.x.clone()
+    worst = 1.0
+    for i in range(96):
+        v_ref, v_lo = ref.velocity_at(e_ref, x, i), lo.velocity_at(e_lo, x, i)
+        worst = min(worst, torch.nn.functional.cosine_similarity(v_ref.flatten(), v_lo.flatten(), dim=0).item())
+        x = x + float(ts[i + 1] - ts[i]) * v_ref
+    assert worst >= 0.999, worst
+    a = lo.sample(noise, curve, text, mask, ts, 4.5)
+    assert np.array_equal(a, lo.sample(noise, curve, text, mask, ts, 4.5))
+
+
 def test_shape_lru(eager):
     fast = FastSampler(eager.dit, FastConfig(max_graphs=2))
     ts = sampler.timesteps(3)
@@ -104,6 +128,23 @@ def test_selection_and_log(tiny_bundle, caplog):
         assert "fast path (asked for)" in caplog.text
     with pytest.raises(Exception, match="fast-path option"):
         create_backend("torch", tiny_bundle, cfg, device="cpu", compile="inductor")
+    with pytest.raises(Exception, match="kernels='triton' is a fast-path option"):
+        create_backend("torch", tiny_bundle, cfg, device="cpu", kernels="triton")
+
+
+def test_cli_kernel_choice_errors_are_one_line(capsys, tiny_bundle, short_video, tmp_path):
+    """Fast-path options without the fast path, or two fusions at once: one stderr line, exit 2, no output."""
+    from v2m.runtime.cli import main
+
+    out = tmp_path / "o.wav"
+    base = ["generate", str(short_video.path), "-m", str(tiny_bundle), "-o", str(out), "--device", "cpu", "--steps", "2"]
+    assert main(base + ["--kernels", "triton"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fast-path option" in err[0]
+    assert main(base + ["--fast", "--kernels", "triton", "--compile", "inductor"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "alternatives" in err[0]
+    assert not out.exists()
 
 
 def test_pipeline_fast_equals_eager(tiny_bundle, short_video):

@@ -1,0 +1,61 @@
+"""The bench scripts run and write the JSON lines README's tables are copied from (CPU, tiny sizes).
+
+These check the plumbing, not speed: every row carries the fields the issue asks
+for (device, preset, variant, L, B, median/p10/p90, TFLOP/s, speed-up, versions,
+commit, date), and GPU-only scripts refuse cleanly without a GPU.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _run(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_bench_dit_rows(tmp_path):
+    proc = _run("bench_dit.py", "--preset", "tiny", "--device", "cpu", "--lengths", "16,24", "--batches", "1",
+                "--variants", "eager,static", "--warmup", "1", "--iters", "3", "--accuracy-steps", "3",
+                "--threads", "1", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "dit.jsonl").read_text().splitlines()]
+    timing = [r for r in rows if not r["variant"].startswith("accuracy")]
+    assert {(r["variant"], r["L"]) for r in timing} == {(v, n) for v in ("eager", "static") for n in (16, 24)}
+    for r in timing:
+        for key in ("device", "preset", "variant", "L", "B", "step_ms", "step_ms_p10", "step_ms_p90", "tflops",
+                    "speedup_vs_eager", "versions", "commit", "date"):
+            assert r.get(key) is not None, (key, r)
+        assert r["step_ms_p10"] <= r["step_ms"] <= r["step_ms_p90"] and r["tflops"] > 0
+        assert r["versions"]["torch"]
+    assert all(r["speedup_vs_eager"] == 1.0 for r in timing if r["variant"] == "eager")
+    (acc,) = [r for r in rows if r["variant"].startswith("accuracy")]
+    assert len(acc["cos_per_step"]) == 3 and acc["cos_min"] >= 0.999 and acc["final_snr_db"] > 20
+    assert "per-step velocity cosine" in proc.stdout
+
+
+def test_gpu_only_benches_refuse_cleanly(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    proc = _run("bench_fused.py", "--out", str(tmp_path), timeout=120)
+    assert proc.returncode != 0 and "needs a CUDA GPU" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "fused.jsonl").exists()
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("bench_*.py")))
+def test_help(script):
+    proc = _run(script, "--help", timeout=120)
+    assert proc.returncode == 0 and "usage" in proc.stdout, proc.stderr[-2000:]
