@@ -44,7 +44,6 @@ this module needs neither triton nor torch.
 """
 
 import functools
-import os
 
 import numpy as np
 
@@ -57,29 +56,13 @@ __all__ = [
     "event_curves_reference",
 ]
 
-try:  # the runtime never hard-requires triton; the kernels exist only when it is installed
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised on installs without triton
-    triton = None
-    tl = None
+from . import _triton
+from ._triton import tl, triton
 
 
 def triton_available() -> bool:
-    """True when triton imports and can run: a CUDA device, or the CPU interpreter.
-
-    The interpreter counts only when TRITON_INTERPRET=1 was set before triton was
-    imported (tests do this in `tests/kernels/conftest.py`).
-    """
-    if triton is None:
-        return False
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return True
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+    """True when triton imports and can run: a CUDA device, or the CPU interpreter (see `_triton`)."""
+    return triton is not None and _triton.triton_available()
 
 
 if triton is not None:

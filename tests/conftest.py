@@ -83,3 +83,16 @@ def tiny_bundle_copy(tiny_bundle, tmp_path) -> Path:
     import shutil
 
     return Path(shutil.copytree(tiny_bundle, tmp_path / "tiny-copy"))
+
+
+@pytest.fixture(scope="session")
+def windowed_bundle(tiny_bundle, tmp_path_factory) -> Path:
+    """The tiny bundle with max_frames 16: a 2 s video (25 latent frames) runs in windows, 1 s (13) does not."""
+    import json
+    import shutil
+
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("win") / "b16"))
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["sampler"]["max_frames"] = 16
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    return bundle

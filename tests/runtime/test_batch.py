@@ -229,14 +229,6 @@ def test_batch_profile_and_trace(capsys, tiny_bundle, folder, tmp_path):
         assert all(span["ts"] - 1 <= e["ts"] and e["ts"] + e["dur"] <= span["ts"] + span["dur"] + 1 for e in steps)
 
 
-@pytest.fixture(scope="module")
-def windowed_bundle(tiny_bundle, tmp_path_factory):
-    """The tiny bundle with max_frames 16: a 2 s video (25 latent frames) runs in windows, 1 s (13) does not."""
-    bundle = shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("win") / "b16")
-    cfg = json.loads((bundle / "config.json").read_text())
-    cfg["sampler"]["max_frames"] = 16
-    (bundle / "config.json").write_text(json.dumps(cfg))
-    return bundle
 
 
 def test_batch_profile_failed_group_then_windows(windowed_bundle, short_video, make_video, tmp_path):

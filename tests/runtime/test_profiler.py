@@ -2,7 +2,6 @@
 
 import itertools
 import json
-import shutil
 import subprocess
 import sys
 
@@ -142,15 +141,11 @@ class FakeNvtx:
 
 
 @pytest.fixture(scope="module")
-def windowed_pipe(tiny_bundle, tmp_path_factory):
-    """The tiny bundle with max_frames 16: the 2 s short_video (25 latent frames) runs in windows."""
+def windowed_pipe(windowed_bundle):
+    """The windowed bundle: the 2 s short_video (25 latent frames) runs in windows."""
     from v2m.runtime import Pipeline
 
-    bundle = shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("win") / "b16")
-    cfg = json.loads((bundle / "config.json").read_text())
-    cfg["sampler"]["max_frames"] = 16
-    (bundle / "config.json").write_text(json.dumps(cfg))
-    return Pipeline.from_pretrained(bundle, backend="torch", device="cpu", precision="fp32")
+    return Pipeline.from_pretrained(windowed_bundle, backend="torch", device="cpu", precision="fp32")
 
 
 def test_windowed_steps_per_call_and_nvtx_nesting(windowed_pipe, short_video):
