@@ -23,7 +23,7 @@ from . import text as text_mod
 from . import vae as vae_mod
 from .checkpoint import apply_state_dict, load_safetensors, save_safetensors
 
-__all__ = ["BUNDLE_PRESETS", "bundle_config", "init_bundle", "load_component", "build_component"]
+__all__ = ["BUNDLE_PRESETS", "bundle_config", "init_bundle", "load_component", "build_component", "randomize_weights"]
 
 log = logging.getLogger("v2m.bundle")
 
@@ -79,7 +79,7 @@ def build_component(cfg: BundleConfig, name: str) -> nn.Module:
     raise BundleError(f"unknown bundle component {name!r}")
 
 
-def _randomize(module: nn.Module, generator: torch.Generator) -> None:
+def randomize_weights(module: nn.Module, generator: torch.Generator) -> None:
     """Deterministic random init of every parameter, whatever the module's own init does."""
     with torch.no_grad():
         for name, p in module.named_parameters():
@@ -142,7 +142,7 @@ def init_bundle(
     for name in ("encoder", "vae", "dit"):
         with device:
             module = build_component(cfg, name)
-        _randomize(module, gen)
+        randomize_weights(module, gen)
         if name == "dit":
             module.init_weights(gen)
         if name == "vae":

@@ -37,7 +37,8 @@ What it does on top of the eager backend:
 - **Chunked VAE decode** over latent frames with receptive-field overlap and exact
   stitching, so long clips decode in bounded memory.
 - **Frame encoding** from pinned host memory with non-blocking copies, so the
-  DINOv2 batches overlap the background video decode.
+  DINOv2 batches overlap the background video decode; the position embeddings are
+  baked for the input size on the first batch (no interpolation per batch).
 """
 
 from __future__ import annotations
@@ -419,6 +420,8 @@ class TorchFastBackend(TorchBackend):
     @torch.inference_mode()
     def encode_frames(self, pixels: np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(pixels))
+        if getattr(self.encoder, "_baked_size", ()) is None:  # every frame has the bundle's input size
+            self.encoder.bake_position_embeddings(tuple(x.shape[-2:]))  # no bicubic resize per batch
         if self.torch_device.type == "cuda":
             x = x.pin_memory().to(self.torch_device, non_blocking=True)  # overlaps the decode thread
         feats = self.encoder.pooled(x.to(self.torch_device, self.dtype)).float()  # (N, D)

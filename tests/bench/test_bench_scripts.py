@@ -44,6 +44,24 @@ def test_bench_dit_rows(tmp_path):
     assert "per-step velocity cosine" in proc.stdout
 
 
+def test_bench_encoder_and_vae_rows(tmp_path):
+    proc = _run("bench_encoder.py", "--preset", "tiny", "--device", "cpu", "--size", "112", "--batches", "2,5",
+                "--variants", "eager", "--iters", "2", "--warmup", "1", "--threads", "1", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "encoder.jsonl").read_text().splitlines()]
+    assert [r["batch"] for r in rows] == [2, 5]
+    assert all(r["frames_per_s"] > 0 and r["ms_p10"] <= r["ms"] <= r["ms_p90"] and r["commit"] for r in rows)
+
+    proc = _run("bench_vae.py", "--preset", "tiny", "--device", "cpu", "--lengths", "20", "--chunk", "8",
+                "--iters", "2", "--warmup", "1", "--threads", "1", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["variant"]: r for r in map(json.loads, (tmp_path / "vae.jsonl").read_text().splitlines())}
+    assert set(rows) == {"whole", "chunked"}
+    assert rows["whole"]["max_abs_diff_vs_whole"] == 0.0
+    assert rows["chunked"]["snr_db_vs_whole"] > 60  # the chunk seams are exact up to float rounding
+    assert rows["whole"]["audio_s"] == pytest.approx(20 * 3584 / 44100)
+
+
 def test_gpu_only_benches_refuse_cleanly(tmp_path):
     import torch
 

@@ -154,6 +154,7 @@ def test_pipeline_fast_equals_eager(tiny_bundle, short_video):
     pf = Pipeline.from_pretrained(tiny_bundle, device="cpu", precision="fp32", fast=True)
     b = pf.generate(short_video.path, "x", seed=2, steps=6)
     assert b.info["sampler_path"] == "static_eager" and len(b.step_ms) == 6
+    assert pf.backend.encoder._baked_size is not None  # position embeddings baked at the first batch
     np.testing.assert_allclose(a.latents, b.latents, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(a.audio, b.audio, atol=1e-5)
 

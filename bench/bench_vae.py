@@ -1,0 +1,125 @@
+"""VAE decode latency and memory: a clip's latents to stereo 44.1 kHz audio.
+
+    python bench/bench_vae.py                                    # full VAE, CUDA, fp16, 32 s (L = 394)
+    python bench/bench_vae.py --preset tiny --device cpu --lengths 62
+
+Variants (what `TorchBackend` / `TorchFastBackend` do):
+- whole:          one decoder call over all L latent frames
+- chunked:        `chunked_decode` (128-frame chunks with receptive-field overlap,
+                  assembled on the host: bounded device memory, the copy included)
+- whole+triton, chunked+triton: the same with the fused Snake kernel
+                  (`use_triton_snake`, CUDA only)
+
+One JSON line per (variant, L) in `<out>/vae.jsonl`: ms (median, p10, p90), audio
+seconds decoded per second, peak GPU memory above the weights, and the error of
+each variant against `whole` in the same run (max |diff|, SNR dB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+from v2m.models import vae as vae_mod  # noqa: E402
+from v2m.models.bundle import bundle_config, randomize_weights  # noqa: E402
+from v2m.runtime.backends.torch_fast import chunked_decode  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SAMPLE_RATE = 44100
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="full", choices=["tiny", "small", "full"])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--precision", default=None, choices=sorted(DTYPES), help="default: fp16 on CUDA, fp32 on CPU")
+    ap.add_argument("--lengths", default="394", help="latent frames L (394 = 32 s)")
+    ap.add_argument("--chunk", type=int, default=128, help="latent frames per chunk for the chunked variants")
+    ap.add_argument("--variants", default=None, help="default: whole,chunked,whole+triton,chunked+triton on CUDA; whole,chunked on CPU")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=None, help="CPU: torch.set_num_threads")
+    ap.add_argument("--out", default=None, help="results directory (default bench/results)")
+    args = ap.parse_args()
+    harness.setup_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("bench_vae: --device cuda but PyTorch sees no CUDA GPU; use --device cpu --preset tiny")
+    precision = args.precision or ("fp16" if cuda else "fp32")
+    dtype = DTYPES[precision]
+    variants = (args.variants or ("whole,chunked,whole+triton,chunked+triton" if cuda else "whole,chunked")).split(",")
+    if not cuda and any("triton" in v for v in variants):
+        raise SystemExit("bench_vae: the triton variants need CUDA")
+    cfg = vae_mod.OobleckConfig.from_dict(bundle_config(args.preset).vae)
+    env = harness.environment(str(device))
+    versions = {k: env.get(k) for k in ("python", "torch", "triton")}
+    versions["cuda"] = torch.version.cuda if cuda else None
+
+    with torch.device(device):
+        vae = vae_mod.OobleckDecoder(cfg)
+    randomize_weights(vae, torch.Generator(device=device).manual_seed(0))
+    vae = vae.to(dtype).eval()
+    models = {"torch": vae}
+    if any("triton" in v for v in variants):
+        from v2m.runtime.backends.torch_fused import use_triton_snake
+
+        models["triton"] = copy.deepcopy(vae)
+        use_triton_snake(models["triton"])
+    weights_mb = torch.cuda.memory_allocated(device) / 2**20 if cuda else None
+
+    def fn_for(v: str, z: torch.Tensor):
+        m = models["triton" if "triton" in v else "torch"]
+        if v.startswith("chunked"):
+            return lambda: chunked_decode(m, z, args.chunk)
+        return lambda: m(z).float().cpu()
+
+    rows = []
+    for length in (int(x) for x in args.lengths.split(",")):
+        z = torch.randn(1, cfg.latent_channels, length, device=device, generator=torch.Generator(device=device).manual_seed(1))
+        z = z.to(dtype)
+        with torch.inference_mode():
+            ref = fn_for("whole", z)().double()
+        for v in variants:
+            fn = fn_for(v, z)
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            with torch.inference_mode():
+                st = harness.summarize(harness.time_fn(fn, warmup=args.warmup, iters=args.iters, device=str(device)))
+                out = fn().double()
+            err = (out - ref).abs().max().item()
+            snr = 10 * torch.log10(ref.pow(2).sum() / (out - ref).pow(2).sum().clamp_min(1e-30)).item()
+            audio_s = length * cfg.hop_length / SAMPLE_RATE
+            row = {
+                "bench": "vae", "device": env["device"], "preset": args.preset, "precision": precision, "variant": v,
+                "L": length, "audio_s": audio_s, "chunk": args.chunk if v.startswith("chunked") else None,
+                "ms": st["median"], "ms_p10": st["p10"], "ms_p90": st["p90"], "iters": st["n"],
+                "audio_s_per_s": audio_s / (st["median"] / 1e3),
+                "peak_gpu_mb_above_weights": torch.cuda.max_memory_allocated(device) / 2**20 - weights_mb if cuda else None,
+                "max_abs_diff_vs_whole": err, "snr_db_vs_whole": snr,
+                "versions": versions, "commit": env["commit"], "date": env["date"],
+            }
+            harness.append_result("vae", row, Path(args.out) if args.out else None)
+            rows.append(row)
+
+    print(f"\nOobleck VAE ({args.preset}), {precision}, {env['device']}")
+    print(f"{'variant':<16} {'L':>5} {'ms':>9} {'p10':>9} {'p90':>9} {'audio s/s':>9} {'peak MB':>8} {'SNR dB':>7}")
+    for r in rows:
+        mem = f"{r['peak_gpu_mb_above_weights']:.0f}" if r["peak_gpu_mb_above_weights"] is not None else "-"
+        snr = f"{r['snr_db_vs_whole']:.1f}" if r["snr_db_vs_whole"] < 290 else "exact"
+        print(f"{r['variant']:<16} {r['L']:>5} {r['ms']:>9.2f} {r['ms_p10']:>9.2f} {r['ms_p90']:>9.2f} "
+              f"{r['audio_s_per_s']:>9.1f} {mem:>8} {snr:>7}")
+
+
+if __name__ == "__main__":
+    main()
