@@ -7,7 +7,9 @@
 For each preset: a random-weight bundle, a generated test video with scene
 cuts, one warm-up generation, then `--repeats` timed ones. One JSON line per
 (preset, backend, device) in bench/results/pipeline.jsonl with the median of
-each stage, sampler step median/p10/p90 and the real-time factor.
+each stage, sampler step median/p10/p90, the real-time factor, peak GPU memory and
+(for fp16 / the fast path) the SNR of the latents and audio against the fp32 eager
+reference on the same clip and seed.
 """
 
 from __future__ import annotations
@@ -48,16 +50,24 @@ def prepare(preset: str, work: Path, backend: str, duration: float, size: tuple[
     return bundle, clip
 
 
+def snr_db(ref: np.ndarray, x: np.ndarray) -> float:
+    """10 log10(|ref|^2 / |x - ref|^2), in float64; 300 for identical arrays."""
+    ref, x = np.asarray(ref, np.float64), np.asarray(x, np.float64)
+    err = float(np.sum((x - ref) ** 2))
+    return 300.0 if err == 0 else float(10 * np.log10(np.sum(ref**2) / err))
+
+
 def run(preset: str, backend: str, device: str, precision: str, duration: float, repeats: int, work: Path, out: Path | None,
-        size: tuple[int, int] = (320, 240), fast: bool | None = None, kernels: str = "torch", compile: str = "none"):
+        size: tuple[int, int] = (320, 240), fast: bool | None = None, kernels: str = "torch", compile: str = "none",
+        accuracy: bool = False, vae_precision: str | None = None):
     from v2m.runtime import Pipeline
     from v2m.runtime.profiler import Profiler
 
     init_device = "cuda" if device.startswith("cuda") else "cpu"
     bundle, clip = prepare(preset, work, backend, duration, size, init_device, precision)
     pipe = Pipeline.from_pretrained(bundle, backend=backend, device=device, precision=precision, fast=fast,
-                                    kernels=kernels, compile=compile)
-    pipe.generate(clip, prompt="warm synth pop", seed=0)  # warm-up (allocations, graph builds)
+                                    kernels=kernels, compile=compile, vae_precision=vae_precision)
+    first = pipe.generate(clip, prompt="warm synth pop", seed=0)  # warm-up (allocations, graph builds)
     stage_runs: dict[str, list[float]] = {}
     steps: list[float] = []
     totals = []
@@ -71,6 +81,19 @@ def run(preset: str, backend: str, device: str, precision: str, duration: float,
         steps.extend(res.step_ms)
         totals.append(sum(res.timings.values()))
     step = harness.summarize(steps)
+    acc = {}
+    if accuracy:  # the measured configuration vs the fp32 eager reference, same clip and seed
+        peak_mb = (lambda b: b / 2**20 if b else None)(prof.report().get("peak_gpu_mem_bytes"))
+        del pipe
+        ref = Pipeline.from_pretrained(bundle, backend="torch", device=device, precision="fp32", fast=False)
+        gold = ref.generate(clip, prompt="warm synth pop", seed=0)
+        acc = {"latents_snr_db_vs_fp32": snr_db(gold.latents, first.latents),
+               "audio_snr_db_vs_fp32": snr_db(gold.audio, first.audio)}
+        log.info("%s vs fp32 eager: latents SNR %.1f dB, audio SNR %.1f dB", precision,
+                 acc["latents_snr_db_vs_fp32"], acc["audio_snr_db_vs_fp32"])
+        del ref
+    else:
+        peak_mb = (lambda b: b / 2**20 if b else None)(prof.report().get("peak_gpu_mem_bytes"))
     row = {
         "bench": "pipeline",
         "preset": preset,
@@ -79,7 +102,9 @@ def run(preset: str, backend: str, device: str, precision: str, duration: float,
         "duration_s": duration,
         "video_size": f"{size[0]}x{size[1]}",
         "sampler_path": res.info.get("sampler_path", "eager"),
-        "peak_gpu_mb": (lambda b: b / 2**20 if b else None)(prof.report().get("peak_gpu_mem_bytes")),
+        "vae_precision": res.info.get("vae_precision", precision),
+        "peak_gpu_mb": peak_mb,
+        **acc,
         "L": int(res.curve.shape[0]),
         "steps": len(res.step_ms),
         "repeats": repeats,
@@ -108,6 +133,10 @@ def main() -> None:
                     help="torch fast path (default: on for CUDA + fp16)")
     ap.add_argument("--kernels", default="torch", choices=["torch", "triton"], help="torch fast path: fused glue kernels")
     ap.add_argument("--compile", default="none", choices=["none", "inductor"], help="torch fast path: torch.compile")
+    ap.add_argument("--vae-precision", default=None, choices=["fp16", "bf16", "fp32"],
+                    help="torch fast path: VAE precision if not --precision")
+    ap.add_argument("--accuracy", action=argparse.BooleanOptionalAction, default=None,
+                    help="also run the fp32 eager reference and report latents/audio SNR (default: on unless fp32 eager)")
     ap.add_argument("--workdir", default=None, help="reuse bundles and clips here")
     ap.add_argument("--out", default=None, help="results directory (default bench/results)")
     args = ap.parse_args()
@@ -118,7 +147,9 @@ def main() -> None:
         for backend in args.backends.split(","):
             size = tuple(int(v) for v in args.size.lower().split("x"))
             row = run(preset, backend, args.device, args.precision, args.duration, args.repeats, work,
-                      args.out and Path(args.out), size, args.fast, args.kernels, args.compile)
+                      args.out and Path(args.out), size, args.fast, args.kernels, args.compile,
+                      accuracy=args.accuracy if args.accuracy is not None else (args.precision != "fp32" or bool(args.fast)),
+                      vae_precision=args.vae_precision)
             log.info(
                 "%s/%s: total %.3f s (RTF %.1fx), step median %.2f ms, sampler %.3f s, vae %.3f s",
                 preset, backend, row["total_s"], row["realtime_factor"], row["step_ms"], row["sampler_s"], row["vae_s"],

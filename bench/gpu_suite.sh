@@ -43,6 +43,8 @@ case "$stage" in
     run python3 bench/bench_pipeline.py --presets full --device cuda --precision fp16 --duration 32 --size 1280x720 \
       --repeats 3 --workdir /tmp/v2m-bench
     run python3 bench/bench_pipeline.py --presets full --device cuda --precision fp16 --duration 32 --size 1280x720 \
-      --repeats 3 --workdir /tmp/v2m-bench --fast --kernels triton ;;
+      --repeats 3 --workdir /tmp/v2m-bench --fast --kernels triton
+    run python3 bench/bench_pipeline.py --presets full --device cuda --precision fp16 --duration 32 --size 1280x720 \
+      --repeats 3 --workdir /tmp/v2m-bench --fast --vae-precision fp32 ;;
   *) echo "gpu_suite.sh: unknown stage '$stage' (tests, dit, compile, parts, pipeline)" >&2; exit 2 ;;
 esac

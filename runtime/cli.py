@@ -41,6 +41,8 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernels", default="torch", choices=["torch", "triton"],
                    help="torch fast path: fused Triton kernels for the DiT's norm/modulate/residual and RoPE "
                         "(an alternative to --compile)")
+    p.add_argument("--vae-precision", default=None, choices=["fp16", "bf16", "fp32"],
+                   help="torch fast path: VAE decoder precision if not --precision (fp32: exact Snake phases)")
     p.add_argument("--engine-cache", default=None, metavar="DIR",
                    help="tensorrt backend: where engines are built and found (default: BUNDLE/engines)")
 
@@ -62,6 +64,7 @@ def _load_pipeline(args):
         args.model, backend=args.backend, device=device, precision=_precision(args),
         fast=getattr(args, "fast", None), compile=getattr(args, "compile", "none"),
         kernels=getattr(args, "kernels", "torch"), engine_cache=getattr(args, "engine_cache", None),
+        vae_precision=getattr(args, "vae_precision", None),
     )
 
 

@@ -150,6 +150,7 @@ class Pipeline:
         compile: str = "none",
         kernels: str = "torch",
         engine_cache: str | Path | None = None,
+        vae_precision: str | None = None,
     ) -> Pipeline:
         """Load a bundle directory.
 
@@ -164,11 +165,13 @@ class Pipeline:
             kernels: torch fast path: "torch" or "triton" (fused residual/norm/modulate and
                 RoPE kernels); an alternative to compile.
             engine_cache: tensorrt backend: engine cache folder (default BUNDLE/engines).
+            vae_precision: torch fast path: the VAE's precision if not `precision` ("fp32"
+                keeps the decoder exact beside an fp16 DiT).
         """
         path = Path(path)
         cfg = load_config(path)
         be = create_backend(backend, path, cfg, device=device, precision=precision, fast=fast, compile=compile,
-                            kernels=kernels, engine_cache=engine_cache)
+                            kernels=kernels, engine_cache=engine_cache, vae_precision=vae_precision)
         text = load_text_encoder(path, cfg.text, cfg.text_dim, device=be.device)
         log.info("loaded %s (preset %s) on %s", path, cfg.preset, be.describe())
         return cls(path, cfg, be, text)

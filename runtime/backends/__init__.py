@@ -48,6 +48,7 @@ def create_backend(
     compile: str = "none",
     kernels: str = "torch",
     engine_cache: str | Path | None = None,
+    vae_precision: str | None = None,
 ) -> Backend:
     """Instantiate backend `name` (torch, onnxruntime, tensorrt or auto) for a bundle.
 
@@ -58,6 +59,8 @@ def create_backend(
         kernels: torch fast path only: "torch" or "triton" (fused glue kernels; an
             alternative to compile).
         engine_cache: tensorrt only: where engines are built and found (default BUNDLE/engines).
+        vae_precision: torch fast path only: the VAE decoder's precision when it should
+            differ from `precision` (e.g. "fp32" beside an fp16 DiT).
     """
     bundle_dir = Path(bundle_dir)
     if name == "auto":
@@ -66,7 +69,7 @@ def create_backend(
     if name == "torch":
         if not _has("torch"):
             raise BackendUnavailable("the torch backend needs PyTorch (pip install torch); or export the bundle and use --backend onnxruntime")
-        return _torch_backend(bundle_dir, cfg, device, precision, fast, compile, kernels)
+        return _torch_backend(bundle_dir, cfg, device, precision, fast, compile, kernels, vae_precision)
     if name == "onnxruntime":
         if not _has("onnxruntime"):
             raise BackendUnavailable("the onnxruntime backend needs ONNX Runtime: pip install 'v2m-runtime[ort]' (or [ort-gpu])")
@@ -82,7 +85,7 @@ def create_backend(
     raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or auto")
 
 
-def _torch_backend(bundle_dir, cfg, device, precision, fast, compile, kernels) -> Backend:
+def _torch_backend(bundle_dir, cfg, device, precision, fast, compile, kernels, vae_precision) -> Backend:
     from .torch_backend import TorchBackend, resolve_device
 
     dev = resolve_device(device)
@@ -91,14 +94,15 @@ def _torch_backend(bundle_dir, cfg, device, precision, fast, compile, kernels) -
         why = "auto: CUDA + fp16" if fast else f"auto: off for {dev.type} + {precision}"
     else:
         why = "asked for"
-    if (compile != "none" or kernels != "torch") and not fast:
-        what = f"compile={compile!r}" if compile != "none" else f"kernels={kernels!r}"
+    if (compile != "none" or kernels != "torch" or vae_precision) and not fast:
+        what = (f"compile={compile!r}" if compile != "none" else f"kernels={kernels!r}" if kernels != "torch"
+                else f"vae_precision={vae_precision!r}")
         raise BackendUnavailable(f"{what} is a fast-path option; pass fast=True (CLI --fast)")
     if fast:
         from .torch_fast import FastConfig, TorchFastBackend
 
         log.info("torch backend: fast path (%s)", why)
-        return TorchFastBackend(bundle_dir, cfg, device=str(dev), precision=precision, config=FastConfig(compile=compile, kernels=kernels))
+        return TorchFastBackend(bundle_dir, cfg, device=str(dev), precision=precision, config=FastConfig(compile=compile, kernels=kernels, vae_precision=vae_precision))
     log.info("torch backend: eager reference path (%s)", why)
     return TorchBackend(bundle_dir, cfg, device=str(dev), precision=precision)
 

@@ -93,6 +93,12 @@ class FastConfig:
         max_graphs: captured (B, L, S, schedule) shapes kept (LRU).
         vae_chunk: latent frames decoded per chunk (0 = the whole clip at once).
         vae_overlap: context frames each side of a chunk; None = the VAE's receptive field.
+        vae_precision: None (the backend's precision), "fp16", "bf16" or "fp32" (TF32
+            convolutions on CUDA, PyTorch's default). A decoder amplifies relative errors
+            of its input and activations; for random bundles by ~35 dB (fp16 rounding of
+            the latents alone gives 36 dB SNR, an fp16 decode ~25 dB against fp32), so
+            "fp32" beside an fp16 DiT is the choice where the decoder must be exact;
+            `bench/bench_vae.py` measures both (time and SNR) for given weights.
     """
 
     graphs: bool | None = None
@@ -101,6 +107,7 @@ class FastConfig:
     max_graphs: int = 4
     vae_chunk: int = 128  # ~10 s of audio per chunk: a few hundred MB of fp16 activations for `full`
     vae_overlap: int | None = None
+    vae_precision: str | None = None
 
     def __post_init__(self):
         if self.compile not in COMPILE_CHOICES:
@@ -112,6 +119,8 @@ class FastConfig:
                 "kernels='triton' and compile='inductor' are alternatives for the same fusion; "
                 "choose one (bench/bench_dit.py times both)"
             )
+        if self.vae_precision not in (None, "fp16", "bf16", "fp32"):
+            raise BackendUnavailable(f"vae_precision {self.vae_precision!r} is not one of fp16, bf16, fp32")
         if self.max_graphs < 1 or self.vae_chunk < 0:
             raise BackendUnavailable("max_graphs must be >= 1 and vae_chunk >= 0")
 
@@ -407,14 +416,22 @@ class TorchFastBackend(TorchBackend):
         super().__init__(bundle_dir, cfg, device=device, precision=precision)
         self.fast_config = config or FastConfig()
         self.sampler = FastSampler(self.dit, self.fast_config)
+        vp = self.fast_config.vae_precision
+        if vp is not None and vp != precision:  # reloaded: casting the loaded one would keep its rounding
+            from v2m.models.bundle import load_component
+
+            from .torch_backend import DTYPES
+
+            self.vae = load_component(bundle_dir, "vae", cfg, device=self.torch_device, dtype=DTYPES[vp])
+        self.vae_dtype = next(self.vae.parameters()).dtype
         if self.fast_config.kernels == "triton":
             from .torch_fused import use_triton_snake
 
             log.info("torch fast path: VAE decoder with %d fused Triton Snake activations", use_triton_snake(self.vae))
         log.info(
-            "torch fast path: sampler %s (kernels %s, compile %s), %s on %s, VAE chunk %s latent frames",
+            "torch fast path: sampler %s (kernels %s, compile %s), %s on %s, VAE %s in chunks of %s latent frames",
             self.sampler.path, self.fast_config.kernels, self.fast_config.compile, precision, self.device,
-            self.fast_config.vae_chunk or "all",
+            str(self.vae_dtype).removeprefix("torch."), self.fast_config.vae_chunk or "all",
         )
 
     @torch.inference_mode()
@@ -432,7 +449,7 @@ class TorchFastBackend(TorchBackend):
 
     @torch.inference_mode()
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        z = torch.from_numpy(np.ascontiguousarray(latents)).to(self.torch_device, self.dtype)
+        z = torch.from_numpy(np.ascontiguousarray(latents)).to(self.torch_device, self.vae_dtype)
         audio = chunked_decode(self.vae, z, self.fast_config.vae_chunk, self.fast_config.vae_overlap)
         return audio.float().numpy()
 
@@ -441,5 +458,6 @@ class TorchFastBackend(TorchBackend):
         d["sampler_path"] = self.sampler.path
         d["compile"] = self.fast_config.compile
         d["kernels"] = self.fast_config.kernels
+        d["vae_precision"] = str(self.vae_dtype).removeprefix("torch.").replace("float", "fp")
         d["vae_chunk"] = self.fast_config.vae_chunk
         return d

@@ -102,6 +102,19 @@ def test_half_precision_velocity_cosine_cpu(eager, dtype):
     assert np.array_equal(a, lo.sample(noise, curve, text, mask, ts, 4.5))
 
 
+def test_vae_precision_apart_from_the_dit(tiny_bundle, eager):
+    """bf16 DiT with an fp32 VAE: the decoder is the fp32 reference's, bit for bit (CPU)."""
+    cfg = load_config(tiny_bundle)
+    be = create_backend("torch", tiny_bundle, cfg, device="cpu", precision="bf16", fast=True, vae_precision="fp32")
+    assert be.describe()["vae_precision"] == "fp32" and be.dit.in_proj.weight.dtype == torch.bfloat16
+    z = np.random.default_rng(0).standard_normal((1, cfg.latent_channels, 30)).astype(np.float32)
+    assert np.array_equal(be.decode(z), eager.decode(z))
+    with pytest.raises(Exception, match="vae_precision='fp32' is a fast-path option"):
+        create_backend("torch", tiny_bundle, cfg, device="cpu", precision="bf16", vae_precision="fp32")
+    with pytest.raises(Exception, match="vae_precision"):
+        FastConfig(vae_precision="int8")
+
+
 def test_shape_lru(eager):
     fast = FastSampler(eager.dit, FastConfig(max_graphs=2))
     ts = sampler.timesteps(3)
