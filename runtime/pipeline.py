@@ -264,7 +264,9 @@ class Pipeline:
             steps: Euler steps (default: the bundle's, 96).
             cfg_scale: classifier-free guidance weight (default: the bundle's).
             text_embeddings: a safetensors file of precomputed embeddings, instead of the prompt.
-            profile_steps: record per-step latency (CPU clock; a sync per step on GPUs).
+            profile_steps: record per-step latency (`result.step_ms`): CUDA events on the torch
+                backend's GPU (no sync inside the loop), else the host clock with a backend
+                sync per step.
             on_step: called with the step index after each step (progress bars).
             profiler: a `v2m.runtime.profiler.Profiler`; stages and steps are recorded through it
                 (steps by CUDA events without a per-step sync, instead of `profile_steps`' sync).
@@ -276,6 +278,11 @@ class Pipeline:
         timings: dict[str, float] = {}
         sync = self.backend.synchronize
 
+        if profiler is None and profile_steps and self.backend.name == "torch" and str(self.backend.device).startswith("cuda"):
+            from .profiler import Profiler
+
+            # step times from CUDA events read after the loop: no host sync between steps
+            profiler = Profiler(device=self.backend.device, nvtx=False)
         if profiler is not None:
             profiler.begin_run()
         features, reader = self.encode_video(video_path, timings, profiler=profiler)

@@ -229,7 +229,7 @@ class Profiler:
         self._calls: list[int] = []  # index in _steps of each sampler call's start mark
         self._calls_t0: list[float] = []  # host time of each sampler call's start
         self._nvtx_step: int | None = None  # the open NVTX step range
-        log.info("profiler: steps timed with %s; NVTX %s", self.step_timer, "on" if self.nvtx.enabled else "off")
+        log.debug("profiler: steps timed with %s; NVTX %s", self.step_timer, "on" if self.nvtx.enabled else "off")
 
     @property
     def step_timer(self) -> str:

@@ -261,3 +261,19 @@ def test_gpu_graph_recaptured_on_new_shape(tiny_bundle):
     for length in (40, 41, 40):
         f16.sample(*_inputs(f16.cfg, length=length), ts, 4.5)
     assert f16.sampler.captures == 2
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_step_times_without_per_step_sync(tiny_bundle, short_video, monkeypatch):
+    """On CUDA, result.step_ms comes from CUDA events: the backend is synchronized only
+    around stages, never once per step."""
+    from v2m.runtime import Pipeline
+
+    pipe = Pipeline.from_pretrained(tiny_bundle, device="cuda", precision="fp16")
+    calls = []
+    real = pipe.backend.synchronize
+    monkeypatch.setattr(pipe.backend, "synchronize", lambda: (calls.append(1), real())[1])
+    res = pipe.generate(short_video.path, "x", seed=1, steps=24)
+    assert len(res.step_ms) == 24 and all(t > 0 for t in res.step_ms)
+    assert len(calls) < 24, f"{len(calls)} synchronizations for 24 steps"
