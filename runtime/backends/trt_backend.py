@@ -12,14 +12,24 @@ Per call: set input shapes, set tensor addresses, `execute_async_v3` on one
 stream. The sampler loop never leaves the device: the DiT engine writes the
 velocity, the fp32 `step` engine applies the guided Euler update and writes
 the next doubled batch, ping-ponging between two buffer sets; the host waits
-once, after the last step (CUDA graph capture of the step pair would be the
-next gain, not done here).
+once, after the last step.
+
+CUDA graphs (on by default): each step's pair of engine launches is captured once
+per (B, L, S, schedule) into its own graph, and recaptured after another shape ran (a step's launches differ only in the
+ping-pong buffers and the address of its t and dt), so a step is one
+`cudaGraphLaunch` instead of two `execute_async_v3` enqueues, and the per-step hook
+(progress, timing) still runs between steps. As TensorRT documents, each context is
+enqueued once after its shapes change and before capture. If capture fails (an
+engine with layers that need the host), the backend logs it and runs uncaptured.
+The graphs and their t/dt tables live in a small LRU.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +88,27 @@ class _Cuda:
     def sync(self) -> None:
         self._ck(self.rt.cudaStreamSynchronize(self.stream))
 
+    def capture(self, enqueue) -> object:
+        """Record the work `enqueue()` puts on the stream into an instantiated CUDA graph."""
+        rt = self.rt
+        self._ck(rt.cudaStreamBeginCapture(self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
+        try:
+            enqueue()
+        except BaseException:
+            rt.cudaStreamEndCapture(self.stream)  # end the capture so the stream stays usable
+            raise
+        graph = self._ck(rt.cudaStreamEndCapture(self.stream))
+        try:
+            return self._ck(rt.cudaGraphInstantiate(graph, 0))
+        finally:
+            self._ck(rt.cudaGraphDestroy(graph))
+
+    def launch(self, graph_exec) -> None:
+        self._ck(self.rt.cudaGraphLaunch(graph_exec, self.stream))
+
+    def destroy(self, graph_exec) -> None:
+        self._ck(self.rt.cudaGraphExecDestroy(graph_exec))
+
     def close(self) -> None:
         for ptr in list(self._owned):
             self.free(ptr)
@@ -125,6 +156,44 @@ class _Engine:
             raise BackendUnavailable(f"{self.name} engine: TensorRT execution failed (see the TensorRT log)")
 
 
+class _StepTables:
+    """One shape and schedule's per-step t / dt tables on the device, and its step graphs."""
+
+    def __init__(self, cuda: _Cuda, ts: np.ndarray, batch2: int):
+        steps = len(ts) - 1
+        # TensorRT wants 256-byte aligned tensor addresses: one padded row per step.
+        self.row = -(-batch2 // _ALIGN_F32) * _ALIGN_F32
+        t_all = np.zeros((steps, self.row), dtype=np.float32)
+        t_all[:, :batch2] = np.asarray(ts[:-1], dtype=np.float32)[:, None]  # (steps, 2B) used
+        dt_all = np.zeros((steps, _ALIGN_F32), dtype=np.float32)
+        dt_all[:, 0] = np.diff(ts)
+        self.cuda, self.steps = cuda, steps
+        self.t_ptr, self.dt_ptr = cuda.malloc(t_all.nbytes), cuda.malloc(dt_all.nbytes)
+        cuda.upload(self.t_ptr, t_all)
+        cuda.upload(self.dt_ptr, dt_all)
+        self.graphs: list | None = None  # one instantiated graph per step, once captured
+
+    def t(self, i: int) -> int:
+        return self.t_ptr + i * self.row * 4
+
+    def dt(self, i: int) -> int:
+        return self.dt_ptr + i * _ALIGN_F32 * 4
+
+    def drop_graphs(self) -> None:
+        for g in self.graphs or []:
+            self.cuda.destroy(g)
+        self.graphs = None
+
+    def close(self) -> None:
+        self.drop_graphs()
+        self.cuda.free(self.t_ptr)
+        self.cuda.free(self.dt_ptr)
+
+
+def schedule_key(ts: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(ts, dtype=np.float64).tobytes()).hexdigest()[:16]
+
+
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
@@ -135,6 +204,8 @@ class TensorRTBackend(Backend):
         device: str = "cuda",
         precision: str = "fp16",
         cache_dir: str | Path | None = None,
+        cuda_graphs: bool = True,
+        max_graphs: int = 2,
     ):
         from v2m.export.tensorrt_build import (
             ENGINE_GRAPHS,
@@ -164,6 +235,8 @@ class TensorRTBackend(Backend):
         step = self.engines["step"]
         self._x = [step.buffers["x"], step.buffers["x_next"]]
         self._x2 = [self.cuda.malloc(self._nbytes(step, "velocity")), step.buffers["x2_next"]]
+        self.cuda_graphs, self.max_graphs = cuda_graphs, max_graphs
+        self._tables: OrderedDict[tuple, _StepTables] = OrderedDict()
         log.info("TensorRT %s on %s: engines %s", trt.__version__, self.device, ", ".join(p.name for p in paths.values()))
 
     @staticmethod
@@ -204,30 +277,57 @@ class TensorRTBackend(Backend):
         cuda.upload(dit.buffers["text"], text2)
         cuda.upload(dit.buffers["text_mask"], np.concatenate([text_mask, text_mask]).astype(np.float32))
         cuda.upload(step.buffers["scale"], np.array([cfg_scale], dtype=np.float32))
+        tables = self._step_tables((b, c, n, text2.shape[1], schedule_key(ts)), ts, 2 * b)
+        vel = dit.buffers["velocity"]
+
+        def enqueue_step(i: int) -> None:
+            cur, nxt = i % 2, 1 - i % 2
+            dit.run({"x": self._x2[cur], "t": tables.t(i), "velocity": vel})
+            step.run({"x": self._x[cur], "velocity": vel, "dt": tables.dt(i),
+                      "x_next": self._x[nxt], "x2_next": self._x2[nxt]})
+
+        for other in self._tables.values():  # TensorRT's rule: recapture after the shapes change
+            if other is not tables and other.graphs is not None:
+                other.drop_graphs()
+        if self.cuda_graphs and tables.graphs is None:
+            tables.graphs = self._capture_steps(enqueue_step, steps)  # before the inputs: capture runs nothing
         cuda.upload(self._x[0], noise.astype(np.float32))
         cuda.upload(self._x2[0], np.concatenate([noise, noise]).astype(np.float32))
-        # TensorRT wants 256-byte aligned tensor addresses: one padded row per step.
-        row = -(-2 * b // _ALIGN_F32) * _ALIGN_F32
-        t_all = np.zeros((steps, row), dtype=np.float32)
-        t_all[:, : 2 * b] = np.asarray(ts[:-1], dtype=np.float32)[:, None]  # (steps, 2B) used
-        dt_all = np.zeros((steps, _ALIGN_F32), dtype=np.float32)
-        dt_all[:, 0] = np.diff(ts)
-        t_ptr, dt_ptr = cuda.malloc(t_all.nbytes), cuda.malloc(dt_all.nbytes)
+        for i in range(steps):  # no host synchronization inside the loop
+            if tables.graphs is not None:
+                cuda.launch(tables.graphs[i])
+            else:
+                enqueue_step(i)
+            if on_step is not None:
+                on_step(i)
+        return cuda.download(self._x[steps % 2], (b, c, n))
+
+    def _step_tables(self, key: tuple, ts: np.ndarray, batch2: int) -> _StepTables:
+        if key in self._tables:
+            self._tables.move_to_end(key)
+            return self._tables[key]
+        tables = self._tables[key] = _StepTables(self.cuda, ts, batch2)
+        while len(self._tables) > self.max_graphs:
+            _, old = self._tables.popitem(last=False)
+            old.close()
+        return tables
+
+    def _capture_steps(self, enqueue_step, steps: int) -> list | None:
+        """One graph per step; None (and graphs off from now on) when TensorRT cannot be captured."""
+        enqueue_step(0)  # TensorRT: enqueue once after a shape change, before capturing
+        self.cuda.sync()
+        graphs: list = []
         try:
-            cuda.upload(t_ptr, t_all)
-            cuda.upload(dt_ptr, dt_all)
-            vel = dit.buffers["velocity"]
-            for i in range(steps):  # no host synchronization inside the loop
-                cur, nxt = i % 2, 1 - i % 2
-                dit.run({"x": self._x2[cur], "t": t_ptr + i * row * 4, "velocity": vel})
-                step.run({"x": self._x[cur], "velocity": vel, "dt": dt_ptr + i * _ALIGN_F32 * 4,
-                          "x_next": self._x[nxt], "x2_next": self._x2[nxt]})
-                if on_step is not None:
-                    on_step(i)
-            return cuda.download(self._x[steps % 2], (b, c, n))
-        finally:
-            cuda.free(t_ptr)
-            cuda.free(dt_ptr)
+            for i in range(steps):
+                graphs.append(self.cuda.capture(lambda i=i: enqueue_step(i)))
+        except BackendUnavailable as e:
+            for g in graphs:
+                self.cuda.destroy(g)
+            log.warning("TensorRT: CUDA graph capture failed (%s); running the sampler steps uncaptured", e)
+            self.cuda_graphs = False
+            return None
+        log.info("TensorRT: captured %d step graphs", steps)
+        return graphs
 
     def synchronize(self) -> None:
         self.cuda.sync()
@@ -235,8 +335,12 @@ class TensorRTBackend(Backend):
     def describe(self):
         d = super().describe()
         d["tensorrt"] = self.trt_version
+        d["sampler_path"] = "cuda_graph_steps" if self.cuda_graphs else "enqueue"
         return d
 
     def close(self) -> None:
+        for tables in self._tables.values():
+            tables.close()
+        self._tables.clear()
         self.engines.clear()
         self.cuda.close()
