@@ -209,6 +209,9 @@ def main() -> None:
             flops = step_flops(cfg, b, length, args.text_len)
             eager_ms = None
             for v in variants:
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats(device)
                 if v == "eager":
                     ms = time_eager(dit, cfg, b, length, args.text_len, device, dtype, args.warmup, args.iters)
                 else:
@@ -223,6 +226,7 @@ def main() -> None:
                     "gflop_per_step": flops / 1e9, "tflops": tflops,
                     "pct_peak": 100 * tflops / peaks["tflops_fp16"] if peaks and precision != "fp32" else None,
                     "speedup_vs_eager": eager_ms / st["median"] if eager_ms else None,
+                    "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
                     "cpu_threads": None if cuda else torch.get_num_threads(),
                     "versions": versions, "commit": env["commit"], "date": env["date"],
                 }
