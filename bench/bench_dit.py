@@ -161,21 +161,11 @@ def main() -> None:
     ap.add_argument("--text-len", type=int, default=64, help="S, text tokens")
     ap.add_argument("--variants", default=None,
                     help="default: eager,static,compile,graph,graph+compile,graph+triton on CUDA; eager,static,compile on CPU")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--iters", type=int, default=20)
+    harness.add_torch_args(ap, warmup=3, iters=20)
     ap.add_argument("--accuracy-steps", type=int, default=96, help="0 skips the fp16-vs-fp32 check")
     ap.add_argument("--accuracy-length", type=int, default=None, help="default: the smallest of --lengths")
-    ap.add_argument("--out", default=None, help="results directory (default bench/results)")
-    ap.add_argument("--threads", type=int, default=None, help="CPU: torch.set_num_threads (1 on a shared, loaded box)")
     args = ap.parse_args()
-    harness.setup_logging()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise SystemExit("bench_dit: --device cuda but PyTorch sees no CUDA GPU; use --device cpu --preset small")
+    device, cuda, env, versions = harness.torch_session(args, "bench_dit", "--preset small")
     precision = args.precision or ("fp16" if cuda else "fp32")
     dtype = DTYPES[precision]
     variants = (args.variants or ("eager,static,compile,graph,graph+compile,graph+triton" if cuda
@@ -183,9 +173,6 @@ def main() -> None:
     if not cuda and any(v.startswith("graph") for v in variants):
         raise SystemExit("bench_dit: graph variants need CUDA")
     cfg = PRESETS[args.preset]
-    env = harness.environment(str(device))
-    versions = {k: env.get(k) for k in ("python", "numpy", "torch", "triton", "cuda") if k in env}
-    versions["cuda"] = torch.version.cuda if cuda else None
     peaks = harness.device_peaks(env["device"]) if cuda else None
     out_dir = Path(args.out) if args.out else None
 

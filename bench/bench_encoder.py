@@ -38,25 +38,13 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224, help="input pixels (square)")
     ap.add_argument("--batches", default="32,64,128,256")
     ap.add_argument("--variants", default="eager,compile")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=None, help="CPU: torch.set_num_threads")
-    ap.add_argument("--out", default=None, help="results directory (default bench/results)")
+    harness.add_torch_args(ap, warmup=3, iters=20)
     args = ap.parse_args()
-    harness.setup_logging()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise SystemExit("bench_encoder: --device cuda but PyTorch sees no CUDA GPU; use --device cpu --preset tiny")
+    device, cuda, env, versions = harness.torch_session(args, "bench_encoder", "--preset tiny --size 112")
     precision = args.precision or ("fp16" if cuda else "fp32")
     dtype = DTYPES[precision]
     cfg = PRESETS[args.preset]
-    env = harness.environment(str(device))
     peaks = harness.device_peaks(env["device"]) if cuda else None
-    versions = {k: env.get(k) for k in ("python", "torch", "triton")}
-    versions["cuda"] = torch.version.cuda if cuda else None
 
     with torch.device(device):
         enc = DINOv2(cfg)

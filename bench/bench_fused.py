@@ -119,20 +119,15 @@ def main() -> None:
     ap.add_argument("--lengths", default="128,394,1024")
     ap.add_argument("--batches", default="1,4", help="B; the kernels see 2B rows of the CFG batch")
     ap.add_argument("--variants", default="torch,compile,triton")
-    ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--iters", type=int, default=100)
-    ap.add_argument("--out", default=None, help="results directory (default bench/results)")
+    harness.add_torch_args(ap, warmup=10, iters=100)
     args = ap.parse_args()
-    harness.setup_logging()
     if not torch.cuda.is_available():
         raise SystemExit("bench_fused: needs a CUDA GPU (the Triton interpreter on CPU would time Python, not kernels)")
-    device = torch.device("cuda")
+    args.device = "cuda"
+    device, _, env, versions = harness.torch_session(args, "bench_fused", "")
     dtype = DTYPES[args.precision]
     cfg = PRESETS[args.preset]
-    env = harness.environment("cuda")
     peaks = harness.device_peaks(env["device"])
-    versions = {k: env.get(k) for k in ("python", "torch", "triton")}
-    versions["cuda"] = torch.version.cuda
     variants = args.variants.split(",")
     rows = []
     for b in (int(x) for x in args.batches.split(",")):

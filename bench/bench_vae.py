@@ -53,18 +53,9 @@ def main() -> None:
     ap.add_argument("--lengths", default="394", help="latent frames L (394 = 32 s)")
     ap.add_argument("--chunk", type=int, default=128, help="latent frames per chunk for the chunked variants")
     ap.add_argument("--variants", default=None, help="default: whole,chunked,whole+triton,chunked+triton on CUDA; whole,chunked on CPU")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=None, help="CPU: torch.set_num_threads")
-    ap.add_argument("--out", default=None, help="results directory (default bench/results)")
+    harness.add_torch_args(ap, warmup=2, iters=10)
     args = ap.parse_args()
-    harness.setup_logging()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise SystemExit("bench_vae: --device cuda but PyTorch sees no CUDA GPU; use --device cpu --preset tiny")
+    device, cuda, env, versions = harness.torch_session(args, "bench_vae", "--preset tiny")
     precisions = (args.precisions or ("fp16,fp32" if cuda else "fp32")).split(",")
     variants = (args.variants or ("whole,chunked,whole+triton,chunked+triton" if cuda else "whole,chunked")).split(",")
     if not cuda and any("triton" in v for v in variants):
@@ -74,9 +65,6 @@ def main() -> None:
 
         args.preset = load_config(args.bundle).preset
     cfg = vae_mod.OobleckConfig.from_dict(bundle_config(args.preset).vae)
-    env = harness.environment(str(device))
-    versions = {k: env.get(k) for k in ("python", "torch", "triton")}
-    versions["cuda"] = torch.version.cuda if cuda else None
 
     if args.bundle:
         from v2m.models.bundle import load_component

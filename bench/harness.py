@@ -174,3 +174,32 @@ def setup_logging(verbose: bool = False) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+
+
+def add_torch_args(ap, warmup: int, iters: int) -> None:
+    """The options every PyTorch bench shares: --warmup, --iters, --threads, --out."""
+    ap.add_argument("--warmup", type=int, default=warmup)
+    ap.add_argument("--iters", type=int, default=iters)
+    ap.add_argument("--threads", type=int, default=None, help="CPU: torch.set_num_threads (1 on a shared, loaded box)")
+    ap.add_argument("--out", default=None, help="results directory (default bench/results)")
+
+
+def torch_session(args, script: str, cpu_hint: str) -> tuple[Any, bool, dict[str, Any], dict[str, Any]]:
+    """After parse_args: logging, --threads, the --device check, the environment stamp.
+
+    Returns (torch device, is CUDA, `environment()`, the versions dict every row carries).
+    Exits with one line naming `cpu_hint` when --device cuda has no GPU behind it.
+    """
+    import torch
+
+    setup_logging()
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit(f"{script}: --device cuda but PyTorch sees no CUDA GPU; use --device cpu {cpu_hint}")
+    env = environment(str(device))
+    versions = {k: env.get(k) for k in ("python", "numpy", "torch", "triton")}
+    versions["cuda"] = torch.version.cuda if cuda else None
+    return device, cuda, env, versions
