@@ -47,12 +47,12 @@ import harness  # noqa: E402
 
 from v2m.models.dit import PRESETS, DiT, DiTConfig  # noqa: E402
 from v2m.runtime import sampler  # noqa: E402
+from v2m.runtime.backends.torch_backend import DTYPES  # noqa: E402
 from v2m.runtime.backends.torch_fast import FastConfig, FastSampler, euler_cfg_step  # noqa: E402
 from v2m.runtime.sampler import cfg_combine  # noqa: E402
 
 log = logging.getLogger("v2m.bench.dit")
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def make_dit(cfg: DiTConfig, device: torch.device, dtype: torch.dtype, seed: int = 0) -> DiT:
@@ -144,7 +144,7 @@ def accuracy(dit_lo: DiT, dit_ref: DiT, b: int, length: int, s: int, steps: int,
         x = x + float(ts[i + 1] - ts[i]) * v_ref
     x_ref = ref.sample(*args)
     x_lo = lo.sample(*args)
-    snr = 10 * np.log10(np.sum(x_ref.astype(np.float64) ** 2) / max(np.sum((x_ref - x_lo).astype(np.float64) ** 2), 1e-30))
+    snr = harness.snr_db(x_ref, x_lo)
     return {
         "cos_min": float(np.min(cos)), "cos_median": float(np.median(cos)), "cos_per_step": [round(c, 6) for c in cos],
         "final_snr_db": float(snr), "L": length, "B": b, "steps": steps,

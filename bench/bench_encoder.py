@@ -26,8 +26,7 @@ import harness  # noqa: E402
 
 from v2m.models.bundle import randomize_weights  # noqa: E402
 from v2m.models.dinov2 import PRESETS, DINOv2, flops_per_frame  # noqa: E402
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from v2m.runtime.backends.torch_backend import DTYPES  # noqa: E402
 
 
 def main() -> None:

@@ -42,10 +42,10 @@ from v2m.kernels.snake import snake, snake_params, snake_reference  # noqa: E402
 from v2m.models import vae as vae_mod  # noqa: E402
 from v2m.models.bundle import bundle_config  # noqa: E402
 from v2m.models.dit import PRESETS, modulate, rope_tables  # noqa: E402
+from v2m.runtime.backends.torch_backend import DTYPES  # noqa: E402
 
 log = logging.getLogger("v2m.bench.fused")
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def model_add_norm_modulate(h, y, gate, shift, scale, eps):

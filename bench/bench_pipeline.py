@@ -50,13 +50,6 @@ def prepare(preset: str, work: Path, backend: str, duration: float, size: tuple[
     return bundle, clip
 
 
-def snr_db(ref: np.ndarray, x: np.ndarray) -> float:
-    """10 log10(|ref|^2 / |x - ref|^2), in float64; 300 for identical arrays."""
-    ref, x = np.asarray(ref, np.float64), np.asarray(x, np.float64)
-    err = float(np.sum((x - ref) ** 2))
-    return 300.0 if err == 0 else float(10 * np.log10(np.sum(ref**2) / err))
-
-
 def run(preset: str, backend: str, device: str, precision: str, duration: float, repeats: int, work: Path, out: Path | None,
         size: tuple[int, int] = (320, 240), fast: bool | None = None, kernels: str = "torch", compile: str = "none",
         accuracy: bool = False, vae_precision: str | None = None):
@@ -81,19 +74,18 @@ def run(preset: str, backend: str, device: str, precision: str, duration: float,
         steps.extend(res.step_ms)
         totals.append(sum(res.timings.values()))
     step = harness.summarize(steps)
+    peak = prof.report().get("peak_gpu_mem_bytes")
+    peak_mb = peak / 2**20 if peak else None
     acc = {}
     if accuracy:  # the measured configuration vs the fp32 eager reference, same clip and seed
-        peak_mb = (lambda b: b / 2**20 if b else None)(prof.report().get("peak_gpu_mem_bytes"))
         del pipe
         ref = Pipeline.from_pretrained(bundle, backend="torch", device=device, precision="fp32", fast=False)
         gold = ref.generate(clip, prompt="warm synth pop", seed=0)
-        acc = {"latents_snr_db_vs_fp32": snr_db(gold.latents, first.latents),
-               "audio_snr_db_vs_fp32": snr_db(gold.audio, first.audio)}
+        acc = {"latents_snr_db_vs_fp32": harness.snr_db(gold.latents, first.latents),
+               "audio_snr_db_vs_fp32": harness.snr_db(gold.audio, first.audio)}
         log.info("%s vs fp32 eager: latents SNR %.1f dB, audio SNR %.1f dB", precision,
                  acc["latents_snr_db_vs_fp32"], acc["audio_snr_db_vs_fp32"])
         del ref
-    else:
-        peak_mb = (lambda b: b / 2**20 if b else None)(prof.report().get("peak_gpu_mem_bytes"))
     row = {
         "bench": "pipeline",
         "preset": preset,

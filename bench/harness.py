@@ -176,6 +176,15 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+def snr_db(ref, x) -> float:
+    """Signal-to-error ratio 10 log10(|ref|^2 / |x - ref|^2) in dB, in float64 (arrays or tensors);
+    300 for identical inputs."""
+    ref = np.asarray(ref.detach().cpu() if hasattr(ref, "detach") else ref, dtype=np.float64)
+    x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
+    err = float(np.sum((x - ref) ** 2))
+    return 300.0 if err == 0 else float(10 * np.log10(np.sum(ref**2) / err))
+
+
 def add_torch_args(ap, warmup: int, iters: int) -> None:
     """The options every PyTorch bench shares: --warmup, --iters, --threads, --out."""
     ap.add_argument("--warmup", type=int, default=warmup)

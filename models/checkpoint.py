@@ -15,7 +15,7 @@ from torch import nn
 
 from v2m.runtime.errors import BundleError
 
-__all__ = ["load_safetensors", "save_safetensors", "apply_state_dict", "describe_mismatch"]
+__all__ = ["load_safetensors", "save_safetensors", "apply_state_dict", "describe_mismatch", "config_from_dict"]
 
 _PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl"}
 
@@ -94,3 +94,14 @@ def apply_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], where
         raise BundleError(f"{where}: checkpoint does not fit this model config: {problem}")
     module.load_state_dict(state, strict=True)
     return module
+
+
+def config_from_dict(cls, d: Mapping, what: str):
+    """A config dataclass from a dict, refusing keys it does not know (a wrong or newer config)."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise BundleError(f"{what} config: unknown keys {unknown}; expected some of {sorted(known)}")
+    return cls(**d)

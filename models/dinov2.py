@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -31,7 +31,7 @@ from torch import nn
 
 from v2m.runtime.errors import BundleError
 
-from .checkpoint import apply_state_dict, load_safetensors
+from .checkpoint import apply_state_dict, config_from_dict, load_safetensors
 
 __all__ = [
     "DINOv2Config",
@@ -91,10 +91,7 @@ class DINOv2Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> DINOv2Config:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise BundleError(f"DINOv2 config: unknown keys {unknown}")
-        return cls(**d)
+        return config_from_dict(cls, d, "DINOv2")
 
 
 PRESETS: dict[str, DINOv2Config] = {

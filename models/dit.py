@@ -24,13 +24,15 @@ per generation), and `backbone(...)` (the per-step work).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from v2m.runtime.errors import BundleError
+
+from .checkpoint import config_from_dict
 
 __all__ = ["DiTConfig", "PRESETS", "DiT", "mask_to_bias", "MASK_BIAS"]
 
@@ -66,11 +68,7 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> DiTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise BundleError(f"DiT config: unknown keys {unknown}")
-        return cls(**d)
+        return config_from_dict(cls, d, "DiT")
 
     def flops_per_token(self, text_len: int) -> float:
         """Forward FLOPs per latent frame (2 per MAC), for roofline figures."""

@@ -40,7 +40,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -49,7 +49,7 @@ from torch import nn
 
 from v2m.runtime.errors import BundleError
 
-from .checkpoint import apply_state_dict, load_safetensors
+from .checkpoint import apply_state_dict, config_from_dict, load_safetensors
 
 __all__ = [
     "OobleckConfig",
@@ -114,11 +114,7 @@ class OobleckConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> OobleckConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise BundleError(f"VAE config: unknown keys {unknown}; expected some of {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "VAE")
 
 
 PRESETS: dict[str, OobleckConfig] = {

@@ -28,6 +28,7 @@ import numpy as np
 import soundfile as sf
 
 from .errors import InputError, NumericalError, OutputError
+from .video import error_text, open_video
 
 __all__ = [
     "AUDIO_SUFFIXES",
@@ -161,11 +162,6 @@ def _temp_path(path: Path) -> Path:
             continue
 
 
-def _reason(e: BaseException) -> str:
-    msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
-    return " ".join(str(msg).split())
-
-
 def _quantize16(audio: np.ndarray) -> np.ndarray:
     """float [2, N] -> int16 [N, 2], clipped, round(x * 32767)."""
     return np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16).T  # (N, 2)
@@ -203,7 +199,7 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) ->
         os.replace(tmp, p)
     except (OSError, RuntimeError, sf.LibsndfileError) as e:
         raise OutputError(
-            f"cannot write {p} ({_reason(e)}); check free space and permissions"
+            f"cannot write {p} ({error_text(e)}); check free space and permissions"
         ) from e
     finally:
         tmp.unlink(missing_ok=True)
@@ -274,7 +270,7 @@ def _original_audio(container: av.container.InputContainer, start_s: float, n: i
                     out[:, lo:hi] = x[:, lo - pos : hi - pos]
                 pos += x.shape[1]
     except av.FFmpegError as e:
-        logger.warning("original audio stopped decoding (%s); keeping what decoded", _reason(e))
+        logger.warning("original audio stopped decoding (%s); keeping what decoded", error_text(e))
     return out
 
 
@@ -322,7 +318,7 @@ def mux(
     _check_finite(music)
     name = Path(video_path).name
 
-    with _open_input(video_path) as inp:
+    with open_video(video_path) as inp:
         if not inp.streams.video:
             raise InputError(f"{name} has no video stream to mux the music into; pass a video")
         start_s, span_s = _video_span(inp, inp.streams.video[0])
@@ -331,7 +327,7 @@ def mux(
     track = np.zeros((2, n), dtype=np.float32)
     track[:, : min(n, music.shape[1])] = music[:, :n]
     if keep_audio_db is not None:
-        with _open_input(video_path) as inp:
+        with open_video(video_path) as inp:
             has_audio = bool(inp.streams.audio)
             if has_audio:
                 original = _original_audio(inp, start_s, n)
@@ -344,12 +340,12 @@ def mux(
 
     tmp = _temp_path(p)
     try:
-        with _open_input(video_path) as inp:
+        with open_video(video_path) as inp:
             _write_muxed(inp, track, start_s, tmp, VIDEO_SUFFIXES[p.suffix.lower()])
         os.replace(tmp, p)
     except (OSError, av.FFmpegError) as e:
         raise OutputError(
-            f"cannot write {p} ({_reason(e)}); check free space and permissions"
+            f"cannot write {p} ({error_text(e)}); check free space and permissions"
         ) from e
     finally:
         tmp.unlink(missing_ok=True)
@@ -360,15 +356,6 @@ def mux(
         MUX_SAMPLE_RATE,
     )
     return p
-
-
-def _open_input(video_path: str | os.PathLike) -> av.container.InputContainer:
-    try:
-        return av.open(str(video_path), "r")
-    except av.FFmpegError as e:
-        raise InputError(
-            f"cannot read {Path(video_path).name} ({_reason(e)}); check the input video"
-        ) from e
 
 
 def _write_muxed(inp, track: np.ndarray, start_s: float, tmp: Path, fmt: str) -> None:

@@ -146,11 +146,7 @@ class Pipeline:
         backend: str = "torch",
         device: str = "cpu",
         precision: str = "fp32",
-        fast: bool | None = None,
-        compile: str = "none",
-        kernels: str = "torch",
-        engine_cache: str | Path | None = None,
-        vae_precision: str | None = None,
+        **backend_options: Any,
     ) -> Pipeline:
         """Load a bundle directory.
 
@@ -159,19 +155,12 @@ class Pipeline:
             backend: torch, onnxruntime, tensorrt or auto.
             device: cpu, cuda, cuda:N or auto.
             precision: fp32, fp16 or bf16 (the backend's compute precision).
-            fast: torch backend: the fast path (CUDA-graphed sampler step, chunked VAE);
-                None = on for CUDA + fp16. The log says which path runs.
-            compile: torch fast path: "none" or "inductor" (torch.compile of the DiT backbone).
-            kernels: torch fast path: "torch" or "triton" (fused residual/norm/modulate and
-                RoPE kernels); an alternative to compile.
-            engine_cache: tensorrt backend: engine cache folder (default BUNDLE/engines).
-            vae_precision: torch fast path: the VAE's precision if not `precision` ("fp32"
-                keeps the decoder exact beside an fp16 DiT).
+            backend_options: `create_backend`'s options, documented there: fast, compile,
+                kernels, vae_precision (torch) and engine_cache (tensorrt).
         """
         path = Path(path)
         cfg = load_config(path)
-        be = create_backend(backend, path, cfg, device=device, precision=precision, fast=fast, compile=compile,
-                            kernels=kernels, engine_cache=engine_cache, vae_precision=vae_precision)
+        be = create_backend(backend, path, cfg, device=device, precision=precision, **backend_options)
         text = load_text_encoder(path, cfg.text, cfg.text_dim, device=be.device)
         log.info("loaded %s (preset %s) on %s", path, cfg.preset, be.describe())
         return cls(path, cfg, be, text)

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import numpy as np
 
-__all__ = ["timesteps", "initial_noise", "euler", "cfg_combine", "resolve_seed"]
+__all__ = ["timesteps", "schedule_key", "initial_noise", "euler", "cfg_combine", "resolve_seed"]
 
 X = TypeVar("X")
 
@@ -23,6 +23,14 @@ def timesteps(steps: int) -> np.ndarray:
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     return np.linspace(0.0, 1.0, steps + 1)
+
+
+def schedule_key(ts: np.ndarray) -> str:
+    """A content key for a timestep grid (two schedules of equal length may differ): what
+    backends key their per-schedule caches (modulations, t/dt tables, step graphs) by."""
+    import hashlib
+
+    return hashlib.sha1(np.ascontiguousarray(ts, dtype=np.float64).tobytes()).hexdigest()[:16]
 
 
 def initial_noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -77,16 +77,18 @@ def _check_file(path: str | os.PathLike) -> Path:
     return p
 
 
-def _open(p: Path) -> av.container.InputContainer:
+def open_video(p: str | Path) -> av.container.InputContainer:
+    """Open a video for reading; an unreadable file is one `InputError` line."""
+    p = Path(p)
     try:
         return av.open(str(p), "r")
     except av.FFmpegError as e:
         raise InputError(
-            f"cannot read {p.name} as a video ({_reason(e)}); pass a complete video file"
+            f"cannot read {p.name} as a video ({error_text(e)}); pass a complete video file"
         ) from e
 
 
-def _reason(e: BaseException) -> str:
+def error_text(e: BaseException) -> str:
     """The error's text on one line."""
     msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
     return " ".join(str(msg).split())
@@ -117,7 +119,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         InputError: missing, empty or unreadable file, no video stream, or no frame decodes.
     """
     p = _check_file(path)
-    with _open(p) as container:
+    with open_video(p) as container:
         if not container.streams.video:
             kind = "only audio" if container.streams.audio else "no video stream"
             raise InputError(f"{p.name} has {kind}; pass a file with a video stream")
@@ -129,7 +131,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
                 break
         except av.FFmpegError as e:
             raise InputError(
-                f"cannot decode {p.name} ({_reason(e)}); the file is corrupt or truncated"
+                f"cannot decode {p.name} ({error_text(e)}); the file is corrupt or truncated"
             ) from e
         if first is None:
             raise InputError(f"no frame of {p.name} decodes; the file is corrupt or truncated")
@@ -262,7 +264,7 @@ class VideoReader:
         (a truncated file yields what it holds); before any frame it is an InputError.
         """
         decoded = 0
-        with _open(self.path) as container:
+        with open_video(self.path) as container:
             vs = container.streams.video[0]
             vs.thread_type = "AUTO"
             default_dur = 1.0 / float(vs.average_rate) if vs.average_rate else None
@@ -277,14 +279,14 @@ class VideoReader:
                 except av.FFmpegError as e:
                     if decoded == 0:
                         raise InputError(
-                            f"cannot decode {self.path.name} ({_reason(e)}); "
+                            f"cannot decode {self.path.name} ({error_text(e)}); "
                             "the file is corrupt or truncated"
                         ) from e
                     logger.warning(
                         "%s: decoding stopped after %d frames (%s); using the decoded part",
                         self.path.name,
                         decoded,
-                        _reason(e),
+                        error_text(e),
                     )
                     break
                 pts = frame.pts if frame.pts is not None else frame.dts

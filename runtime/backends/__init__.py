@@ -69,7 +69,8 @@ def create_backend(
     if name == "torch":
         if not _has("torch"):
             raise BackendUnavailable("the torch backend needs PyTorch (pip install torch); or export the bundle and use --backend onnxruntime")
-        return _torch_backend(bundle_dir, cfg, device, precision, fast, compile, kernels, vae_precision)
+        fast_options = {"compile": compile, "kernels": kernels, "vae_precision": vae_precision}
+        return _torch_backend(bundle_dir, cfg, device, precision, fast, fast_options)
     if name == "onnxruntime":
         if not _has("onnxruntime"):
             raise BackendUnavailable("the onnxruntime backend needs ONNX Runtime: pip install 'v2m-runtime[ort]' (or [ort-gpu])")
@@ -85,7 +86,10 @@ def create_backend(
     raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or auto")
 
 
-def _torch_backend(bundle_dir, cfg, device, precision, fast, compile, kernels, vae_precision) -> Backend:
+_FAST_DEFAULTS = {"compile": "none", "kernels": "torch", "vae_precision": None}
+
+
+def _torch_backend(bundle_dir, cfg, device, precision, fast, fast_options: dict) -> Backend:
     from .torch_backend import TorchBackend, resolve_device
 
     dev = resolve_device(device)
@@ -94,15 +98,16 @@ def _torch_backend(bundle_dir, cfg, device, precision, fast, compile, kernels, v
         why = "auto: CUDA + fp16" if fast else f"auto: off for {dev.type} + {precision}"
     else:
         why = "asked for"
-    if (compile != "none" or kernels != "torch" or vae_precision) and not fast:
-        what = (f"compile={compile!r}" if compile != "none" else f"kernels={kernels!r}" if kernels != "torch"
-                else f"vae_precision={vae_precision!r}")
-        raise BackendUnavailable(f"{what} is a fast-path option; pass fast=True (CLI --fast)")
+    asked = {k: v for k, v in fast_options.items() if v != _FAST_DEFAULTS[k]}
+    if asked and not fast:
+        what = ", ".join(f"{k}={v!r}" for k, v in asked.items())
+        raise BackendUnavailable(f"{what} {'is a fast-path option' if len(asked) == 1 else 'are fast-path options'}; "
+                                 "pass fast=True (CLI --fast)")
     if fast:
         from .torch_fast import FastConfig, TorchFastBackend
 
         log.info("torch backend: fast path (%s)", why)
-        return TorchFastBackend(bundle_dir, cfg, device=str(dev), precision=precision, config=FastConfig(compile=compile, kernels=kernels, vae_precision=vae_precision))
+        return TorchFastBackend(bundle_dir, cfg, device=str(dev), precision=precision, config=FastConfig(**fast_options))
     log.info("torch backend: eager reference path (%s)", why)
     return TorchBackend(bundle_dir, cfg, device=str(dev), precision=precision)
 

@@ -43,7 +43,6 @@ What it does on top of the eager backend:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections import OrderedDict
@@ -56,7 +55,7 @@ from torch import nn
 
 from ..bundle import BundleConfig
 from ..errors import BackendUnavailable
-from ..sampler import cfg_combine
+from ..sampler import cfg_combine, schedule_key
 from .torch_backend import TorchBackend
 
 __all__ = [
@@ -126,11 +125,6 @@ class FastConfig:
 
 
 # --- hoisted, per-schedule work -------------------------------------------------------------
-def schedule_key(ts: np.ndarray) -> str:
-    """A content key for a timestep grid (two schedules of equal length may differ)."""
-    return hashlib.sha1(np.ascontiguousarray(ts, dtype=np.float64).tobytes()).hexdigest()[:16]
-
-
 @torch.inference_mode()
 def precompute_modulations(dit: nn.Module, ts: np.ndarray, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """adaLN modulations of every step, (depth, steps, 6, D) and (steps, 2, D), in `dtype`.
@@ -437,8 +431,8 @@ class TorchFastBackend(TorchBackend):
     @torch.inference_mode()
     def encode_frames(self, pixels: np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(pixels))
-        if getattr(self.encoder, "_baked_size", ()) is None:  # every frame has the bundle's input size
-            self.encoder.bake_position_embeddings(tuple(x.shape[-2:]))  # no bicubic resize per batch
+        # every frame has the bundle's input size: baked on the first batch, a no-op after
+        self.encoder.bake_position_embeddings(tuple(x.shape[-2:]))
         if self.torch_device.type == "cuda":
             x = x.pin_memory().to(self.torch_device, non_blocking=True)  # overlaps the decode thread
         feats = self.encoder.pooled(x.to(self.torch_device, self.dtype)).float()  # (N, D)

@@ -49,11 +49,15 @@ def triton_backbone(dit: nn.Module):
         )
     cfg = dit.cfg
     eps, heads, width = cfg.norm_eps, cfg.heads, cfg.width
+    tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (L, device) -> cos, sin: fixed per shape
 
     def backbone(x, curve, mods, final, kvs, bias):
         b, _, n = x.shape
         h = dit.in_proj(torch.cat([x, curve], dim=1).transpose(1, 2))  # (B, L, D), updated in place below
-        cos, sin = rope_tables(n, cfg.head_dim, cfg.rope_theta, x.device)  # (L, Dh/2) fp32
+        key = (n, x.device)
+        if key not in tables:  # made on the first (warm-up) call, so a captured graph only reads them
+            tables[key] = rope_tables(n, cfg.head_dim, cfg.rope_theta, x.device)  # (L, Dh/2) fp32
+        cos, sin = tables[key]
         y = gate = None  # the previous branch's output, joined to h inside the next norm
         for blk, mod, (k, v) in zip(dit.blocks, mods.unbind(0), kvs):
             sh1, sc1, g1, sh2, sc2, g2 = mod.unbind(1)  # 6 x (B, D)

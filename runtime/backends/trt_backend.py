@@ -26,7 +26,6 @@ The graphs and their t/dt tables live in a small LRU.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections import OrderedDict
@@ -37,6 +36,7 @@ import numpy as np
 from ..bundle import BundleConfig
 from ..errors import BackendUnavailable, InputError
 from ..manifest import GraphInfo, load_manifest
+from ..sampler import schedule_key
 from .base import Backend
 
 __all__ = ["TensorRTBackend"]
@@ -188,10 +188,6 @@ class _StepTables:
         self.drop_graphs()
         self.cuda.free(self.t_ptr)
         self.cuda.free(self.dt_ptr)
-
-
-def schedule_key(ts: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(ts, dtype=np.float64).tobytes()).hexdigest()[:16]
 
 
 class TensorRTBackend(Backend):
