@@ -232,6 +232,30 @@ class Pipeline:
         return emb, mask
 
     # --- the main job ----------------------------------------------------------------
+    def sampler_options(
+        self,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        solver: str | None = None,
+        shift: float | None = None,
+        use_curve: bool = True,
+        curve_guidance: float | None = None,
+    ) -> sampler.SamplerOptions:
+        """The sampler options of a generation: the given values, else the bundle's defaults.
+        Raises InputError (one line) for a bad value."""
+        d = self.config.sampler
+        try:
+            return sampler.SamplerOptions(
+                steps=d.steps if steps is None else steps,
+                cfg_scale=d.cfg_scale if cfg_scale is None else cfg_scale,
+                solver="euler" if solver is None else solver,
+                shift=1.0 if shift is None else shift,
+                use_curve=use_curve,
+                curve_guidance=0.0 if curve_guidance is None else curve_guidance,
+            )
+        except ValueError as e:
+            raise InputError(str(e)) from None
+
     def generate(
         self,
         video_path: str | Path,
@@ -239,6 +263,12 @@ class Pipeline:
         seed: int | None = None,
         steps: int | None = None,
         cfg_scale: float | None = None,
+        *,
+        negative_prompt: str | None = None,
+        solver: str | None = None,
+        shift: float | None = None,
+        use_curve: bool = True,
+        curve_guidance: float | None = None,
         text_embeddings: str | Path | None = None,
         profile_steps: bool = True,
         on_step: Callable[[int], None] | None = None,
@@ -261,9 +291,11 @@ class Pipeline:
                 (steps by CUDA events without a per-step sync, instead of `profile_steps`' sync).
         """
         cfg = self.config
+        opts = self.sampler_options(steps, cfg_scale, solver, shift, use_curve, curve_guidance)
+        if opts.solver != "euler" or opts.curve_guidance or negative_prompt:  # interim: issue 10 in progress
+            raise InputError("heun, curve guidance and negative prompts are not available yet in this build")
         seed = sampler.resolve_seed(seed)
-        steps = int(steps or cfg.sampler.steps)
-        cfg_scale = float(cfg.sampler.cfg_scale if cfg_scale is None else cfg_scale)
+        steps, cfg_scale = opts.steps, opts.cfg_scale
         timings: dict[str, float] = {}
         sync = self.backend.synchronize
 
@@ -279,6 +311,8 @@ class Pipeline:
         with _timed(timings, "curve", None, profiler):
             curve, curve_impl = self.compute_curve(features, duration)
         length = curve.shape[0]
+        if not opts.use_curve:
+            curve = np.zeros_like(curve)
         if length > cfg.sampler.max_frames:
             log.info(
                 "video is %.1f s, longer than the %.1f s the model was trained on; generating it in overlapping windows",
@@ -288,7 +322,7 @@ class Pipeline:
             emb, mask = self.encode_text(prompt, text_embeddings)
 
         noise = sampler.initial_noise(seed, (1, cfg.latent_channels, length))
-        ts = sampler.timesteps(steps)
+        ts = sampler.time_grid(steps, opts.shift)
         step_ms: list[float] = []
         last = [time.perf_counter()]
 

@@ -8,14 +8,84 @@ halves of one 2B batch: v = v_u + w * (v_c - v_u).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 
-__all__ = ["timesteps", "schedule_key", "initial_noise", "euler", "cfg_combine", "resolve_seed"]
+__all__ = [
+    "SOLVERS",
+    "MAX_STEPS",
+    "SamplerOptions",
+    "time_grid",
+    "timesteps",
+    "schedule_key",
+    "initial_noise",
+    "euler",
+    "cfg_combine",
+    "resolve_seed",
+]
+
+SOLVERS = ("euler", "heun")
+MAX_STEPS = 10000
 
 X = TypeVar("X")
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """Every choice the sampler makes, validated on construction (torch-free: the CLI and the
+    HTTP service check options with it before any video is decoded or model loaded).
+
+    Args:
+        steps: solver steps in [1, 10000] (Heun evaluates the model twice a step).
+        cfg_scale: classifier-free guidance weight on the text (finite).
+        solver: "euler" or "heun" (explicit trapezoidal rule on every interval).
+        shift: SD3's timestep shift S > 0 on the uniform grid (1 = none; > 1 spends more
+            steps near noise).
+        use_curve: False is the text-only baseline: the curve is zeros in every branch.
+        curve_guidance: extra guidance weight on the curve: the prediction with the curve
+            against the one without it (0 = off; finite).
+    """
+
+    steps: int = 96
+    cfg_scale: float = 4.0
+    solver: str = "euler"
+    shift: float = 1.0
+    use_curve: bool = True
+    curve_guidance: float = 0.0
+
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or not isinstance(self.steps, (int, np.integer)) or not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be an integer in [1, {MAX_STEPS}], got {self.steps!r}")
+        for name in ("cfg_scale", "curve_guidance", "shift"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if self.shift <= 0:
+            raise ValueError(f"shift must be > 0, got {self.shift!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        object.__setattr__(self, "steps", int(self.steps))
+        for name in ("cfg_scale", "curve_guidance", "shift"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "use_curve", bool(self.use_curve))
+
+
+def time_grid(steps: int, shift: float = 1.0) -> np.ndarray:
+    """t_0 = 0 < ... < t_steps = 1 (float64): the uniform grid, shifted in noise level.
+
+    With sigma = 1 - t, SD3's shift maps sigma' = S sigma / (1 + (S - 1) sigma); S > 1
+    moves grid points towards noise (t = 0), where the velocity changes fastest.
+    """
+    ts = timesteps(steps)
+    if shift == 1.0:
+        return ts
+    sigma = 1.0 - ts
+    sigma = shift * sigma / (1.0 + (shift - 1.0) * sigma)
+    return 1.0 - sigma
 
 
 def timesteps(steps: int) -> np.ndarray:
