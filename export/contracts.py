@@ -19,7 +19,7 @@ Torch-free on purpose: the TensorRT engine builder runs in the lean runtime.
               mods, finals, curve [GB, 1, L],
               text_kv, text_bias                         -> x_out, d [B, C, L], k_next [1]   (every stage)
 
-`step` is `v2m.runtime.backends.step.guided_stage` on the exported DiT: the model on
+`step` is `v2m.runtime.backends.torch_step.guided_stage` on the exported DiT: the model on
 the G*B guidance batch at stage k, the guidance combine, the solver update. The text
 keys/values and the adaLN modulations are inputs computed by `text` and `schedule`,
 so the per-stage graph re-reads neither the text projection nor the modulation
@@ -90,6 +90,8 @@ class ExportContract:
             extra check shapes; every dynamic dim of the first differs from the others'.
         tolerance: (atol, rtol) of the ONNX Runtime vs PyTorch check in fp32: an output
             fails when max |ort - torch| > atol + rtol * max |torch|.
+        reduced_rtol: per reduced precision, the rtol of a fp16/bf16 graph against the fp32
+            module (a wrong graph is off by O(1); rounding stays well under these).
     """
 
     name: str
@@ -98,6 +100,7 @@ class ExportContract:
     dims: Callable[[BundleConfig], dict[str, DimRange]]
     samples: Callable[[BundleConfig], list[dict[str, int]]]
     tolerance: tuple[float, float]
+    reduced_rtol: tuple[tuple[str, float], ...] = (("fp16", 3e-2), ("bf16", 1e-1))
 
     @property
     def input_names(self) -> list[str]:
@@ -257,6 +260,9 @@ CONTRACTS: dict[str, ExportContract] = {
         # Snake's sin(alpha x)^2 over ~20 conv layers amplifies fp32 reordering: ~7e-5
         # observed on audio of amplitude ~0.5.
         tolerance=(1e-3, 1e-3),
+        # A random decoder amplifies the rounding of its input and activations ~35 dB (README):
+        # fp16 ~5e-2 observed on the tiny preset.
+        reduced_rtol=(("fp16", 1.5e-1), ("bf16", 4e-1)),
     ),
     "text": ExportContract(
         name="text",

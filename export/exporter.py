@@ -13,7 +13,7 @@ past 2 GB), then run it in ONNX Runtime (CPU) at every sample shape, the export
 one and others, and compare with PyTorch. The manifest is written last, so a
 failed export never leaves a bundle that looks usable.
 
-The `step` graph is `v2m.runtime.backends.step.guided_stage` over the DiT: the one
+The `step` graph is `v2m.runtime.backends.torch_step.guided_stage` over the DiT: the one
 definition of the guided solver stage, traced. fp16/bf16 exports are strongly typed
 graphs with explicit fp32 islands (`islands.py`), what TensorRT 11 builds from; they
 are checked against the same module in fp32 with looser tolerances (ONNX Runtime's
@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from v2m.runtime import __version__
-from v2m.runtime.backends.step import DiTStepModel, guided_stage
+from v2m.runtime.backends.torch_step import DiTStepModel, guided_stage
 from v2m.runtime.bundle import BundleConfig, load_config
 from v2m.runtime.errors import BundleError, OutputError, V2MError
 from v2m.runtime.manifest import (
@@ -298,11 +298,6 @@ def ort_cpu_session(path: str | Path):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-# Reduced-precision graphs are checked against the fp32 module: max |ort - torch32| <= rtol * max |torch32|.
-# A wrong graph is off by O(1); rounding through depth x (attention + MLP) stays well under these.
-REDUCED_RTOL = {"fp16": 3e-2, "bf16": 1e-1}
-
-
 def check_graph(
     module: nn.Module,
     contract: ExportContract,
@@ -317,10 +312,10 @@ def check_graph(
 
     For a reduced-precision graph `module` is the fp32 reference: the graph gets the same
     inputs ("model"-dtype ones rounded to its precision) and must agree within
-    `REDUCED_RTOL` relative to the reference's largest magnitude.
+    the contract's `reduced_rtol` relative to the reference's largest magnitude.
     """
     sess = session or ort_cpu_session(path)
-    atol, rtol = contract.tolerance if precision == "fp32" else (0.0, REDUCED_RTOL[precision])
+    atol, rtol = contract.tolerance if precision == "fp32" else (0.0, dict(contract.reduced_rtol)[precision])
     model_dtype = ONNX_DTYPE[precision]
     results = []
     for i, values in enumerate(shapes or contract.samples(cfg)):

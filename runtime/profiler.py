@@ -229,6 +229,9 @@ class StepClock:
     def elapsed_ms(self, a: Any, b: Any) -> float:
         return (b - a) * 1e3
 
+    def done(self) -> None:
+        """The marks were read: release them (device events)."""
+
 
 class HostClock(StepClock):
     """The host clock: exact for engines whose calls return when the work is done (CPU)."""
@@ -445,6 +448,7 @@ class Profiler:
                 self._add_event(f"step {i}", t, d / 1e3, tid=2, args=args or None)
                 t += d / 1e3
             calls.append(ms)
+        self.clock.done()
         flat = [v for c in calls for v in c]
         target = self._group if self._group is not None else self._run()
         target.step_ms, target.step_ms_by_call = flat, calls

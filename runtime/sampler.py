@@ -10,7 +10,7 @@ The division of labour (k-diffusion's shape: the schedule is data, the solver is
   (`guidance`), and the solver's per-stage coefficients (`solver_table`). It also owns
   the loop (`sample_loop` over `solver_step`), generic over array types.
 - The guided stage itself (the model on the G*B branch batch, the guidance combine, the
-  solver update) is written once, in torch, in `v2m.runtime.backends.step.guided_stage`;
+  solver update) is written once, in torch, in `v2m.runtime.backends.torch_step.guided_stage`;
   it is run eagerly, compiled, captured in a CUDA graph, and exported as the `step`
   graph that ONNX Runtime and TensorRT run. A backend supplies the stage call and its
   buffers, never its own loop, combine or update.

@@ -9,6 +9,8 @@ the branch batch, not the hoisted modulations or text keys/values.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -39,7 +41,7 @@ def oracle_sample(
     uncond_keeps_curve: bool = True,
 ) -> np.ndarray:
     f64 = lambda a: torch.from_numpy(np.asarray(a)).double()
-    dit = dit.double()
+    dit = copy.deepcopy(dit).double()  # the caller's model is left as it was
     x = f64(noise)
     c = f64(curve) if use_curve else torch.zeros_like(f64(curve))
     c_u = c if uncond_keeps_curve else torch.zeros_like(c)

@@ -6,7 +6,7 @@ ONNX Runtime, TensorRT) and exposes exactly what the pipeline needs:
 - `encode_frames(pixels [N, 3, H, W] float32) -> features [N, D]`
 - `sample(noise, cond, plan) -> latents`: the sampler over `v2m.runtime.sampler`'s plan
   (guidance branches, solver table) and loop; the backend supplies the guided stage
-  (`backends.step.guided_stage`, eager, compiled, captured, or as the exported `step`
+  (`backends.torch_step.guided_stage`, eager, compiled, captured, or as the exported `step`
   graph) and its buffers, never its own loop, combine or solver update.
 - `decode(latents [B, C, L]) -> audio [B, 2, L * hop]`
 - `max_batch(g)`: how many videos one `sample` call may take with g guidance branches

@@ -6,7 +6,7 @@ onnxruntime, and nothing else: no torch, no onnx. The manifest is checked first
 backend's precision.
 
 The sampler (`v2m.runtime.sampler.sample_loop`) drives the exported `step` graph, the
-one guided-stage definition (`backends.step.guided_stage`), over bound device buffers
+one guided-stage definition (`backends.torch_step.guided_stage`), over bound device buffers
 (IOBinding): the `text` graph writes the text keys/values once per generation and the
 `schedule` graph the modulations of every stage once per solver table, straight into
 the buffers the step reads. The step's state rotates through a small ring of buffers

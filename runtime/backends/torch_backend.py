@@ -20,7 +20,7 @@ from ..bundle import BundleConfig
 from ..errors import BackendUnavailable
 from ..sampler import Conditioning, Plan, branch_batch, sample_loop
 from .base import Backend
-from .step import DiTStepModel, make_stage, stage_tensors
+from .torch_step import DiTStepModel, make_stage, stage_tensors
 
 __all__ = ["TorchBackend", "DTYPES"]
 

@@ -57,8 +57,8 @@ from torch import nn
 from ..bundle import BundleConfig
 from ..errors import BackendUnavailable
 from ..sampler import Conditioning, Plan, SolverTable, branch_batch, solver_step
-from .step import DiTStepModel, guided_stage, make_stage
 from .torch_backend import TorchBackend
+from .torch_step import DiTStepModel, guided_stage, make_stage
 
 __all__ = [
     "FastConfig",
