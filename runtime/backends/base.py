@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from ..sampler import Conditioning, Plan
+from ..errors import InputError
+from ..sampler import Conditioning, Plan, branch_batch
 
-__all__ = ["Backend", "StepHook"]
+__all__ = ["Backend", "StepHook", "EngineCall"]
 
 log = logging.getLogger("v2m.backend")
 
@@ -81,3 +82,20 @@ class Backend(abc.ABC):
 
     def close(self) -> None:
         """Release engines and buffers."""
+
+
+class EngineCall:
+    """One sampler call of an engine backend, its shapes and branch batch (numpy, float32)."""
+
+    def __init__(self, backend: Backend, noise: np.ndarray, cond: Conditioning, plan: Plan, stage_noise, what: str):
+        self.b, self.c, self.n = noise.shape
+        self.g = plan.guidance.size
+        limit = backend.max_batch(self.g)
+        if limit is not None and self.b > limit:
+            raise InputError(f"{self.b} videos in one sampler call exceed {what} ({limit} with {self.g} guidance "
+                             "branches); sample fewer at once")
+        self.curve, self.text, self.mask = branch_batch(plan.guidance, cond)  # (G*B, 1, L), (G*B, S, E), (G*B, S)
+        self.s = self.text.shape[1]
+        self.n_noise = 1 if stage_noise is None else stage_noise.shape[0]
+        self.noise = (np.zeros((1, self.b, self.c, self.n), np.float32) if stage_noise is None
+                      else np.ascontiguousarray(stage_noise, dtype=np.float32))

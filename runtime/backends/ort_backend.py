@@ -36,10 +36,10 @@ import numpy as np
 import onnxruntime as ort
 
 from ..bundle import BundleConfig
-from ..errors import BackendUnavailable, BundleError, InputError
+from ..errors import BackendUnavailable, BundleError
 from ..manifest import Manifest, load_manifest
-from ..sampler import Conditioning, Plan, SolverTable, branch_batch, sample_loop
-from .base import Backend
+from ..sampler import Conditioning, Plan, SolverTable, sample_loop
+from .base import Backend, EngineCall
 
 __all__ = ["OrtBackend", "GRAPHS", "parse_device", "StageRing"]
 
@@ -263,26 +263,20 @@ class OrtBackend(Backend):
         return shape
 
     def sample(self, noise, cond: Conditioning, plan: Plan, on_step=None, stage_noise=None):
+        call = EngineCall(self, noise, cond, plan, stage_noise, "the exported profile")
         b, c, n = noise.shape
-        g = plan.guidance.size
-        if b > self.max_batch(g):
-            raise InputError(f"{b} videos in one sampler call exceed the exported profile ({self.max_batch(g)} with "
-                             f"{g} guidance branches); sample fewer at once")
-        curve_g, text_g, mask_g = branch_batch(plan.guidance, cond)
-        n_noise = 1 if stage_noise is None else stage_noise.shape[0]
-        sh = self._shape(b, c, n, text_g.shape[1], g, plan.table, n_noise)
+        sh = self._shape(b, c, n, call.s, call.g, plan.table, call.n_noise)
         text = self.sessions["text"]
         io = text.io_binding()
-        keep = [self._put(text_g), self._put(mask_g)]  # referenced until the run completes
+        keep = [self._put(call.text), self._put(call.mask)]  # referenced until the run completes
         io.bind_ortvalue_input("text", keep[0])
         io.bind_ortvalue_input("text_mask", keep[1])
         io.bind_ortvalue_output("text_kv", sh.text_kv)
         io.bind_ortvalue_output("text_bias", sh.text_bias)
         text.run_with_iobinding(io, self.run_options)  # once per generation, into the step's buffers
-        sh.curve.update_inplace(curve_g)
+        sh.curve.update_inplace(call.curve)
         sh.weights.update_inplace(np.asarray(plan.guidance.weights, dtype=np.float32))
-        sh.noise.update_inplace(np.zeros((1, b, c, n), np.float32) if stage_noise is None
-                                else np.ascontiguousarray(stage_noise, dtype=np.float32))
+        sh.noise.update_inplace(call.noise)
         sh.bufs["X0"].update_inplace(np.ascontiguousarray(noise, dtype=np.float32))
         sh.bufs["D0"].update_inplace(np.zeros((b, c, n), np.float32))
         sh.bufs["K0"].update_inplace(np.zeros(1, np.int64))

@@ -40,8 +40,8 @@ import numpy as np
 from ..bundle import BundleConfig
 from ..errors import BackendUnavailable, InputError
 from ..manifest import GraphInfo, load_manifest
-from ..sampler import Conditioning, Plan, SolverTable, branch_batch, sample_loop, solver_step
-from .base import Backend
+from ..sampler import Conditioning, Plan, SolverTable, sample_loop, solver_step
+from .base import Backend, EngineCall
 
 __all__ = ["TensorRTBackend", "TRT_GRAPHS"]
 
@@ -333,19 +333,14 @@ class TensorRTBackend(Backend):
         cuda.copy(buf["X"], buf[x], sh.state_bytes)
 
     def sample(self, noise, cond: Conditioning, plan: Plan, on_step=None, stage_noise=None):
+        call = EngineCall(self, noise, cond, plan, stage_noise, "the engine's profile")
         b, c, n = noise.shape
-        g = plan.guidance.size
-        if b > self.max_batch(g):
-            raise InputError(f"{b} videos in one sampler call exceed the engine's profile ({self.max_batch(g)} with "
-                             f"{g} guidance branches); sample fewer at once")
-        curve_g, text_g, mask_g = branch_batch(plan.guidance, cond)
-        n_noise = 1 if stage_noise is None else stage_noise.shape[0]
-        sh = self._shape(b, c, n, text_g.shape[1], g, plan.table, n_noise)
+        sh = self._shape(b, c, n, call.s, call.g, plan.table, call.n_noise)
         cuda, buf = self.cuda, sh.buf
         text = self.engines["text"]
         text.set_shapes(sh.text_shapes)
-        cuda.upload(buf["text"], text_g)
-        cuda.upload(buf["text_mask"], mask_g)
+        cuda.upload(buf["text"], call.text)
+        cuda.upload(buf["text_mask"], call.mask)
         text.run({"text": buf["text"], "text_mask": buf["text_mask"], "text_kv": buf["text_kv"], "text_bias": buf["text_bias"]})
         step = self.engines["step"]
         if self._current is not sh:  # TensorRT's rule: after a shape change, enqueue once, recapture
@@ -365,10 +360,9 @@ class TensorRTBackend(Backend):
                     log.warning("TensorRT: CUDA graph capture failed (%s); running the solver steps uncaptured", e)
                     self.cuda_graphs = False
         # the inputs of this generation, into the buffers the graph reads
-        cuda.upload(buf["curve"], curve_g)
+        cuda.upload(buf["curve"], call.curve)
         cuda.upload(buf["weights"], np.asarray(plan.guidance.weights, dtype=np.float32))
-        cuda.upload(buf["noise"], np.zeros((1, b, c, n), np.float32) if stage_noise is None
-                    else np.ascontiguousarray(stage_noise, dtype=np.float32))
+        cuda.upload(buf["noise"], call.noise)
         cuda.upload(buf["X"], np.ascontiguousarray(noise, dtype=np.float32))
         cuda.upload(buf["D"], np.zeros((b, c, n), np.float32))
         cuda.upload(buf["K"], np.zeros(1, np.int64))
