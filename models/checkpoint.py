@@ -87,11 +87,17 @@ def describe_mismatch(
 
 def apply_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> nn.Module:
     """Strictly load `state` into `module`, raising BundleError with a precise one-line reason."""
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    own = module.state_dict()
+    expected = {k: tuple(v.shape) for k, v in own.items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     problem = describe_mismatch(expected, got)
     if problem:
         raise BundleError(f"{where}: checkpoint does not fit this model config: {problem}")
+    not_float = sorted(k for k, v in state.items() if own[k].is_floating_point() and not v.is_floating_point())
+    if not_float:
+        k = not_float[0]
+        raise BundleError(f"{where}: {len(not_float)} weights are not floating point ({k} is "
+                          f"{str(state[k].dtype).removeprefix('torch.')}); save fp32, fp16 or bf16 weights")
     module.load_state_dict(state, strict=True)
     return module
 
