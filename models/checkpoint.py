@@ -49,13 +49,15 @@ def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> di
 
 
 def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> Path:
-    """Write a state dict atomically (temp file + rename)."""
+    """Write a state dict atomically (see `v2m.runtime.tempfiles`: no file is left on failure,
+    a signal, or, once the next write in that folder runs, a SIGKILL)."""
     from safetensors.torch import save_file
 
+    from v2m.runtime.tempfiles import atomic_output
+
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
     return path
 
 

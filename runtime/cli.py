@@ -241,7 +241,8 @@ def _result_json(args, video_path: Path, result, t_load: float) -> dict:
 
 
 def cmd_generate_batch(args) -> int:
-    """Batch mode: a folder, several videos or --manifest; -o is a folder. Exit 1 if any video failed.
+    """Batch mode: a folder, several videos or --manifest; -o is a folder. Exit 2 when a video
+    failed on its input (or output), 1 when one failed from a bug; 0 when none failed.
 
     --profile writes one report of the whole run (per-video stages, each sampled group's steps
     with its B and shapes, stage totals, wall time); --trace one Chrome trace of it. Both are
