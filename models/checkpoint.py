@@ -49,13 +49,15 @@ def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> di
 
 
 def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> Path:
-    """Write a state dict atomically (temp file + rename)."""
+    """Write a state dict atomically (see `v2m.runtime.tempfiles`: no file is left on failure,
+    a signal, or, once the next write in that folder runs, a SIGKILL)."""
     from safetensors.torch import save_file
 
+    from v2m.runtime.tempfiles import atomic_output
+
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
     return path
 
 
@@ -87,11 +89,17 @@ def describe_mismatch(
 
 def apply_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> nn.Module:
     """Strictly load `state` into `module`, raising BundleError with a precise one-line reason."""
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    own = module.state_dict()
+    expected = {k: tuple(v.shape) for k, v in own.items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     problem = describe_mismatch(expected, got)
     if problem:
         raise BundleError(f"{where}: checkpoint does not fit this model config: {problem}")
+    not_float = sorted(k for k, v in state.items() if own[k].is_floating_point() and not v.is_floating_point())
+    if not_float:
+        k = not_float[0]
+        raise BundleError(f"{where}: {len(not_float)} weights are not floating point ({k} is "
+                          f"{str(state[k].dtype).removeprefix('torch.')}); save fp32, fp16 or bf16 weights")
     module.load_state_dict(state, strict=True)
     return module
 

@@ -43,7 +43,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import media, sampler
+from . import media, sampler, tempfiles
 from .errors import InputError, NumericalError, OutputError, V2MError
 
 __all__ = [
@@ -244,7 +244,8 @@ def read_manifest(path: str | Path, prompt: str = "", seed: int | None = None) -
 
 
 def check_output_dir(out_dir: str | Path) -> Path:
-    """Create `out_dir` if missing and check it is a writable folder (before any work)."""
+    """Create `out_dir` if missing and check it is a writable folder (before any work); remove
+    the stale temporary files a killed run left there."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {show(out)} is a file; batch mode writes into a folder")
@@ -254,6 +255,7 @@ def check_output_dir(out_dir: str | Path) -> Path:
         raise OutputError(f"cannot create output folder {show(out)} ({e.strerror})") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {show(out)} is not writable; choose another -o")
+    tempfiles.clean_stale(out)  # what a killed run left (see tempfiles)
     return out
 
 
@@ -375,12 +377,8 @@ def _is_complete(output: Path, key: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with tempfiles.atomic_output(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --- progress ----------------------------------------------------------------------------

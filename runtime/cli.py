@@ -1,8 +1,14 @@
 """The `v2m` command line.
 
-Every user-caused failure ends with one line on stderr (`v2m: error: ...`) and a
-non-zero exit code; `--debug` shows tracebacks. Results go to stdout, logs to
-stderr.
+Every user-caused failure ends with one line on stderr (`v2m: error: ...`) and exit
+code 2, before any heavy work wherever it can be known then: option values (see
+`cli_support.CHECKS`), the input video, the output path and what its container can
+hold. `--debug` shows tracebacks. Results go to stdout (one JSON object with
+`--json`), logs and the progress bar to stderr.
+
+Exit codes: 0 ok; 1 internal error (a bug: rerun with --debug); 2 bad input, option
+or usage (batch mode: some video failed on its input, see summary.json); 128 + N
+when ended by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), temporary files removed.
 """
 
 from __future__ import annotations
@@ -15,13 +21,29 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from . import __version__
-from .errors import InputError, V2MError
+from . import __version__, tempfiles
+from .cli_support import ArgumentParser, StepProgress, UsageError, check_options
+from .errors import (
+    EXIT_INTERNAL,
+    EXIT_USAGE,
+    EXTRAS,
+    InputError,
+    V2MError,
+    install_hint,
+    require,
+    signal_exit_code,
+)
 
 log = logging.getLogger("v2m.cli")
 
-EXIT_USER_ERROR = 2
-EXIT_INTERNAL = 1
+EXIT_USER_ERROR = EXIT_USAGE  # the old name
+
+EXIT_CODES_HELP = """exit codes:
+  0        success
+  1        internal error: a bug (rerun with --debug for the traceback)
+  2        bad input, option value or usage; unwritable output; a missing extra
+           (batch mode: some videos failed on their input; see summary.json)
+  128+N    ended by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP); temporary files removed"""
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -32,17 +54,19 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", required=True, help="bundle directory (v2m init-model / v2m export)")
-    p.add_argument("--backend", default="auto", help="torch, onnxruntime, tensorrt or auto (default: auto)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+                   help="inference engine; auto: TensorRT, then ONNX Runtime for an exported bundle, then PyTorch")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when PyTorch sees a GPU)")
+    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
+                   help="compute precision (default: fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch backend: fast path (CUDA-graphed sampler step, chunked VAE); default: on for CUDA + fp16")
+                   help="torch backend: fast path (CUDA-graphed sampler step, chunked VAE) (default: on for CUDA + fp16)")
     p.add_argument("--compile", default="none", choices=["none", "inductor"], help="torch fast path: torch.compile the DiT backbone")
     p.add_argument("--kernels", default="torch", choices=["torch", "triton"],
                    help="torch fast path: fused Triton kernels for the DiT's norm/modulate/residual and RoPE "
                         "(an alternative to --compile)")
     p.add_argument("--vae-precision", default=None, choices=["fp16", "bf16", "fp32"],
-                   help="torch fast path: VAE decoder precision if not --precision (fp32: exact Snake phases)")
+                   help="torch fast path: VAE decoder precision (fp32: exact Snake phases) (default: --precision's)")
     p.add_argument("--engine-cache", default=None, metavar="DIR",
                    help="tensorrt backend: where engines are built and found (default: BUNDLE/engines)")
 
@@ -57,6 +81,8 @@ def _load_pipeline(args):
     from .backends import resolve_backend
     from .pipeline import Pipeline
 
+    if args.backend == "torch":
+        require("torch", what="--backend torch")
     # backend and device auto resolved without importing a framework (the CUDA driver says
     # whether there is a GPU): a torch-free install with onnxruntime-gpu or TensorRT uses it
     args.backend, args.device = resolve_backend(args.backend, args.model, args.device)
@@ -77,22 +103,9 @@ def _sampler_kwargs(args) -> dict:
 
 
 def _check_sampler_options(args) -> None:
-    """Every sampler value checked before any video is decoded or model loaded (one line, exit 2)."""
-    from .sampler import MAX_STEPS, SamplerOptions
-
-    try:
-        SamplerOptions(
-            steps=96 if args.steps is None else args.steps,
-            cfg_scale=4.0 if args.cfg_scale is None else args.cfg_scale,
-            solver="euler" if args.solver is None else args.solver,
-            shift=1.0 if args.shift is None else args.shift,
-            use_curve=not args.no_curve,
-            curve_guidance=0.0 if args.curve_guidance is None else args.curve_guidance,
-        )
-    except ValueError as e:
-        raise InputError(f"{e} (steps in [1, {MAX_STEPS}])" if "steps" in str(e) else str(e)) from None
-    if args.seed is not None and not 0 <= args.seed < 2**63:
-        raise InputError(f"--seed must be in [0, 2^63), got {args.seed}")
+    """The sampler checks that join two options (each value alone is in `cli_support.CHECKS`)."""
+    if args.no_curve and args.curve_guidance:
+        raise InputError("curve guidance needs the curve: drop --no-curve or --curve-guidance")
     if args.negative_prompt is not None and args.text_embeddings:
         raise InputError("--negative-prompt needs the bundle's text encoder; it cannot be combined with --text-embeddings")
 
@@ -120,6 +133,7 @@ def format_timings(timings: dict[str, float], step_ms: list[float] | None = None
 
 # --- commands ----------------------------------------------------------------------------
 def cmd_init_model(args) -> int:
+    require("torch", what="`v2m init-model`")
     import torch
 
     from v2m.models.bundle import init_bundle
@@ -130,54 +144,115 @@ def cmd_init_model(args) -> int:
     return 0
 
 
-def cmd_generate(args) -> int:
-    from . import media
+def _check_video_job(video_path: Path, output: Path, args) -> str:
+    """Everything about one video and its output that can fail before any work: the output
+    path, the video (readable, a video not a still, the stream) and, for a video output,
+    what its container can hold (`--reencode`). Returns the output's kind."""
+    from . import media, video
 
+    kind = media.check_output_path(output, video_path)
+    video.probe(video_path, args.video_stream)
+    if kind == "video":
+        media.plan_mux(video_path, output, args.reencode, args.video_stream)
+    tempfiles.clean_stale(Path(output).parent)  # what a killed run left there
+    return kind
+
+
+def _progress_total(pipe, video_path: Path, args) -> int:
+    """Sampler steps of the whole generation (windows of a long video included), from the header."""
+    from . import curves, video, windows
+
+    cfg = pipe.config
+    steps = pipe.sampler_options(args.steps, args.cfg_scale).steps
+    length = curves.latent_length(video.probe(video_path, args.video_stream).duration_s, cfg.latent_rate)
+    if length <= cfg.sampler.max_frames:
+        return steps
+    overlap = windows.overlap_frames(cfg.sampler.max_frames, cfg.sampler.window_overlap)
+    return steps * len(windows.plan_windows(length, cfg.sampler.max_frames, overlap))
+
+
+def cmd_generate(args) -> int:
     if args.manifest or len(args.inputs) != 1 or Path(args.inputs[0]).is_dir():
         return cmd_generate_batch(args)
     _check_sampler_options(args)
     video_path = Path(args.inputs[0])
-    media.check_output_path(args.output, video_path)  # before any heavy work
+    kind = _check_video_job(video_path, Path(args.output), args)  # before any heavy work
     if args.profile or args.trace:
         from .profiler import check_report_paths
 
         check_report_paths({"--profile": args.profile, "--trace": args.trace},
                            {args.output: "the output", video_path: "the input video"})
+    t0 = time.perf_counter()
     pipe = _load_pipeline(args)
+    t_load = time.perf_counter() - t0
     profiler = None
     if args.profile or args.trace:
         from .profiler import Profiler
 
         profiler = Profiler(device=pipe.backend.device, trace=bool(args.trace), clock=pipe.backend.step_clock())
-    result = pipe.generate(
-        video_path,
-        prompt=args.prompt,
-        seed=args.seed,
-        steps=args.steps,
-        cfg_scale=args.cfg_scale,
-        text_embeddings=args.text_embeddings,
-        profiler=profiler,
-        **_sampler_kwargs(args),
-    )
+    progress = StepProgress(_progress_total(pipe, video_path, args), enabled=False if args.quiet else None)
+    try:
+        result = pipe.generate(
+            video_path,
+            prompt=args.prompt,
+            seed=args.seed,
+            steps=args.steps,
+            cfg_scale=args.cfg_scale,
+            text_embeddings=args.text_embeddings,
+            video_stream=args.video_stream,
+            on_step=progress,
+            profiler=profiler,
+            **_sampler_kwargs(args),
+        )
+    finally:
+        progress.close()
     with profiler.range("write") if profiler is not None else nullcontext():
-        if media.check_output_path(args.output, video_path) == "video":
-            result.mux(video_path, args.output, keep_audio_db=args.keep_audio)
+        if kind == "video":
+            result.mux(video_path, args.output, keep_audio_db=args.keep_audio, reencode=args.reencode)
         else:
             result.save(args.output)
-    print(f"wrote {args.output} ({result.duration_s:.2f} s, seed {result.seed}, backend {result.info['backend']})")
+    out = sys.stderr if args.json else sys.stdout
+    if not args.json:
+        print(f"wrote {args.output} ({result.duration_s:.2f} s, seed {result.seed}, backend {result.info['backend']})")
     if profiler is not None:
         profiler.add_stage("write", result.timings["write"])
         if args.profile:
-            print(f"wrote profile report {profiler.write_report(args.profile)}")
+            print(f"wrote profile report {profiler.write_report(args.profile)}", file=out)
         if args.trace:
-            print(f"wrote Chrome trace {profiler.write_trace(args.trace)}")
-    if not args.quiet:
+            print(f"wrote Chrome trace {profiler.write_trace(args.trace)}", file=out)
+    if args.json:
+        print(json.dumps(_result_json(args, video_path, result, t_load)))
+    elif not args.quiet:
         print(format_timings(result.timings, result.step_ms))
     return 0
 
 
+def _result_json(args, video_path: Path, result, t_load: float) -> dict:
+    """`v2m generate --json`: what was written, from what, and where the time went."""
+    info = result.info
+    timings = {k: round(v, 4) for k, v in result.timings.items()}
+    return {
+        "output": str(args.output),
+        "video": str(video_path),
+        "video_stream": info.get("video_stream"),
+        "seed": result.seed,
+        "prompt": result.prompt,
+        "duration_s": round(result.duration_s, 4),
+        "sample_rate": result.sample_rate,
+        "backend": info.get("backend"),
+        "device": info.get("device"),
+        "precision": info.get("precision"),
+        "steps": info.get("steps"),
+        "cfg_scale": info.get("cfg_scale"),
+        "video_lost_s": info.get("video_lost_s"),
+        "timings": {"load": round(t_load, 4), **timings, "total": round(t_load + sum(result.timings.values()), 4)},
+        "step_ms_median": round(sorted(result.step_ms)[len(result.step_ms) // 2], 3) if result.step_ms else None,
+    }
+
+
 def cmd_generate_batch(args) -> int:
-    """Batch mode: a folder, several videos or --manifest; -o is a folder. Exit 1 if any video failed.
+    """Batch mode: a folder, several videos or --manifest; -o is a folder. Exit 2 when a video
+    failed on its input (or output), 1 when one failed from a bug; 0 when none failed.
 
     --profile writes one report of the whole run (per-video stages, each sampled group's steps
     with its B and shapes, stage totals, wall time); --trace one Chrome trace of it. Both are
@@ -190,6 +265,8 @@ def cmd_generate_batch(args) -> int:
         raise InputError("give either input videos or --manifest, not both")
     if not args.manifest and not args.inputs:
         raise InputError("give input videos, a folder, or --manifest")
+    if args.video_stream is not None:
+        raise InputError("--video-stream picks a stream of one video; in batch mode each video uses its default stream")
     out_dir = Path(args.output)
     if out_dir.suffix.lower() in (".mp4", ".mov", ".mkv", ".m4v", ".wav", ".flac") and not out_dir.is_dir():
         raise InputError(f"with several inputs -o is a folder, not {batch.show(out_dir)}")
@@ -199,6 +276,8 @@ def cmd_generate_batch(args) -> int:
         jobs = batch.collect_inputs(args.inputs, out_dir, prompt=args.prompt, seed=args.seed)
     batch.check_output_dir(out_dir)  # before loading the model
     batch.assign_outputs(jobs, out_dir, args.format)
+    if args.reencode == "never" and args.format == "mp4":
+        _refuse_reencodes(jobs)
     profiling = bool(args.profile or args.trace)
     if profiling:  # before loading the model: a long run must not end in an unwritable report
         from .profiler import check_report_paths
@@ -240,18 +319,42 @@ def cmd_generate_batch(args) -> int:
             except OSError as e:
                 log.warning("could not write the profile of the interrupted run: %s", e)
         raise
-    print(f"{summary.count('ok')} ok, {summary.count('failed')} failed, {summary.count('skipped')} skipped "
-          f"in {summary.wall_s:.1f} s; summary in {batch.show(summary.path)}")
+    counts = {s: summary.count(s) for s in ("ok", "failed", "skipped")}
+    if args.json:
+        print(json.dumps({"summary": batch.show(summary.path), **counts, "wall_s": round(summary.wall_s, 3)}))
+    else:
+        print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped "
+              f"in {summary.wall_s:.1f} s; summary in {batch.show(summary.path)}")
     if profiler is not None:
         report = write_profile()
-        if report is not None and not args.quiet:
+        if report is not None and not args.quiet and not args.json:
             print(format_report(report))
-    return 1 if summary.count("failed") else 0
+    failed = [j for j in summary.jobs if j.status == "failed"]
+    if any((j.reason or "").startswith("internal error") for j in failed):
+        return EXIT_INTERNAL
+    return EXIT_USAGE if failed else 0
+
+
+def _refuse_reencodes(jobs) -> None:
+    """--reencode never in batch mode: fail (before the model loads) the videos whose codec
+    their .mp4 output cannot hold; the others run, copied."""
+    from . import media
+
+    for j in jobs:
+        if j.status != "pending" or j.output is None or not Path(j.video).is_file():
+            continue
+        try:
+            media.plan_mux(j.video, j.output, "never")
+        except V2MError as e:
+            j.fail(str(e))
 
 
 def cmd_curve(args) -> int:
+    from . import video
+
+    video.probe(args.video, args.video_stream)  # before loading the model
     pipe = _load_pipeline(args)
-    res = pipe.curve(args.video)
+    res = pipe.curve(args.video, video_stream=args.video_stream)
     if args.json:
         print(json.dumps({
             "video": str(args.video),
@@ -327,27 +430,42 @@ def cmd_demo(args) -> int:
     from . import media, synth
 
     out = Path(args.output)
-    media.check_output_path(out)
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="v2m-demo-"))
-    work.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    bundle = work / f"{args.preset}-bundle"
-    if not (bundle / "config.json").is_file():
-        import torch
+    kind = media.check_output_path(out)  # a video (muxed) or .wav/.flac (the music alone)
+    require("torch", what="`v2m demo` (it makes a random-weight PyTorch bundle)")
+    if args.backend == "onnxruntime":
+        raise InputError("`v2m demo` makes a PyTorch bundle; run it with --backend torch (or auto)")
+    tempfiles.clean_stale(out.parent)
+    # The work folder (bundle, test clip) is removed at the end unless --workdir keeps it.
+    keep = args.workdir is not None
+    with nullcontext(args.workdir) if keep else tempfile.TemporaryDirectory(prefix="v2m-demo-") as workdir:
+        work = Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        bundle = work / f"{args.preset}-bundle"
+        if not (bundle / "config.json").is_file():
+            import torch
 
-        from v2m.models.bundle import init_bundle
+            from v2m.models.bundle import init_bundle
 
-        init_bundle(args.preset, bundle, seed=0, dtype=torch.float32)
-    clip = work / "clip.mp4"
-    cuts = synth.make_test_video(clip, duration_s=args.duration)
-    t_setup = time.perf_counter() - t0
-    print(f"demo: {args.preset} bundle with RANDOM weights (the music is noise until you load a trained checkpoint)")
-    print(f"demo: test video {clip} ({args.duration:.1f} s, scene cuts at {', '.join(f'{c:.2f}' for c in cuts)} s)")
+            init_bundle(args.preset, bundle, seed=0, dtype=torch.float32)
+        clip = work / "clip.mp4"
+        cuts = synth.make_test_video(clip, duration_s=args.duration)
+        t_setup = time.perf_counter() - t0
+        print(f"demo: {args.preset} bundle with RANDOM weights (the music is noise until you load a trained checkpoint)")
+        print(f"demo: test video {clip if keep else 'clip.mp4'} ({args.duration:.1f} s, scene cuts at "
+              f"{', '.join(f'{c:.2f}' for c in cuts) or 'none'} s)")
 
-    args.model = str(bundle)
-    pipe = _load_pipeline(args)
-    result = pipe.generate(clip, prompt=args.prompt, seed=args.seed)
-    result.mux(clip, out)
+        args.model = str(bundle)
+        pipe = _load_pipeline(args)
+        progress = StepProgress(pipe.sampler_options().steps)
+        try:
+            result = pipe.generate(clip, prompt=args.prompt, seed=args.seed, on_step=progress)
+        finally:
+            progress.close()
+        if kind == "video":
+            result.mux(clip, out)
+        else:
+            result.save(out)
     from .curves import curve_peaks
 
     peaks = curve_peaks(result.curve, len(cuts))
@@ -359,17 +477,11 @@ def cmd_demo(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import importlib.util
-
-    from .errors import BackendUnavailable
-
-    need = ("torch", "onnx") + (() if args.no_check else ("onnxruntime",))
-    missing = [m for m in need if importlib.util.find_spec(m) is None]
-    if missing:
-        raise BackendUnavailable(
-            f"`v2m export` needs {', '.join(missing)}: pip install 'v2m-runtime[export]'"
-            + (" (or pass --no-check to skip the ONNX Runtime check)" if missing == ["onnxruntime"] else "")
-        )
+    require("torch", "onnx", what="`v2m export`", extra="export")
+    if not args.no_check:
+        require("onnxruntime", what="`v2m export`'s check against PyTorch (or pass --no-check)", extra="export")
+    if not Path(args.bundle).is_dir():
+        raise InputError(f"bundle {args.bundle} is not a directory; pass a PyTorch bundle (v2m init-model)")
     from v2m.export.exporter import export_bundle
 
     precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
@@ -400,102 +512,163 @@ def cmd_build(args) -> int:
 
 # --- parser ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="v2m", description="Zero-pair video-to-music generation (V2M-Zero) runtime.")
+    p = ArgumentParser(
+        prog="v2m", description="Zero-pair video-to-music generation (V2M-Zero) runtime.",
+        examples=["v2m demo -o demo.mp4",
+                  "v2m generate clip.mp4 -o clip_music.mp4 --model tiny-bundle --prompt 'warm synth pop'",
+                  "v2m generate clip.mp4 --help"],
+    )
+    p.epilog += "\n\n" + EXIT_CODES_HELP
     p.add_argument("--version", action="version", version=f"v2m {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more logging: -v info, -vv debug (default: warnings and errors only)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="make a tiny random bundle and a test video, generate, mux")
-    d.add_argument("-o", "--output", default="demo.mp4")
-    d.add_argument("--preset", default="tiny", choices=["tiny", "small", "full"])
-    d.add_argument("--workdir", default=None, help="keep the bundle and test video here")
-    d.add_argument("--duration", type=float, default=5.0)
-    d.add_argument("--prompt", default="warm synth pop")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--backend", default="torch")
-    d.add_argument("--device", default="auto")
-    d.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
+    d = sub.add_parser("demo", help="make a tiny random bundle and a test video, generate, mux",
+                       description="Make a random-weight bundle and a test clip with scene cuts, generate, "
+                                   "write the result. Needs PyTorch.",
+                       examples=["v2m demo -o demo.mp4", "v2m demo -o demo.wav --duration 10 --seed 3",
+                                 "v2m demo --preset small --workdir demo-work -o demo.mkv"])
+    d.add_argument("-o", "--output", default="demo.mp4",
+                   help="the result: a video (.mp4/.mov/.mkv/.m4v, music muxed into the test clip) or "
+                        "the music alone (.wav/.flac)")
+    d.add_argument("--preset", default="tiny", choices=["tiny", "small", "full"], help="model size")
+    d.add_argument("--workdir", default=None,
+                   help="keep the bundle and test clip in this folder (default: a temporary folder, removed)")
+    d.add_argument("--duration", type=float, default=5.0, help="test clip length in seconds, in (0, 600]")
+    d.add_argument("--prompt", default="warm synth pop", help="text prompt")
+    d.add_argument("--seed", type=int, default=0, help="noise seed, in [0, 2^63)")
+    d.add_argument("--backend", default="torch", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+                   help="inference engine")
+    d.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    d.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
+                   help="compute precision (default: fp16 on CUDA, fp32 on CPU)")
     d.set_defaults(func=cmd_demo)
 
-    i = sub.add_parser("init-model", help="write a random-weight bundle of a preset")
-    i.add_argument("--preset", default="tiny", choices=["tiny", "small", "full"])
-    i.add_argument("--seed", type=int, default=0)
-    i.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    i.add_argument("--overwrite", action="store_true")
-    i.add_argument("-o", "--output", required=True)
+    i = sub.add_parser("init-model", help="write a random-weight bundle of a preset",
+                       description="Write a bundle of a preset with random weights (for tests and timing). "
+                                   "Needs PyTorch.",
+                       examples=["v2m init-model -o tiny-bundle",
+                                 "v2m init-model --preset full --dtype fp16 --seed 1 -o full-bundle"])
+    i.add_argument("--preset", default="tiny", choices=["tiny", "small", "full"], help="model size")
+    i.add_argument("--seed", type=int, default=0, help="weight seed, in [0, 2^63)")
+    i.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="weight precision on disk")
+    i.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    i.add_argument("-o", "--output", required=True, help="the bundle directory to write")
     i.set_defaults(func=cmd_init_model)
 
-    g = sub.add_parser("generate", help="generate music for a video")
+    g = sub.add_parser("generate", help="generate music for a video",
+                       description="Generate music for a video: muxed into a copy of it (.mp4/.mov/.mkv/.m4v) "
+                                   "or alone (.wav/.flac). Several videos, a folder or --manifest run in "
+                                   "batch mode (-o is then a folder).",
+                       examples=["v2m generate clip.mp4 -o clip_music.mp4 --model tiny-bundle --prompt 'warm synth pop' --seed 7",
+                                 "v2m generate clip.mkv -o music.wav --model tiny-onnx --backend onnxruntime --json",
+                                 "v2m generate videos/ -o out/ --model tiny-bundle --batch-size 16"])
     g.add_argument("inputs", nargs="*", help="input video; or several videos / a folder (batch mode, -o is a folder)")
-    g.add_argument("-o", "--output", required=True, help=".mp4/.mov/.mkv (muxed) or .wav/.flac (audio only); a folder in batch mode")
+    g.add_argument("-o", "--output", required=True,
+                   help=".mp4/.mov/.mkv/.m4v (muxed) or .wav/.flac (audio only); a folder in batch mode")
     _add_runtime_args(g)
-    g.add_argument("--prompt", default="")
-    g.add_argument("--text-embeddings", default=None, help="safetensors with precomputed 'embeddings' [S, E]")
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--prompt", default="", help="text prompt (style, instruments, mood) (default: empty)")
+    g.add_argument("--text-embeddings", default=None,
+                   help="safetensors with precomputed 'embeddings' [S, E], used instead of the prompt (default: none)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="noise seed, in [0, 2^63) (default: a random one, printed so the result can be replayed)")
+    g.add_argument("--steps", type=int, default=None,
+                   help="sampler steps, in [1, 10000] (default: the bundle's, 96)")
+    g.add_argument("--cfg-scale", type=float, default=None,
+                   help="classifier-free guidance weight on the prompt, finite (default: the bundle's)")
     g.add_argument("--negative-prompt", default=None, metavar="TEXT",
                    help="what the music should not be: the unconditional branch of guidance uses this prompt "
-                        "(default: zero embeddings)")
-    g.add_argument("--steps", type=int, default=None, help="solver steps, 1..10000 (default: the bundle's, 96)")
-    g.add_argument("--cfg-scale", type=float, default=None, help="guidance weight on the text (default: the bundle's, 4)")
+                        "(default: zero embeddings with the prompt's mask)")
     g.add_argument("--solver", default=None, choices=["euler", "heun"],
-                   help="euler, or heun (trapezoidal rule, two model evaluations a step); default: the bundle's, euler")
+                   help="euler, or heun (trapezoidal rule, two model evaluations a step) (default: the bundle's, euler)")
     g.add_argument("--shift", type=float, default=None, metavar="S",
                    help="SD3 timestep shift S > 0: S > 1 spends more steps near noise (default: the bundle's, 1)")
     g.add_argument("--no-curve", action="store_true",
                    help="text-only baseline: the event curve is zeros in every branch (the paper's appendix)")
     g.add_argument("--curve-guidance", type=float, default=None, metavar="W",
-                   help="extra guidance on the curve: the prediction with the curve against the one without it "
-                        "(default: the bundle's, 0 = off; costs a third model batch)")
-    g.add_argument("--keep-audio", type=float, default=None, metavar="LEVEL_DB", help="mix the original audio under the music at this level")
-    g.add_argument("--quiet", "-q", action="store_true")
-    g.add_argument("--manifest", default=None, help="JSONL, one {video, prompt, seed, output} per line (batch mode)")
-    g.add_argument("--batch-size", type=int, default=8, help="videos of one length sampled together (batch mode)")
-    g.add_argument("--format", default="mp4", choices=["mp4", "wav", "flac"], help="batch mode output kind (default: mp4)")
+                   help="extra guidance on the curve: the prediction with the curve against the one without it; "
+                        "costs a third model batch (default: the bundle's, 0 = off)")
+    g.add_argument("--keep-audio", type=float, default=None, metavar="LEVEL_DB",
+                   help="mix the original audio under the music at this level in dB, in [-60, 20] "
+                        "(default: music only)")
+    g.add_argument("--video-stream", type=int, default=None, metavar="N",
+                   help="use the container's stream N (ffprobe's 'Stream #0:N') for the curve and the mux "
+                        "(default: the stream marked default, else the largest that is not a cover picture)")
+    g.add_argument("--reencode", default="auto", choices=["auto", "never"],
+                   help="when the output container cannot hold the video's codec: auto re-encodes the picture "
+                        "as H.264 (CRF 18, logged), never refuses before any work and names containers that can")
+    g.add_argument("--json", action="store_true",
+                   help="print the result (output, seed, duration, timings...) as one JSON object on stdout")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no timing table")
+    g.add_argument("--manifest", default=None,
+                   help="JSONL, one {video, prompt, seed, output} per line (batch mode) (default: none)")
+    g.add_argument("--batch-size", type=int, default=8,
+                   help="batch mode: videos of one length sampled together, in [1, 1024]")
+    g.add_argument("--format", default="mp4", choices=["mp4", "wav", "flac"], help="batch mode: output kind")
     g.add_argument("--overwrite", action="store_true", help="batch mode: redo outputs that are already complete")
     g.add_argument("--profile", default=None, metavar="REPORT.json",
                    help="write a per-stage / per-step profile report; in batch mode one report of the whole run "
-                        "(per-video stages, each sampled group's steps with its batch size and shapes)")
+                        "(per-video stages, each sampled group's steps with its batch size and shapes) (default: none)")
     g.add_argument("--trace", default=None, metavar="TRACE.json",
-                   help="write a Chrome trace (chrome://tracing, Perfetto); in batch mode one trace of the whole run")
+                   help="write a Chrome trace (chrome://tracing, Perfetto); in batch mode one trace of the "
+                        "whole run (default: none)")
     g.set_defaults(func=cmd_generate)
 
     from .cli_bench import add_bench_parsers
 
     add_bench_parsers(sub, _add_runtime_args)
 
-    c = sub.add_parser("curve", help="print a video's event curve")
-    c.add_argument("video")
+    c = sub.add_parser("curve", help="print a video's event curve",
+                       description="Print the event curve (when the video changes) at the latent frame rate.",
+                       examples=["v2m curve clip.mp4 --model tiny-bundle",
+                                 "v2m curve clip.mp4 --model tiny-bundle --json > curve.json",
+                                 "v2m curve clip.mp4 --model tiny-bundle --plot curve.png"])
+    c.add_argument("video", help="the input video")
     _add_runtime_args(c)
-    c.add_argument("--json", action="store_true")
-    c.add_argument("--plot", default=None, metavar="PNG", help="save the curve with cuts and thumbnails (matplotlib)")
+    c.add_argument("--video-stream", type=int, default=None, metavar="N",
+                   help="use the container's stream N (default: the stream marked default, else the largest)")
+    c.add_argument("--json", action="store_true", help="print the curve as one JSON object")
+    c.add_argument("--plot", default=None, metavar="PNG",
+                   help="save the curve with cuts and thumbnails (matplotlib) (default: none)")
     c.set_defaults(func=cmd_curve)
 
-    e = sub.add_parser("eval", help="Scene Cut Hit: beats of generated music vs the videos' scene cuts")
+    e = sub.add_parser("eval", help="Scene Cut Hit: beats of generated music vs the videos' scene cuts",
+                       description="Scene Cut Hit of generated outputs. Needs the [eval] extra.",
+                       examples=["v2m eval out/ --videos videos/",
+                                 "v2m eval out/ --videos videos/ --tolerance 0.25 --json"])
     e.add_argument("outputs", help="folder of generated audio or muxed videos")
     e.add_argument("--videos", required=True, help="folder of the source videos (matched by file name)")
-    e.add_argument("--tolerance", type=float, default=0.5, help="seconds between a cut and a beat for a hit")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--tolerance", type=float, default=0.5, help="seconds between a cut and a beat for a hit, in (0, 10]")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.set_defaults(func=cmd_eval)
 
-    n = sub.add_parser("info", help="versions, devices, backends")
-    n.add_argument("--json", action="store_true")
+    n = sub.add_parser("info", help="versions, devices, backends",
+                       examples=["v2m info", "v2m info --json"])
+    n.add_argument("--json", action="store_true", help="print as JSON")
     n.set_defaults(func=cmd_info)
 
-    x = sub.add_parser("export", help="export a bundle's networks to ONNX (checked against PyTorch)")
+    x = sub.add_parser("export", help="export a bundle's networks to ONNX (checked against PyTorch)",
+                       description="Export a PyTorch bundle to ONNX graphs plus a manifest. Needs the [export] extra.",
+                       examples=["v2m export tiny-bundle -o tiny-onnx",
+                                 "v2m export full-bundle -o full-onnx --no-check --with-weights"])
     x.add_argument("bundle", help="a PyTorch bundle directory")
     x.add_argument("-o", "--output", required=True, help="the exported bundle (may be the bundle itself)")
-    x.add_argument("--opset", type=int, default=17)
+    x.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer")
     x.add_argument("--precision", default="fp32", metavar="P[,P]",
                    help="graph sets to write, comma-separated: fp32 (ONNX Runtime on CPU), fp16, bf16 (strongly typed "
-                        "graphs with fp32 islands for TensorRT and ONNX Runtime's CUDA provider); default fp32")
-    x.add_argument("--with-weights", action="store_true", help="copy the .safetensors too (the torch backend can then run it)")
+                        "graphs with fp32 islands for TensorRT and ONNX Runtime's CUDA provider) (default: fp32)")
+    x.add_argument("--with-weights", action="store_true",
+                   help="copy the .safetensors too (the torch backend can then run it)")
     x.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     x.set_defaults(func=cmd_export)
 
-    b = sub.add_parser("build", help="build TensorRT engines for an exported bundle")
+    b = sub.add_parser("build", help="build TensorRT engines for an exported bundle",
+                       description="Build TensorRT engines for an exported bundle on this GPU. Needs the [trt] extra.",
+                       examples=["v2m build tiny-onnx", "v2m build full-onnx --precision bf16 --device cuda:1"])
     b.add_argument("bundle", help="an exported bundle directory (v2m export)")
-    b.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16"])
+    b.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16"], help="engine precision")
     b.add_argument("--cache-dir", default=None, help="where engines live (default: BUNDLE/engines)")
     b.add_argument("--device", default="cuda", help="cuda or cuda:N")
     b.add_argument("--force", action="store_true", help="rebuild even when a matching engine exists")
@@ -503,29 +676,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _missing_module(e: ImportError) -> str | None:
+    """The optional package an ImportError is about (torch, onnx...), else None."""
+    name = (getattr(e, "name", None) or "").split(".")[0]
+    return name if name in EXTRAS else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    _setup_logging(args.verbose, getattr(args, "quiet", False))
     try:
-        return int(args.func(args) or 0)
-    except V2MError as e:
-        if args.debug:
-            raise
+        args = parser.parse_args(argv)
+    except UsageError as e:
         print(f"v2m: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("v2m: interrupted", file=sys.stderr)
-        return 130
-    except MemoryError:
-        print("v2m: error: out of memory; try a smaller preset, a shorter clip or a GPU", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except Exception as e:  # noqa: BLE001 - the promise is one line, never a traceback
-        if args.debug:
-            raise
-        msg = str(e).splitlines()[0] if str(e) else ""
-        print(f"v2m: internal error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
-        return EXIT_INTERNAL
+        return EXIT_USAGE
+    _setup_logging(args.verbose, getattr(args, "quiet", False))
+    # SIGTERM / SIGHUP unwind like Ctrl-C (every `finally` runs, temporary files go).
+    with tempfiles.signals_as_interrupts():
+        try:
+            check_options(args)  # every option value, before any work
+            return int(args.func(args) or 0)
+        except V2MError as e:
+            if args.debug:
+                raise
+            print(f"v2m: error: {e}", file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt as e:
+            tempfiles.remove_live()
+            print(f"v2m: interrupted ({e.args[0] if e.args else 'SIGINT'})", file=sys.stderr)
+            return signal_exit_code(e)
+        except MemoryError:
+            print("v2m: error: out of memory; try a smaller preset, a shorter clip or a GPU", file=sys.stderr)
+            return EXIT_USAGE
+        except Exception as e:  # noqa: BLE001 - the promise is one line, never a traceback
+            if args.debug:
+                raise
+            module = _missing_module(e) if isinstance(e, ImportError) else None
+            if module is not None:  # an optional package this command needs
+                print(f"v2m: error: `v2m {args.command}` needs {module}, not installed here: "
+                      f"{install_hint(module)}", file=sys.stderr)
+                return EXIT_USAGE
+            msg = str(e).splitlines()[0] if str(e) else ""
+            print(f"v2m: internal error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
+                  file=sys.stderr)
+            return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

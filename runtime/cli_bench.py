@@ -29,8 +29,6 @@ def cmd_bench(args) -> int:
     from .cli import _load_pipeline
     from .profiler import Profiler, format_report
 
-    if args.repeats < 1:
-        raise InputError("--repeats must be >= 1")
     with tempfile.TemporaryDirectory(prefix="v2m-bench-") as td:
         if args.video:
             clip = Path(args.video)
@@ -77,20 +75,25 @@ def cmd_profile_plot(args) -> int:
 
 def add_bench_parsers(sub, add_runtime_args) -> None:
     """Register `bench` and `profile-plot` (alias `plot`) on the CLI's subparsers."""
-    b = sub.add_parser("bench", help="warm-up + N profiled generations; per-stage table with medians")
+    b = sub.add_parser("bench", help="warm-up + N profiled generations; per-stage table with medians",
+                       description="A warm-up generation, then N profiled ones; prints per-stage medians.",
+                       examples=["v2m bench --model tiny-bundle --duration 32",
+                                 "v2m bench --model full-onnx --backend onnxruntime --video clip.mp4 --repeats 5",
+                                 "v2m bench --model tiny-bundle --profile report.json && v2m profile-plot report.json"])
     add_runtime_args(b)
     src = b.add_mutually_exclusive_group()
     src.add_argument("--video", default=None, help="a video to run on (default: a generated test clip)")
-    src.add_argument("--duration", type=float, default=32.0, help="generated test clip length, seconds (default 32)")
-    b.add_argument("--size", type=_size, default=(320, 240), help="generated clip size WxH (default 320x240)")
-    b.add_argument("--repeats", type=int, default=3)
-    b.add_argument("--steps", type=int, default=None)
-    b.add_argument("--prompt", default="warm synth pop")
-    b.add_argument("--profile", default=None, metavar="REPORT.json")
-    b.add_argument("--trace", default=None, metavar="TRACE.json")
+    src.add_argument("--duration", type=float, default=32.0, help="generated test clip length in seconds, in (0, 600]")
+    b.add_argument("--size", type=_size, default=(320, 240), help="generated clip size WxH, even (default: 320x240)")
+    b.add_argument("--repeats", type=int, default=3, help="profiled generations after the warm-up, in [1, 1000]")
+    b.add_argument("--steps", type=int, default=None, help="sampler steps, in [1, 10000] (default: the bundle's)")
+    b.add_argument("--prompt", default="warm synth pop", help="text prompt")
+    b.add_argument("--profile", default=None, metavar="REPORT.json", help="write the profile report here (default: none)")
+    b.add_argument("--trace", default=None, metavar="TRACE.json", help="write a Chrome trace here (default: none)")
     b.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("profile-plot", aliases=["plot"], help="per-step latency PNG from a profile report")
-    p.add_argument("report")
-    p.add_argument("-o", "--output", default="steps.png")
+    p = sub.add_parser("profile-plot", aliases=["plot"], help="per-step latency PNG from a profile report",
+                       examples=["v2m profile-plot report.json -o steps.png"])
+    p.add_argument("report", help="a profile report (v2m generate/bench --profile)")
+    p.add_argument("-o", "--output", default="steps.png", help="the PNG to write")
     p.set_defaults(func=cmd_profile_plot)

@@ -11,15 +11,25 @@ the temporary file is removed and no output file appears.
   depend on libsndfile's float conversion.
 - Video outputs copy the input's video stream packet for packet (no re-encode)
   and add one stereo 44.1 kHz AAC track, optionally over the original sound.
+  Every packet is copied, with or without a decode timestamp from the demuxer.
+  The stream is `video.select_video_stream`'s (the same the music was made for).
+- When the output container cannot hold the source's codec (VP8 in .mp4, GIF in
+  .mkv...), `plan_mux` says so before any work: the picture is re-encoded as
+  H.264 at near-source quality (`reencode="auto"`, logged) or refused in one line
+  naming the containers that can hold it (`reencode="never"`).
+- A write that fails (full disk, no permission, a folder that vanished) is one
+  `OutputError` line and leaves no file (see `tempfiles`).
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
+import math
 import os
-import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -27,14 +37,19 @@ import av
 import numpy as np
 import soundfile as sf
 
+from . import video
 from .errors import InputError, NumericalError, OutputError
+from .tempfiles import atomic_output
 from .video import error_text, open_video
 
 __all__ = [
     "AUDIO_SUFFIXES",
     "VIDEO_SUFFIXES",
     "MUX_SAMPLE_RATE",
+    "REENCODE_MODES",
+    "MuxPlan",
     "check_output_path",
+    "plan_mux",
     "finalize_audio",
     "write_audio",
     "mux",
@@ -48,6 +63,9 @@ VIDEO_SUFFIXES = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska
 MUX_SAMPLE_RATE = 44100
 AAC_BIT_RATE = 192_000  # transparent for stereo music at 44.1 kHz
 _AAC_FRAME = 1024  # samples per AAC frame
+REENCODE_MODES = ("auto", "never")
+_REENCODE_CRF = 18  # x264's "visually lossless" quality: close to any source
+_WRITTEN = {".mkv": "matroska", ".mp4": "mp4", ".mov": "mov"}  # containers named in advice
 
 
 def check_output_path(path: str | os.PathLike, video_path: str | os.PathLike | None = None) -> str:
@@ -150,21 +168,38 @@ def finalize_audio(
     return out
 
 
-def _temp_path(path: Path) -> Path:
-    """A fresh hidden file next to `path`, same suffix (muxers pick the format by it)."""
-    while True:
-        tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
-        try:
-            # Created with 0o666 so the umask applies, like a plain open().
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
-
-
 def _quantize16(audio: np.ndarray) -> np.ndarray:
     """float [2, N] -> int16 [N, 2], clipped, round(x * 32767)."""
     return np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16).T  # (N, 2)
+
+
+class _CheckedFile:
+    """A file for libsndfile's virtual IO that keeps the first write error.
+
+    soundfile calls `write` from a C callback, where an exception is only printed;
+    libsndfile then sees a short write (or none: FLAC carries on) and the file is
+    silently truncated. Here the error is kept and raised after `sf.write`.
+    """
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        if self.error is not None:
+            return 0
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            return 0
+
+    def __getattr__(self, name):  # seek, tell, read, flush: the real file's
+        return getattr(self.f, name)
+
+
+def _open_for_write(path: Path):
+    """The binary file an audio writer writes into (tests replace it to simulate a full disk)."""
+    return open(path, "wb")
 
 
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> Path:
@@ -176,7 +211,8 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) ->
         sample_rate: samples per second.
 
     Raises:
-        OutputError: bad suffix or directory, or the write failed (no file is left).
+        OutputError: bad suffix or directory, or the write failed (a full disk, a vanished
+            folder, no permission): one line, and no file is left.
         NumericalError: NaN/Inf in `audio` (nothing is written).
     """
     p = Path(path)
@@ -186,23 +222,16 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) ->
     a = _as_stereo(audio)
     _check_finite(a)
     data = _quantize16(a)
-    tmp = _temp_path(p)
-    try:
-        with open(tmp, "wb") as f:  # a file object: libsndfile cannot open non-UTF-8 names
-            sf.write(
-                f,
-                data,
-                int(sample_rate),
-                subtype="PCM_16",
-                format=AUDIO_SUFFIXES[p.suffix.lower()],
-            )
-        os.replace(tmp, p)
-    except (OSError, RuntimeError, sf.LibsndfileError) as e:
-        raise OutputError(
-            f"cannot write {p} ({error_text(e)}); check free space and permissions"
-        ) from e
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(p, errors=(RuntimeError, sf.LibsndfileError)) as tmp:
+        with _open_for_write(tmp) as f:  # a file object: libsndfile cannot open non-UTF-8 names
+            checked = _CheckedFile(f)
+            try:
+                sf.write(checked, data, int(sample_rate), subtype="PCM_16", format=AUDIO_SUFFIXES[p.suffix.lower()])
+            except Exception:  # noqa: BLE001 - after a failed write soundfile asserts; the cause is kept
+                if checked.error is None:
+                    raise
+            if checked.error is not None:
+                raise checked.error
     logger.info("wrote %s (%.2f s, %d Hz, PCM_16)", p, a.shape[1] / sample_rate, sample_rate)
     return p
 
@@ -226,26 +255,6 @@ def _resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
             out_frames = resampler.resample(None)  # flush
         chunks += [f.to_ndarray() for f in out_frames]
     return np.concatenate(chunks, axis=1) if chunks else np.zeros((2, 0), np.float32)
-
-
-def _video_span(container: av.container.InputContainer, stream) -> tuple[float, float]:
-    """(first pts, duration) of the video stream in seconds, from its packets.
-
-    duration = max(pts + packet duration) - min(pts): the same span VideoReader
-    measures from decoded frames, read without decoding.
-    """
-    first, end = None, None
-    fallback = 1.0 / float(stream.average_rate) if stream.average_rate else 0.0
-    for packet in container.demux(stream):
-        if packet.pts is None or packet.time_base is None:
-            continue
-        t = float(packet.pts * packet.time_base)
-        d = float(packet.duration * packet.time_base) if packet.duration else fallback
-        first = t if first is None else min(first, t)
-        end = t + d if end is None else max(end, t + d)
-    if first is None:
-        raise InputError(f"{Path(container.name).name} has no timed video packets; re-encode it")
-    return first, end - first
 
 
 def _original_audio(container: av.container.InputContainer, start_s: float, n: int) -> np.ndarray:
@@ -284,17 +293,176 @@ def _audio_frames(audio: np.ndarray, pts0: int) -> Iterator[av.AudioFrame]:
         yield frame
 
 
+@dataclass
+class _Timeline:
+    """The video stream's packets as read in pass one: what pass two needs to copy them."""
+
+    start_s: float  # earliest presentation time, seconds
+    span_s: float  # max(pts + duration) - start: the span VideoReader measures from frames
+    dts: list[int] | None  # decode timestamps for every packet with data, when the source lacks some
+
+
+def _decode_timestamps(pts: list[int], step: int) -> list[int]:
+    """Decode timestamps for packets in decode order, from their presentation times.
+
+    The reorder delay d is the least that lets every packet be decoded before it is
+    shown: d = max(i - rank(pts_i)). Then dts_i = the (i - d)-th smallest pts, which is
+    <= pts_i and non-decreasing; the first d packets count back from the smallest by
+    `step`, and equal neighbours (duplicate pts) are pushed apart by one tick.
+    """
+    n = len(pts)
+    order = sorted(range(n), key=lambda i: (pts[i], i))
+    rank = [0] * n
+    for r, i in enumerate(order):
+        rank[i] = r
+    delay = max([0] + [i - rank[i] for i in range(n)])
+    ordered = [pts[i] for i in order]
+    dts = [ordered[i - delay] if i >= delay else ordered[0] - (delay - i) * step for i in range(n)]
+    for i in range(1, n):
+        dts[i] = max(dts[i], dts[i - 1] + 1)
+    return dts
+
+
+def _timeline(container: av.container.InputContainer, stream) -> _Timeline:
+    """Read the video stream's packets once (no decoding): its span, and decode timestamps
+    when the demuxer left some out (Matroska gives the first packets of a stream with
+    B-frames no dts; muxers need one on every packet)."""
+    tb = stream.time_base
+    default = round(1 / (stream.average_rate * tb)) if stream.average_rate and tb else 1
+    pts: list[int | None] = []
+    dts: list[int | None] = []
+    first, end = None, None
+    for packet in video.packets(container, stream):
+        if not packet.size:
+            continue  # the demuxer's empty flush packet
+        pts.append(packet.pts)
+        dts.append(packet.dts)
+        ts = packet.pts if packet.pts is not None else packet.dts
+        if ts is None:
+            continue
+        t = float(ts * tb)
+        d = float(packet.duration * tb) if packet.duration else float(default * tb)
+        first = t if first is None else min(first, t)
+        end = t + d if end is None else max(end, t + d)
+    if first is None:
+        raise InputError(f"{Path(container.name).name} has no timed video packets; re-encode it")
+    fixed = None
+    if any(d is None for d in dts):
+        filled, prev = [], None
+        for p, d in zip(pts, dts):  # a packet without pts shows when it decodes, or next
+            prev = p if p is not None else d if d is not None else (prev + default if prev is not None else 0)
+            filled.append(prev)
+        steps = sorted({b - a for a, b in zip(sorted(filled), sorted(filled)[1:]) if b > a})
+        fixed = _decode_timestamps(filled, steps[0] if steps else default)
+        logger.debug("%s: %d of %d video packets had no dts; derived from pts",
+                     Path(container.name).name, sum(d is None for d in dts), len(dts))
+    return _Timeline(first, end - first, fixed)
+
+
+@dataclass(frozen=True)
+class MuxPlan:
+    """How the picture goes into the output, decided before any work (`plan_mux`)."""
+
+    stream_index: int  # the container's index of the video stream (decoded and muxed)
+    codec: str  # the source's video codec
+    fmt: str  # the output muxer
+    reencode: bool  # False: copied packet for packet; True: re-encoded as H.264
+    holders: tuple[str, ...] = ()  # output suffixes that hold the codec as it is
+
+
+def _can_copy(path: Path, stream_index: int, fmt: str) -> bool:
+    """Whether a `fmt` file can hold the stream as it is: a header, its first packet and a
+    trailer written to memory (a cheap probe; some muxers refuse a codec only there)."""
+    try:
+        with open_video(path) as inp, av.open(io.BytesIO(), "w", format=fmt) as out:
+            vin = inp.streams[stream_index]
+            vout = out.add_stream_from_template(vin, opaque=True)  # opaque: the codec, not an encoder
+            out.add_stream("aac", rate=MUX_SAMPLE_RATE, layout="stereo")
+            for packet in video.packets(inp, vin):
+                if packet.size:
+                    if packet.dts is None:
+                        packet.dts = packet.pts if packet.pts is not None else 0
+                    if packet.pts is None:
+                        packet.pts = packet.dts
+                    packet.stream = vout
+                    out.mux(packet)
+                    break
+    except (ValueError, av.FFmpegError, OSError):
+        return False
+    return True
+
+
+def _h264_encoder() -> str | None:
+    for name in ("libx264", "h264"):
+        try:
+            av.codec.Codec(name, "w")
+        except (ValueError, av.FFmpegError):
+            continue
+        return name
+    return None
+
+
+def plan_mux(
+    video_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    reencode: str = "auto",
+    video_stream: int | None = None,
+) -> MuxPlan:
+    """Decide how to write the picture of `video_path` into `out_path`, before any work.
+
+    The stream is copied packet for packet when the output container can hold its
+    codec; otherwise, with `reencode="auto"`, the picture is re-encoded as H.264 at
+    near-source quality (CRF 18; logged), and with `reencode="never"` this refuses.
+
+    Args:
+        video_path: the input video.
+        out_path: the output .mp4, .m4v, .mov or .mkv.
+        reencode: "auto" or "never".
+        video_stream: the container's index of the video stream (None: see
+            `video.select_video_stream`).
+
+    Raises:
+        OutputError: `reencode="never"` and the container cannot hold the codec (the
+            message names containers that can), or no H.264 encoder to re-encode with.
+        InputError: the input cannot be read or has no such video stream.
+    """
+    if reencode not in REENCODE_MODES:
+        raise OutputError(f"reencode must be one of {', '.join(REENCODE_MODES)}, got {reencode!r}")
+    p, src = Path(out_path), Path(video_path)
+    fmt = VIDEO_SUFFIXES[p.suffix.lower()]
+    with open_video(src) as inp:
+        vs = video.select_video_stream(inp, video_stream, src.name)
+        index, codec = vs.index, video.codec_name(vs)
+    if _can_copy(src, index, fmt):
+        return MuxPlan(index, codec, fmt, False, (p.suffix.lower(),))
+    holders = tuple(s for s, f in _WRITTEN.items() if f != fmt and _can_copy(src, index, f))
+    keep = f"write {' or '.join(holders)} to keep it bit for bit" if holders else "no container v2m writes holds it"
+    if reencode == "never":
+        raise OutputError(
+            f"a {p.suffix} file cannot hold the {codec} video of {src.name}; {keep} "
+            "(or drop --reencode never to re-encode the picture as H.264)"
+        )
+    if _h264_encoder() is None:
+        raise OutputError(f"a {p.suffix} file cannot hold the {codec} video of {src.name}, and this FFmpeg "
+                          f"has no H.264 encoder to re-encode it; {keep}")
+    return MuxPlan(index, codec, fmt, True, holders)
+
+
 def mux(
     video_path: str | os.PathLike,
     audio: np.ndarray,
     sample_rate: int,
     out_path: str | os.PathLike,
     keep_audio_db: float | None = None,
+    reencode: str = "auto",
+    video_stream: int | None = None,
 ) -> Path:
-    """Atomically write the input video's stream, copied bit for bit, plus the music as AAC.
+    """Atomically write the input's video stream, copied bit for bit, plus the music as AAC.
 
-    The music is resampled to 44.1 kHz if needed and trimmed or padded to the
-    video stream's span, starting at the video's first frame.
+    Every packet of the video stream is copied, whether or not the source gave it a
+    decode timestamp. When the output container cannot hold the codec, see
+    `plan_mux` (re-encoded as H.264 by default). The music is resampled to 44.1 kHz
+    if needed and trimmed or padded to the video stream's span, starting at its first frame.
 
     Args:
         video_path: the input video.
@@ -303,9 +471,13 @@ def mux(
         out_path: output .mp4, .mov, .m4v or .mkv; not the input.
         keep_audio_db: if given and the input has sound, mix the original audio
             under the music at this gain in dB (e.g. -12).
+        reencode: "auto" (re-encode the picture as H.264 only when the container cannot
+            hold its codec) or "never" (refuse instead).
+        video_stream: the container's index of the video stream (None: the default one).
 
     Raises:
-        OutputError: bad output path, a codec the container cannot hold, or a failed write.
+        OutputError: bad output path, a codec the container cannot hold with
+            `reencode="never"`, or a failed write (no file is left).
         NumericalError: NaN/Inf in `audio` (nothing is written).
         InputError: the input video cannot be read.
     """
@@ -316,13 +488,21 @@ def mux(
         )
     music = _as_stereo(audio)
     _check_finite(music)
+    if keep_audio_db is not None and not math.isfinite(keep_audio_db):
+        raise InputError(f"keep_audio_db must be a finite level in dB, got {keep_audio_db}")
     name = Path(video_path).name
+    plan = plan_mux(video_path, p, reencode, video_stream)
+    if plan.reencode:
+        logger.warning(
+            "a %s file cannot hold %s's %s video: re-encoding the picture as H.264 (CRF %d)%s",
+            p.suffix, name, plan.codec, _REENCODE_CRF,
+            f"; write {' or '.join(plan.holders)} to keep it bit for bit" if plan.holders else "",
+        )
 
     with open_video(video_path) as inp:
-        if not inp.streams.video:
-            raise InputError(f"{name} has no video stream to mux the music into; pass a video")
-        start_s, span_s = _video_span(inp, inp.streams.video[0])
-    n = round(span_s * MUX_SAMPLE_RATE)
+        timeline = _timeline(inp, inp.streams[plan.stream_index])
+    start_s = timeline.start_s
+    n = round(timeline.span_s * MUX_SAMPLE_RATE)
     music = _resample(music, int(sample_rate), MUX_SAMPLE_RATE)
     track = np.zeros((2, n), dtype=np.float32)
     track[:, : min(n, music.shape[1])] = music[:, :n]
@@ -338,57 +518,96 @@ def mux(
         else:
             logger.info("%s has no audio to keep; writing the music only", name)
 
-    tmp = _temp_path(p)
-    try:
-        with open_video(video_path) as inp:
-            _write_muxed(inp, track, start_s, tmp, VIDEO_SUFFIXES[p.suffix.lower()])
-        os.replace(tmp, p)
-    except (OSError, av.FFmpegError) as e:
-        raise OutputError(
-            f"cannot write {p} ({error_text(e)}); check free space and permissions"
-        ) from e
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(p, errors=(av.FFmpegError,)) as tmp, open_video(video_path) as inp:
+        _write_muxed(inp, plan, timeline, track, tmp)
     logger.info(
-        "wrote %s (video stream copied, %.3f s of %d Hz stereo AAC)",
+        "wrote %s (video stream %s, %.3f s of %d Hz stereo AAC)",
         p,
+        "re-encoded as H.264" if plan.reencode else "copied",
         n / MUX_SAMPLE_RATE,
         MUX_SAMPLE_RATE,
     )
     return p
 
 
-def _write_muxed(inp, track: np.ndarray, start_s: float, tmp: Path, fmt: str) -> None:
-    """Copy inp's first video stream packet for packet and encode `track` as AAC into `tmp`."""
-    vin = inp.streams.video[0]
-    with av.open(str(tmp), "w", format=fmt) as out:
-        try:
-            vout = out.add_stream_from_template(vin)
-        except ValueError as e:  # the container cannot hold this codec
-            raise OutputError(
-                f"a {fmt} file cannot hold the input's {vin.codec_context.name} video; write .mkv instead"
-            ) from e
-        aout = out.add_stream("aac", rate=MUX_SAMPLE_RATE, layout="stereo")
-        aout.bit_rate = AAC_BIT_RATE
-        pending = _audio_frames(track, round(start_s * MUX_SAMPLE_RATE))
-        audio_t = start_s  # time of the next audio frame to encode
-        for packet in inp.demux(vin):
-            if packet.dts is None:
+class _Interleaver:
+    """Encodes the music up to each video packet's time, so the file interleaves the two."""
+
+    def __init__(self, out, track: np.ndarray, start_s: float):
+        self.out = out
+        self.aout = out.add_stream("aac", rate=MUX_SAMPLE_RATE, layout="stereo")
+        self.aout.bit_rate = AAC_BIT_RATE
+        self.pending = _audio_frames(track, round(start_s * MUX_SAMPLE_RATE))
+        self.audio_t = start_s  # time of the next audio frame to encode
+
+    def until(self, t: float) -> None:
+        while self.audio_t <= t:
+            frame = next(self.pending, None)
+            if frame is None:
+                self.audio_t = float("inf")
+                return
+            self.out.mux(self.aout.encode(frame))
+            self.audio_t += frame.samples / MUX_SAMPLE_RATE
+
+    def finish(self) -> None:
+        for frame in self.pending:
+            self.out.mux(self.aout.encode(frame))
+        self.out.mux(self.aout.encode(None))
+
+
+def _write_muxed(inp, plan: MuxPlan, timeline: _Timeline, track: np.ndarray, tmp: Path) -> None:
+    """Write `tmp`: the plan's video stream (copied, or re-encoded) and `track` as AAC."""
+    vin = inp.streams[plan.stream_index]
+    with av.open(str(tmp), "w", format=plan.fmt) as out:
+        if plan.reencode:
+            _write_reencoded(inp, vin, out, track, timeline.start_s)
+            return
+        vout = out.add_stream_from_template(vin, opaque=True)  # opaque: the codec, not an encoder
+        music = _Interleaver(out, track, timeline.start_s)
+        i = 0
+        for packet in video.packets(inp, vin):
+            if not packet.size:
                 continue  # the demuxer's empty flush packet
-            # Interleave: encode the music up to this video packet's time.
-            t = float(packet.dts * packet.time_base)
-            while audio_t <= t:
-                frame = next(pending, None)
-                if frame is None:
-                    audio_t = float("inf")
-                    break
-                out.mux(aout.encode(frame))
-                audio_t += frame.samples / MUX_SAMPLE_RATE
+            if timeline.dts is not None and i < len(timeline.dts):
+                packet.dts = timeline.dts[i]
+            i += 1
+            ts = packet.dts if packet.dts is not None else packet.pts
+            if ts is not None:
+                music.until(float(ts * packet.time_base))
             packet.stream = vout
             out.mux(packet)
-        for frame in pending:
-            out.mux(aout.encode(frame))
-        out.mux(aout.encode(None))
+        music.finish()
+
+
+def _write_reencoded(inp, vin, out, track: np.ndarray, start_s: float) -> None:
+    """Decode the stream (damage skipped, see `video`) and encode it as H.264 yuv420p at
+    the source's timestamps and display rotation; odd sizes lose their last row/column."""
+    frames = (f for f, _ in video.decode_frames(inp, vin, video.DecodeLog()) if f.pts is not None)
+    first = next(frames, None)
+    if first is None:
+        raise InputError(f"no frame of {Path(inp.name).name} decodes; the file is corrupt or truncated")
+    vout = out.add_stream(_h264_encoder(), rate=vin.average_rate or vin.guessed_rate or 25)
+    vout.width, vout.height = first.width - first.width % 2, first.height - first.height % 2
+    vout.pix_fmt = "yuv420p"
+    vout.codec_context.time_base = vin.time_base
+    vout.options = {"crf": str(_REENCODE_CRF), "preset": "veryfast"}
+    rotation = video.frame_rotation(first)
+    if rotation:
+        vout.set_display_rotation(rotation)
+    music = _Interleaver(out, track, start_s)  # after the video: stream 0 is the picture, as when copied
+    last_pts = None
+    for frame in itertools.chain([first], frames):
+        if last_pts is not None and frame.pts <= last_pts:
+            continue  # an encoder needs rising timestamps
+        last_pts = frame.pts
+        pic = frame.reformat(width=vout.width, height=vout.height, format="yuv420p")
+        pic.pts, pic.time_base = frame.pts, vin.time_base
+        for packet in vout.encode(pic):
+            music.until(float(packet.dts * packet.time_base) if packet.dts is not None else start_s)
+            out.mux(packet)
+    for packet in vout.encode(None):
+        out.mux(packet)
+    music.finish()
 
 
 def save(

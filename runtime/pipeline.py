@@ -73,11 +73,16 @@ class GenerationResult:
         self.timings["write"] = time.perf_counter() - t0
         return Path(path)
 
-    def mux(self, video_path: str | Path, path: str | Path, keep_audio_db: float | None = None) -> Path:
-        """Write `path`: the video stream of `video_path` copied bit-for-bit plus this music as AAC."""
+    def mux(
+        self, video_path: str | Path, path: str | Path, keep_audio_db: float | None = None, reencode: str = "auto"
+    ) -> Path:
+        """Write `path`: the video stream of `video_path` (the one the music was made for) copied
+        bit-for-bit, or re-encoded when the container cannot hold it (see `media.mux`), plus this
+        music as AAC."""
         t0 = time.perf_counter()
         media.check_output_path(path, video_path)
-        media.mux(video_path, self.audio, self.sample_rate, path, keep_audio_db=keep_audio_db)
+        media.mux(video_path, self.audio, self.sample_rate, path, keep_audio_db=keep_audio_db,
+                  reencode=reencode, video_stream=self.info.get("video_stream"))
         self.timings["write"] = time.perf_counter() - t0
         return Path(path)
 
@@ -168,13 +173,15 @@ class Pipeline:
 
     # --- stages ---------------------------------------------------------------------
     def encode_video(
-        self, video_path: str | Path, timings: dict[str, float] | None = None, batch_size: int = 32, profiler=None
+        self, video_path: str | Path, timings: dict[str, float] | None = None, batch_size: int = 32, profiler=None,
+        video_stream: int | None = None,
     ):
-        """Decode (background thread) and encode (this thread) in batches: features [T, D]."""
+        """Decode (background thread) and encode (this thread) in batches: features [T, D].
+        `video_stream`: the container's index of the video stream (None: see `video.select_video_stream`)."""
         timings = {} if timings is None else timings
         enc = self.config.encoder
         size = int(enc["input_size"])
-        reader = video.VideoReader(video_path)
+        reader = video.VideoReader(video_path, video_stream)
         batches = _prefetch(reader.sample(self.config.curve_fps, size, batch_size=batch_size))
         feats = []
         t_enc = 0.0
@@ -220,10 +227,10 @@ class Pipeline:
             features = features.cpu().numpy()
         return curves_mod.event_curve(np.asarray(features), length, fps, rate, k), "numpy"
 
-    def curve(self, video_path: str | Path) -> CurveResult:
+    def curve(self, video_path: str | Path, video_stream: int | None = None) -> CurveResult:
         """The event curve of a video, at the latent frame rate."""
         timings: dict[str, float] = {}
-        features, reader = self.encode_video(video_path, timings)
+        features, reader = self.encode_video(video_path, timings, video_stream=video_stream)
         with _timed(timings, "curve"):
             c, impl = self.compute_curve(features, reader.duration_s)
         return CurveResult(c, reader.duration_s, int(features.shape[0]), self.config.curve_fps, self.config.latent_rate, impl, timings)
@@ -304,6 +311,7 @@ class Pipeline:
         use_curve: bool = True,
         curve_guidance: float | None = None,
         text_embeddings: str | Path | None = None,
+        video_stream: int | None = None,
         profile_steps: bool = True,
         on_step: Callable[[int], None] | None = None,
         profiler=None,
@@ -322,6 +330,8 @@ class Pipeline:
             use_curve: False is the text-only baseline (the curve is zeros in every branch).
             curve_guidance: extra guidance weight on the curve (default: the bundle's).
             text_embeddings: a safetensors file of precomputed embeddings, instead of the prompt.
+            video_stream: the container's index of the video stream (None: the default one, see
+                `video.select_video_stream`); `result.mux` copies the same stream.
             profile_steps: record per-step latency (`result.step_ms`) when the backend can do so
                 without a host sync (device events, or a synchronous CPU engine).
             on_step: called with the step index after each step (progress bars).
@@ -344,7 +354,7 @@ class Pipeline:
         with _timed(timings, "text", None, profiler):  # before the video: a bad prompt option fails fast
             emb, mask, neg, neg_mask = self.encode_prompts(prompt, negative_prompt, text_embeddings)
         plan = self.plan(opts, neg is not None)
-        features, reader = self.encode_video(video_path, timings, profiler=profiler)
+        features, reader = self.encode_video(video_path, timings, profiler=profiler, video_stream=video_stream)
         duration = reader.duration_s
         with _timed(timings, "curve", None, profiler):
             curve, curve_impl = self.compute_curve(features, duration)
@@ -408,6 +418,8 @@ class Pipeline:
                 "curve_frames": int(features.shape[0]),
                 "curve_impl": curve_impl,
                 "step_timer": profiler.step_timer if profiler is not None else None,
+                "video_stream": reader.info.stream_index,
+                "video_lost_s": round(reader.damage.lost_s, 3),
             },
         )
         if profiler is not None:

@@ -4,6 +4,9 @@
 direction, gradient) with a little motion inside each scene, so frame features
 change a lot at the cuts and a little elsewhere. `v2m demo` and the tests use it;
 it needs only PyAV and numpy and writes 5 s at 160x120 in well under a second.
+Any container and encoder PyAV has can be asked for (.mp4, .mov, .m4v, .mkv, .webm,
+.ts, .avi, .gif; libx264 with B-frames, libx265, VP8/VP9, AV1, GIF...), so tests
+make the real-world variants they need instead of shipping binary fixtures.
 """
 
 from __future__ import annotations
@@ -38,7 +41,12 @@ _PALETTE = np.array(
     dtype=np.float32,
 )
 
-_CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".m4v": "mp4", ".mkv": "matroska"}
+_CONTAINERS = {
+    ".mp4": "mp4", ".mov": "mov", ".m4v": "mp4", ".mkv": "matroska", ".webm": "webm",
+    ".ts": "mpegts", ".avi": "avi", ".gif": "gif",
+}
+# Pixel formats of encoders that do not take yuv420p.
+_PIX_FMTS = {"gif": "rgb8", "png": "rgb24", "mjpeg": "yuvj420p"}
 _VFR_TIME_BASE = Fraction(1, 90000)  # the MPEG clock: fine enough for irregular pts
 
 
@@ -91,16 +99,17 @@ def make_test_video(
     rotation: int = 0,
     vfr: bool = False,
     seed: int = 0,
+    options: dict[str, str] | None = None,
 ) -> list[float]:
     """Write a short video with hard scene cuts at `cuts` (seconds) and return them.
 
     Args:
-        path: output file; .mp4, .mov, .m4v or .mkv.
+        path: output file; .mp4, .mov, .m4v, .mkv, .webm, .ts, .avi or .gif.
         duration_s: video duration in seconds.
         fps: frame rate (the mean rate when `vfr`).
         size: (width, height) as displayed, both even.
         cuts: cut times in seconds; a frame at time t >= cut shows the next scene.
-        codec: video encoder, e.g. "libx264" or "mpeg4".
+        codec: video encoder, e.g. "libx264", "mpeg4", "libvpx-vp9", "libsvtav1", "gif".
         with_audio: add a stereo 44.1 kHz AAC sine track of the same duration.
         rotation: display rotation in degrees counter-clockwise (0, 90, 180, 270).
             The pixels are stored rotated the other way, so a player (or
@@ -108,11 +117,12 @@ def make_test_video(
             `size` picture as `rotation=0`.
         vfr: irregular frame timestamps (variable frame rate).
         seed: seeds the VFR jitter.
+        options: encoder options over the defaults, e.g. {"bf": "2"} for B-frames.
     """
     path = Path(path)
     fmt = _CONTAINERS.get(path.suffix.lower())
     if fmt is None:
-        raise OutputError(f"cannot write a test video to {path.name}: use .mp4, .mov, .m4v or .mkv")
+        raise OutputError(f"cannot write a test video to {path.name}: use one of {', '.join(_CONTAINERS)}")
     width, height = int(size[0]), int(size[1])
     if width % 2 or height % 2 or width < 16 or height < 16:
         raise ValueError(f"size must be even and at least 16x16, got {size}")
@@ -126,10 +136,17 @@ def make_test_video(
     with av.open(str(path), "w", format=fmt) as out:
         rate = Fraction(fps).limit_denominator(1001)
         vs = out.add_stream(codec, rate=rate)
-        vs.width, vs.height, vs.pix_fmt = coded_w, coded_h, "yuv420p"
+        vs.width, vs.height, vs.pix_fmt = coded_w, coded_h, _PIX_FMTS.get(codec, "yuv420p")
+        opts = {"g": "12"}  # a keyframe every 12th frame keeps seeks and damage tests meaningful
         if codec == "libx264":
-            # Every 12th frame a keyframe keeps seeks and truncation tests meaningful.
-            vs.options = {"preset": "ultrafast", "crf": "20", "g": "12"}
+            opts.update(preset="ultrafast", crf="20")
+        elif codec.startswith("libvpx"):
+            opts.update(deadline="realtime", **{"cpu-used": "8"})
+        elif codec == "libx265":
+            opts.update(preset="ultrafast", **{"x265-params": "log-level=none"})
+        elif codec == "libsvtav1":
+            opts.update(preset="12", **{"svtav1-params": "keyint=12"})
+        vs.options = {**opts, **(options or {})}
         time_base = _VFR_TIME_BASE if vfr else 1 / rate
         vs.codec_context.time_base = time_base
         if rotation:

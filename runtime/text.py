@@ -137,6 +137,9 @@ def load_text_encoder(bundle_dir: str | Path, text_cfg: dict, text_dim: int, dev
                 f"{bundle_dir / 'text.safetensors'}: embedding.weight has shape {list(table.shape)}, "
                 f"expected [vocab, {text_dim}]"
             )
+        if table.dtype.kind != "f":
+            raise BundleError(f"{bundle_dir / 'text.safetensors'}: embedding.weight is {table.dtype}, not "
+                              "floating point; save fp32, fp16 or bf16 weights")
         return BuiltinTextEncoder(table, text_max_tokens(text_cfg))
     if kind == "precomputed":
         return PrecomputedText(bundle_dir / text_cfg.get("file", "text.safetensors"), dim=text_dim)

@@ -10,6 +10,14 @@ odd containers come out right. Conventions (the event curve depends on them):
    (at least one).
 4. Frames are rotated upright by their display matrix, then the whole frame is
    resized to the target size (no crop) by swscale, to RGB uint8.
+5. The video stream (`select_video_stream`) is the one marked default, else the
+   largest that is not a cover picture or thumbnail; `stream=N` (the container's
+   stream index, ffprobe's `Stream #0:N`) overrides. Muxing uses the same choice.
+6. Damage: a packet the demuxer or decoder refuses is skipped, and frames resume at
+   the next keyframe (the frames in between reference the lost data); the last
+   good frame is held over the gap, and one warning says how many seconds were
+   lost. The clock and the duration then cover the stream's whole packet span.
+   Still images (a PNG renamed .mp4, a one-frame GIF) are refused as videos.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -32,8 +40,14 @@ __all__ = [
     "IMAGENET_STD",
     "VideoInfo",
     "VideoReader",
+    "DecodeLog",
+    "codec_name",
+    "decode_frames",
+    "frame_rotation",
+    "packets",
     "num_samples",
     "probe",
+    "select_video_stream",
     "video_duration",
     "normalize",
 ]
@@ -43,6 +57,15 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _EPS = 1e-6  # seconds; absorbs pts rounding so a frame exactly at t_k is taken
+_RESYNC_MAX_S = 5.0  # after damage, this long without a keyframe and any clean frame resumes
+_MAX_DEMUX_ERRORS = 64  # demuxer errors in a row before the rest of a file is given up
+# AVStream dispositions (libavformat/avformat.h); ints, so any PyAV version reads them.
+_DEFAULT, _ATTACHED_PIC, _TIMED_THUMBNAILS, _STILL_IMAGE = 0x1, 0x400, 0x800, 0x100000
+# Image codecs: a stream of one of these with a single picture is a still image.
+_IMAGE_CODECS = frozenset({
+    "png", "apng", "mjpeg", "jpeg2000", "jpegls", "jpegxl", "bmp", "tiff", "webp", "gif",
+    "qoi", "ppm", "pgm", "pgmyuv", "pbm", "pam", "sgi", "targa", "dpx", "exr", "pcx", "hdr",
+})
 
 
 @dataclass(frozen=True)
@@ -55,9 +78,10 @@ class VideoInfo:
     width: int  # as displayed, after rotation
     height: int
     rotation: int  # display rotation, degrees counter-clockwise, one of 0/90/180/270
-    codec: str
+    codec: str  # the codec ("av1", "h264"), not the decoder's name ("libdav1d")
     has_audio: bool
     audio_duration_s: float | None
+    stream_index: int = 0  # the container's index of the video stream used
 
 
 def num_samples(duration_s: float, fps: float) -> int:
@@ -94,7 +118,7 @@ def error_text(e: BaseException) -> str:
     return " ".join(str(msg).split())
 
 
-def _rotation(frame: av.VideoFrame) -> int:
+def frame_rotation(frame: av.VideoFrame) -> int:
     """The frame's display rotation snapped to 0/90/180/270 (counter-clockwise)."""
     deg = frame.rotation or 0
     snapped = int(round(deg / 90.0)) * 90 % 360
@@ -109,34 +133,189 @@ def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
     return float(value * time_base)
 
 
-def probe(path: str | os.PathLike) -> VideoInfo:
+def codec_name(stream) -> str:
+    """The stream's codec ("av1", "h264"): not its decoder's name ("libdav1d"), which
+    muxers do not know."""
+    ctx = stream.codec_context
+    return ctx.codec.canonical_name if ctx is not None else "unknown"
+
+
+def _area(stream) -> int:
+    ctx = stream.codec_context
+    return (ctx.width * ctx.height) if ctx is not None else 0
+
+
+def _describe_streams(container) -> str:
+    """The video streams for a message: `0 (h264 160x120, default), 1 (png 64x48, cover)`."""
+    parts = []
+    for s in container.streams.video:
+        flags = int(s.disposition)
+        tags = ["default"] * bool(flags & _DEFAULT) + ["cover"] * bool(flags & (_ATTACHED_PIC | _TIMED_THUMBNAILS))
+        size = f"{s.codec_context.width}x{s.codec_context.height}" if s.codec_context is not None else "?"
+        parts.append(f"{s.index} ({codec_name(s)} {size}{''.join(', ' + t for t in tags)})")
+    return ", ".join(parts)
+
+
+def select_video_stream(container: av.container.InputContainer, index: int | None = None, name: str = ""):
+    """The video stream to decode and mux.
+
+    Args:
+        container: an open input.
+        index: the container's stream index to use (ffprobe's `Stream #0:N`); None picks the
+            stream marked default, else the largest that is not a cover picture or thumbnail.
+        name: the file's name, for messages.
+
+    Raises:
+        InputError: no video stream, only a cover picture, or `index` is not a video stream.
+    """
+    name = name or Path(container.name).name
+    videos = list(container.streams.video)
+    if index is not None:
+        if not 0 <= index < len(container.streams):
+            what = f"{name} has no stream {index}"
+        elif container.streams[index].type != "video":
+            what = f"stream {index} of {name} is {container.streams[index].type}, not video"
+        else:
+            return container.streams[index]
+        have = f"its video streams: {_describe_streams(container)}" if videos else "it has no video stream"
+        raise InputError(f"{what}; {have} (pass one of them to --video-stream)")
+    if not videos:
+        kind = "only audio" if container.streams.audio else "no video stream"
+        raise InputError(f"{name} has {kind}; pass a file with a video stream")
+    real = [s for s in videos if not int(s.disposition) & (_ATTACHED_PIC | _TIMED_THUMBNAILS)]
+    if not real:
+        raise InputError(f"{name} holds only a cover picture, no video; pass a video file")
+    marked = [s for s in real if int(s.disposition) & _DEFAULT]
+    return max(marked or real, key=lambda s: (_area(s), -s.index))
+
+
+@dataclass
+class DecodeLog:
+    """What reading a stream met: packets skipped for damage, and the packets' time span."""
+
+    errors: int = 0  # packets the demuxer or decoder refused, and frames flagged corrupt
+    first_error: str | None = None
+    start_s: Fraction | None = None  # earliest packet time (pts, else dts), seconds (exact)
+    end_s: Fraction | None = None  # latest packet time + duration
+    gaps: list[tuple[float, float]] = field(default_factory=list)  # (from, to) s, held over
+
+    @property
+    def lost_s(self) -> float:
+        """Seconds of video replaced by the last good frame."""
+        return sum(b - a for a, b in self.gaps)
+
+    def note_error(self, e: BaseException | None = None) -> None:
+        self.errors += 1
+        if self.first_error is None:
+            self.first_error = error_text(e) if e is not None else "corrupt frame"
+
+    def note_packet(self, packet: av.Packet, default_dur: Fraction) -> None:
+        ts = packet.pts if packet.pts is not None else packet.dts
+        if ts is None or packet.time_base is None or not packet.size:
+            return
+        t = ts * packet.time_base
+        end = t + (packet.duration * packet.time_base if packet.duration else default_dur)
+        self.start_s = t if self.start_s is None else min(self.start_s, t)
+        self.end_s = end if self.end_s is None else max(self.end_s, end)
+
+
+def packets(container: av.container.InputContainer, stream, log: DecodeLog | None = None) -> Iterator[av.Packet]:
+    """Every packet of `stream` in file order, the demuxer's final empty one included.
+
+    A demuxer error is counted in `log` and reading resumes after it (the demuxer
+    looks for the next readable packet); after many in a row the rest is given up.
+    """
+    default_dur = 1 / Fraction(stream.average_rate) if stream.average_rate else Fraction(0)
+    in_row = 0
+    while True:
+        try:
+            for packet in container.demux(stream):
+                in_row = 0
+                if log is not None:
+                    log.note_packet(packet, default_dur)
+                yield packet
+            return
+        except av.FFmpegError as e:
+            in_row += 1
+            if log is not None:
+                log.note_error(e)
+            if in_row >= _MAX_DEMUX_ERRORS:
+                logger.warning("%s: the demuxer gave up (%s); using what was read", Path(container.name).name, error_text(e))
+                return
+
+
+def decode_frames(container, stream, log: DecodeLog) -> Iterator[tuple[av.VideoFrame, bool]]:
+    """Decoded frames that do not depend on damaged data, in presentation order, each with
+    whether damage was skipped just before it.
+
+    A packet the decoder refuses (or a frame it flags corrupt) is skipped; frames resume
+    at the next keyframe, or at any clean frame once `_RESYNC_MAX_S` passed without one.
+    """
+    damaged, last_time = False, None
+    for packet in packets(container, stream, log):
+        try:
+            frames = packet.decode()
+        except av.FFmpegError as e:
+            log.note_error(e)
+            damaged = True
+            continue
+        for frame in frames:
+            if frame.is_corrupt:
+                log.note_error()
+                damaged = True
+                continue
+            t = frame.time
+            if damaged and not frame.key_frame:
+                waited = t is not None and last_time is not None and t - last_time > _RESYNC_MAX_S
+                if not waited:
+                    continue
+            yield frame, damaged
+            damaged, last_time = False, t if t is not None else last_time
+
+
+def _check_still(container, stream, path: Path) -> None:
+    """Refuse a still image: an image demuxer, or an image codec holding one picture."""
+    fmt = container.format.name
+    codec = codec_name(stream)
+    if fmt == "image2" or fmt.endswith("_pipe") or int(stream.disposition) & _STILL_IMAGE:
+        raise InputError(f"{path.name} is a still image ({codec}), not a video; pass a video file")
+    if codec in _IMAGE_CODECS:
+        count = 0
+        with open_video(path) as c:  # a second reader: `container` stays at the start
+            for packet in packets(c, c.streams[stream.index]):
+                count += bool(packet.size)
+                if count > 1:
+                    return
+        raise InputError(f"{path.name} is a single {codec} picture, not a video; pass a video file")
+
+
+def probe(path: str | os.PathLike, stream: int | None = None) -> VideoInfo:
     """Read a video's headers and decode its first frame.
 
     Args:
         path: the video file.
+        stream: the container's index of the video stream to use (see `select_video_stream`).
 
     Raises:
-        InputError: missing, empty or unreadable file, no video stream, or no frame decodes.
+        InputError: missing, empty or unreadable file, no video stream, a still image, or no
+            frame decodes.
     """
     p = _check_file(path)
     with open_video(p) as container:
-        if not container.streams.video:
-            kind = "only audio" if container.streams.audio else "no video stream"
-            raise InputError(f"{p.name} has {kind}; pass a file with a video stream")
-        vs = container.streams.video[0]
+        vs = select_video_stream(container, stream, p.name)
+        if len(container.streams.video) > 1:
+            logger.info("%s: using video stream %d of %s", p.name, vs.index, _describe_streams(container))
+        _check_still(container, vs, p)
+        log = DecodeLog()
         first = None
-        try:
-            for frame in container.decode(vs):
-                first = frame
-                break
-        except av.FFmpegError as e:
-            raise InputError(
-                f"cannot decode {p.name} ({error_text(e)}); the file is corrupt or truncated"
-            ) from e
+        for frame, _ in decode_frames(container, vs, log):
+            first = frame
+            break
         if first is None:
-            raise InputError(f"no frame of {p.name} decodes; the file is corrupt or truncated")
+            why = f" ({log.first_error})" if log.first_error else ""
+            raise InputError(f"no frame of {p.name} decodes{why}; the file is corrupt or truncated")
 
-        rotation = _rotation(first)
+        rotation = frame_rotation(first)
         fps = float(vs.average_rate or vs.guessed_rate or 0.0)
         duration = _seconds(vs.duration, vs.time_base)
         if duration is None and container.duration is not None:
@@ -159,9 +338,10 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             width=w,
             height=h,
             rotation=rotation,
-            codec=vs.codec_context.name,
+            codec=codec_name(vs),
             has_audio=bool(container.streams.audio),
             audio_duration_s=audio_duration,
+            stream_index=vs.index,
         )
 
 
@@ -178,15 +358,20 @@ class VideoReader:
     for batch in reader.sample(fps=8, size=224):   # uint8 [n, 224, 224, 3]
         ...
     reader.duration_s, reader.num_samples          # exact, after iteration
+    reader.damage.lost_s                           # seconds held over damaged parts
     ```
     """
 
-    def __init__(self, path: str | os.PathLike):
-        self.info = probe(path)
+    def __init__(self, path: str | os.PathLike, stream: int | None = None):
+        """Args: path: the video; stream: the container's index of the video stream (None: see
+        `select_video_stream`)."""
+        self.info = probe(path, stream)
         self.path = Path(self.info.path)
         self.duration_s: float | None = None  # set when a `sample` pass finishes
         self.num_samples: int | None = None
         self.frames_decoded: int | None = None
+        self.damage = DecodeLog()
+        self._tail_end = 0.0  # a damaged tail's end, when packets outlast the last good frame
 
     def expected_samples(self, fps: float) -> int:
         """Sample count predicted from the headers; `num_samples` after iteration is exact."""
@@ -235,7 +420,7 @@ class VideoReader:
                 k += 1
             prev, last_t, last_dur = frame, t, dur
 
-        duration = last_t + last_dur
+        duration = max(last_t + last_dur, self._tail_end)
         if duration < self.info.duration_s - max(0.5, 2 * last_dur):
             logger.warning(
                 "%s: decoded %.2f s of the %.2f s the header promises; the file may be truncated",
@@ -258,37 +443,23 @@ class VideoReader:
         )
 
     def _decode(self) -> Iterator[tuple[float, float, av.VideoFrame]]:
-        """(t, duration, frame) for each frame in presentation order, t from the first frame.
+        """(t, duration, frame) for each good frame in presentation order.
 
-        A decode error after at least one frame ends the stream with a warning
-        (a truncated file yields what it holds); before any frame it is an InputError.
+        t counts from the first frame, or from the first packet when damage came before
+        the first good frame (so the music stays in step with the muxed video). Damage
+        is skipped (see `decode_frames`) and recorded in `self.damage`, with one warning at the end.
         """
         decoded = 0
+        self.damage = log = DecodeLog()
+        self._tail_end = 0.0
         with open_video(self.path) as container:
-            vs = container.streams.video[0]
+            vs = select_video_stream(container, self.info.stream_index, self.path.name)
             vs.thread_type = "AUTO"
             default_dur = 1.0 / float(vs.average_rate) if vs.average_rate else None
-            frames = container.decode(vs)
             start = None
-            last_t, last_step = 0.0, None  # last_step: the latest inter-frame interval
-            while True:
-                try:
-                    frame = next(frames)
-                except StopIteration:
-                    break
-                except av.FFmpegError as e:
-                    if decoded == 0:
-                        raise InputError(
-                            f"cannot decode {self.path.name} ({error_text(e)}); "
-                            "the file is corrupt or truncated"
-                        ) from e
-                    logger.warning(
-                        "%s: decoding stopped after %d frames (%s); using the decoded part",
-                        self.path.name,
-                        decoded,
-                        error_text(e),
-                    )
-                    break
+            last_t, last_step, last_end = 0.0, None, 0.0  # last_step: the latest inter-frame interval
+            errors_seen = 0  # log.errors at the last good frame
+            for frame, after_damage in decode_frames(container, vs, log):
                 pts = frame.pts if frame.pts is not None else frame.dts
                 if pts is None or frame.time_base is None:
                     # No timestamp: continue the previous frame's clock.
@@ -296,25 +467,45 @@ class VideoReader:
                 else:
                     if start is None:
                         start = pts * frame.time_base
+                        if log.errors and log.start_s is not None:
+                            start = min(start, log.start_s)
                     t = float(pts * frame.time_base - start)
                 if decoded and t < last_t:
                     logger.debug("%s: pts going backwards at %.4f s; dropped", self.path.name, t)
                     continue
+                if after_damage and t > last_end:
+                    log.gaps.append((last_end, t))
                 if decoded:
                     last_step = t - last_t
                 decoded += 1
                 self.frames_decoded = decoded
                 own = _seconds(frame.duration, frame.time_base) if frame.duration else None
-                yield t, own or default_dur or last_step or 0.0, frame
-                last_t = t
+                dur = own or default_dur or last_step or 0.0
+                yield t, dur, frame
+                last_t, last_end, errors_seen = t, t + dur, log.errors
         if decoded == 0:
-            raise InputError(
-                f"no frame of {self.path.name} decodes; the file is corrupt or truncated"
+            why = f" ({log.first_error})" if log.first_error else ""
+            raise InputError(f"no frame of {self.path.name} decodes{why}; the file is corrupt or truncated")
+        if log.errors > errors_seen and log.end_s is not None and start is not None:
+            # Damage after the last good frame: hold it to the end of the stream's packets.
+            self._tail_end = float(log.end_s - start)
+            if self._tail_end > last_end:
+                log.gaps.append((last_end, self._tail_end))
+        if log.errors:
+            where = ", ".join(f"{a:.2f}-{b:.2f} s" for a, b in log.gaps[:3]) + (" ..." if len(log.gaps) > 3 else "")
+            logger.warning(
+                "%s: skipped %d damaged packet%s (first: %s); %.2f s of video lost%s, the last good frame held there",
+                self.path.name,
+                log.errors,
+                "s" * (log.errors != 1),
+                log.first_error,
+                log.lost_s,
+                f" at {where}" if where else "",
             )
 
     def _convert(self, frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
         """Upright RGB uint8 (height, width, 3) of the whole frame."""
-        k = _rotation(frame) // 90
+        k = frame_rotation(frame) // 90
         # Resize in the coded orientation, then rotate: swapped target dims for 90/270.
         w, h = (height, width) if k % 2 else (width, height)
         rgb = frame.reformat(width=w, height=h, format="rgb24").to_ndarray()  # (h, w, 3)

@@ -181,3 +181,34 @@ def test_device_auto_without_torch_uses_the_gpu_the_driver_reports(lean_bundle, 
     assert out["explicit"] == ["onnxruntime", "cuda:1"]
     assert out["no_gpu"] == ["onnxruntime", "cpu"]
     assert out["loaded"] == []
+
+
+def test_torch_commands_say_what_to_install(lean_bundle, blocker, short_video, tmp_path):
+    """Without torch, each command that needs it is one line naming the extra, exit 2
+    (before: `internal error: ModuleNotFoundError` and exit 1 for init-model and demo)."""
+    cases = {
+        "init-model": ["init-model", "-o", str(tmp_path / "b")],
+        "demo": ["demo", "-o", str(tmp_path / "d.mp4")],
+        "export": ["export", str(lean_bundle), "-o", str(tmp_path / "x")],
+        "torch backend": ["generate", str(short_video.path), "-o", str(tmp_path / "o.wav"), "--model",
+                          str(lean_bundle), "--backend", "torch"],
+    }
+    r = _python(blocker, f"""
+        import contextlib, io, json
+        from v2m.runtime.cli import main
+        out = {{}}
+        for name, argv in {cases!r}.items():
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                rc = main(argv)
+            out[name] = [rc, err.getvalue()]
+        print(json.dumps(out))
+    """, tmp_path)
+    assert r.returncode == 0, r.stderr
+    results = json.loads(r.stdout.strip().splitlines()[-1])
+    for name, (rc, err) in results.items():
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("v2m: error:"), (name, rc, err)
+        assert "needs torch" in err and "pip install" in err and "internal error" not in err, (name, err)
+    assert "[torch]" in results["init-model"][1] and "[export]" in results["export"][1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

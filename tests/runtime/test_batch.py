@@ -52,7 +52,7 @@ def test_folder_batch_resume_and_overwrite(capsys, tiny_bundle, folder, tmp_path
     out = tmp_path / "out"
     args = ("generate", folder, "-o", out, "--model", tiny_bundle, "--device", "cpu", "--steps", "2", "--seed", "5")
     rc, stdout, err = _run(capsys, *args)
-    assert rc == 1  # notes.txt failed
+    assert rc == 2  # notes.txt failed (bad input: exit 2)
     assert "3 ok, 1 failed" in stdout
     assert [ln for ln in err.splitlines() if ln.strip()] == [ln for ln in err.splitlines() if "notes.txt" in ln]
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -114,7 +114,7 @@ def test_manifest(capsys, tiny_bundle, short_video, tmp_path):
     out = tmp_path / "new" / "out"
     rc, stdout, err = _run(capsys, "generate", "--manifest", tmp_path / "jobs.jsonl", "-o", out, "--model", tiny_bundle,
                            "--device", "cpu", "--steps", "2", "--quiet")
-    assert rc == 1 and "2 ok, 3 failed" in stdout
+    assert rc == 2 and "2 ok, 3 failed" in stdout
     assert len(err.strip().splitlines()) == 3 and "Traceback" not in err
     assert "line 2: not valid JSON" in err and "unknown keys ['tempo']" in err and "missing.mp4" in err
     assert (out / "first.wav").is_file() and (out / "my clip.mp4").is_file()
@@ -136,7 +136,7 @@ def test_file_list_names_and_output_is_input(capsys, tiny_bundle, short_video, t
     _one_line_error(rc, err)
     rc, stdout, err = _run(capsys, "generate", tmp_path / "x" / "clip.mp4", short_video.path, "-o", tmp_path / "x",
                            "--model", tiny_bundle, "--device", "cpu", "--steps", "2", "--format", "mp4")
-    assert rc == 1 and "is the input video" in err
+    assert rc == 2 and "is the input video" in err
     assert (tmp_path / "x" / "clip.mp4").read_bytes() == before
 
 
@@ -190,7 +190,7 @@ def test_batch_profile_and_trace(capsys, tiny_bundle, folder, tmp_path):
     rc, stdout, err = _run(capsys, "generate", folder, "-o", out, "--model", tiny_bundle, "--device", "cpu",
                            "--steps", "3", "--batch-size", "2", "--format", "wav",
                            "--profile", rep_path, "--trace", trace_path)
-    assert rc == 1 and "3 ok, 1 failed" in stdout  # notes.txt
+    assert rc == 2 and "3 ok, 1 failed" in stdout  # notes.txt
     assert f"wrote profile report {rep_path}" in stdout and f"wrote Chrome trace {trace_path}" in stdout
     assert "batch: 3 ok, 1 failed, 0 skipped" in stdout and "batched B=2 L=25" in stdout  # the table
     r = json.loads(rep_path.read_text())

@@ -1,0 +1,237 @@
+"""What every `v2m` subcommand shares: one-line usage errors, help that shows each
+option's default and ends with examples, option values checked before any work,
+and the progress bar of a single generation.
+
+Option checks are one table, `CHECKS`: an option's `dest` -> a function that returns
+what is wrong with a value (or None). `check_options` runs every entry whose option
+the parsed command has, before a video is decoded or a model loaded. A new option
+needs one line there; sampler options reuse `SamplerOptions`' own rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import re
+import statistics
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from .errors import InputError
+from .sampler import SamplerOptions
+
+__all__ = [
+    "CHECKS",
+    "ArgumentParser",
+    "HelpFormatter",
+    "StepProgress",
+    "UsageError",
+    "check_options",
+    "flag",
+]
+
+MAX_SEED = 2**63 - 1
+MAX_CLIP_S = 600.0  # generated test clips (demo, bench): ten minutes is already a long wait
+MAX_BATCH = 1024
+KEEP_AUDIO_DB = (-60.0, 20.0)  # below -60 dB the original is inaudible under music
+
+
+class UsageError(Exception):
+    """A command line argparse cannot parse: one line, exit 2."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Appends each option's default to its help (flags: "default: off"), unless the help
+    already says it; keeps the examples epilog as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.required or action.default is argparse.SUPPRESS:
+            return text
+        if action.default is False or action.nargs == 0 and action.default is None:
+            return text + " (default: off)"
+        if action.default is None:
+            return text
+        return text + " (default: %(default)s)"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (`UsageError`) and an examples epilog.
+
+    Args:
+        examples: command lines shown at the end of `--help`.
+    """
+
+    def __init__(self, *args: Any, examples: Sequence[str] = (), **kwargs: Any):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        if kwargs.get("description"):  # the epilog is kept as written; the description is wrapped
+            kwargs["description"] = textwrap.fill(kwargs["description"], 79)
+        if examples:
+            kwargs["epilog"] = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# --- option checks -----------------------------------------------------------------------
+Check = Callable[[Any], "str | None"]
+
+
+def flag(dest: str) -> str:
+    """The command-line spelling of an option's dest: cfg_scale -> --cfg-scale."""
+    return "--" + dest.replace("_", "-")
+
+
+def _sampler(field: str) -> Check:
+    """SamplerOptions' own rule for one field (one rule for the CLI, the API and the server)."""
+
+    def check(value: Any) -> str | None:
+        try:
+            SamplerOptions(**{field: value})
+        except ValueError as e:
+            return str(e)
+        return None
+
+    return check
+
+
+def _int_in(lo: int, hi: int, what: str) -> Check:
+    def check(value: int) -> str | None:
+        if not lo <= value <= hi:
+            return f"{what} must be an integer in [{lo}, {hi}], got {value}"
+        return None
+
+    return check
+
+
+def _number_in(lo: float, hi: float, what: str, lo_open: bool = False) -> Check:
+    def check(value: float) -> str | None:
+        ok = math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi
+        if not ok:
+            return f"{what} must be a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {value}"
+        return None
+
+    return check
+
+
+def _device(value: str) -> str | None:
+    if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
+        return None
+    return f"device must be cpu, cuda, cuda:N or auto, got {value!r}"
+
+
+def _existing_file(value: str) -> str | None:
+    p = Path(value)
+    if not p.is_file():
+        return f"{value}: no such file"
+    return None
+
+
+def _size(value: tuple[int, int]) -> str | None:
+    w, h = value
+    if w % 2 or h % 2 or not (16 <= w <= 7680 and 16 <= h <= 4320):
+        return f"size must be even, from 16x16 to 7680x4320, got {w}x{h}"
+    return None
+
+
+def _opset(value: int) -> str | None:
+    hi = 99
+    try:  # the newest opset the installed onnx knows (torch's exporter may know fewer)
+        import onnx
+
+        hi = int(onnx.defs.onnx_opset_version())
+    except ImportError:
+        pass
+    return _int_in(17, hi, "opset")(value)
+
+
+# dest -> check. Every parsed option of every subcommand with an entry here is checked
+# before any work; None values (option not given) are skipped.
+CHECKS: dict[str, Check] = {
+    "steps": _sampler("steps"),
+    "cfg_scale": _sampler("cfg_scale"),
+    "solver": _sampler("solver"),
+    "shift": _sampler("shift"),
+    "curve_guidance": _sampler("curve_guidance"),
+    "seed": _int_in(0, MAX_SEED, "seed"),
+    "device": _device,
+    "keep_audio": _number_in(*KEEP_AUDIO_DB, "the original audio's level in dB"),
+    "batch_size": _int_in(1, MAX_BATCH, "batch size"),
+    "duration": _number_in(0.0, MAX_CLIP_S, "duration in seconds", lo_open=True),
+    "repeats": _int_in(1, 1000, "repeats"),
+    "video_stream": _int_in(0, 65535, "the video stream index"),
+    "text_embeddings": _existing_file,
+    "size": _size,
+    "opset": _opset,
+    "tolerance": _number_in(0.0, 10.0, "tolerance in seconds", lo_open=True),
+}
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Run `CHECKS` over the parsed options; the first problem is an InputError (one line)."""
+    for dest, value in vars(args).items():
+        check = CHECKS.get(dest)
+        if check is None or value is None:
+            continue
+        problem = check(value)
+        if problem:
+            raise InputError(f"{flag(dest)}: {problem}")
+
+
+# --- progress ----------------------------------------------------------------------------
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
+class StepProgress:
+    """`[#########---------] step 40/96 | 1.2 s | ETA 1.8 s` on stderr, redrawn in place.
+
+    The ETA is the remaining steps times the median of the last 16 step times (the
+    first step, which compiles or captures, does not skew it). Off unless the stream
+    is a terminal (a pipe or a log file gets nothing), or when `enabled=False`. Use as
+    `on_step` of `Pipeline.generate`; `close()` ends the line.
+    """
+
+    WIDTH = 24
+
+    def __init__(self, total: int, enabled: bool | None = None, stream: TextIO | None = None, label: str = "step"):
+        self.stream = stream or sys.stderr
+        self.enabled = _is_terminal(self.stream) if enabled is None else enabled
+        self.total, self.label = max(1, int(total)), label
+        self.done = 0
+        self.t0 = self._tick = time.perf_counter()
+        self.recent: collections.deque[float] = collections.deque(maxlen=16)  # seconds per step
+        self._drawn_at = -1.0
+
+    def __call__(self, i: int) -> None:
+        now = time.perf_counter()
+        self.recent.append(now - self._tick)
+        self._tick = now
+        self.done += 1
+        if self.enabled and (self.done >= self.total or now - self._drawn_at >= 0.1):
+            self._drawn_at = now
+            self.stream.write("\r" + self.line(now))
+            self.stream.flush()
+
+    def line(self, now: float) -> str:
+        """The bar's text at time `now` (perf_counter seconds)."""
+        filled = self.WIDTH * min(self.done, self.total) // self.total
+        left = max(self.total - self.done, 0) * statistics.median(self.recent) if self.recent else None
+        eta = "?" if left is None else f"{left:.1f} s"
+        return (f"[{'#' * filled}{'-' * (self.WIDTH - filled)}] {self.label} {self.done}/{self.total}"
+                f" | {now - self.t0:.1f} s | ETA {eta}  ")
+
+    def close(self) -> None:
+        if self._drawn_at >= 0:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn_at = -1.0

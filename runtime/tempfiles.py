@@ -1,0 +1,245 @@
+"""Temporary files of atomic writes, and cleaning them up: on errors, on signals, after SIGKILL.
+
+Every output (audio, muxed video, batch sidecars and summaries) is written to a
+hidden temporary file next to it, flushed to disk, and renamed over the output
+only once complete, so a failure never leaves a half-written output.
+
+- An exception (a full disk, Ctrl-C) removes the temporary file on the way out.
+- SIGTERM and SIGHUP (`kill`, `timeout`, `docker stop`, systemd, a closed
+  terminal) are turned into `Terminated`, a `KeyboardInterrupt`, inside
+  `signals_as_interrupts()`: the same unwinding as Ctrl-C, then exit 128 + signal.
+- SIGKILL (or a power cut) cannot be caught. The temporary file's name says who
+  made it: `.{stem}.{host}.{pid}.{token}.v2m-tmp{suffix}`. The next v2m run that
+  writes into that directory removes it when it is stale: made on this host by a
+  process that is no longer running, or not modified for `STALE_AFTER_S` (a live
+  writer keeps its file's mtime fresh), whoever made it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import OutputError, Terminated
+
+__all__ = [
+    "STALE_AFTER_S",
+    "atomic_output",
+    "clean_stale",
+    "is_temp_name",
+    "remove_live",
+    "signals_as_interrupts",
+    "temp_path",
+    "write_error",
+]
+
+log = logging.getLogger("v2m.tempfiles")
+
+STALE_AFTER_S = 3 * 3600  # a temp file untouched this long is dead, whoever made it
+_TEMP_RE = re.compile(
+    r"^\.(?P<stem>.*)\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]{8})\.v2m-tmp(?P<suffix>\.[^.]*)?$"
+)
+_live: set[Path] = set()  # temp files of this process, removed by `remove_live`
+_cleaned: set[str] = set()  # directories already swept by this process
+_lock = threading.Lock()
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "host"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` is a v2m temporary file's name."""
+    return _TEMP_RE.match(name) is not None
+
+
+def _advice(e: OSError) -> str:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space or write elsewhere"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "check the permissions or write elsewhere"
+    if e.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "the output folder is gone; create it again or write elsewhere"
+    return "check free space and permissions"
+
+
+def write_error(path: str | os.PathLike, e: BaseException) -> OutputError:
+    """The one-line `OutputError` for a failed write of `path`."""
+    msg = " ".join(str(getattr(e, "strerror", None) or e or type(e).__name__).split())
+    advice = _advice(e) if isinstance(e, OSError) else "check free space and permissions"
+    return OutputError(f"cannot write {path} ({msg}); {advice}")
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """Create a fresh, empty hidden temporary file next to `path` and return its name.
+
+    It keeps `path`'s suffix (muxers pick the format by it). Stale temporary files
+    of earlier runs in that directory are removed first (once per directory).
+
+    Raises:
+        OutputError: the directory cannot be written (missing, read-only, full).
+    """
+    path = Path(path)
+    clean_stale(path.parent)
+    while True:
+        tmp = path.with_name(
+            f".{path.stem}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.v2m-tmp{path.suffix}"
+        )
+        try:
+            # Created with 0o666 so the umask applies, like a plain open().
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise write_error(path, e) from None
+        with _lock:
+            _live.add(tmp)
+        return tmp
+
+
+def _discard(tmp: Path) -> None:
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError as e:
+        log.warning("could not remove the temporary file %s (%s)", tmp, e.strerror)
+    with _lock:
+        _live.discard(tmp)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, errors: tuple[type[BaseException], ...] = ()) -> Iterator[Path]:
+    """Yield a temporary file next to `path`; when the block ends normally, flush it to
+    disk and rename it over `path`. On any exception the temporary file is removed.
+
+    Args:
+        path: the output.
+        errors: exception types (besides OSError) that mean the write failed: they
+            become a one-line `OutputError`.
+
+    Raises:
+        OutputError: the write or the rename failed (no file is left).
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        try:
+            yield tmp
+            _fsync(tmp)
+            os.replace(tmp, path)
+        except (OSError, *errors) as e:
+            raise write_error(path, e) from e
+    finally:
+        _discard(tmp)
+
+
+def remove_live() -> list[Path]:
+    """Remove every temporary file this process is still writing (after a signal)."""
+    with _lock:
+        live = list(_live)
+    for tmp in live:
+        _discard(tmp)
+    return live
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would send a signal there; rely on the age rule
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def _stale_reason(name: str, path: Path, now: float) -> str | None:
+    m = _TEMP_RE.match(name)
+    if m is None:
+        return None
+    try:
+        age = now - path.stat().st_mtime
+    except OSError:
+        return None
+    pid, host = int(m["pid"]), m["host"]
+    if host == _host() and pid != os.getpid() and not _alive(pid):
+        return f"left by process {pid}, which is no longer running"
+    if age > STALE_AFTER_S and not (host == _host() and pid == os.getpid()):
+        return f"left by process {pid} on {host}, untouched for {age / 3600:.1f} h"
+    return None
+
+
+def clean_stale(directory: str | os.PathLike, force: bool = False) -> list[Path]:
+    """Remove the stale v2m temporary files in `directory` (see the module docstring).
+
+    Each directory is swept once per process unless `force`. Returns what was removed.
+    """
+    directory = Path(directory)
+    key = os.path.realpath(directory)
+    with _lock:
+        if key in _cleaned and not force:
+            return []
+        _cleaned.add(key)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    removed, now = [], time.time()
+    for name in names:
+        path = directory / name
+        reason = _stale_reason(name, path, now)
+        if reason is None or path in _live:
+            continue
+        try:
+            path.unlink()
+        except OSError as e:
+            log.warning("could not remove the stale temporary file %s (%s)", path, e.strerror)
+            continue
+        log.info("removed the stale temporary file %s (%s)", path, reason)
+        removed.append(path)
+    return removed
+
+
+@contextmanager
+def signals_as_interrupts(signums: tuple[str, ...] = ("SIGTERM", "SIGHUP")) -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise `Terminated` in the main thread (a
+    `KeyboardInterrupt`: everything unwinds as for Ctrl-C). Later ones while unwinding
+    are ignored so the cleanup finishes. The previous handlers come back at the end.
+    Outside the main thread this does nothing (Python delivers signals there only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, object] = {}
+
+    def handler(signum, frame):
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    for name in signums:
+        if hasattr(signal, name):
+            s = getattr(signal, name)
+            previous[s] = signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
