@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import InputError, V2MError
+from .sao import PRESET_NAMES as SAO_PRESET_NAMES
 
 log = logging.getLogger("v2m.cli")
 
@@ -391,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     i = sub.add_parser("init-model", help="write a random-weight bundle of a preset")
-    i.add_argument("--preset", default="tiny", choices=["tiny", "small", "full"])
+    i.add_argument("--preset", default="tiny", choices=["tiny", "small", "full", *SAO_PRESET_NAMES])
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     i.add_argument("--overwrite", action="store_true")
@@ -421,8 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     from .cli_bench import add_bench_parsers
+    from .cli_convert import add_convert_parser
 
     add_bench_parsers(sub, _add_runtime_args)
+    add_convert_parser(sub)
 
     c = sub.add_parser("curve", help="print a video's event curve")
     c.add_argument("video")
