@@ -82,13 +82,11 @@ class OnnxT5TextEncoder:
 def load_t5_text_encoder(bundle_dir: str | Path, text_cfg: dict, text_dim: int, device: str = "cpu"):
     """The T5 encoder of a bundle: torch weights (`text.safetensors`) if torch is installed, else
     `onnx/t5.onnx` in ONNX Runtime on the CPU."""
-    import importlib.util
-
     bundle_dir = Path(bundle_dir)
     tok = T5Tokenizer(bundle_dir / text_cfg.get("tokenizer", "tokenizer.json"), int(text_cfg.get("max_tokens", 128)))
     weights = bundle_dir / text_cfg.get("file", "text.safetensors")
     graph = bundle_dir / "onnx" / "t5.onnx"
-    if weights.is_file() and importlib.util.find_spec("torch") is not None:
+    if weights.is_file() and _torch_available():
         from v2m.models.checkpoint import apply_state_dict, load_safetensors
         from v2m.models.t5 import T5Encoder, T5TextEncoder
 
@@ -103,3 +101,11 @@ def load_t5_text_encoder(bundle_dir: str | Path, text_cfg: dict, text_dim: int, 
     if enc.dim != text_dim:
         raise BundleError(f"{bundle_dir}: T5 width {enc.dim} != the conditioner's text width {text_dim}")
     return enc
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -18,22 +18,7 @@ from v2m.models.sao_cond import (
 from v2m.runtime.errors import BundleError
 
 diffusers = pytest.importorskip("diffusers")
-from diffusers.pipelines.stable_audio.modeling_stable_audio import StableAudioProjectionModel  # noqa: E402
-
-REL = 1e-4
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def _projection(text_dim, cond_dim, seed=0):
-    torch.manual_seed(seed)
-    m = StableAudioProjectionModel(text_encoder_dim=text_dim, conditioning_dim=cond_dim, min_value=0, max_value=512)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_()
-    return m.eval()
+from sao_fixtures import REL, diffusers_projection, rel_err  # noqa: E402
 
 
 def _ours(ref) -> SAOConditioner:
@@ -53,7 +38,7 @@ def _text(b=2, s=6, e=12, seed=1):
 @pytest.mark.parametrize("text_dim,cond_dim", [(12, 12), (12, 20)], ids=["identity", "projected"])
 @torch.no_grad()
 def test_parity_with_diffusers_projection_and_pipeline_assembly(text_dim, cond_dim):
-    ref = _projection(text_dim, cond_dim)
+    ref = diffusers_projection(text_dim, cond_dim)
     ours = _ours(ref)
     text, mask = _text(e=text_dim)
     start, end = torch.tensor([0.0, 3.5]), torch.tensor([47.55, 600.0])  # 600 is clamped to 512
@@ -96,7 +81,7 @@ def _sat_model_section(small=False):
 def test_stable_audio_tools_layout_and_config():
     cfg, name, tokens = config_from_stable_audio(_sat_model_section(), text_dim=20)
     assert (name, tokens) == ("t5-base", 128) and cfg.global_dim == 40 and not cfg.text_projection
-    ref = _projection(20, 20, seed=3)
+    ref = diffusers_projection(20, 20, seed=3)
     via_diffusers = _ours(ref)
     # stable-audio-tools names: conditioner.conditioners.<id>.embedder.embedding.{0.weights,1.weight,1.bias}
     sd = {"model.model.preprocess_conv.weight": torch.zeros(1)}  # other parts of the checkpoint: ignored

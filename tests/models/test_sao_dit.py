@@ -21,10 +21,7 @@ from v2m.runtime.errors import BundleError
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.models.embeddings import get_1d_rotary_pos_embed  # noqa: E402
-from sao_fixtures import DF_DIT, dit_to_sat, randomize  # noqa: E402
-
-# fp32 parity bar of the issue: max |ours - reference| <= 1e-4 * max |reference|.
-REL = 1e-4
+from sao_fixtures import DF_DIT, REL, dit_to_sat, randomize, rel_err  # noqa: E402
 
 # A diffusers transformer in miniature with SAO 1.0's shape rules: 4 query heads of 16, 2 K/V heads
 # (GQA, cross_attention_dim 32 from 20-wide tokens), partial rotary (8 of 16 dims), 24-wide globals.
@@ -32,9 +29,6 @@ DF_TINY = dict(sample_size=16, in_channels=4, num_layers=2, attention_head_dim=1
                num_key_value_attention_heads=2, out_channels=4, cross_attention_dim=32, time_proj_dim=32,
                global_states_input_dim=24, cross_attention_input_dim=20)
 
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def _diffusers_dit(seed=0, **over):
@@ -299,3 +293,14 @@ def test_presets_have_the_published_sizes():
     assert 1.0e9 < n["sao-1.0"] < 1.1e9  # 1.06B: SAO 1.0's DiT
     assert PRESETS["sao-1.0"].kv_heads == 12 and PRESETS["sao-1.0"].rotary_dim == 32
     assert PRESETS["sao-small"].kv_heads == 8 and PRESETS["sao-small"].rotary_dim == 64
+
+
+def test_flops_count_every_matmul():
+    """2 FLOPs per weight per token for the block linears (K/V hoisted), plus the attention products."""
+    cfg = PRESETS["sao-tiny"]
+    m = SAODiT(cfg)
+    per_block = sum(p.numel() for n, p in m.blocks[0].named_parameters() if p.ndim == 2 and "cross.kv" not in n)
+    n, s = 10, 7
+    attn = 4 * (n + 1) ** 2 * cfg.width + 4 * (n + 1) * s * cfg.width
+    io = 2 * n * (m.proj_in.weight.numel() + m.proj_out.weight.numel())
+    assert cfg.flops(2, n, s) == 2 * (cfg.depth * (2 * per_block * (n + 1) + attn) + io)

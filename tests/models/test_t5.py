@@ -20,13 +20,7 @@ from v2m.runtime.t5_text import T5Tokenizer
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
-from sao_fixtures import trained_tokenizer  # noqa: E402
-
-REL = 1e-4
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
+from sao_fixtures import REL, rel_err, trained_tokenizer  # noqa: E402
 
 
 def _hf_t5(ff="relu", seed=0, cls=None):
