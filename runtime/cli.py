@@ -349,6 +349,11 @@ def cmd_export(args) -> int:
         )
     from v2m.export.exporter import export_bundle
 
+    from .bundle import load_config
+
+    if load_config(args.bundle).family == "sao":  # its graphs: v2m.export.sao, wired in with the SAO samplers
+        raise V2MError(f"{args.bundle} is a Stable Audio Open bundle: `v2m export` does not handle it yet "
+                       "(v2m.export.sao.export_sao_graphs exports its T5, conditioner and DiT graphs)")
     res = export_bundle(
         args.bundle, args.output, opset=args.opset, check=not args.no_check, with_weights=args.with_weights,
         on_check=lambda r: print(r.line(), flush=True),

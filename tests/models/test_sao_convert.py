@@ -207,7 +207,7 @@ def test_sao_bundle_config_round_trip_and_old_bundles(tiny_bundle, tmp_path):
 
 
 @torch.no_grad()
-def test_init_model_sao_tiny_runs_every_component(tmp_path):
+def test_init_model_sao_tiny_runs_every_component(tmp_path, short_video, capsys):
     assert main(["init-model", "--preset", "sao-tiny", "-o", str(tmp_path / "b")]) == 0
     b = tmp_path / "b"
     cfg = load_config(b)
@@ -223,3 +223,11 @@ def test_init_model_sao_tiny_runs_every_component(tmp_path):
     audio = vae(out)
     assert audio.shape == (1, 2, frames * 2048) and np.isfinite(audio.numpy()).all()
     assert load_component(b, "encoder") is not None
+    # Generation and `v2m export` wait for the SAO samplers: one line, exit 2, nothing written.
+    for argv in (["generate", str(short_video.path), "-o", str(tmp_path / "o.wav"), "--model", str(b)],
+                 ["export", str(b), "-o", str(tmp_path / "onnx")]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "Stable Audio Open bundle" in err[0]
+    assert not (tmp_path / "o.wav").exists() and not (tmp_path / "onnx").exists()
