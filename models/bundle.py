@@ -19,11 +19,12 @@ from v2m.runtime.errors import BundleError
 
 from . import dinov2 as dinov2_mod
 from . import dit as dit_mod
+from . import sao_bundle, sao_cond, sao_dit, t5
 from . import text as text_mod
 from . import vae as vae_mod
 from .checkpoint import apply_state_dict, load_safetensors, save_safetensors
 
-__all__ = ["BUNDLE_PRESETS", "bundle_config", "init_bundle", "load_component", "build_component", "randomize_weights"]
+__all__ = ["BUNDLE_PRESETS", "PRESET_NAMES", "bundle_config", "init_bundle", "load_component", "build_component", "randomize_weights"]
 
 log = logging.getLogger("v2m.bundle")
 
@@ -36,12 +37,16 @@ BUNDLE_PRESETS: dict[str, tuple[str, str, str, int, str]] = {
     "small": ("small", "small", "vits14", 224, "small"),
     "full": ("full", "full", "vitl14", 224, "full"),
 }
+# Every preset `init_bundle` takes: V2M-Zero's and Stable Audio Open's (`v2m.models.sao_bundle`).
+PRESET_NAMES = (*BUNDLE_PRESETS, *sao_bundle.SAO_PRESETS)
 
 
 def bundle_config(preset: str) -> BundleConfig:
-    """The config of a random bundle of `preset` (tiny, small or full)."""
+    """The config of a random bundle of `preset` (tiny, small, full, or an SAO preset)."""
+    if preset in sao_bundle.SAO_PRESETS:
+        return sao_bundle.bundle_config(preset)
     if preset not in BUNDLE_PRESETS:
-        raise BundleError(f"unknown preset {preset!r}; choose one of {sorted(BUNDLE_PRESETS)}")
+        raise BundleError(f"unknown preset {preset!r}; choose one of {sorted(PRESET_NAMES)}")
     dit_p, vae_p, enc_p, px, text_p = BUNDLE_PRESETS[preset]
     dit_cfg = dit_mod.PRESETS[dit_p]
     vae_cfg = vae_mod.PRESETS[vae_p]
@@ -67,12 +72,20 @@ def bundle_config(preset: str) -> BundleConfig:
 
 
 def build_component(cfg: BundleConfig, name: str) -> nn.Module:
-    """An uninitialized module for one component of a bundle config."""
+    """An uninitialized module for one component of a bundle config (dispatching on its family)."""
+    if name == "dit" and cfg.family == "sao":
+        return sao_dit.SAODiT(sao_dit.SAODiTConfig.from_dict(cfg.dit))
     if name == "dit":
         return dit_mod.DiT(dit_mod.DiTConfig.from_dict(cfg.dit))
+    if name == "cond" and cfg.family == "sao":
+        return sao_cond.SAOConditioner(sao_cond.SAOCondConfig.from_dict(cfg.sao["cond"]))
+    if name == "text" and cfg.text.get("kind") == "t5":
+        return t5.T5Encoder(t5.T5Config.from_dict(cfg.text["config"]))
     if name == "vae":
         return vae_mod.OobleckDecoder(vae_mod.OobleckConfig.from_dict(cfg.vae))
     if name == "encoder":
+        if cfg.encoder.get("kind") == "none":
+            raise BundleError("this bundle has no frame encoder (converted without --encoder): it runs text-only")
         if cfg.encoder.get("kind", "dinov2") != "dinov2":
             raise BundleError(f"unknown frame encoder kind {cfg.encoder.get('kind')!r}")
         return dinov2_mod.DINOv2(dinov2_mod.DINOv2Config.from_dict(cfg.encoder["config"]))
@@ -139,7 +152,8 @@ def init_bundle(
     meta = {"format": "v2m", "preset": preset, "seed": str(seed), "weights": "random"}
     if device.type != "cpu":
         meta["made_on"] = device.type
-    for name in ("encoder", "vae", "dit"):
+    sao = cfg.family == "sao"
+    for name in ("encoder", "vae", "dit") + (("cond", "text") if sao else ()):
         with device:
             module = build_component(cfg, name)
         randomize_weights(module, gen)
@@ -151,6 +165,10 @@ def init_bundle(
         del module
         save_safetensors(state, out / f"{name}.safetensors", metadata={**meta, "component": name})
         log.info("wrote %s (%.1fM parameters)", out / f"{name}.safetensors", sum(v.numel() for v in state.values()) / 1e6)
+    if sao:  # the T5 weights went with the components; its tokenizer is generated
+        t5.make_tokenizer(out / cfg.text["tokenizer"], t5.T5Config.from_dict(cfg.text["config"]).vocab_size)
+        cfg.save(out)
+        return out
     text_cfg = text_mod.TextConfig(**cfg.text)
     save_safetensors(
         text_mod.init_builtin_table(text_cfg, cfg.text_dim, torch.Generator().manual_seed(seed + 1) if device.type != "cpu" else gen), out / "text.safetensors", metadata={**meta, "component": "text"}

@@ -6,7 +6,8 @@ bundle/
   dit.safetensors      # V2M-Zero DiT
   vae.safetensors      # Oobleck VAE decoder (weight norm folded)
   encoder.safetensors  # frame encoder (DINOv2)
-  text.safetensors     # text conditioning (built-in encoder table or precomputed)
+  text.safetensors     # text conditioning (built-in encoder table or precomputed; T5 for SAO)
+  cond.safetensors     # SAO only: the seconds/text conditioner; tokenizer.json: its T5 tokenizer
   onnx/, manifest.json # after `v2m export` (see v2m.export)
 ```
 
@@ -26,6 +27,7 @@ from .errors import BundleError
 __all__ = [
     "BUNDLE_FORMAT",
     "COMPONENTS",
+    "FAMILIES",
     "SamplerConfig",
     "CurveConfig",
     "AudioConfig",
@@ -35,6 +37,9 @@ __all__ = [
 
 BUNDLE_FORMAT = "v2m-bundle/1"
 COMPONENTS = ("dit", "vae", "encoder", "text")
+# "v2m": V2M-Zero's own DiT (`v2m.models.dit`); "sao": Stable Audio Open (`v2m.models.sao_dit`,
+# settings in the `sao` section, `v2m.runtime.sao.SAOConfig`). A config without `family` is "v2m".
+FAMILIES = ("v2m", "sao")
 
 
 def _from_dict(cls, d: dict[str, Any], where: str):
@@ -88,6 +93,8 @@ class BundleConfig:
     curve: CurveConfig = field(default_factory=CurveConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     format: str = BUNDLE_FORMAT
+    family: str = "v2m"
+    sao: dict[str, Any] | None = None  # family "sao" only: SAOConfig as a dict
 
     # --- derived geometry -------------------------------------------------
     @property
@@ -105,7 +112,18 @@ class BundleConfig:
 
     @property
     def text_dim(self) -> int:
+        if self.family == "sao":  # the T5 width the conditioner takes
+            return int(self.sao["cond"]["text_dim"])
         return int(self.dit["text_dim"])
+
+    @property
+    def sao_config(self):
+        """The `sao` section parsed (`v2m.runtime.sao.SAOConfig`); BundleError for another family."""
+        from .sao import SAOConfig
+
+        if self.family != "sao" or self.sao is None:
+            raise BundleError(f"this is a {self.family} bundle, not a Stable Audio Open one")
+        return SAOConfig.from_dict(self.sao)
 
     @property
     def image_size(self) -> int:
@@ -121,7 +139,10 @@ class BundleConfig:
 
     # --- (de)serialization -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.family == "v2m" and self.sao is None:  # V2M-Zero bundles read as before
+            del d["family"], d["sao"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> BundleConfig:
@@ -142,6 +163,14 @@ class BundleConfig:
         cfg.sampler, cfg.curve, cfg.audio = sampler, curve, audio
         if cfg.curve.kernel < 1 or cfg.curve.kernel % 2 == 0:
             raise BundleError(f"{where}: curve.kernel must be odd, got {cfg.curve.kernel}")
+        if cfg.family not in FAMILIES:
+            raise BundleError(f"{where}: unknown model family {cfg.family!r}; this v2m knows {', '.join(FAMILIES)}")
+        if (cfg.family == "sao") != (cfg.sao is not None):
+            raise BundleError(f"{where}: a 'sao' section goes with family 'sao' and only with it")
+        if cfg.sao is not None:
+            from .sao import SAOConfig
+
+            SAOConfig.from_dict(cfg.sao, where)  # validated now: one line, before any model loads
         return cfg
 
     def save(self, directory: str | Path) -> Path:

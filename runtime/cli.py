@@ -33,6 +33,7 @@ from .errors import (
     require,
     signal_exit_code,
 )
+from .sao import PRESET_NAMES as SAO_PRESET_NAMES
 
 log = logging.getLogger("v2m.cli")
 
@@ -484,6 +485,11 @@ def cmd_export(args) -> int:
         raise InputError(f"bundle {args.bundle} is not a directory; pass a PyTorch bundle (v2m init-model)")
     from v2m.export.exporter import export_bundle
 
+    from .bundle import load_config
+
+    if load_config(args.bundle).family == "sao":  # its graphs: v2m.export.sao, wired in with the SAO samplers
+        raise V2MError(f"{args.bundle} is a Stable Audio Open bundle: `v2m export` does not handle it yet "
+                       "(v2m.export.sao.export_sao_graphs exports its T5, conditioner and DiT graphs)")
     precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
     bad = [p for p in precisions if p not in ("fp32", "fp16", "bf16")]
     if bad or not precisions:
@@ -551,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Needs PyTorch.",
                        examples=["v2m init-model -o tiny-bundle",
                                  "v2m init-model --preset full --dtype fp16 --seed 1 -o full-bundle"])
-    i.add_argument("--preset", default="tiny", choices=["tiny", "small", "full"], help="model size")
+    i.add_argument("--preset", default="tiny", choices=["tiny", "small", "full", *SAO_PRESET_NAMES], help="model size")
     i.add_argument("--seed", type=int, default=0, help="weight seed, in [0, 2^63)")
     i.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="weight precision on disk")
     i.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
@@ -617,8 +623,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     from .cli_bench import add_bench_parsers
+    from .cli_convert import add_convert_parser
 
     add_bench_parsers(sub, _add_runtime_args)
+    add_convert_parser(sub)
 
     c = sub.add_parser("curve", help="print a video's event curve",
                        description="Print the event curve (when the video changes) at the latent frame rate.",

@@ -27,7 +27,7 @@ from . import curves as curves_mod
 from . import media, sampler, video, windows
 from .backends import Backend, create_backend
 from .bundle import BundleConfig, load_config
-from .errors import InputError, NumericalError
+from .errors import BundleError, InputError, NumericalError
 from .text import PrecomputedText, TextEncoder, load_text_encoder
 
 __all__ = ["Pipeline", "GenerationResult", "CurveResult"]
@@ -166,6 +166,9 @@ class Pipeline:
         """
         path = Path(path)
         cfg = load_config(path)
+        if cfg.family != "v2m":  # SAO bundles load (v2m.models) but have no sampler yet
+            raise BundleError(f"{path} is a Stable Audio Open bundle; generating with it needs the SAO samplers "
+                              "(DPM-Solver++ / ping-pong), which this v2m does not have yet")
         be = create_backend(backend, path, cfg, device=device, precision=precision, **backend_options)
         text = load_text_encoder(path, cfg.text, cfg.text_dim, device=be.device)
         log.info("loaded %s (preset %s) on %s", path, cfg.preset, be.describe())

@@ -8,6 +8,8 @@ Three implementations, chosen by the bundle's `text` config:
   (`embeddings` [S, E], optional `mask` [S]). Pure numpy.
 - `hf`: a local Hugging Face encoder directory (offline; needs torch and
   transformers, see `v2m.models.text`).
+- `t5`: Stable Audio Open's T5 from the bundle (`v2m.runtime.t5_text`: torch weights, or
+  the exported ONNX graph and a `tokenizers` tokenizer without torch).
 
 The unconditional branch of CFG is zeros of the same shape with the same mask.
 """
@@ -153,4 +155,8 @@ def load_text_encoder(bundle_dir: str | Path, text_cfg: dict, text_dim: int, dev
             ) from None
         path = Path(text_cfg["path"])
         return HFTextEncoder(path if path.is_absolute() else bundle_dir / path, text_max_tokens(text_cfg), text_dim, device)
-    raise BundleError(f"{bundle_dir / 'config.json'}: unknown text encoder kind {kind!r} (builtin, precomputed or hf)")
+    if kind == "t5":
+        from .t5_text import load_t5_text_encoder
+
+        return load_t5_text_encoder(bundle_dir, text_cfg, text_dim, device)
+    raise BundleError(f"{bundle_dir / 'config.json'}: unknown text encoder kind {kind!r} (builtin, precomputed, hf or t5)")

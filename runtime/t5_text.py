@@ -1,0 +1,113 @@
+"""T5 prompts without torch: a `tokenizers` tokenizer and the exported T5 encoder in ONNX Runtime.
+
+Stable Audio Open bundles (`text.kind == "t5"`) encode prompts with T5. The torch
+path is `v2m.models.t5.T5TextEncoder`; this module is the lean runtime's: the
+tokenizer is the `tokenizers` library reading the bundle's `tokenizer.json` (never
+transformers, never a download), the encoder is `onnx/t5.onnx` (`v2m.export.sao`).
+
+Tokenization follows transformers' T5 tokenizer with `padding="max_length",
+truncation=True`: the post-processor's `</s>` is kept when a prompt is cut, padding
+is `<pad>` to exactly `max_tokens`, the mask is 1 on real tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BackendUnavailable, BundleError
+
+__all__ = ["T5Tokenizer", "OnnxT5TextEncoder", "load_t5_text_encoder"]
+
+log = logging.getLogger("v2m.text")
+
+
+class T5Tokenizer:
+    """prompts -> (input_ids [B, S] int64, attention_mask [B, S] int64), S = max_tokens."""
+
+    def __init__(self, path: str | Path, max_tokens: int):
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise BundleError(f"{path}: tokenizer file is missing (a T5 tokenizer.json is needed)")
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise BackendUnavailable("T5 prompts need the tokenizers package: pip install 'v2m-runtime[sao]'") from None
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # noqa: BLE001 - the Rust error types are not importable
+            raise BundleError(f"{path}: not a readable tokenizer.json ({str(e).splitlines()[0] if str(e) else e!r})") from None
+        pad_id = tok.token_to_id("<pad>")
+        if pad_id is None:
+            raise BundleError(f"{path}: the tokenizer has no <pad> token; is it a T5 tokenizer?")
+        tok.enable_truncation(max_length=max_tokens)
+        tok.enable_padding(length=max_tokens, pad_id=pad_id, pad_token="<pad>")
+        self.tokenizer, self.max_tokens, self.path = tok, int(max_tokens), path
+
+    def __call__(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        encs = self.tokenizer.encode_batch(list(prompts))
+        for p, e in zip(prompts, encs):
+            if e.overflowing:
+                log.warning("prompt %r is longer than %d tokens; the rest is cut", p[:40], self.max_tokens)
+        ids = np.asarray([e.ids for e in encs], dtype=np.int64)  # (B, S)
+        mask = np.asarray([e.attention_mask for e in encs], dtype=np.int64)  # (B, S)
+        return ids, mask
+
+
+class OnnxT5TextEncoder:
+    """prompt -> (embeddings [S, E] float32, mask [S] bool) with `onnx/t5.onnx` in ONNX Runtime."""
+
+    def __init__(self, onnx_path: str | Path, tokenizer: T5Tokenizer, providers: list[str] | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendUnavailable("the ONNX T5 encoder needs onnxruntime: pip install 'v2m-runtime[ort]'") from None
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(str(onnx_path), so, providers=providers or ["CPUExecutionProvider"])
+        self.tokenizer = tokenizer
+        out = self.session.get_outputs()[0]
+        self.dim, self.max_tokens = int(out.shape[-1]), tokenizer.max_tokens
+
+    def encode(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask = self.tokenizer([prompt])
+        emb = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        return emb[0].astype(np.float32), mask[0].astype(bool)
+
+
+def load_t5_text_encoder(bundle_dir: str | Path, text_cfg: dict, text_dim: int, device: str = "cpu"):
+    """The T5 encoder of a bundle: torch weights (`text.safetensors`) if torch is installed, else
+    `onnx/t5.onnx` in ONNX Runtime on the CPU."""
+    bundle_dir = Path(bundle_dir)
+    from .text import text_max_tokens
+
+    tok = T5Tokenizer(bundle_dir / text_cfg.get("tokenizer", "tokenizer.json"), text_max_tokens(text_cfg))
+    weights = bundle_dir / text_cfg.get("file", "text.safetensors")
+    graph = bundle_dir / "onnx" / "t5.onnx"
+    if weights.is_file() and _torch_available():
+        from v2m.models.checkpoint import apply_state_dict, load_safetensors
+        from v2m.models.t5 import T5Encoder, T5TextEncoder
+
+        model = T5Encoder.from_config(text_cfg["config"])
+        apply_state_dict(model, load_safetensors(weights), where=str(weights))
+        enc = T5TextEncoder(model, tok, device)
+    elif graph.is_file():
+        enc = OnnxT5TextEncoder(graph, tok)
+    else:
+        raise BundleError(f"{bundle_dir}: no T5 weights ({weights.name}, needs torch) and no onnx/t5.onnx; "
+                          "the bundle is incomplete")
+    if enc.dim != text_dim:
+        raise BundleError(f"{bundle_dir}: T5 width {enc.dim} != the conditioner's text width {text_dim}")
+    return enc
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
