@@ -44,6 +44,8 @@ __all__ = [
     "CONTRACTS",
     "GRAPH_NAMES",
     "SAMPLER_GRAPHS",
+    "contracts_for",
+    "graph_names",
     "MAX_VIDEOS",
     "MAX_BRANCHES",
     "MAX_STAGES",
@@ -316,6 +318,25 @@ CONTRACTS: dict[str, ExportContract] = {
 
 GRAPH_NAMES = tuple(CONTRACTS)
 SAMPLER_GRAPHS = ("text", "schedule", "step")
+
+
+def contracts_for(cfg: BundleConfig) -> dict[str, ExportContract]:
+    """The graphs a bundle exports, by its family: v2m's (`CONTRACTS`), or a Stable Audio Open
+    model's (`v2m.export.sao.sao_contracts`: T5, conditioner, and its own text/schedule/step).
+    A bundle whose frame encoder has no weights (or none at all) exports no encoder graph."""
+    if cfg.family == "sao":
+        from .sao import sao_contracts
+
+        out = sao_contracts(cfg)
+    else:
+        out = dict(CONTRACTS)
+    if cfg.encoder.get("kind", "dinov2") != "dinov2":
+        out.pop("encoder", None)
+    return out
+
+
+def graph_names(cfg: BundleConfig) -> tuple[str, ...]:
+    return tuple(contracts_for(cfg))
 
 
 def get_contract(name: str) -> ExportContract:

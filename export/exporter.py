@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from v2m.runtime import __version__
-from v2m.runtime.backends.torch_step import DiTStepModel, guided_stage
+from v2m.runtime.backends.torch_step import guided_stage, step_model
 from v2m.runtime.bundle import BundleConfig, load_config
 from v2m.runtime.errors import BundleError, OutputError, V2MError
 from v2m.runtime.manifest import (
@@ -57,7 +57,7 @@ from v2m.runtime.manifest import (
     write_manifest,
 )
 
-from .contracts import CONTRACTS, GRAPH_NAMES, ExportContract
+from .contracts import ExportContract, contracts_for
 from .islands import fp32_islands
 
 __all__ = [
@@ -113,28 +113,28 @@ class VaeGraph(nn.Module):
 
 
 class TextGraph(nn.Module):
-    """text [GB, S, E], text_mask [GB, S] -> per-block text K/V stacked [depth, 2, GB, H, S, Dh],
-    key bias [GB, 1, 1, S]: the DiT's per-generation work."""
+    """The DiT's per-generation work on the branch batch: the model's `TEXT_INPUTS` (v2m: text
+    [GB, S, E], text_mask [GB, S]; Stable Audio Open: cross tokens, global_cond) -> its
+    `CONTEXT` (v2m: text_kv [depth, 2, GB, H, S, Dh], text_bias [GB, 1, 1, S]; SAO: text_kv,
+    g_emb [GB, D])."""
 
     def __init__(self, dit: nn.Module):
         super().__init__()
         self.dit = dit
-        self.dtype = next(dit.parameters()).dtype
+        self.model = step_model(dit)
 
-    def forward(self, text, text_mask):
-        kvs, bias = self.dit.text_context(text.to(self.dtype), text_mask)
-        kv = torch.stack([torch.stack([k, v]) for k, v in kvs])  # (depth, 2, GB, H, S, Dh)
-        return kv, bias
+    def forward(self, *inputs):
+        return self.model.text_context(dict(zip(self.model.TEXT_INPUTS, inputs)))
 
 
 class ScheduleGraph(nn.Module):
-    """t_model [K] -> adaLN modulations of every stage, mods [depth, K, 6, D], finals [K, 2, D],
-    computed in fp32 (timestep features and the modulation MLP are an fp32 island)."""
+    """t_model [K] -> the model's `SCHEDULE` of every stage (v2m: mods [depth, K, 6, D], finals
+    [K, 2, D]; SAO: t_emb [K, D]), computed in fp32 (timestep features are an fp32 island)."""
 
     def __init__(self, dit: nn.Module):
         super().__init__()
         self.dit = dit
-        self.model = DiTStepModel(dit)
+        self.model = step_model(dit)
 
     def forward(self, t_model):
         return self.model.schedule(t_model)
@@ -142,17 +142,19 @@ class ScheduleGraph(nn.Module):
 
 class StepGraph(nn.Module):
     """One guided solver stage, `guided_stage` over the DiT (see `contracts`): the model at
-    stage k on the G*B guidance batch, the combine, the update; and k + 1."""
+    stage k on the G*B guidance batch, the combine, the update; and k + 1. Inputs: the state
+    (x, x_eval, d_prev, k), the tables (coef, noise, weights), the `SCHEDULE` tensors, the
+    curve, the `CONTEXT` tensors."""
 
     def __init__(self, dit: nn.Module):
         super().__init__()
         self.dit = dit
-        self.model = DiTStepModel(dit)
+        self.model = step_model(dit)
 
-    def forward(self, x, x_eval, d_prev, k, coef, noise, weights, mods, finals, curve, text_kv, text_bias):
-        kvs = [(kv[0], kv[1]) for kv in text_kv.unbind(0)]  # depth x 2 x (GB, H, S, Dh)
-        ctx = (curve.to(self.model.dtype), kvs, text_bias)
-        x_out, d = guided_stage(self.model, x, x_eval, d_prev, k, coef, noise, weights, (mods, finals), ctx)
+    def forward(self, x, x_eval, d_prev, k, coef, noise, weights, *rest):
+        n = len(self.model.SCHEDULE)
+        sched, curve, ctx = tuple(rest[:n]), rest[n], tuple(rest[n + 1 :])
+        x_out, d = guided_stage(self.model, x, x_eval, d_prev, k, coef, noise, weights, curve, sched, ctx)
         return x_out, d, k + 1
 
 
@@ -165,8 +167,10 @@ def build_module(bundle_dir: str | Path, name: str, cfg: BundleConfig, precision
     with fp32 islands, see `islands.py`)."""
     from v2m.models.bundle import load_component
 
-    dtype = PRECISIONS[precision]
-    component = {"text": "dit", "schedule": "dit", "step": "dit"}.get(name, name)
+    from .sao import FP32_GRAPHS
+
+    dtype = torch.float32 if name in FP32_GRAPHS else PRECISIONS[precision]  # t5, cond: fp32 in every set
+    component = {"text": "dit", "schedule": "dit", "step": "dit", "t5": "text"}.get(name, name)
     module = load_component(bundle_dir, component, cfg, device="cpu", dtype=dtype)
     if dtype != torch.float32:
         fp32_islands(module)
@@ -373,16 +377,23 @@ def _prepare_out(src: Path, out: Path, cfg: BundleConfig, with_weights: bool) ->
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src / "config.json", out / "config.json")
     text_file = cfg.text.get("file", "text.safetensors")
-    if (src / text_file).is_file():
+    kind = cfg.text.get("kind", "builtin")
+    if kind == "t5":  # the t5 graph encodes prompts; the lean runtime needs only its tokenizer
+        tok = cfg.text.get("tokenizer", "tokenizer.json")
+        shutil.copy2(src / tok, out / tok)
+    elif (src / text_file).is_file():
         shutil.copy2(src / text_file, out / text_file)
-    elif cfg.text.get("kind", "builtin") != "hf":
+    elif kind != "hf":
         raise BundleError(f"{src / text_file}: missing; the bundle is incomplete")
     else:
         log.warning("text encoder is a Hugging Face directory (%s); it is not copied", cfg.text.get("path"))
-    for name in ("dit", "vae", "encoder"):
-        f = out / f"{name}.safetensors"
+    weights = ["dit", "vae", "encoder"] + (["cond"] if cfg.family == "sao" else [])
+    weights += ["text"] if kind == "t5" else []
+    for name in weights:
+        f = out / (text_file if name == "text" else f"{name}.safetensors")
         if with_weights:
-            shutil.copy2(src / f.name, f)
+            if (src / f.name).is_file():
+                shutil.copy2(src / f.name, f)
         elif f.is_file():  # a lean bundle: a stale copy would not match the new config
             log.info("removing %s (export without --with-weights)", f)
             f.unlink()
@@ -394,7 +405,7 @@ def export_bundle(
     opset: int = ONNX_OPSET,
     check: bool = True,
     with_weights: bool = False,
-    names: tuple[str, ...] = GRAPH_NAMES,
+    names: tuple[str, ...] | None = None,
     on_check: Callable[[CheckResult], None] | None = None,
     external_data: bool | None = None,
     precisions: tuple[str, ...] = ("fp32",),
@@ -408,7 +419,7 @@ def export_bundle(
         opset: ONNX opset (>= 17).
         check: compare each graph with PyTorch in ONNX Runtime at two or more shapes; raise
             ExportError past the contract's tolerance (the manifest is then not written).
-        names: graphs to export (default: all five).
+        names: graphs to export (default: all the bundle's family has, `contracts.contracts_for`).
         precisions: graph sets to write, each under `onnx/<precision>/`: fp32 (ONNX Runtime on
             CPU, TensorRT fp32), fp16 and bf16 (strongly typed graphs with fp32 islands, for
             TensorRT and ONNX Runtime's CUDA provider).
@@ -423,6 +434,11 @@ def export_bundle(
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad or not precisions:
         raise V2MError(f"--precision {','.join(bad) or '(none)'}: choose from {', '.join(PRECISIONS)} (comma-separated)")
+    contracts = contracts_for(cfg)
+    names = tuple(contracts) if names is None else names
+    unknown = [n for n in names if n not in contracts]
+    if unknown:
+        raise V2MError(f"this bundle has no {', '.join(unknown)} graph (it has {', '.join(contracts)})")
     out = Path(out_dir) if out_dir is not None else src
     if out.resolve() != src.resolve():
         _prepare_out(src, out, cfg, with_weights)
@@ -434,7 +450,7 @@ def export_bundle(
     for precision in dict.fromkeys(precisions):
         graphs[precision] = {}
         for name in names:
-            contract = CONTRACTS[name]
+            contract = contracts[name]
             t0 = time.perf_counter()
             module = build_module(src, name, cfg, precision)
             path, data = export_graph(module, contract, cfg, out / "onnx" / precision, opset, external_data, precision)

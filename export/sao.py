@@ -1,34 +1,41 @@
-"""Export contracts of Stable Audio Open bundles, as data, and their export through the generic exporter.
+"""Export contracts of Stable Audio Open bundles, as data (read by the generic exporter).
 
-Kept apart from `v2m.export.contracts` (V2M-Zero's graphs). Three graphs, each one module's
-`forward` with its tensors in order:
+Kept apart from `v2m.export.contracts` (V2M-Zero's graphs); `contracts.contracts_for` picks
+these for a bundle of family "sao":
 
-    t5        input_ids [B, S] int64, attention_mask [B, S] int64          -> hidden [B, S, E]   (S fixed: max_tokens)
-    sao_cond  text [B, S, E], text_mask [B, S], seconds [B, K]           -> cross_cond [B, S + Kx, Dc],
-                                                                            global_cond [B, Dg]
-    sao_dit   x [B, C, L], t [B], cross_cond [B, Sx, Dc], global_cond [B, Dg] (, curve [B, Ci, L])
-                                                                          -> out [B, C, L]
+    t5        input_ids [B, S] int64, attention_mask [B, S] int64       -> hidden [B, S, E]   (S fixed: max_tokens)
+    cond      text [B, S, E], text_mask [B, S], seconds [B, K]          -> cross_cond [B, S + Kx, Dc],
+                                                                           global_cond [B, Dg]
+    text, schedule, step: the DiT in the one sampler (see `_sampler_contracts`)
+    vae, encoder: as V2M-Zero's
 
-`t` is the model's time (`v2m.runtime.sao.model_time`) and `x` is already scaled by c_in
-for the "v" objective. `curve` exists when the DiT has input-concat channels. The lean
-runtime encodes prompts with `onnx/t5.onnx` and the bundle's `tokenizer.json`
+`t5` and `cond` run once a generation and are exported in fp32 in every precision set.
+The lean runtime encodes prompts with the t5 graph and the bundle's `tokenizer.json`
 (`v2m.runtime.t5_text`). Torch-free at import, like `contracts`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from v2m.runtime.bundle import BundleConfig
 
-from .contracts import DimRange, ExportContract, TensorSpec, _fill
+from .contracts import (
+    MAX_BRANCHES,
+    MAX_STAGES,
+    MAX_VIDEOS,
+    DimRange,
+    ExportContract,
+    TensorSpec,
+    _fill,
+)
 
-__all__ = ["SAO_GRAPHS", "sao_contracts", "export_sao_graphs"]
+__all__ = ["SAO_GRAPHS", "FP32_GRAPHS", "sao_contracts"]
 
-SAO_GRAPHS = ("t5", "sao_cond", "sao_dit")
+SAO_GRAPHS = ("t5", "cond", "vae", "text", "schedule", "step")  # + encoder when the bundle has one
+FP32_GRAPHS = ("t5", "cond")  # once a generation: fp32 in every precision set
 
 
 @dataclass(frozen=True)
@@ -66,12 +73,11 @@ def sao_contracts(cfg: BundleConfig) -> dict[str, ExportContract]:
     def fixed(**dyn: DimRange):
         return lambda c: {**{k: v for k, v in n.items() if k != "F"}, **dyn}
 
-    f = n["F"]
-    dit_inputs = [TensorSpec("x", ("B", "C", "L")), TensorSpec("t", ("B",), fill="unit"),
-                  TensorSpec("cross_cond", ("B", "Sx", "Dc")), TensorSpec("global_cond", ("B", "Dg"))]
-    if n["Ci"]:
-        dit_inputs.append(TensorSpec("curve", ("B", "Ci", "L"), fill="unit"))
+    from .contracts import CONTRACTS
+
     return {
+        "encoder": CONTRACTS["encoder"],
+        "vae": CONTRACTS["vae"],
         "t5": TokenContract(
             name="t5",
             inputs=(TensorSpec("input_ids", ("B", "S"), dtype="int64", fill="ids"),
@@ -82,8 +88,8 @@ def sao_contracts(cfg: BundleConfig) -> dict[str, ExportContract]:
             tolerance=(1e-4, 1e-4),  # fp32 reorderings over the layers; relative bias baked for the fixed S
             vocab=int(cfg.text["config"]["vocab_size"]),
         ),
-        "sao_cond": ExportContract(
-            name="sao_cond",
+        "cond": ExportContract(
+            name="cond",
             inputs=(TensorSpec("text", ("B", "S", "E")), TensorSpec("text_mask", ("B", "S"), fill="mask"),
                     TensorSpec("seconds", ("B", "K"), fill="const:12.5")),
             outputs=(TensorSpec("cross_cond", ("B", "Sx", "Dc")), TensorSpec("global_cond", ("B", "Dg"))),
@@ -91,53 +97,65 @@ def sao_contracts(cfg: BundleConfig) -> dict[str, ExportContract]:
             samples=lambda c: [{"B": 2}, {"B": 5}],
             tolerance=(1e-5, 1e-5),
         ),
-        "sao_dit": ExportContract(
-            name="sao_dit",
-            inputs=tuple(dit_inputs),
-            outputs=(TensorSpec("out", ("B", "C", "L")),),
-            dims=fixed(B=(1, 2, 8), L=(1, f, f)),
-            # An odd L at export, another B and L after: RoPE's arange(L + 1) stays dynamic.
-            samples=lambda c: [{"B": 2, "L": min(f, 31)}, {"B": 3, "L": min(f, 17)}],
-            tolerance=(1e-4, 1e-4),
-        ),
+        **_sampler_contracts(cfg, n),
     }
 
 
-def export_sao_graphs(
-    bundle_dir: str | Path,
-    out_dir: str | Path | None = None,
-    names: tuple[str, ...] = SAO_GRAPHS,
-    check: bool = True,
-) -> dict[str, dict]:
-    """Export an SAO bundle's graphs to `<out_dir>/onnx/` through the generic exporter and check each
-    against PyTorch in ONNX Runtime; a new `out_dir` also gets config.json and the tokenizer.
+def _sampler_contracts(cfg: BundleConfig, n: dict[str, int]) -> dict[str, ExportContract]:
+    """The SAO DiT's graphs for the one sampler (`v2m.runtime.backends.torch_step.SAOStepModel`):
 
-    Returns:
-        {graph: {"path", "data", "checks"}} for the manifest (written by the bundle exporter).
+        text      text [GB, Sx, Dc] (the conditioner's cross tokens), global_cond [GB, Dg]
+                                                   -> text_kv [depth, 2, GB, H, Sx, Dh], g_emb [GB, D]
+        schedule  t_model [K]                      -> t_emb [K, D]
+        step      x, x_eval, d_prev [B, C, L], k [1], coef [K, 7], noise [N, B, C, L], weights [G],
+                  t_emb, curve [GB, 1, L], text_kv, g_emb  -> x_out, d [B, C, L], k_next [1]
     """
-    import shutil
-
-    from v2m.models.bundle import load_component
-    from v2m.runtime.bundle import load_config
-
-    from .exporter import ExportError, check_graph, export_graph
-
-    src = Path(bundle_dir)
-    out = Path(out_dir) if out_dir is not None else src
-    cfg = load_config(src)
-    contracts = sao_contracts(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    tok = cfg.text.get("tokenizer", "tokenizer.json")
-    if out.resolve() != src.resolve():  # what the runtime needs besides the graphs
-        for f in ("config.json", tok):
-            shutil.copy2(src / f, out / f)
-    result = {}
-    for name in names:
-        module = load_component(src, {"t5": "text", "sao_cond": "cond", "sao_dit": "dit"}[name], cfg)
-        path, data = export_graph(module, contracts[name], cfg, out / "onnx")
-        checks = check_graph(module, contracts[name], cfg, path) if check else []
-        bad = [r for r in checks if not r.ok]
-        if bad:
-            raise ExportError(f"exported {name} graph differs from PyTorch: {bad[0].line()}")
-        result[name] = {"path": path, "data": data, "checks": checks}
-    return result
+    d = cfg.dit
+    f = n["F"]
+    dims = {k: v for k, v in n.items() if k != "F"}
+    dims.update(depth=int(d["depth"]), Hd=int(d["heads"]), Dh=int(d["width"]) // int(d["heads"]), D=int(d["width"]))
+    kv = ("depth", 2, "GB", "Hd", "Sx", "Dh")
+    return {
+        "text": ExportContract(
+            name="text",
+            inputs=(TensorSpec("text", ("GB", "Sx", "Dc")), TensorSpec("global_cond", ("GB", "Dg"))),
+            outputs=(TensorSpec("text_kv", kv, dtype="model"), TensorSpec("g_emb", ("GB", "D"), dtype="model")),
+            dims=lambda c: {**dims, "GB": (1, 2, MAX_BRANCHES * MAX_VIDEOS)},
+            samples=lambda c: [{"GB": 2}, {"GB": 3}],
+            tolerance=(1e-4, 1e-4),
+        ),
+        "schedule": ExportContract(
+            name="schedule",
+            inputs=(TensorSpec("t_model", ("K",), fill="unit"),),
+            outputs=(TensorSpec("t_emb", ("K", "D"), dtype="model"),),
+            dims=lambda c: {**dims, "K": (1, c.sampler.steps, MAX_STAGES)},
+            samples=lambda c: [{"K": 7}, {"K": 12}],
+            tolerance=(1e-4, 1e-4),
+        ),
+        "step": ExportContract(
+            name="step",
+            inputs=(
+                TensorSpec("x", ("B", "C", "L")),
+                TensorSpec("x_eval", ("B", "C", "L")),
+                TensorSpec("d_prev", ("B", "C", "L")),
+                TensorSpec("k", (1,), dtype="int64", fill="stage"),
+                TensorSpec("coef", ("K", 7)),
+                TensorSpec("noise", ("N", "B", "C", "L")),
+                TensorSpec("weights", ("G",)),
+                TensorSpec("t_emb", ("K", "D"), dtype="model"),
+                TensorSpec("curve", ("GB", 1, "L"), fill="unit"),
+                TensorSpec("text_kv", kv, dtype="model"),
+                TensorSpec("g_emb", ("GB", "D"), dtype="model"),
+            ),
+            outputs=(TensorSpec("x_out", ("B", "C", "L")), TensorSpec("d", ("B", "C", "L")),
+                     TensorSpec("k_next", (1,), dtype="int64")),
+            dims=lambda c: {**dims, "B": (1, 1, MAX_VIDEOS), "G": (1, 2, MAX_BRANCHES),
+                            "GB": (1, 2, MAX_BRANCHES * MAX_VIDEOS), "K": (1, c.sampler.steps, MAX_STAGES),
+                            "N": (1, 1, MAX_STAGES), "L": (1, f, f)},
+            # An odd L at export, another B, G, K, N and L after: RoPE's arange(L + 1), the branch
+            # reshape and the noise gather stay dynamic.
+            samples=lambda c: [{"B": 1, "G": 2, "GB": 2, "K": 5, "N": 1, "L": min(f, 31)},
+                               {"B": 2, "G": 3, "GB": 6, "K": 8, "N": 8, "L": min(f, 17)}],
+            tolerance=(1e-4, 1e-4),
+        ),
+    }

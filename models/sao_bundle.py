@@ -70,9 +70,14 @@ def _assemble(preset: str, dit: dict, cond: dict, vae_cfg: vae_mod.OobleckConfig
     sao = SAOConfig(objective=objective, sigma_min=d["sigma_min"], sigma_max=d["sigma_max"],
                     sigma_schedule=d["sigma_schedule"], sampler=sampler or DEFAULT_SAMPLER[objective],
                     latent_frames=latent_frames, cond=cond)
+    # the sampler v2m runs by default: the model's own, where v2m has it (DPM++ 3M SDE, the SAO 1.0
+    # model card's, needs two previous estimates; its 2M sibling is the closest one-history solver)
+    solver = {"dpmpp-3m-sde": "dpmpp-2m-sde"}.get(sao.sampler, sao.sampler)
+    if solver != sao.sampler:
+        log.info("the model's sampler %s is not in v2m; its default solver is %s", sao.sampler, solver)
     return BundleConfig(
         preset=preset, dit=dit, vae=vae_cfg.to_dict(), encoder=encoder, text=text_cfg,
-        sampler=SamplerConfig(steps=d["steps"], cfg_scale=d["cfg_scale"], max_frames=latent_frames),
+        sampler=SamplerConfig(steps=d["steps"], cfg_scale=d["cfg_scale"], max_frames=latent_frames, solver=solver),
         curve=CurveConfig(), audio=AudioConfig(sample_rate=vae_cfg.sample_rate, hop_length=vae_cfg.hop_length),
         family="sao", sao=sao.to_dict(),
     )

@@ -573,15 +573,20 @@ def run_batch(
         if not group:
             return
         length = group[0].curve.shape[0]
-        noise = np.concatenate([sampler.initial_noise(p.job.used_seed, (1, cfg.latent_channels, length)) for p in group])
-        curves = np.stack([p.curve for p in group])[:, None, :].astype(np.float32)  # (B, 1, L)
-        emb = np.stack([p.emb for p in group])  # (B, S, E)
-        mask = np.stack([p.mask for p in group])  # (B, S)
+        seeds = [p.job.used_seed for p in group]
+        noise = np.concatenate([pipe.initial_noise(s, length) for s in seeds])  # each video from its own seed
+        stage_noise = pipe.stage_noise(seeds, plan, length)
         b = len(group)
-        cond = sampler.Conditioning(
-            curves, emb, mask,
-            None if neg is None else np.repeat(neg[0][None], b, axis=0), None if neg is None else np.repeat(neg[1][None], b, axis=0),
-        )
+        rep = lambda a: None if a is None else np.repeat(a[None], b, axis=0)
+        try:
+            cond = pipe.conditioning(
+                np.stack([p.curve for p in group]), np.stack([p.emb for p in group]), np.stack([p.mask for p in group]),
+                rep(neg and neg[0]), rep(neg and neg[1]), [p.duration_s for p in group],
+            )
+        except Exception as e:  # noqa: BLE001
+            for p in group:
+                failed(p.job, e)
+            return
         progress.start_batch(len(group), steps)
         timings: dict[str, float] = {}
         name = begin_group("batched", group)
@@ -590,7 +595,7 @@ def run_batch(
                 if prof is not None:
                     prof.begin_steps()
                 with _timed(timings, "sampler", pipe.backend.synchronize, prof):
-                    latents = pipe.sample(noise, cond, plan, on_step, check_finite=False)
+                    latents = pipe.sample(noise, cond, plan, on_step, check_finite=False, stage_noise=stage_noise)
                 if prof is not None:
                     prof.end_steps()
             except Exception as e:  # noqa: BLE001
@@ -650,18 +655,19 @@ def run_batch(
             if prof is not None:
                 p.peak_gpu_mem_bytes = prof.peak_memory()
             if curve.shape[0] > cfg.sampler.max_frames:  # long: windows, alone
-                noise = sampler.initial_noise(job.used_seed, (1, cfg.latent_channels, curve.shape[0]))
+                noise = pipe.initial_noise(job.used_seed, curve.shape[0])
                 progress.start_batch(1, steps)
                 name = begin_group("windows", [p])
                 with span(name, videos=[show(job.video)]):
                     try:
                         if prof is not None:
                             prof.begin_steps()
-                        cond = sampler.Conditioning(
-                            curve[None, None, :].astype(np.float32), emb[None], mask[None],
-                            None if neg is None else neg[0][None], None if neg is None else neg[1][None],
+                        cond = pipe.conditioning(
+                            curve[None], emb[None], mask[None], None if neg is None else neg[0][None],
+                            None if neg is None else neg[1][None], cfg.max_seconds,
                         )
-                        _, audio = pipe.sample_windows(noise, cond, plan, on_step, job.timings, prof)
+                        _, audio = pipe.sample_windows(noise, cond, plan, on_step, job.timings, prof,
+                                                       pipe.stage_noise([job.used_seed], plan, curve.shape[0]))
                         if prof is not None:
                             prof.end_steps()
                     except Exception as e:  # noqa: BLE001

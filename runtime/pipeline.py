@@ -27,7 +27,7 @@ from . import curves as curves_mod
 from . import media, sampler, video, windows
 from .backends import Backend, create_backend
 from .bundle import BundleConfig, load_config
-from .errors import BundleError, InputError, NumericalError
+from .errors import InputError, NumericalError
 from .text import PrecomputedText, TextEncoder, load_text_encoder
 
 __all__ = ["Pipeline", "GenerationResult", "CurveResult"]
@@ -166,9 +166,6 @@ class Pipeline:
         """
         path = Path(path)
         cfg = load_config(path)
-        if cfg.family != "v2m":  # SAO bundles load (v2m.models) but have no sampler yet
-            raise BundleError(f"{path} is a Stable Audio Open bundle; generating with it needs the SAO samplers "
-                              "(DPM-Solver++ / ping-pong), which this v2m does not have yet")
         be = create_backend(backend, path, cfg, device=device, precision=precision, **backend_options)
         text = load_text_encoder(path, cfg.text, cfg.text_dim, device=be.device)
         log.info("loaded %s (preset %s) on %s", path, cfg.preset, be.describe())
@@ -269,8 +266,69 @@ class Pipeline:
             raise InputError(str(e)) from None
 
     def plan(self, opts: sampler.SamplerOptions, has_negative: bool = False) -> sampler.Plan:
-        """The sampler plan (guidance branches and weights, solver table) of `opts` for this bundle."""
-        return sampler.Plan.make(opts, self.config.sampler.uncond_keeps_curve, has_negative)
+        """The sampler plan (guidance branches and weights, solver table) of `opts` for this bundle:
+        v2m's rectified flow, or a Stable Audio Open model's sigma-space solvers over its own
+        noise schedule. A solver that does not fit the model is an InputError."""
+        keeps = self.config.sampler.uncond_keeps_curve
+        try:
+            if self.config.family == "sao":
+                from .sao import sigma_schedule
+
+                sao = self.config.sao_config
+                return sampler.Plan.make(opts, keeps, has_negative, sigmas=lambda n: sigma_schedule(sao, n),
+                                         objective=sao.objective)
+            return sampler.Plan.make(opts, keeps, has_negative)
+        except ValueError as e:
+            raise InputError(f"{e} (this is a {self._model_kind()} model)") from None
+
+    def _model_kind(self) -> str:
+        if self.config.family == "sao":
+            return f"Stable Audio Open, {self.config.sao_config.objective!r} objective"
+        return "V2M-Zero rectified-flow"
+
+    def sampling_length(self, length: int) -> int:
+        """Latent frames a generation of `length` is sampled at: a fixed-length model (Stable Audio
+        Open) generates its own length and the result is cropped; windows take longer videos."""
+        if self.config.family == "sao":
+            return max(length, self.config.sao_config.latent_frames)
+        return length
+
+    def initial_noise(self, seed: int, length: int) -> np.ndarray:
+        """The seeded initial noise [1, C, L'] of a video of `length` latent frames (L' = `sampling_length`)."""
+        return sampler.initial_noise(seed, (1, self.config.latent_channels, self.sampling_length(length)))
+
+    def stage_noise(self, seeds: list[int], plan: sampler.Plan, length: int) -> np.ndarray | None:
+        """Per-stage noise [K, B, C, L'] of a noise-injecting solver (None for the others)."""
+        if not plan.table.stochastic:
+            return None
+        k = plan.table.coef.shape[0]
+        return sampler.stage_noise(seeds, k, (self.config.latent_channels, self.sampling_length(length)))
+
+    def conditioning(
+        self, curve: np.ndarray, emb: np.ndarray, mask: np.ndarray, neg: np.ndarray | None, neg_mask: np.ndarray | None,
+        seconds_total: float | list[float],
+    ) -> sampler.Conditioning:
+        """The sampler's conditioning of B videos: curves [B, L], prompt embeddings [B, S, E] and mask.
+
+        V2M-Zero: as given. Stable Audio Open: the conditioner turns the T5 tokens and the
+        seconds values (the clip's duration, `seconds_total`) into cross-attention tokens and
+        the global embedding; the negative prompt gets the same seconds. `seconds_total`: one
+        value, or one per video.
+        """
+        curve = np.ascontiguousarray(curve[:, None, :], dtype=np.float32)  # (B, 1, L)
+        if self.config.family != "sao":
+            return sampler.Conditioning(curve, emb, mask, neg, neg_mask)
+        from .sao import seconds_values
+
+        totals = np.broadcast_to(np.asarray(seconds_total, dtype=np.float64), (emb.shape[0],))
+        names = self.config.sao_config.seconds_names
+        sec = np.stack([seconds_values(names, float(t)) for t in totals])  # (B, K)
+        cross, glob = self.backend.condition(emb, mask, sec)
+        ones = np.ones(cross.shape[:2], np.float32)
+        neg_cross = None
+        if neg is not None:
+            neg_cross, _ = self.backend.condition(neg, neg_mask, sec)
+        return sampler.Conditioning(curve, cross, ones, neg_cross, None if neg is None else ones, global_cond=glob)
 
     def encode_prompts(
         self, prompt: str, negative_prompt: str | None = None, text_embeddings: str | Path | None = None
@@ -286,12 +344,19 @@ class Pipeline:
         return emb, mask, neg, neg_mask
 
     def sample(
-        self, noise: np.ndarray, cond: sampler.Conditioning, plan: sampler.Plan, on_step=None, check_finite: bool = True
+        self, noise: np.ndarray, cond: sampler.Conditioning, plan: sampler.Plan, on_step=None, check_finite: bool = True,
+        stage_noise: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Latents [B, C, L] for B videos of one latent length from their noise [B, C, L]; one
-        backend call (the caller keeps B within `max_batch`). NaN/Inf is an error unless
-        `check_finite=False` (a batch checks each video on its own)."""
-        latents = self.backend.sample(noise, cond, plan, on_step)
+        """Latents [B, C, L] for B videos of one latent length L (the curves') from their noise
+        [B, C, L'] (`initial_noise`; L' > L for a fixed-length model: the curves are padded with
+        zeros and the latents cropped); one backend call (the caller keeps B within `max_batch`).
+        NaN/Inf is an error unless `check_finite=False` (a batch checks each video on its own)."""
+        length, n = cond.curve.shape[-1], noise.shape[-1]
+        if n > length:
+            pad = np.zeros((*cond.curve.shape[:2], n - length), np.float32)
+            cond = dataclasses.replace(cond, curve=np.concatenate([cond.curve, pad], axis=-1))
+        x0 = noise if plan.table.x0_scale == 1.0 else (noise * np.float32(plan.table.x0_scale))
+        latents = self.backend.sample(x0, cond, plan, on_step, stage_noise)[:, :, :length]
         if check_finite and not np.isfinite(latents).all():
             raise NumericalError("the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)")
         return latents
@@ -367,11 +432,14 @@ class Pipeline:
                 "video is %.1f s, longer than the %.1f s the model was trained on; generating it in overlapping windows",
                 duration, cfg.max_seconds,
             )
-        cond = sampler.Conditioning(
-            curve[None, None, :].astype(np.float32), emb[None], mask[None],
-            None if neg is None else neg[None], None if neg_mask is None else neg_mask[None],
-        )
-        noise = sampler.initial_noise(seed, (1, cfg.latent_channels, length))
+        windowed = length > cfg.sampler.max_frames
+        with _timed(timings, "text", None, profiler):  # the conditioner, where the model has one
+            cond = self.conditioning(
+                curve[None], emb[None], mask[None], None if neg is None else neg[None],
+                None if neg_mask is None else neg_mask[None], cfg.max_seconds if windowed else duration,
+            )
+        noise = self.initial_noise(seed, length)
+        stage_noise = self.stage_noise([seed], plan, length)
 
         def step_hook(i: int) -> None:
             if profiler is not None:
@@ -382,16 +450,16 @@ class Pipeline:
         step_ms: list[float] = []
         if profiler is not None:
             profiler.begin_steps()
-        if length > cfg.sampler.max_frames:
-            latents, audio = self.sample_windows(noise, cond, plan, step_hook, timings, profiler)
+        if windowed:
+            latents, audio = self.sample_windows(noise, cond, plan, step_hook, timings, profiler, stage_noise)
         else:
             with _timed(timings, "sampler", sync, profiler):
-                latents = self.sample(noise, cond, plan, step_hook)
+                latents = self.sample(noise, cond, plan, step_hook, stage_noise=stage_noise)
             if profiler is not None:
                 step_ms = profiler.end_steps()
             with _timed(timings, "vae", sync, profiler):
                 audio = self.backend.decode(latents)[0]
-        if profiler is not None and length > cfg.sampler.max_frames:
+        if profiler is not None and windowed:
             step_ms = profiler.end_steps()
         audio = media.finalize_audio(audio, duration, cfg.audio.sample_rate, cfg.audio.fade_out_s)
         log.info("generated %.2f s of audio (seed %d) in %.2f s", duration, seed, sum(timings.values()))
@@ -431,7 +499,10 @@ class Pipeline:
             })
         return result
 
-    def sample_windows(self, noise, cond: sampler.Conditioning, plan: sampler.Plan, on_step=None, timings=None, profiler=None):
+    def sample_windows(
+        self, noise, cond: sampler.Conditioning, plan: sampler.Plan, on_step=None, timings=None, profiler=None,
+        stage_noise: np.ndarray | None = None,
+    ):
         """Sample and decode a video longer than `max_frames` in overlapping windows (see `windows`).
 
         Each window gets its slice of the whole-video curve and noise, so the result
@@ -442,6 +513,7 @@ class Pipeline:
             noise: [1, C, L] whole-video noise.
             cond: the whole video's conditioning (curve [1, 1, L]).
             plan, on_step: as for `Pipeline.sample`.
+            stage_noise: [K, 1, C, L] whole-video stage noise of a noise-injecting solver, or None.
 
         Returns:
             latents [1, C, L] (each frame from the last window that sampled it) and audio [2, L * hop].
@@ -460,7 +532,8 @@ class Pipeline:
         for w in plan_w:
             part = dataclasses.replace(cond, curve=np.ascontiguousarray(cond.curve[:, :, w.start : w.end]))
             with _timed(timings, "sampler", sync, profiler):
-                lat = self.sample(np.ascontiguousarray(noise[:, :, w.start : w.end]), part, plan, on_step)
+                sn = None if stage_noise is None else np.ascontiguousarray(stage_noise[..., w.start : w.end])
+                lat = self.sample(np.ascontiguousarray(noise[:, :, w.start : w.end]), part, plan, on_step, stage_noise=sn)
             latents[:, :, w.start : w.end] = lat
             with _timed(timings, "vae", sync, profiler):
                 a = self.backend.decode(lat)[0]

@@ -41,6 +41,7 @@ import numpy as np
 
 __all__ = [
     "SOLVERS",
+    "OBJECTIVE_SOLVERS",
     "MAX_STEPS",
     "COEF_COLUMNS",
     "SamplerOptions",
@@ -54,14 +55,25 @@ __all__ = [
     "schedule_key",
     "guidance",
     "branch_batch",
+    "global_batch",
     "solver_table",
+    "sigma_table",
+    "stage_noise",
     "solver_step",
     "sample_loop",
     "initial_noise",
     "resolve_seed",
 ]
 
-SOLVERS = ("euler", "heun")
+# Rectified-flow solvers of v2m's own DiT (t: 0 noise -> 1 data) and the sigma-space solvers of
+# Stable Audio Open models (`sigma_table`): which fit a bundle is `solvers_for(objective)`.
+SOLVERS = ("euler", "heun", "dpmpp-2m", "dpmpp-2m-sde", "pingpong")
+OBJECTIVE_SOLVERS = {
+    "v2m": ("euler", "heun"),  # v2m's rectified flow in t
+    "v": ("dpmpp-2m", "dpmpp-2m-sde"),  # v-diffusion (SAO 1.0)
+    "rf_denoiser": ("pingpong", "euler"),  # rectified flow in sigma (SAO Small)
+    "rectified_flow": ("euler", "pingpong"),
+}
 MAX_STEPS = 10000
 
 X = TypeVar("X")
@@ -198,6 +210,8 @@ class Conditioning:
         curve: (B, 1, L) event curves.
         text, text_mask: (B, S, E), (B, S) prompt embeddings and key mask.
         negative_text, negative_mask: the negative prompt's, same shapes, or None.
+        global_cond: (B, Dg) conditioning every branch shares (a Stable Audio Open model's
+            seconds embedding), or None.
     """
 
     curve: np.ndarray
@@ -205,6 +219,7 @@ class Conditioning:
     text_mask: np.ndarray
     negative_text: np.ndarray | None = None
     negative_mask: np.ndarray | None = None
+    global_cond: np.ndarray | None = None
 
     def __post_init__(self):
         b, _, _ = self.curve.shape
@@ -229,7 +244,7 @@ class Conditioning:
 
 def branch_batch(g: Guidance, cond: Conditioning) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The G*B model batch of a guidance plan, branch-major: curves (G*B, 1, L), text
-    (G*B, S, E), mask (G*B, S), float32."""
+    (G*B, S, E), mask (G*B, S), float32. (`global_batch` gives the shared conditioning.)"""
     curves, texts, masks = [], [], []
     for br in g.branches:
         curves.append(cond.curve if br.curve else np.zeros_like(cond.curve))
@@ -248,6 +263,13 @@ def branch_batch(g: Guidance, cond: Conditioning) -> tuple[np.ndarray, np.ndarra
     return f32(curves), f32(texts), f32(masks)
 
 
+def global_batch(g: Guidance, cond: Conditioning) -> np.ndarray | None:
+    """The shared conditioning of every branch, (G*B, Dg) branch-major, or None."""
+    if cond.global_cond is None:
+        return None
+    return np.ascontiguousarray(np.concatenate([cond.global_cond] * g.size), dtype=np.float32)
+
+
 # --- solvers as tables ----------------------------------------------------------------------
 COEF_COLUMNS = ("c_in", "p", "q", "cx", "ca", "cb", "cn")
 
@@ -261,12 +283,14 @@ class SolverTable:
         coef: (K, 7) float32, the stage coefficients in `COEF_COLUMNS` order (see module doc).
         stages: stages per step (K = steps * stages).
         solver: its name, for logs and keys.
+        x0_scale: the initial state is x0_scale * noise.
     """
 
     t_model: np.ndarray
     coef: np.ndarray
     stages: int
     solver: str
+    x0_scale: float = 1.0  # the initial state is x0_scale * noise (v-diffusion starts at sigma_max)
 
     @property
     def steps(self) -> int:
@@ -275,7 +299,7 @@ class SolverTable:
     @property
     def key(self) -> str:
         """Content key: what per-schedule caches and captured step graphs are keyed by."""
-        return schedule_key(self.t_model, self.coef, np.asarray([self.stages]))
+        return schedule_key(self.t_model, self.coef, np.asarray([self.stages, self.x0_scale]))
 
     @property
     def stochastic(self) -> bool:
@@ -311,6 +335,78 @@ def solver_table(ts: np.ndarray, solver: str = "euler") -> SolverTable:
     return SolverTable(t_model, np.asarray(rows, dtype=np.float32), stages, solver)
 
 
+def sigma_table(sigmas: np.ndarray, solver: str, objective: str) -> SolverTable:
+    """The samplers of Stable Audio Open models over a decreasing noise schedule `sigmas`
+    (sigma_0 = sigma_max ... sigma_N = 0), in k-diffusion's and stable-audio-tools' form.
+
+    The model's conventions (`v2m.runtime.sao`): for "v", the input is c_in x, its time
+    atan(sigma) 2 / pi, and denoised = c_skip x + c_out out; for "rf_denoiser" and
+    "rectified_flow", the input is x, its time sigma, out = v = noise - x0 and denoised
+    = x - sigma v. Every solver below is one stage a step in the module's stage form:
+
+    dpmpp-2m      (k-diffusion `sample_dpmpp_2m`) with h = ln(sigma_i / sigma_i+1), r = h_{i-1} / h:
+                  x = (sigma_i+1 / sigma_i) x - expm1(-h) ((1 + 1/2r) D - D_prev / 2r); first order at
+                  the first step and when sigma_i+1 = 0 (then x = D).
+    dpmpp-2m-sde  (`sample_dpmpp_2m_sde`, eta = 1, midpoint): x = (sigma_i+1 / sigma_i) e^-h x
+                  + m D + m / 2r (D - D_prev) + sigma_i+1 sqrt(1 - e^-2h) noise, m = -expm1(-2h).
+    pingpong      (`sample_flow_pingpong`): x = (1 - sigma_i+1) D + sigma_i+1 noise.
+    euler         (rectified flow in sigma): x = x + (sigma_i+1 - sigma_i) v.
+    """
+    from .sao import model_time, v_scalings
+
+    sig = np.asarray(sigmas, dtype=np.float64)
+    if sig.ndim != 1 or len(sig) < 2 or np.any(np.diff(sig) >= 0) or sig[-1] < 0:
+        raise ValueError("sigmas must decrease to >= 0")
+    if solver not in OBJECTIVE_SOLVERS.get(objective, ()):
+        raise ValueError(f"solver {solver!r} does not fit a {objective!r} model; use one of "
+                         f"{', '.join(OBJECTIVE_SOLVERS.get(objective, ()))}")
+    rows = []
+    h_last = None
+    for i in range(len(sig) - 1):
+        s0, s1 = sig[i], sig[i + 1]
+        if objective == "v":
+            c_skip, c_out, c_in = (float(v) for v in v_scalings(s0))
+            c_in, p, q = c_in, c_skip, c_out  # d = D, the denoised estimate
+        else:
+            c_in, p, q = 1.0, (1.0 if solver == "pingpong" else 0.0), (-s0 if solver == "pingpong" else 1.0)
+        if solver == "euler":
+            rows.append(_row(c_in, p, q, ca=s1 - s0))
+            continue
+        if solver == "pingpong":
+            rows.append(_row(c_in, p, q, cx=0.0, ca=1.0 - s1, cn=s1))
+            continue
+        if s1 == 0:  # the last step: the denoised estimate
+            rows.append(_row(c_in, p, q, cx=0.0, ca=1.0))
+            continue
+        h = np.log(s0 / s1)
+        if solver == "dpmpp-2m":
+            e = -np.expm1(-h)
+            if h_last is None:
+                rows.append(_row(c_in, p, q, cx=s1 / s0, ca=e))
+            else:
+                r = h_last / h
+                rows.append(_row(c_in, p, q, cx=s1 / s0, ca=e * (1 + 1 / (2 * r)), cb=-e / (2 * r)))
+        else:  # dpmpp-2m-sde, eta 1, midpoint
+            m = -np.expm1(-2 * h)
+            noise = s1 * np.sqrt(-np.expm1(-2 * h))
+            if h_last is None:
+                rows.append(_row(c_in, p, q, cx=s1 / s0 * np.exp(-h), ca=m, cn=noise))
+            else:
+                r = h_last / h
+                rows.append(_row(c_in, p, q, cx=s1 / s0 * np.exp(-h), ca=m * (1 + 0.5 / r), cb=-m * 0.5 / r, cn=noise))
+        h_last = h
+    t_model = np.asarray(model_time(sig[:-1], objective), dtype=np.float64)
+    return SolverTable(t_model, np.asarray(rows, dtype=np.float32), 1, solver,
+                       x0_scale=float(sig[0]) if objective == "v" else 1.0)
+
+
+def stage_noise(seeds: list[int], stages: int, shape: tuple[int, int]) -> np.ndarray:
+    """(K, B, C, L) noise of noise-injecting solvers: video b's rows from its own seed (a stream
+    apart from its initial noise), so a video's music is the same batched or alone."""
+    per = [np.random.default_rng([int(seed), 1]).standard_normal((stages, *shape), dtype=np.float32) for seed in seeds]
+    return np.ascontiguousarray(np.stack(per, axis=1))  # (K, B, C, L)
+
+
 @dataclass(frozen=True)
 class Plan:
     """Everything a backend's `sample` needs besides the inputs: guidance and the solver table."""
@@ -320,9 +416,23 @@ class Plan:
     table: SolverTable
 
     @classmethod
-    def make(cls, opts: SamplerOptions, uncond_keeps_curve: bool = True, has_negative: bool = False) -> Plan:
-        ts = time_grid(opts.steps, opts.shift)
-        return cls(opts, guidance(opts, uncond_keeps_curve, has_negative), solver_table(ts, opts.solver))
+    def make(
+        cls, opts: SamplerOptions, uncond_keeps_curve: bool = True, has_negative: bool = False, sigmas=None,
+        objective: str = "v2m",
+    ) -> Plan:
+        """v2m's rectified flow by default; a Stable Audio Open model passes its objective and a
+        sigmas(steps) -> schedule callable (`v2m.runtime.sao.sigma_schedule`)."""
+        g = guidance(opts, uncond_keeps_curve, has_negative)
+        if objective == "v2m":
+            if opts.solver not in OBJECTIVE_SOLVERS["v2m"]:
+                raise ValueError(f"solver {opts.solver!r} does not fit this model; use euler or heun")
+            return cls(opts, g, solver_table(time_grid(opts.steps, opts.shift), opts.solver))
+        sig = np.asarray(sigmas(opts.steps), dtype=np.float64)
+        if opts.shift != 1.0:
+            if objective == "v":
+                raise ValueError("--shift applies to rectified-flow models; this one is v-diffusion")
+            sig = opts.shift * sig / (1.0 + (opts.shift - 1.0) * sig)
+        return cls(opts, g, sigma_table(sig, opts.solver, objective))
 
     @property
     def steps(self) -> int:

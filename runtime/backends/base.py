@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..sampler import Conditioning, Plan, branch_batch
+from ..sampler import Conditioning, Plan, branch_batch, global_batch
 
 __all__ = ["Backend", "StepHook", "EngineCall"]
 
@@ -50,7 +50,8 @@ class Backend(abc.ABC):
         on_step: StepHook | None = None,
         stage_noise: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Run the sampler from noise [B, C, L] to latents [B, C, L] (float32 numpy).
+        """Run the sampler from the initial state [B, C, L] (the noise, already scaled by the
+        table's `x0_scale`: `Pipeline.sample` does that) to latents [B, C, L] (float32 numpy).
 
         Args:
             cond: curves, prompt (and negative prompt) embeddings of the B videos.
@@ -62,6 +63,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Latents [B, C, L] -> audio [B, 2, L * hop] float32 numpy."""
+
+    def condition(self, text: np.ndarray, text_mask: np.ndarray, seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A Stable Audio Open conditioner: T5 tokens [B, S, E], mask [B, S], seconds [B, K] ->
+        (cross-attention tokens [B, S + Kx, Dc], global conditioning [B, Dg]), float32 numpy."""
+        from ..errors import BundleError
+
+        raise BundleError(f"the {self.name} backend has no conditioner for this bundle (only Stable Audio Open "
+                          "bundles have one)")
 
     def max_batch(self, guidance_size: int) -> int | None:
         """Videos per `sample` call with `guidance_size` branches; None when unbounded."""
@@ -95,6 +104,7 @@ class EngineCall:
             raise InputError(f"{self.b} videos in one sampler call exceed {what} ({limit} with {self.g} guidance "
                              "branches); sample fewer at once")
         self.curve, self.text, self.mask = branch_batch(plan.guidance, cond)  # (G*B, 1, L), (G*B, S, E), (G*B, S)
+        self.global_cond = global_batch(plan.guidance, cond)  # (G*B, Dg) or None
         self.s = self.text.shape[1]
         self.n_noise = 1 if stage_noise is None else stage_noise.shape[0]
         self.noise = (np.zeros((1, self.b, self.c, self.n), np.float32) if stage_noise is None

@@ -41,11 +41,16 @@ from ..manifest import Manifest, load_manifest
 from ..sampler import Conditioning, Plan, SolverTable, sample_loop
 from .base import Backend, EngineCall
 
-__all__ = ["OrtBackend", "GRAPHS", "parse_device", "StageRing"]
+__all__ = ["OrtBackend", "runtime_graphs", "parse_device", "StageRing"]
 
 log = logging.getLogger("v2m.backend.ort")
 
-GRAPHS = ("encoder", "vae", "text", "schedule", "step")
+def runtime_graphs(cfg: BundleConfig) -> tuple[str, ...]:
+    """The exported graphs this backend runs for a bundle: every one its family exports but the
+    T5 text encoder (`v2m.runtime.t5_text` runs that)."""
+    from v2m.export.contracts import graph_names
+
+    return tuple(n for n in graph_names(cfg) if n != "t5")
 _NP = {"fp32": np.float32, "fp16": np.float16}
 
 
@@ -94,49 +99,51 @@ class StageRing:
         }
 
 
-class _Shape:
-    """Per-(shape, solver table) device buffers the step graph reads; stable addresses so
-    captured graphs stay valid across generations (inputs are updated in place)."""
+STATE = ("x", "x_eval", "d_prev", "k", "x_out", "d", "k_next")
+TABLES = ("coef", "noise", "weights", "curve")
 
-    def __init__(self, backend: OrtBackend, b: int, c: int, n: int, s: int, g: int, table: SolverTable, n_noise: int):
+
+class _Shape:
+    """Per-(shape, solver table) device buffers the step graph reads, bound by name; stable
+    addresses so captured graphs stay valid across generations (inputs are updated in place).
+
+    The step's inputs are its state (the ring), its tables (coef, noise, weights, curve) and
+    the hoisted tensors: the `text` graph's outputs (per generation) and the `schedule`
+    graph's (per solver table), whatever the model family calls them.
+    """
+
+    def __init__(self, backend: OrtBackend, call: EngineCall, table: SolverTable, text_feeds: dict[str, np.ndarray]):
         put, empty = backend._put, backend._empty
-        md = backend.model_np
-        cfg = backend.cfg.dit
-        depth, heads, width = int(cfg["depth"]), int(cfg["heads"]), int(cfg["width"])
+        b, c, n = call.b, call.c, call.n
         x = lambda: empty((b, c, n), np.float32)
         self.bufs = {"X0": x(), "X1": x(), "XE": x(), "D0": x(), "D1": x(),
                      "K0": empty((1,), np.int64), "K1": empty((1,), np.int64)}
-        self.noise = empty((n_noise, b, c, n), np.float32)
-        self.weights = empty((g,), np.float32)
-        self.curve = empty((g * b, 1, n), np.float32)
-        self.text_kv = empty((depth, 2, g * b, heads, s, width // heads), md)
-        self.text_bias = empty((g * b, 1, 1, s), md)
-        self.coef = put(np.ascontiguousarray(table.coef, dtype=np.float32))
-        k = len(table.t_model)
-        self.mods, self.finals = empty((depth, k, 6, width), md), empty((k, 2, width), md)
-        sched = backend.sessions["schedule"]
-        io = sched.io_binding()
-        t = put(np.asarray(table.t_model, dtype=np.float32))
-        io.bind_ortvalue_input("t_model", t)
-        io.bind_ortvalue_output("mods", self.mods)
-        io.bind_ortvalue_output("finals", self.finals)
-        sched.run_with_iobinding(io)  # once per solver table and shape
+        self.tables = {"coef": put(np.ascontiguousarray(table.coef, dtype=np.float32)),
+                       "noise": empty((call.n_noise, b, c, n), np.float32),
+                       "weights": empty((call.g,), np.float32), "curve": empty((call.g * b, 1, n), np.float32)}
+        # hoisted tensors: ORT allocates them on the first run; later runs write into the same values
+        self.text_out = backend._run_to_device("text", text_feeds)
+        self.sched_out = backend._run_to_device("schedule", {"t_model": np.asarray(table.t_model, dtype=np.float32)})
         self.ring = StageRing(table.stages)
         self.graph_base: int | None = None  # first gpu_graph_id of this shape's captured bindings
         self.bindings: list = []
         step = backend.sessions["step"]
+        fixed = {**self.tables, **self.text_out, **self.sched_out}
         for phase in range(self.ring.period):
             names = self.ring.binding(phase)
             io = step.io_binding()
-            for name in ("x", "x_eval", "d_prev", "k"):
-                io.bind_ortvalue_input(name, self.bufs[names[name]])
-            for name, value in (("coef", self.coef), ("noise", self.noise), ("weights", self.weights),
-                                ("mods", self.mods), ("finals", self.finals), ("curve", self.curve),
-                                ("text_kv", self.text_kv), ("text_bias", self.text_bias)):
+            for name in step_inputs(step):
+                value = self.bufs[names[name]] if name in STATE else fixed.get(name)
+                if value is None:
+                    raise BundleError(f"the exported step graph takes {name!r}, which no other graph makes; re-export")
                 io.bind_ortvalue_input(name, value)
             for name in ("x_out", "d", "k_next"):
                 io.bind_ortvalue_output(name, self.bufs[names[name]])
             self.bindings.append(io)
+
+
+def step_inputs(session) -> list[str]:
+    return [i.name for i in session.get_inputs()]
 
 
 class OrtBackend(Backend):
@@ -176,12 +183,13 @@ class OrtBackend(Backend):
         self.precision = precision
         self.model_np = _NP[precision]
         self.manifest: Manifest = load_manifest(self.bundle_dir)
-        self.manifest.verify(self.cfg, GRAPHS, precision)
+        self.graphs = runtime_graphs(cfg)
+        self.manifest.verify(self.cfg, self.graphs, precision)
         self.threads = threads or _cpu_threads()
         self.cuda_graphs = self.device_type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
         if self.cuda_graphs and self.device_type != "cuda":
             raise BackendUnavailable("ONNX Runtime CUDA graphs need --device cuda")
-        self.sessions = {name: self._session(name) for name in GRAPHS}
+        self.sessions = {name: self._session(name) for name in self.graphs}
         self.providers = self.sessions["step"].get_providers()
         self.run_options = ort.RunOptions()
         # no wait for the device after each run: the host only waits when it reads a result
@@ -240,6 +248,8 @@ class OrtBackend(Backend):
 
     # --- the stages ----------------------------------------------------------------------------
     def encode_frames(self, pixels: np.ndarray) -> np.ndarray:
+        if "encoder" not in self.sessions:
+            raise BundleError("this bundle has no frame encoder graph, so it cannot follow a video")
         return self.sessions["encoder"].run(["features"], {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
@@ -249,36 +259,58 @@ class OrtBackend(Backend):
         prof = self.manifest.graph("step", self.precision).profile_shapes()
         return max(1, min(prof["x"][2][0], prof["curve"][2][0] // max(1, guidance_size)))
 
-    def _shape(self, b: int, c: int, n: int, s: int, g: int, table: SolverTable, n_noise: int) -> _Shape:
-        key = (b, c, n, s, g, table.key, n_noise)
+    def _run_to_device(self, name: str, feeds: dict[str, np.ndarray], outputs: dict | None = None) -> dict:
+        """Run graph `name` on host feeds with its outputs on the device: into `outputs` (OrtValues)
+        when given, else into new ones ORT allocates; returns the outputs by name."""
+        sess = self.sessions[name]
+        io = sess.io_binding()
+        keep = {k: self._put(np.ascontiguousarray(v)) for k, v in feeds.items()}  # referenced until the run completes
+        for k, v in keep.items():
+            io.bind_ortvalue_input(k, v)
+        names = [o.name for o in sess.get_outputs()]
+        for k in names:
+            if outputs is not None:
+                io.bind_ortvalue_output(k, outputs[k])
+            else:
+                io.bind_output(k, self.device_type, self.device_id)
+        sess.run_with_iobinding(io, self.run_options)
+        if outputs is not None:
+            return outputs
+        return dict(zip(names, io.get_outputs()))
+
+    def _text_feeds(self, call: EngineCall) -> dict[str, np.ndarray]:
+        """The text graph's inputs from the branch batch, by name (v2m: text, text_mask; SAO: text, global_cond)."""
+        have = {"text": call.text, "text_mask": call.mask, "global_cond": call.global_cond}
+        want = [i.name for i in self.sessions["text"].get_inputs()]
+        missing = [k for k in want if have.get(k) is None]
+        if missing:
+            raise BundleError(f"the exported text graph takes {missing}, which this generation does not have")
+        return {k: have[k] for k in want}
+
+    def _shape(self, call: EngineCall, table: SolverTable) -> _Shape:
+        key = (call.b, call.c, call.n, call.s, call.g, table.key, call.n_noise)
+        feeds = self._text_feeds(call)
         if key in self._shapes:
             self._shapes.move_to_end(key)
-            return self._shapes[key]
-        shape = self._shapes[key] = _Shape(self, b, c, n, s, g, table, n_noise)
+            sh = self._shapes[key]
+            self._run_to_device("text", feeds, sh.text_out)  # once per generation, into the step's inputs
+            return sh
+        sh = self._shapes[key] = _Shape(self, call, table, feeds)
         if self.cuda_graphs:  # ids are never reused: a captured graph stays with its id
-            shape.graph_base = self._next_graph_id
-            self._next_graph_id += shape.ring.period
+            sh.graph_base = self._next_graph_id
+            self._next_graph_id += sh.ring.period
         while len(self._shapes) > self.max_shapes:
             self._shapes.popitem(last=False)
-        return shape
+        return sh
 
     def sample(self, noise, cond: Conditioning, plan: Plan, on_step=None, stage_noise=None):
         call = EngineCall(self, noise, cond, plan, stage_noise, "the exported profile")
-        b, c, n = noise.shape
-        sh = self._shape(b, c, n, call.s, call.g, plan.table, call.n_noise)
-        text = self.sessions["text"]
-        io = text.io_binding()
-        keep = [self._put(call.text), self._put(call.mask)]  # referenced until the run completes
-        io.bind_ortvalue_input("text", keep[0])
-        io.bind_ortvalue_input("text_mask", keep[1])
-        io.bind_ortvalue_output("text_kv", sh.text_kv)
-        io.bind_ortvalue_output("text_bias", sh.text_bias)
-        text.run_with_iobinding(io, self.run_options)  # once per generation, into the step's buffers
-        sh.curve.update_inplace(call.curve)
-        sh.weights.update_inplace(np.asarray(plan.guidance.weights, dtype=np.float32))
-        sh.noise.update_inplace(call.noise)
+        sh = self._shape(call, plan.table)
+        sh.tables["curve"].update_inplace(call.curve)
+        sh.tables["weights"].update_inplace(np.asarray(plan.guidance.weights, dtype=np.float32))
+        sh.tables["noise"].update_inplace(call.noise)
         sh.bufs["X0"].update_inplace(np.ascontiguousarray(noise, dtype=np.float32))
-        sh.bufs["D0"].update_inplace(np.zeros((b, c, n), np.float32))
+        sh.bufs["D0"].update_inplace(np.zeros(noise.shape, np.float32))
         sh.bufs["K0"].update_inplace(np.zeros(1, np.int64))
         step = self.sessions["step"]
         calls = [0]
@@ -298,8 +330,15 @@ class OrtBackend(Backend):
 
         final = sample_loop(stage, "X0", "D0", plan.steps, plan.table.stages, on_step)
         self._last_k = sh.bufs["K0"]
-        del keep
         return np.array(sh.bufs[final].numpy(), dtype=np.float32, copy=True)
+
+    def condition(self, text, text_mask, seconds):
+        if "cond" not in self.sessions:
+            return super().condition(text, text_mask, seconds)
+        f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
+        cross, glob = self.sessions["cond"].run(["cross_cond", "global_cond"],
+                                                {"text": f32(text), "text_mask": f32(text_mask), "seconds": f32(seconds)})
+        return cross, glob
 
     def step_clock(self):
         from ..profiler import HostClock, SyncHostClock

@@ -18,9 +18,9 @@ import torch
 
 from ..bundle import BundleConfig
 from ..errors import BackendUnavailable
-from ..sampler import Conditioning, Plan, branch_batch, sample_loop
+from ..sampler import Conditioning, Plan, sample_loop
 from .base import Backend
-from .torch_step import DiTStepModel, make_stage, stage_tensors
+from .torch_step import branch_tensors, make_stage, stage_tensors, step_model
 
 __all__ = ["TorchBackend", "DTYPES"]
 
@@ -54,19 +54,37 @@ class TorchBackend(Backend):
         if self.torch_device.type == "cpu" and self.dtype == torch.float16:
             log.warning("fp16 on CPU is slow and not what this path was tuned for; fp32 or bf16 is faster")
         load = lambda name: load_component(bundle_dir, name, cfg, device=self.torch_device, dtype=self.dtype)
-        self.encoder, self.dit, self.vae = load("encoder"), load("dit"), load("vae")
+        self.dit, self.vae = load("dit"), load("vae")
+        # a Stable Audio Open bundle converted without a frame encoder runs text-only
+        self.encoder = None if cfg.encoder.get("kind") == "none" else load("encoder")
+        # the seconds/text conditioner of a Stable Audio Open bundle; fp32: it runs once a generation
+        self.cond = (load_component(bundle_dir, "cond", cfg, device=self.torch_device, dtype=torch.float32)
+                     if cfg.family == "sao" else None)
         self._sched_cache: dict[tuple, tuple] = {}
 
     # --- frames -------------------------------------------------------------------------
     @torch.inference_mode()
+    def condition(self, text, text_mask, seconds):
+        if self.cond is None:
+            return super().condition(text, text_mask, seconds)
+        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.torch_device)
+        cross, glob = self.cond(as_t(text), as_t(text_mask), as_t(seconds))
+        return cross.float().cpu().numpy(), glob.float().cpu().numpy()
+
+    @torch.inference_mode()
     def encode_frames(self, pixels: np.ndarray):
+        if self.encoder is None:
+            from ..errors import BundleError
+
+            raise BundleError("this bundle has no frame encoder (converted without --encoder), so it cannot follow a "
+                              "video; convert it again with --encoder DIR (a DINOv2 checkpoint)")
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.torch_device, self.dtype)
         feats = self.encoder.pooled(x).float()  # (N, D)
         # On CUDA the features stay on the device: the curve kernel reads them there.
         return feats if self.torch_device.type == "cuda" else feats.numpy()
 
     # --- sampler ------------------------------------------------------------------------
-    def _schedule(self, model: DiTStepModel, plan: Plan) -> tuple:
+    def _schedule(self, model, plan: Plan) -> tuple:
         """Per-stage modulations of a solver table, cached by its content key (one at a time)."""
         key = (plan.table.key, model.dtype)
         if key not in self._sched_cache:
@@ -77,15 +95,14 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def sample(self, noise, cond: Conditioning, plan: Plan, on_step=None, stage_noise=None):
         dev = self.torch_device
-        model = DiTStepModel(self.dit)
-        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev)
-        curve_g, text_g, mask_g = branch_batch(plan.guidance, cond)  # (G*B, 1, L), (G*B, S, E), (G*B, S)
-        ctx = model.context(as_t(text_g), as_t(mask_g), as_t(curve_g))
+        model = step_model(self.dit)
+        batch = branch_tensors(plan, cond, dev)  # (G*B, ...) branch-major
+        ctx = model.text_context(batch)
         sched = self._schedule(model, plan)
         coef, noise_t, weights = stage_tensors(plan.table, plan.guidance.weights, stage_noise, noise.shape, dev)
         k = torch.zeros(1, dtype=torch.int64, device=dev)
-        stage = make_stage(model, k, coef, noise_t, weights, sched, ctx)
-        x0 = as_t(noise)
+        stage = make_stage(model, k, coef, noise_t, weights, batch["curve"], sched, ctx)
+        x0 = torch.from_numpy(np.ascontiguousarray(noise, dtype=np.float32)).to(dev)
         x = sample_loop(stage, x0, torch.zeros_like(x0), plan.steps, plan.table.stages, on_step)
         return x.cpu().numpy()
 

@@ -56,9 +56,9 @@ from torch import nn
 
 from ..bundle import BundleConfig
 from ..errors import BackendUnavailable
-from ..sampler import Conditioning, Plan, SolverTable, branch_batch, solver_step
+from ..sampler import Conditioning, Plan, SolverTable, solver_step
 from .torch_backend import TorchBackend
-from .torch_step import DiTStepModel, guided_stage, make_stage
+from .torch_step import branch_tensors, guided_stage, make_stage, step_model
 
 __all__ = [
     "FastConfig",
@@ -135,42 +135,38 @@ class StaticState:
     coef: torch.Tensor  # (K, 7) fp32 solver table
     noise: torch.Tensor  # (N, B, C, L) fp32 stage noise (N = 1, zeros, for deterministic solvers)
     weights: torch.Tensor  # (G,) fp32 guidance weights
-    sched: tuple  # (mods (depth, K, 6, D), finals (K, 2, D)) model dtype
-    ctx: tuple  # (curve (G*B, 1, L), per-block K/V 2 x (G*B, H, S, Dh), bias (G*B, 1, 1, S))
+    curve: torch.Tensor  # (G*B, 1, L) fp32 the branches' curves
+    sched: tuple  # the model's per-schedule tensors (`StepModel.SCHEDULE`)
+    ctx: tuple  # the model's per-generation tensors (`StepModel.CONTEXT`), static copies
     stages: int  # stages per solver step
 
     @property
-    def key(self) -> tuple[int, int, int, int]:
+    def key(self) -> tuple[int, ...]:
         b, _, n = self.x.shape
-        bias = self.ctx[2]
-        return b, n, bias.shape[-1], self.weights.shape[0]
+        return b, n, self.weights.shape[0], *self.ctx[0].shape
 
 
-def solver_graph_step(model: DiTStepModel, st: StaticState) -> None:
+def solver_graph_step(model, st: StaticState) -> None:
     """One whole solver step in place (all its stages, k advanced): the unit we capture."""
-    stage = make_stage(model, st.k, st.coef, st.noise, st.weights, st.sched, st.ctx)
+    stage = make_stage(model, st.k, st.coef, st.noise, st.weights, st.curve, st.sched, st.ctx)
     x, d = solver_step(stage, st.x, st.d, st.stages)
     st.d.copy_(d)
     st.x.copy_(x)
 
 
-def _alloc_state(dit, b: int, length: int, s: int, g: int, sched, coef, n_noise: int, stages: int, dtype, device) -> StaticState:
-    cfg = dit.cfg
-    kv = lambda: torch.zeros(g * b, cfg.heads, s, cfg.head_dim, dtype=dtype, device=device)  # (G*B, H, S, Dh)
-    x = lambda: torch.zeros(b, cfg.latent_channels, length, dtype=torch.float32, device=device)
+def _alloc_state(noise_shape, g: int, ctx: tuple, sched, coef, n_noise: int, stages: int, device) -> StaticState:
+    b, c, length = noise_shape
+    x = lambda: torch.zeros(b, c, length, dtype=torch.float32, device=device)
     return StaticState(
         x=x(),
         d=x(),
         k=torch.zeros(1, dtype=torch.int64, device=device),
         coef=coef,
-        noise=torch.zeros(n_noise, b, cfg.latent_channels, length, dtype=torch.float32, device=device),
+        noise=torch.zeros(n_noise, b, c, length, dtype=torch.float32, device=device),
         weights=torch.zeros(g, dtype=torch.float32, device=device),
+        curve=torch.zeros(g * b, 1, length, dtype=torch.float32, device=device),
         sched=sched,
-        ctx=(
-            torch.zeros(g * b, 1, length, dtype=dtype, device=device),
-            [(kv(), kv()) for _ in range(cfg.depth)],
-            torch.zeros(g * b, 1, 1, s, dtype=dtype, device=device),
-        ),
+        ctx=tuple(torch.zeros_like(t) for t in ctx),
         stages=stages,
     )
 
@@ -201,7 +197,7 @@ class FastSampler:
             raise BackendUnavailable("CUDA graphs need a CUDA device; use graphs=False (or None) on CPU")
         self.graphs = bool(want_graphs)
         self.backbone = self._backbone()
-        self.model = DiTStepModel(dit, self.backbone)
+        self.model = step_model(dit, self.backbone)
         self._sched: OrderedDict[tuple, tuple] = OrderedDict()
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
         self.captures = 0  # how many graphs were captured (tests and logs)
@@ -241,18 +237,18 @@ class FastSampler:
             self._sched.popitem(last=False)
         return self._sched[key]
 
-    def _entry(self, b: int, length: int, s: int, g: int, table: SolverTable, n_noise: int) -> _Entry:
-        key = (b, length, s, g, table.key, n_noise)
+    def _entry(self, noise_shape, g: int, ctx: tuple, table: SolverTable, n_noise: int) -> _Entry:
+        key = (*noise_shape, g, tuple(tuple(t.shape) for t in ctx), table.key, n_noise)
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key]
         sched, coef = self.schedule(table)
-        st = _alloc_state(self.dit, b, length, s, g, sched, coef, n_noise, table.stages, self.dtype, self.device)
+        st = _alloc_state(noise_shape, g, ctx, sched, coef, n_noise, table.stages, self.device)
         entry = _Entry(st, self._capture(st) if self.graphs else None)
         self._entries[key] = entry
         while len(self._entries) > self.config.max_graphs:
             old, _ = self._entries.popitem(last=False)
-            log.info("fast sampler: evicted the graph of shape (B, L, S, G) = %s", old[:4])
+            log.info("fast sampler: evicted the graph of shape (B, C, L, G) = %s", old[:4])
         return entry
 
     def _capture(self, st: StaticState):
@@ -271,7 +267,7 @@ class FastSampler:
             with torch.cuda.graph(graph):
                 step()
         self.captures += 1
-        log.info("fast sampler: captured a CUDA graph for (B, L, S, G) = %s, %d stage(s) a step", st.key, st.stages)
+        log.info("fast sampler: captured a CUDA graph for (B, L, G, ...) = %s, %d stage(s) a step", st.key, st.stages)
         return graph
 
     # --- the sampler ----------------------------------------------------------------------
@@ -279,20 +275,17 @@ class FastSampler:
     def prepare(self, noise, cond: Conditioning, plan: Plan, stage_noise=None) -> _Entry:
         """Copy one generation's inputs into the static buffers of its shape (capturing if new)."""
         dev = self.device
-        b, _, length = noise.shape
-        s, g = cond.text.shape[1], plan.guidance.size
+        g = plan.guidance.size
         n_noise = 1 if stage_noise is None else stage_noise.shape[0]
+        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev)
         with self._device():
-            entry = self._entry(b, length, s, g, plan.table, n_noise)
+            batch = branch_tensors(plan, cond, dev)
+            ctx = self.model.text_context(batch)  # once per generation
+            entry = self._entry(tuple(noise.shape), g, ctx, plan.table, n_noise)
             st = entry.state
-            as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev)
-            curve_g, text_g, mask_g = branch_batch(plan.guidance, cond)
-            curve, kvs, bias = self.model.context(as_t(text_g), as_t(mask_g), as_t(curve_g))  # once per generation
-            for (k_dst, v_dst), (k, v) in zip(st.ctx[1], kvs):
-                k_dst.copy_(k)
-                v_dst.copy_(v)
-            st.ctx[0].copy_(curve)
-            st.ctx[2].copy_(bias)
+            for dst, src in zip(st.ctx, ctx):
+                dst.copy_(src)
+            st.curve.copy_(batch["curve"])
             st.x.copy_(as_t(noise))
             st.d.zero_()
             st.noise.copy_(as_t(stage_noise)) if stage_noise is not None else st.noise.zero_()
@@ -328,7 +321,7 @@ class FastSampler:
             kk = torch.tensor([k], dtype=torch.int64, device=self.device)
             xx = x.to(self.device, torch.float32)
             _, d = guided_stage(self.model, xx, xx, torch.zeros_like(xx), kk, st.coef, st.noise, st.weights,
-                                st.sched, st.ctx)
+                                st.curve, st.sched, st.ctx)
         return d.clone()
 
 
@@ -410,6 +403,8 @@ class TorchFastBackend(TorchBackend):
 
     @torch.inference_mode()
     def encode_frames(self, pixels: np.ndarray):
+        if self.encoder is None:
+            return super().encode_frames(pixels)  # the one-line error
         x = torch.from_numpy(np.ascontiguousarray(pixels))
         # every frame has the bundle's input size: baked on the first batch, a no-op after
         self.encoder.bake_position_embeddings(tuple(x.shape[-2:]))

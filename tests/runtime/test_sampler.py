@@ -157,3 +157,163 @@ def test_resolve_seed():
     assert 0 <= s < 2**31
     with pytest.raises(ValueError):
         sampler.resolve_seed(-1)
+
+
+# --- the sigma-space solvers of Stable Audio Open models -------------------------------------------
+def run_sigma_table(table, out_fn, x0, noise):
+    """Run a sigma table with a numpy stage written from the module docstring; out_fn(x_in, t)."""
+    k = [0]
+
+    def stage(xb, xe, dp):
+        c_in, p, q, cx, ca, cb, cn = table.coef[k[0]].astype(np.float64)
+        d = p * xe + q * out_fn(c_in * xe, table.t_model[k[0]])
+        x = cx * xb + ca * d + cb * dp + cn * noise[k[0]]
+        k[0] += 1
+        return x, d
+
+    return sampler.sample_loop(stage, table.x0_scale * x0, np.zeros_like(x0), table.steps, table.stages)
+
+
+def kdiff_dpmpp_2m(denoise, x, sigmas):
+    """k-diffusion's sample_dpmpp_2m, transcribed (sigma_fn = exp(-t), t_fn = -log sigma)."""
+    old = None
+    for i in range(len(sigmas) - 1):
+        d = denoise(x, sigmas[i])
+        t, t_next = -np.log(sigmas[i]), (-np.log(sigmas[i + 1]) if sigmas[i + 1] > 0 else np.inf)
+        h = t_next - t
+        if old is None or sigmas[i + 1] == 0:
+            x = (sigmas[i + 1] / sigmas[i]) * x - np.expm1(-h) * d
+        else:
+            h_last = t - (-np.log(sigmas[i - 1]))
+            r = h_last / h
+            x = (sigmas[i + 1] / sigmas[i]) * x - np.expm1(-h) * ((1 + 1 / (2 * r)) * d - (1 / (2 * r)) * old)
+        old = d
+    return x
+
+
+def kdiff_dpmpp_2m_sde(denoise, x, sigmas, noises, eta=1.0):
+    """k-diffusion's sample_dpmpp_2m_sde (midpoint), transcribed; noises[i] for step i."""
+    old, h_last, h = None, None, None
+    for i in range(len(sigmas) - 1):
+        d = denoise(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = d
+        else:
+            t, s = -np.log(sigmas[i]), -np.log(sigmas[i + 1])
+            h = s - t
+            eta_h = eta * h
+            x = sigmas[i + 1] / sigmas[i] * np.exp(-eta_h) * x + (-np.expm1(-h - eta_h)) * d
+            if old is not None:
+                r = h_last / h
+                x = x + 0.5 * (-np.expm1(-h - eta_h)) * (1 / r) * (d - old)
+            x = x + noises[i] * sigmas[i + 1] * np.sqrt(-np.expm1(-2 * eta_h))
+        old, h_last = d, h
+    return x
+
+
+def gaussian_denoiser(mu, s):
+    """The optimal denoiser of data ~ N(mu, s^2) under x = x0 + sigma * noise."""
+    return lambda x, sigma: mu + s**2 / (s**2 + sigma**2) * (x - mu)
+
+
+def v_model(denoise):
+    """The v-diffusion model output whose k-diffusion VDenoiser gives `denoise` (input x c_in, time atan)."""
+    from v2m.runtime.sao import v_scalings
+
+    def out(x_in, t):
+        sigma = np.tan(t * np.pi / 2)
+        c_skip, c_out, c_in = v_scalings(sigma)
+        x = x_in / c_in
+        return (denoise(x, sigma) - c_skip * x) / c_out
+
+    return out
+
+
+def test_dpmpp_2m_is_k_diffusions():
+    from v2m.runtime.sao import SAOConfig, sigma_schedule
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((2, 3, 7))
+    den = gaussian_denoiser(0.7, 0.4)
+    sig = sigma_schedule(SAOConfig(), 20)  # 500 ... 0.3, then 0
+    table = sampler.sigma_table(sig, "dpmpp-2m", "v")
+    got = run_sigma_table(table, v_model(den), z, np.zeros((20, 1)))
+    np.testing.assert_allclose(got, kdiff_dpmpp_2m(den, z * sig[0], sig), rtol=1e-5, atol=1e-6)
+    assert table.x0_scale == pytest.approx(500.0)
+    np.testing.assert_allclose(table.t_model, np.arctan(sig[:-1]) * 2 / np.pi)
+
+
+def test_dpmpp_2m_converges_to_the_probability_flow_solution():
+    # data ~ N(mu, s^2): the ODE maps x_T to mu + (x_T - mu) s / sqrt(s^2 + sigma_max^2) (up to the
+    # sigma_min truncation of the schedule, which the exact flow from sigma_min to 0 also does)
+    from v2m.runtime.sao import SAOConfig, sigma_schedule
+
+    mu, s = 0.3, 0.5
+    z = np.random.default_rng(1).standard_normal(1000)
+    x_t = 500.0 * z
+    errs = []
+    for n in (25, 50, 100):
+        sig = sigma_schedule(SAOConfig(), n)
+        got = run_sigma_table(sampler.sigma_table(sig, "dpmpp-2m", "v"), v_model(gaussian_denoiser(mu, s)), z,
+                              np.zeros((n, 1)))
+        # exact flow to sigma_min, then the last step's jump to the denoised estimate
+        x_min = mu + (x_t - mu) * np.sqrt(s**2 + 0.3**2) / np.sqrt(s**2 + 500.0**2)
+        errs.append(np.abs(got - gaussian_denoiser(mu, s)(x_min, 0.3)).max())
+    assert errs[-1] < 1e-3 and errs[0] > errs[1] > errs[2]
+
+
+def test_dpmpp_2m_sde_is_k_diffusions():
+    from v2m.runtime.sao import SAOConfig, sigma_schedule
+
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((1, 2, 5))
+    noises = rng.standard_normal((12, 1, 2, 5))
+    den = gaussian_denoiser(-0.2, 0.8)
+    sig = sigma_schedule(SAOConfig(), 12)
+    table = sampler.sigma_table(sig, "dpmpp-2m-sde", "v")
+    assert table.stochastic
+    got = run_sigma_table(table, v_model(den), z, noises)
+    np.testing.assert_allclose(got, kdiff_dpmpp_2m_sde(den, z * sig[0], sig, noises), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["pingpong", "euler"])
+def test_rectified_flow_sigma_solvers(solver):
+    """SAO Small's samplers: ping-pong as stable-audio-tools writes it, Euler in sigma."""
+    from v2m.runtime.sao import SAOConfig, sigma_schedule
+
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((1, 2, 6))
+    noises = rng.standard_normal((8, 1, 2, 6))
+    x1 = rng.standard_normal((1, 2, 6))  # the data point the model "knows"
+    v = lambda x, sigma: (x - x1) / max(sigma, 1e-12)  # out = noise - x0 along x = (1 - s) x1 + s noise
+    sig = sigma_schedule(SAOConfig(objective="rf_denoiser", sigma_min=0.0, sigma_max=1.0, sigma_schedule="logsnr",
+                                   sampler="pingpong", latent_frames=8), 8)
+    table = sampler.sigma_table(sig, solver, "rf_denoiser")
+    np.testing.assert_allclose(table.t_model, sig[:-1])  # the model's time is sigma
+    got = run_sigma_table(table, v, z, noises)
+    ref = z.copy()
+    for i in range(8):
+        if solver == "pingpong":
+            den = ref - sig[i] * v(ref, sig[i])
+            ref = (1 - sig[i + 1]) * den + sig[i + 1] * noises[i]
+        else:
+            ref = ref + (sig[i + 1] - sig[i]) * v(ref, sig[i])
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    np.testing.assert_allclose(got, x1, atol=1e-6)  # the exact velocity lands on the data
+
+
+def test_solver_must_fit_the_objective():
+    with pytest.raises(ValueError, match="does not fit"):
+        sampler.sigma_table(np.array([1.0, 0.5, 0.0]), "heun", "v")
+    with pytest.raises(ValueError, match="does not fit"):
+        sampler.Plan.make(sampler.SamplerOptions(solver="dpmpp-2m"))
+    with pytest.raises(ValueError, match="shift"):
+        sampler.Plan.make(sampler.SamplerOptions(solver="dpmpp-2m", shift=2.0), sigmas=lambda n: np.linspace(5, 0, n + 1),
+                          objective="v")
+
+
+def test_stage_noise_is_per_video():
+    a = sampler.stage_noise([5, 6], 4, (2, 3))
+    assert a.shape == (4, 2, 2, 3)
+    np.testing.assert_array_equal(a[:, 1], sampler.stage_noise([6], 4, (2, 3))[:, 0])
+    assert not np.allclose(a[:, 0], sampler.initial_noise(5, (4, 2, 3)))
