@@ -112,7 +112,7 @@ def cmd_init_model(args) -> int:
 def cmd_generate(args) -> int:
     from . import media
 
-    if args.manifest or len(args.inputs) != 1 or Path(args.inputs[0]).is_dir():
+    if args.manifest or len(args.inputs) != 1 or Path(args.inputs[0]).is_dir() or getattr(args, "ray", None) is not None:
         return cmd_generate_batch(args)
     video_path = Path(args.inputs[0])
     media.check_output_path(args.output, video_path)  # before any heavy work
@@ -175,6 +175,10 @@ def cmd_generate_batch(args) -> int:
         jobs = batch.collect_inputs(args.inputs, out_dir, prompt=args.prompt, seed=args.seed)
     batch.check_output_dir(out_dir)  # before loading the model
     batch.assign_outputs(jobs, out_dir, args.format)
+    if getattr(args, "ray", None) is not None:  # the same jobs on a Ray cluster (v2m.serve.ray_batch)
+        from v2m.serve.ray_batch import cmd_generate_ray
+
+        return cmd_generate_ray(args, jobs, out_dir)
     profiling = bool(args.profile or args.trace)
     if profiling:  # before loading the model: a long run must not end in an unwritable report
         from .profiler import check_report_paths
@@ -420,9 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a Chrome trace (chrome://tracing, Perfetto); in batch mode one trace of the whole run")
     g.set_defaults(func=cmd_generate)
 
+    from v2m.serve.cli import add_ray_args, add_serve_parser
+
+    add_ray_args(g)
     from .cli_bench import add_bench_parsers
 
     add_bench_parsers(sub, _add_runtime_args)
+    add_serve_parser(sub, _add_runtime_args)
 
     c = sub.add_parser("curve", help="print a video's event curve")
     c.add_argument("video")
