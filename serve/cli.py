@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import logging
 import os
+import signal
 
 from v2m.runtime.errors import BackendUnavailable, InputError
 
@@ -93,6 +94,8 @@ def cmd_serve(args) -> int:
     if config.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         log.warning("listening on %s without an API key: anyone who can reach it can use it", config.host)
     print(f"v2m serve: http://{config.host}:{config.port} (docs at /docs; ready when /readyz says so)", flush=True)
+    # uvicorn re-raises the signal it shut down on: after a graceful SIGTERM, exit 0
+    signal.signal(signal.SIGTERM, lambda *_: None)
     server.run()
     if failure:
         e = failure[0]

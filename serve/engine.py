@@ -105,7 +105,7 @@ class Ticket:
         return self._abandoned.is_set()
 
 
-@dataclass
+@dataclass(eq=False)
 class SampleItem:
     """A prepared request: everything the sampler needs (`_sample_group`'s item)."""
 
@@ -157,7 +157,7 @@ class TempDirs:
 
 
 # --- the device thread -----------------------------------------------------------------
-@dataclass
+@dataclass(eq=False)  # compared by identity (the item holds arrays)
 class _Entry:
     item: SampleItem
     future: concurrent.futures.Future
@@ -254,11 +254,25 @@ class Scheduler:
         left = head.t_ready + self.wait_s - time.perf_counter()
         if len(group) < self.max_batch and self._incoming > 0 and left > 0:
             return "wait", left
-        for e in group:
-            self._ready.remove(e)
+        taken = {id(e) for e in group}
+        self._ready = [e for e in self._ready if id(e) not in taken]
         return "group", group
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException:  # a bug here must not leave requests waiting forever
+            log.exception("the device thread failed; failing every queued request")
+            with self._cv:
+                self._stop = True
+                dropped = [f for f, _, _ in self._tasks] + [e.future for e in self._ready]
+                self._tasks.clear()
+                self._ready.clear()
+            for f in dropped:
+                if f.set_running_or_notify_cancel():
+                    f.set_exception(RuntimeError("the device thread failed; the server is shutting down"))
+
+    def _serve(self) -> None:
         while True:
             with self._cv:
                 while True:

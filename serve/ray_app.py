@@ -51,7 +51,11 @@ class V2MDeployment:
         self.engine.batch_fn = self._batch
         self._batched.set_max_batch_size(self.engine.max_batch)
         self._batched.set_batch_wait_timeout_s(config.batch_wait_ms / 1e3)
-        _REPLICA_APP["app"] = create_app(config, engine=self.engine)
+        # Ray pickles this class by value (with a copy of this module's globals); the builder
+        # reads the real module's dict, so write there
+        from v2m.serve import ray_app
+
+        ray_app._REPLICA_APP["app"] = create_app(config, engine=self.engine)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.25)
     async def _batched(self, items: list) -> list:
@@ -62,6 +66,11 @@ class V2MDeployment:
         if kind == "error":
             raise value
         return value
+
+    def __del__(self):
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
 
     def check_health(self) -> None:
         if not self.engine.scheduler.alive:

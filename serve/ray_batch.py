@@ -84,7 +84,7 @@ class _Worker:
     def sample(self, group: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from .engine import _sample_group, _sample_windows
 
-        pipe, cfg = self.pipe, self.pipe.config
+        pipe = self.pipe
         options = pipe.sampler_options(self.steps, self.cfg_scale)
         items = [SimpleNamespace(**r) for r in group]
         for p in items:
