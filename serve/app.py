@@ -131,7 +131,7 @@ async def read_form(request: Request, workdir: Path, max_bytes: int, video_field
         raise ApiError(400, "multipart body without a boundary")
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
-        raise ApiError(413, f"the upload is {int(length) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.1f} MB")
+        raise ApiError(413, f"the upload is {int(length)} bytes; the limit is {max_bytes} bytes ({max_bytes / 2**20:g} MB)")
 
     fields: dict[str, str] = {}
     video: dict[str, Any] = {"path": None, "file": None}
@@ -198,7 +198,7 @@ async def read_form(request: Request, workdir: Path, max_bytes: int, video_field
         async for chunk in request.stream():
             received += len(chunk)
             if received > max_bytes:
-                raise ApiError(413, f"the upload is larger than the limit of {max_bytes / 2**20:.1f} MB")
+                raise ApiError(413, f"the upload is larger than the limit of {max_bytes} bytes ({max_bytes / 2**20:g} MB)")
             parser.write(chunk)
         parser.finalize()
     except ApiError:
@@ -304,9 +304,10 @@ def create_app(config: ServeConfig, load: Callable[[], Engine] | None = None, en
             log.info("ready: %s", json.dumps(eng.describe()))
         except BaseException as e:  # noqa: BLE001 - reported through /readyz and on_load_error
             state.load_error = str(e) if isinstance(e, V2MError) else f"{type(e).__name__}: {e}"
-            log.error("could not load the model: %s", state.load_error)
             if on_load_error is not None:
-                on_load_error(e)
+                on_load_error(e)  # the CLI stops and prints it
+            else:
+                log.error("could not load the model: %s", state.load_error)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -73,7 +73,8 @@ def start_server(bundle: Path, tmp: Path, *extra: str, env: dict | None = None) 
     cmd = [sys.executable, "-m", "v2m.runtime.cli", "serve", "--model", str(bundle), "--backend", "torch",
            "--device", "cpu", "--port", str(port), "--tmp-dir", str(tmp), "--quiet", *extra]
     with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     srv = Server(f"http://127.0.0.1:{port}", port, tmp, proc, log)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:

@@ -10,6 +10,19 @@ pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One CPU thread here and in every server the tests start (OMP_NUM_THREADS=1, _serve_util):
+    the thread count changes CPU numerics, and the bit-identical checks compare across
+    processes; on a loaded 2-core box, two spinning OpenMP threads also run 10-50x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def clips(tmp_path_factory) -> dict[str, Path]:
     """Two short clips of different latent lengths (1 s: 13 frames, 1.5 s: 19), one with sound."""

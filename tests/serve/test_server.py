@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +20,7 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-from _serve_util import httpx, start_server
+from _serve_util import free_port, httpx, start_server
 
 from v2m.runtime.cli import main as cli_main
 
@@ -34,7 +36,7 @@ def snr_db(ref: np.ndarray, x: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def server(tiny_bundle, tmp_path_factory):
     srv = start_server(tiny_bundle, tmp_path_factory.mktemp("srv") / "tmp", "--max-batch", "8",
-                       "--batch-wait-ms", "3000", "--max-upload-mb", "1", "--max-queue", "64", "--timeout", "300")
+                       "--batch-wait-ms", "3000", "--max-upload-mb", "2", "--max-queue", "64", "--timeout", "300")
     yield srv
     rc = srv.stop()
     assert rc == 0, srv.log.read_text()[-2000:]
@@ -206,13 +208,13 @@ def test_health_ready_docs(server):
 
 # --- hostile requests ----------------------------------------------------------------------
 def test_oversized_upload(server, clips):
-    big = b"\0" * (2 * 1024 * 1024)
+    big = b"\0" * (3 * 1024 * 1024)
     r = httpx.post(f"{server.url}/v1/generate", files={"video": ("big.mp4", big, "video/mp4")}, timeout=TIMEOUT)
     assert_error(r, 413, "limit")
 
     def chunks():  # no Content-Length: the limit holds on the bytes received
         yield b"--b\r\nContent-Disposition: form-data; name=\"video\"; filename=\"a.mp4\"\r\nContent-Type: video/mp4\r\n\r\n"
-        for _ in range(40):
+        for _ in range(60):
             yield b"\0" * 65536
 
     r = httpx.post(f"{server.url}/v1/generate", content=chunks(), timeout=TIMEOUT,
@@ -315,7 +317,7 @@ def test_client_disconnects_mid_response_and_while_waiting(server, clips):
 # --- auth, queue full, timeout, shutdown (a strict server of its own) -----------------------
 @pytest.fixture(scope="module")
 def strict(tiny_bundle, tmp_path_factory):
-    srv = start_server(tiny_bundle, tmp_path_factory.mktemp("strict") / "tmp", "--max-queue", "1", "--timeout", "5",
+    srv = start_server(tiny_bundle, tmp_path_factory.mktemp("strict") / "tmp", "--max-queue", "1", "--timeout", "15",
                        "--shutdown-grace", "60", env={"V2M_API_KEY": "s3cret-key-for-tests"})
     yield srv
     srv.stop()
@@ -340,7 +342,7 @@ def test_queue_full_then_timeout(strict, clips):
     slow: dict = {}
 
     def run():
-        slow["r"] = post(strict, clips["onehalf"], {"steps": "20000", "format": "wav"}, headers=AUTH)
+        slow["r"] = post(strict, clips["onehalf"], {"steps": "10000", "format": "wav"}, headers=AUTH)
 
     t = threading.Thread(target=run)
     t.start()
@@ -363,7 +365,7 @@ def test_graceful_shutdown(tiny_bundle, clips, tmp_path):
     srv = start_server(tiny_bundle, tmp_path / "tmp", "--shutdown-grace", "60")
     try:
         res: dict = {}
-        t = threading.Thread(target=lambda: res.setdefault("r", post(srv, clips["onehalf"], {"steps": "300", "format": "wav"})))
+        t = threading.Thread(target=lambda: res.setdefault("r", post(srv, clips["onehalf"], {"steps": "150", "format": "wav"})))
         t.start()
         deadline = time.monotonic() + 30
         while srv.metrics().get("v2m_requests_in_flight", 0) < 1 and time.monotonic() < deadline:
@@ -378,3 +380,18 @@ def test_graceful_shutdown(tiny_bundle, clips, tmp_path):
         assert not list(srv.tmp.iterdir())
     finally:
         srv.stop()
+
+
+def test_serve_refuses_a_bad_setup_in_one_line(tiny_bundle_copy, tmp_path, capsys):
+    assert cli_main(["serve", "--model", str(tmp_path / "missing")]) == 2
+    assert cli_main(["serve", "--model", str(tiny_bundle_copy), "--max-batch", "0"]) == 2
+    assert cli_main(["serve", "--model", str(tiny_bundle_copy), "--allow-dir", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("v2m: error:") for line in err), err
+    dit = tiny_bundle_copy / "dit.safetensors"
+    dit.write_bytes(dit.read_bytes()[:1000])  # found only when the weights load, after listening
+    proc = subprocess.run([sys.executable, "-m", "v2m.runtime.cli", "serve", "--model", str(tiny_bundle_copy),
+                           "--port", str(free_port()), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("v2m: error:") and "dit.safetensors" in lines[-1] and "Traceback" not in proc.stderr
