@@ -337,12 +337,16 @@ def test_auth(strict, clips):
     assert_survived(strict)
 
 
-def test_queue_full_then_timeout(strict, clips):
+def test_queue_full_then_timeout(strict, clips, tmp_path):
     """One slow request fills the queue (503 + Retry-After for the next) and times out (504)."""
+    from v2m.runtime.synth import make_test_video
+
+    long = tmp_path / "long.mp4"  # 30 s at 10000 steps: minutes of sampling, far past the 15 s limit
+    make_test_video(long, duration_s=30.0, fps=8.0, size=(64, 48), cuts=(10.0, 20.0))
     slow: dict = {}
 
     def run():
-        slow["r"] = post(strict, clips["onehalf"], {"steps": "10000", "format": "wav"}, headers=AUTH)
+        slow["r"] = post(strict, long, {"steps": "10000", "format": "wav"}, headers=AUTH)
 
     t = threading.Thread(target=run)
     t.start()
@@ -362,10 +366,14 @@ def test_queue_full_then_timeout(strict, clips):
 
 def test_graceful_shutdown(tiny_bundle, clips, tmp_path):
     """SIGTERM: the in-flight request finishes, new ones are refused, nothing is left behind."""
+    from v2m.runtime.synth import make_test_video
+
+    clip = tmp_path / "ten.mp4"  # a few seconds of work: still running when SIGTERM comes
+    make_test_video(clip, duration_s=10.0, fps=8.0, size=(64, 48), cuts=(5.0,))
     srv = start_server(tiny_bundle, tmp_path / "tmp", "--shutdown-grace", "60")
     try:
         res: dict = {}
-        t = threading.Thread(target=lambda: res.setdefault("r", post(srv, clips["onehalf"], {"steps": "150", "format": "wav"})))
+        t = threading.Thread(target=lambda: res.setdefault("r", post(srv, clip, {"steps": "300", "format": "wav"})))
         t.start()
         deadline = time.monotonic() + 30
         while srv.metrics().get("v2m_requests_in_flight", 0) < 1 and time.monotonic() < deadline:
@@ -376,6 +384,7 @@ def test_graceful_shutdown(tiny_bundle, clips, tmp_path):
             httpx.get(f"{srv.url}/healthz", timeout=5)
         t.join(120)
         assert res["r"].status_code == 200, res["r"].text
+        assert float(res["r"].headers["x-v2m-duration"]) == pytest.approx(10.0, abs=0.2)
         assert srv.proc.wait(60) == 0
         assert not list(srv.tmp.iterdir())
     finally:
