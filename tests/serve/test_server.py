@@ -34,9 +34,10 @@ def snr_db(ref: np.ndarray, x: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_bundle, tmp_path_factory):
+def server(tiny_bundle, clips, tmp_path_factory):
     srv = start_server(tiny_bundle, tmp_path_factory.mktemp("srv") / "tmp", "--max-batch", "8",
-                       "--batch-wait-ms", "3000", "--max-upload-mb", "2", "--max-queue", "64", "--timeout", "300")
+                       "--batch-wait-ms", "3000", "--max-upload-mb", "2", "--max-queue", "64", "--timeout", "300",
+                       "--allow-dir", str(clips["one"].parent))
     yield srv
     rc = srv.stop()
     assert rc == 0, srv.log.read_text()[-2000:]
@@ -248,9 +249,27 @@ def test_client_file_name_is_never_a_path(server, clips):
     r = post(server, clips["one"], {"seed": "1", "format": "wav"}, filename=evil)
     assert r.status_code == 200, r.text
     assert not target.exists()
-    r = httpx.post(f"{server.url}/v1/generate", data={"video_path": "/etc/passwd", "steps": "2"},
-                   files={"unused": (None, b"1")}, timeout=TIMEOUT)
-    assert_error(r, 403, "disabled")
+    assert_survived(server)
+
+
+def _by_path(srv, path: str, headers=None):
+    return httpx.post(f"{srv.url}/v1/generate", data={"video_path": path, "steps": str(STEPS), "format": "wav"},
+                      files={"prompt": (None, b"warm synth")}, headers=headers, timeout=TIMEOUT)
+
+
+def test_server_side_paths_only_inside_allow_dir(server, clips, tmp_path):
+    root = clips["one"].parent
+    r = _by_path(server, "one.mp4")
+    assert r.status_code == 200, r.text
+    assert_error(_by_path(server, "/etc/passwd"), 403, "allowed folder")
+    assert_error(_by_path(server, "../" * 8 + "etc/passwd"), 403, "allowed folder")
+    link = root / "escape.mp4"  # a link inside the folder to a file outside it
+    link.symlink_to(tmp_path / "outside.mp4")
+    (tmp_path / "outside.mp4").write_bytes(clips["one"].read_bytes())
+    try:
+        assert_error(_by_path(server, "escape.mp4"), 403, "allowed folder")
+    finally:
+        link.unlink()
     assert_survived(server)
 
 
@@ -332,6 +351,7 @@ def test_auth(strict, clips):
     assert_error(post(strict, clips["one"], headers={"Authorization": "s3cret-key-for-tests"}), 401)
     assert httpx.get(f"{strict.url}/metrics", timeout=10).status_code == 401
     assert httpx.get(f"{strict.url}/healthz", timeout=10).status_code == 200
+    assert_error(_by_path(strict, "/etc/passwd", headers=AUTH), 403, "disabled")  # no --allow-dir here
     r = post(strict, clips["one"], {"format": "wav", "seed": "1"}, headers=AUTH)
     assert r.status_code == 200, r.text
     assert_survived(strict)
