@@ -56,6 +56,8 @@ __all__ = [
     "assign_outputs",
     "check_output_dir",
     "run_batch",
+    "prepare_job",
+    "write_output",
     "SUMMARY_NAME",
     "SIDECAR_SUFFIX",
 ]
@@ -454,6 +456,38 @@ def _reason(e: BaseException) -> str:
     return f"internal error: {type(e).__name__}: {msg}"
 
 
+def prepare_job(pipe, job: Job, text_embeddings=None, timings: dict[str, float] | None = None, profiler=None):
+    """One video's conditioning: (curve [L], text emb [S, E], mask [S], duration_s); stage times into `timings`."""
+    from .pipeline import _timed
+
+    t = job.timings if timings is None else timings
+    features, reader = pipe.encode_video(job.video, t, profiler=profiler)
+    with _timed(t, "curve", None, profiler):
+        curve, _ = pipe.compute_curve(features, reader.duration_s)
+    del features
+    with _timed(t, "text", None, profiler):
+        emb, mask = pipe.encode_text(job.prompt, text_embeddings)
+    return curve, emb, mask, reader.duration_s
+
+
+def write_output(job: Job, audio: np.ndarray, duration_s: float, key: dict[str, Any], cfg, keep_audio_db=None) -> None:
+    """Fit `audio` to the video, write `job.output` (muxed or audio) and its sidecar, atomically."""
+    audio = media.finalize_audio(audio, duration_s, cfg.audio.sample_rate, cfg.audio.fade_out_s)
+    if media.check_output_path(job.output, job.video) == "video":
+        media.mux(job.video, audio, cfg.audio.sample_rate, job.output, keep_audio_db=keep_audio_db)
+    else:
+        media.write_audio(job.output, audio, cfg.audio.sample_rate)
+    side = {
+        "format": SIDECAR_FORMAT,
+        "output": show(job.output.name),
+        "output_sha256": _sha256(job.output),
+        "seed": job.used_seed,
+        "inputs": key,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _atomic_write_text(_sidecar(job.output), json.dumps(side, indent=2) + "\n")
+
+
 def run_batch(
     pipe, jobs: list[Job], opts: BatchOptions, progress: Progress | None = None, profiler=None
 ) -> BatchSummary:
@@ -541,20 +575,7 @@ def run_batch(
         try:
             t0 = time.perf_counter()
             with span("write", video=show(job.video)):
-                audio = media.finalize_audio(audio, p.duration_s, cfg.audio.sample_rate, cfg.audio.fade_out_s)
-                if media.check_output_path(job.output, job.video) == "video":
-                    media.mux(job.video, audio, cfg.audio.sample_rate, job.output, keep_audio_db=opts.keep_audio_db)
-                else:
-                    media.write_audio(job.output, audio, cfg.audio.sample_rate)
-                side = {
-                    "format": SIDECAR_FORMAT,
-                    "output": show(job.output.name),
-                    "output_sha256": _sha256(job.output),
-                    "seed": job.used_seed,
-                    "inputs": p.key,
-                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                }
-                _atomic_write_text(_sidecar(job.output), json.dumps(side, indent=2) + "\n")
+                write_output(job, audio, p.duration_s, p.key, cfg, opts.keep_audio_db)
             job.timings["write"] = time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - recorded per video; the batch goes on
             failed(job, e)
@@ -642,16 +663,11 @@ def run_batch(
                 if prof is not None:
                     prof.reset_peak_memory()
                 with span(f"video {show(job.video.name)}", video=show(job.video)):
-                    features, reader = pipe.encode_video(job.video, t, profiler=prof)
-                    with _timed(t, "curve", None, prof):
-                        curve, _ = pipe.compute_curve(features, reader.duration_s)
-                    del features
-                    with _timed(t, "text", None, prof):
-                        emb, mask = pipe.encode_text(job.prompt, opts.text_embeddings)
+                    curve, emb, mask, duration_s = prepare_job(pipe, job, opts.text_embeddings, t, prof)
             except Exception as e:  # noqa: BLE001 - recorded per video; the batch goes on
                 failed(job, e)
                 continue
-            p = _Prepared(job, curve, emb, mask, reader.duration_s, key)
+            p = _Prepared(job, curve, emb, mask, duration_s, key)
             if prof is not None:
                 p.peak_gpu_mem_bytes = prof.peak_memory()
             if curve.shape[0] > cfg.sampler.max_frames:  # long: windows, alone

@@ -173,7 +173,7 @@ def _progress_total(pipe, video_path: Path, args) -> int:
 
 
 def cmd_generate(args) -> int:
-    if args.manifest or len(args.inputs) != 1 or Path(args.inputs[0]).is_dir():
+    if args.manifest or len(args.inputs) != 1 or Path(args.inputs[0]).is_dir() or getattr(args, "ray", None) is not None:
         return cmd_generate_batch(args)
     _check_sampler_options(args)
     video_path = Path(args.inputs[0])
@@ -279,6 +279,10 @@ def cmd_generate_batch(args) -> int:
     batch.assign_outputs(jobs, out_dir, args.format)
     if args.reencode == "never" and args.format == "mp4":
         _refuse_reencodes(jobs)
+    if getattr(args, "ray", None) is not None:  # the same jobs on a Ray cluster (v2m.serve.ray_batch)
+        from v2m.serve.ray_batch import cmd_generate_ray
+
+        return cmd_generate_ray(args, jobs, out_dir)
     profiling = bool(args.profile or args.trace)
     if profiling:  # before loading the model: a long run must not end in an unwritable report
         from .profiler import check_report_paths
@@ -330,6 +334,11 @@ def cmd_generate_batch(args) -> int:
         report = write_profile()
         if report is not None and not args.quiet and not args.json:
             print(format_report(report))
+    return batch_exit_code(summary)
+
+
+def batch_exit_code(summary) -> int:
+    """0 when every video is ok or skipped; 1 when a failure was a bug; else 2 (bad input)."""
     failed = [j for j in summary.jobs if j.status == "failed"]
     if any((j.reason or "").startswith("internal error") for j in failed):
         return EXIT_INTERNAL
@@ -622,11 +631,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "whole run (default: none)")
     g.set_defaults(func=cmd_generate)
 
+    from v2m.serve.cli import add_ray_args, add_serve_parser
+
+    add_ray_args(g)
     from .cli_bench import add_bench_parsers
     from .cli_convert import add_convert_parser
 
     add_bench_parsers(sub, _add_runtime_args)
     add_convert_parser(sub)
+    add_serve_parser(sub, _add_runtime_args)
 
     c = sub.add_parser("curve", help="print a video's event curve",
                        description="Print the event curve (when the video changes) at the latent frame rate.",

@@ -1,0 +1,456 @@
+"""The HTTP service: a thin FastAPI layer over an `Engine`.
+
+    POST /v1/generate   multipart: a video (or video_path under --allow-dir) + parameters -> the file
+    POST /v1/curve      multipart: a video -> the event curve as JSON
+    GET  /healthz       the process is up
+    GET  /readyz        the model is loaded and warmed up (503 while loading or shutting down)
+    GET  /metrics       Prometheus text
+    GET  /docs          OpenAPI docs
+
+Every error is one JSON object `{"error": "<one line>", "status": N}`: 400 malformed body,
+401 no or wrong API key, 403 a server-side path outside --allow-dir (or none allowed),
+413 upload too large, 415 not multipart or not a video part, 422 bad parameters or a
+video that cannot be read (the CLI's one-line reason), 500 internal, 503 not ready /
+queue full (with Retry-After) / shutting down, 504 past the per-request timeout.
+
+The body is parsed as it streams in: the video part goes straight to the request's
+temporary directory under a fixed name (the client's file name is never used as a
+path) and the size limit is enforced on the bytes received, not on the header alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from v2m.runtime.errors import InputError, V2MError
+
+from .config import GENERATE_FIELDS, ServeConfig, parse_generate_fields
+from .engine import Abandoned, Engine, Ticket
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+
+__all__ = ["create_app", "ApiError", "AppState"]
+
+log = logging.getLogger("v2m.serve")
+
+UPLOAD_NAME = "upload"  # the video part's file name inside the request directory, whatever the client says
+MAX_FIELD_BYTES = 64 * 1024  # a text field longer than this is refused without reading it whole
+VIDEO_PART_TYPES = ("video/", "application/octet-stream", "application/mp4", "application/x-matroska")
+ENDPOINTS = ("/v1/generate", "/v1/curve")
+
+
+class ApiError(Exception):
+    """An HTTP error with one clear line."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(message).split()), "status": status}, status_code=status, headers=headers)
+
+
+class AppState:
+    """What the handlers share: the engine once loaded, readiness, draining, admission count."""
+
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.engine: Engine | None = None
+        self.ready = False
+        self.draining = False
+        self.load_error: str | None = None
+        self.in_flight = 0
+        self.metrics = Metrics(lambda: self.engine)
+        self._lock = threading.Lock()
+
+    def require_ready(self) -> Engine:
+        if self.draining:
+            raise ApiError(503, "the server is shutting down; retry on another instance", {"Retry-After": "5"})
+        if not self.ready or self.engine is None:
+            reason = f"the model failed to load: {self.load_error}" if self.load_error else "the model is still loading"
+            raise ApiError(503, reason, {"Retry-After": "5"})
+        return self.engine
+
+    def admit(self) -> None:
+        with self._lock:
+            if self.in_flight >= self.config.max_queue:
+                retry = max(1, round(self.config.timeout_s / 10))
+                raise ApiError(503, f"the queue is full ({self.config.max_queue} requests); retry later",
+                               {"Retry-After": str(retry)})
+            self.in_flight += 1
+            self.metrics.in_flight.set(self.in_flight)
+
+    def release(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
+
+
+class _CleanupFileResponse(FileResponse):
+    """A file response that runs `cleanup` when it is done, sent or not (client gone, cancelled)."""
+
+    def __init__(self, *args, cleanup: Callable[[], None], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._cleanup = cleanup
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._cleanup()
+
+
+# --- the body ----------------------------------------------------------------------------
+async def read_form(request: Request, workdir: Path, max_bytes: int, video_field: bool = True) -> tuple[dict[str, str], Path | None]:
+    """Stream a multipart/form-data body: text fields, and the `video` file part into `workdir`.
+
+    Raises ApiError (400, 413, 415, 422) and starlette's ClientDisconnect (aborted upload).
+    """
+    kind, params = parse_options_header(request.headers.get("content-type", ""))
+    if kind != b"multipart/form-data":
+        raise ApiError(415, f"send multipart/form-data (a 'video' file part and text fields), not {kind.decode('latin-1') or 'no content type'}")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "multipart body without a boundary")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise ApiError(413, f"the upload is {int(length)} bytes; the limit is {max_bytes} bytes ({max_bytes / 2**20:g} MB)")
+
+    fields: dict[str, str] = {}
+    video: dict[str, Any] = {"path": None, "file": None}
+    part: dict[str, Any] = {}
+
+    def on_part_begin():
+        part.clear()
+        part.update(headers={}, name=None, buf=bytearray(), file=None, hname=b"", hvalue=b"")
+
+    def on_header_field(data, start, end):
+        part["hname"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        part["hvalue"] += data[start:end]
+
+    def on_header_end():
+        part["headers"][part["hname"].lower()] = part["hvalue"]
+        part["hname"], part["hvalue"] = b"", b""
+
+    def on_headers_finished():
+        disp, opts = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        name = opts.get(b"name")
+        if disp != b"form-data" or name is None:
+            raise ApiError(400, "a multipart part without Content-Disposition: form-data; name=...")
+        name = name.decode("utf-8", "replace")
+        part["name"] = name
+        if b"filename" in opts:
+            if name != "video" or not video_field:
+                raise ApiError(422, f"unexpected file part {name[:40]!r}; send the video as the 'video' part")
+            if video["path"] is not None:
+                raise ApiError(422, "more than one 'video' part")
+            ctype = part["headers"].get(b"content-type", b"application/octet-stream").decode("latin-1").strip().lower()
+            if not ctype.startswith(VIDEO_PART_TYPES):
+                raise ApiError(415, f"the 'video' part is {ctype}; send a video file (video/* or application/octet-stream)")
+            video["path"] = workdir / UPLOAD_NAME
+            part["file"] = video["file"] = open(video["path"], "wb")  # noqa: SIM115 - closed below
+        elif name in fields:
+            raise ApiError(422, f"field {name[:40]!r} given twice")
+
+    def on_part_data(data, start, end):
+        if part["file"] is not None:
+            part["file"].write(data[start:end])
+            return
+        if len(part["buf"]) + (end - start) > MAX_FIELD_BYTES:
+            raise ApiError(422, f"field {part['name'][:40]!r} is longer than {MAX_FIELD_BYTES // 1024} KB")
+        part["buf"] += data[start:end]
+
+    def on_part_end():
+        if part["file"] is not None:
+            part["file"].close()
+            return
+        try:
+            fields[part["name"]] = part["buf"].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(422, f"field {part['name'][:40]!r} is not UTF-8 text") from None
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_part_end": on_part_end,
+        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+    })
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                raise ApiError(413, f"the upload is larger than the limit of {max_bytes} bytes ({max_bytes / 2**20:g} MB)")
+            parser.write(chunk)
+        parser.finalize()
+    except ApiError:
+        raise
+    except ClientDisconnect:
+        raise
+    except Exception as e:  # noqa: BLE001 - python-multipart's parse errors
+        raise ApiError(400, f"malformed multipart body ({type(e).__name__}: {str(e)[:80]})") from None
+    finally:
+        if video["file"] is not None:
+            video["file"].close()
+    return fields, video["path"]
+
+
+def _resolve_video(config: ServeConfig, fields: dict[str, str], upload: Path | None) -> Path:
+    """The uploaded file, or `video_path` resolved inside --allow-dir."""
+    rel = fields.pop("video_path", None)
+    if upload is not None and rel is not None:
+        raise ApiError(422, "send either a 'video' upload or 'video_path', not both")
+    if upload is not None:
+        return upload
+    if rel is None:
+        raise ApiError(422, "missing the 'video' file part")
+    if config.allow_dir is None:
+        raise ApiError(403, "server-side paths are disabled on this server; upload the video instead")
+    root = config.allow_dir
+    target = os.path.realpath(os.path.join(root, rel))
+    if os.path.commonpath([root, target]) != root or not os.path.isfile(target):
+        raise ApiError(403, f"video_path {rel[:80]!r} is not a file inside the allowed folder")
+    return Path(target)
+
+
+async def _until_disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _result_or_abandon(coro, request: Request, timeout_s: float, ticket: Ticket):
+    """Await `coro`; on timeout (504) or client disconnect, abandon the request's work."""
+    task = asyncio.ensure_future(coro)
+    watcher = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # cancelled (server shutdown past its grace period)
+        ticket.abandon()
+        task.cancel()
+        watcher.cancel()
+        raise
+    if task in done:
+        watcher.cancel()
+        return task.result()
+    ticket.abandon()
+    task.cancel()
+    await asyncio.wait({task})  # its file writes end before the directory is removed
+    watcher.cancel()
+    if watcher in done:
+        raise ClientDisconnect()
+    raise ApiError(504, f"the request took longer than the server's limit of {timeout_s:g} s")
+
+
+def _status_of(e: BaseException) -> tuple[int, str]:
+    if isinstance(e, ApiError):
+        return e.status, e.message
+    if isinstance(e, InputError):
+        return 422, str(e)
+    if isinstance(e, V2MError):
+        return 500, str(e)
+    if isinstance(e, RuntimeError) and "shutting down" in str(e):
+        return 503, str(e)
+    msg = str(e).splitlines()[0] if str(e) else ""
+    return 500, f"internal error: {type(e).__name__}: {msg}"
+
+
+def _multipart_doc(fields: dict[str, str]) -> dict[str, Any]:
+    props = {k: ({"type": "string", "format": "binary", "description": v} if k == "video" else
+                 {"type": "string", "description": v}) for k, v in fields.items()}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": props}}}}}
+
+
+# --- the app -----------------------------------------------------------------------------
+def create_app(config: ServeConfig, load: Callable[[], Engine] | None = None, engine: Engine | None = None,
+               on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:
+    """The FastAPI app.
+
+    Args:
+        config: limits, auth, folders.
+        load: builds and starts the engine (called in a thread at startup; /readyz says ready after).
+        engine: an engine already started (Ray Serve replicas); `load` is then not used.
+        on_load_error: called if `load` fails (the CLI stops the server with the error's line).
+    """
+    state = AppState(config)
+
+    def loader():
+        try:
+            eng = load()
+            eng.observe_stage = state.metrics.stage
+            eng.scheduler.on_batch = state.metrics.batch_size
+            state.engine = eng
+            state.ready = True
+            state.metrics.ready.set(1)
+            log.info("ready: %s", json.dumps(eng.describe()))
+        except BaseException as e:  # noqa: BLE001 - reported through /readyz and on_load_error
+            state.load_error = str(e) if isinstance(e, V2MError) else f"{type(e).__name__}: {e}"
+            if on_load_error is not None:
+                on_load_error(e)  # the CLI stops and prints it
+            else:
+                log.error("could not load the model: %s", state.load_error)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if engine is None and load is not None:
+            threading.Thread(target=loader, name="v2m-load", daemon=True).start()
+        yield
+        state.draining = True
+        if state.engine is not None:
+            await asyncio.to_thread(state.engine.close)
+
+    if engine is not None:
+        engine.observe_stage = state.metrics.stage
+        engine.scheduler.on_batch = state.metrics.batch_size
+        state.engine, state.ready = engine, True
+        state.metrics.ready.set(1)
+
+    app = FastAPI(title="v2m", version="0.1.0", lifespan=lifespan,
+                  description="Video-to-music generation (V2M-Zero). See the README's Serving section.")
+    app.state.v2m = state
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, e: ApiError):
+        return _error(e.status, e.message, e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, e: StarletteHTTPException):
+        return _error(e.status_code, str(e.detail), getattr(e, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    def authorize(request: Request) -> None:
+        if config.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), config.api_key.encode())
+        if not ok:
+            raise ApiError(401, "missing or wrong API key; send 'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
+
+    @app.get("/healthz", summary="the process is up")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="the model is loaded and warmed up")
+    async def readyz():
+        eng = state.require_ready()
+        return {"ready": True, **eng.describe()}
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics(request: Request):
+        authorize(request)
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def _admitted(request: Request, handler, join_batch: bool):
+        """Auth, readiness, admission; a request directory removed when the response is done."""
+        authorize(request)
+        eng = state.require_ready()
+        state.admit()
+        ticket = Ticket()
+        if join_batch:
+            eng.expect(ticket)
+        workdir = eng.temp.new()
+        done = {"cleaned": False}
+
+        def cleanup():
+            if done["cleaned"]:
+                return
+            done["cleaned"] = True
+            ticket.abandon()
+            eng.temp.remove(workdir)
+            state.release()
+            eng.unexpect(ticket)
+
+        try:
+            t0 = time.perf_counter()
+            fields, upload = await read_form(request, workdir, config.max_upload_bytes)
+            state.metrics.stage("upload", time.perf_counter() - t0)
+            return await handler(eng, ticket, workdir, fields, upload, cleanup)
+        except ClientDisconnect:
+            log.info("%s: the client went away", request.url.path)
+            cleanup()
+            return Response(status_code=499)
+        except BaseException as e:
+            cleanup()
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            status, message = _status_of(e)
+            if status >= 500 and not isinstance(e, (ApiError, V2MError, Abandoned)):
+                log.exception("%s failed", request.url.path)
+            headers = e.headers if isinstance(e, ApiError) else ({"Retry-After": "5"} if status == 503 else None)
+            return _error(status, message, headers)
+
+    @app.post("/v1/generate", summary="music for a video", openapi_extra=_multipart_doc(GENERATE_FIELDS),
+              response_class=FileResponse,
+              responses={200: {"description": "the file; headers X-V2M-Seed, X-V2M-Model, X-V2M-Batch-Size, "
+                                              "X-V2M-Timings (JSON seconds per stage) and Server-Timing",
+                               "content": {"video/mp4": {}, "video/x-matroska": {}, "audio/wav": {}, "audio/flac": {}}}})
+    async def generate(request: Request):
+        async def handle(eng: Engine, ticket, workdir, fields, upload, cleanup):
+            video = _resolve_video(config, fields, upload)
+            req = parse_generate_fields(fields, eng.pipe, config.max_prompt_chars)
+            out = await _result_or_abandon(eng.generate(ticket, video, req, workdir), request, config.timeout_s, ticket)
+            timings = {k: round(v, 4) for k, v in out.timings.items()}
+            headers = {
+                "X-V2M-Seed": str(out.seed),
+                "X-V2M-Model": eng.model_name,
+                "X-V2M-Batch-Size": str(out.batch_size),
+                "X-V2M-Duration": f"{out.duration_s:.4f}",
+                "X-V2M-Timings": json.dumps(timings, separators=(",", ":")),
+                "Server-Timing": ", ".join(f"{k};dur={v * 1e3:.1f}" for k, v in timings.items()),
+            }
+            return _CleanupFileResponse(out.path, media_type=req.media_type, headers=headers, cleanup=cleanup,
+                                        filename=f"v2m-{out.seed}{req.suffix}")
+
+        return await _admitted(request, handle, join_batch=True)
+
+    @app.post("/v1/curve", summary="the event curve of a video (JSON)",
+              openapi_extra=_multipart_doc({k: GENERATE_FIELDS[k] for k in ("video", "video_path")}))
+    async def curve(request: Request):
+        async def handle(eng: Engine, ticket, workdir, fields, upload, cleanup):
+            video = _resolve_video(config, fields, upload)
+            if fields:
+                raise ApiError(422, f"unknown fields {sorted(fields)}; /v1/curve takes only the video")
+            res = await _result_or_abandon(eng.run_device(eng.curve, video), request, config.timeout_s, ticket)
+            cleanup()
+            return {
+                "duration_s": res.duration_s, "curve_fps": res.curve_fps, "latent_rate": res.latent_rate,
+                "frames": res.num_frames, "impl": res.curve_impl, "curve": [round(float(v), 6) for v in res.curve],
+                "timings": {k: round(v, 4) for k, v in res.timings.items()},
+            }
+
+        return await _admitted(request, handle, join_batch=False)
+
+    app.add_middleware(_MetricsMiddleware, metrics=state.metrics)
+    return app
+
+
+class _MetricsMiddleware:
+    def __init__(self, app, metrics: Metrics):
+        self._app = metrics.middleware(app, ENDPOINTS)
+
+    async def __call__(self, scope, receive, send):
+        await self._app(scope, receive, send)

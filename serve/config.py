@@ -1,0 +1,194 @@
+"""Service settings and request parameters, validated at the edge (no web framework here).
+
+`ServeConfig` is what `v2m serve` is started with; `parse_generate_fields` turns the form
+fields of one `POST /v1/generate` into a `GenerateRequest`, through the same
+`Pipeline.sampler_options` rule the CLI uses, raising `InputError` (HTTP 422) for a bad value.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from v2m.runtime.errors import InputError
+from v2m.runtime.sampler import SamplerOptions
+
+__all__ = ["ServeConfig", "GenerateRequest", "FORMATS", "GENERATE_FIELDS", "parse_generate_fields", "API_KEY_ENV"]
+
+API_KEY_ENV = "V2M_API_KEY"
+DEFAULT_MAX_BATCH = 8  # when the backend does not say how many items one sampler call takes
+
+# output format -> (file suffix, media type)
+FORMATS = {
+    "mp4": (".mp4", "video/mp4"),
+    "mkv": (".mkv", "video/x-matroska"),
+    "wav": (".wav", "audio/wav"),
+    "flac": (".flac", "audio/flac"),
+}
+
+# form field -> description (the OpenAPI schema is made from this too)
+GENERATE_FIELDS = {
+    "video": "the video file (multipart file part; any container/codec FFmpeg reads)",
+    "video_path": "instead of an upload: a file under the server's --allow-dir (disabled by default)",
+    "prompt": "text prompt (style, instruments, mood)",
+    "negative_prompt": "what to steer away from",
+    "seed": "noise seed in [0, 2^63); drawn when absent (returned in X-V2M-Seed)",
+    "steps": "sampler steps (default: the bundle's)",
+    "cfg_scale": "classifier-free guidance weight (default: the bundle's)",
+    "solver": "euler or heun",
+    "shift": "timestep shift S > 0 (1 = none)",
+    "use_curve": "false: the text-only baseline (no event curve)",
+    "curve_guidance": "extra guidance weight on the event curve (0 = off)",
+    "format": "output: mp4 or mkv (the uploaded video with the music), wav or flac (audio only)",
+    "keep_audio": "mp4/mkv: mix the original audio under the music at this level, dB",
+}
+
+
+@dataclass
+class ServeConfig:
+    """How `v2m serve` runs. Every limit is enforced with its own HTTP status.
+
+    Args:
+        host, port: where to listen (127.0.0.1 unless told otherwise).
+        api_key: when set, /v1/* and /metrics need `Authorization: Bearer <key>`.
+        max_batch: most requests sampled in one call; None: the backend's `max_batch`, else 8.
+        batch_wait_ms: longest a ready request waits for compatible ones while others are
+            still being uploaded or prepared (a lone request never waits).
+        max_queue: requests admitted at once (uploading, queued or running); more get 503.
+        timeout_s: per request, from the end of its upload to its result (504 past it).
+        max_upload_mb: the largest request body (413 past it).
+        max_prompt_chars: the longest prompt or negative prompt (422 past it).
+        allow_dir: a folder whose files `video_path` may name; None: no server-side paths.
+        tmp_dir: where per-request temporary directories are made (default: the system's).
+        shutdown_grace_s: on SIGTERM, how long in-flight requests may take to finish.
+        warmup: run one short generation after loading, before /readyz says ready.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_batch: int | None = None
+    batch_wait_ms: float = 250.0
+    max_queue: int = 32
+    timeout_s: float = 600.0
+    max_upload_mb: float = 200.0
+    max_prompt_chars: int = 2000
+    allow_dir: str | None = None
+    tmp_dir: str | None = None
+    shutdown_grace_s: float = 30.0
+    warmup: bool = True
+
+    def __post_init__(self):
+        checks = [
+            (self.max_batch is None or (isinstance(self.max_batch, int) and self.max_batch >= 1), "--max-batch must be >= 1"),
+            (math.isfinite(self.batch_wait_ms) and self.batch_wait_ms >= 0, "--batch-wait-ms must be >= 0"),
+            (isinstance(self.max_queue, int) and self.max_queue >= 1, "--max-queue must be >= 1"),
+            (math.isfinite(self.timeout_s) and self.timeout_s > 0, "--timeout must be > 0 seconds"),
+            (math.isfinite(self.max_upload_mb) and self.max_upload_mb > 0, "--max-upload-mb must be > 0"),
+            (isinstance(self.max_prompt_chars, int) and self.max_prompt_chars >= 1, "--max-prompt-chars must be >= 1"),
+            (math.isfinite(self.shutdown_grace_s) and self.shutdown_grace_s >= 0, "--shutdown-grace must be >= 0"),
+            (isinstance(self.port, int) and 0 <= self.port < 65536, "--port must be in [0, 65535]"),
+            (self.api_key is None or len(self.api_key) >= 8, "the API key must be at least 8 characters"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise InputError(msg)
+        if self.allow_dir is not None:
+            if not Path(self.allow_dir).is_dir():
+                raise InputError(f"--allow-dir {self.allow_dir}: no such folder")
+            self.allow_dir = os.path.realpath(self.allow_dir)
+        if self.tmp_dir is not None and not Path(self.tmp_dir).is_dir():
+            raise InputError(f"--tmp-dir {self.tmp_dir}: no such folder; create it first")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One generation's parameters, validated."""
+
+    options: SamplerOptions
+    prompt: str = ""
+    negative_prompt: str | None = None
+    seed: int | None = None
+    format: str = "mp4"
+    keep_audio_db: float | None = None
+
+    @property
+    def suffix(self) -> str:
+        return FORMATS[self.format][0]
+
+    @property
+    def media_type(self) -> str:
+        return FORMATS[self.format][1]
+
+
+def _int(name: str, text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise InputError(f"{name} must be an integer, got {text[:40]!r}") from None
+
+
+def _float(name: str, text: str) -> float:
+    try:
+        v = float(text.strip())
+    except ValueError:
+        raise InputError(f"{name} must be a number, got {text[:40]!r}") from None
+    if not math.isfinite(v):
+        raise InputError(f"{name} must be a finite number, got {text[:40]!r}")
+    return v
+
+
+def _bool(name: str, text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise InputError(f"{name} must be true or false, got {text[:40]!r}")
+
+
+def parse_generate_fields(fields: dict[str, str], pipe, max_prompt_chars: int) -> GenerateRequest:
+    """Form fields (text) -> a validated `GenerateRequest`; InputError (one line) for any bad value.
+
+    Args:
+        fields: the request's text fields (not the file part).
+        pipe: the loaded `Pipeline`: its `sampler_options` fills defaults and validates.
+        max_prompt_chars: the longest prompt / negative prompt accepted.
+    """
+    unknown = sorted(set(fields) - set(GENERATE_FIELDS))
+    if unknown:
+        raise InputError(f"unknown fields {unknown}; expected some of {sorted(GENERATE_FIELDS)}")
+    for name in ("prompt", "negative_prompt"):
+        if name in fields and len(fields[name]) > max_prompt_chars:
+            raise InputError(f"{name} is {len(fields[name])} characters; the limit is {max_prompt_chars}")
+    seed = None
+    if "seed" in fields:
+        seed = _int("seed", fields["seed"])
+        if not 0 <= seed < 2**63:
+            raise InputError(f"seed must be in [0, 2^63), got {seed}")
+    f = fields.get
+    options = pipe.sampler_options(
+        steps=_int("steps", f("steps")) if "steps" in fields else None,
+        cfg_scale=_float("cfg_scale", f("cfg_scale")) if "cfg_scale" in fields else None,
+        solver=f("solver").strip() if "solver" in fields else None,
+        shift=_float("shift", f("shift")) if "shift" in fields else None,
+        use_curve=_bool("use_curve", f("use_curve")) if "use_curve" in fields else True,
+        curve_guidance=_float("curve_guidance", f("curve_guidance")) if "curve_guidance" in fields else None,
+    )
+    fmt = f("format", "mp4").strip().lower()
+    if fmt not in FORMATS:
+        raise InputError(f"format must be one of {', '.join(FORMATS)}, got {fmt[:20]!r}")
+    keep = _float("keep_audio", f("keep_audio")) if "keep_audio" in fields else None
+    if keep is not None and FORMATS[fmt][0] not in (".mp4", ".mkv"):
+        raise InputError("keep_audio mixes the original audio into a video output; ask for format mp4 or mkv")
+    neg = f("negative_prompt")
+    return GenerateRequest(
+        options=options, prompt=f("prompt", ""), negative_prompt=neg if neg else None, seed=seed,
+        format=fmt, keep_audio_db=keep,
+    )

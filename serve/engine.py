@@ -1,0 +1,543 @@
+"""The serving engine: one loaded `Pipeline`, one device thread, request batching.
+
+```python
+engine = Engine(Pipeline.from_pretrained("tiny-bundle"), ServeConfig())
+engine.start()                                   # device thread + warm-up
+out = await engine.generate(ticket, "clip.mp4", request, workdir)   # -> Output (a file in workdir)
+```
+
+- Every backend call (frame encoding, sampling, VAE decoding) runs on the engine's one
+  device thread, so no backend is ever entered from two threads (CUDA-graph capture,
+  TensorRT execution contexts and the CPU's thread pool all want that). Preparation
+  (decode, encode, curve, text) runs before sampling, in arrival order.
+- Batching: a prepared request waits in `ready`; the head of `ready` and every later
+  request with the same `group_key` (latent length, text length, sampler options) are
+  sampled in one `_sample_group` call of at most `max_batch`. The head waits for
+  companions only while other admitted requests are still uploading or being prepared,
+  and at most `batch_wait_ms`; a lone request never waits. Incompatible requests keep
+  their arrival order. Ray Serve replaces this policy with `@serve.batch` and calls the
+  same `sample_and_decode` (see `ray_app`).
+- `_sample_group` / `_sample_windows` are the only places this package calls the
+  backend's sampler.
+- Everything a request writes lives in its own temporary directory (`TempDirs`).
+
+No web framework, torch or Ray is imported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from v2m.runtime import media, sampler
+from v2m.runtime.errors import NumericalError
+from v2m.runtime.sampler import SamplerOptions
+
+from .config import DEFAULT_MAX_BATCH, GenerateRequest, ServeConfig
+
+__all__ = ["Engine", "SampleItem", "Output", "Ticket", "TempDirs", "Scheduler", "group_key"]
+
+log = logging.getLogger("v2m.serve")
+
+
+# --- the sampler call: the one place the backend's sampling interface is used -------------
+def _sample_group(pipe, items: list, options: SamplerOptions, on_step: Callable[[int], None] | None = None) -> np.ndarray:
+    """Sample B items of one latent length in one `Pipeline.sample` call: latents (B, C, L).
+
+    Each item has `seed`, `curve` [L], `emb` [S, E], `mask` [S], `duration_s` and `neg` (the
+    negative prompt's (emb, mask) or None: a group has negative prompts in all items or in
+    none, see `group_key`); its noise comes from its own seed, so an item's result does not
+    depend on its companions' (up to the backend's numerics).
+    """
+    length = items[0].curve.shape[0]
+    seeds = [p.seed for p in items]
+    has_neg = items[0].neg is not None
+    plan = pipe.plan(options, has_neg)
+    cond = pipe.conditioning(
+        np.stack([p.curve for p in items]), np.stack([p.emb for p in items]), np.stack([p.mask for p in items]),
+        np.stack([p.neg[0] for p in items]) if has_neg else None, np.stack([p.neg[1] for p in items]) if has_neg else None,
+        [p.duration_s for p in items],
+    )
+    noise = np.concatenate([pipe.initial_noise(seed, length) for seed in seeds])
+    return pipe.sample(noise, cond, plan, on_step, check_finite=False, stage_noise=pipe.stage_noise(seeds, plan, length))
+
+
+def _sample_windows(pipe, item, options: SamplerOptions, on_step=None, timings=None) -> np.ndarray:
+    """A video longer than the model's `max_frames`, alone, in overlapping windows: audio [2, N]."""
+    length = item.curve.shape[0]
+    plan = pipe.plan(options, item.neg is not None)
+    neg = item.neg if item.neg is not None else (None, None)
+    cond = pipe.conditioning(item.curve[None], item.emb[None], item.mask[None],
+                             None if neg[0] is None else neg[0][None], None if neg[1] is None else neg[1][None],
+                             pipe.config.max_seconds)
+    noise = pipe.initial_noise(item.seed, length)
+    _, audio = pipe.sample_windows(noise, cond, plan, on_step, timings, None, pipe.stage_noise([item.seed], plan, length))
+    return audio
+
+
+# --- requests --------------------------------------------------------------------------
+class Abandoned(Exception):
+    """Every request of a group was abandoned (timed out or disconnected): stop sampling."""
+
+
+class Ticket:
+    """One request's handle: abandoned (timeout, disconnect, shutdown) -> its work is skipped."""
+
+    def __init__(self):
+        self._abandoned = threading.Event()
+        self.expected = False  # counted in the scheduler's `incoming` (see `Engine.expect`)
+
+    def abandon(self) -> None:
+        self._abandoned.set()
+
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned.is_set()
+
+
+@dataclass(eq=False)
+class SampleItem:
+    """A prepared request: everything the sampler needs (`_sample_group`'s item)."""
+
+    seed: int
+    options: SamplerOptions
+    curve: np.ndarray  # [L] float32 (the sampler plan zeros it in every branch when use_curve is off)
+    emb: np.ndarray  # [S, E]
+    mask: np.ndarray  # [S]
+    duration_s: float
+    long: bool = False  # longer than max_frames: windows, alone
+    neg: tuple[np.ndarray, np.ndarray] | None = None  # negative prompt's (emb, mask)
+    ticket: Ticket | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def group_key(item: SampleItem) -> tuple:
+    """Items with equal keys can be sampled in one call."""
+    o = item.options
+    neg = None if item.neg is None else item.neg[1].shape[-1]
+    if item.long:
+        return ("long", id(item))
+    return (item.curve.shape[0], item.mask.shape[-1], neg, o.steps, o.cfg_scale, o.solver, o.shift, o.use_curve,
+            o.curve_guidance)
+
+
+@dataclass
+class Output:
+    path: Path
+    seed: int
+    duration_s: float
+    batch_size: int
+    timings: dict[str, float]
+
+
+class TempDirs:
+    """Per-request temporary directories under one root, removed on request end and on close."""
+
+    def __init__(self, parent: str | Path | None = None):
+        self.root = Path(tempfile.mkdtemp(prefix="v2m-serve-", dir=parent))
+
+    def new(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="req-", dir=self.root))
+
+    def remove(self, path: Path | None) -> None:
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# --- the device thread -----------------------------------------------------------------
+@dataclass(eq=False)  # compared by identity (the item holds arrays)
+class _Entry:
+    item: SampleItem
+    future: concurrent.futures.Future
+    key: tuple
+    t_ready: float
+
+
+class Scheduler:
+    """One thread runs every backend call: queued tasks first (FIFO), then batched groups.
+
+    Args:
+        run_group: runs a list of compatible items; returns one result (or exception) per item.
+        max_batch: most items in a group.
+        wait_s: longest the head of `ready` waits for companions (see the module docstring).
+        on_batch: called with each group's size (metrics).
+    """
+
+    def __init__(self, run_group: Callable[[list[SampleItem]], list], max_batch: int, wait_s: float,
+                 on_batch: Callable[[int], None] | None = None):
+        self.run_group, self.max_batch, self.wait_s = run_group, max_batch, wait_s
+        self.on_batch = on_batch
+        self._cv = threading.Condition()
+        self._tasks: deque[tuple[concurrent.futures.Future, Callable, tuple]] = deque()
+        self._ready: list[_Entry] = []
+        self._incoming = 0  # admitted, not yet in `ready` (uploading or being prepared)
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="v2m-device", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Fail every queued task and item, let the running one finish (up to `timeout`)."""
+        with self._cv:
+            self._stop = True
+            dropped = [f for f, _, _ in self._tasks] + [e.future for e in self._ready]
+            self._tasks.clear()
+            self._ready.clear()
+            self._cv.notify_all()
+        for f in dropped:
+            if f.set_running_or_notify_cancel():
+                f.set_exception(RuntimeError("the server is shutting down"))
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # admitted requests that may still join a group
+    def expect(self, n: int = 1) -> None:
+        with self._cv:
+            self._incoming += n
+            self._cv.notify_all()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def depth(self) -> int:
+        """Requests queued for the device: tasks waiting plus prepared items waiting for a group."""
+        with self._cv:
+            return len(self._tasks) + len(self._ready)
+
+    def call(self, fn: Callable, *args) -> concurrent.futures.Future:
+        """Run `fn(*args)` on the device thread, before any waiting group."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cv:
+            if self._stop:
+                raise RuntimeError("the server is shutting down")
+            self._tasks.append((fut, fn, args))
+            self._cv.notify_all()
+        return fut
+
+    def enqueue(self, item: SampleItem, expected: bool = True) -> concurrent.futures.Future:
+        """Queue a prepared item for batched sampling; the future gives `run_group`'s result for it.
+        `expected`: it was announced with `expect()` (which this undoes)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cv:
+            if expected:
+                self._incoming -= 1
+            if self._stop:
+                raise RuntimeError("the server is shutting down")
+            self._ready.append(_Entry(item, fut, group_key(item), time.perf_counter()))
+            self._cv.notify_all()
+        return fut
+
+    def _next(self):
+        """Under the lock: a task, a group to run, or how long to wait (None: until notified)."""
+        if self._tasks:
+            return "task", self._tasks.popleft()
+        self._ready = [e for e in self._ready if not e.future.cancelled()]
+        if not self._ready:
+            return "wait", None
+        head = self._ready[0]
+        group = [e for e in self._ready if e.key == head.key][: self.max_batch]
+        left = head.t_ready + self.wait_s - time.perf_counter()
+        if len(group) < self.max_batch and self._incoming > 0 and left > 0:
+            return "wait", left
+        taken = {id(e) for e in group}
+        self._ready = [e for e in self._ready if id(e) not in taken]
+        return "group", group
+
+    def _loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException:  # a bug here must not leave requests waiting forever
+            log.exception("the device thread failed; failing every queued request")
+            with self._cv:
+                self._stop = True
+                dropped = [f for f, _, _ in self._tasks] + [e.future for e in self._ready]
+                self._tasks.clear()
+                self._ready.clear()
+            for f in dropped:
+                if f.set_running_or_notify_cancel():
+                    f.set_exception(RuntimeError("the device thread failed; the server is shutting down"))
+
+    def _serve(self) -> None:
+        while True:
+            with self._cv:
+                while True:
+                    if self._stop:
+                        return
+                    kind, what = self._next()
+                    if kind != "wait":
+                        break
+                    self._cv.wait(what)
+            if kind == "task":
+                fut, fn, args = what
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(fn(*args))
+                    except BaseException as e:  # noqa: BLE001 - handed to the waiting request
+                        fut.set_exception(e)
+                continue
+            group = [e for e in what if e.future.set_running_or_notify_cancel()]
+            if not group:
+                continue
+            if self.on_batch is not None:
+                self.on_batch(len(group))
+            try:
+                results = self.run_group([e.item for e in group])
+            except BaseException as e:  # noqa: BLE001
+                results = [e] * len(group)
+            for e, r in zip(group, results):
+                if isinstance(r, BaseException):
+                    e.future.set_exception(r)
+                else:
+                    e.future.set_result(r)
+
+
+# --- the engine ------------------------------------------------------------------------
+class Engine:
+    """A loaded pipeline behind a device thread. See the module docstring.
+
+    Args:
+        pipe: a loaded `Pipeline`.
+        config: limits and batching settings.
+        observe_stage: called with (stage, seconds) for every timed stage (metrics).
+        observe_batch: called with each sampled group's size (metrics).
+    """
+
+    def __init__(self, pipe, config: ServeConfig, observe_stage: Callable[[str, float], None] | None = None,
+                 observe_batch: Callable[[int], None] | None = None):
+        self.pipe, self.config = pipe, config
+        self.observe_stage = observe_stage or (lambda stage, s: None)
+        # what the engine's profile takes with the most guidance branches (cond, uncond, nocurve)
+        backend_max = pipe.backend.max_batch(3)
+        self.max_batch = int(config.max_batch or backend_max or DEFAULT_MAX_BATCH)
+        if backend_max:
+            self.max_batch = min(self.max_batch, int(backend_max))
+        self.scheduler = Scheduler(self.sample_and_decode, self.max_batch, config.batch_wait_ms / 1e3, observe_batch)
+        self.temp = TempDirs(config.tmp_dir)
+        self.model_name = Path(pipe.bundle_dir).name
+        # how a prepared item becomes audio: the local batcher, or Ray Serve's (`ray_app`)
+        self.batch_fn: Callable[[SampleItem], Any] = self._local_batch
+        self._started = False
+
+    # --- life cycle
+    def start(self, warmup: bool | None = None) -> None:
+        """Start the device thread; warm up (one short generation) unless told not to."""
+        if self._started:
+            return
+        self.scheduler.start()
+        self._started = True
+        if self.config.warmup if warmup is None else warmup:
+            self.scheduler.call(self.warm_up).result()
+
+    def close(self) -> None:
+        self.scheduler.stop(timeout=self.config.shutdown_grace_s)
+        self.temp.close()
+
+    def warm_up(self) -> float:
+        """One 1 s generation with 2 steps on the device thread (allocations, kernels, graphs)."""
+        from v2m.runtime import synth
+
+        t0 = time.perf_counter()
+        work = self.temp.new()
+        try:
+            clip = work / "warmup.mp4"
+            synth.make_test_video(clip, duration_s=1.0, size=(64, 48), cuts=(0.5,))
+            req = GenerateRequest(options=self.pipe.sampler_options(steps=2), seed=0, format="wav")
+            item = self.prepare(None, clip, req)
+            (audio,) = self.sample_and_decode([item])
+            if isinstance(audio, BaseException):
+                raise audio
+        finally:
+            self.temp.remove(work)
+        dt = time.perf_counter() - t0
+        log.info("warmed up in %.2f s", dt)
+        return dt
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.pipe.backend.describe(), "model": self.model_name, "preset": self.pipe.config.preset,
+                "max_batch": self.max_batch}
+
+    def gpu_memory(self) -> dict[str, int]:
+        """Allocated bytes per CUDA device, where the torch backend runs on one (else empty)."""
+        import sys
+
+        dev = str(self.pipe.backend.device)
+        torch = sys.modules.get("torch")
+        if torch is None or not dev.startswith("cuda") or not torch.cuda.is_available():
+            return {}
+        return {dev: int(torch.cuda.memory_allocated(torch.device(dev)))}
+
+    # --- the stages (device thread)
+    def _stage(self, timings: dict[str, float], stage: str, t0: float) -> None:
+        dt = time.perf_counter() - t0
+        timings[stage] = timings.get(stage, 0.0) + dt
+        self.observe_stage(stage, dt)
+
+    def prepare(self, ticket: Ticket | None, video_path: Path, req: GenerateRequest) -> SampleItem:
+        """Decode, encode, event curve, text: a `SampleItem` (device thread)."""
+        if ticket is not None and ticket.abandoned:
+            raise Abandoned()
+        pipe, cfg = self.pipe, self.pipe.config
+        timings: dict[str, float] = {}
+        features, reader = pipe.encode_video(video_path, timings)
+        for stage in ("decode", "encode"):
+            self.observe_stage(stage, timings.get(stage, 0.0))
+        t0 = time.perf_counter()
+        curve, _ = pipe.compute_curve(features, reader.duration_s)
+        del features
+        self._stage(timings, "curve", t0)
+        t0 = time.perf_counter()
+        emb, mask = pipe.encode_text(req.prompt)
+        neg = pipe.encode_text(req.negative_prompt) if req.negative_prompt else None
+        self._stage(timings, "text", t0)
+        return SampleItem(
+            seed=sampler.resolve_seed(req.seed), options=req.options, curve=curve.astype(np.float32), emb=emb,
+            mask=mask, duration_s=reader.duration_s, long=curve.shape[0] > cfg.sampler.max_frames, neg=neg,
+            ticket=ticket, timings=timings,
+        )
+
+    def sample_and_decode(self, items: list[SampleItem]) -> list[Any]:
+        """Sample a compatible group, decode each item: per item (audio [2, N], B) or an exception."""
+        pipe = self.pipe
+        tickets = [p.ticket for p in items]
+
+        def on_step(i: int) -> None:
+            if all(t is not None and t.abandoned for t in tickets):
+                raise Abandoned()
+
+        t0 = time.perf_counter()
+        if items[0].long:  # alone, in windows (decoded window by window)
+            item = items[0]
+            try:
+                audio = _sample_windows(pipe, item, item.options, on_step, item.timings)
+            except BaseException as e:  # noqa: BLE001
+                return [e]
+            for s in ("sampler", "vae"):
+                self.observe_stage(s, item.timings.get(s, 0.0))
+            return [(audio, 1)]
+        try:
+            latents = _sample_group(pipe, items, items[0].options, on_step)
+            pipe.backend.synchronize()
+        except BaseException as e:  # noqa: BLE001 - every item of the group gets it
+            return [e] * len(items)
+        dt = time.perf_counter() - t0
+        self.observe_stage("sampler", dt)
+        out: list[Any] = []
+        for i, p in enumerate(items):
+            p.timings["sampler"] = dt
+            if not np.isfinite(latents[i]).all():
+                out.append(NumericalError("the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)"))
+                continue
+            t0 = time.perf_counter()
+            try:
+                audio = pipe.backend.decode(latents[i : i + 1])[0]
+            except BaseException as e:  # noqa: BLE001
+                out.append(e)
+                continue
+            self._stage(p.timings, "vae", t0)
+            out.append((audio, len(items)))
+        return out
+
+    def write(self, item: SampleItem, audio: np.ndarray, video_path: Path, out: Path, req: GenerateRequest) -> None:
+        """Fit the audio to the video and write `out` (.wav/.flac, or muxed .mp4/.mkv); any thread."""
+        cfg = self.pipe.config
+        t0 = time.perf_counter()
+        audio = media.finalize_audio(audio, item.duration_s, cfg.audio.sample_rate, cfg.audio.fade_out_s)
+        if req.format in ("mp4", "mkv"):
+            media.mux(video_path, audio, cfg.audio.sample_rate, out, keep_audio_db=req.keep_audio_db)
+        else:
+            media.write_audio(out, audio, cfg.audio.sample_rate)
+        self._stage(item.timings, "write", t0)
+
+    def curve(self, video_path: Path):
+        """The event curve (`Pipeline.curve`); device thread."""
+        res = self.pipe.curve(video_path)
+        for stage, s in res.timings.items():
+            self.observe_stage(stage, s)
+        return res
+
+    # --- async API (the web app's event loop)
+    async def _local_batch(self, item: SampleItem):
+        return await asyncio.wrap_future(self.scheduler.enqueue(item))
+
+    async def run_device(self, fn: Callable, *args):
+        """Run `fn(*args)` on the device thread and await it."""
+        return await asyncio.wrap_future(self.scheduler.call(fn, *args))
+
+    async def run_groups(self, items: list[SampleItem]) -> list[Any]:
+        """Sample items collected by another batcher (Ray Serve's `@serve.batch`): split into
+        compatible groups of at most `max_batch`, in order; one result or exception per item."""
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(items):
+            groups.setdefault(group_key(p), []).append(i)
+        results: list[Any] = [None] * len(items)
+        for idx in groups.values():
+            for k in range(0, len(idx), self.max_batch):
+                chunk = idx[k : k + self.max_batch]
+                if self.scheduler.on_batch is not None:
+                    self.scheduler.on_batch(len(chunk))
+                try:
+                    out = await self.run_device(self.sample_and_decode, [items[i] for i in chunk])
+                except BaseException as e:  # noqa: BLE001
+                    out = [e] * len(chunk)
+                for i, r in zip(chunk, out):
+                    results[i] = r
+        return results
+
+    def expect(self, ticket: Ticket) -> None:
+        """Announce an admitted request that may join a batch (the batcher waits for it)."""
+        if not ticket.expected:
+            ticket.expected = True
+            self.scheduler.expect(1)
+
+    def unexpect(self, ticket: Ticket) -> None:
+        if ticket.expected:
+            ticket.expected = False
+            self.scheduler.expect(-1)
+
+    async def generate(self, ticket: Ticket, video_path: Path, req: GenerateRequest, workdir: Path) -> Output:
+        """The whole request: prepare, batched sampling and decoding, write `workdir/output.<fmt>`."""
+        t_queued = time.perf_counter()
+        try:
+            item = await self.run_device(self._timed_prepare, ticket, video_path, req, t_queued)
+            if self.batch_fn == self._local_batch:
+                fut = self.scheduler.enqueue(item, expected=ticket.expected)
+                ticket.expected = False
+                audio, bsize = await asyncio.wrap_future(fut)
+            else:
+                self.unexpect(ticket)
+                audio, bsize = await self.batch_fn(item)
+        finally:
+            self.unexpect(ticket)
+        out = workdir / f"output{req.suffix}"
+        write = asyncio.get_running_loop().run_in_executor(None, self.write, item, audio, video_path, out, req)
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            await asyncio.wait({write})  # the file is closed before the caller removes its directory
+            raise
+        return Output(out, item.seed, item.duration_s, bsize, item.timings)
+
+    def _timed_prepare(self, ticket: Ticket, video_path: Path, req: GenerateRequest, t_queued: float) -> SampleItem:
+        wait = time.perf_counter() - t_queued
+        self.observe_stage("queue", wait)
+        item = self.prepare(ticket, video_path, req)
+        item.timings["queue"] = wait
+        return item

@@ -1,0 +1,274 @@
+"""`v2m generate DIR -o OUT --ray [ADDRESS]`: the local batch's jobs on a Ray cluster (Ray Data).
+
+Two passes over the inputs, each a Ray Data `map_batches` over an actor pool (one loaded
+pipeline per actor, the same `_Worker` class):
+
+1. prepare: per video, the resume check (sidecar verified by sha256) and the conditioning
+   (`batch.prepare_job`: decode, encode, event curve, text); failures are recorded per video.
+2. sample: the driver forms exactly the groups the local run would (per latent and text
+   length, chunks of `--batch-size` in input order; long videos alone, in windows), and each
+   group is sampled by one actor with `engine._sample_group` and written with
+   `batch.write_output` (output and sidecar, atomically).
+
+So a video's output is bit-identical to the local run's for the same seed whenever the
+actor's numerics equal the local process's (same backend and device; on CPU, the same
+thread count: `--ray-cpus` sets it), and `summary.json`, resume, output names and failure
+isolation are the local batch's own (`runtime/batch.py`). Inputs and the output folder
+must be on a filesystem every node sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from v2m.runtime import batch, sampler
+from v2m.runtime.batch import BatchOptions, BatchSummary, Job, show
+from v2m.runtime.errors import InputError, NumericalError
+
+from .cli import check_ray_args, load_pipeline, pipeline_options, require
+
+__all__ = ["run_batch_ray", "plan_groups", "cmd_generate_ray"]
+
+log = logging.getLogger("v2m.serve.ray")
+
+
+class _Worker:
+    """A Ray Data actor: one loaded pipeline; runs 'prepare' and 'sample' tasks (pickled rows)."""
+
+    def __init__(self, options: dict, opts: BatchOptions):
+        self.pipe = load_pipeline(options)
+        self.opts = opts
+        self.sopts = self.pipe.sampler_options(opts.steps, opts.cfg_scale, opts.solver, opts.shift, opts.use_curve,
+                                               opts.curve_guidance)
+        self.neg = None  # the negative prompt's (emb, mask), once for the batch (as the local run)
+        if opts.negative_prompt is not None:
+            self.neg = tuple(self.pipe.encode_prompts("", opts.negative_prompt, opts.text_embeddings)[2:])
+        self.model = batch.model_hash(self.pipe)
+        self.describe = self.pipe.backend.describe()
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: list[bytes] = []
+        for payload in rows["payload"]:
+            kind, data = pickle.loads(payload)
+            results = [self.prepare(*data)] if kind == "prepare" else self.sample(data)
+            out += [pickle.dumps(r) for r in results]
+        return {"payload": np.array(out, dtype=object)}
+
+    def prepare(self, index: int, job: Job) -> dict[str, Any]:
+        res: dict[str, Any] = {"index": index, "job": job, "describe": self.describe}
+        try:
+            key = batch._input_key(job, self.opts, self.model, self.sopts)
+        except OSError as e:
+            job.fail(f"cannot read {show(job.video)} ({e.strerror})")
+            return res
+        if not self.opts.overwrite and (side := batch._is_complete(job.output, key)) is not None:
+            job.status, job.reason, job.used_seed = "skipped", "complete (verified by sha256)", side.get("seed")
+            return res
+        try:
+            job.used_seed = sampler.resolve_seed(job.seed)
+            curve, emb, mask, duration_s = batch.prepare_job(self.pipe, job, self.opts.text_embeddings)
+        except Exception as e:  # noqa: BLE001 - recorded per video; the batch goes on
+            job.fail(batch._reason(e))
+            return res
+        res.update(seed=job.used_seed, curve=curve, emb=emb, mask=mask, duration_s=duration_s, key=key,
+                   long=curve.shape[0] > self.pipe.config.sampler.max_frames)
+        return res
+
+    def sample(self, group: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from .engine import _sample_group, _sample_windows
+
+        pipe = self.pipe
+        options = self.sopts
+        items = [SimpleNamespace(**r, neg=self.neg) for r in group]
+        for p in items:
+            p.job.timings = dict(p.job.timings)
+        if items[0].long:  # alone, in windows, like the local run
+            p = items[0]
+            try:
+                audio = _sample_windows(pipe, p, options, None, p.job.timings)
+                self._write(p, audio)
+            except Exception as e:  # noqa: BLE001
+                p.job.fail(batch._reason(e))
+            return [{"index": p.index, "job": p.job}]
+        t0 = time.perf_counter()
+        try:
+            latents = _sample_group(pipe, items, options)
+            pipe.backend.synchronize()
+        except Exception as e:  # noqa: BLE001 - every video of the group gets it
+            for p in items:
+                p.job.fail(batch._reason(e))
+            return [{"index": p.index, "job": p.job} for p in items]
+        share = (time.perf_counter() - t0) / len(items)
+        for i, p in enumerate(items):
+            p.job.timings["sampler"] = share
+            p.job.info["batch_size"] = len(items)
+            try:
+                if not np.isfinite(latents[i]).all():
+                    raise NumericalError("the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)")
+                t1 = time.perf_counter()
+                audio = pipe.backend.decode(latents[i : i + 1])[0]
+                p.job.timings["vae"] = time.perf_counter() - t1
+                self._write(p, audio)
+            except Exception as e:  # noqa: BLE001
+                p.job.fail(batch._reason(e))
+        return [{"index": p.index, "job": p.job} for p in items]
+
+    def _write(self, p, audio: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        batch.write_output(p.job, audio, p.duration_s, p.key, self.pipe.config, self.opts.keep_audio_db)
+        p.job.timings["write"] = time.perf_counter() - t0
+        p.job.status = "ok"
+        p.job.info.update(latent_frames=int(p.curve.shape[0]), duration_s=round(p.duration_s, 4))
+
+
+def plan_groups(prepared: list[dict[str, Any]], batch_size: int) -> list[list[dict[str, Any]]]:
+    """The local run's sampler groups: per (latent length, text length), consecutive chunks of
+    `batch_size` in input order; a long video alone. `prepared` is in input order."""
+    groups: list[list[dict[str, Any]]] = []
+    buckets: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for r in prepared:
+        if r["long"]:
+            groups.append([r])
+            continue
+        key = (r["curve"].shape[0], r["mask"].shape[-1])
+        bucket = buckets.setdefault(key, [])
+        bucket.append(r)
+        if len(bucket) >= batch_size:
+            groups.append(buckets.pop(key))
+    groups += list(buckets.values())
+    return groups
+
+
+def _actor_resources(actors: int | None, cpus: float | None) -> tuple[int, dict[str, float]]:
+    import ray
+
+    res = ray.cluster_resources()
+    gpus = int(res.get("GPU", 0))
+    if gpus:
+        per = {"num_gpus": 1.0, "num_cpus": float(cpus or 1)}
+        most = gpus
+    else:
+        per = {"num_cpus": float(cpus or min(2.0, res.get("CPU", 1.0)))}
+        most = max(1, int(res.get("CPU", 1.0) // per["num_cpus"]))
+    return (min(actors, most) if actors else most), per
+
+
+def _map(ds, options: dict, opts: BatchOptions, actors: int, per: dict[str, float]):
+    import ray.data
+
+    return ds.map_batches(_Worker, fn_constructor_kwargs={"options": options, "opts": opts}, batch_size=1,
+                          compute=ray.data.ActorPoolStrategy(size=actors), batch_format="numpy", **per)
+
+
+def run_batch_ray(jobs: list[Job], opts: BatchOptions, options: dict, address: str | None = None,
+                  actors: int | None = None, cpus: float | None = None) -> BatchSummary:
+    """Run every pending job on Ray; write `summary.json` like `batch.run_batch`.
+
+    Args:
+        jobs: from `batch.collect_inputs` or `batch.read_manifest` (outputs assigned here if missing).
+        opts: the local batch's options (format, batch size, steps, cfg scale, overwrite, ...).
+        options: `pipeline_options` (model, backend, device, precision, ...) each actor loads.
+        address: a Ray cluster; None: the running Ray (or a new local one).
+        actors, cpus: actors in the pool and CPUs each (default: one per GPU, else per 2 CPUs).
+    """
+    import ray
+
+    from v2m.runtime.bundle import load_config
+
+    t_start = time.perf_counter()
+    out_dir = batch.check_output_dir(opts.out_dir)
+    if any(j.output is None for j in jobs if j.status == "pending"):
+        batch.assign_outputs(jobs, out_dir, opts.format)
+    if opts.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {opts.batch_size}")
+    cfg = load_config(options["model"])
+    steps = int(opts.steps or cfg.sampler.steps)
+    cfg_scale = float(cfg.sampler.cfg_scale if opts.cfg_scale is None else opts.cfg_scale)
+    info = SimpleNamespace(bundle_dir=Path(options["model"]), describe={
+        k: v for k, v in (("backend", options.get("backend")), ("device", options.get("device"))) if v})
+    summary_path = out_dir / batch.SUMMARY_NAME
+    pipe_like = SimpleNamespace(bundle_dir=info.bundle_dir, backend=SimpleNamespace(describe=lambda: info.describe))
+
+    def write_summary() -> None:
+        batch._write_summary(summary_path, jobs, pipe_like, steps, cfg_scale, time.perf_counter() - t_start)
+
+    def record(i: int, job: Job) -> None:
+        mine = jobs[i]
+        for name in ("status", "reason", "used_seed", "timings", "info"):
+            setattr(mine, name, getattr(job, name))
+        if mine.status == "failed":
+            print(f"v2m: failed: {show(mine.video)}: {mine.reason}", file=sys.stderr)
+
+    for j in jobs:
+        if j.status == "failed":
+            print(f"v2m: failed: {show(j.source or j.video)}: {j.reason}", file=sys.stderr)
+    todo = [i for i, j in enumerate(jobs) if j.status == "pending"]
+    if not ray.is_initialized():
+        ray.init(address=address or None, logging_level=logging.WARNING, log_to_driver=False)
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    n, per = _actor_resources(actors, cpus)
+    log.info("ray: %d actor(s), %s each, over %d videos", n, per, len(todo))
+    try:
+        if todo:
+            rows = [{"payload": pickle.dumps(("prepare", (i, jobs[i])))} for i in todo]
+            prepared = []
+            for row in _map(ray.data.from_items(rows, override_num_blocks=len(rows)), options, opts, n, per).iter_rows():
+                r = pickle.loads(row["payload"])
+                info.describe = r.pop("describe")
+                record(r["index"], r["job"])
+                if r["job"].status == "pending":
+                    prepared.append(r)
+            write_summary()
+            prepared.sort(key=lambda r: r["index"])
+            groups = plan_groups(prepared, opts.batch_size)
+            log.info("ray: %d sampler groups of sizes %s", len(groups), [len(g) for g in groups])
+            if groups:
+                rows = [{"payload": pickle.dumps(("sample", g))} for g in groups]
+                for row in _map(ray.data.from_items(rows, override_num_blocks=len(rows)), options, opts, n, per).iter_rows():
+                    r = pickle.loads(row["payload"])
+                    record(r["index"], r["job"])
+                    write_summary()
+    except KeyboardInterrupt:
+        for j in jobs:
+            if j.status == "pending":
+                j.reason = "interrupted"
+        write_summary()
+        raise
+    write_summary()
+    return BatchSummary(jobs, summary_path, time.perf_counter() - t_start)
+
+
+def cmd_generate_ray(args, jobs: list[Job], out_dir: Path) -> int:
+    """The CLI's batch mode with --ray (jobs collected and named by `cmd_generate_batch`)."""
+    require("ray", "ray")
+    check_ray_args(args)
+    if args.profile or args.trace:
+        raise InputError("--profile and --trace are not available with --ray; profile a local run")
+    from v2m.runtime.cli import _sampler_kwargs
+
+    opts = BatchOptions(
+        out_dir, format=args.format, batch_size=args.batch_size, steps=args.steps, cfg_scale=args.cfg_scale,
+        **_sampler_kwargs(args), overwrite=args.overwrite, keep_audio_db=args.keep_audio,
+        text_embeddings=args.text_embeddings, progress=False,
+    )
+    if opts.text_embeddings:
+        opts.text_embeddings = os.path.abspath(opts.text_embeddings)
+    summary = run_batch_ray(jobs, opts, pipeline_options(args), address=args.ray or None,
+                            actors=args.ray_actors, cpus=args.ray_cpus)
+    print(f"{summary.count('ok')} ok, {summary.count('failed')} failed, {summary.count('skipped')} skipped "
+          f"in {summary.wall_s:.1f} s (ray); summary in {show(summary.path)}")
+    from v2m.runtime.cli import batch_exit_code
+
+    return batch_exit_code(summary)  # as the local batch
