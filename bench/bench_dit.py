@@ -46,87 +46,127 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
-from v2m.models.dit import PRESETS, DiT, DiTConfig  # noqa: E402
+from v2m.models.dit import PRESETS, DiT  # noqa: E402
+from v2m.models.sao_dit import PRESETS as SAO_PRESETS  # noqa: E402
+from v2m.models.sao_dit import SAODiT, SAODiTConfig  # noqa: E402
 from v2m.runtime import sampler  # noqa: E402
 from v2m.runtime.backends.torch_backend import DTYPES  # noqa: E402
 from v2m.runtime.backends.torch_fast import FastConfig, FastSampler, solver_graph_step  # noqa: E402
-from v2m.runtime.backends.torch_step import make_stage, stage_tensors  # noqa: E402
+from v2m.runtime.backends.torch_step import branch_tensors, make_stage, stage_tensors  # noqa: E402
 
 log = logging.getLogger("v2m.bench.dit")
 
 
 
-def make_dit(cfg: DiTConfig, device: torch.device, dtype: torch.dtype, seed: int = 0) -> DiT:
-    """A random DiT allocated directly on `device` in `dtype` (no CPU copy of the weights)."""
+ALL_PRESETS = {**PRESETS, **SAO_PRESETS}  # v2m's DiT, and Stable Audio Open's (sao-1.0, sao-small, tiny ones)
+
+
+def family(cfg) -> str:
+    return "sao" if isinstance(cfg, SAODiTConfig) else "v2m"
+
+
+def make_dit(cfg, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """A random DiT (either family) allocated directly on `device` in `dtype` (no CPU copy of the weights)."""
     with torch.device("meta"):
-        dit = DiT(cfg)
+        dit = SAODiT(cfg) if family(cfg) == "sao" else DiT(cfg)
     dit = dit.to(dtype).to_empty(device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
-        for m in dit.modules():
-            if isinstance(m, torch.nn.Linear):
-                m.weight.normal_(0.0, 1.0 / math.sqrt(m.in_features), generator=gen)
-                m.bias.zero_()
-        for lin in [blk.ada for blk in dit.blocks] + [dit.ada_out]:
-            lin.weight.mul_(0.25)  # as DiT.init_weights(zero_init=False)
+        for name, p in dit.named_parameters():
+            if p.ndim >= 2:
+                std = 1.0 if name.startswith("timestep_features") else 1.0 / math.sqrt(p[0].numel())
+                p.normal_(0.0, std, generator=gen)
+            else:
+                p.zero_()
         for m in dit.modules():
             if isinstance(m, torch.nn.LayerNorm) and m.weight is not None:
                 m.weight.fill_(1.0)
-                m.bias.zero_()
+        if family(cfg) == "v2m":
+            for lin in [blk.ada for blk in dit.blocks] + [dit.ada_out]:
+                lin.weight.mul_(0.25)  # as DiT.init_weights(zero_init=False)
     return dit.eval()
 
 
-def step_flops(cfg: DiTConfig, b: int, length: int, s: int) -> float:
+def text_tokens(cfg, s: int) -> int:
+    """Cross-attention tokens: S prompt tokens (+ one per seconds value for Stable Audio Open)."""
+    return s + 2 if family(cfg) == "sao" else s
+
+
+def step_flops(cfg, b: int, length: int, s: int) -> float:
     """FLOPs of one CFG step (batch 2B), without the text K/V projections the sampler hoists."""
+    if family(cfg) == "sao":
+        sx = text_tokens(cfg, s)
+        hoisted = cfg.depth * 2 * b * sx * 2 * (2 * cfg.cross_dim * cfg.cross_dim)
+        return cfg.flops(2 * b, length, sx) - hoisted
     hoisted = cfg.depth * 2 * b * s * 2 * (2 * cfg.width * cfg.width)
     return cfg.flops(2 * b, length, s) - hoisted
 
 
-def _inputs(cfg: DiTConfig, b: int, length: int, s: int, seed: int = 0):
+def _inputs(cfg, b: int, length: int, s: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     noise = sampler.initial_noise(seed, (b, cfg.latent_channels, length))
     curve = rng.random((b, 1, length), dtype=np.float32)
+    if family(cfg) == "sao":  # the conditioner's output: cross tokens and the global seconds embedding
+        sx = text_tokens(cfg, s)
+        text = rng.standard_normal((b, sx, cfg.cond_dim), dtype=np.float32)
+        glob = rng.standard_normal((b, cfg.global_dim), dtype=np.float32)
+        return noise, sampler.Conditioning(curve, text, np.ones((b, sx), np.float32), global_cond=glob)
     text = rng.standard_normal((b, s, cfg.text_dim), dtype=np.float32)
     mask = np.ones((b, s), dtype=np.float32)
     mask[:, s // 2 :] = 0  # half the prompt is padding, as a short prompt would be
     return noise, sampler.Conditioning(curve, text, mask)
 
 
-def _plan(steps: int, solver: str) -> sampler.Plan:
-    return sampler.Plan.make(sampler.SamplerOptions(steps=steps, cfg_scale=4.5, solver=solver))
+def _plan(cfg, steps: int, solver: str | None) -> sampler.Plan:
+    if family(cfg) == "sao":  # SAO 1.0's v-diffusion over its own schedule
+        from v2m.runtime.sao import SAOConfig, sigma_schedule
+
+        opts = sampler.SamplerOptions(steps=steps, cfg_scale=4.5, solver=solver or "dpmpp-2m")
+        return sampler.Plan.make(opts, sigmas=lambda n: sigma_schedule(SAOConfig(), n), objective="v")
+    return sampler.Plan.make(sampler.SamplerOptions(steps=steps, cfg_scale=4.5, solver=solver or "euler"))
 
 
 class ForwardModel:
-    """The step model of plain PyTorch: `DiT.forward` on the guidance batch every stage (nothing hoisted)."""
+    """The step model of plain PyTorch: the DiT's own `forward` on the guidance batch every stage
+    (nothing hoisted: timestep embedding, modulations and text K/V recomputed each time)."""
 
-    def __init__(self, dit: DiT):
+    TEXT_INPUTS = ("text", "text_mask", "global_cond")
+    SCHEDULE = ("t",)
+
+    def __init__(self, dit):
         self.dit, self.dtype = dit, next(dit.parameters()).dtype
+        self.sao = isinstance(dit, SAODiT)
 
-    def context(self, text_g, mask_g, curve_g):
-        return curve_g.to(self.dtype), text_g.to(self.dtype), mask_g
+    def text_context(self, inputs):
+        glob = inputs.get("global_cond")
+        return inputs["text"].to(self.dtype), inputs["text_mask"], None if glob is None else glob.to(self.dtype)
 
     def schedule(self, t_model):
         return (t_model,)
 
-    def __call__(self, x_in, k, sched, ctx):
-        curve, text, mask = ctx
+    def __call__(self, x_in, k, curve, sched, ctx):
+        text, mask, glob = ctx
         t = sched[0].index_select(0, k).expand(x_in.shape[0])  # (G*B,)
-        return self.dit(x_in.to(self.dtype), curve, t, text, mask).float()
+        x = x_in.to(self.dtype)
+        if self.sao:
+            c = curve.to(self.dtype) if self.dit.cfg.input_concat_dim else None
+            return self.dit(x, t, text, glob, c).float()
+        return self.dit(x, curve.to(self.dtype), t, text, mask).float()
 
 
-def time_eager(dit: DiT, cfg, b, length, s, device, dtype, warmup, iters, solver="euler") -> list[float]:
+def time_eager(dit, cfg, b, length, s, device, dtype, warmup, iters, solver=None) -> list[float]:
     """The plain-PyTorch step: the model's own forward on the CFG batch, every stage."""
     noise, cond = _inputs(cfg, b, length, s)
-    plan = _plan(96, solver)
-    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
+    plan = _plan(cfg, 96, solver)
     model = ForwardModel(dit)
-    curve_g, text_g, mask_g = sampler.branch_batch(plan.guidance, cond)
-    ctx = model.context(as_t(text_g), as_t(mask_g), as_t(curve_g))
+    batch = branch_tensors(plan, cond, device)
+    ctx = model.text_context(batch)
     sched = model.schedule(torch.tensor(plan.table.t_model, dtype=torch.float32, device=device))
     coef, noise_t, weights = stage_tensors(plan.table, plan.guidance.weights, None, noise.shape, device)
     k = torch.zeros(1, dtype=torch.int64, device=device)
-    x, d = as_t(noise), torch.zeros_like(as_t(noise))
-    stage = make_stage(model, k, coef, noise_t, weights, sched, ctx)
+    x = torch.from_numpy(noise).to(device)
+    d = torch.zeros_like(x)
+    stage = make_stage(model, k, coef, noise_t, weights, batch["curve"], sched, ctx)
 
     def fn():
         k.zero_()
@@ -136,8 +176,8 @@ def time_eager(dit: DiT, cfg, b, length, s, device, dtype, warmup, iters, solver
         return harness.time_fn(fn, warmup=warmup, iters=iters, device=str(device))
 
 
-def time_variant(fast: FastSampler, cfg, b, length, s, steps, device, warmup, iters, solver="euler") -> list[float]:
-    entry = fast.prepare(*_inputs(cfg, b, length, s), _plan(steps, solver))
+def time_variant(fast: FastSampler, cfg, b, length, s, steps, device, warmup, iters, solver=None) -> list[float]:
+    entry = fast.prepare(*_inputs(cfg, b, length, s), _plan(cfg, steps, solver))
     st = entry.state
     if entry.graph is not None:
         def fn():
@@ -152,39 +192,43 @@ def time_variant(fast: FastSampler, cfg, b, length, s, steps, device, warmup, it
 
 
 @torch.inference_mode()
-def accuracy(dit_lo: DiT, dit_ref: DiT, b: int, length: int, s: int, steps: int, kernels: str = "torch") -> dict:
-    """fp16 (or bf16) vs fp32: per-step velocity cosine along the fp32 trajectory; final latent SNR."""
+def accuracy(dit_lo, dit_ref, b: int, length: int, s: int, steps: int, kernels: str = "torch") -> dict:
+    """fp16 (or bf16) vs fp32: per-stage guided-output cosine along the fp32 trajectory; final latent SNR."""
     cfg = dit_ref.cfg
-    args = (*_inputs(cfg, b, length, s, seed=1), _plan(steps, "euler"))
+    noise, cond = _inputs(cfg, b, length, s, seed=1)
+    plan = _plan(cfg, steps, None)
+    x0 = noise * np.float32(plan.table.x0_scale)
     ref = FastSampler(dit_ref, FastConfig(graphs=False))
     lo = FastSampler(dit_lo, FastConfig(graphs=False, kernels=kernels))
-    e_ref, e_lo = ref.prepare(*args), lo.prepare(*args)
-    ts = sampler.time_grid(steps)
-    x = e_ref.state.x.clone()
+    e_ref, e_lo = ref.prepare(x0, cond, plan), lo.prepare(x0, cond, plan)
     cos = []
-    for i in range(steps):
+    for i in range(steps):  # both see the fp32 state of every step
+        x = e_ref.state.x.clone()
         v_ref = ref.velocity_at(e_ref, x, i)
         v_lo = lo.velocity_at(e_lo, x, i)
         cos.append(torch.nn.functional.cosine_similarity(v_ref.flatten(), v_lo.flatten(), dim=0).item())
-        x = x + float(ts[i + 1] - ts[i]) * v_ref
-    x_ref = ref.sample(*args)
-    x_lo = lo.sample(*args)
+        e_ref.state.k.fill_(i)
+        solver_graph_step(ref.model, e_ref.state)  # the fp32 trajectory, one step
+    x_ref = ref.sample(x0, cond, plan)
+    x_lo = lo.sample(x0, cond, plan)
     snr = harness.snr_db(x_ref, x_lo)
     return {
         "cos_min": float(np.min(cos)), "cos_median": float(np.median(cos)), "cos_per_step": [round(c, 6) for c in cos],
-        "final_snr_db": float(snr), "L": length, "B": b, "steps": steps,
+        "final_snr_db": float(snr), "L": length, "B": b, "steps": steps, "solver": plan.table.solver,
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="full", choices=sorted(PRESETS))
+    ap.add_argument("--preset", default="full", choices=sorted(ALL_PRESETS),
+                    help="v2m's DiT (tiny, small, full) or Stable Audio Open's (sao-1.0, sao-small, sao-tiny, ...)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--precision", default=None, choices=sorted(DTYPES), help="default: fp16 on CUDA, fp32 on CPU")
     ap.add_argument("--lengths", default="128,394,1024", help="latent frames L (394 = 32 s)")
     ap.add_argument("--batches", default="1,4", help="B (the DiT batch is 2B with CFG)")
     ap.add_argument("--text-len", type=int, default=64, help="S, text tokens")
-    ap.add_argument("--solver", default="euler", choices=list(sampler.SOLVERS), help="one step = its stages (heun: two)")
+    ap.add_argument("--solver", default=None, choices=list(sampler.SOLVERS),
+                    help="one step = its stages (heun: two); default euler, dpmpp-2m for Stable Audio Open")
     ap.add_argument("--variants", default=None,
                     help="default: eager,static,compile,graph,graph+compile,graph+triton on CUDA; eager,static,compile on CPU")
     harness.add_torch_args(ap, warmup=3, iters=20)
@@ -198,7 +242,7 @@ def main() -> None:
                                   else "eager,static,compile")).split(",")
     if not cuda and any(v.startswith("graph") for v in variants):
         raise SystemExit("bench_dit: graph variants need CUDA")
-    cfg = PRESETS[args.preset]
+    cfg = ALL_PRESETS[args.preset]
     peaks = harness.device_peaks(env["device"]) if cuda else None
     out_dir = Path(args.out) if args.out else None
 
@@ -235,7 +279,8 @@ def main() -> None:
                 tflops = flops / (st["median"] / 1e3) / 1e12
                 row = {
                     "bench": "dit", "device": env["device"], "preset": args.preset, "precision": precision,
-                    "variant": v, "solver": args.solver, "L": length, "B": b, "batch": 2 * b, "S": args.text_len,
+                    "variant": v, "solver": args.solver or _plan(cfg, 1, None).table.solver, "family": family(cfg),
+                    "L": length, "B": b, "batch": 2 * b, "S": text_tokens(cfg, args.text_len),
                     "step_ms": st["median"], "step_ms_p10": st["p10"], "step_ms_p90": st["p90"], "iters": st["n"],
                     "gflop_per_step": flops / 1e9, "tflops": tflops,
                     "pct_peak": 100 * tflops / peaks["tflops_fp16"] if peaks and precision != "fp32" else None,

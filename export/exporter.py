@@ -150,10 +150,12 @@ class StepGraph(nn.Module):
         super().__init__()
         self.dit = dit
         self.model = step_model(dit)
+        self.has_curve = getattr(self.model, "curve", True)  # a Stable Audio Open model may have no curve channel
 
     def forward(self, x, x_eval, d_prev, k, coef, noise, weights, *rest):
         n = len(self.model.SCHEDULE)
-        sched, curve, ctx = tuple(rest[:n]), rest[n], tuple(rest[n + 1 :])
+        sched = tuple(rest[:n])
+        curve, ctx = (rest[n], tuple(rest[n + 1 :])) if self.has_curve else (None, tuple(rest[n:]))
         x_out, d = guided_stage(self.model, x, x_eval, d_prev, k, coef, noise, weights, curve, sched, ctx)
         return x_out, d, k + 1
 

@@ -108,7 +108,8 @@ def _sampler_contracts(cfg: BundleConfig, n: dict[str, int]) -> dict[str, Export
                                                    -> text_kv [depth, 2, GB, H, Sx, Dh], g_emb [GB, D]
         schedule  t_model [K]                      -> t_emb [K, D]
         step      x, x_eval, d_prev [B, C, L], k [1], coef [K, 7], noise [N, B, C, L], weights [G],
-                  t_emb, curve [GB, 1, L], text_kv, g_emb  -> x_out, d [B, C, L], k_next [1]
+                  t_emb, (curve [GB, 1, L] with a curve channel,) text_kv, g_emb
+                                                   -> x_out, d [B, C, L], k_next [1]
     """
     d = cfg.dit
     f = n["F"]
@@ -143,7 +144,8 @@ def _sampler_contracts(cfg: BundleConfig, n: dict[str, int]) -> dict[str, Export
                 TensorSpec("noise", ("N", "B", "C", "L")),
                 TensorSpec("weights", ("G",)),
                 TensorSpec("t_emb", ("K", "D"), dtype="model"),
-                TensorSpec("curve", ("GB", 1, "L"), fill="unit"),
+                # the curve is an input only of a model with the channel (a V2M-Zero fine-tune)
+                *((TensorSpec("curve", ("GB", 1, "L"), fill="unit"),) if n["Ci"] else ()),
                 TensorSpec("text_kv", kv, dtype="model"),
                 TensorSpec("g_emb", ("GB", "D"), dtype="model"),
             ),

@@ -50,7 +50,6 @@ from v2m.runtime.manifest import GraphInfo, load_manifest, sha256_file
 
 __all__ = [
     "PRECISIONS",
-    "ENGINE_GRAPHS",
     "BUILDER_REVISION",
     "EngineMeta",
     "EngineCache",
@@ -67,7 +66,6 @@ __all__ = [
 log = logging.getLogger("v2m.tensorrt")
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-ENGINE_GRAPHS = ("encoder", "vae", "text", "schedule", "step")
 SUPPORTED_MAJOR = (10, 11)  # the [trt] extra bounds tensorrt to >=10,<12
 # Bump when the build recipe (flags, network creation) changes: old engines become stale.
 BUILDER_REVISION = 2
@@ -359,7 +357,7 @@ def build_engines(
     bundle_dir: str | Path,
     precision: str = "fp16",
     cache_dir: str | Path | None = None,
-    names: tuple[str, ...] = ENGINE_GRAPHS,
+    names: tuple[str, ...] | None = None,
     device_id: int = 0,
     force: bool = False,
 ) -> dict[str, Path]:
@@ -380,6 +378,10 @@ def build_engines(
         raise BackendUnavailable(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     bundle_dir = Path(bundle_dir)
     cfg = load_config(bundle_dir)
+    if names is None:
+        from v2m.runtime.backends.base import runtime_graphs
+
+        names = runtime_graphs(cfg)
     manifest = load_manifest(bundle_dir)
     manifest.verify(cfg, names, precision)
     gpu, cc = gpu_info(device_id)

@@ -494,11 +494,6 @@ def cmd_export(args) -> int:
         raise InputError(f"bundle {args.bundle} is not a directory; pass a PyTorch bundle (v2m init-model)")
     from v2m.export.exporter import export_bundle
 
-    from .bundle import load_config
-
-    if load_config(args.bundle).family == "sao":  # its graphs: v2m.export.sao, wired in with the SAO samplers
-        raise V2MError(f"{args.bundle} is a Stable Audio Open bundle: `v2m export` does not handle it yet "
-                       "(v2m.export.sao.export_sao_graphs exports its T5, conditioner and DiT graphs)")
     precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
     bad = [p for p in precisions if p not in ("fp32", "fp16", "bf16")]
     if bad or not precisions:

@@ -87,7 +87,7 @@ def load_t5_text_encoder(bundle_dir: str | Path, text_cfg: dict, text_dim: int, 
 
     tok = T5Tokenizer(bundle_dir / text_cfg.get("tokenizer", "tokenizer.json"), text_max_tokens(text_cfg))
     weights = bundle_dir / text_cfg.get("file", "text.safetensors")
-    graph = bundle_dir / "onnx" / "t5.onnx"
+    graph = _t5_graph(bundle_dir)
     if weights.is_file() and _torch_available():
         from v2m.models.checkpoint import apply_state_dict, load_safetensors
         from v2m.models.t5 import T5Encoder, T5TextEncoder
@@ -95,14 +95,29 @@ def load_t5_text_encoder(bundle_dir: str | Path, text_cfg: dict, text_dim: int, 
         model = T5Encoder.from_config(text_cfg["config"])
         apply_state_dict(model, load_safetensors(weights), where=str(weights))
         enc = T5TextEncoder(model, tok, device)
-    elif graph.is_file():
+    elif graph is not None:
         enc = OnnxT5TextEncoder(graph, tok)
     else:
-        raise BundleError(f"{bundle_dir}: no T5 weights ({weights.name}, needs torch) and no onnx/t5.onnx; "
-                          "the bundle is incomplete")
+        raise BundleError(f"{bundle_dir}: no T5 weights ({weights.name}, needs torch) and no exported t5 graph; "
+                          "export the bundle (`v2m export`) or install torch")
     if enc.dim != text_dim:
         raise BundleError(f"{bundle_dir}: T5 width {enc.dim} != the conditioner's text width {text_dim}")
     return enc
+
+
+def _t5_graph(bundle_dir: Path) -> Path | None:
+    """The exported t5 graph (fp32 in every precision set; the fp32 set's first), checked
+    against the manifest; None for a bundle that is not exported."""
+    from .manifest import MANIFEST_NAME, load_manifest
+
+    if not (bundle_dir / MANIFEST_NAME).is_file():
+        return None
+    man = load_manifest(bundle_dir)
+    for precision in sorted(man.graphs, key=lambda p: p != "fp32"):
+        if "t5" in man.graphs[precision]:
+            man.verify_graph("t5", precision)
+            return man.graph_path("t5", precision)
+    return None
 
 
 def _torch_available() -> bool:

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import InputError
 from ..sampler import Conditioning, Plan, branch_batch, global_batch
 
-__all__ = ["Backend", "StepHook", "EngineCall"]
+__all__ = ["Backend", "StepHook", "EngineCall", "runtime_graphs"]
 
 log = logging.getLogger("v2m.backend")
 
@@ -109,3 +109,11 @@ class EngineCall:
         self.n_noise = 1 if stage_noise is None else stage_noise.shape[0]
         self.noise = (np.zeros((1, self.b, self.c, self.n), np.float32) if stage_noise is None
                       else np.ascontiguousarray(stage_noise, dtype=np.float32))
+
+
+def runtime_graphs(cfg) -> tuple[str, ...]:
+    """The exported graphs an engine backend runs for a bundle: every one its family exports but
+    the T5 text encoder (`v2m.runtime.t5_text` runs that)."""
+    from v2m.export.contracts import graph_names
+
+    return tuple(n for n in graph_names(cfg) if n != "t5")

@@ -39,18 +39,12 @@ from ..bundle import BundleConfig
 from ..errors import BackendUnavailable, BundleError
 from ..manifest import Manifest, load_manifest
 from ..sampler import Conditioning, Plan, SolverTable, sample_loop
-from .base import Backend, EngineCall
+from .base import Backend, EngineCall, runtime_graphs
 
-__all__ = ["OrtBackend", "runtime_graphs", "parse_device", "StageRing"]
+__all__ = ["OrtBackend", "parse_device", "StageRing"]
 
 log = logging.getLogger("v2m.backend.ort")
 
-def runtime_graphs(cfg: BundleConfig) -> tuple[str, ...]:
-    """The exported graphs this backend runs for a bundle: every one its family exports but the
-    T5 text encoder (`v2m.runtime.t5_text` runs that)."""
-    from v2m.export.contracts import graph_names
-
-    return tuple(n for n in graph_names(cfg) if n != "t5")
 _NP = {"fp32": np.float32, "fp16": np.float16}
 
 
@@ -257,7 +251,8 @@ class OrtBackend(Backend):
 
     def max_batch(self, guidance_size: int) -> int:
         prof = self.manifest.graph("step", self.precision).profile_shapes()
-        return max(1, min(prof["x"][2][0], prof["curve"][2][0] // max(1, guidance_size)))
+        branches = self.manifest.graph("text", self.precision).profile_shapes()["text"][2][0]  # G*B rows at most
+        return max(1, min(prof["x"][2][0], branches // max(1, guidance_size)))
 
     def _run_to_device(self, name: str, feeds: dict[str, np.ndarray], outputs: dict | None = None) -> dict:
         """Run graph `name` on host feeds with its outputs on the device: into `outputs` (OrtValues)

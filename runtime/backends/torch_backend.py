@@ -100,6 +100,8 @@ class TorchBackend(Backend):
         ctx = model.text_context(batch)
         sched = self._schedule(model, plan)
         coef, noise_t, weights = stage_tensors(plan.table, plan.guidance.weights, stage_noise, noise.shape, dev)
+        if not plan.table.stochastic:
+            noise_t = None  # no noise term to add
         k = torch.zeros(1, dtype=torch.int64, device=dev)
         stage = make_stage(model, k, coef, noise_t, weights, batch["curve"], sched, ctx)
         x0 = torch.from_numpy(np.ascontiguousarray(noise, dtype=np.float32)).to(dev)

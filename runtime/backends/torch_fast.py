@@ -139,6 +139,7 @@ class StaticState:
     sched: tuple  # the model's per-schedule tensors (`StepModel.SCHEDULE`)
     ctx: tuple  # the model's per-generation tensors (`StepModel.CONTEXT`), static copies
     stages: int  # stages per solver step
+    noisy: bool = False  # the table adds noise (else the noise term is skipped)
 
     @property
     def key(self) -> tuple[int, ...]:
@@ -148,7 +149,7 @@ class StaticState:
 
 def solver_graph_step(model, st: StaticState) -> None:
     """One whole solver step in place (all its stages, k advanced): the unit we capture."""
-    stage = make_stage(model, st.k, st.coef, st.noise, st.weights, st.curve, st.sched, st.ctx)
+    stage = make_stage(model, st.k, st.coef, st.noise if st.noisy else None, st.weights, st.curve, st.sched, st.ctx)
     x, d = solver_step(stage, st.x, st.d, st.stages)
     st.d.copy_(d)
     st.x.copy_(x)
@@ -244,6 +245,7 @@ class FastSampler:
             return self._entries[key]
         sched, coef = self.schedule(table)
         st = _alloc_state(noise_shape, g, ctx, sched, coef, n_noise, table.stages, self.device)
+        st.noisy = table.stochastic
         entry = _Entry(st, self._capture(st) if self.graphs else None)
         self._entries[key] = entry
         while len(self._entries) > self.config.max_graphs:

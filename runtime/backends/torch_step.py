@@ -84,7 +84,9 @@ def guided_stage(
         x_base, x_eval, d_prev: (B, C, L) fp32 solver state (see `v2m.runtime.sampler`).
         k: (1,) int64 stage index (device-side, so a captured graph replays every stage).
         coef: (K, 7) fp32 stage coefficients (`sampler.COEF_COLUMNS`).
-        noise: (N, B, C, L) fp32; stage k adds noise[k % N] times its `cn`.
+        noise: (N, B, C, L) fp32; stage k adds noise[k % N] times its `cn`. None for a table
+            without noise (`SolverTable.stochastic` false): the eager path skips the term; the
+            exported graph always takes the tensor.
         weights: (G,) fp32 guidance weights of the branches stacked in the model batch.
         curve: (G*B, 1, L) the branches' curves (fp32).
 
@@ -97,8 +99,9 @@ def guided_stage(
     out = model(x_in, k, curve, sched, ctx).view(g, *x_eval.shape)  # (G, B, C, L) fp32
     guided = (weights.view(g, 1, 1, 1) * out).sum(0)  # (B, C, L): sum_g w_g out_g
     d = p * x_eval + q * guided
-    n = noise.index_select(0, torch.remainder(k, noise.shape[0])).squeeze(0)  # (B, C, L)
-    x_out = cx * x_base + ca * d + cb * d_prev + cn * n
+    x_out = cx * x_base + ca * d + cb * d_prev
+    if noise is not None:
+        x_out = x_out + cn * noise.index_select(0, torch.remainder(k, noise.shape[0])).squeeze(0)  # (B, C, L)
     return x_out, d
 
 

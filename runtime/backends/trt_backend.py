@@ -43,11 +43,10 @@ from ..manifest import GraphInfo, load_manifest
 from ..sampler import Conditioning, Plan, SolverTable, sample_loop, solver_step
 from .base import Backend, EngineCall
 
-__all__ = ["TensorRTBackend", "TRT_GRAPHS"]
+__all__ = ["TensorRTBackend"]
 
 log = logging.getLogger("v2m.backend.tensorrt")
 
-TRT_GRAPHS = ("encoder", "vae", "text", "schedule", "step")
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8}
 
 
@@ -183,42 +182,58 @@ def _nbytes(shape, dtype: str) -> int:
     return math.prod(shape) * _ITEMSIZE[dtype]
 
 
+STATE = ("x", "x_eval", "d_prev", "k", "x_out", "d", "k_next")
+
+
 class _Shape:
     """Device buffers of one (shape, solver table, guidance size, noise rows), and its graph.
 
     x: X (the step's base), XE (the next stage's x_eval), XO (a stage's x_out); d: D, DO;
     k: K, KO. A stage reads (X, X or XE, D, K) and writes (XO, DO, KO); copies then route
-    XO -> XE, DO -> D, KO -> K, and after the last stage XE -> X.
+    XO -> XE, DO -> D, KO -> K, and after the last stage XE -> X. The step's other inputs,
+    by name: the tables (coef, noise, weights, curve) and the hoisted tensors, the `text`
+    engine's outputs (per generation) and the `schedule` engine's (per solver table),
+    whatever the model family calls them; their shapes are what the engines report.
     """
 
-    def __init__(self, be: TensorRTBackend, b: int, c: int, n: int, s: int, g: int, table: SolverTable, n_noise: int):
+    def __init__(self, be: TensorRTBackend, call: EngineCall, table: SolverTable, text_feeds: dict[str, np.ndarray]):
         cuda, step = be.cuda, be.engines["step"]
-        md = step.dtypes["mods"]
-        cfg = be.cfg.dit
-        depth, heads, width = int(cfg["depth"]), int(cfg["heads"]), int(cfg["width"])
+        b, c, n = call.b, call.c, call.n
         k = len(table.t_model)
-        self.shapes = {
-            "x": (b, c, n), "x_eval": (b, c, n), "d_prev": (b, c, n), "k": (1,), "coef": (k, 7),
-            "noise": (n_noise, b, c, n), "weights": (g,), "mods": (depth, k, 6, width), "finals": (k, 2, width),
-            "curve": (g * b, 1, n), "text_kv": (depth, 2, g * b, heads, s, width // heads), "text_bias": (g * b, 1, 1, s),
-        }
         self.state_bytes = _nbytes((b, c, n), "float32")
         self.buf = {name: cuda.malloc(self.state_bytes) for name in ("X", "XE", "XO", "D", "DO")}
         self.buf["K"], self.buf["KO"] = cuda.malloc(8), cuda.malloc(8)
-        for name in ("coef", "noise", "weights", "mods", "finals", "curve", "text_kv", "text_bias"):
-            self.buf[name] = cuda.malloc(_nbytes(self.shapes[name], step.dtypes[name]))
-        self.text_shapes = {"text": (g * b, s, be.cfg.text_dim), "text_mask": (g * b, s)}
-        self.buf["text"] = cuda.malloc(_nbytes(self.text_shapes["text"], "float32"))
-        self.buf["text_mask"] = cuda.malloc(_nbytes(self.text_shapes["text_mask"], "float32"))
-        self.buf["t_model"] = cuda.malloc(_nbytes((k,), "float32"))
+        self.shapes = {"x": (b, c, n), "x_eval": (b, c, n), "d_prev": (b, c, n), "k": (1,), "coef": (k, 7),
+                       "noise": (call.n_noise, b, c, n), "weights": (call.g,), "curve": (call.g * b, 1, n)}
+        for name in ("coef", "noise", "weights", "curve"):
+            self.buf[name] = cuda.malloc(_nbytes(self.shapes[name], "float32"))
         cuda.upload(self.buf["coef"], np.ascontiguousarray(table.coef, dtype=np.float32))
-        cuda.upload(self.buf["t_model"], np.asarray(table.t_model, dtype=np.float32))
+        # the text engine: its input buffers (refilled per generation) and outputs (the step reads them)
+        text = be.engines["text"]
+        self.text_feeds = {name: a.shape for name, a in text_feeds.items()}
+        text.set_shapes(self.text_feeds)
+        for name, shape in self.text_feeds.items():
+            self.buf[name] = cuda.malloc(_nbytes(shape, "float32"))
+        self._alloc_outputs(text, cuda)
+        # the schedule engine: once per solver table
         sched = be.engines["schedule"]
         sched.set_shapes({"t_model": (k,)})
-        sched.run({"t_model": self.buf["t_model"], "mods": self.buf["mods"], "finals": self.buf["finals"]})
-        self.stages, self.md, self.cuda = table.stages, md, cuda
+        self.buf["t_model"] = cuda.malloc(_nbytes((k,), "float32"))
+        cuda.upload(self.buf["t_model"], np.asarray(table.t_model, dtype=np.float32))
+        self._alloc_outputs(sched, cuda)
+        sched.run({name: self.buf[name] for name in (*sched.inputs, *sched.outputs)})
+        missing = [name for name in step.inputs if name not in STATE and name not in self.buf]
+        if missing:
+            raise BackendUnavailable(f"the step engine takes {missing}, which no other engine makes; re-export and rebuild")
+        self.step_inputs = {name: self.shapes[name] for name in step.inputs}
+        self.stages, self.cuda = table.stages, cuda
         self.graph = None  # the captured solver step
-        self.captured = False
+
+    def _alloc_outputs(self, eng: _Engine, cuda) -> None:
+        for name in eng.outputs:
+            shape = eng.output_shape(name)
+            self.shapes[name] = shape
+            self.buf[name] = cuda.malloc(_nbytes(shape, eng.dtypes[name]))
 
     def close(self, cuda) -> None:
         if self.graph is not None:
@@ -259,7 +274,7 @@ class TensorRTBackend(Backend):
         self.trt_version = trt.__version__
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        engines = {n: _Engine(self._runtime, paths[n], manifest.graph(n, precision), cuda) for n in TRT_GRAPHS}
+        engines = {n: _Engine(self._runtime, paths[n], manifest.graph(n, precision), cuda) for n in paths}
         self._setup(engines, cuda, cuda_graphs, max_shapes)
         log.info("TensorRT %s on %s: %s engines %s", trt.__version__, self.device, precision,
                  ", ".join(p.name for p in paths.values()))
@@ -272,43 +287,60 @@ class TensorRTBackend(Backend):
         self._current: _Shape | None = None  # whose shapes the step context holds
 
     # --- stages ---------------------------------------------------------------------------------
-    def _run_io(self, name: str, inputs: dict[str, np.ndarray], out_dtype=np.float32) -> np.ndarray:
-        """One host-in, host-out execution (encoder, VAE) with buffers for this call."""
+    def _run_io(self, name: str, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One host-in, host-out execution (encoder, VAE, conditioner) with buffers for this call;
+        the outputs in the engine's order, float32."""
         eng = self.engines[name]
         eng.set_shapes({k: v.shape for k, v in inputs.items()})
         addr = {}
-        for k, v in inputs.items():
-            addr[k] = self.cuda.malloc(v.nbytes)
-            self.cuda.upload(addr[k], v)
-        (out,) = eng.outputs
-        shape = eng.output_shape(out)
-        addr[out] = self.cuda.malloc(_nbytes(shape, eng.dtypes[out]))
         try:
+            for k, v in inputs.items():
+                addr[k] = self.cuda.malloc(v.nbytes)
+                self.cuda.upload(addr[k], v)
+            shapes = {out: eng.output_shape(out) for out in eng.outputs}
+            for out, shape in shapes.items():
+                addr[out] = self.cuda.malloc(_nbytes(shape, eng.dtypes[out]))
             eng.run(addr)
-            return self.cuda.download(addr[out], shape, out_dtype)
+            return [self.cuda.download(addr[out], shape, np.float32) for out, shape in shapes.items()]
         finally:
             for ptr in addr.values():
                 self.cuda.free(ptr)
 
     def encode_frames(self, pixels: np.ndarray) -> np.ndarray:
         max_b = self.engines["encoder"].max_shapes["pixels"][0]
-        feats = [self._run_io("encoder", {"pixels": np.ascontiguousarray(pixels[i : i + max_b], dtype=np.float32)})
+        feats = [self._run_io("encoder", {"pixels": np.ascontiguousarray(pixels[i : i + max_b], dtype=np.float32)})[0]
                  for i in range(0, pixels.shape[0], max_b)]  # the pipeline's batches fit; direct callers may not
         return np.concatenate(feats)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        return self._run_io("vae", {"latents": np.ascontiguousarray(latents, dtype=np.float32)})
+        return self._run_io("vae", {"latents": np.ascontiguousarray(latents, dtype=np.float32)})[0]
+
+    def condition(self, text, text_mask, seconds):
+        if "cond" not in self.engines:
+            return super().condition(text, text_mask, seconds)
+        f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
+        cross, glob = self._run_io("cond", {"text": f32(text), "text_mask": f32(text_mask), "seconds": f32(seconds)})
+        return cross, glob
 
     def max_batch(self, guidance_size: int) -> int:
         mx = self.engines["step"].max_shapes
-        return max(1, min(mx["x"][0], mx["curve"][0] // max(1, guidance_size)))
+        branches = self.engines["text"].max_shapes["text"][0]  # G*B rows at most
+        return max(1, min(mx["x"][0], branches // max(1, guidance_size)))
 
-    def _shape(self, b, c, n, s, g, table: SolverTable, n_noise: int) -> _Shape:
-        key = (b, c, n, s, g, table.key, n_noise)
+    def _text_feeds(self, call: EngineCall) -> dict[str, np.ndarray]:
+        """The text engine's inputs from the branch batch, by name (v2m: text, text_mask; SAO: text, global_cond)."""
+        have = {"text": call.text, "text_mask": call.mask, "global_cond": call.global_cond}
+        missing = [k for k in self.engines["text"].inputs if have.get(k) is None]
+        if missing:
+            raise BackendUnavailable(f"the text engine takes {missing}, which this generation does not have")
+        return {k: have[k] for k in self.engines["text"].inputs}
+
+    def _shape(self, call: EngineCall, table: SolverTable, feeds: dict[str, np.ndarray]) -> _Shape:
+        key = (call.b, call.c, call.n, call.s, call.g, table.key, call.n_noise)
         if key in self._shapes:
             self._shapes.move_to_end(key)
             return self._shapes[key]
-        sh = self._shapes[key] = _Shape(self, b, c, n, s, g, table, n_noise)
+        sh = self._shapes[key] = _Shape(self, call, table, feeds)
         while len(self._shapes) > self.max_shapes:
             _, old = self._shapes.popitem(last=False)
             if old is self._current:
@@ -319,7 +351,7 @@ class TensorRTBackend(Backend):
     def _enqueue_step(self, sh: _Shape) -> None:
         """One solver step on the device: `sampler.solver_step` over the step engine's stages."""
         step, cuda, buf = self.engines["step"], self.cuda, sh.buf
-        fixed = {name: buf[name] for name in ("coef", "noise", "weights", "mods", "finals", "curve", "text_kv", "text_bias")}
+        fixed = {name: buf[name] for name in step.inputs if name not in STATE}
 
         def stage(x_base, x_eval, d_prev):
             step.run({**fixed, "x": buf[x_base], "x_eval": buf[x_eval], "d_prev": buf[d_prev], "k": buf["K"],
@@ -335,16 +367,17 @@ class TensorRTBackend(Backend):
     def sample(self, noise, cond: Conditioning, plan: Plan, on_step=None, stage_noise=None):
         call = EngineCall(self, noise, cond, plan, stage_noise, "the engine's profile")
         b, c, n = noise.shape
-        sh = self._shape(b, c, n, call.s, call.g, plan.table, call.n_noise)
+        feeds = self._text_feeds(call)
+        sh = self._shape(call, plan.table, feeds)
         cuda, buf = self.cuda, sh.buf
         text = self.engines["text"]
-        text.set_shapes(sh.text_shapes)
-        cuda.upload(buf["text"], call.text)
-        cuda.upload(buf["text_mask"], call.mask)
-        text.run({"text": buf["text"], "text_mask": buf["text_mask"], "text_kv": buf["text_kv"], "text_bias": buf["text_bias"]})
+        text.set_shapes(sh.text_feeds)
+        for name, a in feeds.items():
+            cuda.upload(buf[name], a)
+        text.run({name: buf[name] for name in (*text.inputs, *text.outputs)})  # once per generation
         step = self.engines["step"]
         if self._current is not sh:  # TensorRT's rule: after a shape change, enqueue once, recapture
-            step.set_shapes({k: v for k, v in sh.shapes.items() if k in step.inputs})
+            step.set_shapes(sh.step_inputs)
             for other in self._shapes.values():
                 if other.graph is not None:
                     cuda.destroy(other.graph)

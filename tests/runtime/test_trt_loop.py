@@ -140,7 +140,9 @@ def make_backend(exported, fail_capture=False, graphs=True, max_shapes=2):
     be = object.__new__(tb.TensorRTBackend)
     be.cfg, be.device, be.precision = load_config(out), "cuda:0", "fp32"
     cuda = FakeCuda(fail_capture)
-    engines = {n: FakeEngine(cuda, man.graph_path(n), man.graph(n)) for n in tb.TRT_GRAPHS}
+    from v2m.runtime.backends.base import runtime_graphs
+
+    engines = {n: FakeEngine(cuda, man.graph_path(n), man.graph(n)) for n in runtime_graphs(be.cfg)}
     be._setup(engines, cuda, graphs, max_shapes)
     return be
 
