@@ -242,6 +242,21 @@ def _step_dims(cfg: BundleConfig) -> dict[str, DimRange]:
 
 
 _KV = ("depth", 2, "GB", "Hd", "S", "Dh")
+# Every family's step graph: the solver state and tables first, its hoisted tensors after.
+STEP_STATE = (
+    TensorSpec("x", ("B", "C", "L")),
+    TensorSpec("x_eval", ("B", "C", "L")),
+    TensorSpec("d_prev", ("B", "C", "L")),
+    TensorSpec("k", (1,), dtype="int64", fill="stage"),
+    TensorSpec("coef", ("K", 7)),
+    TensorSpec("noise", ("N", "B", "C", "L")),
+    TensorSpec("weights", ("G",)),
+)
+STEP_OUTPUTS = (
+    TensorSpec("x_out", ("B", "C", "L")),
+    TensorSpec("d", ("B", "C", "L")),
+    TensorSpec("k_next", (1,), dtype="int64"),
+)
 
 CONTRACTS: dict[str, ExportContract] = {
     "encoder": ExportContract(
@@ -285,24 +300,14 @@ CONTRACTS: dict[str, ExportContract] = {
     "step": ExportContract(
         name="step",
         inputs=(
-            TensorSpec("x", ("B", "C", "L")),
-            TensorSpec("x_eval", ("B", "C", "L")),
-            TensorSpec("d_prev", ("B", "C", "L")),
-            TensorSpec("k", (1,), dtype="int64", fill="stage"),
-            TensorSpec("coef", ("K", 7)),
-            TensorSpec("noise", ("N", "B", "C", "L")),
-            TensorSpec("weights", ("G",)),
+            *STEP_STATE,
             TensorSpec("mods", ("depth", "K", 6, "D"), dtype="model"),
             TensorSpec("finals", ("K", 2, "D"), dtype="model"),
             TensorSpec("curve", ("GB", 1, "L"), fill="unit"),
             TensorSpec("text_kv", _KV, dtype="model"),
             TensorSpec("text_bias", ("GB", 1, 1, "S"), dtype="model", fill="bias"),
         ),
-        outputs=(
-            TensorSpec("x_out", ("B", "C", "L")),
-            TensorSpec("d", ("B", "C", "L")),
-            TensorSpec("k_next", (1,), dtype="int64"),
-        ),
+        outputs=STEP_OUTPUTS,
         dims=_step_dims,
         # Export at an odd L, two branches, one noise row; check again with three branches,
         # two videos, noise per stage, another K and a shorter S: proves RoPE (arange(L)),

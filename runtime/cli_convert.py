@@ -28,16 +28,23 @@ def cmd_convert(args) -> int:
 
 def add_convert_parser(sub) -> None:
     """Register `convert` on the CLI's subparsers."""
-    c = sub.add_parser("convert", help="convert a downloaded Stable Audio Open model to a v2m bundle")
+    c = sub.add_parser("convert", help="convert a downloaded Stable Audio Open model to a v2m bundle",
+                       description="Convert a Stable Audio Open model (stable-audio-tools or diffusers layout) to a "
+                                   "v2m bundle, offline. Needs PyTorch.",
+                       examples=["v2m convert stable-audio-open-1.0/ -o sao-bundle --t5 t5-base/",
+                                 "v2m convert stable-audio-open-1.0-diffusers/ -o sao-bundle",
+                                 "v2m convert stable-audio-open-1.0/ -o sao-curve --t5 t5-base/ --add-curve-channel "
+                                 "--encoder dinov2-large/"])
     c.add_argument("source", help="a stable-audio-tools folder (model_config.json + model.safetensors) "
                                   "or a diffusers StableAudioPipeline folder")
     c.add_argument("-o", "--output", required=True, help="the bundle directory to write")
     c.add_argument("--t5", default=None, metavar="DIR",
                    help="local T5 directory (config.json, model.safetensors, tokenizer.json); required for "
-                        "stable-audio-tools folders, which do not include T5")
+                        "stable-audio-tools folders, which do not include T5 (default: the diffusers folder's text_encoder/)")
     c.add_argument("--add-curve-channel", action="store_true",
                    help="give a model without one V2M-Zero's curve channel, zero-initialized (outputs unchanged)")
     c.add_argument("--encoder", default=None, metavar="DIR",
-                   help="a Hugging Face Dinov2Model directory: the frame encoder of the event curve")
+                   help="a Hugging Face Dinov2Model directory: the frame encoder of the event curve "
+                        "(default: none, a text-only bundle)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing bundle at -o")
     c.set_defaults(func=cmd_convert)

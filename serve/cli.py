@@ -105,12 +105,17 @@ def cmd_serve(args) -> int:
 
 def add_serve_parser(sub, add_runtime_args) -> None:
     """Register `serve` on the CLI's subparsers (`add_runtime_args`: the CLI's --model/--backend/...)."""
-    s = sub.add_parser("serve", help="HTTP service: POST /v1/generate, /v1/curve, /metrics (pip install 'v2m-runtime[serve]')")
+    s = sub.add_parser("serve", help="HTTP service: POST /v1/generate, /v1/curve, /metrics (pip install 'v2m-runtime[serve]')",
+                       description="Serve generation over HTTP: the model loaded once, concurrent requests batched.",
+                       examples=["v2m serve --model tiny-bundle",
+                                 "v2m serve --model full-onnx --backend onnxruntime --host 0.0.0.0 --api-key $KEY",
+                                 "v2m serve --model tiny-bundle --ray"])
     add_runtime_args(s)
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     s.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on /v1/* and /metrics (or set V2M_API_KEY)")
+                   help="require 'Authorization: Bearer KEY' on /v1/* and /metrics (or set V2M_API_KEY) (default: none, "
+                        "no auth)")
     s.add_argument("--max-batch", type=int, default=None, help="most requests sampled together (default: the backend's, else 8)")
     s.add_argument("--batch-wait-ms", type=float, default=250.0,
                    help="longest a ready request waits for compatible ones while others are arriving (default 250)")
@@ -120,13 +125,14 @@ def add_serve_parser(sub, add_runtime_args) -> None:
     s.add_argument("--max-prompt-chars", type=int, default=2000, help="longest prompt; 422 past it (default 2000)")
     s.add_argument("--allow-dir", default=None, metavar="DIR",
                    help="let requests name a file under DIR (video_path) instead of uploading it (default: never)")
-    s.add_argument("--tmp-dir", default=None, metavar="DIR", help="where per-request temporary folders go")
+    s.add_argument("--tmp-dir", default=None, metavar="DIR", help="where per-request temporary folders go (default: the system's temporary directory)")
     s.add_argument("--shutdown-grace", type=float, default=30.0, help="on SIGTERM, seconds in-flight requests may take")
     s.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation before ready")
     s.add_argument("--quiet", "-q", action="store_true", help="no access log")
     s.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run as a Ray Serve application (one replica per GPU or CPU slot); ADDRESS of a running "
-                        "cluster, or none for a local Ray instance (pip install 'v2m-runtime[ray]')")
+                        "cluster, or none for a local Ray instance (pip install 'v2m-runtime[ray]') (default: off, "
+                        "one local process)")
     s.add_argument("--replicas", type=int, default=None, help="--ray: most replicas (default: one per GPU, else per CPU slot)")
     s.add_argument("--replica-cpus", type=float, default=1.0, help="--ray without GPUs: CPUs per replica (default 1)")
     s.set_defaults(func=cmd_serve)
@@ -136,7 +142,8 @@ def add_ray_args(g) -> None:
     """`--ray [ADDRESS]` and friends on `v2m generate` (batch mode on a Ray cluster)."""
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="batch mode on Ray Data: one pipeline per actor; ADDRESS of a running cluster, or none for "
-                        "a local Ray instance (pip install 'v2m-runtime[ray]'); inputs and -o on a shared filesystem")
+                        "a local Ray instance (pip install 'v2m-runtime[ray]'); inputs and -o on a shared filesystem "
+                        "(default: off, the local batch)")
     g.add_argument("--ray-actors", type=int, default=None, help="--ray: actors (default: one per GPU, else per --ray-cpus)")
     g.add_argument("--ray-cpus", type=float, default=None,
                    help="--ray: CPUs per actor (default 1 with GPUs, else 2); on CPU the actor's threads, which "

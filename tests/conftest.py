@@ -7,6 +7,7 @@ that need their own variant (rotation, VFR, odd length) use `make_video`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,17 @@ from pathlib import Path
 import pytest
 
 from v2m.runtime.synth import make_test_video
+
+# Kernel tests run under the Triton interpreter where there is no CUDA device. TRITON_INTERPRET
+# must be set before triton is first imported, and some test modules import libraries that
+# import it (diffusers, torch._dynamo) at collection: so here, before any test module loads.
+try:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:
+    pass
 
 
 @dataclass(frozen=True)

@@ -243,11 +243,11 @@ def test_batch_profile_failed_group_then_windows(windowed_bundle, short_video, m
     pipe = Pipeline.from_pretrained(windowed_bundle, backend="torch", device="cpu", precision="fp32")
     orig = pipe.backend.sample
 
-    def sample(noise, *args):
+    def sample(noise, cond, plan, on_step=None, stage_noise=None):
         if noise.shape[0] == 2:  # the batched pair fails after one step
-            args[-1](0)
+            on_step(0)
             raise RuntimeError("device lost")
-        return orig(noise, *args)
+        return orig(noise, cond, plan, on_step, stage_noise)
 
     pipe.backend.sample = sample
     jobs = batch.collect_inputs([a, c, short_video.path], tmp_path / "o")

@@ -123,7 +123,7 @@ def test_shape_lru(eager):
     fast = FastSampler(eager.dit, FastConfig(max_graphs=2))
     for length in (10, 11, 12, 10):
         fast.sample(*_inputs(eager.cfg, length=length), _plan(3, 3.0))
-    assert [k[1] for k in fast._entries] == [12, 10]
+    assert [k[2] for k in fast._entries] == [12, 10]  # key: (B, C, L, G, ...)
 
 
 def test_config_errors(eager):
