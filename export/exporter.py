@@ -40,6 +40,7 @@ from torch import nn
 
 from v2m.runtime import __version__
 from v2m.runtime.bundle import BundleConfig, load_config
+from v2m.runtime.encoders import is_weight_free
 from v2m.runtime.errors import BundleError, OutputError, V2MError
 from v2m.runtime.manifest import (
     MANIFEST_FORMAT,
@@ -299,6 +300,8 @@ def _prepare_out(src: Path, out: Path, cfg: BundleConfig, with_weights: bool) ->
         log.warning("text encoder is a Hugging Face directory (%s); it is not copied", cfg.text.get("path"))
     for name in ("dit", "vae", "encoder"):
         f = out / f"{name}.safetensors"
+        if name == "encoder" and is_weight_free(cfg.encoder):  # weight-free: no encoder weights
+            continue
         if with_weights:
             shutil.copy2(src / f.name, f)
         elif f.is_file():  # a lean bundle: a stale copy would not match the new config
@@ -337,6 +340,8 @@ def export_bundle(
     out = Path(out_dir) if out_dir is not None else src
     if out.resolve() != src.resolve():
         _prepare_out(src, out, cfg, with_weights)
+    if is_weight_free(cfg.encoder):  # a weight-free frame encoder runs in the runtime: no graph
+        names = tuple(n for n in names if n != "encoder")
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # until every graph is written and checked
     graphs: dict[str, Any] = {}
     paths: dict[str, Path] = {}

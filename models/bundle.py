@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from v2m.runtime.bundle import AudioConfig, BundleConfig, CurveConfig, SamplerConfig, load_config
+from v2m.runtime.encoders import encoder_config, is_weight_free
 from v2m.runtime.errors import BundleError
 
 from . import dinov2 as dinov2_mod
@@ -38,8 +39,9 @@ BUNDLE_PRESETS: dict[str, tuple[str, str, str, int, str]] = {
 }
 
 
-def bundle_config(preset: str) -> BundleConfig:
-    """The config of a random bundle of `preset` (tiny, small or full)."""
+def bundle_config(preset: str, encoder: str = "dinov2") -> BundleConfig:
+    """The config of a random bundle of `preset` (tiny, small or full) with frame encoder
+    `encoder` (dinov2, or weight-free cut / motion: `v2m.runtime.encoders`)."""
     if preset not in BUNDLE_PRESETS:
         raise BundleError(f"unknown preset {preset!r}; choose one of {sorted(BUNDLE_PRESETS)}")
     dit_p, vae_p, enc_p, px, text_p = BUNDLE_PRESETS[preset]
@@ -47,18 +49,22 @@ def bundle_config(preset: str) -> BundleConfig:
     vae_cfg = vae_mod.PRESETS[vae_p]
     if vae_cfg.latent_channels != dit_cfg.latent_channels:
         raise AssertionError(f"preset {preset}: VAE and DiT latent channels differ")
-    return BundleConfig(
-        preset=preset,
-        dit=dit_cfg.to_dict(),
-        vae=vae_cfg.to_dict(),
-        encoder={
+    if encoder == "dinov2":
+        enc = {
             "kind": "dinov2",
             "config": dinov2_mod.PRESETS[enc_p].to_dict(),
             "input_size": px,
             "mean": IMAGENET_MEAN,
             "std": IMAGENET_STD,
             "pooling": "mean_patch",  # the paper's spatial pooling of the final-normed patch tokens
-        },
+        }
+    else:
+        enc = encoder_config(encoder)  # InputError for an unknown kind
+    return BundleConfig(
+        preset=preset,
+        dit=dit_cfg.to_dict(),
+        vae=vae_cfg.to_dict(),
+        encoder=enc,
         text=text_mod.PRESETS[text_p].to_dict(),
         sampler=SamplerConfig(),
         curve=CurveConfig(),
@@ -118,10 +124,13 @@ def init_bundle(
     dtype: torch.dtype = torch.float32,
     overwrite: bool = False,
     device: str | torch.device = "cpu",
+    encoder: str = "dinov2",
 ) -> Path:
     """Write a random-weight bundle of `preset` to `out_dir`.
 
     Args:
+        encoder: the frame encoder: dinov2 (random weights), or weight-free cut / motion
+            (no encoder component).
         device: where the random weights are made ("cuda" makes the 1.5B-parameter
             `full` preset in seconds). Each device's generator gives its own
             weights for a seed: bundles are reproducible per device, not across.
@@ -132,7 +141,7 @@ def init_bundle(
             raise BundleError(f"{out} exists and is not empty; choose another directory")
         if load_config(out).preset != preset:
             raise BundleError(f"{out} holds another bundle; pass --overwrite to replace it")
-    cfg = bundle_config(preset)
+    cfg = bundle_config(preset, encoder)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -140,6 +149,9 @@ def init_bundle(
     if device.type != "cpu":
         meta["made_on"] = device.type
     for name in ("encoder", "vae", "dit"):
+        if name == "encoder" and is_weight_free(cfg.encoder):
+            (out / "encoder.safetensors").unlink(missing_ok=True)  # a stale one from --overwrite
+            continue
         with device:
             module = build_component(cfg, name)
         randomize_weights(module, gen)

@@ -30,8 +30,12 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="v2m: %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def _add_runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", required=True, help="bundle directory (v2m init-model / v2m export)")
+def _add_runtime_args(p: argparse.ArgumentParser, model_default: str | None = None) -> None:
+    p.add_argument("--model", "-m", required=model_default is None, default=model_default,
+                   help="bundle directory (v2m init-model / v2m export / v2m train), or `demo` (the installed "
+                        "trained demo bundle)" + (f"; default {model_default}" if model_default else ""))
+    p.add_argument("--encoder", default=None, choices=["dinov2", "cut", "motion"],
+                   help="frame encoder of the event curve (default: the bundle's); cut and motion are weight-free")
     p.add_argument("--backend", default="auto", help="torch, onnxruntime, tensorrt or auto (default: auto)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA, fp32 on CPU")
@@ -64,7 +68,7 @@ def _load_pipeline(args):
         args.model, backend=args.backend, device=device, precision=_precision(args),
         fast=getattr(args, "fast", None), compile=getattr(args, "compile", "none"),
         kernels=getattr(args, "kernels", "torch"), engine_cache=getattr(args, "engine_cache", None),
-        vae_precision=getattr(args, "vae_precision", None),
+        vae_precision=getattr(args, "vae_precision", None), encoder=getattr(args, "encoder", None),
     )
 
 
@@ -104,8 +108,9 @@ def cmd_init_model(args) -> int:
     from v2m.models.bundle import init_bundle
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    out = init_bundle(args.preset, args.output, seed=args.seed, dtype=dtype, overwrite=args.overwrite)
-    print(f"wrote {args.preset} bundle (random weights, seed {args.seed}) to {out}")
+    out = init_bundle(args.preset, args.output, seed=args.seed, dtype=dtype, overwrite=args.overwrite,
+                      encoder=args.encoder)
+    print(f"wrote {args.preset} bundle (random weights, seed {args.seed}, {args.encoder} encoder) to {out}")
     return 0
 
 
@@ -226,6 +231,10 @@ def cmd_generate_batch(args) -> int:
 
 
 def cmd_curve(args) -> int:
+    from .music import AUDIO_SUFFIXES
+
+    if Path(args.video).suffix.lower() in AUDIO_SUFFIXES:
+        return cmd_music_curve(args)
     pipe = _load_pipeline(args)
     res = pipe.curve(args.video)
     if args.json:
@@ -253,12 +262,65 @@ def cmd_curve(args) -> int:
     return 0
 
 
+def cmd_music_curve(args) -> int:
+    """`v2m curve music.wav`: the music event curve, in the conventions of --model (default: demo)."""
+    from .bundle import load_config
+    from .curves import curve_peaks, latent_length
+    from .demo import resolve_model
+    from .music import MusicEncoder, load_audio, music_curve
+
+    cfg = load_config(resolve_model(args.model))
+    audio, sr = load_audio(args.video)
+    duration = audio.shape[1] / sr
+    curve = music_curve(audio, sr, latent_length(duration, cfg.latent_rate), cfg.latent_rate, cfg.curve.kernel)
+    enc = MusicEncoder(sr)
+    if args.json:
+        print(json.dumps({
+            "audio": str(args.video), "duration_s": duration, "curve_fps": enc.fps, "latent_rate": cfg.latent_rate,
+            "frames": int(audio.shape[1] // enc.hop + 1), "impl": "numpy", "encoder": "music",
+            "curve": [round(float(v), 6) for v in curve],
+        }))
+    else:
+        peaks = curve_peaks(curve, 5)
+        print(f"{args.video}: {duration:.2f} s of audio, music features at {enc.fps:.2f} frames/s, "
+              f"curve of {curve.size} latent frames (numpy)")
+        print("strongest events at: " + ", ".join(f"{i / cfg.latent_rate:.2f} s" for i in peaks))
+    if args.plot:
+        from .evaluate import plot_music_curve
+
+        path = plot_music_curve(args.video, audio, sr, curve, cfg.latent_rate, args.plot)
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate_folder, require_eval
+    from .evaluate import evaluate_folder, format_side_by_side, require_eval
 
     require_eval("librosa")  # one line if the [eval] extra is missing, before any work
     require_eval("scenedetect")
-    report = evaluate_folder(args.outputs, args.videos, tolerance=args.tolerance)
+    curve_fn = music_fn = None
+    rate = 44100 / 3584
+    if not args.no_curves:
+        from .music import music_curve
+
+        pipe = _load_pipeline(args)
+        rate, kernel = pipe.config.latent_rate, pipe.config.curve.kernel
+        curve_fn = lambda video: pipe.curve(video).curve
+        music_fn = lambda audio, sr, n: music_curve(audio, sr, n, rate, kernel)
+    kw = dict(tolerance=args.tolerance, curve_fn=curve_fn, music_fn=music_fn, latent_rate=rate,
+              cut_tolerance=args.cut_tolerance)
+    report = evaluate_folder(args.outputs, args.videos, **kw)
+    if args.baseline:
+        base = evaluate_folder(args.baseline, args.videos, **kw)
+        if args.json:
+            print(json.dumps({"with_curve": json.loads(report.to_json()), "no_curve": json.loads(base.to_json())}, indent=2))
+        else:
+            print(report.table())
+            print(f"\n--baseline {args.baseline} (generated with --no-curve):")
+            print(base.table())
+            print()
+            print(format_side_by_side(report, base))
+        return 0
     print(report.to_json() if args.json else report.table())
     return 0
 
@@ -297,6 +359,10 @@ def cmd_info(args) -> int:
     return 0
 
 
+# Irregular cuts for the demo clip, in seconds (scaled to --duration): not on any beat grid.
+DEMO_CUTS = (1.7, 3.9, 5.4, 8.1)
+
+
 def cmd_demo(args) -> int:
     import tempfile
 
@@ -304,30 +370,41 @@ def cmd_demo(args) -> int:
 
     out = Path(args.output)
     media.check_output_path(out)
+    if not args.duration > 1.0:
+        raise InputError(f"--duration must be more than 1 s, got {args.duration}")
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="v2m-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    bundle = work / f"{args.preset}-bundle"
-    if not (bundle / "config.json").is_file():
-        import torch
+    if args.preset:  # a random-weight bundle: every stage with real shapes, structured noise out
+        bundle = work / f"{args.preset}-bundle"
+        if not (bundle / "config.json").is_file():
+            import torch
 
-        from v2m.models.bundle import init_bundle
+            from v2m.models.bundle import init_bundle
 
-        init_bundle(args.preset, bundle, seed=0, dtype=torch.float32)
+            init_bundle(args.preset, bundle, seed=0, dtype=torch.float32)
+        args.model = str(bundle)
+        what = f"{args.preset} bundle with RANDOM weights (the music is noise until you load a trained checkpoint)"
+    else:
+        what = f"trained bundle {args.model}" + (" (installed with v2m; README: The demo model)" if args.model == "demo" else "")
     clip = work / "clip.mp4"
-    cuts = synth.make_test_video(clip, duration_s=args.duration)
+    cuts = synth.make_test_video(clip, duration_s=args.duration,
+                                 cuts=tuple(c * args.duration / 10.0 for c in DEMO_CUTS))
     t_setup = time.perf_counter() - t0
-    print(f"demo: {args.preset} bundle with RANDOM weights (the music is noise until you load a trained checkpoint)")
+    print(f"demo: {what}")
     print(f"demo: test video {clip} ({args.duration:.1f} s, scene cuts at {', '.join(f'{c:.2f}' for c in cuts)} s)")
 
-    args.model = str(bundle)
     pipe = _load_pipeline(args)
     result = pipe.generate(clip, prompt=args.prompt, seed=args.seed)
     result.mux(clip, out)
     from .curves import curve_peaks
+    from .music import music_curve
 
+    rate = pipe.config.latent_rate
     peaks = curve_peaks(result.curve, len(cuts))
-    print(f"demo: event curve peaks at {', '.join(f'{i / pipe.config.latent_rate:.2f}' for i in peaks)} s")
+    music = music_curve(result.audio, result.sample_rate, result.curve.size, rate, pipe.config.curve.kernel)
+    print(f"demo: video event curve peaks at {', '.join(f'{i / rate:.2f}' for i in peaks)} s")
+    print(f"demo: music event curve peaks at {', '.join(f'{i / rate:.2f}' for i in curve_peaks(music, len(cuts)))} s")
     print(f"wrote {out} ({result.duration_s:.2f} s, seed {result.seed}, backend {result.info['backend']} "
           f"on {result.info['device']}, setup {t_setup:.2f} s)")
     print(format_timings(result.timings, result.step_ms))
@@ -378,12 +455,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="make a tiny random bundle and a test video, generate, mux")
+    d = sub.add_parser("demo", help="a test video with cuts, music from the trained demo bundle, muxed")
     d.add_argument("-o", "--output", default="demo.mp4")
-    d.add_argument("--preset", default="tiny", choices=["tiny", "small", "full"])
+    d.add_argument("--model", "-m", default="demo", help="bundle (default: demo, the installed trained one)")
+    d.add_argument("--encoder", default=None, choices=["dinov2", "cut", "motion"], help="frame encoder (default: the bundle's)")
+    d.add_argument("--preset", default=None, choices=["tiny", "small", "full"],
+                   help="instead of --model: a random-weight bundle of this preset")
     d.add_argument("--workdir", default=None, help="keep the bundle and test video here")
-    d.add_argument("--duration", type=float, default=5.0)
-    d.add_argument("--prompt", default="warm synth pop")
+    d.add_argument("--duration", type=float, default=10.0)
+    d.add_argument("--prompt", default="medium 120 bpm major groove, backbeat drums, warm pad, bass")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--backend", default="torch")
     d.add_argument("--device", default="auto")
@@ -395,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     i.add_argument("--overwrite", action="store_true")
+    i.add_argument("--encoder", default="dinov2", choices=["dinov2", "cut", "motion"],
+                   help="frame encoder: dinov2 (random weights), or weight-free cut / motion")
     i.add_argument("-o", "--output", required=True)
     i.set_defaults(func=cmd_init_model)
 
@@ -421,20 +503,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     from .cli_bench import add_bench_parsers
+    from .cli_train import add_train_parsers
 
     add_bench_parsers(sub, _add_runtime_args)
+    add_train_parsers(sub)
 
-    c = sub.add_parser("curve", help="print a video's event curve")
-    c.add_argument("video")
-    _add_runtime_args(c)
+    c = sub.add_parser("curve", help="print the event curve of a video, or of music (.wav, .flac, .mp3, ...)")
+    c.add_argument("video", help="a video, or an audio file (its music event curve)")
+    _add_runtime_args(c, model_default="demo")
     c.add_argument("--json", action="store_true")
     c.add_argument("--plot", default=None, metavar="PNG", help="save the curve with cuts and thumbnails (matplotlib)")
     c.set_defaults(func=cmd_curve)
 
-    e = sub.add_parser("eval", help="Scene Cut Hit: beats of generated music vs the videos' scene cuts")
+    e = sub.add_parser("eval", help="SCH, curve correlation, cut hits and flatness of generated music vs its videos")
     e.add_argument("outputs", help="folder of generated audio or muxed videos")
     e.add_argument("--videos", required=True, help="folder of the source videos (matched by file name)")
-    e.add_argument("--tolerance", type=float, default=0.5, help="seconds between a cut and a beat for a hit")
+    e.add_argument("--tolerance", type=float, default=0.5, help="seconds between a cut and a beat for an SCH hit")
+    e.add_argument("--cut-tolerance", type=float, default=0.25, help="seconds between a cut and a music-curve peak")
+    e.add_argument("--baseline", default=None, metavar="DIR",
+                   help="outputs generated with --no-curve: both are measured and printed side by side")
+    e.add_argument("--no-curves", action="store_true", help="SCH only (no curve correlation, cut hits, flatness)")
+    _add_runtime_args(e, model_default="demo")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 

@@ -27,6 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..bundle import BundleConfig
+from ..encoders import is_weight_free
 from ..errors import BackendUnavailable, BundleError
 from ..manifest import Manifest, load_manifest
 from .base import ArrayBackend
@@ -76,7 +77,9 @@ class OrtBackend(ArrayBackend):
         self.bundle_dir = Path(bundle_dir)
         self.cfg = cfg
         self.manifest: Manifest = load_manifest(self.bundle_dir)
-        self.manifest.verify(cfg, GRAPHS)
+        # A weight-free frame encoder (cut, motion) runs in the pipeline: no `encoder` graph.
+        self.graphs = tuple(g for g in GRAPHS if g != "encoder" or not is_weight_free(cfg.encoder))
+        self.manifest.verify(cfg, self.graphs)
         self.device_type, self.device_id = parse_device(device)
         self.device = self.device_type if self.device_type == "cpu" else f"cuda:{self.device_id}"
         available = ort.get_available_providers()
@@ -101,7 +104,7 @@ class OrtBackend(ArrayBackend):
                     precision = "fp32"
         self.precision = precision
         self.threads = threads or _cpu_threads()
-        self.sessions = {name: self._session(name, use_trt_ep) for name in GRAPHS}
+        self.sessions = {name: self._session(name, use_trt_ep) for name in self.graphs}
         self.providers = self.sessions["dit"].get_providers()
         log.info("onnxruntime %s: %s on %s, %s", ort.__version__, ", ".join(self.providers), self.device, precision)
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..bundle import BundleConfig
+from ..encoders import is_weight_free
 from ..errors import BackendUnavailable
 from ..sampler import cfg_combine, euler
 from .base import Backend
@@ -52,7 +53,9 @@ class TorchBackend(Backend):
         if self.torch_device.type == "cpu" and self.dtype == torch.float16:
             log.warning("fp16 on CPU is slow and not what this path was tuned for; fp32 or bf16 is faster")
         load = lambda name: load_component(bundle_dir, name, cfg, device=self.torch_device, dtype=self.dtype)
-        self.encoder, self.dit, self.vae = load("encoder"), load("dit"), load("vae")
+        # A weight-free frame encoder (cut, motion) runs in the pipeline: no `encoder` component.
+        self.encoder = None if is_weight_free(cfg.encoder) else load("encoder")
+        self.dit, self.vae = load("dit"), load("vae")
         self._mod_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # --- frames -------------------------------------------------------------------------
