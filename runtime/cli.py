@@ -408,6 +408,17 @@ def cmd_demo(args) -> int:
     print(f"wrote {out} ({result.duration_s:.2f} s, seed {result.seed}, backend {result.info['backend']} "
           f"on {result.info['device']}, setup {t_setup:.2f} s)")
     print(format_timings(result.timings, result.step_ms))
+    if args.plot:  # the figure of README's demo section: one more generation, without the curve
+        from .evaluate import curve_correlation, plot_alignment
+
+        base = pipe.generate(clip, prompt=args.prompt, seed=args.seed, use_curve=False, profile_steps=False)
+        base_music = music_curve(base.audio, base.sample_rate, result.curve.size, rate, pipe.config.curve.kernel)
+        r, r0 = curve_correlation(music, result.curve), curve_correlation(base_music, result.curve)
+        path = plot_alignment(result.curve, {f"music event curve of the output (r = {r:.2f})": music,
+                                             f"the same without the curve, --no-curve (r = {r0:.2f})": base_music},
+                              cuts, rate, args.plot,
+                              title=f"v2m demo: {args.model} bundle, {args.duration:g} s test video, seed {args.seed}")
+        print(f"wrote {path}")
     return 0
 
 
@@ -464,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", default=None, help="keep the bundle and test video here")
     d.add_argument("--duration", type=float, default=10.0)
     d.add_argument("--prompt", default="medium 120 bpm major groove, backbeat drums, warm pad, bass")
+    d.add_argument("--plot", default=None, metavar="PNG",
+                   help="also save the video curve, the output's music curve (with and without the curve) and the cuts")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--backend", default="torch")
     d.add_argument("--device", default="auto")

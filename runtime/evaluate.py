@@ -320,18 +320,10 @@ def plot_curve(
     Cuts default to PySceneDetect's scene cuts when installed, else the curve's peaks.
     Returns the path and which cuts were drawn ("given", "scenedetect" or "curve peaks").
     """
-    plt = require_eval("matplotlib")
-    plt.use("Agg")
-    import matplotlib.pyplot as pyplot
-
-    from . import media
     from . import video as video_mod
     from .curves import curve_peaks
 
-    out_png = Path(out_png)
-    if out_png.suffix.lower() != ".png":
-        raise InputError(f"--plot writes a .png, not {out_png.name!r}")
-    media.check_output_path(out_png.with_suffix(".wav"))  # same directory checks
+    pyplot, out_png = _pyplot(out_png)
     source = "given"
     if cuts is None:
         try:
@@ -357,13 +349,7 @@ def plot_curve(
         tax.imshow(f)
         tax.set_axis_off()
         tax.set_title(f"{i * duration / max(len(frames), 1):.1f} s", fontsize=7)
-    tmp = out_png.with_name(f".{out_png.stem}.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, out_png)
-    finally:
-        pyplot.close(fig)
-        tmp.unlink(missing_ok=True)
+    _save_png(fig, out_png)
     return out_png, source
 
 

@@ -36,7 +36,7 @@ from v2m.models.checkpoint import save_safetensors
 from v2m.models.vae import OobleckConfig, OobleckDecoder
 
 from . import common
-from .data import SAMPLE_RATE, Source, SynthSource
+from .data import Source, SynthSource
 
 __all__ = [
     "AutoencoderConfig",
@@ -226,19 +226,9 @@ def train_autoencoder(
     torch.manual_seed(seed)
     model = Autoencoder(model_cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, betas=(0.8, 0.99), weight_decay=train_cfg.weight_decay)
-    losses = common.LossLog()
-    step0 = 0
     ckpt_path = out / "ckpt.pt"
-    if ckpt_path.is_file():
-        ck = common.load_checkpoint(ckpt_path)
-        if ck["run"] != run:
-            raise common.InputError(f"{ckpt_path} was made with other settings; use another directory or delete it")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        step0 = int(ck["step"])
-        losses = common.LossLog.from_dict(ck["losses"])
-        losses.truncate(step0 - 1)
-        log.info("resuming %s at step %d", out, step0)
+    states = {"model": model, "opt": opt}
+    step0, losses = common.resume(ckpt_path, run, states)
     (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
 
     t0 = time.perf_counter()
@@ -279,8 +269,7 @@ def train_autoencoder(
             model.train()
             log.info("step %d: eval stft %.4f", step + 1, losses.eval["stft"][-1][1])
         if (step + 1) % train_cfg.checkpoint_interval == 0 or last or step + 1 == end:
-            common.save_checkpoint(ckpt_path, {"run": run, "model": model.state_dict(), "opt": opt.state_dict(),
-                                               "step": step + 1, "losses": losses.to_dict()})
+            common.checkpoint(ckpt_path, run, states, step + 1, losses)
             losses.save(out, f"autoencoder ({source.describe()['kind']}, seed {seed})")
     bar.close()
     if end < train_cfg.steps:  # stopped early (stop_at): the checkpoint resumes it

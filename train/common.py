@@ -34,6 +34,8 @@ __all__ = [
     "set_threads",
     "save_checkpoint",
     "load_checkpoint",
+    "resume",
+    "checkpoint",
     "LossLog",
     "Progress",
     "ema_update",
@@ -115,6 +117,33 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
         raise InputError(f"{path}: not a readable v2m training checkpoint ({type(e).__name__}); "
                          "delete it to start over") from None
+
+
+def resume(path: Path, run: dict[str, Any], states: dict[str, Any]) -> tuple[int, LossLog]:
+    """Load `states` (checkpoint key -> module or optimizer) from the checkpoint at `path`, if any.
+
+    Returns the step to continue from (0 for a new run) and the loss log up to it. A
+    checkpoint of other settings (`run` differs) is refused: resuming it would silently
+    mix two runs.
+    """
+    if not path.is_file():
+        return 0, LossLog()
+    ck = load_checkpoint(path)
+    if ck["run"] != run:
+        raise InputError(f"{path} was made with other settings; use another directory or delete it")
+    for key, obj in states.items():
+        obj.load_state_dict(ck[key])
+    step = int(ck["step"])
+    losses = LossLog.from_dict(ck["losses"])
+    losses.truncate(step - 1)
+    log.info("resuming %s at step %d", path.parent, step)
+    return step, losses
+
+
+def checkpoint(path: Path, run: dict[str, Any], states: dict[str, Any], step: int, losses: LossLog) -> None:
+    """Save what `resume` loads: the run's settings, every state dict, the step and the losses."""
+    save_checkpoint(path, {"run": run, **{k: v.state_dict() for k, v in states.items()}, "step": step,
+                           "losses": losses.to_dict()})
 
 
 @dataclass

@@ -305,20 +305,9 @@ def train_dit(
         (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=tc.lr, betas=(0.9, 0.99))
-    losses = common.LossLog()
-    step0 = 0
     ckpt_path = out / "ckpt.pt"
-    if ckpt_path.is_file():
-        ck = common.load_checkpoint(ckpt_path)
-        if ck["run"] != run:
-            raise common.InputError(f"{ckpt_path} was made with other settings; use another directory or delete it")
-        model.load_state_dict(ck["model"])
-        ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["opt"])
-        step0 = int(ck["step"])
-        losses = common.LossLog.from_dict(ck["losses"])
-        losses.truncate(step0 - 1)
-        log.info("resuming %s at step %d", out, step0)
+    states = {"model": model, "ema": ema, "opt": opt}
+    step0, losses = common.resume(ckpt_path, run, states)
     (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     log.info("dit: %d clips (%d held out) of %d latent frames, %.2f M parameters, latent std %s",
              n, n_eval, data["latents"].shape[2], sum(p.numel() for p in model.dit.parameters()) / 1e6,
@@ -358,8 +347,7 @@ def train_dit(
             losses.add(step, val, "eval")
             log.info("step %d: eval loss %.4f (without the curve %.4f)", step + 1, val["loss"], val["loss_no_curve"])
         if (step + 1) % tc.checkpoint_interval == 0 or last or step + 1 == end:
-            common.save_checkpoint(ckpt_path, {"run": run, "model": model.state_dict(), "ema": ema.state_dict(),
-                                               "opt": opt.state_dict(), "step": step + 1, "losses": losses.to_dict()})
+            common.checkpoint(ckpt_path, run, states, step + 1, losses)
             losses.save(out, f"DiT ({source.describe()['kind']}, seed {seed})")
     bar.close()
     if end < tc.steps:  # stopped early (stop_at): the checkpoint resumes it
