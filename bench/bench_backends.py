@@ -4,17 +4,18 @@
     python bench/bench_backends.py --presets small --lengths 62,394 --rounds 15 --no-pipeline --int8
 
 For each preset: a random-weight bundle exported with weights (so both backends
-load the same directory). Per step: one CFG batch (B = 2) through the DiT at each
-latent length L, exactly the per-step work of each backend's sampler (torch:
-the backbone with the text keys/values and adaLN modulations hoisted, as
-`TorchBackend` runs it; onnxruntime: the one exported DiT graph). The
+load the same directory). Per step: each backend's own `sample` over 8 Euler steps of
+one video with CFG (the DiT on a batch of 2) at each latent length L, divided by 8:
+exactly the per-step work of each sampler (torch: the guided stage with the text
+keys/values and adaLN modulations hoisted; onnxruntime: the exported step graph over
+IOBinding), with its per-generation setup amortized over the 8 steps. The
 backends are timed in alternating blocks with a pause between them, so load
 from other processes hits all alike and neither runs while the other's idle
 worker threads still spin. Pipeline: `Pipeline.generate` on a generated clip, one warm-up then
 `--repeats`. One JSON line per measurement in bench/results/backends.jsonl,
 with achieved GFLOP/s (DiTConfig.flops) for the step rows. `--int8` adds an
-experiment: the DiT graph with int8 dynamically quantized MatMuls (not a
-shipped path; its error against the fp32 graph is recorded).
+experiment: the step graph with int8 dynamically quantized MatMuls (not a
+shipped path; its error against the fp32 graph's latents is recorded).
 """
 
 from __future__ import annotations
@@ -55,61 +56,55 @@ def prepare(preset: str, work: Path, duration: float) -> tuple[Path, Path]:
     return out, clip
 
 
-def int8_dit(bundle: Path, work: Path) -> Path:
-    """An experiment, not a shipped path: the DiT graph with its MatMuls dynamically quantized
+STEPS = 8  # sampler steps per timed call
+
+
+def int8_step(bundle: Path, work: Path) -> Path:
+    """An experiment, not a shipped path: the step graph with its MatMuls dynamically quantized
     to int8 (onnxruntime.quantization; VNNI on x86). Changes the numerics (see `int8_rel_rms`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    out = work / f"{bundle.name}-dit.int8.onnx"
+    out = work / f"{bundle.name}-step.int8.onnx"
     if not out.is_file():
-        quantize_dynamic(str(bundle / "onnx" / "dit.onnx"), str(out), weight_type=QuantType.QInt8,
+        quantize_dynamic(str(bundle / "onnx" / "fp32" / "step.onnx"), str(out), weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul"])
     return out
 
 
 def step_callables(bundle: Path, device: str, threads: int, length: int, int8: Path | None = None):
-    """{backend: zero-arg callable running one DiT step at (B=2, L=length)}, FLOPs of a call, extras."""
-    import torch
-
-    from v2m.export.contracts import CONTRACTS
-    from v2m.models.bundle import load_component
+    """{backend: zero-arg callable running STEPS sampler steps at (B=1 with CFG, L=length)},
+    FLOPs of a call, extras."""
+    from v2m.runtime import sampler
     from v2m.runtime.backends.ort_backend import OrtBackend
+    from v2m.runtime.backends.torch_backend import TorchBackend
     from v2m.runtime.bundle import load_config
+    from v2m.runtime.text import text_max_tokens
 
     cfg = load_config(bundle)
-    contract = CONTRACTS["dit"]
-    s = int(cfg.text.get("max_tokens", 32))
-    feeds = contract.sample_inputs(cfg, {"B": 2, "L": length, "S": s})
-    dev = torch.device(device)
-    dit = load_component(bundle, "dit", cfg, device=dev)
-    x, curve, t, text, mask = (torch.from_numpy(feeds[n]).to(dev) for n in contract.input_names)
-    with torch.inference_mode():
-        mods, final = dit.time_modulations(t)
-        kvs, bias = dit.text_context(text, mask)
-
-    def torch_step():
-        with torch.inference_mode():
-            dit.backbone(x, curve, mods, final, kvs, bias)
-
+    s = text_max_tokens(cfg.text)
+    rng = np.random.default_rng(0)
+    noise = sampler.initial_noise(0, (1, cfg.latent_channels, length))
+    mask = np.ones((1, s), np.float32)
+    mask[:, s // 2 :] = 0
+    cond = sampler.Conditioning(rng.random((1, 1, length), dtype=np.float32),
+                                rng.standard_normal((1, s, cfg.text_dim), dtype=np.float32), mask)
+    plan = sampler.Plan.make(sampler.SamplerOptions(steps=STEPS, cfg_scale=4.5))
+    torch_be = TorchBackend(bundle, cfg, device=device)
     ort_be = OrtBackend(bundle, cfg, device=device, threads=threads)
-    sess = ort_be.sessions["dit"]
-
-    def ort_step():
-        sess.run(["velocity"], feeds)
-
-    fns = {"torch": torch_step, "onnxruntime": ort_step}
+    fns = {"torch": lambda: torch_be.sample(noise, cond, plan), "onnxruntime": lambda: ort_be.sample(noise, cond, plan)}
     extras: dict[str, dict] = {}
     if int8 is not None:
         import onnxruntime as ort
 
+        q_be = OrtBackend(bundle, cfg, device=device, threads=threads)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = threads
-        q = ort.InferenceSession(str(int8), so, providers=["CPUExecutionProvider"])
-        fns["onnxruntime-int8"] = lambda: q.run(["velocity"], feeds)
-        ref, got = sess.run(["velocity"], feeds)[0], q.run(["velocity"], feeds)[0]
+        q_be.sessions["step"] = ort.InferenceSession(str(int8), so, providers=["CPUExecutionProvider"])
+        fns["onnxruntime-int8"] = lambda: q_be.sample(noise, cond, plan)
+        ref, got = ort_be.sample(noise, cond, plan), q_be.sample(noise, cond, plan)
         extras["onnxruntime-int8"] = {"int8_rel_rms": float(np.sqrt(((got - ref) ** 2).mean() / (ref**2).mean()))}
-    return fns, dit.cfg.flops(2, length, s), extras
+    return fns, STEPS * torch_be.dit.cfg.flops(2, length, s), extras
 
 
 def bench_steps(preset, bundle, device, threads, lengths, rounds, out, int8=None):
@@ -119,20 +114,20 @@ def bench_steps(preset, bundle, device, threads, lengths, rounds, out, int8=None
         for fn in fns.values():  # warm-up: allocations, ORT's first-run planning, oneDNN primitives
             for _ in range(3):
                 fn()
-        times: dict[str, list[float]] = {k: [] for k in fns}
+        times: dict[str, list[float]] = {k: [] for k in fns}  # ms per sampler step
         per_block = max(1, rounds // BLOCKS)
         for _ in range(BLOCKS):  # alternate blocks, so background load hits every backend alike
             for name, fn in fns.items():
                 # Let the other library's worker threads stop spinning first (OpenMP and ORT's
                 # pools busy-wait after a parallel region and would steal this backend's cores).
                 time.sleep(SETTLE_S)
-                times[name] += harness.time_fn(fn, warmup=1, iters=per_block, device=device)
+                times[name] += [t / STEPS for t in harness.time_fn(fn, warmup=1, iters=per_block, device=device)]
         for name, ts in times.items():
             st = harness.summarize(ts)
             row = {
                 "bench": "backends_step", "preset": preset, "backend": name, "precision": "fp32",
                 "B": 2, "L": length, "threads": threads, "step_ms": st["median"], "step_ms_p10": st["p10"],
-                "step_ms_p90": st["p90"], "n": st["n"], "gflops": flops / (st["median"] * 1e-3) / 1e9,
+                "step_ms_p90": st["p90"], "n": st["n"], "gflops": flops / STEPS / (st["median"] * 1e-3) / 1e9,
                 **extras.get(name, {}), **harness.environment(device),
             }
             harness.append_result("backends", row, out)
@@ -190,7 +185,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="timed pipeline runs per backend")
     ap.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for both (default: all usable)")
-    ap.add_argument("--int8", action="store_true", help="also time an int8-quantized DiT graph (experiment, CPU)")
+    ap.add_argument("--int8", action="store_true", help="also time an int8-quantized step graph (experiment, CPU)")
     ap.add_argument("--workdir", default=None, help="reuse bundles and clips here")
     ap.add_argument("--out", default=None, help="results directory (default bench/results)")
     args = ap.parse_args()
@@ -206,7 +201,7 @@ def main() -> None:
     summary = []
     for preset in args.presets.split(","):
         bundle, clip = prepare(preset, work, args.duration)
-        q = int8_dit(bundle, work) if args.int8 else None
+        q = int8_step(bundle, work) if args.int8 else None
         rows = bench_steps(preset, bundle, args.device, threads, lengths, args.rounds, out, q)
         if args.pipeline:
             rows += bench_pipeline(preset, bundle, clip, args.device, args.repeats, out)

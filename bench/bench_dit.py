@@ -3,14 +3,15 @@
     python bench/bench_dit.py                                   # full preset, CUDA, fp16
     python bench/bench_dit.py --preset small --device cpu --out /tmp/bench_dit
 
-One "step" is what the sampler does 96 times: a CFG forward on a 2B batch
-(cond ++ uncond), the guidance combine and the fp32 Euler update. Variants:
+One "step" is what the sampler does 96 times: one solver step of the one guided stage
+(`runtime/backends/torch_step.py`): a CFG forward on a 2B batch (cond ++ uncond), the guidance
+combine and the fp32 solver update (Euler: one stage; `--solver heun`: two). Variants:
 
 - eager:         plain PyTorch, as stable-audio-tools runs a DiT: `DiT.forward` on the
-                 2B batch every step (timestep MLP, adaLN modulations and text K/V
-                 recomputed each step), CFG combine, Euler update. The baseline
+                 2B batch every stage (timestep MLP, adaLN modulations and text K/V
+                 recomputed each time) inside the same guided stage. The baseline
                  `speedup_vs_eager` divides by.
-- static:        `euler_cfg_step` eagerly over the static buffers of
+- static:        `solver_graph_step` eagerly over the static buffers of
                  `runtime/backends/torch_fast.py` (text K/V and modulations hoisted)
 - compile:       static, backbone through torch.compile (inductor; "max-autotune-no-cudagraphs" on CUDA)
 - graph:         static, the step captured in a CUDA graph and replayed (CUDA only)
@@ -48,8 +49,8 @@ import harness  # noqa: E402
 from v2m.models.dit import PRESETS, DiT, DiTConfig  # noqa: E402
 from v2m.runtime import sampler  # noqa: E402
 from v2m.runtime.backends.torch_backend import DTYPES  # noqa: E402
-from v2m.runtime.backends.torch_fast import FastConfig, FastSampler, euler_cfg_step  # noqa: E402
-from v2m.runtime.sampler import cfg_combine  # noqa: E402
+from v2m.runtime.backends.torch_fast import FastConfig, FastSampler, solver_graph_step  # noqa: E402
+from v2m.runtime.backends.torch_step import make_stage, stage_tensors  # noqa: E402
 
 log = logging.getLogger("v2m.bench.dit")
 
@@ -88,40 +89,64 @@ def _inputs(cfg: DiTConfig, b: int, length: int, s: int, seed: int = 0):
     text = rng.standard_normal((b, s, cfg.text_dim), dtype=np.float32)
     mask = np.ones((b, s), dtype=np.float32)
     mask[:, s // 2 :] = 0  # half the prompt is padding, as a short prompt would be
-    return noise, curve, text, mask
+    return noise, sampler.Conditioning(curve, text, mask)
 
 
-def time_eager(dit: DiT, cfg, b, length, s, device, dtype, warmup, iters) -> list[float]:
-    """The plain-PyTorch step: the model's own forward on the CFG batch, every step."""
-    noise, curve, text, mask = _inputs(cfg, b, length, s)
-    as_t = lambda a, dt=dtype: torch.from_numpy(np.ascontiguousarray(a)).to(device, dt)
-    x = as_t(noise, torch.float32)  # (B, C, L) fp32 Euler state
-    curve2 = as_t(np.concatenate([curve, curve]))  # (2B, 1, L)
-    text2 = as_t(np.concatenate([text, np.zeros_like(text)]))  # (2B, S, E)
-    mask2 = as_t(np.concatenate([mask, mask]), torch.float32)  # (2B, S)
-    t2 = torch.full((2 * b,), 0.5, device=device)
+def _plan(steps: int, solver: str) -> sampler.Plan:
+    return sampler.Plan.make(sampler.SamplerOptions(steps=steps, cfg_scale=4.5, solver=solver))
+
+
+class ForwardModel:
+    """The step model of plain PyTorch: `DiT.forward` on the guidance batch every stage (nothing hoisted)."""
+
+    def __init__(self, dit: DiT):
+        self.dit, self.dtype = dit, next(dit.parameters()).dtype
+
+    def context(self, text_g, mask_g, curve_g):
+        return curve_g.to(self.dtype), text_g.to(self.dtype), mask_g
+
+    def schedule(self, t_model):
+        return (t_model,)
+
+    def __call__(self, x_in, k, sched, ctx):
+        curve, text, mask = ctx
+        t = sched[0].index_select(0, k).expand(x_in.shape[0])  # (G*B,)
+        return self.dit(x_in.to(self.dtype), curve, t, text, mask).float()
+
+
+def time_eager(dit: DiT, cfg, b, length, s, device, dtype, warmup, iters, solver="euler") -> list[float]:
+    """The plain-PyTorch step: the model's own forward on the CFG batch, every stage."""
+    noise, cond = _inputs(cfg, b, length, s)
+    plan = _plan(96, solver)
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
+    model = ForwardModel(dit)
+    curve_g, text_g, mask_g = sampler.branch_batch(plan.guidance, cond)
+    ctx = model.context(as_t(text_g), as_t(mask_g), as_t(curve_g))
+    sched = model.schedule(torch.tensor(plan.table.t_model, dtype=torch.float32, device=device))
+    coef, noise_t, weights = stage_tensors(plan.table, plan.guidance.weights, None, noise.shape, device)
+    k = torch.zeros(1, dtype=torch.int64, device=device)
+    x, d = as_t(noise), torch.zeros_like(as_t(noise))
+    stage = make_stage(model, k, coef, noise_t, weights, sched, ctx)
 
     def fn():
-        x2 = torch.cat([x, x]).to(dtype)
-        v = dit(x2, curve2, t2, text2, mask2).float()  # (2B, C, L)
-        x.add_(-0.01 * cfg_combine(v[:b], v[b:], 4.5))
+        k.zero_()
+        sampler.solver_step(stage, x, d, plan.table.stages)
 
     with torch.inference_mode():
         return harness.time_fn(fn, warmup=warmup, iters=iters, device=str(device))
 
 
-def time_variant(fast: FastSampler, cfg, b, length, s, steps, device, warmup, iters) -> list[float]:
-    ts = sampler.timesteps(steps)
-    entry = fast.prepare(*_inputs(cfg, b, length, s), ts, 4.5)
+def time_variant(fast: FastSampler, cfg, b, length, s, steps, device, warmup, iters, solver="euler") -> list[float]:
+    entry = fast.prepare(*_inputs(cfg, b, length, s), _plan(steps, solver))
     st = entry.state
     if entry.graph is not None:
         def fn():
-            st.idx.zero_()  # the graph increments it; keep it inside the schedule
+            st.k.zero_()  # the graph advances it; keep it inside the table
             entry.graph.replay()
     else:
         def fn():
-            st.idx.zero_()
-            euler_cfg_step(fast.backbone, st)
+            st.k.zero_()
+            solver_graph_step(fast.model, st)
     with torch.inference_mode():
         return harness.time_fn(fn, warmup=warmup, iters=iters, device=str(device))
 
@@ -130,11 +155,11 @@ def time_variant(fast: FastSampler, cfg, b, length, s, steps, device, warmup, it
 def accuracy(dit_lo: DiT, dit_ref: DiT, b: int, length: int, s: int, steps: int, kernels: str = "torch") -> dict:
     """fp16 (or bf16) vs fp32: per-step velocity cosine along the fp32 trajectory; final latent SNR."""
     cfg = dit_ref.cfg
-    args = (*_inputs(cfg, b, length, s, seed=1), sampler.timesteps(steps), 4.5)
+    args = (*_inputs(cfg, b, length, s, seed=1), _plan(steps, "euler"))
     ref = FastSampler(dit_ref, FastConfig(graphs=False))
     lo = FastSampler(dit_lo, FastConfig(graphs=False, kernels=kernels))
     e_ref, e_lo = ref.prepare(*args), lo.prepare(*args)
-    ts = args[-2]
+    ts = sampler.time_grid(steps)
     x = e_ref.state.x.clone()
     cos = []
     for i in range(steps):
@@ -159,6 +184,7 @@ def main() -> None:
     ap.add_argument("--lengths", default="128,394,1024", help="latent frames L (394 = 32 s)")
     ap.add_argument("--batches", default="1,4", help="B (the DiT batch is 2B with CFG)")
     ap.add_argument("--text-len", type=int, default=64, help="S, text tokens")
+    ap.add_argument("--solver", default="euler", choices=list(sampler.SOLVERS), help="one step = its stages (heun: two)")
     ap.add_argument("--variants", default=None,
                     help="default: eager,static,compile,graph,graph+compile,graph+triton on CUDA; eager,static,compile on CPU")
     harness.add_torch_args(ap, warmup=3, iters=20)
@@ -193,22 +219,23 @@ def main() -> None:
     rows = []
     for b in (int(x) for x in args.batches.split(",")):
         for length in (int(x) for x in args.lengths.split(",")):
-            flops = step_flops(cfg, b, length, args.text_len)
+            flops = step_flops(cfg, b, length, args.text_len) * (2 if args.solver == "heun" else 1)
             eager_ms = None
             for v in variants:
                 if cuda:
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats(device)
                 if v == "eager":
-                    ms = time_eager(dit, cfg, b, length, args.text_len, device, dtype, args.warmup, args.iters)
+                    ms = time_eager(dit, cfg, b, length, args.text_len, device, dtype, args.warmup, args.iters, args.solver)
                 else:
-                    ms = time_variant(samplers[v], cfg, b, length, args.text_len, 96, device, args.warmup, args.iters)
+                    ms = time_variant(samplers[v], cfg, b, length, args.text_len, 96, device, args.warmup, args.iters,
+                                      args.solver)
                 st = harness.summarize(ms)
                 eager_ms = st["median"] if v == "eager" else eager_ms
                 tflops = flops / (st["median"] / 1e3) / 1e12
                 row = {
                     "bench": "dit", "device": env["device"], "preset": args.preset, "precision": precision,
-                    "variant": v, "L": length, "B": b, "batch": 2 * b, "S": args.text_len,
+                    "variant": v, "solver": args.solver, "L": length, "B": b, "batch": 2 * b, "S": args.text_len,
                     "step_ms": st["median"], "step_ms_p10": st["p10"], "step_ms_p90": st["p90"], "iters": st["n"],
                     "gflop_per_step": flops / 1e9, "tflops": tflops,
                     "pct_peak": 100 * tflops / peaks["tflops_fp16"] if peaks and precision != "fp32" else None,

@@ -64,7 +64,7 @@ def run(preset: str, backend: str, device: str, precision: str, duration: float,
     stage_runs: dict[str, list[float]] = {}
     steps: list[float] = []
     totals = []
-    prof = Profiler(device=pipe.backend.device)  # per-step CUDA events and peak GPU memory on CUDA
+    prof = Profiler(device=pipe.backend.device, clock=pipe.backend.step_clock())  # device events, peak GPU memory
     for r in range(repeats):
         res = pipe.generate(clip, prompt="warm synth pop", seed=r, profiler=prof)
         with tempfile.TemporaryDirectory() as td:

@@ -2,15 +2,22 @@
 
 ```python
 from v2m.export import export_bundle
-result = export_bundle("tiny-bundle", "tiny-onnx")   # onnx/{encoder,dit,vae,step}.onnx + manifest.json
+result = export_bundle("tiny-bundle", "tiny-onnx")    # onnx/fp32/{encoder,vae,text,schedule,step}.onnx
+export_bundle("full-bundle", "full-onnx", precisions=("fp32", "fp16"))   # + onnx/fp16/*.onnx
 ```
 
 One generic path reads the export contracts (`v2m.export.contracts`): build
-the module, trace it at the contract's first sample shape, write
-`onnx/<name>.onnx` (external data in `<name>.onnx.data` past 2 GB), then run
-it in ONNX Runtime (CPU) at every sample shape, the export one and others, and
-compare with PyTorch. The manifest is written last, so a failed export never
-leaves a bundle that looks usable.
+the module in the export precision, trace it at the contract's first sample
+shape, write `onnx/<precision>/<name>.onnx` (external data in `<name>.onnx.data`
+past 2 GB), then run it in ONNX Runtime (CPU) at every sample shape, the export
+one and others, and compare with PyTorch. The manifest is written last, so a
+failed export never leaves a bundle that looks usable.
+
+The `step` graph is `v2m.runtime.backends.torch_step.guided_stage` over the DiT: the one
+definition of the guided solver stage, traced. fp16/bf16 exports are strongly typed
+graphs with explicit fp32 islands (`islands.py`), what TensorRT 11 builds from; they
+are checked against the same module in fp32 with looser tolerances (ONNX Runtime's
+CPU provider runs them, upcasting where it has no half kernel).
 
 Exporter: the TorchScript-based `torch.onnx.export(..., dynamo=False)` with
 `dynamic_axes`. In torch 2.13 the dynamo exporter needs `onnxscript` (not a
@@ -39,6 +46,7 @@ import torch
 from torch import nn
 
 from v2m.runtime import __version__
+from v2m.runtime.backends.torch_step import DiTStepModel, guided_stage
 from v2m.runtime.bundle import BundleConfig, load_config
 from v2m.runtime.encoders import is_weight_free
 from v2m.runtime.errors import BundleError, OutputError, V2MError
@@ -49,17 +57,20 @@ from v2m.runtime.manifest import (
     sha256_file,
     write_manifest,
 )
-from v2m.runtime.sampler import cfg_combine
 
 from .contracts import CONTRACTS, GRAPH_NAMES, ExportContract
+from .islands import fp32_islands
 
 __all__ = [
     "ONNX_OPSET",
     "ExportError",
     "CheckResult",
     "ExportResult",
+    "PRECISIONS",
     "PooledEncoder",
-    "GuidedEulerStep",
+    "TextGraph",
+    "ScheduleGraph",
+    "StepGraph",
     "build_module",
     "export_graph",
     "check_graph",
@@ -86,32 +97,84 @@ class PooledEncoder(nn.Module):
         self.encoder = encoder.bake_position_embeddings(image_size)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.encoder.pooled(pixels)
+        dtype = next(self.encoder.parameters()).dtype
+        return self.encoder.pooled(pixels.to(dtype)).float()
 
 
-class GuidedEulerStep(nn.Module):
-    """One guided Euler update on the device, and the doubled batch of the next DiT call.
+class VaeGraph(nn.Module):
+    """latents [B, C, L] fp32 -> audio [B, 2, L * hop] fp32, the decoder in its own precision."""
 
-    x [B, C, L], velocity [2B, C, L] (cond first), scale [1], dt [1]
-    -> x_next = x + dt * (v_u + scale * (v_c - v_u)) [B, C, L], x2_next = [x_next; x_next] [2B, C, L]
-    """
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+        self.dtype = next(vae.parameters()).dtype
 
-    def forward(self, x, velocity, scale, dt):
-        b = x.shape[0]
-        x_next = x + dt * cfg_combine(velocity[:b], velocity[b:], scale)
-        return x_next, torch.cat([x_next, x_next])  # (B, C, L), (2B, C, L)
+    def forward(self, latents):
+        return self.vae(latents.to(self.dtype)).float()
 
 
-def build_module(bundle_dir: str | Path, name: str, cfg: BundleConfig) -> nn.Module:
-    """The fp32 CPU module whose graph is exported as `name`."""
-    if name == "step":
-        return GuidedEulerStep().eval()
+class TextGraph(nn.Module):
+    """text [GB, S, E], text_mask [GB, S] -> per-block text K/V stacked [depth, 2, GB, H, S, Dh],
+    key bias [GB, 1, 1, S]: the DiT's per-generation work."""
+
+    def __init__(self, dit: nn.Module):
+        super().__init__()
+        self.dit = dit
+        self.dtype = next(dit.parameters()).dtype
+
+    def forward(self, text, text_mask):
+        kvs, bias = self.dit.text_context(text.to(self.dtype), text_mask)
+        kv = torch.stack([torch.stack([k, v]) for k, v in kvs])  # (depth, 2, GB, H, S, Dh)
+        return kv, bias
+
+
+class ScheduleGraph(nn.Module):
+    """t_model [K] -> adaLN modulations of every stage, mods [depth, K, 6, D], finals [K, 2, D],
+    computed in fp32 (timestep features and the modulation MLP are an fp32 island)."""
+
+    def __init__(self, dit: nn.Module):
+        super().__init__()
+        self.dit = dit
+        self.model = DiTStepModel(dit)
+
+    def forward(self, t_model):
+        return self.model.schedule(t_model)
+
+
+class StepGraph(nn.Module):
+    """One guided solver stage, `guided_stage` over the DiT (see `contracts`): the model at
+    stage k on the G*B guidance batch, the combine, the update; and k + 1."""
+
+    def __init__(self, dit: nn.Module):
+        super().__init__()
+        self.dit = dit
+        self.model = DiTStepModel(dit)
+
+    def forward(self, x, x_eval, d_prev, k, coef, noise, weights, mods, finals, curve, text_kv, text_bias):
+        kvs = [(kv[0], kv[1]) for kv in text_kv.unbind(0)]  # depth x 2 x (GB, H, S, Dh)
+        ctx = (curve.to(self.model.dtype), kvs, text_bias)
+        x_out, d = guided_stage(self.model, x, x_eval, d_prev, k, coef, noise, weights, (mods, finals), ctx)
+        return x_out, d, k + 1
+
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ONNX_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def build_module(bundle_dir: str | Path, name: str, cfg: BundleConfig, precision: str = "fp32") -> nn.Module:
+    """The CPU module whose graph is exported as `name`, in `precision` (reduced precisions
+    with fp32 islands, see `islands.py`)."""
     from v2m.models.bundle import load_component
 
-    module = load_component(bundle_dir, name, cfg, device="cpu", dtype=torch.float32)
+    dtype = PRECISIONS[precision]
+    component = {"text": "dit", "schedule": "dit", "step": "dit"}.get(name, name)
+    module = load_component(bundle_dir, component, cfg, device="cpu", dtype=dtype)
+    if dtype != torch.float32:
+        fp32_islands(module)
     if name == "encoder":
         return PooledEncoder(module, cfg.image_size).eval()
-    return module
+    wrap = {"text": TextGraph, "schedule": ScheduleGraph, "step": StepGraph, "vae": VaeGraph}.get(name)
+    return (wrap(module) if wrap else module).eval()
 
 
 # --- export and check ------------------------------------------------------------------------
@@ -127,8 +190,15 @@ def _quiet_tracer():
         yield
 
 
-def _torch_inputs(contract: ExportContract, arrays: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.from_numpy(arrays[n]) for n in contract.input_names)
+def _torch_inputs(contract: ExportContract, arrays: dict[str, np.ndarray], precision: str = "fp32") -> tuple[torch.Tensor, ...]:
+    """Sample arrays as torch inputs; "model"-dtype inputs in the export precision."""
+    out = []
+    for spec in contract.inputs:
+        t = torch.from_numpy(arrays[spec.name])
+        if spec.dtype == "model":
+            t = t.to(PRECISIONS[precision])
+        out.append(t)
+    return tuple(out)
 
 
 def export_graph(
@@ -138,8 +208,9 @@ def export_graph(
     onnx_dir: str | Path,
     opset: int = ONNX_OPSET,
     external_data: bool | None = None,
+    precision: str = "fp32",
 ) -> tuple[Path, Path | None]:
-    """Trace `module` at the contract's export sample and write `<onnx_dir>/<name>.onnx`.
+    """Trace `module` (in `precision`) at the contract's export sample and write `<onnx_dir>/<name>.onnx`.
 
     Args:
         external_data: weights in `<name>.onnx.data`; None: only when the graph passes 1.8 GB.
@@ -152,7 +223,7 @@ def export_graph(
     onnx_dir = Path(onnx_dir)
     onnx_dir.mkdir(parents=True, exist_ok=True)
     name = contract.name
-    args = _torch_inputs(contract, contract.sample_inputs(cfg, contract.samples(cfg)[0]))
+    args = _torch_inputs(contract, contract.sample_inputs(cfg, contract.samples(cfg)[0]), precision)
     final, final_data = onnx_dir / f"{name}.onnx", onnx_dir / f"{name}.onnx.data"
     with tempfile.TemporaryDirectory(dir=onnx_dir, prefix=f".{name}-") as td:
         raw_dir, out_dir = Path(td) / "raw", Path(td) / "out"
@@ -211,8 +282,10 @@ class CheckResult:
     def ok(self) -> bool:
         return bool(np.isfinite(self.max_abs)) and self.max_abs <= self.atol + self.rtol * self.ref_max
 
+    precision: str = "fp32"
+
     def line(self) -> str:
-        return (f"{self.graph:<8} {self.output:<9} {str(self.shape):<18} max abs {self.max_abs:.3e}  "
+        return (f"{self.graph:<8} {self.precision:<4} {self.output:<9} {str(self.shape):<22} max abs {self.max_abs:.3e}  "
                 f"rel {self.max_rel:.3e}  (tol {self.atol:g} + {self.rtol:g} x {self.ref_max:.3g})  "
                 f"{'ok' if self.ok else 'FAIL'}")
 
@@ -233,20 +306,28 @@ def check_graph(
     path: str | Path,
     shapes: list[dict[str, int]] | None = None,
     session=None,
+    precision: str = "fp32",
 ) -> list[CheckResult]:
     """Run the graph in ONNX Runtime (CPU) and `module` in PyTorch at each of `shapes`
-    (default: the contract's samples) and compare every output."""
+    (default: the contract's samples) and compare every output.
+
+    For a reduced-precision graph `module` is the fp32 reference: the graph gets the same
+    inputs ("model"-dtype ones rounded to its precision) and must agree within
+    the contract's `reduced_rtol` relative to the reference's largest magnitude.
+    """
     sess = session or ort_cpu_session(path)
-    atol, rtol = contract.tolerance
+    atol, rtol = contract.tolerance if precision == "fp32" else (0.0, dict(contract.reduced_rtol)[precision])
+    model_dtype = ONNX_DTYPE[precision]
     results = []
     for i, values in enumerate(shapes or contract.samples(cfg)):
-        feeds = contract.sample_inputs(cfg, values, seed=100 + i)
+        feeds = contract.sample_inputs(cfg, values, seed=100 + i, model_dtype=model_dtype)
         with torch.no_grad():
-            ref = module(*_torch_inputs(contract, feeds))
+            # the reference sees exactly the (rounded) values the graph sees, in fp32
+            ref = module(*(t.float() if t.is_floating_point() else t for t in _torch_inputs(contract, feeds)))
         ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
         got = sess.run(contract.output_names, feeds)
         for name, r, g in zip(contract.output_names, ref, got):
-            r = r.numpy()
+            r = r.float().numpy() if r.is_floating_point() else r.numpy()
             if r.shape != g.shape:
                 raise ExportError(
                     f"{contract.name}.{name}: ONNX Runtime gives shape {list(g.shape)}, PyTorch {list(r.shape)} "
@@ -254,7 +335,8 @@ def check_graph(
                 )
             err = float(np.max(np.abs(g.astype(np.float64) - r))) if r.size else 0.0
             ref_max = float(np.max(np.abs(r))) if r.size else 0.0
-            results.append(CheckResult(contract.name, name, list(r.shape), err, err / max(ref_max, 1e-30), atol, rtol, ref_max))
+            results.append(CheckResult(contract.name, name, list(r.shape), err, err / max(ref_max, 1e-30), atol, rtol,
+                                       ref_max, precision))
     return results
 
 
@@ -318,6 +400,7 @@ def export_bundle(
     names: tuple[str, ...] = GRAPH_NAMES,
     on_check: Callable[[CheckResult], None] | None = None,
     external_data: bool | None = None,
+    precisions: tuple[str, ...] = ("fp32",),
 ) -> ExportResult:
     """Export every graph of a bundle to ONNX and write `manifest.json`.
 
@@ -328,7 +411,10 @@ def export_bundle(
         opset: ONNX opset (>= 17).
         check: compare each graph with PyTorch in ONNX Runtime at two or more shapes; raise
             ExportError past the contract's tolerance (the manifest is then not written).
-        names: graphs to export (default: all four).
+        names: graphs to export (default: all five).
+        precisions: graph sets to write, each under `onnx/<precision>/`: fp32 (ONNX Runtime on
+            CPU, TensorRT fp32), fp16 and bf16 (strongly typed graphs with fp32 islands, for
+            TensorRT and ONNX Runtime's CUDA provider).
         on_check: called with each CheckResult as it is computed (the CLI prints them).
         external_data: force (True) or forbid (False) external weight files; None: past 1.8 GB.
     """
@@ -337,55 +423,66 @@ def export_bundle(
     cfg = load_config(src)
     if opset < 17:
         raise V2MError(f"opset {opset} is too old: LayerNormalization needs opset 17 or newer")
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise V2MError(f"--precision {','.join(bad) or '(none)'}: choose from {', '.join(PRECISIONS)} (comma-separated)")
     out = Path(out_dir) if out_dir is not None else src
     if out.resolve() != src.resolve():
         _prepare_out(src, out, cfg, with_weights)
     if is_weight_free(cfg.encoder):  # a weight-free frame encoder runs in the runtime: no graph
         names = tuple(n for n in names if n != "encoder")
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # until every graph is written and checked
-    graphs: dict[str, Any] = {}
+    graphs: dict[str, dict[str, Any]] = {}
     paths: dict[str, Path] = {}
     checks: list[CheckResult] = []
     seconds: dict[str, float] = {}
-    for name in names:
-        contract = CONTRACTS[name]
-        t0 = time.perf_counter()
-        module = build_module(src, name, cfg)
-        path, data = export_graph(module, contract, cfg, out / "onnx", opset, external_data)
-        seconds[f"{name}_export"] = time.perf_counter() - t0
-        results: list[CheckResult] = []
-        if check:
+    for precision in dict.fromkeys(precisions):
+        graphs[precision] = {}
+        for name in names:
+            contract = CONTRACTS[name]
             t0 = time.perf_counter()
-            results = check_graph(module, contract, cfg, path)
-            seconds[f"{name}_check"] = time.perf_counter() - t0
-            for r in results:
-                if on_check is not None:
-                    on_check(r)
-                log.info("check %s", r.line())
-            checks += results
-            bad = [r for r in results if not r.ok]
-            if bad:
-                r = max(bad, key=lambda r: r.max_abs / max(r.atol + r.rtol * r.ref_max, 1e-30))
-                raise ExportError(
-                    f"exported {name} graph differs from PyTorch: {r.output} at shape {r.shape} has max abs error "
-                    f"{r.max_abs:.3e} > {r.atol:g} + {r.rtol:g} x {r.ref_max:.3g}; no manifest was written"
-                )
-        del module
-        profile = contract.profile(cfg)
-        graphs[name] = {
-            "file": path.relative_to(out).as_posix(),
-            "sha256": sha256_file(path),
-            "data_file": data.relative_to(out).as_posix() if data else None,
-            "data_sha256": sha256_file(data) if data else None,
-            "inputs": [{"name": s.name, "dtype": s.dtype, "dims": list(s.dims)} for s in contract.inputs],
-            "outputs": [{"name": s.name, "dtype": s.dtype, "dims": list(s.dims)} for s in contract.outputs],
-            "dynamic_axes": {k: {str(i): d for i, d in v.items()} for k, v in contract.dynamic_axes(cfg).items()},
-            "profile": {k: {"min": list(v[0]), "opt": list(v[1]), "max": list(v[2])} for k, v in profile.items()},
-            "fp32_inputs": list(contract.fp32_inputs),
-            "tolerance": {"atol": contract.tolerance[0], "rtol": contract.tolerance[1]},
-            "check": [asdict(r) | {"ok": r.ok} for r in results],
-        }
-        paths[name] = path
+            module = build_module(src, name, cfg, precision)
+            path, data = export_graph(module, contract, cfg, out / "onnx" / precision, opset, external_data, precision)
+            seconds[f"{precision}/{name}_export"] = time.perf_counter() - t0
+            del module
+            results: list[CheckResult] = []
+            if check and precision == "bf16":
+                log.info("check %s bf16: skipped (numpy and ONNX Runtime's CPU provider have no bfloat16 inputs); "
+                         "the graph passed onnx.checker", name)
+            elif check:
+                t0 = time.perf_counter()
+                ref = build_module(src, name, cfg, "fp32")
+                results = check_graph(ref, contract, cfg, path, precision=precision)
+                del ref
+                seconds[f"{precision}/{name}_check"] = time.perf_counter() - t0
+                for r in results:
+                    if on_check is not None:
+                        on_check(r)
+                    log.info("check %s", r.line())
+                checks += results
+                bad_checks = [r for r in results if not r.ok]
+                if bad_checks:
+                    r = max(bad_checks, key=lambda r: r.max_abs / max(r.atol + r.rtol * r.ref_max, 1e-30))
+                    raise ExportError(
+                        f"exported {precision} {name} graph differs from PyTorch: {r.output} at shape {r.shape} has "
+                        f"max abs error {r.max_abs:.3e} > {r.atol:g} + {r.rtol:g} x {r.ref_max:.3g}; no manifest was written"
+                    )
+            profile = contract.profile(cfg)
+            dt = ONNX_DTYPE[precision]
+            graphs[precision][name] = {
+                "file": path.relative_to(out).as_posix(),
+                "sha256": sha256_file(path),
+                "data_file": data.relative_to(out).as_posix() if data else None,
+                "data_sha256": sha256_file(data) if data else None,
+                "precision": precision,
+                "inputs": [{"name": s.name, "dtype": s.resolve_dtype(dt), "dims": list(s.dims)} for s in contract.inputs],
+                "outputs": [{"name": s.name, "dtype": s.resolve_dtype(dt), "dims": list(s.dims)} for s in contract.outputs],
+                "dynamic_axes": {k: {str(i): d for i, d in v.items()} for k, v in contract.dynamic_axes(cfg).items()},
+                "profile": {k: {"min": list(v[0]), "opt": list(v[1]), "max": list(v[2])} for k, v in profile.items()},
+                "tolerance": {"atol": contract.tolerance[0], "rtol": contract.tolerance[1]},
+                "check": [asdict(r) | {"ok": r.ok} for r in results],
+            }
+            paths[f"{precision}/{name}"] = path
     manifest = write_manifest(out, {
         "format": MANIFEST_FORMAT,
         "opset": opset,

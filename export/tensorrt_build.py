@@ -20,10 +20,13 @@ the reason) and rebuilt, never loaded because a file exists. One timing cache pe
 TensorRT version and GPU architecture (`<cache>/timing-trt<ver>-sm<cc>.cache`)
 is reused across builds.
 
-Reduced precision: `fp16`/`bf16` builds keep LayerNorm, softmax, reductions,
-unary math (sin/cos/exp of RoPE, the timestep features, Snake) and every layer
-computed only from fp32 inputs (the timestep embedding and adaLN modulations)
-in fp32, with OBEY_PRECISION_CONSTRAINTS. The Euler `step` graph is always fp32.
+Precision lives in the graph: every engine is built from a strongly typed network
+(TensorRT 11 has no other kind; 10.x gets the STRONGLY_TYPED creation flag), parsed
+from the exported graph set of that precision (`v2m export --precision fp16`), whose
+fp32 islands (norm statistics, timestep features, the solver state) are explicit
+casts. No builder precision flag, no per-layer precision: TensorRT 10 and 11 build the
+same engine from the same graph. fp32 builds turn TF32 off (parity with the fp32
+references) where the builder still has that flag.
 
 This module imports neither torch nor onnx: the lean runtime rebuilds engines
 with only tensorrt and cuda-python installed. tensorrt itself is imported when
@@ -54,6 +57,7 @@ __all__ = [
     "engine_key",
     "stale_reasons",
     "import_tensorrt",
+    "check_tensorrt_version",
     "import_cudart",
     "gpu_info",
     "build_engine",
@@ -63,10 +67,10 @@ __all__ = [
 log = logging.getLogger("v2m.tensorrt")
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-ENGINE_GRAPHS = ("encoder", "dit", "vae", "step")
-FP32_ONLY = ("step",)  # the Euler state is updated in fp32 whatever the model precision
-# Bump when the build recipe (flags, fp32 layer policy) changes: old engines become stale.
-BUILDER_REVISION = 1
+ENGINE_GRAPHS = ("encoder", "vae", "text", "schedule", "step")
+SUPPORTED_MAJOR = (10, 11)  # the [trt] extra bounds tensorrt to >=10,<12
+# Bump when the build recipe (flags, network creation) changes: old engines become stale.
+BUILDER_REVISION = 2
 ENGINE_FORMAT = "v2m-engine/1"
 
 
@@ -79,9 +83,22 @@ def import_tensorrt():
             "TensorRT is not installed: the tensorrt backend and `v2m build` need TensorRT 10 and an NVIDIA GPU "
             "(pip install 'v2m-runtime[trt]'); use --backend onnxruntime or torch"
         ) from None
-    if int(trt.__version__.split(".")[0]) < 10:
-        raise BackendUnavailable(f"TensorRT {trt.__version__} is too old; v2m needs TensorRT 10 or newer")
+    check_tensorrt_version(trt.__version__)
     return trt
+
+
+def check_tensorrt_version(version: str) -> int:
+    """The major version, if v2m supports it; else one line saying what to install."""
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        raise BackendUnavailable(f"cannot read the TensorRT version {version!r}") from None
+    if major not in SUPPORTED_MAJOR:
+        raise BackendUnavailable(
+            f"TensorRT {version} is not supported: v2m builds strongly typed networks with TensorRT 10.x or 11.x "
+            "(pip install 'v2m-runtime[trt]' installs tensorrt>=10,<12)"
+        )
+    return major
 
 
 def import_cudart():
@@ -261,11 +278,12 @@ class EngineCache:
         return engine
 
 
-def engine_meta(graph: GraphInfo, precision: str, tensorrt_version: str, compute_capability: str) -> EngineMeta:
+def engine_meta(graph: GraphInfo, tensorrt_version: str, compute_capability: str) -> EngineMeta:
+    """What an engine of `graph` (of its precision set) is built for."""
     return EngineMeta(
         name=graph.name,
         onnx_sha256=graph.sha256,
-        precision="fp32" if graph.name in FP32_ONLY else precision,
+        precision=graph.precision,
         profile=_profile_lists(graph.profile_shapes()),
         tensorrt=tensorrt_version,
         compute_capability=compute_capability,
@@ -273,32 +291,11 @@ def engine_meta(graph: GraphInfo, precision: str, tensorrt_version: str, compute
 
 
 # --- building ----------------------------------------------------------------------------------
-def _keep_fp32(trt, network, fp32_inputs: tuple[str, ...]) -> int:
-    """Pin precision-sensitive layers to fp32; returns how many were pinned.
-
-    A layer is pinned when its type is in the sensitive set, or when none of its inputs
-    depends on an activation input (only on `fp32_inputs`, shapes and weights): that is the
-    timestep embedding, the adaLN modulations and the RoPE tables, all tiny.
-    """
-    sensitive = {trt.LayerType.NORMALIZATION, trt.LayerType.REDUCE, trt.LayerType.SOFTMAX, trt.LayerType.UNARY}
-    floats = {trt.float32, trt.float16, getattr(trt, "bfloat16", trt.float16)}
-    activation = {network.get_input(i).name for i in range(network.num_inputs)} - set(fp32_inputs)
-    pinned = 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        inputs = [layer.get_input(j) for j in range(layer.num_inputs)]
-        touches = layer.type != trt.LayerType.SHAPE and any(t is not None and t.name in activation for t in inputs)
-        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        if touches:
-            activation.update(t.name for t in outputs)
-        if layer.type == trt.LayerType.CONSTANT or not all(t.dtype in floats for t in outputs):
-            continue
-        if layer.type in sensitive or not touches:
-            layer.precision = trt.float32
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, trt.float32)
-            pinned += 1
-    return pinned
+def strongly_typed_network(trt, builder):
+    """A strongly typed network on TensorRT 10 (the creation flag) and 11 (always; the flag is
+    accepted and ignored, and absent in some builds)."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return builder.create_network(0 if flag is None else 1 << int(flag))
 
 
 def build_engine(
@@ -306,23 +303,23 @@ def build_engine(
     profile: ProfileShapes,
     precision: str,
     timing_cache: str | Path | None = None,
-    fp32_inputs: tuple[str, ...] = (),
     workspace_bytes: int | None = None,
 ) -> bytes:
-    """Parse an ONNX graph and build a serialized TensorRT engine with one optimization profile.
+    """Parse an ONNX graph into a strongly typed network and build a serialized engine with one
+    optimization profile.
 
     Args:
         profile: input name -> (min, opt, max) shape.
-        precision: fp32 (TF32 off), fp16 or bf16 (precision-sensitive layers kept fp32).
+        precision: the graph set's precision (the graph's own types decide every layer); fp32
+            also turns TF32 off where the builder has that flag.
         timing_cache: file to read tactic timings from and write them back to.
-        fp32_inputs: inputs whose own precomputation stays fp32 (see `_keep_fp32`).
     """
     trt = import_tensorrt()
     if precision not in PRECISIONS:
         raise BackendUnavailable(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = strongly_typed_network(trt, builder)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # resolves external data beside the file
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -330,13 +327,9 @@ def build_engine(
     config = builder.create_builder_config()
     if workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if precision == "fp32":
-        config.clear_flag(trt.BuilderFlag.TF32)  # parity with the fp32 references
-    else:
-        config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        pinned = _keep_fp32(trt, network, fp32_inputs)
-        log.info("%s: %d of %d layers pinned to fp32", Path(onnx_path).name, pinned, network.num_layers)
+    tf32 = getattr(trt.BuilderFlag, "TF32", None)
+    if precision == "fp32" and tf32 is not None:
+        config.clear_flag(tf32)  # parity with the fp32 references
     opt_profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         name = network.get_input(i).name
@@ -353,7 +346,7 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BackendUnavailable(f"{onnx_path}: TensorRT failed to build an engine (see the TensorRT log above)")
-    log.info("built %s (%s) in %.1f s", Path(onnx_path).name, precision, time.perf_counter() - t0)
+    log.info("built %s (%s, strongly typed) in %.1f s", Path(onnx_path).name, precision, time.perf_counter() - t0)
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_path.with_suffix(".tmp")
@@ -374,7 +367,7 @@ def build_engines(
 
     Args:
         bundle_dir: an exported bundle (`v2m export`).
-        precision: fp32, fp16 or bf16 (the step graph is always fp32).
+        precision: fp32, fp16 or bf16: the exported graph set built from (`v2m export --precision`).
         cache_dir: where engines live (default `<bundle>/engines`).
         device_id: the CUDA device to build for.
         force: rebuild even when a matching engine exists.
@@ -388,19 +381,20 @@ def build_engines(
     bundle_dir = Path(bundle_dir)
     cfg = load_config(bundle_dir)
     manifest = load_manifest(bundle_dir)
-    manifest.verify(cfg, names)
+    manifest.verify(cfg, names, precision)
     gpu, cc = gpu_info(device_id)
+    cudart = import_cudart()
+    cuda_check(cudart, cudart.cudaSetDevice(device_id))  # the builder times tactics on the current device
     cache = EngineCache(cache_dir or bundle_dir / "engines")
     out = {}
     for name in names:
-        graph = manifest.graph(name)
-        meta = engine_meta(graph, precision, trt.__version__, cc)
+        graph = manifest.graph(name, precision)
+        meta = engine_meta(graph, trt.__version__, cc)
         path = None if force else cache.lookup(meta)
         if path is None:
             log.info("building %s engine for %s (compute capability %s, TensorRT %s, %s)", name, gpu, cc, trt.__version__, meta.precision)
-            fp32_inputs = tuple(manifest.raw["graphs"][name].get("fp32_inputs", ()))
-            data = build_engine(manifest.graph_path(name), graph.profile_shapes(), meta.precision,
-                                cache.dir / f"timing-trt{trt.__version__}-sm{cc}.cache", fp32_inputs)
+            data = build_engine(manifest.graph_path(name, precision), graph.profile_shapes(), meta.precision,
+                                cache.dir / f"timing-trt{trt.__version__}-sm{cc}.cache")
             path = cache.store(meta, data, gpu)
         else:
             log.info("reusing %s", path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 
 try:  # the runtime never hard-requires triton; the kernels exist only when it is installed
     import triton
@@ -11,7 +12,17 @@ except ImportError:  # pragma: no cover - exercised on installs without triton
     triton = None
     tl = None
 
-__all__ = ["triton", "tl", "triton_available"]
+__all__ = ["triton", "tl", "triton_available", "on_device"]
+
+
+def on_device(t):
+    """Make `t`'s CUDA device current for a launch: Triton launches on the current device and
+    its current stream, so a kernel over cuda:1 tensors must run under cuda:1 (a no-op on CPU)."""
+    if t.device.type != "cuda":
+        return nullcontext()
+    import torch
+
+    return torch.cuda.device(t.device)
 
 
 def triton_available() -> bool:

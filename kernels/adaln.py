@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import tl, triton, triton_available
+from ._triton import on_device, tl, triton, triton_available
 
 __all__ = ["add_norm_modulate", "add_norm_modulate_reference", "triton_available"]
 
@@ -182,15 +182,16 @@ def add_norm_modulate(
         return out_h, n
     rows, block, warps = _launch_config(d)
     dummy = n  # stands in for absent pointers; never read (constexpr flags)
-    _add_norm_modulate_kernel[(triton.cdiv(bsz * length, rows),)](
-        h, dummy if y is None else y, dummy if gate is None else gate,
-        dummy if weight is None else weight, dummy if bias is None else bias,
-        dummy if shift is None else shift, dummy if scale is None else scale,
-        out_h, n,
-        bsz * length, d, length, h.stride(1), y.stride(1) if y is not None else 0, mod_stride, n.stride(1), float(eps),
-        HAS_Y=y is not None, HAS_GATE=gate is not None, AFFINE=weight is not None, MODULATE=shift is not None,
-        ROWS=rows, BLOCK_D=block, num_warps=warps,
-    )
+    with on_device(n):
+        _add_norm_modulate_kernel[(triton.cdiv(bsz * length, rows),)](
+            h, dummy if y is None else y, dummy if gate is None else gate,
+            dummy if weight is None else weight, dummy if bias is None else bias,
+            dummy if shift is None else shift, dummy if scale is None else scale,
+            out_h, n,
+            bsz * length, d, length, h.stride(1), y.stride(1) if y is not None else 0, mod_stride, n.stride(1), float(eps),
+            HAS_Y=y is not None, HAS_GATE=gate is not None, AFFINE=weight is not None, MODULATE=shift is not None,
+            ROWS=rows, BLOCK_D=block, num_warps=warps,
+        )
     return out_h, n
 
 

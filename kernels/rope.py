@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import tl, triton, triton_available
+from ._triton import on_device, tl, triton, triton_available
 
 __all__ = ["rope_qkv", "rope_qkv_reference", "triton_available"]
 
@@ -114,10 +114,11 @@ def rope_qkv(
     half = dh // 2
     block_p = triton.next_power_of_2(heads * half)
     rows = max(1, 2048 // block_p)  # about 2K pairs (4K q and k elements each) a program
-    _rope_qkv_kernel[(triton.cdiv(b * length, rows),)](
-        qkv, cos, sin, q, k, b * length, length, heads, qkv.stride(0), qkv.stride(1), cos.stride(0),
-        HALF=half, ROWS=rows, BLOCK_P=block_p, num_warps=4,
-    )
+    with on_device(qkv):
+        _rope_qkv_kernel[(triton.cdiv(b * length, rows),)](
+            qkv, cos, sin, q, k, b * length, length, heads, qkv.stride(0), qkv.stride(1), cos.stride(0),
+            HALF=half, ROWS=rows, BLOCK_P=block_p, num_warps=4,
+        )
     return q, k, v
 
 

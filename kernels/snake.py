@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import tl, triton, triton_available
+from ._triton import on_device, tl, triton, triton_available
 
 __all__ = ["snake", "snake_params", "snake_reference", "triton_available"]
 
@@ -88,7 +88,8 @@ def snake(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor) -> torch
     if n == 0:
         return y
     block = 4096
-    _snake_kernel[(triton.cdiv(n, block),)](x, alpha, inv_beta, y, n, c, t, BLOCK=block, num_warps=8)
+    with on_device(x):
+        _snake_kernel[(triton.cdiv(n, block),)](x, alpha, inv_beta, y, n, c, t, BLOCK=block, num_warps=8)
     return y
 
 

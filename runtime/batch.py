@@ -10,8 +10,8 @@ summary = run_batch(pipe, jobs, BatchOptions("out/"))     # writes out/summary.j
 
 - Each video is decoded, encoded and turned into an event curve on its own;
   videos of the same latent length are then sampled together (one
-  `backend.sample` call of B <= batch_size), each from its own seed's noise, so
-  a video's music is the same batched or alone. Longer-than-`max_frames`
+  `Pipeline.sample` call of B <= batch_size, and <= what the engine's profile takes),
+  each from its own seed's noise, so a video's music is the same batched or alone. Longer-than-`max_frames`
   videos go through `Pipeline.sample_windows` one at a time.
 - One bad input never stops the rest: it is recorded in `summary.json` with a
   one-line reason, and the run goes on.
@@ -99,6 +99,11 @@ class BatchOptions:
     batch_size: int = 8
     steps: int | None = None
     cfg_scale: float | None = None
+    negative_prompt: str | None = None
+    solver: str | None = None
+    shift: float | None = None
+    use_curve: bool = True
+    curve_guidance: float | None = None
     overwrite: bool = False
     keep_audio_db: float | None = None
     text_embeddings: str | Path | None = None
@@ -329,9 +334,15 @@ def model_hash(pipe) -> str:
     return h.hexdigest()
 
 
-def _input_key(job: Job, opts: BatchOptions, model: str, steps: int, cfg_scale: float) -> dict[str, Any]:
+def _input_key(job: Job, opts: BatchOptions, model: str, sopts: sampler.SamplerOptions) -> dict[str, Any]:
     st = job.video.stat()
-    return {
+    steps, cfg_scale = sopts.steps, sopts.cfg_scale
+    # Sampler choices beyond steps and cfg join the key only when not the defaults, so sidecars
+    # written before they existed still verify.
+    extra = {k: v for k, v in (("solver", sopts.solver), ("shift", sopts.shift), ("use_curve", sopts.use_curve),
+                               ("curve_guidance", sopts.curve_guidance), ("negative_prompt", opts.negative_prompt))
+             if v != {"solver": "euler", "shift": 1.0, "use_curve": True, "curve_guidance": 0.0}.get(k)}
+    return {**({"sampler": extra} if extra else {}),
         "video": show(os.path.realpath(job.video)),
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
@@ -468,9 +479,17 @@ def run_batch(
     if opts.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {opts.batch_size}")
     cfg = pipe.config
-    steps = int(opts.steps or cfg.sampler.steps)
-    cfg_scale = float(cfg.sampler.cfg_scale if opts.cfg_scale is None else opts.cfg_scale)
-    ts = sampler.timesteps(steps)
+    sopts = pipe.sampler_options(opts.steps, opts.cfg_scale, opts.solver, opts.shift, opts.use_curve, opts.curve_guidance)
+    steps, cfg_scale = sopts.steps, sopts.cfg_scale
+    neg = None
+    if opts.negative_prompt is not None:
+        _, _, *neg = pipe.encode_prompts("", opts.negative_prompt, opts.text_embeddings)  # once for the batch
+    plan = pipe.plan(sopts, neg is not None)
+    engine_max = pipe.max_batch(plan)
+    group_size = opts.batch_size if engine_max is None else min(opts.batch_size, engine_max)
+    if group_size < opts.batch_size:
+        log.info("groups of %d videos (the engine's profile takes %d with %d guidance branches; --batch-size %d)",
+                 group_size, engine_max, plan.guidance.size, opts.batch_size)
     model = model_hash(pipe)
     summary_path = out_dir / SUMMARY_NAME
     todo = [j for j in jobs if j.status == "pending"]
@@ -560,6 +579,11 @@ def run_batch(
         curves = np.stack([p.curve for p in group])[:, None, :].astype(np.float32)  # (B, 1, L)
         emb = np.stack([p.emb for p in group])  # (B, S, E)
         mask = np.stack([p.mask for p in group])  # (B, S)
+        b = len(group)
+        cond = sampler.Conditioning(
+            curves, emb, mask,
+            None if neg is None else np.repeat(neg[0][None], b, axis=0), None if neg is None else np.repeat(neg[1][None], b, axis=0),
+        )
         progress.start_batch(len(group), steps)
         timings: dict[str, float] = {}
         name = begin_group("batched", group)
@@ -568,7 +592,7 @@ def run_batch(
                 if prof is not None:
                     prof.begin_steps()
                 with _timed(timings, "sampler", pipe.backend.synchronize, prof):
-                    latents = pipe.backend.sample(noise, curves, emb, mask, ts, cfg_scale, cfg.sampler.uncond_keeps_curve, on_step)
+                    latents = pipe.sample(noise, cond, plan, on_step, check_finite=False)
                 if prof is not None:
                     prof.end_steps()
             except Exception as e:  # noqa: BLE001
@@ -601,7 +625,7 @@ def run_batch(
     try:
         for job in todo:
             try:
-                key = _input_key(job, opts, model, steps, cfg_scale)
+                key = _input_key(job, opts, model, sopts)
             except OSError as e:
                 failed(job, InputError(f"cannot read {show(job.video)} ({e.strerror})"))
                 continue
@@ -635,7 +659,11 @@ def run_batch(
                     try:
                         if prof is not None:
                             prof.begin_steps()
-                        _, audio = pipe.sample_windows(noise, curve, emb, mask, ts, cfg_scale, on_step, job.timings, prof)
+                        cond = sampler.Conditioning(
+                            curve[None, None, :].astype(np.float32), emb[None], mask[None],
+                            None if neg is None else neg[0][None], None if neg is None else neg[1][None],
+                        )
+                        _, audio = pipe.sample_windows(noise, cond, plan, on_step, job.timings, prof)
                         if prof is not None:
                             prof.end_steps()
                     except Exception as e:  # noqa: BLE001
@@ -647,7 +675,7 @@ def run_batch(
                 continue
             group = buckets.setdefault((curve.shape[0], mask.shape[-1]), [])
             group.append(p)
-            if len(group) >= opts.batch_size:
+            if len(group) >= group_size:
                 flush(buckets.pop((curve.shape[0], mask.shape[-1])))
         for k in list(buckets):
             flush(buckets.pop(k))

@@ -53,6 +53,9 @@ class SamplerConfig:
     cfg_scale: float = 4.0
     # The unconditional branch drops only the text: the curve still drives timing.
     uncond_keeps_curve: bool = True
+    solver: str = "euler"  # euler | heun (v2m.runtime.sampler.SOLVERS)
+    shift: float = 1.0  # SD3 timestep shift; 1 = the uniform grid
+    curve_guidance: float = 0.0  # extra guidance on the curve (0 = off)
     # Longest clip the DiT was trained on, in latent frames (32 s at 12.3 frames/s).
     max_frames: int = 394
     # Longer videos run in max_frames windows that crossfade over this share of a

@@ -58,26 +58,47 @@ def _precision(args) -> str:
 
 
 def _load_pipeline(args):
+    from .backends import resolve_backend
     from .pipeline import Pipeline
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if _cuda_available() else "cpu"
-        args.device = device
+    # backend and device auto resolved without importing a framework (the CUDA driver says
+    # whether there is a GPU): a torch-free install with onnxruntime-gpu or TensorRT uses it
+    args.backend, args.device = resolve_backend(args.backend, args.model, args.device)
     return Pipeline.from_pretrained(
-        args.model, backend=args.backend, device=device, precision=_precision(args),
+        args.model, backend=args.backend, device=args.device, precision=_precision(args),
         fast=getattr(args, "fast", None), compile=getattr(args, "compile", "none"),
         kernels=getattr(args, "kernels", "torch"), engine_cache=getattr(args, "engine_cache", None),
         vae_precision=getattr(args, "vae_precision", None), encoder=getattr(args, "encoder", None),
     )
 
 
-def _cuda_available() -> bool:
+def _sampler_kwargs(args) -> dict:
+    """The generate options that shape the sampler, as `Pipeline.generate` keywords."""
+    return {
+        "negative_prompt": args.negative_prompt, "solver": args.solver, "shift": args.shift,
+        "use_curve": not args.no_curve, "curve_guidance": args.curve_guidance,
+    }
+
+
+def _check_sampler_options(args) -> None:
+    """Every sampler value checked before any video is decoded or model loaded (one line, exit 2)."""
+    from .sampler import MAX_STEPS, SamplerOptions
+
     try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+        SamplerOptions(
+            steps=96 if args.steps is None else args.steps,
+            cfg_scale=4.0 if args.cfg_scale is None else args.cfg_scale,
+            solver="euler" if args.solver is None else args.solver,
+            shift=1.0 if args.shift is None else args.shift,
+            use_curve=not args.no_curve,
+            curve_guidance=0.0 if args.curve_guidance is None else args.curve_guidance,
+        )
+    except ValueError as e:
+        raise InputError(f"{e} (steps in [1, {MAX_STEPS}])" if "steps" in str(e) else str(e)) from None
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise InputError(f"--seed must be in [0, 2^63), got {args.seed}")
+    if args.negative_prompt is not None and args.text_embeddings:
+        raise InputError("--negative-prompt needs the bundle's text encoder; it cannot be combined with --text-embeddings")
 
 
 def format_timings(timings: dict[str, float], step_ms: list[float] | None = None) -> str:
@@ -119,6 +140,7 @@ def cmd_generate(args) -> int:
 
     if args.manifest or len(args.inputs) != 1 or Path(args.inputs[0]).is_dir():
         return cmd_generate_batch(args)
+    _check_sampler_options(args)
     video_path = Path(args.inputs[0])
     media.check_output_path(args.output, video_path)  # before any heavy work
     if args.profile or args.trace:
@@ -131,7 +153,7 @@ def cmd_generate(args) -> int:
     if args.profile or args.trace:
         from .profiler import Profiler
 
-        profiler = Profiler(device=pipe.backend.device, trace=bool(args.trace))
+        profiler = Profiler(device=pipe.backend.device, trace=bool(args.trace), clock=pipe.backend.step_clock())
     result = pipe.generate(
         video_path,
         prompt=args.prompt,
@@ -140,6 +162,7 @@ def cmd_generate(args) -> int:
         cfg_scale=args.cfg_scale,
         text_embeddings=args.text_embeddings,
         profiler=profiler,
+        **_sampler_kwargs(args),
     )
     with profiler.range("write") if profiler is not None else nullcontext():
         if media.check_output_path(args.output, video_path) == "video":
@@ -167,6 +190,7 @@ def cmd_generate_batch(args) -> int:
     """
     from . import batch
 
+    _check_sampler_options(args)
     if args.manifest and args.inputs:
         raise InputError("give either input videos or --manifest, not both")
     if not args.manifest and not args.inputs:
@@ -193,14 +217,14 @@ def cmd_generate_batch(args) -> int:
     pipe = _load_pipeline(args)
     opts = batch.BatchOptions(
         out_dir, format=args.format, batch_size=args.batch_size, steps=args.steps, cfg_scale=args.cfg_scale,
-        overwrite=args.overwrite, keep_audio_db=args.keep_audio, text_embeddings=args.text_embeddings,
+        **_sampler_kwargs(args), overwrite=args.overwrite, keep_audio_db=args.keep_audio, text_embeddings=args.text_embeddings,
         progress=False if args.quiet else None,
     )
     profiler = None
     if profiling:
         from .profiler import Profiler, format_report, write_json_atomic
 
-        profiler = Profiler(device=pipe.backend.device, trace=bool(args.trace))
+        profiler = Profiler(device=pipe.backend.device, trace=bool(args.trace), clock=pipe.backend.step_clock())
 
     def write_profile():
         """Write --profile / --trace; returns the report (None without --profile)."""
@@ -436,9 +460,13 @@ def cmd_export(args) -> int:
         )
     from v2m.export.exporter import export_bundle
 
+    precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
+    bad = [p for p in precisions if p not in ("fp32", "fp16", "bf16")]
+    if bad or not precisions:
+        raise InputError(f"--precision {args.precision!r}: give fp32, fp16 and/or bf16, comma-separated")
     res = export_bundle(
         args.bundle, args.output, opset=args.opset, check=not args.no_check, with_weights=args.with_weights,
-        on_check=lambda r: print(r.line(), flush=True),
+        on_check=lambda r: print(r.line(), flush=True), precisions=precisions,
     )
     print(f"wrote {res.out_dir} ({', '.join(sorted(res.graphs))} graphs, {res.manifest.name}) "
           f"in {res.seconds['total']:.1f} s")
@@ -500,8 +528,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", default="")
     g.add_argument("--text-embeddings", default=None, help="safetensors with precomputed 'embeddings' [S, E]")
     g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--steps", type=int, default=None)
-    g.add_argument("--cfg-scale", type=float, default=None)
+    g.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="what the music should not be: the unconditional branch of guidance uses this prompt "
+                        "(default: zero embeddings)")
+    g.add_argument("--steps", type=int, default=None, help="solver steps, 1..10000 (default: the bundle's, 96)")
+    g.add_argument("--cfg-scale", type=float, default=None, help="guidance weight on the text (default: the bundle's, 4)")
+    g.add_argument("--solver", default=None, choices=["euler", "heun"],
+                   help="euler, or heun (trapezoidal rule, two model evaluations a step); default: the bundle's, euler")
+    g.add_argument("--shift", type=float, default=None, metavar="S",
+                   help="SD3 timestep shift S > 0: S > 1 spends more steps near noise (default: the bundle's, 1)")
+    g.add_argument("--no-curve", action="store_true",
+                   help="text-only baseline: the event curve is zeros in every branch (the paper's appendix)")
+    g.add_argument("--curve-guidance", type=float, default=None, metavar="W",
+                   help="extra guidance on the curve: the prediction with the curve against the one without it "
+                        "(default: the bundle's, 0 = off; costs a third model batch)")
     g.add_argument("--keep-audio", type=float, default=None, metavar="LEVEL_DB", help="mix the original audio under the music at this level")
     g.add_argument("--quiet", "-q", action="store_true")
     g.add_argument("--manifest", default=None, help="JSONL, one {video, prompt, seed, output} per line (batch mode)")
@@ -548,6 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("bundle", help="a PyTorch bundle directory")
     x.add_argument("-o", "--output", required=True, help="the exported bundle (may be the bundle itself)")
     x.add_argument("--opset", type=int, default=17)
+    x.add_argument("--precision", default="fp32", metavar="P[,P]",
+                   help="graph sets to write, comma-separated: fp32 (ONNX Runtime on CPU), fp16, bf16 (strongly typed "
+                        "graphs with fp32 islands for TensorRT and ONNX Runtime's CUDA provider); default fp32")
     x.add_argument("--with-weights", action="store_true", help="copy the .safetensors too (the torch backend can then run it)")
     x.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     x.set_defaults(func=cmd_export)

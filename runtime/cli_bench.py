@@ -42,7 +42,7 @@ def cmd_bench(args) -> int:
         pipe = _load_pipeline(args)
         kw = dict(prompt=args.prompt, steps=args.steps)
         pipe.generate(clip, seed=0, profile_steps=False, **kw)  # warm-up: allocations, graph capture, compile
-        prof = Profiler(device=pipe.backend.device, trace=bool(args.trace))
+        prof = Profiler(device=pipe.backend.device, trace=bool(args.trace), clock=pipe.backend.step_clock())
         for r in range(args.repeats):
             res = pipe.generate(clip, seed=r + 1, profiler=prof, **kw)
             with prof.range("write"):

@@ -3,14 +3,19 @@
 `v2m export` writes `manifest.json` beside `config.json`:
 
 ```
-{"format": "v2m-onnx/1", "opset": 17,
+{"format": "v2m-onnx/2", "opset": 17,
  "config_sections": {"dit": "<sha256>", "vae": "...", "encoder": "..."}, "config": {...},
- "graphs": {"dit": {"file": "onnx/dit.onnx", "sha256": "...", "data_file": null, "data_sha256": null,
-                    "inputs": [{"name": "x", "dtype": "float32", "dims": ["B", 64, "L"]}, ...],
-                    "outputs": [...], "profile": {"x": {"min": [...], "opt": [...], "max": [...]}, ...},
-                    "check": [...]}, ...},
+ "graphs": {"fp32": {"step": {"file": "onnx/fp32/step.onnx", "sha256": "...", "precision": "fp32",
+                              "data_file": null, "data_sha256": null,
+                              "inputs": [{"name": "x", "dtype": "float32", "dims": ["B", 64, "L"]}, ...],
+                              "outputs": [...], "profile": {"x": {"min": [...], "opt": [...], "max": [...]}},
+                              "check": [...]}, "text": {...}, ...},
+            "fp16": {...}},
  "versions": {"v2m": ..., "torch": ..., "onnx": ..., "onnxruntime": ...}, "created": "..."}
 ```
+
+Graphs come in precision sets (`v2m export --precision fp32,fp16`): a backend takes the
+set of its precision.
 
 Backends read it here, without torch or onnx: `load_manifest` parses it and
 `Manifest.verify` checks every graph file against its sha256 and the bundle's
@@ -42,7 +47,7 @@ __all__ = [
     "write_manifest",
 ]
 
-MANIFEST_FORMAT = "v2m-onnx/1"
+MANIFEST_FORMAT = "v2m-onnx/2"
 MANIFEST_NAME = "manifest.json"
 GRAPH_SECTIONS = ("dit", "vae", "encoder")  # the config sections baked into the graphs
 
@@ -70,6 +75,7 @@ class GraphInfo:
     name: str
     file: str  # relative to the bundle directory
     sha256: str
+    precision: str
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
     profile: dict[str, dict[str, list[int]]]
@@ -94,7 +100,7 @@ class Manifest:
     bundle_dir: Path
     opset: int
     config_sections: dict[str, str]
-    graphs: dict[str, GraphInfo]
+    graphs: dict[str, dict[str, GraphInfo]]  # precision -> graph name -> info
     versions: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -102,16 +108,26 @@ class Manifest:
     def path(self) -> Path:
         return self.bundle_dir / MANIFEST_NAME
 
-    def graph(self, name: str) -> GraphInfo:
-        if name not in self.graphs:
+    @property
+    def precisions(self) -> list[str]:
+        return sorted(self.graphs)
+
+    def graph(self, name: str, precision: str = "fp32") -> GraphInfo:
+        if precision not in self.graphs:
             raise BundleError(
-                f"{self.path}: no '{name}' graph (has {', '.join(sorted(self.graphs)) or 'none'}); "
+                f"{self.path}: no {precision} graphs (exported: {', '.join(self.precisions)}); "
+                f"re-export with `v2m export --precision {precision}` (or choose --precision {self.precisions[0]})"
+            )
+        graphs = self.graphs[precision]
+        if name not in graphs:
+            raise BundleError(
+                f"{self.path}: no {precision} '{name}' graph (has {', '.join(sorted(graphs)) or 'none'}); "
                 "re-export with this v2m (`v2m export`)"
             )
-        return self.graphs[name]
+        return graphs[name]
 
-    def graph_path(self, name: str) -> Path:
-        return self.bundle_dir / self.graph(name).file
+    def graph_path(self, name: str, precision: str = "fp32") -> Path:
+        return self.bundle_dir / self.graph(name, precision).file
 
     def verify_config(self, cfg: BundleConfig) -> None:
         """The bundle's config.json must describe the models the graphs were exported from."""
@@ -124,9 +140,9 @@ class Manifest:
                 "re-export with `v2m export`"
             )
 
-    def verify_graph(self, name: str) -> str:
+    def verify_graph(self, name: str, precision: str = "fp32") -> str:
         """Check the graph file (and its external data) against the manifest; returns its sha256."""
-        g = self.graph(name)
+        g = self.graph(name, precision)
         for rel, want in ((g.file, g.sha256), (g.data_file, g.data_sha256)):
             if rel is None:
                 continue
@@ -141,19 +157,20 @@ class Manifest:
                 )
         return g.sha256
 
-    def verify(self, cfg: BundleConfig, names: tuple[str, ...] | list[str] | None = None) -> None:
-        """verify_config, then verify_graph for each of `names` (default: all)."""
+    def verify(self, cfg: BundleConfig, names: tuple[str, ...] | list[str] | None = None, precision: str = "fp32") -> None:
+        """verify_config, then verify_graph for each of `names` (default: all of that precision)."""
         self.verify_config(cfg)
-        for name in names or sorted(self.graphs):
-            self.verify_graph(name)
+        for name in names or sorted(self.graphs.get(precision, {})):
+            self.verify_graph(name, precision)
 
 
-def _graph_from_dict(name: str, d: dict[str, Any], where: Path) -> GraphInfo:
+def _graph_from_dict(name: str, precision: str, d: dict[str, Any], where: Path) -> GraphInfo:
     try:
         return GraphInfo(
             name=name,
             file=str(d["file"]),
             sha256=str(d["sha256"]),
+            precision=precision,
             inputs=list(d["inputs"]),
             outputs=list(d["outputs"]),
             profile=dict(d.get("profile", {})),
@@ -181,13 +198,13 @@ def load_manifest(bundle_dir: str | Path) -> Manifest:
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise BundleError(f"{path}: format {got!r} is not {MANIFEST_FORMAT!r}; re-export with this v2m")
     graphs = data.get("graphs")
-    if not isinstance(graphs, dict) or not graphs:
+    if not isinstance(graphs, dict) or not graphs or not all(isinstance(v, dict) for v in graphs.values()):
         raise BundleError(f"{path}: lists no graphs; re-export with `v2m export`")
     return Manifest(
         bundle_dir=bundle_dir,
         opset=int(data.get("opset", 0)),
         config_sections=dict(data.get("config_sections", {})),
-        graphs={k: _graph_from_dict(k, v, path) for k, v in graphs.items()},
+        graphs={p: {k: _graph_from_dict(k, p, v, path) for k, v in gs.items()} for p, gs in graphs.items()},
         versions=dict(data.get("versions", {})),
         raw=data,
     )

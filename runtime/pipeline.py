@@ -10,6 +10,7 @@ result.mux("clip.mp4", "clip_music.mp4")      # or result.save("music.wav")
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -228,8 +229,9 @@ class Pipeline:
             if kernel.triton_available():
                 import torch
 
-                t = torch.tensor([features.shape[0]], device=features.device)
-                out = kernel.event_curves(features[None], t, torch.tensor([length], device=features.device), fps, rate, k)
+                with torch.cuda.device(features.device):  # Triton launches on the current device (cuda:N)
+                    t = torch.tensor([features.shape[0]], device=features.device)
+                    out = kernel.event_curves(features[None], t, torch.tensor([length], device=features.device), fps, rate, k)
                 log.debug("event curve: triton kernel")
                 return out[0, :length].cpu().numpy(), "triton"
             features = features.cpu().numpy()
@@ -268,13 +270,45 @@ class Pipeline:
             return sampler.SamplerOptions(
                 steps=d.steps if steps is None else steps,
                 cfg_scale=d.cfg_scale if cfg_scale is None else cfg_scale,
-                solver="euler" if solver is None else solver,
-                shift=1.0 if shift is None else shift,
+                solver=d.solver if solver is None else solver,
+                shift=d.shift if shift is None else shift,
                 use_curve=use_curve,
-                curve_guidance=0.0 if curve_guidance is None else curve_guidance,
+                curve_guidance=(d.curve_guidance if use_curve else 0.0) if curve_guidance is None else curve_guidance,
             )
         except ValueError as e:
             raise InputError(str(e)) from None
+
+    def plan(self, opts: sampler.SamplerOptions, has_negative: bool = False) -> sampler.Plan:
+        """The sampler plan (guidance branches and weights, solver table) of `opts` for this bundle."""
+        return sampler.Plan.make(opts, self.config.sampler.uncond_keeps_curve, has_negative)
+
+    def encode_prompts(
+        self, prompt: str, negative_prompt: str | None = None, text_embeddings: str | Path | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(emb [S, E], mask [S], negative emb or None, negative mask or None)."""
+        if text_embeddings and negative_prompt:
+            raise InputError("--negative-prompt needs a text encoder; with --text-embeddings precompute the "
+                             "negative prompt too (not supported) or drop one of the two")
+        emb, mask = self.encode_text(prompt, text_embeddings)
+        if negative_prompt is None:
+            return emb, mask, None, None
+        neg, neg_mask = self.text_encoder.encode(negative_prompt)
+        return emb, mask, neg, neg_mask
+
+    def sample(
+        self, noise: np.ndarray, cond: sampler.Conditioning, plan: sampler.Plan, on_step=None, check_finite: bool = True
+    ) -> np.ndarray:
+        """Latents [B, C, L] for B videos of one latent length from their noise [B, C, L]; one
+        backend call (the caller keeps B within `max_batch`). NaN/Inf is an error unless
+        `check_finite=False` (a batch checks each video on its own)."""
+        latents = self.backend.sample(noise, cond, plan, on_step)
+        if check_finite and not np.isfinite(latents).all():
+            raise NumericalError("the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)")
+        return latents
+
+    def max_batch(self, plan: sampler.Plan) -> int | None:
+        """Videos one `sample` call may take under `plan` (None: unbounded)."""
+        return self.backend.max_batch(plan.guidance.size)
 
     def generate(
         self,
@@ -300,83 +334,72 @@ class Pipeline:
             video_path: any container/codec FFmpeg reads.
             prompt: text prompt (style, instruments, mood).
             seed: noise seed; None draws one (returned in the result).
-            steps: Euler steps (default: the bundle's, 96).
-            cfg_scale: classifier-free guidance weight (default: the bundle's).
+            steps: solver steps (default: the bundle's, 96).
+            cfg_scale: classifier-free guidance weight on the text (default: the bundle's).
+            negative_prompt: text the unconditional branch uses instead of zero embeddings.
+            solver: "euler" or "heun" (default: the bundle's, euler).
+            shift: SD3 timestep shift S > 0 (default: the bundle's, 1 = none).
+            use_curve: False is the text-only baseline (the curve is zeros in every branch).
+            curve_guidance: extra guidance weight on the curve (default: the bundle's).
             text_embeddings: a safetensors file of precomputed embeddings, instead of the prompt.
-            profile_steps: record per-step latency (`result.step_ms`): CUDA events on the torch
-                backend's GPU (no sync inside the loop), else the host clock with a backend
-                sync per step.
+            profile_steps: record per-step latency (`result.step_ms`) when the backend can do so
+                without a host sync (device events, or a synchronous CPU engine).
             on_step: called with the step index after each step (progress bars).
-            profiler: a `v2m.runtime.profiler.Profiler`; stages and steps are recorded through it
-                (steps by CUDA events without a per-step sync, instead of `profile_steps`' sync).
+            profiler: a `v2m.runtime.profiler.Profiler`; stages and steps are recorded through it.
         """
         cfg = self.config
         opts = self.sampler_options(steps, cfg_scale, solver, shift, use_curve, curve_guidance)
-        if opts.solver != "euler" or opts.curve_guidance or negative_prompt:  # interim: issue 10 in progress
-            raise InputError("heun, curve guidance and negative prompts are not available yet in this build")
         seed = sampler.resolve_seed(seed)
-        steps, cfg_scale = opts.steps, opts.cfg_scale
         timings: dict[str, float] = {}
         sync = self.backend.synchronize
 
-        if profiler is None and profile_steps and self.backend.name == "torch" and str(self.backend.device).startswith("cuda"):
+        if profiler is None and profile_steps:
             from .profiler import Profiler
 
-            # step times from CUDA events read after the loop: no host sync between steps
-            profiler = Profiler(device=self.backend.device, nvtx=False)
+            clock = self.backend.step_clock()
+            if not clock.needs_sync:  # device events or a synchronous engine: no sync in the loop
+                profiler = Profiler(device=self.backend.device, nvtx=False, clock=clock)
         if profiler is not None:
             profiler.begin_run()
+        with _timed(timings, "text", None, profiler):  # before the video: a bad prompt option fails fast
+            emb, mask, neg, neg_mask = self.encode_prompts(prompt, negative_prompt, text_embeddings)
+        plan = self.plan(opts, neg is not None)
         features, reader = self.encode_video(video_path, timings, profiler=profiler)
         duration = reader.duration_s
         with _timed(timings, "curve", None, profiler):
             curve, curve_impl = self.compute_curve(features, duration)
         length = curve.shape[0]
-        if not opts.use_curve:
-            curve = np.zeros_like(curve)
         if length > cfg.sampler.max_frames:
             log.info(
                 "video is %.1f s, longer than the %.1f s the model was trained on; generating it in overlapping windows",
                 duration, cfg.max_seconds,
             )
-        with _timed(timings, "text", None, profiler):
-            emb, mask = self.encode_text(prompt, text_embeddings)
-
+        cond = sampler.Conditioning(
+            curve[None, None, :].astype(np.float32), emb[None], mask[None],
+            None if neg is None else neg[None], None if neg_mask is None else neg_mask[None],
+        )
         noise = sampler.initial_noise(seed, (1, cfg.latent_channels, length))
-        ts = sampler.time_grid(steps, opts.shift)
-        step_ms: list[float] = []
-        last = [time.perf_counter()]
 
         def step_hook(i: int) -> None:
             if profiler is not None:
-                profiler.step(i)  # an event per step, read after the loop: no sync here
-            elif profile_steps:
-                sync()
-                now = time.perf_counter()
-                step_ms.append((now - last[0]) * 1e3)
-                last[0] = now
+                profiler.step(i)  # a mark per step, read after the loop: no sync here
             if on_step is not None:
                 on_step(i)
 
+        step_ms: list[float] = []
         if profiler is not None:
             profiler.begin_steps()
         if length > cfg.sampler.max_frames:
-            last[0] = time.perf_counter()
-            latents, audio = self.sample_windows(noise, curve, emb, mask, ts, cfg_scale, step_hook, timings, profiler)
-            if profiler is not None:
-                step_ms = profiler.end_steps()
+            latents, audio = self.sample_windows(noise, cond, plan, step_hook, timings, profiler)
         else:
             with _timed(timings, "sampler", sync, profiler):
-                last[0] = time.perf_counter()
-                latents = self.backend.sample(
-                    noise, curve[None, None, :].astype(np.float32), emb[None], mask[None], ts, cfg_scale,
-                    cfg.sampler.uncond_keeps_curve, step_hook,
-                )
-            if not np.isfinite(latents).all():
-                raise NumericalError("the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)")
+                latents = self.sample(noise, cond, plan, step_hook)
             if profiler is not None:
                 step_ms = profiler.end_steps()
             with _timed(timings, "vae", sync, profiler):
                 audio = self.backend.decode(latents)[0]
+        if profiler is not None and length > cfg.sampler.max_frames:
+            step_ms = profiler.end_steps()
         audio = media.finalize_audio(audio, duration, cfg.audio.sample_rate, cfg.audio.fade_out_s)
         log.info("generated %.2f s of audio (seed %d) in %.2f s", duration, seed, sum(timings.values()))
         result = GenerationResult(
@@ -392,11 +415,19 @@ class Pipeline:
             info={
                 **self.backend.describe(),
                 "preset": cfg.preset,
-                "steps": steps,
-                "cfg_scale": cfg_scale,
+                "steps": opts.steps,
+                "cfg_scale": opts.cfg_scale,
+                "solver": opts.solver,
+                "shift": opts.shift,
+                "use_curve": opts.use_curve,
+                "curve_guidance": opts.curve_guidance,
+                "negative_prompt": negative_prompt,
+                "guidance_branches": [br.name for br in plan.guidance.branches],
+                "model_evals_per_step": plan.table.stages,
                 "latent_frames": length,
                 "curve_frames": int(features.shape[0]),
                 "curve_impl": curve_impl,
+                "step_timer": profiler.step_timer if profiler is not None else None,
             },
         )
         if profiler is not None:
@@ -405,7 +436,7 @@ class Pipeline:
             })
         return result
 
-    def sample_windows(self, noise, curve, emb, mask, ts, cfg_scale, on_step=None, timings=None, profiler=None):
+    def sample_windows(self, noise, cond: sampler.Conditioning, plan: sampler.Plan, on_step=None, timings=None, profiler=None):
         """Sample and decode a video longer than `max_frames` in overlapping windows (see `windows`).
 
         Each window gets its slice of the whole-video curve and noise, so the result
@@ -414,9 +445,8 @@ class Pipeline:
 
         Args:
             noise: [1, C, L] whole-video noise.
-            curve: [L] whole-video event curve.
-            emb, mask: [S, E], [S] text conditioning.
-            ts, cfg_scale, on_step: as for `Backend.sample`.
+            cond: the whole video's conditioning (curve [1, 1, L]).
+            plan, on_step: as for `Pipeline.sample`.
 
         Returns:
             latents [1, C, L] (each frame from the last window that sampled it) and audio [2, L * hop].
@@ -425,22 +455,17 @@ class Pipeline:
         timings = {} if timings is None else timings
         sync = self.backend.synchronize
         hop = cfg.audio.hop_length
-        length = curve.shape[0]
-        plan = windows.plan_windows(
+        length = cond.curve.shape[-1]
+        plan_w = windows.plan_windows(
             length, cfg.sampler.max_frames, windows.overlap_frames(cfg.sampler.max_frames, cfg.sampler.window_overlap)
         )
-        log.info("%d windows of %d latent frames over %d", len(plan), cfg.sampler.max_frames, length)
+        log.info("%d windows of %d latent frames over %d", len(plan_w), cfg.sampler.max_frames, length)
         latents = np.zeros_like(noise)
         audio = None
-        for w in plan:
+        for w in plan_w:
+            part = dataclasses.replace(cond, curve=np.ascontiguousarray(cond.curve[:, :, w.start : w.end]))
             with _timed(timings, "sampler", sync, profiler):
-                lat = self.backend.sample(
-                    np.ascontiguousarray(noise[:, :, w.start : w.end]),
-                    curve[None, None, w.start : w.end].astype(np.float32), emb[None], mask[None], ts, cfg_scale,
-                    cfg.sampler.uncond_keeps_curve, on_step,
-                )
-            if not np.isfinite(lat).all():
-                raise NumericalError("the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)")
+                lat = self.sample(np.ascontiguousarray(noise[:, :, w.start : w.end]), part, plan, on_step)
             latents[:, :, w.start : w.end] = lat
             with _timed(timings, "vae", sync, profiler):
                 a = self.backend.decode(lat)[0]

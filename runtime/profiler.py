@@ -7,9 +7,13 @@ prof.write_report("report.json"); prof.write_trace("trace.json")
 ```
 
 Stage times are the pipeline's own (`GenerationResult.timings`). Sampler steps
-are timed without a host sync inside the loop: on CUDA one event is recorded
-per step (after the step is enqueued) and all are read after the loop; on CPU,
-`perf_counter`. Each `range("sampler")` opened while steps are timed starts a
+are timed by the backend's step clock (`Backend.step_clock`): device events where
+the engine has them (torch on CUDA: `torch.cuda.Event` on the backend's device and
+stream; TensorRT: cudart events on its stream), recorded after each step is enqueued
+and read after the loop, so no host sync happens inside it; `perf_counter` for
+synchronous CPU engines; and, for an asynchronous engine without events (ONNX
+Runtime's CUDA provider), a sync per step, only when profiling was asked for, named
+`host_sync` in the report so nobody mistakes enqueue time for GPU time. Each `range("sampler")` opened while steps are timed starts a
 new sampler call, so the work between calls (a long video's per-window VAE
 decode) is in no step. When torch sees a CUDA device, every stage and every
 step is also an NVTX range (for Nsight Systems); otherwise the ranges are no-ops.
@@ -49,6 +53,9 @@ from .errors import OutputError
 
 __all__ = [
     "Profiler",
+    "StepClock",
+    "HostClock",
+    "SyncHostClock",
     "RunRecord",
     "write_json_atomic",
     "check_report_paths",
@@ -203,18 +210,83 @@ class _Nvtx:
             self._nvtx.range_end(range_id)
 
 
+class StepClock:
+    """Marks the end of each sampler step and reads the times after the loop.
+
+    `kind` names the method for reports: "cuda_events", "perf_counter" or "host_sync".
+    `needs_sync`: marking synchronizes the device (so it is used only when asked for).
+    """
+
+    kind = "perf_counter"
+    needs_sync = False
+
+    def mark(self) -> Any:
+        return time.perf_counter()
+
+    def wait(self, last: Any) -> None:
+        """Block until the `last` mark has happened (after the loop)."""
+
+    def elapsed_ms(self, a: Any, b: Any) -> float:
+        return (b - a) * 1e3
+
+    def done(self) -> None:
+        """The marks were read: release them (device events)."""
+
+
+class HostClock(StepClock):
+    """The host clock: exact for engines whose calls return when the work is done (CPU)."""
+
+
+class SyncHostClock(StepClock):
+    """The host clock after a device sync: for asynchronous engines without device events."""
+
+    kind = "host_sync"
+    needs_sync = True
+
+    def __init__(self, sync):
+        self._sync = sync
+
+    def mark(self) -> float:
+        self._sync()
+        return time.perf_counter()
+
+
+class TorchCudaClock(StepClock):
+    """`torch.cuda.Event`s on a device's current stream (cuda:N: that device's, not GPU 0's)."""
+
+    kind = "cuda_events"
+
+    def __init__(self, device):
+        self.torch = _torch()
+        self.device = self.torch.device(device)
+
+    def mark(self) -> Any:
+        ev = self.torch.cuda.Event(enable_timing=True)
+        ev.record(self.torch.cuda.current_stream(self.device))
+        return ev
+
+    def wait(self, last: Any) -> None:
+        last.synchronize()
+
+    def elapsed_ms(self, a: Any, b: Any) -> float:
+        return a.elapsed_time(b)
+
+
 class Profiler:
     """Collects stage ranges, per-step times and memory over one or more generations.
 
     Args:
-        device: the pipeline's device ("cpu", "cuda", "cuda:N"); CUDA events and NVTX only on CUDA.
+        device: the pipeline's device ("cpu", "cuda", "cuda:N"); NVTX and memory only on CUDA.
         trace: keep host timestamps for a Chrome trace (`write_trace`).
         nvtx: emit NVTX ranges (default: when torch + CUDA are present).
+        clock: how steps are timed (`Backend.step_clock()`); default: CUDA events on
+            `device` when torch is loaded and sees CUDA, else the host clock.
     """
 
-    def __init__(self, device: str = "cpu", trace: bool = False, nvtx: bool | None = None):
+    def __init__(self, device: str = "cpu", trace: bool = False, nvtx: bool | None = None, clock: StepClock | None = None):
         self.device = str(device)
         self.cuda = _cuda_on(self.device)
+        self.clock = clock or (TorchCudaClock(self.device) if self.cuda else HostClock())
         self.nvtx = _Nvtx(self.cuda if nvtx is None else (nvtx and self.cuda))
         self.trace = trace
         self.runs: list[RunRecord] = []
@@ -233,7 +305,7 @@ class Profiler:
 
     @property
     def step_timer(self) -> str:
-        return "cuda_events" if self.cuda else "perf_counter"
+        return self.clock.kind
 
     # --- host ranges -----------------------------------------------------------------
     def _us(self, t: float) -> float:
@@ -305,11 +377,7 @@ class Profiler:
 
     # --- sampler steps (called from the step hook: no host sync) ---------------------
     def _mark(self) -> Any:
-        if self.cuda:
-            ev = _torch().cuda.Event(enable_timing=True)
-            ev.record()
-            return ev
-        return time.perf_counter()
+        return self.clock.mark()
 
     def _nvtx_step_open(self, name: str) -> None:
         self._nvtx_step_close()
@@ -363,16 +431,13 @@ class Profiler:
         self._nvtx_step_close()
         self._timing = False
         marks, starts = self._steps, self._calls
-        if self.cuda and marks:
-            marks[-1].synchronize()  # the last mark: every earlier one has completed too
+        if marks:
+            self.clock.wait(marks[-1])  # the last mark: every earlier one has completed too
         bounds = [*starts, len(marks)]
         calls: list[list[float]] = []
         for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
             seg = marks[a:b]
-            if self.cuda:
-                ms = [x.elapsed_time(y) for x, y in zip(seg[:-1], seg[1:])]
-            else:
-                ms = [(y - x) * 1e3 for x, y in zip(seg[:-1], seg[1:])]
+            ms = [self.clock.elapsed_ms(x, y) for x, y in zip(seg[:-1], seg[1:])]
             if not ms:
                 continue
             args = {} if self._group is None else {"group": self._group.meta.get("index")}
@@ -383,6 +448,7 @@ class Profiler:
                 self._add_event(f"step {i}", t, d / 1e3, tid=2, args=args or None)
                 t += d / 1e3
             calls.append(ms)
+        self.clock.done()
         flat = [v for c in calls for v in c]
         target = self._group if self._group is not None else self._run()
         target.step_ms, target.step_ms_by_call = flat, calls

@@ -1,9 +1,33 @@
-"""Rectified-flow sampling: small pure functions over arrays (numpy or torch alike).
+"""The sampler: every choice it makes (time grid, solver, guidance) as data, and its one loop.
 
-Convention: t runs from 0 (noise x0) to 1 (data x1), x_t = t * x1 + (1 - t) * x0,
-and the model predicts the velocity v = dx/dt = x1 - x0. Euler steps on a
-uniform grid of `steps` intervals. Classifier-free guidance combines the two
-halves of one 2B batch: v = v_u + w * (v_c - v_u).
+Convention (rectified flow): t runs from 0 (noise x0) to 1 (data x1), x_t = t x1 + (1 - t) x0,
+and the model predicts the velocity v = dx/dt = x1 - x0.
+
+The division of labour (k-diffusion's shape: the schedule is data, the solver is data):
+
+- This module (numpy, torch-free) turns `SamplerOptions` into tables: the time grid
+  (`time_grid`, optionally SD3-shifted), the guidance branches and their weights
+  (`guidance`), and the solver's per-stage coefficients (`solver_table`). It also owns
+  the loop (`sample_loop` over `solver_step`), generic over array types.
+- The guided stage itself (the model on the G*B branch batch, the guidance combine, the
+  solver update) is written once, in torch, in `v2m.runtime.backends.torch_step.guided_stage`;
+  it is run eagerly, compiled, captured in a CUDA graph, and exported as the `step`
+  graph that ONNX Runtime and TensorRT run. A backend supplies the stage call and its
+  buffers, never its own loop, combine or update.
+
+One stage k (of `stages` per step) computes, with c = coef[k]:
+
+    x_in  = c_in * x_eval
+    out   = sum_g w_g * model_g(x_in, k)          # guidance over G branches, one batch
+    d     = p * x_eval + q * out                   # the solver's derivative (RF: d = v)
+    x_out = cx * x_base + ca * d + cb * d_prev + cn * noise[k % N]
+
+where x_eval is x_base at a step's first stage and the previous stage's x_out after it,
+d_prev is the previous stage's d, and x_base becomes the last stage's x_out. Euler is one
+stage (x + dt v); Heun is two (the trapezoidal rule: x + dt/2 (v(x, t_i) + v(x~, t_i+1))),
+on every interval including the last. The same form holds multistep solvers in
+denoised space and noise-injecting ones (the `cn` column), so other model families plug
+in as tables, not as code.
 """
 
 from __future__ import annotations
@@ -18,13 +42,22 @@ import numpy as np
 __all__ = [
     "SOLVERS",
     "MAX_STEPS",
+    "COEF_COLUMNS",
     "SamplerOptions",
+    "Branch",
+    "Guidance",
+    "Conditioning",
+    "SolverTable",
+    "Plan",
     "time_grid",
     "timesteps",
     "schedule_key",
+    "guidance",
+    "branch_batch",
+    "solver_table",
+    "solver_step",
+    "sample_loop",
     "initial_noise",
-    "euler",
-    "cfg_combine",
     "resolve_seed",
 ]
 
@@ -68,6 +101,8 @@ class SamplerOptions:
             raise ValueError(f"shift must be > 0, got {self.shift!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if self.curve_guidance and not self.use_curve:
+            raise ValueError("curve guidance needs the curve: drop --no-curve or --curve-guidance")
         object.__setattr__(self, "steps", int(self.steps))
         for name in ("cfg_scale", "curve_guidance", "shift"):
             object.__setattr__(self, name, float(getattr(self, name)))
@@ -95,12 +130,234 @@ def timesteps(steps: int) -> np.ndarray:
     return np.linspace(0.0, 1.0, steps + 1)
 
 
-def schedule_key(ts: np.ndarray) -> str:
-    """A content key for a timestep grid (two schedules of equal length may differ): what
-    backends key their per-schedule caches (modulations, t/dt tables, step graphs) by."""
+def schedule_key(*arrays: np.ndarray) -> str:
+    """A content key over arrays (a time grid, a solver table): what backends key their
+    per-schedule caches (modulations, coefficient tables, captured step graphs) by. Two
+    schedules of equal length may differ, so the key is over the values."""
     import hashlib
 
-    return hashlib.sha1(np.ascontiguousarray(ts, dtype=np.float64).tobytes()).hexdigest()[:16]
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+# --- guidance -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Branch:
+    """One conditioning of the guidance batch: which text, and whether the curve is in."""
+
+    name: str  # "cond", "uncond" or "nocurve"
+    text: str  # "prompt", "negative" (the negative prompt) or "null" (zero embeddings, the prompt's mask)
+    curve: bool
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """The branches the model runs on (stacked branch-major into one G*B batch) and their weights.
+
+    The guided output is sum_g weights[g] * out_g, i.e.
+    out_u + w (out_c - out_u) + w_curve (out_c - out_nocurve) written per branch.
+    """
+
+    branches: tuple[Branch, ...]
+    weights: np.ndarray  # (G,) float64
+
+    @property
+    def size(self) -> int:
+        return len(self.branches)
+
+
+def guidance(opts: SamplerOptions, uncond_keeps_curve: bool = True, has_negative: bool = False) -> Guidance:
+    """Branches and weights of classifier-free guidance (text), optionally with curve guidance.
+
+    - cond: the prompt and the curve (zeros with `use_curve=False`): weight w + w_curve.
+    - uncond: the negative prompt (else zero embeddings with the prompt's mask) and the
+      curve if the bundle keeps it there: weight 1 - w. Dropped when w = 1 (weight 0).
+    - nocurve: the prompt without the curve, only with curve guidance: weight -w_curve.
+    """
+    w, wc = opts.cfg_scale, opts.curve_guidance
+    branches = [Branch("cond", "prompt", opts.use_curve)]
+    weights = [w + wc]
+    if w != 1.0:
+        branches.append(Branch("uncond", "negative" if has_negative else "null", opts.use_curve and uncond_keeps_curve))
+        weights.append(1.0 - w)
+    if wc != 0.0:
+        branches.append(Branch("nocurve", "prompt", False))
+        weights.append(-wc)
+    return Guidance(tuple(branches), np.asarray(weights, dtype=np.float64))
+
+
+@dataclass
+class Conditioning:
+    """What B videos are conditioned on (numpy, float32).
+
+    Attributes:
+        curve: (B, 1, L) event curves.
+        text, text_mask: (B, S, E), (B, S) prompt embeddings and key mask.
+        negative_text, negative_mask: the negative prompt's, same shapes, or None.
+    """
+
+    curve: np.ndarray
+    text: np.ndarray
+    text_mask: np.ndarray
+    negative_text: np.ndarray | None = None
+    negative_mask: np.ndarray | None = None
+
+    def __post_init__(self):
+        b, _, _ = self.curve.shape
+        if self.text.shape[0] != b or self.text_mask.shape != self.text.shape[:2]:
+            raise ValueError(f"conditioning shapes disagree: curve {self.curve.shape}, text {self.text.shape}, "
+                             f"mask {self.text_mask.shape}")
+        if (self.negative_text is None) != (self.negative_mask is None):
+            raise ValueError("negative_text and negative_mask go together")
+        if self.negative_text is not None and (
+            self.negative_text.shape != self.text.shape or self.negative_mask.shape != self.text_mask.shape
+        ):
+            raise ValueError(f"negative prompt shapes {self.negative_text.shape} differ from the prompt's {self.text.shape}")
+
+    @property
+    def batch(self) -> int:
+        return self.curve.shape[0]
+
+    @property
+    def has_negative(self) -> bool:
+        return self.negative_text is not None
+
+
+def branch_batch(g: Guidance, cond: Conditioning) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The G*B model batch of a guidance plan, branch-major: curves (G*B, 1, L), text
+    (G*B, S, E), mask (G*B, S), float32."""
+    curves, texts, masks = [], [], []
+    for br in g.branches:
+        curves.append(cond.curve if br.curve else np.zeros_like(cond.curve))
+        if br.text == "prompt":
+            texts.append(cond.text)
+            masks.append(cond.text_mask)
+        elif br.text == "negative":
+            if cond.negative_text is None:
+                raise ValueError("the guidance plan has a negative branch but the conditioning has no negative prompt")
+            texts.append(cond.negative_text)
+            masks.append(cond.negative_mask)
+        else:  # null: zero embeddings with the prompt's mask
+            texts.append(np.zeros_like(cond.text))
+            masks.append(cond.text_mask)
+    f32 = lambda xs: np.ascontiguousarray(np.concatenate(xs), dtype=np.float32)
+    return f32(curves), f32(texts), f32(masks)
+
+
+# --- solvers as tables ----------------------------------------------------------------------
+COEF_COLUMNS = ("c_in", "p", "q", "cx", "ca", "cb", "cn")
+
+
+@dataclass(frozen=True)
+class SolverTable:
+    """A solver unrolled over a time grid: one row per model evaluation (stage).
+
+    Attributes:
+        t_model: (K,) float64, the time the model sees at each stage (its timestep input).
+        coef: (K, 7) float32, the stage coefficients in `COEF_COLUMNS` order (see module doc).
+        stages: stages per step (K = steps * stages).
+        solver: its name, for logs and keys.
+    """
+
+    t_model: np.ndarray
+    coef: np.ndarray
+    stages: int
+    solver: str
+
+    @property
+    def steps(self) -> int:
+        return self.coef.shape[0] // self.stages
+
+    @property
+    def key(self) -> str:
+        """Content key: what per-schedule caches and captured step graphs are keyed by."""
+        return schedule_key(self.t_model, self.coef, np.asarray([self.stages]))
+
+    @property
+    def stochastic(self) -> bool:
+        return bool(np.any(self.coef[:, COEF_COLUMNS.index("cn")] != 0))
+
+
+def _row(c_in=1.0, p=0.0, q=1.0, cx=1.0, ca=0.0, cb=0.0, cn=0.0) -> list[float]:
+    return [c_in, p, q, cx, ca, cb, cn]
+
+
+def solver_table(ts: np.ndarray, solver: str = "euler") -> SolverTable:
+    """The rectified-flow solvers over a time grid `ts` (t_0 = 0 ... t_N = 1).
+
+    euler: x_{i+1} = x_i + dt_i v(x_i, t_i).
+    heun:  x~ = x_i + dt_i v(x_i, t_i);  x_{i+1} = x_i + dt_i / 2 (v(x_i, t_i) + v(x~, t_{i+1})),
+           on every interval, the last included (the model is evaluated at t = 1).
+    """
+    ts = np.asarray(ts, dtype=np.float64)
+    dts = np.diff(ts)
+    if solver == "euler":
+        t_model = ts[:-1]
+        rows = [_row(ca=dt) for dt in dts]
+        stages = 1
+    elif solver == "heun":
+        t_model = np.stack([ts[:-1], ts[1:]], axis=1).reshape(-1)  # (2N,) t_i, t_{i+1} interleaved
+        rows = []
+        for dt in dts:
+            rows.append(_row(ca=dt))  # predictor: x~ (the stage's x_out), d = v_i
+            rows.append(_row(ca=dt / 2, cb=dt / 2))  # corrector: x_i + dt/2 (v(x~) + v_i)
+        stages = 2
+    else:
+        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    return SolverTable(t_model, np.asarray(rows, dtype=np.float32), stages, solver)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a backend's `sample` needs besides the inputs: guidance and the solver table."""
+
+    options: SamplerOptions
+    guidance: Guidance
+    table: SolverTable
+
+    @classmethod
+    def make(cls, opts: SamplerOptions, uncond_keeps_curve: bool = True, has_negative: bool = False) -> Plan:
+        ts = time_grid(opts.steps, opts.shift)
+        return cls(opts, guidance(opts, uncond_keeps_curve, has_negative), solver_table(ts, opts.solver))
+
+    @property
+    def steps(self) -> int:
+        return self.table.steps
+
+
+# --- the loop -------------------------------------------------------------------------------
+StageFn = Callable[[X, X, X], tuple[X, X]]
+
+
+def solver_step(stage: StageFn, x: X, d: X, stages: int) -> tuple[X, X]:
+    """One solver step: `stages` calls of stage(x_base, x_eval, d_prev) -> (x_out, d).
+
+    The stage callable owns the stage counter k (a device tensor or an int it advances),
+    so the same function runs on the host, inside a CUDA-graph capture, and over engine
+    buffers. Returns the new x_base and the last d.
+    """
+    x_eval = x
+    for _ in range(stages):
+        x_eval, d = stage(x, x_eval, d)
+    return x_eval, d
+
+
+def sample_loop(
+    stage: StageFn, x0: X, d0: X, steps: int, stages: int, on_step: Callable[[int], None] | None = None
+) -> X:
+    """`steps` solver steps from x0 (d0: the initial d_prev, zeros). No host synchronization
+    happens here; `on_step(i)` is called after step i is enqueued (a profiler may record an
+    event there)."""
+    x, d = x0, d0
+    for i in range(steps):
+        x, d = solver_step(stage, x, d, stages)
+        if on_step is not None:
+            on_step(i)
+    return x
 
 
 def initial_noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -119,26 +376,3 @@ def resolve_seed(seed: int | None) -> int:
     return secrets.randbelow(2**31)
 
 
-def cfg_combine(v_cond: X, v_uncond: X, scale: float) -> X:
-    """Classifier-free guidance: v_u + w (v_c - v_u)."""
-    return v_uncond + scale * (v_cond - v_uncond)
-
-
-def euler(
-    velocity: Callable[[X, int, float], X],
-    x0: X,
-    ts: np.ndarray,
-    on_step: Callable[[int], None] | None = None,
-) -> X:
-    """Integrate dx/dt = velocity(x, i, t_i) from ts[0] to ts[-1] with explicit Euler.
-
-    No host synchronization happens here; `on_step(i)` is called after step i is
-    enqueued (a profiler may record an event there).
-    """
-    x = x0
-    for i in range(len(ts) - 1):
-        dt = float(ts[i + 1] - ts[i])
-        x = x + dt * velocity(x, i, float(ts[i]))
-        if on_step is not None:
-            on_step(i)
-    return x

@@ -29,11 +29,13 @@ __all__ = [
     "BuiltinTextEncoder",
     "PrecomputedText",
     "load_text_encoder",
+    "text_max_tokens",
     "tokenize",
 ]
 
 log = logging.getLogger("v2m.text")
 
+DEFAULT_MAX_TOKENS = 32  # S when a bundle's text config does not say: encoders, export profiles, engines
 BOS_ID = 1  # always present, so even an empty prompt has one unmasked key
 PAD_ID = 0
 _WORD = re.compile(r"[0-9a-z]+")
@@ -46,6 +48,12 @@ class TextEncoder(Protocol):
     def encode(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         """prompt -> (embeddings [S, E] float32, mask [S] bool)."""
         ...
+
+
+def text_max_tokens(text_cfg: dict) -> int:
+    """S, the text length every encoder pads to and every exported graph is profiled for:
+    the bundle's `text.max_tokens`, else one default for every encoder kind."""
+    return int(text_cfg.get("max_tokens", DEFAULT_MAX_TOKENS))
 
 
 def tokenize(prompt: str, vocab_size: int, max_tokens: int) -> np.ndarray:
@@ -129,7 +137,7 @@ def load_text_encoder(bundle_dir: str | Path, text_cfg: dict, text_dim: int, dev
                 f"{bundle_dir / 'text.safetensors'}: embedding.weight has shape {list(table.shape)}, "
                 f"expected [vocab, {text_dim}]"
             )
-        return BuiltinTextEncoder(table, int(text_cfg.get("max_tokens", 32)))
+        return BuiltinTextEncoder(table, text_max_tokens(text_cfg))
     if kind == "precomputed":
         return PrecomputedText(bundle_dir / text_cfg.get("file", "text.safetensors"), dim=text_dim)
     if kind == "hf":
@@ -141,5 +149,5 @@ def load_text_encoder(bundle_dir: str | Path, text_cfg: dict, text_dim: int, dev
                 f"(pip install 'v2m-runtime[torch,hf]'), or precompute embeddings ({e})"
             ) from None
         path = Path(text_cfg["path"])
-        return HFTextEncoder(path if path.is_absolute() else bundle_dir / path, int(text_cfg.get("max_tokens", 128)), text_dim, device)
+        return HFTextEncoder(path if path.is_absolute() else bundle_dir / path, text_max_tokens(text_cfg), text_dim, device)
     raise BundleError(f"{bundle_dir / 'config.json'}: unknown text encoder kind {kind!r} (builtin, precomputed or hf)")

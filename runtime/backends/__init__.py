@@ -2,7 +2,10 @@
 
 `create_backend("auto", ...)` picks the best that can run here: TensorRT on an
 NVIDIA GPU with engines or ONNX graphs, then ONNX Runtime for an exported
-bundle, then PyTorch. The log says which one ran.
+bundle, then PyTorch. `resolve_backend` makes the same choice and resolves
+`--device auto` without importing any framework (`v2m.runtime.devices` asks the CUDA
+driver): the CLI uses it to pick the default precision before anything loads. The
+log says which one ran.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ import importlib.util
 import logging
 from pathlib import Path
 
+from .. import devices
 from ..bundle import BundleConfig
 from ..errors import BackendUnavailable
-from .base import ArrayBackend, Backend
+from .base import Backend
 
-__all__ = ["Backend", "ArrayBackend", "BACKENDS", "create_backend", "available_backends"]
+__all__ = ["Backend", "BACKENDS", "create_backend", "resolve_backend", "available_backends"]
 
 log = logging.getLogger("v2m.backend")
 
@@ -63,9 +67,7 @@ def create_backend(
             differ from `precision` (e.g. "fp32" beside an fp16 DiT).
     """
     bundle_dir = Path(bundle_dir)
-    if name == "auto":
-        name = _pick_auto(bundle_dir, device)
-        log.info("backend auto -> %s", name)
+    name, device = resolve_backend(name, bundle_dir, device)
     if name == "torch":
         if not _has("torch"):
             raise BackendUnavailable("the torch backend needs PyTorch (pip install torch); or export the bundle and use --backend onnxruntime")
@@ -112,25 +114,50 @@ def _torch_backend(bundle_dir, cfg, device, precision, fast, fast_options: dict)
     return TorchBackend(bundle_dir, cfg, device=str(dev), precision=precision)
 
 
-def _pick_auto(bundle_dir: Path, device: str) -> str:
-    have = available_backends()
-    exported = _is_exported(bundle_dir)
-    gpu = device.startswith("cuda") or device == "auto"
-    if exported and gpu and have["tensorrt"]:
-        return "tensorrt"
-    if have["torch"] and (bundle_dir / "dit.safetensors").is_file():
-        if gpu:
-            import torch
+def _has_ort_cuda() -> bool:
+    if not _has("onnxruntime"):
+        return False
+    import onnxruntime
 
-            if torch.cuda.is_available():
-                return "torch"
-        if not (exported and have["onnxruntime"]):
-            return "torch"
-    if exported and have["onnxruntime"]:
-        return "onnxruntime"
-    if have["torch"]:
-        return "torch"
-    raise BackendUnavailable(
-        f"no backend can run {bundle_dir}: install torch for a PyTorch bundle, or export it "
-        "(`v2m export`) and install onnxruntime"
-    )
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def resolve_backend(name: str, bundle_dir: str | Path, device: str) -> tuple[str, str]:
+    """(backend, device) with "auto" resolved, without importing torch, onnxruntime's CUDA
+    libraries or TensorRT: a GPU is what the CUDA driver reports.
+
+    Backend auto: TensorRT for an exported bundle on a GPU; else torch for a bundle with
+    weights (on the GPU when there is one); else ONNX Runtime for an exported bundle;
+    else torch. Device auto: cuda when a GPU is visible and the backend can use it.
+    """
+    bundle_dir = Path(bundle_dir)
+    kind, _ = devices.parse_device(device)
+    if name not in (*BACKENDS, "auto"):
+        raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or auto")
+    gpu = kind == "cuda" or (kind == "auto" and devices.cuda_device_count() > 0)
+    if name == "auto":
+        have = available_backends()
+        exported = _is_exported(bundle_dir)
+        weights = (bundle_dir / "dit.safetensors").is_file()
+        if exported and gpu and have["tensorrt"]:
+            name = "tensorrt"
+        elif have["torch"] and weights and (gpu or not (exported and have["onnxruntime"])):
+            name = "torch"
+        elif exported and have["onnxruntime"]:
+            name = "onnxruntime"
+        elif have["torch"]:
+            name = "torch"
+        else:
+            raise BackendUnavailable(
+                f"no backend can run {bundle_dir}: install torch for a PyTorch bundle, or export it "
+                "(`v2m export`) and install onnxruntime"
+            )
+        log.info("backend auto -> %s", name)
+    if kind == "auto":
+        can_gpu = {"tensorrt": True, "onnxruntime": _has_ort_cuda(), "torch": True}[name]
+        device = "cuda" if gpu and can_gpu else "cpu"
+        if gpu and not can_gpu:
+            log.warning("a GPU is visible but this onnxruntime has no CUDA provider; running on the CPU "
+                        "(pip install 'v2m-runtime[ort-gpu]' for the GPU)")
+        log.info("device auto -> %s", device)
+    return name, device

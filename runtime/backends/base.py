@@ -4,13 +4,13 @@ A backend owns the three networks of a bundle in its own engine (PyTorch,
 ONNX Runtime, TensorRT) and exposes exactly what the pipeline needs:
 
 - `encode_frames(pixels [N, 3, H, W] float32) -> features [N, D]`
-- `sample(noise, curve, text, text_mask, ts, cfg_scale, uncond_keeps_curve) -> latents`
-  (the whole sampler loop, so a backend may capture it in a CUDA graph)
+- `sample(noise, cond, plan) -> latents`: the sampler over `v2m.runtime.sampler`'s plan
+  (guidance branches, solver table) and loop; the backend supplies the guided stage
+  (`backends.torch_step.guided_stage`, eager, compiled, captured, or as the exported `step`
+  graph) and its buffers, never its own loop, combine or solver update.
 - `decode(latents [B, C, L]) -> audio [B, 2, L * hop]`
-
-`ArrayBackend` implements `sample` once, generically, on top of a per-step
-`velocity` call over the backend's native arrays; backends override it only
-for a faster path.
+- `max_batch(g)`: how many videos one `sample` call may take with g guidance branches
+  (an engine's optimization profile bounds it; None: unbounded).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from ..sampler import cfg_combine, euler
+from ..errors import InputError
+from ..sampler import Conditioning, Plan, branch_batch
 
-__all__ = ["Backend", "ArrayBackend", "StepHook"]
+__all__ = ["Backend", "StepHook", "EngineCall"]
 
 log = logging.getLogger("v2m.backend")
 
@@ -44,19 +45,34 @@ class Backend(abc.ABC):
     def sample(
         self,
         noise: np.ndarray,
-        curve: np.ndarray,
-        text: np.ndarray,
-        text_mask: np.ndarray,
-        ts: np.ndarray,
-        cfg_scale: float,
-        uncond_keeps_curve: bool = True,
+        cond: Conditioning,
+        plan: Plan,
         on_step: StepHook | None = None,
+        stage_noise: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Run the sampler from noise [B, C, L] to latents [B, C, L] (float32 numpy)."""
+        """Run the sampler from noise [B, C, L] to latents [B, C, L] (float32 numpy).
+
+        Args:
+            cond: curves, prompt (and negative prompt) embeddings of the B videos.
+            plan: guidance branches and weights, the solver table (`sampler.Plan.make`).
+            on_step: called with the step index after each step is enqueued (no sync).
+            stage_noise: (N, B, C, L) noise of noise-injecting solvers (None: none).
+        """
 
     @abc.abstractmethod
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Latents [B, C, L] -> audio [B, 2, L * hop] float32 numpy."""
+
+    def max_batch(self, guidance_size: int) -> int | None:
+        """Videos per `sample` call with `guidance_size` branches; None when unbounded."""
+        return None
+
+    def step_clock(self):
+        """How sampler steps are timed (`v2m.runtime.profiler.StepClock`); default: the host
+        clock, exact for engines that return when the work is done."""
+        from ..profiler import HostClock
+
+        return HostClock()
 
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on CPU). Profilers call it; the sampler does not."""
@@ -68,39 +84,18 @@ class Backend(abc.ABC):
         """Release engines and buffers."""
 
 
-class ArrayBackend(Backend):
-    """`sample` written once over native arrays; subclasses supply array ops and one DiT step."""
+class EngineCall:
+    """One sampler call of an engine backend, its shapes and branch batch (numpy, float32)."""
 
-    @abc.abstractmethod
-    def to_native(self, a: np.ndarray) -> Any: ...
-
-    @abc.abstractmethod
-    def to_numpy(self, a: Any) -> np.ndarray: ...
-
-    @abc.abstractmethod
-    def concat(self, arrays: list[Any]) -> Any: ...
-
-    @abc.abstractmethod
-    def velocity(self, x: Any, curve: Any, t: Any, text: Any, text_mask: Any) -> Any:
-        """One DiT forward on native arrays: [2B, C, L] -> [2B, C, L]."""
-
-    def prepare_text(self, text: Any, text_mask: Any) -> tuple[Any, Any]:
-        """Hook for hoisting per-generation text work; default: pass through."""
-        return text, text_mask
-
-    def sample(self, noise, curve, text, text_mask, ts, cfg_scale, uncond_keeps_curve=True, on_step=None):
-        b = noise.shape[0]
-        # Cond and uncond stacked in one batch of 2B: one forward per step.
-        text2 = np.concatenate([text, np.zeros_like(text)]).astype(np.float32)
-        mask2 = np.concatenate([text_mask, text_mask]).astype(np.float32)
-        curve_u = curve if uncond_keeps_curve else np.zeros_like(curve)
-        curve2 = self.to_native(np.concatenate([curve, curve_u]).astype(np.float32))
-        text2, mask2 = self.prepare_text(self.to_native(text2), self.to_native(mask2))
-        t_all = [self.to_native(np.full(2 * b, t, dtype=np.float32)) for t in ts[:-1]]
-
-        def guided(x, i, _t):
-            v = self.velocity(self.concat([x, x]), curve2, t_all[i], text2, mask2)
-            return cfg_combine(v[:b], v[b:], cfg_scale)
-
-        x = euler(guided, self.to_native(noise.astype(np.float32)), ts, on_step)
-        return self.to_numpy(x)
+    def __init__(self, backend: Backend, noise: np.ndarray, cond: Conditioning, plan: Plan, stage_noise, what: str):
+        self.b, self.c, self.n = noise.shape
+        self.g = plan.guidance.size
+        limit = backend.max_batch(self.g)
+        if limit is not None and self.b > limit:
+            raise InputError(f"{self.b} videos in one sampler call exceed {what} ({limit} with {self.g} guidance "
+                             "branches); sample fewer at once")
+        self.curve, self.text, self.mask = branch_batch(plan.guidance, cond)  # (G*B, 1, L), (G*B, S, E), (G*B, S)
+        self.s = self.text.shape[1]
+        self.n_noise = 1 if stage_noise is None else stage_noise.shape[0]
+        self.noise = (np.zeros((1, self.b, self.c, self.n), np.float32) if stage_noise is None
+                      else np.ascontiguousarray(stage_noise, dtype=np.float32))

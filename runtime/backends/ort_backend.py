@@ -1,26 +1,35 @@
-"""ONNX Runtime backend: the exported graphs of a bundle on CPU, CUDA or ORT's TensorRT provider.
+"""ONNX Runtime backend: the exported graphs of a bundle on CPU or CUDA.
 
-Needs an exported bundle (`v2m export`: `manifest.json` + `onnx/`), onnxruntime,
-and nothing else: no torch, no onnx. The manifest is checked first (graph
-hashes, config sections), then one `InferenceSession` per graph.
+Needs an exported bundle (`v2m export`: `manifest.json` + `onnx/<precision>/`),
+onnxruntime, and nothing else: no torch, no onnx. The manifest is checked first
+(graph hashes, config sections), then one `InferenceSession` per graph of the
+backend's precision.
 
-The sampler loop runs on bound buffers (IOBinding): the DiT writes its velocity
-into a preallocated buffer and the exported `step` graph applies the guided
-Euler update and writes the next doubled batch, ping-ponging between two sets
-of buffers. On CUDA nothing crosses to the host between the first and the
-last step; on CPU the same code runs (and is what the tests exercise).
+The sampler (`v2m.runtime.sampler.sample_loop`) drives the exported `step` graph, the
+one guided-stage definition (`backends.torch_step.guided_stage`), over bound device buffers
+(IOBinding): the `text` graph writes the text keys/values once per generation and the
+`schedule` graph the modulations of every stage once per solver table, straight into
+the buffers the step reads. The step's state rotates through a small ring of buffers
+(x: two bases and a stage scratch; d and k: two each), so nothing crosses to the host
+between the first and the last stage, and runs carry
+`disable_synchronize_execution_providers` so no run waits for the device.
 
-Providers: `--device cpu` -> CPUExecutionProvider. `--device cuda[:N]` ->
-CUDAExecutionProvider for fp32; for fp16 the TensorRT provider when this
-onnxruntime has it (engines cached under `<bundle>/engines/ort-trt/`, profiles
-from the manifest), else fp32 on CUDA with a warning. The graphs hold no
-precomputed text keys/values: one DiT graph takes the text every step.
+CUDA graphs (CUDA provider, on by default): the ring repeats every two steps, so each
+of its 2 x stages bindings is captured once as its own graph (`gpu_graph_id`) and
+replayed; every other input lives in a per-shape buffer that generations update in
+place. If this onnxruntime cannot capture the step graph, the backend logs it and runs
+uncaptured.
+
+Devices: `cpu` -> CPUExecutionProvider (fp32 graphs). `cuda[:N]` -> CUDAExecutionProvider
+with the graphs of the chosen precision (fp16/bf16 exports are strongly typed with fp32
+islands, the same graphs TensorRT builds from).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -30,24 +39,24 @@ from ..bundle import BundleConfig
 from ..encoders import is_weight_free
 from ..errors import BackendUnavailable, BundleError
 from ..manifest import Manifest, load_manifest
-from .base import ArrayBackend
+from ..sampler import Conditioning, Plan, SolverTable, sample_loop
+from .base import Backend, EngineCall
 
-__all__ = ["OrtBackend", "GRAPHS", "parse_device"]
+__all__ = ["OrtBackend", "GRAPHS", "parse_device", "StageRing"]
 
 log = logging.getLogger("v2m.backend.ort")
 
-GRAPHS = ("encoder", "dit", "vae", "step")
+GRAPHS = ("encoder", "vae", "text", "schedule", "step")
+_NP = {"fp32": np.float32, "fp16": np.float16}
 
 
 def parse_device(device: str) -> tuple[str, int]:
-    """"cpu" | "cuda" | "cuda:N" | "auto" -> (ORT device type, device id)."""
-    if device == "auto":
-        device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    """"cpu" | "cuda" | "cuda:N" -> (ORT device type, device id)."""
     if device == "cpu":
         return "cpu", 0
     kind, _, idx = device.partition(":")
     if kind != "cuda" or (idx and not idx.isdigit()):
-        raise BackendUnavailable(f"device {device!r} is not one of cpu, cuda, cuda:N, auto")
+        raise BackendUnavailable(f"device {device!r} is not one of cpu, cuda, cuda:N")
     return "cuda", int(idx or 0)
 
 
@@ -58,12 +67,80 @@ def _cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _shape_option(profile: dict[str, dict[str, list[int]]], which: str) -> str:
-    """ORT TensorRT provider profile string: 'x:2x64x1,t:2'."""
-    return ",".join(f"{name}:{'x'.join(str(d) for d in p[which])}" for name, p in profile.items())
+class StageRing:
+    """Which buffers stage call n of a solver with `stages` stages a step reads and writes.
+
+    x: X0/X1 hold the step's base (alternating each step), XE the scratch of a step's
+    non-final stages; d and k alternate every stage call. No output aliases an input,
+    and the pattern repeats every 2 x stages calls: call n uses binding `n % period`,
+    which is what a captured graph is keyed by.
+    """
+
+    def __init__(self, stages: int):
+        self.stages = stages
+        self.period = 2 * stages
+
+    def binding(self, n: int) -> dict[str, str]:
+        step, s = divmod(n, self.stages)
+        base = "X0" if step % 2 == 0 else "X1"
+        last = s == self.stages - 1
+        return {
+            "x": base,
+            "x_eval": base if s == 0 else "XE",
+            "d_prev": "D0" if n % 2 == 0 else "D1",
+            "k": "K0" if n % 2 == 0 else "K1",
+            "x_out": ("X1" if base == "X0" else "X0") if last else "XE",
+            "d": "D1" if n % 2 == 0 else "D0",
+            "k_next": "K1" if n % 2 == 0 else "K0",
+        }
 
 
-class OrtBackend(ArrayBackend):
+class _Shape:
+    """Per-(shape, solver table) device buffers the step graph reads; stable addresses so
+    captured graphs stay valid across generations (inputs are updated in place)."""
+
+    def __init__(self, backend: OrtBackend, b: int, c: int, n: int, s: int, g: int, table: SolverTable, n_noise: int):
+        put, empty = backend._put, backend._empty
+        md = backend.model_np
+        cfg = backend.cfg.dit
+        depth, heads, width = int(cfg["depth"]), int(cfg["heads"]), int(cfg["width"])
+        x = lambda: empty((b, c, n), np.float32)
+        self.bufs = {"X0": x(), "X1": x(), "XE": x(), "D0": x(), "D1": x(),
+                     "K0": empty((1,), np.int64), "K1": empty((1,), np.int64)}
+        self.noise = empty((n_noise, b, c, n), np.float32)
+        self.weights = empty((g,), np.float32)
+        self.curve = empty((g * b, 1, n), np.float32)
+        self.text_kv = empty((depth, 2, g * b, heads, s, width // heads), md)
+        self.text_bias = empty((g * b, 1, 1, s), md)
+        self.coef = put(np.ascontiguousarray(table.coef, dtype=np.float32))
+        k = len(table.t_model)
+        self.mods, self.finals = empty((depth, k, 6, width), md), empty((k, 2, width), md)
+        sched = backend.sessions["schedule"]
+        io = sched.io_binding()
+        t = put(np.asarray(table.t_model, dtype=np.float32))
+        io.bind_ortvalue_input("t_model", t)
+        io.bind_ortvalue_output("mods", self.mods)
+        io.bind_ortvalue_output("finals", self.finals)
+        sched.run_with_iobinding(io)  # once per solver table and shape
+        self.ring = StageRing(table.stages)
+        self.graph_base: int | None = None  # first gpu_graph_id of this shape's captured bindings
+        self.bindings: list = []
+        step = backend.sessions["step"]
+        for phase in range(self.ring.period):
+            names = self.ring.binding(phase)
+            io = step.io_binding()
+            for name in ("x", "x_eval", "d_prev", "k"):
+                io.bind_ortvalue_input(name, self.bufs[names[name]])
+            for name, value in (("coef", self.coef), ("noise", self.noise), ("weights", self.weights),
+                                ("mods", self.mods), ("finals", self.finals), ("curve", self.curve),
+                                ("text_kv", self.text_kv), ("text_bias", self.text_bias)):
+                io.bind_ortvalue_input(name, value)
+            for name in ("x_out", "d", "k_next"):
+                io.bind_ortvalue_output(name, self.bufs[names[name]])
+            self.bindings.append(io)
+
+
+class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(
@@ -73,66 +150,62 @@ class OrtBackend(ArrayBackend):
         device: str = "cpu",
         precision: str = "fp32",
         threads: int | None = None,
+        cuda_graphs: bool | None = None,
+        max_shapes: int = 2,
     ):
         self.bundle_dir = Path(bundle_dir)
         self.cfg = cfg
-        self.manifest: Manifest = load_manifest(self.bundle_dir)
-        # A weight-free frame encoder (cut, motion) runs in the pipeline: no `encoder` graph.
-        self.graphs = tuple(g for g in GRAPHS if g != "encoder" or not is_weight_free(cfg.encoder))
-        self.manifest.verify(cfg, self.graphs)
+        if device == "auto":
+            device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
         self.device_type, self.device_id = parse_device(device)
         self.device = self.device_type if self.device_type == "cpu" else f"cuda:{self.device_id}"
         available = ort.get_available_providers()
-        use_trt_ep = False
         if precision not in ("fp32", "fp16", "bf16"):
             raise BackendUnavailable(f"precision {precision!r} is not one of fp32, fp16, bf16")
-        if self.device_type == "cpu":
-            if precision != "fp32":
-                raise BackendUnavailable(
-                    f"the onnxruntime backend runs the exported fp32 graphs on CPU; use --precision fp32 (got {precision})"
-                )
-        else:
-            if "CUDAExecutionProvider" not in available:
-                raise BackendUnavailable(
-                    f"--device {device} asked for, but this onnxruntime has no CUDA provider ({', '.join(available)}); "
-                    "install onnxruntime-gpu (`pip install 'v2m-runtime[ort-gpu]'`, never together with onnxruntime) or use --device cpu"
-                )
-            if precision != "fp32":
-                use_trt_ep = "TensorrtExecutionProvider" in available and precision == "fp16"
-                if not use_trt_ep:
-                    log.warning("onnxruntime on CUDA runs the fp32 graphs (%s needs ORT's TensorRT provider); running fp32", precision)
-                    precision = "fp32"
+        if self.device_type == "cpu" and precision != "fp32":
+            raise BackendUnavailable(
+                f"the onnxruntime backend runs the exported fp32 graphs on CPU; use --precision fp32 (got {precision})"
+            )
+        if self.device_type == "cuda" and "CUDAExecutionProvider" not in available:
+            raise BackendUnavailable(
+                f"--device {device} asked for, but this onnxruntime has no CUDA provider ({', '.join(available)}); "
+                "install onnxruntime-gpu (`pip install 'v2m-runtime[ort-gpu]'`, never together with onnxruntime) or use --device cpu"
+            )
+        if precision == "bf16":
+            raise BackendUnavailable("the onnxruntime backend cannot feed bf16 graphs from numpy; use --precision fp16 "
+                                     "or --backend tensorrt for bf16")
         self.precision = precision
+        self.model_np = _NP[precision]
+        self.manifest: Manifest = load_manifest(self.bundle_dir)
+        # A weight-free frame encoder (cut, motion) runs in the pipeline: no `encoder` graph.
+        self.graphs = tuple(g for g in GRAPHS if g != "encoder" or not is_weight_free(cfg.encoder))
+        self.manifest.verify(self.cfg, self.graphs, precision)
         self.threads = threads or _cpu_threads()
-        self.sessions = {name: self._session(name, use_trt_ep) for name in self.graphs}
-        self.providers = self.sessions["dit"].get_providers()
-        log.info("onnxruntime %s: %s on %s, %s", ort.__version__, ", ".join(self.providers), self.device, precision)
+        self.cuda_graphs = self.device_type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
+        if self.cuda_graphs and self.device_type != "cuda":
+            raise BackendUnavailable("ONNX Runtime CUDA graphs need --device cuda")
+        self.sessions = {name: self._session(name) for name in self.graphs}
+        self.providers = self.sessions["step"].get_providers()
+        self.run_options = ort.RunOptions()
+        # no wait for the device after each run: the host only waits when it reads a result
+        self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        self.max_shapes = max_shapes
+        self._shapes: OrderedDict[tuple, _Shape] = OrderedDict()
+        self._next_graph_id = 0
+        self._last_k: ort.OrtValue | None = None
+        log.info("onnxruntime %s: %s on %s, %s graphs%s", ort.__version__, ", ".join(self.providers), self.device,
+                 precision, ", CUDA graphs for the step" if self.cuda_graphs else "")
 
     # --- sessions ---------------------------------------------------------------------------
-    def _providers(self, name: str, use_trt_ep: bool) -> list:
+    def _providers(self, name: str) -> list:
         if self.device_type == "cpu":
             return ["CPUExecutionProvider"]
-        providers: list = []
-        if use_trt_ep and name != "step":  # the Euler update stays fp32 (CUDA provider)
-            cache = self.bundle_dir / "engines" / "ort-trt"
-            cache.mkdir(parents=True, exist_ok=True)
-            profile = self.manifest.graph(name).profile
-            providers.append(("TensorrtExecutionProvider", {
-                "device_id": self.device_id,
-                "trt_fp16_enable": True,
-                "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(cache),
-                "trt_timing_cache_enable": True,
-                "trt_timing_cache_path": str(cache),
-                "trt_profile_min_shapes": _shape_option(profile, "min"),
-                "trt_profile_opt_shapes": _shape_option(profile, "opt"),
-                "trt_profile_max_shapes": _shape_option(profile, "max"),
-            }))
-        providers.append(("CUDAExecutionProvider", {"device_id": self.device_id}))
-        providers.append("CPUExecutionProvider")
-        return providers
+        cuda = {"device_id": self.device_id}
+        if name == "step" and self.cuda_graphs:
+            cuda["enable_cuda_graph"] = "1"
+        return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
 
-    def _session(self, name: str, use_trt_ep: bool) -> ort.InferenceSession:
+    def _session(self, name: str) -> ort.InferenceSession:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -140,15 +213,19 @@ class OrtBackend(ArrayBackend):
         if self.device_type == "cpu":
             so.intra_op_num_threads = self.threads
             so.inter_op_num_threads = 1
-        path = self.manifest.graph_path(name)
+        path = self.manifest.graph_path(name, self.precision)
         try:
-            sess = ort.InferenceSession(str(path), so, providers=self._providers(name, use_trt_ep))
+            sess = ort.InferenceSession(str(path), so, providers=self._providers(name))
         except Exception as e:  # noqa: BLE001 - ORT's pybind errors share no base class but Exception
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if name == "step" and self.cuda_graphs:
+                log.warning("onnxruntime cannot capture the step graph in CUDA graphs (%s); running it uncaptured", msg[:200])
+                self.cuda_graphs = False
+                return self._session(name)
             raise BundleError(
                 f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {msg[:200]}); re-export with `v2m export`"
             ) from None
-        graph = self.manifest.graph(name)
+        graph = self.manifest.graph(name, self.precision)
         got_in = [i.name for i in sess.get_inputs()]
         got_out = [o.name for o in sess.get_outputs()]
         if got_in != graph.input_names or got_out != graph.output_names:
@@ -158,84 +235,94 @@ class OrtBackend(ArrayBackend):
             )
         return sess
 
-    # --- ArrayBackend: numpy in, numpy out --------------------------------------------------------
-    def to_native(self, a: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(a, dtype=np.float32)
+    def _put(self, a: np.ndarray) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), self.device_type, self.device_id)
 
-    def to_numpy(self, a) -> np.ndarray:
-        return np.asarray(a)
+    def _empty(self, shape: tuple[int, ...], dtype) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, self.device_type, self.device_id)
 
-    def concat(self, arrays: list) -> np.ndarray:
-        return np.concatenate(arrays)
-
-    def velocity(self, x, curve, t, text, text_mask) -> np.ndarray:
-        """One DiT call (session.run, host arrays): [B, C, L] -> [B, C, L]."""
-        feeds = {"x": x, "curve": curve, "t": t, "text": text, "text_mask": text_mask}
-        return self.sessions["dit"].run(["velocity"], {k: self.to_native(v) for k, v in feeds.items()})[0]
-
-    # --- the three stages ---------------------------------------------------------------------
+    # --- the stages ----------------------------------------------------------------------------
     def encode_frames(self, pixels: np.ndarray) -> np.ndarray:
-        return self.sessions["encoder"].run(["features"], {"pixels": self.to_native(pixels)})[0]
+        return self.sessions["encoder"].run(["features"], {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        return self.sessions["vae"].run(["audio"], {"latents": self.to_native(latents)})[0]
+        return self.sessions["vae"].run(["audio"], {"latents": np.ascontiguousarray(latents, dtype=np.float32)})[0]
 
-    def _put(self, a: np.ndarray) -> ort.OrtValue:
-        return ort.OrtValue.ortvalue_from_numpy(self.to_native(a), self.device_type, self.device_id)
+    def max_batch(self, guidance_size: int) -> int:
+        prof = self.manifest.graph("step", self.precision).profile_shapes()
+        return max(1, min(prof["x"][2][0], prof["curve"][2][0] // max(1, guidance_size)))
 
-    def _empty(self, shape: tuple[int, ...]) -> ort.OrtValue:
-        return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, self.device_type, self.device_id)
+    def _shape(self, b: int, c: int, n: int, s: int, g: int, table: SolverTable, n_noise: int) -> _Shape:
+        key = (b, c, n, s, g, table.key, n_noise)
+        if key in self._shapes:
+            self._shapes.move_to_end(key)
+            return self._shapes[key]
+        shape = self._shapes[key] = _Shape(self, b, c, n, s, g, table, n_noise)
+        if self.cuda_graphs:  # ids are never reused: a captured graph stays with its id
+            shape.graph_base = self._next_graph_id
+            self._next_graph_id += shape.ring.period
+        while len(self._shapes) > self.max_shapes:
+            self._shapes.popitem(last=False)
+        return shape
 
-    def sample(self, noise, curve, text, text_mask, ts, cfg_scale, uncond_keeps_curve=True, on_step=None):
-        """The whole guided Euler loop on bound buffers: DiT, then the `step` graph, per step."""
+    def sample(self, noise, cond: Conditioning, plan: Plan, on_step=None, stage_noise=None):
+        call = EngineCall(self, noise, cond, plan, stage_noise, "the exported profile")
         b, c, n = noise.shape
-        steps = len(ts) - 1
-        curve_u = curve if uncond_keeps_curve else np.zeros_like(curve)
-        # Inputs that do not change across steps: uploaded once.
-        keep = {  # numpy sources stay referenced: CPU OrtValues may share their memory
-            "curve": self.to_native(np.concatenate([curve, curve_u])),  # (2B, 1, L)
-            "text": self.to_native(np.concatenate([text, np.zeros_like(text)])),  # (2B, S, E), uncond = zeros
-            "text_mask": self.to_native(np.concatenate([text_mask, text_mask])),  # (2B, S)
-            "scale": np.array([cfg_scale], dtype=np.float32),
-            "noise": np.array(noise, dtype=np.float32, copy=True),  # x ping-pongs through it: never the caller's
-            "noise2": self.to_native(np.concatenate([noise, noise])),
-            "t": [np.full(2 * b, t, dtype=np.float32) for t in ts[:-1]],
-            "dt": [np.array([ts[i + 1] - ts[i]], dtype=np.float32) for i in range(steps)],
-        }
-        t_v = [self._put(t) for t in keep["t"]]
-        dt_v = [self._put(d) for d in keep["dt"]]
-        x = [self._put(keep["noise"]), self._empty((b, c, n))]  # ping-pong: step i reads [i % 2]
-        x2 = [self._put(keep["noise2"]), self._empty((2 * b, c, n))]
-        vel = self._empty((2 * b, c, n))
+        sh = self._shape(b, c, n, call.s, call.g, plan.table, call.n_noise)
+        text = self.sessions["text"]
+        io = text.io_binding()
+        keep = [self._put(call.text), self._put(call.mask)]  # referenced until the run completes
+        io.bind_ortvalue_input("text", keep[0])
+        io.bind_ortvalue_input("text_mask", keep[1])
+        io.bind_ortvalue_output("text_kv", sh.text_kv)
+        io.bind_ortvalue_output("text_bias", sh.text_bias)
+        text.run_with_iobinding(io, self.run_options)  # once per generation, into the step's buffers
+        sh.curve.update_inplace(call.curve)
+        sh.weights.update_inplace(np.asarray(plan.guidance.weights, dtype=np.float32))
+        sh.noise.update_inplace(call.noise)
+        sh.bufs["X0"].update_inplace(np.ascontiguousarray(noise, dtype=np.float32))
+        sh.bufs["D0"].update_inplace(np.zeros((b, c, n), np.float32))
+        sh.bufs["K0"].update_inplace(np.zeros(1, np.int64))
+        step = self.sessions["step"]
+        calls = [0]
 
-        dit, step = self.sessions["dit"], self.sessions["step"]
-        dit_io, step_io = dit.io_binding(), step.io_binding()
-        for name in ("curve", "text", "text_mask"):
-            dit_io.bind_ortvalue_input(name, self._put(keep[name]))
-        dit_io.bind_ortvalue_output("velocity", vel)
-        step_io.bind_ortvalue_input("velocity", vel)
-        step_io.bind_ortvalue_input("scale", self._put(keep["scale"]))
-        for i in range(steps):
-            cur, nxt = i % 2, 1 - i % 2
-            dit_io.bind_ortvalue_input("x", x2[cur])
-            dit_io.bind_ortvalue_input("t", t_v[i])
-            dit.run_with_iobinding(dit_io)
-            step_io.bind_ortvalue_input("x", x[cur])
-            step_io.bind_ortvalue_input("dt", dt_v[i])
-            step_io.bind_ortvalue_output("x_next", x[nxt])
-            step_io.bind_ortvalue_output("x2_next", x2[nxt])
-            step.run_with_iobinding(step_io)
-            if on_step is not None:
-                on_step(i)
-        return np.array(x[steps % 2].numpy(), dtype=np.float32, copy=True)
+        def stage(x_base, x_eval, d_prev):
+            phase = calls[0] % sh.ring.period
+            names = sh.ring.binding(calls[0])
+            assert (x_base, x_eval, d_prev) == (names["x"], names["x_eval"], names["d_prev"])  # the ring's contract
+            opts = self.run_options
+            if sh.graph_base is not None:
+                opts = ort.RunOptions()
+                opts.add_run_config_entry("disable_synchronize_execution_providers", "1")
+                opts.add_run_config_entry("gpu_graph_id", str(sh.graph_base + phase))
+            step.run_with_iobinding(sh.bindings[phase], opts)
+            calls[0] += 1
+            return names["x_out"], names["d"]
+
+        final = sample_loop(stage, "X0", "D0", plan.steps, plan.table.stages, on_step)
+        self._last_k = sh.bufs["K0"]
+        del keep
+        return np.array(sh.bufs[final].numpy(), dtype=np.float32, copy=True)
+
+    def step_clock(self):
+        from ..profiler import HostClock, SyncHostClock
+
+        return HostClock() if self.device_type == "cpu" else SyncHostClock(self.synchronize)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work: reading a result to the host waits for ORT's stream."""
+        if self.device_type != "cpu" and self._last_k is not None:
+            self._last_k.numpy()
 
     def describe(self):
         d = super().describe()
         d["onnxruntime"] = ort.__version__
         d["providers"] = self.providers
+        d["sampler_path"] = "iobinding+cuda_graph" if self.cuda_graphs else "iobinding"
         if self.device_type == "cpu":
             d["threads"] = self.threads
         return d
 
     def close(self) -> None:
+        self._shapes.clear()
         self.sessions.clear()

@@ -1,10 +1,11 @@
 """PyTorch backend: the reference, on CPU or CUDA.
 
-Imported only when asked for (it imports torch). Work that does not change
-across sampler steps is hoisted out of the loop: the text keys/values of every
-block once per generation, and the adaLN modulations of every step of the
-fixed schedule in one batched call. The Euler state stays in fp32 whatever
-the model precision, so 96 small updates do not lose bits.
+Imported only when asked for (it imports torch). It runs the one guided stage
+(`step.guided_stage`) stage by stage through `sampler.sample_loop`. Work that does
+not change across stages is hoisted out of the loop: the text keys/values of every
+block once per generation, and the adaLN modulations of every stage of a solver
+table in one batched fp32 call (cached by the table's content key). The solver state
+stays in fp32 whatever the model precision, so 96 small updates do not lose bits.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import torch
 from ..bundle import BundleConfig
 from ..encoders import is_weight_free
 from ..errors import BackendUnavailable
-from ..sampler import cfg_combine, euler
+from ..sampler import Conditioning, Plan, branch_batch, sample_loop
 from .base import Backend
+from .torch_step import DiTStepModel, make_stage, stage_tensors
 
 __all__ = ["TorchBackend", "DTYPES"]
 
@@ -56,7 +58,7 @@ class TorchBackend(Backend):
         # A weight-free frame encoder (cut, motion) runs in the pipeline: no `encoder` component.
         self.encoder = None if is_weight_free(cfg.encoder) else load("encoder")
         self.dit, self.vae = load("dit"), load("vae")
-        self._mod_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._sched_cache: dict[tuple, tuple] = {}
 
     # --- frames -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -67,34 +69,27 @@ class TorchBackend(Backend):
         return feats if self.torch_device.type == "cuda" else feats.numpy()
 
     # --- sampler ------------------------------------------------------------------------
-    def _modulations(self, ts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """adaLN modulations of every step (depth, steps, 6, D), (steps, 2, D); cached by schedule."""
-        key = (len(ts), float(ts[0]), float(ts[-1]))
-        if key not in self._mod_cache:
-            t = torch.tensor(ts[:-1], dtype=torch.float32, device=self.torch_device)
-            self._mod_cache = {key: self.dit.time_modulations(t)}  # one schedule at a time
-        return self._mod_cache[key]
+    def _schedule(self, model: DiTStepModel, plan: Plan) -> tuple:
+        """Per-stage modulations of a solver table, cached by its content key (one at a time)."""
+        key = (plan.table.key, model.dtype)
+        if key not in self._sched_cache:
+            t = torch.tensor(plan.table.t_model, dtype=torch.float32, device=self.torch_device)
+            self._sched_cache = {key: model.schedule(t)}
+        return self._sched_cache[key]
 
     @torch.inference_mode()
-    def sample(self, noise, curve, text, text_mask, ts, cfg_scale, uncond_keeps_curve=True, on_step=None):
-        dev, dt = self.torch_device, self.dtype
-        b = noise.shape[0]
-        as_t = lambda a, dtype=dt: torch.from_numpy(np.ascontiguousarray(a)).to(dev, dtype)
-        curve_u = curve if uncond_keeps_curve else np.zeros_like(curve)
-        curve2 = as_t(np.concatenate([curve, curve_u]))  # (2B, 1, L)
-        text2 = as_t(np.concatenate([text, np.zeros_like(text)]))  # (2B, S, E)
-        mask2 = as_t(np.concatenate([text_mask, text_mask]), torch.float32)  # (2B, S)
-        kvs, bias = self.dit.text_context(text2, mask2)
-        mods, finals = self._modulations(ts)
-
-        def guided(x, i, _t):
-            m = mods[:, i : i + 1].expand(-1, 2 * b, -1, -1)  # (depth, 2B, 6, D)
-            f = finals[i : i + 1].expand(2 * b, -1, -1)  # (2B, 2, D)
-            x2 = torch.cat([x, x]).to(dt)  # (2B, C, L)
-            v = self.dit.backbone(x2, curve2, m, f, kvs, bias).float()
-            return cfg_combine(v[:b], v[b:], cfg_scale)
-
-        x = euler(guided, as_t(noise, torch.float32), ts, on_step)
+    def sample(self, noise, cond: Conditioning, plan: Plan, on_step=None, stage_noise=None):
+        dev = self.torch_device
+        model = DiTStepModel(self.dit)
+        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev)
+        curve_g, text_g, mask_g = branch_batch(plan.guidance, cond)  # (G*B, 1, L), (G*B, S, E), (G*B, S)
+        ctx = model.context(as_t(text_g), as_t(mask_g), as_t(curve_g))
+        sched = self._schedule(model, plan)
+        coef, noise_t, weights = stage_tensors(plan.table, plan.guidance.weights, stage_noise, noise.shape, dev)
+        k = torch.zeros(1, dtype=torch.int64, device=dev)
+        stage = make_stage(model, k, coef, noise_t, weights, sched, ctx)
+        x0 = as_t(noise)
+        x = sample_loop(stage, x0, torch.zeros_like(x0), plan.steps, plan.table.stages, on_step)
         return x.cpu().numpy()
 
     # --- audio --------------------------------------------------------------------------
@@ -102,6 +97,11 @@ class TorchBackend(Backend):
     def decode(self, latents: np.ndarray) -> np.ndarray:
         z = torch.from_numpy(np.ascontiguousarray(latents)).to(self.torch_device, self.dtype)
         return self.vae(z).float().cpu().numpy()
+
+    def step_clock(self):
+        from ..profiler import HostClock, TorchCudaClock
+
+        return TorchCudaClock(self.torch_device) if self.torch_device.type == "cuda" else HostClock()
 
     def synchronize(self) -> None:
         if self.torch_device.type == "cuda":

@@ -1,4 +1,4 @@
-"""Fast path of the PyTorch backend: static buffers, one CUDA-graphed Euler step, chunked VAE.
+"""Fast path of the PyTorch backend: static buffers, one CUDA-graphed solver step, chunked VAE.
 
 Selected explicitly (`Pipeline.from_pretrained(..., fast=True)`, CLI `--fast`), or
 automatically for CUDA + fp16; `create_backend` logs which sampler path ran.
@@ -6,21 +6,21 @@ automatically for CUDA + fp16; `create_backend` logs which sampler path ran.
 
 What it does on top of the eager backend:
 
-- **One step, captured once per shape.** `euler_cfg_step` is a small function over
-  a `StaticState` of preallocated tensors: it reads the step index from a device
-  tensor, gathers that step's precomputed adaLN modulations and dt, runs the
-  backbone on the 2B (cond ++ uncond) batch, combines CFG, updates the fp32 Euler
-  state in place and increments the index. On CUDA it is captured in a
-  `torch.cuda.CUDAGraph` (side-stream warm-up, then `torch.cuda.graph`) and
-  replayed `steps` times: no host sync and no host-to-device write inside the
-  loop. Graphs are keyed by (B, L, S, schedule) in a small LRU. On CPU (or with
-  `graphs=False`) the very same function runs eagerly: that is what CPU tests
-  compare against `TorchBackend.sample`.
+- **One step, captured once per shape.** `solver_graph_step` runs one whole solver step
+  (Euler: one stage; Heun: two) of the one guided stage definition
+  (`step.guided_stage`) over a `StaticState` of preallocated tensors: the stage index
+  lives in a device tensor that each stage advances, and each stage gathers its
+  modulations and solver coefficients by it. On CUDA the step is captured in a
+  `torch.cuda.CUDAGraph` (side-stream warm-up, then `torch.cuda.graph`, on the
+  backend's own device for cuda:N) and replayed `steps` times: no host sync and no
+  host-to-device write inside the loop. Graphs are keyed by (B, L, S, G, solver table)
+  in a small LRU. On CPU (or with `graphs=False`) the very same function runs eagerly:
+  that is what CPU tests compare against the plain-loop oracle.
 - **Hoisted work.** Text K/V once per generation (copied into static buffers);
-  timestep embeddings + adaLN modulations of every step computed once per
-  schedule, in fp32 from upcast weights, and cached across generations.
+  timestep embeddings + adaLN modulations of every stage computed once per
+  solver table, in fp32 from upcast weights, and cached across generations.
 - **Precision (fp16).** Weights and activations fp16; fp32 is kept where it matters:
-  the Euler state and the CFG combine (here); timestep sinusoids and the
+  the solver state and the guidance combine (`step.guided_stage`); timestep sinusoids and the
   modulation MLP (here, at precompute time); RoPE angles and the rotation math
   (`models/dit.py` computes them in fp32); LayerNorm statistics (PyTorch's CUDA
   LayerNorm accumulates fp16 inputs in fp32); attention softmax (SDPA's flash /
@@ -46,6 +46,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,17 +56,16 @@ from torch import nn
 
 from ..bundle import BundleConfig
 from ..errors import BackendUnavailable
-from ..sampler import cfg_combine, schedule_key
+from ..sampler import Conditioning, Plan, SolverTable, branch_batch, solver_step
 from .torch_backend import TorchBackend
+from .torch_step import DiTStepModel, guided_stage, make_stage
 
 __all__ = [
     "FastConfig",
     "StaticState",
     "FastSampler",
     "TorchFastBackend",
-    "euler_cfg_step",
-    "guided_velocity",
-    "precompute_modulations",
+    "solver_graph_step",
     "vae_receptive_field",
     "chunked_decode",
     "COMPILE_CHOICES",
@@ -124,83 +124,54 @@ class FastConfig:
             raise BackendUnavailable("max_graphs must be >= 1 and vae_chunk >= 0")
 
 
-# --- hoisted, per-schedule work -------------------------------------------------------------
-@torch.inference_mode()
-def precompute_modulations(dit: nn.Module, ts: np.ndarray, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """adaLN modulations of every step, (depth, steps, 6, D) and (steps, 2, D), in `dtype`.
-
-    The math (sinusoid, timestep MLP, SiLU, every block's modulation Linear) runs in
-    fp32 on weights upcast one layer at a time, whatever the model dtype: it runs once
-    per schedule, so precision is free here. In fp32 this is `dit.time_modulations`.
-    """
-    from v2m.models.dit import timestep_features
-
-    dev = next(dit.parameters()).device
-    lin = lambda m, x: torch.nn.functional.linear(x, m.weight.float(), m.bias.float())
-    t = torch.tensor(np.asarray(ts[:-1]), dtype=torch.float32, device=dev)  # (steps,)
-    feats = timestep_features(t, dit.t_embed.freq_dim)  # (steps, F) fp32
-    mlp = dit.t_embed.mlp
-    c = lin(mlp[2], torch.nn.functional.silu(lin(mlp[0], feats)))  # (steps, D)
-    c_act = torch.nn.functional.silu(c)
-    n = c_act.shape[0]
-    mods = torch.stack([lin(blk.ada, c_act).view(n, 6, -1).to(dtype) for blk in dit.blocks])  # (depth, steps, 6, D)
-    final = lin(dit.ada_out, c_act).view(n, 2, -1).to(dtype)  # (steps, 2, D)
-    return mods, final
-
-
 # --- the step over static buffers -----------------------------------------------------------
 @dataclass
 class StaticState:
     """Every tensor the captured step reads or writes; addresses never change after capture."""
 
-    x: torch.Tensor  # (B, C, L) fp32 Euler state
-    idx: torch.Tensor  # (1,) int64 step index, incremented by the step itself
-    dts: torch.Tensor  # (steps,) fp32
-    scale: torch.Tensor  # () fp32 CFG weight
-    mods: torch.Tensor  # (depth, steps, 6, D) model dtype
-    finals: torch.Tensor  # (steps, 2, D)
-    curve2: torch.Tensor  # (2B, 1, L) model dtype
-    kvs: list[tuple[torch.Tensor, torch.Tensor]]  # per block 2 x (2B, H, S, Dh)
-    bias: torch.Tensor  # (2B, 1, 1, S)
-    dtype: torch.dtype  # model compute dtype
+    x: torch.Tensor  # (B, C, L) fp32 solver state (x_base)
+    d: torch.Tensor  # (B, C, L) fp32 the last stage's d (d_prev of the next)
+    k: torch.Tensor  # (1,) int64 stage index, advanced by the stages themselves
+    coef: torch.Tensor  # (K, 7) fp32 solver table
+    noise: torch.Tensor  # (N, B, C, L) fp32 stage noise (N = 1, zeros, for deterministic solvers)
+    weights: torch.Tensor  # (G,) fp32 guidance weights
+    sched: tuple  # (mods (depth, K, 6, D), finals (K, 2, D)) model dtype
+    ctx: tuple  # (curve (G*B, 1, L), per-block K/V 2 x (G*B, H, S, Dh), bias (G*B, 1, 1, S))
+    stages: int  # stages per solver step
 
     @property
-    def key(self) -> tuple[int, int, int]:
+    def key(self) -> tuple[int, int, int, int]:
         b, _, n = self.x.shape
-        return b, n, self.bias.shape[-1]
+        bias = self.ctx[2]
+        return b, n, bias.shape[-1], self.weights.shape[0]
 
 
-def guided_velocity(backbone, st: StaticState) -> torch.Tensor:
-    """CFG velocity (B, C, L) fp32 at the current state and step index. No host sync."""
-    b = st.x.shape[0]
-    m = st.mods.index_select(1, st.idx).expand(-1, 2 * b, -1, -1)  # (depth, 2B, 6, D)
-    f = st.finals.index_select(0, st.idx).expand(2 * b, -1, -1)  # (2B, 2, D)
-    x2 = torch.cat([st.x, st.x]).to(st.dtype)  # (2B, C, L)
-    v = backbone(x2, st.curve2, m, f, st.kvs, st.bias).float()  # (2B, C, L)
-    return cfg_combine(v[:b], v[b:], st.scale)
+def solver_graph_step(model: DiTStepModel, st: StaticState) -> None:
+    """One whole solver step in place (all its stages, k advanced): the unit we capture."""
+    stage = make_stage(model, st.k, st.coef, st.noise, st.weights, st.sched, st.ctx)
+    x, d = solver_step(stage, st.x, st.d, st.stages)
+    st.d.copy_(d)
+    st.x.copy_(x)
 
 
-def euler_cfg_step(backbone, st: StaticState) -> None:
-    """One Euler step in place: x += dt[idx] * v(x, idx); idx += 1. The unit we capture."""
-    v = guided_velocity(backbone, st)
-    st.x.add_(st.dts.index_select(0, st.idx) * v)
-    st.idx.add_(1)
-
-
-def _alloc_state(dit, b: int, length: int, s: int, mods, finals, dts, dtype, device) -> StaticState:
+def _alloc_state(dit, b: int, length: int, s: int, g: int, sched, coef, n_noise: int, stages: int, dtype, device) -> StaticState:
     cfg = dit.cfg
-    kv = lambda: torch.zeros(2 * b, cfg.heads, s, cfg.head_dim, dtype=dtype, device=device)  # (2B, H, S, Dh)
+    kv = lambda: torch.zeros(g * b, cfg.heads, s, cfg.head_dim, dtype=dtype, device=device)  # (G*B, H, S, Dh)
+    x = lambda: torch.zeros(b, cfg.latent_channels, length, dtype=torch.float32, device=device)
     return StaticState(
-        x=torch.zeros(b, cfg.latent_channels, length, dtype=torch.float32, device=device),
-        idx=torch.zeros(1, dtype=torch.int64, device=device),
-        dts=dts,
-        scale=torch.zeros((), dtype=torch.float32, device=device),
-        mods=mods,
-        finals=finals,
-        curve2=torch.zeros(2 * b, 1, length, dtype=dtype, device=device),
-        kvs=[(kv(), kv()) for _ in range(cfg.depth)],
-        bias=torch.zeros(2 * b, 1, 1, s, dtype=dtype, device=device),
-        dtype=dtype,
+        x=x(),
+        d=x(),
+        k=torch.zeros(1, dtype=torch.int64, device=device),
+        coef=coef,
+        noise=torch.zeros(n_noise, b, cfg.latent_channels, length, dtype=torch.float32, device=device),
+        weights=torch.zeros(g, dtype=torch.float32, device=device),
+        sched=sched,
+        ctx=(
+            torch.zeros(g * b, 1, length, dtype=dtype, device=device),
+            [(kv(), kv()) for _ in range(cfg.depth)],
+            torch.zeros(g * b, 1, 1, s, dtype=dtype, device=device),
+        ),
+        stages=stages,
     )
 
 
@@ -212,7 +183,7 @@ class _Entry:
 
 
 class FastSampler:
-    """The static-buffer Euler sampler; CUDA-graph replay on CUDA, the same step eagerly elsewhere.
+    """The static-buffer sampler; CUDA-graph replay on CUDA, the same step eagerly elsewhere.
 
     Args:
         dit: the DiT (eval mode, weights on `device` in the compute dtype).
@@ -230,7 +201,8 @@ class FastSampler:
             raise BackendUnavailable("CUDA graphs need a CUDA device; use graphs=False (or None) on CPU")
         self.graphs = bool(want_graphs)
         self.backbone = self._backbone()
-        self._sched: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.model = DiTStepModel(dit, self.backbone)
+        self._sched: OrderedDict[tuple, tuple] = OrderedDict()
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
         self.captures = 0  # how many graphs were captured (tests and logs)
 
@@ -251,105 +223,113 @@ class FastSampler:
         log.info("torch.compile(backbone, mode=%s)", mode)
         return torch.compile(self.dit.backbone, mode=mode, dynamic=False)
 
+    def _device(self):
+        """Make `self.device` current: Triton launches, graph capture and streams use it (cuda:N)."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
+
     # --- caches -------------------------------------------------------------------------
-    def schedule(self, ts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(mods, finals, dts) of a schedule, cached across generations (LRU of 4)."""
-        key = (schedule_key(ts), self.dtype)
+    def schedule(self, table: SolverTable) -> tuple[tuple, torch.Tensor]:
+        """((mods, finals), coef) of a solver table, cached across generations (LRU of 4)."""
+        key = (table.key, self.dtype)
         if key in self._sched:
             self._sched.move_to_end(key)
             return self._sched[key]
-        mods, finals = precompute_modulations(self.dit, ts, self.dtype)
-        dts = torch.tensor(np.diff(np.asarray(ts, dtype=np.float64)), dtype=torch.float32, device=self.device)
-        self._sched[key] = (mods, finals, dts)
+        t = torch.tensor(table.t_model, dtype=torch.float32, device=self.device)
+        coef = torch.from_numpy(np.ascontiguousarray(table.coef, dtype=np.float32)).to(self.device)
+        self._sched[key] = (self.model.schedule(t), coef)
         while len(self._sched) > 4:
             self._sched.popitem(last=False)
         return self._sched[key]
 
-    def _entry(self, b: int, length: int, s: int, ts: np.ndarray) -> _Entry:
-        key = (b, length, s, schedule_key(ts))
+    def _entry(self, b: int, length: int, s: int, g: int, table: SolverTable, n_noise: int) -> _Entry:
+        key = (b, length, s, g, table.key, n_noise)
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key]
-        mods, finals, dts = self.schedule(ts)
-        st = _alloc_state(self.dit, b, length, s, mods, finals, dts, self.dtype, self.device)
+        sched, coef = self.schedule(table)
+        st = _alloc_state(self.dit, b, length, s, g, sched, coef, n_noise, table.stages, self.dtype, self.device)
         entry = _Entry(st, self._capture(st) if self.graphs else None)
         self._entries[key] = entry
         while len(self._entries) > self.config.max_graphs:
             old, _ = self._entries.popitem(last=False)
-            log.info("fast sampler: evicted the graph of shape (B, L, S) = %s", old[:3])
+            log.info("fast sampler: evicted the graph of shape (B, L, S, G) = %s", old[:4])
         return entry
 
     def _capture(self, st: StaticState):
-        """Capture `euler_cfg_step` over `st` (side-stream warm-up first, as PyTorch documents)."""
-        step = lambda: euler_cfg_step(self.backbone, st)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(3):  # cuBLAS handles, autotuning, torch.compile all happen here
-                st.idx.zero_()
+        """Capture `solver_graph_step` over `st` (side-stream warm-up first, as PyTorch documents)."""
+        step = lambda: solver_graph_step(self.model, st)
+        with self._device():
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):  # cuBLAS handles, autotuning, torch.compile all happen here
+                    st.k.zero_()
+                    step()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            st.k.zero_()
+            with torch.cuda.graph(graph):
                 step()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        st.idx.zero_()
-        with torch.cuda.graph(graph):
-            step()
         self.captures += 1
-        log.info("fast sampler: captured a CUDA graph for (B, L, S) = %s", st.key)
+        log.info("fast sampler: captured a CUDA graph for (B, L, S, G) = %s, %d stage(s) a step", st.key, st.stages)
         return graph
 
     # --- the sampler ----------------------------------------------------------------------
     @torch.inference_mode()
-    def prepare(self, noise, curve, text, text_mask, ts, cfg_scale, uncond_keeps_curve=True) -> _Entry:
+    def prepare(self, noise, cond: Conditioning, plan: Plan, stage_noise=None) -> _Entry:
         """Copy one generation's inputs into the static buffers of its shape (capturing if new)."""
-        dev, dt = self.device, self.dtype
+        dev = self.device
         b, _, length = noise.shape
-        s = text.shape[1]
-        entry = self._entry(b, length, s, ts)
-        st = entry.state
-        as_t = lambda a, dtype=dt: torch.from_numpy(np.ascontiguousarray(a)).to(dev, dtype)
-        curve_u = curve if uncond_keeps_curve else np.zeros_like(curve)
-        text2 = as_t(np.concatenate([text, np.zeros_like(text)]))  # (2B, S, E)
-        mask2 = as_t(np.concatenate([text_mask, text_mask]), torch.float32)  # (2B, S)
-        kvs, bias = self.dit.text_context(text2, mask2)  # once per generation
-        for (k_dst, v_dst), (k, v) in zip(st.kvs, kvs):
-            k_dst.copy_(k)
-            v_dst.copy_(v)
-        st.bias.copy_(bias)
-        st.curve2.copy_(as_t(np.concatenate([curve, curve_u])))  # (2B, 1, L)
-        st.x.copy_(as_t(noise, torch.float32))
-        st.scale.fill_(float(cfg_scale))
-        st.idx.zero_()
+        s, g = cond.text.shape[1], plan.guidance.size
+        n_noise = 1 if stage_noise is None else stage_noise.shape[0]
+        with self._device():
+            entry = self._entry(b, length, s, g, plan.table, n_noise)
+            st = entry.state
+            as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev)
+            curve_g, text_g, mask_g = branch_batch(plan.guidance, cond)
+            curve, kvs, bias = self.model.context(as_t(text_g), as_t(mask_g), as_t(curve_g))  # once per generation
+            for (k_dst, v_dst), (k, v) in zip(st.ctx[1], kvs):
+                k_dst.copy_(k)
+                v_dst.copy_(v)
+            st.ctx[0].copy_(curve)
+            st.ctx[2].copy_(bias)
+            st.x.copy_(as_t(noise))
+            st.d.zero_()
+            st.noise.copy_(as_t(stage_noise)) if stage_noise is not None else st.noise.zero_()
+            st.weights.copy_(as_t(plan.guidance.weights))
+            st.k.zero_()
         return entry
 
     @torch.inference_mode()
     def run(self, entry: _Entry, steps: int, on_step=None) -> torch.Tensor:
-        """`steps` Euler steps from the prepared state: graph replays, or the same step eagerly."""
+        """`steps` solver steps from the prepared state: graph replays, or the same step eagerly."""
         st = entry.state
-        for i in range(steps):
-            if entry.graph is not None:
-                entry.graph.replay()
-            else:
-                euler_cfg_step(self.backbone, st)
-            if on_step is not None:
-                on_step(i)
+        with self._device():
+            for i in range(steps):
+                if entry.graph is not None:
+                    entry.graph.replay()
+                else:
+                    solver_graph_step(self.model, st)
+                if on_step is not None:
+                    on_step(i)
         return st.x
 
-    def sample(self, noise, curve, text, text_mask, ts, cfg_scale, uncond_keeps_curve=True, on_step=None):
-        entry = self.prepare(noise, curve, text, text_mask, ts, cfg_scale, uncond_keeps_curve)
-        x = self.run(entry, len(ts) - 1, on_step)
+    def sample(self, noise, cond: Conditioning, plan: Plan, on_step=None, stage_noise=None):
+        entry = self.prepare(noise, cond, plan, stage_noise)
+        x = self.run(entry, plan.steps, on_step)
         return x.cpu().numpy().copy()
 
     @torch.inference_mode()
-    def velocity_at(self, entry: _Entry, x: torch.Tensor, i: int) -> torch.Tensor:
-        """The guided velocity at state `x`, step `i` (accuracy checks); leaves the state as it was."""
+    def velocity_at(self, entry: _Entry, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The guided model output (the d of a rectified-flow stage) at state `x`, stage `k`
+        (accuracy checks); leaves the state as it was."""
         st = entry.state
-        saved_x, saved_i = st.x.clone(), st.idx.clone()
-        st.x.copy_(x)
-        st.idx.fill_(i)
-        v = guided_velocity(self.backbone, st).clone()
-        st.x.copy_(saved_x)
-        st.idx.copy_(saved_i)
-        return v
+        with self._device():
+            kk = torch.tensor([k], dtype=torch.int64, device=self.device)
+            xx = x.to(self.device, torch.float32)
+            _, d = guided_stage(self.model, xx, xx, torch.zeros_like(xx), kk, st.coef, st.noise, st.weights,
+                                st.sched, st.ctx)
+        return d.clone()
 
 
 # --- VAE: chunked decode -----------------------------------------------------------------
@@ -438,8 +418,8 @@ class TorchFastBackend(TorchBackend):
         feats = self.encoder.pooled(x.to(self.torch_device, self.dtype)).float()  # (N, D)
         return feats if self.torch_device.type == "cuda" else feats.numpy()
 
-    def sample(self, noise, curve, text, text_mask, ts, cfg_scale, uncond_keeps_curve=True, on_step=None):
-        return self.sampler.sample(noise, curve, text, text_mask, ts, cfg_scale, uncond_keeps_curve, on_step)
+    def sample(self, noise, cond: Conditioning, plan: Plan, on_step=None, stage_noise=None):
+        return self.sampler.sample(noise, cond, plan, on_step, stage_noise)
 
     @torch.inference_mode()
     def decode(self, latents: np.ndarray) -> np.ndarray:

@@ -5,23 +5,27 @@ imported when the backend is created, and a missing one is a one-line
 `BackendUnavailable`.
 
 On creation it (re)builds what the engine cache lacks (`v2m.export.tensorrt_build`:
-engines keyed by ONNX sha256, precision, profile, TensorRT version and GPU
-compute capability; stale ones are logged and rebuilt), deserializes the four
-engines and allocates one device buffer per tensor at the profile's max shape.
-Per call: set input shapes, set tensor addresses, `execute_async_v3` on one
-stream. The sampler loop never leaves the device: the DiT engine writes the
-velocity, the fp32 `step` engine applies the guided Euler update and writes
-the next doubled batch, ping-ponging between two buffer sets; the host waits
-once, after the last step.
+strongly typed engines of the graphs of the backend's precision, keyed by ONNX
+sha256, precision, profile, TensorRT version and GPU compute capability; stale ones
+are logged and rebuilt) on the backend's own GPU (cuda:N), and deserializes the five
+engines. Per call: set input shapes, set tensor addresses, `execute_async_v3` on one
+stream.
 
-CUDA graphs (on by default): each step's pair of engine launches is captured once
-per (B, L, S, schedule) into its own graph, and recaptured after another shape ran (a step's launches differ only in the
-ping-pong buffers and the address of its t and dt), so a step is one
-`cudaGraphLaunch` instead of two `execute_async_v3` enqueues, and the per-step hook
-(progress, timing) still runs between steps. As TensorRT documents, each context is
-enqueued once after its shapes change and before capture. If capture fails (an
-engine with layers that need the host), the backend logs it and runs uncaptured.
-The graphs and their t/dt tables live in a small LRU.
+The sampler is `v2m.runtime.sampler.sample_loop` over the exported `step` graph (the one
+guided-stage definition): the `text` engine writes the text keys/values once per
+generation and the `schedule` engine the modulations of every stage once per solver
+table, straight into the buffers the step reads. A solver step is its stages' engine
+launches plus small device-to-device copies that route the state (x, d and the stage
+index k live on the device; a stage writes fresh buffers and the copies move them back),
+so every step reads and writes the same addresses.
+
+CUDA graphs (on by default): that one step is captured once per (shape, solver table,
+guidance size) and replayed `steps` times: one `cudaGraphLaunch` a step, no host sync
+and no host-to-device copy inside the loop; the per-step hook (progress, timing events)
+still runs between steps. As TensorRT documents, each context is enqueued once after its
+shapes change and before capture. If capture fails (an engine with layers that need the
+host), the backend logs it and runs uncaptured. Shapes and their graphs live in a small
+LRU; buffers are allocated for the shape that runs, not the profile's maximum.
 """
 
 from __future__ import annotations
@@ -36,14 +40,15 @@ import numpy as np
 from ..bundle import BundleConfig
 from ..errors import BackendUnavailable, InputError
 from ..manifest import GraphInfo, load_manifest
-from ..sampler import schedule_key
-from .base import Backend
+from ..sampler import Conditioning, Plan, SolverTable, sample_loop, solver_step
+from .base import Backend, EngineCall
 
-__all__ = ["TensorRTBackend"]
+__all__ = ["TensorRTBackend", "TRT_GRAPHS"]
 
 log = logging.getLogger("v2m.backend.tensorrt")
 
-_ALIGN_F32 = 64  # 256 bytes: the alignment TensorRT requires of tensor addresses
+TRT_GRAPHS = ("encoder", "vae", "text", "schedule", "step")
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8}
 
 
 class _Cuda:
@@ -54,7 +59,7 @@ class _Cuda:
 
         self.rt, self.device_id = cudart, device_id
         self._ck = lambda res: cuda_check(cudart, res)
-        self._ck(cudart.cudaSetDevice(device_id))
+        self._ck(cudart.cudaSetDevice(device_id))  # this thread's device: cuda:N, not GPU 0
         self.stream = self._ck(cudart.cudaStreamCreate())
         self._owned: list[int] = []
 
@@ -85,6 +90,10 @@ class _Cuda:
         self.sync()
         return out
 
+    def copy(self, dst: int, src: int, nbytes: int) -> None:
+        """Device to device on the stream (capturable)."""
+        self._ck(self.rt.cudaMemcpyAsync(dst, src, nbytes, self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, self.stream))
+
     def sync(self) -> None:
         self._ck(self.rt.cudaStreamSynchronize(self.stream))
 
@@ -109,6 +118,21 @@ class _Cuda:
     def destroy(self, graph_exec) -> None:
         self._ck(self.rt.cudaGraphExecDestroy(graph_exec))
 
+    # step timing: events on this stream
+    def event(self):
+        ev = self._ck(self.rt.cudaEventCreate())
+        self._ck(self.rt.cudaEventRecord(ev, self.stream))
+        return ev
+
+    def event_wait(self, ev) -> None:
+        self._ck(self.rt.cudaEventSynchronize(ev))
+
+    def event_ms(self, a, b) -> float:
+        return float(self._ck(self.rt.cudaEventElapsedTime(a, b)))
+
+    def event_destroy(self, ev) -> None:
+        self._ck(self.rt.cudaEventDestroy(ev))
+
     def close(self) -> None:
         for ptr in list(self._owned):
             self.free(ptr)
@@ -116,9 +140,9 @@ class _Cuda:
 
 
 class _Engine:
-    """One deserialized engine, its execution context and a max-shape buffer per I/O tensor."""
+    """One deserialized engine and its execution context; the backend owns the buffers."""
 
-    def __init__(self, trt, runtime, path: Path, graph: GraphInfo, cuda: _Cuda):
+    def __init__(self, runtime, path: Path, graph: GraphInfo, cuda: _Cuda):
         self.name, self.graph, self.cuda = graph.name, graph, cuda
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
@@ -126,68 +150,82 @@ class _Engine:
         self.context = self.engine.create_execution_context()
         self.inputs, self.outputs = graph.input_names, graph.output_names
         self.max_shapes = {k: v[2] for k, v in graph.profile_shapes().items()}
-        self.set_shapes(self.max_shapes)
-        self.buffers: dict[str, int] = {}
-        for name in (*self.inputs, *self.outputs):
-            shape = tuple(self.context.get_tensor_shape(name))
-            itemsize = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))).itemsize
-            self.buffers[name] = cuda.malloc(math.prod(shape) * itemsize)
+        self.dtypes = {t["name"]: t["dtype"] for t in (*graph.inputs, *graph.outputs)}
+        self._shapes: dict[str, tuple[int, ...]] = {}
 
     def set_shapes(self, shapes: dict[str, tuple[int, ...]]) -> None:
         for name, shape in shapes.items():
+            shape = tuple(int(s) for s in shape)
+            if self._shapes.get(name) == shape:
+                continue
             mx = self.max_shapes[name]
             if len(shape) != len(mx) or any(s > m for s, m in zip(shape, mx)):
                 raise InputError(
                     f"{self.name} engine: input {name} of shape {list(shape)} exceeds the built profile's max "
                     f"{list(mx)} (a longer clip or a bigger batch than exported for); use --backend onnxruntime"
                 )
-            if not self.context.set_input_shape(name, tuple(int(s) for s in shape)):
+            if not self.context.set_input_shape(name, shape):
                 raise InputError(f"{self.name} engine: TensorRT rejects shape {list(shape)} for {name}")
+            self._shapes[name] = shape
 
     def output_shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.context.get_tensor_shape(name))
 
-    def run(self, addresses: dict[str, int] | None = None) -> None:
-        """Enqueue one execution; tensors not in `addresses` use the engine's own buffers."""
-        addresses = addresses or {}
+    def run(self, addresses: dict[str, int]) -> None:
+        """Enqueue one execution with every I/O tensor at the given device address."""
         for name in (*self.inputs, *self.outputs):
-            self.context.set_tensor_address(name, addresses.get(name, self.buffers[name]))
+            self.context.set_tensor_address(name, addresses[name])
         if not self.context.execute_async_v3(self.cuda.stream_handle):
             raise BackendUnavailable(f"{self.name} engine: TensorRT execution failed (see the TensorRT log)")
 
 
-class _StepTables:
-    """One shape and schedule's per-step t / dt tables on the device, and its step graphs."""
+def _nbytes(shape, dtype: str) -> int:
+    return math.prod(shape) * _ITEMSIZE[dtype]
 
-    def __init__(self, cuda: _Cuda, ts: np.ndarray, batch2: int):
-        steps = len(ts) - 1
-        # TensorRT wants 256-byte aligned tensor addresses: one padded row per step.
-        self.row = -(-batch2 // _ALIGN_F32) * _ALIGN_F32
-        t_all = np.zeros((steps, self.row), dtype=np.float32)
-        t_all[:, :batch2] = np.asarray(ts[:-1], dtype=np.float32)[:, None]  # (steps, 2B) used
-        dt_all = np.zeros((steps, _ALIGN_F32), dtype=np.float32)
-        dt_all[:, 0] = np.diff(ts)
-        self.cuda, self.steps = cuda, steps
-        self.t_ptr, self.dt_ptr = cuda.malloc(t_all.nbytes), cuda.malloc(dt_all.nbytes)
-        cuda.upload(self.t_ptr, t_all)
-        cuda.upload(self.dt_ptr, dt_all)
-        self.graphs: list | None = None  # one instantiated graph per step, once captured
 
-    def t(self, i: int) -> int:
-        return self.t_ptr + i * self.row * 4
+class _Shape:
+    """Device buffers of one (shape, solver table, guidance size, noise rows), and its graph.
 
-    def dt(self, i: int) -> int:
-        return self.dt_ptr + i * _ALIGN_F32 * 4
+    x: X (the step's base), XE (the next stage's x_eval), XO (a stage's x_out); d: D, DO;
+    k: K, KO. A stage reads (X, X or XE, D, K) and writes (XO, DO, KO); copies then route
+    XO -> XE, DO -> D, KO -> K, and after the last stage XE -> X.
+    """
 
-    def drop_graphs(self) -> None:
-        for g in self.graphs or []:
-            self.cuda.destroy(g)
-        self.graphs = None
+    def __init__(self, be: TensorRTBackend, b: int, c: int, n: int, s: int, g: int, table: SolverTable, n_noise: int):
+        cuda, step = be.cuda, be.engines["step"]
+        md = step.dtypes["mods"]
+        cfg = be.cfg.dit
+        depth, heads, width = int(cfg["depth"]), int(cfg["heads"]), int(cfg["width"])
+        k = len(table.t_model)
+        self.shapes = {
+            "x": (b, c, n), "x_eval": (b, c, n), "d_prev": (b, c, n), "k": (1,), "coef": (k, 7),
+            "noise": (n_noise, b, c, n), "weights": (g,), "mods": (depth, k, 6, width), "finals": (k, 2, width),
+            "curve": (g * b, 1, n), "text_kv": (depth, 2, g * b, heads, s, width // heads), "text_bias": (g * b, 1, 1, s),
+        }
+        self.state_bytes = _nbytes((b, c, n), "float32")
+        self.buf = {name: cuda.malloc(self.state_bytes) for name in ("X", "XE", "XO", "D", "DO")}
+        self.buf["K"], self.buf["KO"] = cuda.malloc(8), cuda.malloc(8)
+        for name in ("coef", "noise", "weights", "mods", "finals", "curve", "text_kv", "text_bias"):
+            self.buf[name] = cuda.malloc(_nbytes(self.shapes[name], step.dtypes[name]))
+        self.text_shapes = {"text": (g * b, s, be.cfg.text_dim), "text_mask": (g * b, s)}
+        self.buf["text"] = cuda.malloc(_nbytes(self.text_shapes["text"], "float32"))
+        self.buf["text_mask"] = cuda.malloc(_nbytes(self.text_shapes["text_mask"], "float32"))
+        self.buf["t_model"] = cuda.malloc(_nbytes((k,), "float32"))
+        cuda.upload(self.buf["coef"], np.ascontiguousarray(table.coef, dtype=np.float32))
+        cuda.upload(self.buf["t_model"], np.asarray(table.t_model, dtype=np.float32))
+        sched = be.engines["schedule"]
+        sched.set_shapes({"t_model": (k,)})
+        sched.run({"t_model": self.buf["t_model"], "mods": self.buf["mods"], "finals": self.buf["finals"]})
+        self.stages, self.md, self.cuda = table.stages, md, cuda
+        self.graph = None  # the captured solver step
+        self.captured = False
 
-    def close(self) -> None:
-        self.drop_graphs()
-        self.cuda.free(self.t_ptr)
-        self.cuda.free(self.dt_ptr)
+    def close(self, cuda) -> None:
+        if self.graph is not None:
+            cuda.destroy(self.graph)
+            self.graph = None
+        for ptr in self.buf.values():
+            cuda.free(ptr)
 
 
 class TensorRTBackend(Backend):
@@ -201,14 +239,9 @@ class TensorRTBackend(Backend):
         precision: str = "fp16",
         cache_dir: str | Path | None = None,
         cuda_graphs: bool = True,
-        max_graphs: int = 2,
+        max_shapes: int = 2,
     ):
-        from v2m.export.tensorrt_build import (
-            ENGINE_GRAPHS,
-            build_engines,
-            import_cudart,
-            import_tensorrt,
-        )
+        from v2m.export.tensorrt_build import build_engines, import_cudart, import_tensorrt
 
         trt = import_tensorrt()
         cudart = import_cudart()
@@ -222,121 +255,171 @@ class TensorRTBackend(Backend):
         self.device, self.precision = f"cuda:{device_id}", precision
         paths = build_engines(self.bundle_dir, precision, cache_dir, device_id=device_id)
         manifest = load_manifest(self.bundle_dir)
-        self.cuda = _Cuda(cudart, device_id)
+        cuda = _Cuda(cudart, device_id)
         self.trt_version = trt.__version__
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self.engines = {n: _Engine(trt, self._runtime, paths[n], manifest.graph(n), self.cuda) for n in ENGINE_GRAPHS}
-        # Sampler state at the step engine's max shape: x and the doubled batch, twice (ping-pong).
-        step = self.engines["step"]
-        self._x = [step.buffers["x"], step.buffers["x_next"]]
-        self._x2 = [self.cuda.malloc(self._nbytes(step, "velocity")), step.buffers["x2_next"]]
-        self.cuda_graphs, self.max_graphs = cuda_graphs, max_graphs
-        self._tables: OrderedDict[tuple, _StepTables] = OrderedDict()
-        log.info("TensorRT %s on %s: engines %s", trt.__version__, self.device, ", ".join(p.name for p in paths.values()))
+        engines = {n: _Engine(self._runtime, paths[n], manifest.graph(n, precision), cuda) for n in TRT_GRAPHS}
+        self._setup(engines, cuda, cuda_graphs, max_shapes)
+        log.info("TensorRT %s on %s: %s engines %s", trt.__version__, self.device, precision,
+                 ", ".join(p.name for p in paths.values()))
 
-    @staticmethod
-    def _nbytes(engine: _Engine, name: str) -> int:
-        return math.prod(engine.max_shapes[name]) * 4
+    def _setup(self, engines: dict, cuda, cuda_graphs: bool = True, max_shapes: int = 2) -> None:
+        """Everything but TensorRT itself (tests drive the loop with emulated engines and device)."""
+        self.engines, self.cuda = engines, cuda
+        self.cuda_graphs, self.max_shapes = cuda_graphs, max_shapes
+        self._shapes: OrderedDict[tuple, _Shape] = OrderedDict()
+        self._current: _Shape | None = None  # whose shapes the step context holds
 
     # --- stages ---------------------------------------------------------------------------------
+    def _run_io(self, name: str, inputs: dict[str, np.ndarray], out_dtype=np.float32) -> np.ndarray:
+        """One host-in, host-out execution (encoder, VAE) with buffers for this call."""
+        eng = self.engines[name]
+        eng.set_shapes({k: v.shape for k, v in inputs.items()})
+        addr = {}
+        for k, v in inputs.items():
+            addr[k] = self.cuda.malloc(v.nbytes)
+            self.cuda.upload(addr[k], v)
+        (out,) = eng.outputs
+        shape = eng.output_shape(out)
+        addr[out] = self.cuda.malloc(_nbytes(shape, eng.dtypes[out]))
+        try:
+            eng.run(addr)
+            return self.cuda.download(addr[out], shape, out_dtype)
+        finally:
+            for ptr in addr.values():
+                self.cuda.free(ptr)
+
     def encode_frames(self, pixels: np.ndarray) -> np.ndarray:
-        enc = self.engines["encoder"]
-        max_b = enc.max_shapes["pixels"][0]
-        feats = []
-        for i in range(0, pixels.shape[0], max_b):  # the pipeline's batches fit; direct callers may not
-            chunk = np.ascontiguousarray(pixels[i : i + max_b], dtype=np.float32)
-            enc.set_shapes({"pixels": chunk.shape})
-            self.cuda.upload(enc.buffers["pixels"], chunk)
-            enc.run()
-            feats.append(self.cuda.download(enc.buffers["features"], enc.output_shape("features")))
+        max_b = self.engines["encoder"].max_shapes["pixels"][0]
+        feats = [self._run_io("encoder", {"pixels": np.ascontiguousarray(pixels[i : i + max_b], dtype=np.float32)})
+                 for i in range(0, pixels.shape[0], max_b)]  # the pipeline's batches fit; direct callers may not
         return np.concatenate(feats)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        vae = self.engines["vae"]
-        z = np.ascontiguousarray(latents, dtype=np.float32)
-        vae.set_shapes({"latents": z.shape})
-        self.cuda.upload(vae.buffers["latents"], z)
-        vae.run()
-        return self.cuda.download(vae.buffers["audio"], vae.output_shape("audio"))
+        return self._run_io("vae", {"latents": np.ascontiguousarray(latents, dtype=np.float32)})
 
-    def sample(self, noise, curve, text, text_mask, ts, cfg_scale, uncond_keeps_curve=True, on_step=None):
-        dit, step, cuda = self.engines["dit"], self.engines["step"], self.cuda
+    def max_batch(self, guidance_size: int) -> int:
+        mx = self.engines["step"].max_shapes
+        return max(1, min(mx["x"][0], mx["curve"][0] // max(1, guidance_size)))
+
+    def _shape(self, b, c, n, s, g, table: SolverTable, n_noise: int) -> _Shape:
+        key = (b, c, n, s, g, table.key, n_noise)
+        if key in self._shapes:
+            self._shapes.move_to_end(key)
+            return self._shapes[key]
+        sh = self._shapes[key] = _Shape(self, b, c, n, s, g, table, n_noise)
+        while len(self._shapes) > self.max_shapes:
+            _, old = self._shapes.popitem(last=False)
+            if old is self._current:
+                self._current = None
+            old.close(self.cuda)
+        return sh
+
+    def _enqueue_step(self, sh: _Shape) -> None:
+        """One solver step on the device: `sampler.solver_step` over the step engine's stages."""
+        step, cuda, buf = self.engines["step"], self.cuda, sh.buf
+        fixed = {name: buf[name] for name in ("coef", "noise", "weights", "mods", "finals", "curve", "text_kv", "text_bias")}
+
+        def stage(x_base, x_eval, d_prev):
+            step.run({**fixed, "x": buf[x_base], "x_eval": buf[x_eval], "d_prev": buf[d_prev], "k": buf["K"],
+                      "x_out": buf["XO"], "d": buf["DO"], "k_next": buf["KO"]})
+            cuda.copy(buf["XE"], buf["XO"], sh.state_bytes)
+            cuda.copy(buf["D"], buf["DO"], sh.state_bytes)
+            cuda.copy(buf["K"], buf["KO"], 8)
+            return "XE", "D"
+
+        x, _ = solver_step(stage, "X", "D", sh.stages)
+        cuda.copy(buf["X"], buf[x], sh.state_bytes)
+
+    def sample(self, noise, cond: Conditioning, plan: Plan, on_step=None, stage_noise=None):
+        call = EngineCall(self, noise, cond, plan, stage_noise, "the engine's profile")
         b, c, n = noise.shape
-        steps = len(ts) - 1
-        curve_u = curve if uncond_keeps_curve else np.zeros_like(curve)
-        text2 = np.concatenate([text, np.zeros_like(text)]).astype(np.float32)  # (2B, S, E)
-        dit.set_shapes({"x": (2 * b, c, n), "curve": (2 * b, 1, n), "t": (2 * b,),
-                        "text": text2.shape, "text_mask": text2.shape[:2]})
-        step.set_shapes({"x": (b, c, n), "velocity": (2 * b, c, n), "scale": (1,), "dt": (1,)})
-        cuda.upload(dit.buffers["curve"], np.concatenate([curve, curve_u]).astype(np.float32))
-        cuda.upload(dit.buffers["text"], text2)
-        cuda.upload(dit.buffers["text_mask"], np.concatenate([text_mask, text_mask]).astype(np.float32))
-        cuda.upload(step.buffers["scale"], np.array([cfg_scale], dtype=np.float32))
-        tables = self._step_tables((b, c, n, text2.shape[1], schedule_key(ts)), ts, 2 * b)
-        vel = dit.buffers["velocity"]
+        sh = self._shape(b, c, n, call.s, call.g, plan.table, call.n_noise)
+        cuda, buf = self.cuda, sh.buf
+        text = self.engines["text"]
+        text.set_shapes(sh.text_shapes)
+        cuda.upload(buf["text"], call.text)
+        cuda.upload(buf["text_mask"], call.mask)
+        text.run({"text": buf["text"], "text_mask": buf["text_mask"], "text_kv": buf["text_kv"], "text_bias": buf["text_bias"]})
+        step = self.engines["step"]
+        if self._current is not sh:  # TensorRT's rule: after a shape change, enqueue once, recapture
+            step.set_shapes({k: v for k, v in sh.shapes.items() if k in step.inputs})
+            for other in self._shapes.values():
+                if other.graph is not None:
+                    cuda.destroy(other.graph)
+                    other.graph = None
+            self._current = sh
+            if self.cuda_graphs:
+                cuda.upload(buf["K"], np.zeros(1, np.int64))  # a valid stage index for the warm-up
+                self._enqueue_step(sh)  # the warm-up enqueue; its results are overwritten below
+                cuda.sync()
+                try:
+                    sh.graph = cuda.capture(lambda: self._enqueue_step(sh))
+                except BackendUnavailable as e:
+                    log.warning("TensorRT: CUDA graph capture failed (%s); running the solver steps uncaptured", e)
+                    self.cuda_graphs = False
+        # the inputs of this generation, into the buffers the graph reads
+        cuda.upload(buf["curve"], call.curve)
+        cuda.upload(buf["weights"], np.asarray(plan.guidance.weights, dtype=np.float32))
+        cuda.upload(buf["noise"], call.noise)
+        cuda.upload(buf["X"], np.ascontiguousarray(noise, dtype=np.float32))
+        cuda.upload(buf["D"], np.zeros((b, c, n), np.float32))
+        cuda.upload(buf["K"], np.zeros(1, np.int64))
 
-        def enqueue_step(i: int) -> None:
-            cur, nxt = i % 2, 1 - i % 2
-            dit.run({"x": self._x2[cur], "t": tables.t(i), "velocity": vel})
-            step.run({"x": self._x[cur], "velocity": vel, "dt": tables.dt(i),
-                      "x_next": self._x[nxt], "x2_next": self._x2[nxt]})
-
-        for other in self._tables.values():  # TensorRT's rule: recapture after the shapes change
-            if other is not tables and other.graphs is not None:
-                other.drop_graphs()
-        if self.cuda_graphs and tables.graphs is None:
-            tables.graphs = self._capture_steps(enqueue_step, steps)  # before the inputs: capture runs nothing
-        cuda.upload(self._x[0], noise.astype(np.float32))
-        cuda.upload(self._x2[0], np.concatenate([noise, noise]).astype(np.float32))
-        for i in range(steps):  # no host synchronization inside the loop
-            if tables.graphs is not None:
-                cuda.launch(tables.graphs[i])
+        def one_step(x, d):
+            if sh.graph is not None:
+                cuda.launch(sh.graph)
             else:
-                enqueue_step(i)
-            if on_step is not None:
-                on_step(i)
-        return cuda.download(self._x[steps % 2], (b, c, n))
+                self._enqueue_step(sh)
+            return x, d
 
-    def _step_tables(self, key: tuple, ts: np.ndarray, batch2: int) -> _StepTables:
-        if key in self._tables:
-            self._tables.move_to_end(key)
-            return self._tables[key]
-        tables = self._tables[key] = _StepTables(self.cuda, ts, batch2)
-        while len(self._tables) > self.max_graphs:
-            _, old = self._tables.popitem(last=False)
-            old.close()
-        return tables
+        # the sampler's loop with one captured solver step as its unit: no host sync inside
+        sample_loop(lambda xb, xe, dp: one_step(xb, dp), "X", "D", plan.steps, 1, on_step)
+        return cuda.download(buf["X"], (b, c, n))
 
-    def _capture_steps(self, enqueue_step, steps: int) -> list | None:
-        """One graph per step; None (and graphs off from now on) when TensorRT cannot be captured."""
-        enqueue_step(0)  # TensorRT: enqueue once after a shape change, before capturing
-        self.cuda.sync()
-        graphs: list = []
-        try:
-            for i in range(steps):
-                graphs.append(self.cuda.capture(lambda i=i: enqueue_step(i)))
-        except BackendUnavailable as e:
-            for g in graphs:
-                self.cuda.destroy(g)
-            log.warning("TensorRT: CUDA graph capture failed (%s); running the sampler steps uncaptured", e)
-            self.cuda_graphs = False
-            return None
-        log.info("TensorRT: captured %d step graphs", steps)
-        return graphs
+    def step_clock(self):
+        from ..profiler import StepClock
+
+        cuda = self.cuda
+
+        class CudartClock(StepClock):
+            """cudart events recorded on the backend's stream."""
+
+            kind = "cuda_events"
+
+            def __init__(self):
+                self.events = []
+
+            def mark(self):
+                self.events.append(cuda.event())
+                return self.events[-1]
+
+            def wait(self, last):
+                cuda.event_wait(last)
+
+            def elapsed_ms(self, a, b):
+                return cuda.event_ms(a, b)
+
+            def done(self):
+                for ev in self.events:
+                    cuda.event_destroy(ev)
+                self.events = []
+
+        return CudartClock()
 
     def synchronize(self) -> None:
         self.cuda.sync()
 
     def describe(self):
         d = super().describe()
-        d["tensorrt"] = self.trt_version
-        d["sampler_path"] = "cuda_graph_steps" if self.cuda_graphs else "enqueue"
+        d["tensorrt"] = getattr(self, "trt_version", None)
+        d["sampler_path"] = "cuda_graph_step" if self.cuda_graphs else "enqueue"
         return d
 
     def close(self) -> None:
-        for tables in self._tables.values():
-            tables.close()
-        self._tables.clear()
+        for sh in self._shapes.values():
+            sh.close(self.cuda)
+        self._shapes.clear()
         self.engines.clear()
         self.cuda.close()

@@ -7,6 +7,7 @@ commit, date), and GPU-only scripts refuse cleanly without a GPU.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,14 @@ def test_gpu_only_benches_refuse_cleanly(tmp_path):
 def test_help(script):
     proc = _run(script, "--help", timeout=120)
     assert proc.returncode == 0 and "usage" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_gpu_suite_script_parses_and_refuses_unknown_stages(tmp_path):
+    """The one GPU command: valid bash; an unknown stage is refused (exit 2) before any work."""
+    script = BENCH / "gpu_suite.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    for stage in ("tests", "dit", "parts", "pipeline", "compile"):
+        assert f"    {stage})" in text
+    limits = [int(m) for m in re.findall(r"run (\d+) ", text)]
+    assert sum(limits) <= 8 * 60, f"stage limits add up to {sum(limits)} s, past the 8-minute slot"

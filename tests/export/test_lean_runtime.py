@@ -148,3 +148,36 @@ def test_tensorrt_backend_unavailable_without_tensorrt(lean_bundle, blocker, tmp
     """, tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("unavailable: TensorRT is not installed")
+
+
+def test_device_auto_without_torch_uses_the_gpu_the_driver_reports(lean_bundle, blocker, tmp_path):
+    """--device auto is decided without torch: the CUDA driver's device count (faked to 1 here)
+    and onnxruntime's providers pick the GPU for a torch-free install, or the CPU with a warning
+    when this onnxruntime has no CUDA provider."""
+    r = _python(blocker, f"""
+        import json, logging, sys
+        import onnxruntime
+        from v2m.runtime import devices
+        from v2m.runtime.backends import resolve_backend
+        devices.cuda_device_count.cache_clear()
+        devices.cuda_device_count = lambda: 1
+        import v2m.runtime.backends as b
+        b.devices = devices
+        out = {{}}
+        onnxruntime.get_available_providers = lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        out["gpu_ort"] = resolve_backend("auto", {str(lean_bundle)!r}, "auto")
+        onnxruntime.get_available_providers = lambda: ["CPUExecutionProvider"]
+        out["cpu_ort"] = resolve_backend("auto", {str(lean_bundle)!r}, "auto")
+        out["explicit"] = resolve_backend("onnxruntime", {str(lean_bundle)!r}, "cuda:1")
+        devices.cuda_device_count = lambda: 0
+        out["no_gpu"] = resolve_backend("auto", {str(lean_bundle)!r}, "auto")
+        out["loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r})
+        print(json.dumps(out))
+    """, tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["gpu_ort"] == ["onnxruntime", "cuda"]
+    assert out["cpu_ort"] == ["onnxruntime", "cpu"] and "no CUDA provider" in r.stderr
+    assert out["explicit"] == ["onnxruntime", "cuda:1"]
+    assert out["no_gpu"] == ["onnxruntime", "cpu"]
+    assert out["loaded"] == []

@@ -11,6 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
+from sampler_oracle import CASE_IDS, CASES, case_inputs, oracle_sample, rel_err  # noqa: E402
+
 from v2m.models.dit import PRESETS, DiT  # noqa: E402
 from v2m.runtime import sampler  # noqa: E402
 from v2m.runtime.backends.torch_fast import FastConfig, FastSampler  # noqa: E402
@@ -36,7 +38,11 @@ def _inputs(cfg, b, length, s, seed=0):
     text = rng.standard_normal((b, s, cfg.text_dim), dtype=np.float32)
     mask = np.ones((b, s), dtype=np.float32)
     mask[:, s // 2 :] = 0
-    return noise, curve, text, mask
+    return noise, sampler.Conditioning(curve, text, mask)
+
+
+def _plan(steps, **kw):
+    return sampler.Plan.make(sampler.SamplerOptions(steps=steps, cfg_scale=4.5, **kw))
 
 
 @pytest.mark.parametrize("b,length", [(1, 37), (2, 62)])
@@ -56,9 +62,26 @@ def test_backbone_matches_model(device, assert_close, dit, b, length):
     assert_close(got, ref, 2e-5, 2e-5, "velocity")
 
 
+FUSED_CASES = [1, 3, 4, 7]  # heun; heun + shift 3 + negative; euler + no-curve; heun + curve guidance + negative
+
+
+@pytest.mark.parametrize("case", [CASES[i] for i in FUSED_CASES], ids=[CASE_IDS[i] for i in FUSED_CASES])
+def test_fused_sampler_matches_oracle(device, dit, case):
+    """The fused backbone through the one guided stage against the plain-loop oracle (fp32)."""
+    if device != "cpu":
+        pytest.skip("the oracle runs on the CPU in fp64")
+    noise, cond, oracle_kw, opts = case_inputs(dit.cfg, case, b=1, length=19)
+    plan = sampler.Plan.make(sampler.SamplerOptions(**opts), True, cond.has_negative)
+    got = FastSampler(dit, FastConfig(graphs=False, kernels="triton")).sample(noise, cond, plan)
+    import copy
+
+    ref = oracle_sample(copy.deepcopy(dit), noise, cond.curve, cond.text, cond.text_mask, **oracle_kw)
+    assert rel_err(got, ref) <= 1e-4, rel_err(got, ref)
+
+
 def test_fused_sampler_matches_eager(device, dit):
     model = dit.to(device)
-    args = (*_inputs(model.cfg, 2, 41, 6), sampler.timesteps(12), 4.5)
+    args = (*_inputs(model.cfg, 2, 41, 6), _plan(12, solver="heun"))
     fused = FastSampler(model, FastConfig(graphs=False, kernels="triton"))
     eager = FastSampler(model, FastConfig(graphs=False))
     assert fused.path == "static_eager+triton"
@@ -73,9 +96,9 @@ def test_fused_fp16_velocity_cosine(device, dit):
 
     ref = FastSampler(dit.to(device).float(), FastConfig(graphs=False))
     lo = FastSampler(copy.deepcopy(dit).to(device).half(), FastConfig(graphs=False, kernels="triton"))
-    args = (*_inputs(dit.cfg, 1, 62, 6, seed=3), sampler.timesteps(24), 4.5)
+    args = (*_inputs(dit.cfg, 1, 62, 6, seed=3), _plan(24))
     e_ref, e_lo = ref.prepare(*args), lo.prepare(*args)
-    ts = args[-2]
+    ts = sampler.time_grid(24)
     x = e_ref.state.x.clone()
     for i in range(len(ts) - 1):
         v_ref, v_lo = ref.velocity_at(e_ref, x, i), lo.velocity_at(e_lo, x, i)
@@ -103,7 +126,7 @@ def test_gpu_fused_graph_replay(dit):
     import copy
 
     model = copy.deepcopy(dit).cuda().half()
-    args = (*_inputs(model.cfg, 1, 62, 6), sampler.timesteps(96), 4.5)
+    args = (*_inputs(model.cfg, 1, 62, 6), _plan(96))
     graphed = FastSampler(model, FastConfig(graphs=True, kernels="triton"))
     eager = FastSampler(model, FastConfig(graphs=False, kernels="triton"))
     a = graphed.sample(*args)

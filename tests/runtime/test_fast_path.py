@@ -16,9 +16,9 @@ from v2m.runtime.backends.torch_fast import (
     FastSampler,
     TorchFastBackend,
     chunked_decode,
-    precompute_modulations,
     vae_receptive_field,
 )
+from v2m.runtime.backends.torch_step import DiTStepModel
 from v2m.runtime.bundle import load_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -31,7 +31,12 @@ def _inputs(cfg, b=1, length=37, s=5, seed=0):
     text = rng.standard_normal((b, s, cfg.text_dim), dtype=np.float32)
     mask = np.ones((b, s), dtype=np.float32)
     mask[:, -2:] = 0
-    return noise, curve, text, mask
+    return noise, sampler.Conditioning(curve, text, mask)
+
+
+def _plan(steps, cfg_scale=4.5, **kw):
+    keeps = kw.pop("uncond_keeps_curve", True)
+    return sampler.Plan.make(sampler.SamplerOptions(steps=steps, cfg_scale=cfg_scale, **kw), keeps)
 
 
 @pytest.fixture(scope="module")
@@ -39,42 +44,41 @@ def eager(tiny_bundle):
     return TorchBackend(tiny_bundle, load_config(tiny_bundle), device="cpu", precision="fp32")
 
 
-def test_modulations_match_model(eager):
-    ts = sampler.timesteps(12)
-    mods, final = precompute_modulations(eager.dit, ts, torch.float32)
-    ref_mods, ref_final = eager.dit.time_modulations(torch.tensor(ts[:-1], dtype=torch.float32))
-    assert mods.shape == ref_mods.shape and final.shape == ref_final.shape
+def test_schedule_matches_model_modulations(eager):
+    """The hoisted per-stage modulations (fp32 math on upcast weights) equal the model's own."""
+    table = _plan(12, solver="heun").table
+    mods, final = DiTStepModel(eager.dit).schedule(torch.tensor(table.t_model, dtype=torch.float32))
+    ref_mods, ref_final = eager.dit.time_modulations(torch.tensor(table.t_model, dtype=torch.float32))
+    assert mods.shape == ref_mods.shape == (eager.dit.cfg.depth, 24, 6, eager.dit.cfg.width)
     torch.testing.assert_close(mods, ref_mods, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(final, ref_final, atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("b,uncond_keeps_curve", [(1, True), (2, False)])
-def test_fast_sampler_matches_eager_fp32(eager, b, uncond_keeps_curve):
-    cfg = eager.cfg
-    noise, curve, text, mask = _inputs(cfg, b=b)
-    ts = sampler.timesteps(10)
+@pytest.mark.parametrize("b,uncond_keeps_curve,solver", [(1, True, "euler"), (2, False, "heun")])
+def test_fast_sampler_matches_eager_fp32(eager, b, uncond_keeps_curve, solver):
+    noise, cond = _inputs(eager.cfg, b=b)
+    plan = _plan(10, solver=solver, uncond_keeps_curve=uncond_keeps_curve)
     fast = FastSampler(eager.dit, FastConfig())
     assert fast.path == "static_eager" and not fast.graphs
     seen = []
-    got = fast.sample(noise, curve, text, mask, ts, 4.5, uncond_keeps_curve, seen.append)
-    ref = eager.sample(noise, curve, text, mask, ts, 4.5, uncond_keeps_curve)
+    got = fast.sample(noise, cond, plan, seen.append)
+    ref = eager.sample(noise, cond, plan)
     assert seen == list(range(10))
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_fast_sampler_96_steps_reproducible_and_cached(eager):
-    cfg = eager.cfg
-    noise, curve, text, mask = _inputs(cfg, length=31)
-    ts = sampler.timesteps(96)
+    noise, cond = _inputs(eager.cfg, length=31)
+    plan = _plan(96)
     fast = FastSampler(eager.dit)
-    a = fast.sample(noise, curve, text, mask, ts, 4.5)
-    b = fast.sample(noise, curve, text, mask, ts, 4.5)
+    a = fast.sample(noise, cond, plan)
+    b = fast.sample(noise, cond, plan)
     assert np.array_equal(a, b)  # bit-reproducible, static buffers reused
     assert len(fast._entries) == 1 and len(fast._sched) == 1
-    np.testing.assert_allclose(a, eager.sample(noise, curve, text, mask, ts, 4.5), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(a, eager.sample(noise, cond, plan), atol=1e-5, rtol=1e-5)
     # another prompt, same shape: same entry, new text K/V
-    _, _, text2, _ = _inputs(cfg, length=31, seed=1)
-    c = fast.sample(noise, curve, text2, mask, ts, 4.5)
+    _, cond2 = _inputs(eager.cfg, length=31, seed=1)
+    c = fast.sample(noise, cond2, plan)
     assert len(fast._entries) == 1 and not np.allclose(a, c)
 
 
@@ -84,13 +88,13 @@ def test_half_precision_velocity_cosine_cpu(eager, dtype):
     trajectory, per-step velocity cosine >= 0.999 over all 96 steps; reproducible run to run."""
     import copy
 
-    cfg = eager.cfg
-    noise, curve, text, mask = _inputs(cfg, length=62, seed=5)
-    ts = sampler.timesteps(96)
+    noise, cond = _inputs(eager.cfg, length=62, seed=5)
+    plan = _plan(96)
+    ts = sampler.time_grid(96)
     ref = FastSampler(eager.dit, FastConfig())
     lo = FastSampler(copy.deepcopy(eager.dit).to(dtype), FastConfig())
-    e_ref = ref.prepare(noise, curve, text, mask, ts, 4.5)
-    e_lo = lo.prepare(noise, curve, text, mask, ts, 4.5)
+    e_ref = ref.prepare(noise, cond, plan)
+    e_lo = lo.prepare(noise, cond, plan)
     x = e_ref.state.x.clone()
     worst = 1.0
     for i in range(96):
@@ -98,8 +102,8 @@ def test_half_precision_velocity_cosine_cpu(eager, dtype):
         worst = min(worst, torch.nn.functional.cosine_similarity(v_ref.flatten(), v_lo.flatten(), dim=0).item())
         x = x + float(ts[i + 1] - ts[i]) * v_ref
     assert worst >= 0.999, worst
-    a = lo.sample(noise, curve, text, mask, ts, 4.5)
-    assert np.array_equal(a, lo.sample(noise, curve, text, mask, ts, 4.5))
+    a = lo.sample(noise, cond, plan)
+    assert np.array_equal(a, lo.sample(noise, cond, plan))
 
 
 def test_vae_precision_apart_from_the_dit(tiny_bundle, eager):
@@ -117,9 +121,8 @@ def test_vae_precision_apart_from_the_dit(tiny_bundle, eager):
 
 def test_shape_lru(eager):
     fast = FastSampler(eager.dit, FastConfig(max_graphs=2))
-    ts = sampler.timesteps(3)
     for length in (10, 11, 12, 10):
-        fast.sample(*_inputs(eager.cfg, length=length), ts, 3.0)
+        fast.sample(*_inputs(eager.cfg, length=length), _plan(3, 3.0))
     assert [k[1] for k in fast._entries] == [12, 10]
 
 
@@ -225,23 +228,26 @@ def test_gpu_graph_replay_equals_eager_and_reproducible(tiny_bundle):
     ref32 = TorchBackend(tiny_bundle, cfg, device="cuda", precision="fp32")
     graphed = FastSampler(ref32.dit, FastConfig(graphs=True))
     eager = FastSampler(ref32.dit, FastConfig(graphs=False))
-    args = (*_inputs(cfg, length=62), sampler.timesteps(96), 4.5)
-    a = graphed.sample(*args)
-    b = graphed.sample(*args)
-    assert graphed.captures == 1 and np.array_equal(a, b)
-    np.testing.assert_allclose(a, eager.sample(*args), atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose(a, ref32.sample(*args), atol=1e-3, rtol=1e-3)
+    for solver in ("euler", "heun"):
+        args = (*_inputs(cfg, length=62), _plan(96, solver=solver, curve_guidance=1.0))
+        a = graphed.sample(*args)
+        b = graphed.sample(*args)
+        assert np.array_equal(a, b)
+        np.testing.assert_allclose(a, eager.sample(*args), atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(a, ref32.sample(*args), atol=1e-3, rtol=1e-3)
+    assert graphed.captures == 2  # one graph per (shape, solver table)
 
 
 @pytest.mark.gpu
 @cuda
 def test_gpu_fp16_velocity_cosine(tiny_bundle):
     cfg, ref, f16 = _gpu_pair(tiny_bundle)
-    noise, curve, text, mask = _inputs(cfg, length=62)
-    ts = sampler.timesteps(96)
+    noise, cond = _inputs(cfg, length=62)
+    plan = _plan(96)
+    ts = sampler.time_grid(96)
     s32 = FastSampler(ref.dit, FastConfig(graphs=False))
-    e32 = s32.prepare(noise, curve, text, mask, ts, 4.5)
-    e16 = f16.sampler.prepare(noise, curve, text, mask, ts, 4.5)
+    e32 = s32.prepare(noise, cond, plan)
+    e16 = f16.sampler.prepare(noise, cond, plan)
     x = e32.state.x.clone()
     for i in range(96):
         v32 = s32.velocity_at(e32, x, i)
@@ -249,17 +255,16 @@ def test_gpu_fp16_velocity_cosine(tiny_bundle):
         cos = torch.nn.functional.cosine_similarity(v32.flatten(), v16.flatten(), dim=0).item()
         assert cos >= 0.999, (i, cos)
         x = x + float(ts[i + 1] - ts[i]) * v32
-    a = f16.sample(noise, curve, text, mask, ts, 4.5)
-    assert np.array_equal(a, f16.sample(noise, curve, text, mask, ts, 4.5))
+    a = f16.sample(noise, cond, plan)
+    assert np.array_equal(a, f16.sample(noise, cond, plan))
 
 
 @pytest.mark.gpu
 @cuda
 def test_gpu_graph_recaptured_on_new_shape(tiny_bundle):
     _, _, f16 = _gpu_pair(tiny_bundle)
-    ts = sampler.timesteps(8)
     for length in (40, 41, 40):
-        f16.sample(*_inputs(f16.cfg, length=length), ts, 4.5)
+        f16.sample(*_inputs(f16.cfg, length=length), _plan(8))
     assert f16.sampler.captures == 2
 
 

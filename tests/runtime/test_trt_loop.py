@@ -1,22 +1,30 @@
-"""The TensorRT backend's sampler loop (ping-pong buffers, t/dt tables, per-step CUDA graphs)
-against an emulated device: no TensorRT or GPU needed, so CI checks its control flow.
+"""The TensorRT backend's sampler (device-side stage routing, one captured solver step per
+shape, recapture after a shape change, capture failure) on an emulated device, against the
+independent plain-loop oracle: no TensorRT or GPU needed, so CI checks its control flow.
 
-The fakes keep device memory in one byte array addressed like the real pointers, engines
-read and write it at the addresses set for each run, and "capture" records the engine runs
-instead of executing them, as stream capture does; a graph launch replays them. The
-engines compute a simple velocity whose Euler/CFG trajectory is checked against numpy.
+The fakes keep device memory in one byte array addressed like real pointers. Each fake
+engine runs the exported fp32 ONNX graph of the tiny bundle (ONNX Runtime, CPU) on the
+tensors at the addresses it is given, so what is checked is the backend's own work: the
+buffers, the copies between stages, the capture and replay. "Capture" records the engine
+runs and copies instead of executing them, as stream capture does; a launch replays them.
 """
 
 import numpy as np
 import pytest
+from sampler_oracle import CASE_IDS, CASES, case_inputs, oracle_sample, rel_err
 
+from v2m.runtime import sampler
 from v2m.runtime.backends import trt_backend as tb
 from v2m.runtime.errors import BackendUnavailable
+
+ort = pytest.importorskip("onnxruntime")
+
+_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
 
 
 class FakeCuda:
     def __init__(self, fail_capture=False):
-        self.mem = np.zeros(1 << 22, dtype=np.uint8)
+        self.mem = np.zeros(1 << 24, dtype=np.uint8)
         self.top = 256
         self.capturing = None
         self.fail_capture = fail_capture
@@ -25,21 +33,34 @@ class FakeCuda:
 
     def malloc(self, nbytes):
         ptr, self.top = self.top, self.top + -(-max(int(nbytes), 256) // 256) * 256
+        assert self.top < self.mem.size, "fake device memory exhausted"
         return ptr
 
     def free(self, ptr):
         self.freed.append(ptr)
 
-    def view(self, ptr, shape):
-        n = int(np.prod(shape))
-        return self.mem[ptr : ptr + 4 * n].view(np.float32).reshape(shape)
+    def view(self, ptr, shape, dtype=np.float32):
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return self.mem[ptr : ptr + n].view(dtype).reshape(shape)
 
     def upload(self, ptr, a):
-        a = np.ascontiguousarray(a, dtype=np.float32)
-        self.view(ptr, a.shape)[...] = a
+        a = np.ascontiguousarray(a)
+        self.mem[ptr : ptr + a.nbytes] = a.view(np.uint8).reshape(-1)
 
     def download(self, ptr, shape, dtype=np.float32):
-        return self.view(ptr, shape).copy()
+        return self.view(ptr, shape, dtype).copy()
+
+    def _do(self, op):
+        if self.capturing is not None:
+            self.capturing.append(op)
+        else:
+            op()
+
+    def copy(self, dst, src, nbytes):
+        def op():
+            self.mem[dst : dst + nbytes] = self.mem[src : src + nbytes].copy()
+
+        self._do(op)
 
     def sync(self):
         pass
@@ -63,113 +84,144 @@ class FakeCuda:
 
 
 class FakeEngine:
-    """Buffers at max shape, shapes set per call, `run` reads/writes the fake device memory."""
+    """An exported graph run by ONNX Runtime on the fake device's memory."""
 
-    def __init__(self, cuda, max_shapes, outputs, fn):
-        self.cuda, self.max_shapes, self.fn, self.outputs = cuda, max_shapes, fn, outputs
-        self.shapes = dict(max_shapes)
-        self.buffers = {k: cuda.malloc(4 * int(np.prod(v))) for k, v in max_shapes.items()}
-        self.runs = 0
+    def __init__(self, cuda, graph_path, info):
+        self.cuda, self.name = cuda, info.name
+        self.sess = ort.InferenceSession(str(graph_path), providers=["CPUExecutionProvider"])
+        self.inputs, self.outputs = info.input_names, info.output_names
+        self.max_shapes = {k: v[2] for k, v in info.profile_shapes().items()}
+        self.dtypes = {t["name"]: t["dtype"] for t in (*info.inputs, *info.outputs)}
+        self.shapes, self.runs, self.shape_changes = {}, 0, 0
+        self._last_out = {}
 
     def set_shapes(self, shapes):
-        self.shapes.update(shapes)
+        for k, v in shapes.items():
+            assert all(s <= m for s, m in zip(v, self.max_shapes[k])), (k, v)
+            if self.shapes.get(k) != tuple(v):
+                self.shape_changes += 1
+        self.shapes.update({k: tuple(v) for k, v in shapes.items()})
 
-    def run(self, addresses=None):
-        addr = {**self.buffers, **(addresses or {})}
-        op = lambda: self._exec(addr)
-        if self.cuda.capturing is not None:
-            self.cuda.capturing.append(op)
-        else:
-            op()
+    def output_shape(self, name):
+        feeds = {k: np.zeros(self.shapes[k], _NP[self.dtypes[k]]) for k in self.inputs}
+        return self.sess.run([name], feeds)[0].shape
 
-    def _exec(self, addr):
-        self.runs += 1
-        ins = {k: self.cuda.view(addr[k], self.shapes[k]) for k in self.shapes if k not in self.outputs}
-        for k, v in self.fn(ins).items():
-            self.cuda.view(addr[k], v.shape)[...] = v
+    def run(self, addresses):
+        addr = dict(addresses)
+        assert set(addr) == {*self.inputs, *self.outputs}
+        assert not {addr[k] for k in self.inputs} & {addr[k] for k in self.outputs}, "an output aliases an input"
 
+        def op():
+            self.runs += 1
+            feeds = {k: self.cuda.view(addr[k], self.shapes[k], _NP[self.dtypes[k]]).copy() for k in self.inputs}
+            for name, value in zip(self.outputs, self.sess.run(self.outputs, feeds)):
+                self.cuda.upload(addr[name], np.ascontiguousarray(value, dtype=_NP[self.dtypes[name]]))
 
-def dit_fn(ins):  # velocity = curve - t * x, on the doubled batch
-    return {"velocity": ins["curve"] - ins["t"][:, None, None] * ins["x"]}
-
-
-def step_fn(ins):  # guided Euler step; also the doubled batch of the next state
-    b = ins["x"].shape[0]
-    v = ins["velocity"][b:] + ins["scale"][0] * (ins["velocity"][:b] - ins["velocity"][b:])
-    x_next = ins["x"] + ins["dt"][0] * v
-    return {"x_next": x_next, "x2_next": np.concatenate([x_next, x_next])}
+        self.cuda._do(op)
 
 
-def make_backend(fail_capture=False, graphs=True, b=2, c=3, n=8, s=4, e=5):
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from v2m.export.exporter import export_bundle
+    from v2m.models.bundle import init_bundle
+
+    d = tmp_path_factory.mktemp("trt_loop")
+    src = init_bundle("tiny", d / "bundle", seed=0)
+    export_bundle(src, d / "exported", check=False)
+    return src, d / "exported"
+
+
+def make_backend(exported, fail_capture=False, graphs=True, max_shapes=2):
+    from v2m.runtime.bundle import load_config
+    from v2m.runtime.manifest import load_manifest
+
+    _, out = exported
+    man = load_manifest(out)
     be = object.__new__(tb.TensorRTBackend)
+    be.cfg, be.device, be.precision = load_config(out), "cuda:0", "fp32"
     cuda = FakeCuda(fail_capture)
-    dit = FakeEngine(cuda, {"x": (2 * b, c, n), "curve": (2 * b, 1, n), "t": (2 * b,), "text": (2 * b, s, e),
-                            "text_mask": (2 * b, s), "velocity": (2 * b, c, n)}, {"velocity"}, dit_fn)
-    step = FakeEngine(cuda, {"x": (b, c, n), "velocity": (2 * b, c, n), "scale": (1,), "dt": (1,),
-                             "x_next": (b, c, n), "x2_next": (2 * b, c, n)}, {"x_next", "x2_next"}, step_fn)
-    be.cuda, be.engines = cuda, {"dit": dit, "step": step}
-    be._x = [step.buffers["x"], step.buffers["x_next"]]
-    be._x2 = [cuda.malloc(4 * 2 * b * c * n), step.buffers["x2_next"]]
-    be.cuda_graphs, be.max_graphs, be._tables = graphs, 2, tb.OrderedDict()
+    engines = {n: FakeEngine(cuda, man.graph_path(n), man.graph(n)) for n in tb.TRT_GRAPHS}
+    be._setup(engines, cuda, graphs, max_shapes)
     return be
 
 
-def reference(noise, curve, ts, scale, uncond_keeps_curve=True):
-    x = noise.astype(np.float64)
-    cu = curve if uncond_keeps_curve else np.zeros_like(curve)
-    for i in range(len(ts) - 1):
-        v_c, v_u = curve - ts[i] * x, cu - ts[i] * x
-        x = x + (ts[i + 1] - ts[i]) * (v_u + scale * (v_c - v_u))
-    return x
+@pytest.fixture(scope="module")
+def oracle_dit(exported):
+    from v2m.models.bundle import load_component
+
+    return load_component(exported[0], "dit")
 
 
-def _args(b, n, seed=0, steps=7):
-    rng = np.random.default_rng(seed)
-    noise = rng.standard_normal((b, 3, n)).astype(np.float32)
-    curve = rng.random((b, 1, n)).astype(np.float32)
-    text = rng.standard_normal((b, 4, 5)).astype(np.float32)
-    mask = np.ones((b, 4), dtype=np.float32)
-    ts = np.linspace(1.0, 0.0, steps + 1)
-    return noise, curve, text, mask, ts
+def _plan(opts, cond):
+    return sampler.Plan.make(sampler.SamplerOptions(**opts), True, cond.has_negative)
 
 
-@pytest.mark.parametrize("graphs", [True, False])
-@pytest.mark.parametrize("uncond_keeps_curve", [True, False])
-def test_loop_matches_reference(graphs, uncond_keeps_curve):
-    be = make_backend(graphs=graphs)
-    noise, curve, text, mask, ts = _args(2, 8)
+@pytest.mark.parametrize("case", CASES[:4] + CASES[6:], ids=CASE_IDS[:4] + CASE_IDS[6:])
+@pytest.mark.parametrize("graphs", [True, False], ids=["graph", "enqueue"])
+def test_loop_matches_oracle(exported, oracle_dit, case, graphs):
+    be = make_backend(exported, graphs=graphs)
+    noise, cond, oracle_kw, opts = case_inputs(be.cfg, case, b=2, length=13)
     seen = []
-    x = be.sample(noise, curve, text, mask, ts, 3.0, uncond_keeps_curve, seen.append)
-    np.testing.assert_allclose(x, reference(noise, curve, ts, 3.0, uncond_keeps_curve), rtol=1e-5, atol=1e-5)
-    assert seen == list(range(7))
-    assert be.cuda.launches == (7 if graphs else 0) and be.cuda.captures == (7 if graphs else 0)
+    got = be.sample(noise, cond, _plan(opts, cond), seen.append)
+    ref = oracle_sample(oracle_dit, noise, cond.curve, cond.text, cond.text_mask, **oracle_kw)
+    assert rel_err(got, ref) <= 1e-4, rel_err(got, ref)
+    assert seen == list(range(opts["steps"]))
+    stages = 2 if case["solver"] == "heun" else 1
+    assert be.engines["step"].runs == opts["steps"] * stages + (stages if graphs else 0)  # + the warm-up step
+    assert be.cuda.captures == (1 if graphs else 0) and be.cuda.launches == (opts["steps"] if graphs else 0)
 
 
-def test_graphs_reused_then_recaptured_after_a_shape_change():
-    be = make_backend()
-    a = _args(2, 8)
-    x1 = be.sample(*a[:4], a[4], 2.0)
-    x2 = be.sample(*a[:4], a[4], 2.0)
-    assert np.array_equal(x1, x2) and be.cuda.captures == 7 and be.cuda.launches == 14
-    short = _args(1, 5, seed=1)
-    x3 = be.sample(*short[:4], short[4], 2.0)  # another shape: the first shape's graphs are dropped
-    np.testing.assert_allclose(x3, reference(short[0], short[1], short[4], 2.0), rtol=1e-5, atol=1e-5)
-    assert be.cuda.destroyed == 7 and be.cuda.captures == 14
-    x4 = be.sample(*a[:4], a[4], 2.0)  # back: recaptured (TensorRT's rule), same answer
-    assert np.array_equal(x1, x4) and be.cuda.captures == 21
+def test_one_graph_reused_then_recaptured_after_a_shape_change(exported):
+    be = make_backend(exported)
+    noise, cond, _, opts = case_inputs(be.cfg, dict(solver="heun", shift=1.0), b=1, length=11)
+    plan = _plan(opts, cond)
+    x1 = be.sample(noise, cond, plan)
+    x2 = be.sample(noise, cond, plan)
+    assert np.array_equal(x1, x2) and be.cuda.captures == 1 and be.cuda.launches == 2 * opts["steps"]
+    short = case_inputs(be.cfg, dict(solver="heun", shift=1.0), b=1, length=7, seed=1)
+    be.sample(short[0], short[1], plan)  # another shape: the first shape's graph is dropped
+    assert be.cuda.destroyed == 1 and be.cuda.captures == 2
+    x4 = be.sample(noise, cond, plan)  # back: recaptured (TensorRT's rule), same answer
+    assert np.array_equal(x1, x4) and be.cuda.captures == 3
 
 
-def test_capture_failure_falls_back_with_a_warning(caplog):
-    be = make_backend(fail_capture=True)
-    noise, curve, text, mask, ts = _args(2, 8)
-    x = be.sample(noise, curve, text, mask, ts, 3.0)
-    np.testing.assert_allclose(x, reference(noise, curve, ts, 3.0), rtol=1e-5, atol=1e-5)
+def test_capture_failure_falls_back_with_a_warning(exported, oracle_dit, caplog):
+    be = make_backend(exported, fail_capture=True)
+    noise, cond, oracle_kw, opts = case_inputs(be.cfg, CASES[1], b=1, length=9)
+    got = be.sample(noise, cond, _plan(opts, cond))
+    ref = oracle_sample(oracle_dit, noise, cond.curve, cond.text, cond.text_mask, **oracle_kw)
+    assert rel_err(got, ref) <= 1e-4
     assert not be.cuda_graphs and "capture failed" in caplog.text
 
 
-def test_lru_frees_tables():
-    be = make_backend()
+def test_lru_frees_buffers(exported):
+    be = make_backend(exported, max_shapes=2)
     for n in (8, 7, 6):
-        a = _args(1, n)
-        be.sample(*a[:4], a[4], 2.0)
-    assert len(be._tables) == 2 and len(be.cuda.freed) == 2  # the oldest shape's t and dt tables
+        noise, cond, _, opts = case_inputs(be.cfg, CASES[0], b=1, length=n)
+        be.sample(noise, cond, _plan(opts, cond))
+    assert len(be._shapes) == 2 and len(be.cuda.freed) > 10  # the oldest shape's buffers
+
+
+def test_batch_beyond_the_profile_is_refused(exported):
+    be = make_backend(exported)
+    assert be.max_batch(2) == 4 and be.max_batch(3) == 4
+    noise, cond, _, opts = case_inputs(be.cfg, CASES[0], b=5, length=6)
+    with pytest.raises(Exception, match="exceed the engine's profile"):
+        be.sample(noise, cond, _plan(opts, cond))
+
+
+def test_encode_and_decode_through_engines(exported):
+    """encoder and VAE engines: host in, host out, per-call buffers freed."""
+    from v2m.models.bundle import load_component
+
+    be = make_backend(exported)
+    z = np.random.default_rng(0).standard_normal((1, be.cfg.latent_channels, 5)).astype(np.float32)
+    import torch
+
+    with torch.no_grad():
+        ref = load_component(exported[0], "vae")(torch.from_numpy(z)).numpy()
+    np.testing.assert_allclose(be.decode(z), ref, atol=1e-3)
+    freed = len(be.cuda.freed)
+    px = np.random.default_rng(1).standard_normal((3, 3, be.cfg.image_size, be.cfg.image_size)).astype(np.float32)
+    assert be.encode_frames(px).shape == (3, be.cfg.feature_dim)
+    assert len(be.cuda.freed) == freed + 2

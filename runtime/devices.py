@@ -1,0 +1,65 @@
+"""Device names and GPU discovery without any framework.
+
+`--device auto` must not need torch: a torch-free install with onnxruntime-gpu or
+TensorRT runs on the GPU too. The CUDA driver API (`libcuda`, present wherever an
+NVIDIA driver is) answers how many GPUs this process may use, honouring
+CUDA_VISIBLE_DEVICES; nothing is allocated and no context is created.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+
+from .errors import InputError
+
+__all__ = ["parse_device", "cuda_device_count", "check_device"]
+
+log = logging.getLogger("v2m.devices")
+
+
+def parse_device(device: str) -> tuple[str, int | None]:
+    """"cpu" | "cuda" | "cuda:N" | "auto" -> (kind, index or None). One-line error otherwise."""
+    d = str(device).strip().lower()
+    if d in ("cpu", "auto"):
+        return d, None
+    kind, sep, idx = d.partition(":")
+    if kind == "cuda" and (not sep or idx.isdigit()):
+        return "cuda", int(idx) if sep else None
+    raise InputError(f"--device {device!r} is not one of cpu, cuda, cuda:N (N = 0, 1, ...), auto")
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_device_count() -> int:
+    """GPUs the CUDA driver exposes to this process (0 without a driver)."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
+        return 0
+    try:
+        if lib.cuInit(0) != 0:
+            return 0
+        count = ctypes.c_int(0)
+        if lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return int(count.value)
+    except (AttributeError, OSError) as e:
+        log.debug("CUDA driver query failed: %s", e)
+        return 0
+
+
+def check_device(device: str) -> str:
+    """Validate a concrete device against the GPUs present ("auto" passes through)."""
+    kind, idx = parse_device(device)
+    if kind == "cuda":
+        n = cuda_device_count()
+        if n == 0:
+            raise InputError(f"--device {device} asked for, but no NVIDIA GPU is visible here; use --device cpu")
+        if idx is not None and idx >= n:
+            raise InputError(f"--device {device}: only {n} GPU(s) are visible (cuda:0 .. cuda:{n - 1})")
+    return device
