@@ -273,6 +273,7 @@ def train_dit(
     progress: bool = True,
     workers: int = 2,
     stop_at: int | None = None,
+    sampler: SamplerConfig | None = None,
 ) -> Path:
     """Train (or resume) the DiT in `out_dir` and write the bundle to `out_dir/bundle`.
 
@@ -281,6 +282,8 @@ def train_dit(
         ae_dir: a finished `train_autoencoder` run.
         tc: `DiTTrainConfig`.
         encoder: the bundle's frame encoder, `cut` or `motion` (weight-free).
+        stop_at: stop after this step (a checkpoint is written there; rerun to continue).
+        sampler: the bundle's sampler defaults (default: `SamplerConfig()`).
     """
     check_autoencoder_run(ae_dir)  # before anything is written
     out = common.check_workdir(out_dir, "dit")
@@ -353,7 +356,7 @@ def train_dit(
     if end < tc.steps:  # stopped early (stop_at): the checkpoint resumes it
         return ckpt_path
 
-    bundle = write_bundle(out / "bundle", ema, dit_cfg, ae_dir, scale, tc, encoder, seed)
+    bundle = write_bundle(out / "bundle", ema, dit_cfg, ae_dir, scale, tc, encoder, seed, sampler=sampler)
     timing = {"wall_s": time.perf_counter() - t_start, "cpu_s": time.process_time() - cpu_start,
               "prepare_wall_s": t_prep, "threads": torch.get_num_threads(), "steps_run": tc.steps - step0}
     (out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")

@@ -205,7 +205,8 @@ def test_weight_free_bundle_exports_without_encoder_graph(cut_bundle, tmp_path, 
 
     out = tmp_path / "onnx"
     res = export_bundle(cut_bundle, out, with_weights=True)
-    assert sorted(res.graphs) == ["dit", "step", "vae"] and not (out / "encoder.safetensors").exists()
+    assert not any("encoder" in g for g in res.graphs) and any(g.endswith("step") for g in res.graphs), res.graphs
+    assert not (out / "encoder.safetensors").exists()
     ort_pipe = Pipeline.from_pretrained(out, backend="onnxruntime")
     torch_pipe = Pipeline.from_pretrained(out, backend="torch")
     a = ort_pipe.generate(short_video.path, seed=3, steps=3)
