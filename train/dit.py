@@ -79,7 +79,7 @@ DIT_PRESETS: dict[str, DiTConfig] = {
 @dataclass
 class DiTTrainConfig:
     model: str = "demo"  # DIT_PRESETS key
-    steps: int = 4000
+    steps: int = 6000
     batch: int = 16
     min_frames: int = 48  # crops of 48 .. max_frames latent frames (4 to 12 s)
     max_frames: int = 148
@@ -95,7 +95,10 @@ class DiTTrainConfig:
     gain_max: float = 2.0
     vocab_size: int = 4096
     max_tokens: int = 32
-    kernel: int = 11  # the bundle's curve Hann window
+    # The bundle's curve Hann window: 15 frames (1.2 s; half-height width 0.6 s). Measured on
+    # the corpus, a wider window lets a music curve correlate better with a cut video's spike
+    # curve (K 11: 0.73, 15: 0.77, 21: 0.80) but blurs close events (peaks on events: 88%, 88%, 78%).
+    kernel: int = 15
     eval_interval: int = 250
     eval_clips: int = 16
     checkpoint_interval: int = 250
