@@ -10,9 +10,14 @@ frame encoders, and the music encoder of `v2m.runtime.music` behind the same
   `encoder` component.
 - `cut`: weight-free. Per frame, the square roots of the normalized hue, saturation
   and value histograms (each a unit vector: the cosine of two is their
-  Bhattacharyya coefficient) and a low-resolution luma thumbnail, mean-removed
-  and unit-normalized (the layout). A hard cut changes both; motion inside a shot
-  changes neither much. It measures what PySceneDetect's `ContentDetector`
+  Bhattacharyya coefficient) and a low-resolution luma thumbnail, mean-removed,
+  unit-normalized and weighted by `thumb_weight` (the layout, for cuts between
+  shots of one palette). A hard cut changes both; motion inside a shot changes
+  the histograms little. The thumbnail's weight is low (0.3) because a small
+  object moving across its cells changes it a lot: on synthetic cut videos with a
+  moving square, the curve correlates 0.78 with an ideal spike train at the cuts
+  at weight 1 and 0.96 at 0.3 (the smoothing adds up steady in-shot motion into
+  bumps as high as a cut's). It measures what PySceneDetect's `ContentDetector`
   thresholds (HSV change between frames) and is tested against it.
 - `motion`: weight-free. Block matching over a grid: for each block of the frame,
   the displacement (within +-radius pixels) of the previous frame's best-matching
@@ -52,7 +57,7 @@ ENCODER_KINDS = ("dinov2", "cut", "motion")
 WEIGHT_FREE = ("cut", "motion")
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "cut": {"kind": "cut", "input_size": 64, "bins": 16, "thumb": 8},
+    "cut": {"kind": "cut", "input_size": 64, "bins": 16, "thumb": 8, "thumb_weight": 0.3},
     "motion": {"kind": "motion", "input_size": 64, "grid": 8, "radius": 4},
 }
 
@@ -122,14 +127,15 @@ def cell_sums(x: np.ndarray, cells: int) -> np.ndarray:
 
 
 class CutEncoder(FrameEncoder):
-    """HSV histograms (square roots) and a mean-removed luma thumbnail: [N, 3 * bins + thumb^2]."""
+    """HSV histograms (square roots) and a weighted, mean-removed luma thumbnail: [N, 3 * bins + thumb^2]."""
 
     kind = "cut"
 
-    def __init__(self, bins: int = 16, thumb: int = 8, **_: Any):
-        if bins < 2 or thumb < 1:
-            raise BundleError(f"cut encoder: bins >= 2 and thumb >= 1 needed, got {bins}, {thumb}")
-        self.bins, self.thumb = int(bins), int(thumb)
+    def __init__(self, bins: int = 16, thumb: int = 8, thumb_weight: float = 0.3, **_: Any):
+        if bins < 2 or thumb < 1 or not thumb_weight >= 0:
+            raise BundleError(f"cut encoder: bins >= 2, thumb >= 1 and thumb_weight >= 0 needed, "
+                              f"got {bins}, {thumb}, {thumb_weight}")
+        self.bins, self.thumb, self.thumb_weight = int(bins), int(thumb), float(thumb_weight)
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
         frames = _check_frames(frames)
@@ -148,6 +154,7 @@ class CutEncoder(FrameEncoder):
         thumb = thumb - thumb.mean(axis=1, keepdims=True)
         norm = np.linalg.norm(thumb, axis=1, keepdims=True)
         thumb = np.where(norm > 1e-6, thumb / np.maximum(norm, 1e-12), 0.0)  # a flat frame: no layout term
+        thumb *= self.thumb_weight
         return np.concatenate([*parts, thumb], axis=1).astype(np.float32)
 
 

@@ -5,10 +5,11 @@ channel, the event curve *of the music itself*; at inference the video's event
 curve takes its place. Here:
 
 1. `prepare`: every clip of the source is encoded by the trained autoencoder
-   (posterior mean, [C, L]) and gets its music event curve
-   (`v2m.runtime.music.music_curve`, the bundle's curve conventions) and its
-   caption's token ids; latents are scaled to unit variance per channel (the
-   scale is folded into the shipped decoder's first convolution).
+   (posterior mean, [C, L]) and gets the music event curve of its decoded
+   reconstruction (`v2m.runtime.music.music_curve`, the bundle's curve
+   conventions: what the model's own output will sound like) and its caption's
+   token ids; latents are scaled to unit variance per channel (the scale is
+   folded into the shipped decoder's first convolution).
 2. The loop (nanoGPT's `train.py` shape): rectified flow, x_t = t x1 + (1 - t) x0,
    the DiT predicts v = x1 - x0, t logit-normal; random crops of random length.
    Each example's curve is its music curve or, with probability `spike_prob`, a
@@ -143,13 +144,30 @@ class Conditioned(nn.Module):
 
 
 # --- data ------------------------------------------------------------------------------------------
+_WORKER_AE = None  # the autoencoder of a prepare worker process
+
+
+def _init_worker(ae_dir: str, threads: int) -> None:
+    global _WORKER_AE
+    torch.set_num_threads(threads)
+    _WORKER_AE = load_autoencoder(ae_dir)
+
+
+@torch.no_grad()
 def _encode_clip(args):
-    """Worker: one clip's audio, caption, events and music curve (numpy only)."""
+    """One clip: posterior-mean latents [C, L], the music curve of their *decoded* audio, caption, events.
+
+    The curve is that of decode(encode(audio)), not of the audio itself: generated music is
+    always heard (and measured) through the decoder, whose smearing moves a curve's peaks
+    (on the corpus the reconstruction's peaks come 0.07 s earlier than the original's), so
+    the DiT learns the curve its own output will have.
+    """
     source, i, kernel = args
     audio, caption, events = source.clip(i)
     length = audio.shape[1] // HOP
-    audio = audio[:, : length * HOP]
-    return audio, caption, events, music_curve(audio, SAMPLE_RATE, length, LATENT_RATE, kernel)
+    mean, _ = _WORKER_AE.encoder(torch.from_numpy(np.ascontiguousarray(audio[:, : length * HOP]))[None])
+    recon = _WORKER_AE.decoder(mean)[0].numpy()
+    return mean[0].numpy(), music_curve(recon, SAMPLE_RATE, length, LATENT_RATE, kernel), caption, events
 
 
 def _event_peaks(curve: np.ndarray, events: list[float] | None) -> list[int]:
@@ -173,21 +191,32 @@ def prepare(source: Source, ae_dir: str | Path, out_path: Path, kernel: int, voc
     """Latents, music curves, token ids and event peaks of every clip of `source`, saved to `out_path` (.npz)."""
     import multiprocessing as mp
 
+    from v2m.runtime.manifest import sha256_file
+
+    # What the data depends on: a cached file made from other clips, another autoencoder or
+    # other curve settings is made again.
+    key = json.dumps({"source": source.describe(), "kernel": kernel, "vocab": vocab, "max_tokens": max_tokens,
+                      "autoencoder": sha256_file(Path(ae_dir) / "encoder.safetensors"),
+                      "decoder": sha256_file(Path(ae_dir) / "decoder.safetensors"), "curves": "reconstruction"},
+                     sort_keys=True)
     if out_path.is_file():
         data = dict(np.load(out_path))
-        if int(data["kernel"]) == kernel and len(data["latents"]) == len(source):
+        if "key" in data and str(data["key"]) == key:
             return data
-    ae = load_autoencoder(ae_dir)
+        log.info("%s was made from other data or settings; preparing again", out_path)
     n = len(source)
     rows = []
     bar = common.Progress(n, 0, "prepare", enabled=progress, every=100)
-    ctx = mp.get_context("spawn") if workers > 1 else None
-    pool = ctx.Pool(workers) if ctx else None
+    threads = torch.get_num_threads()
+    if workers > 1:  # one torch thread per worker process: the cores are shared out by processes
+        pool = mp.get_context("spawn").Pool(workers, _init_worker, (str(ae_dir), max(1, threads // workers)))
+    else:
+        pool = None
+        _init_worker(str(ae_dir), threads)
     try:
         it = (pool.imap if pool else map)(_encode_clip, ((source, i, kernel) for i in range(n)))
-        for i, (audio, caption, events, curve) in enumerate(it):
-            mean, _ = ae.encoder(torch.from_numpy(audio)[None])
-            rows.append((mean[0].numpy(), curve, tokenize(caption, vocab, max_tokens), _event_peaks(curve, events)))
+        for i, (latents, curve, caption, events) in enumerate(it):
+            rows.append((latents, curve, tokenize(caption, vocab, max_tokens), _event_peaks(curve, events)))
             bar.update(i)
     finally:
         if pool:
@@ -205,6 +234,7 @@ def prepare(source: Source, ae_dir: str | Path, out_path: Path, kernel: int, voc
         "tokens": np.stack([r[2] for r in rows]),  # (N, S)
         "peaks": peaks,  # (N, 16) latent frames, -1 = none
         "kernel": np.array(kernel),
+        "key": np.array(key),
     }
     np.savez(out_path, **data)
     return data
