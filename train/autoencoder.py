@@ -219,7 +219,7 @@ def train_autoencoder(
     """
     out = common.check_workdir(out_dir, "autoencoder")
     common.set_threads(threads)
-    t_start, cpu_start = time.perf_counter(), time.process_time()
+    t_start, cpu_start = time.perf_counter(), common.cpu_seconds()
     pool_source = _pool_source(source, train_cfg)
     run = {"kind": "autoencoder", "seed": seed, "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
            "source": pool_source.describe()}
@@ -272,6 +272,9 @@ def train_autoencoder(
             common.checkpoint(ckpt_path, run, states, step + 1, losses)
             losses.save(out, f"autoencoder ({source.describe()['kind']}, seed {seed})")
     bar.close()
+    timing = common.record_timing(out, time.perf_counter() - t_start, common.cpu_seconds() - cpu_start,
+                                  threads=torch.get_num_threads(), steps=[step0, end])
+    log.info("autoencoder: %.1f s wall, %.1f s CPU (all invocations)", timing["wall_s"], timing["cpu_s"])
     if end < train_cfg.steps:  # stopped early (stop_at): the checkpoint resumes it
         return ckpt_path
 
@@ -279,10 +282,6 @@ def train_autoencoder(
     meta = {"format": "v2m", "component": "vae", "trained": "v2m train autoencoder", "seed": str(seed)}
     save_safetensors(model.decoder.state_dict(), out / "decoder.safetensors", metadata=meta)
     save_safetensors(model.encoder.state_dict(), out / "encoder.safetensors", metadata={**meta, "component": "vae-encoder"})
-    timing = {"wall_s": time.perf_counter() - t_start, "cpu_s": time.process_time() - cpu_start,
-              "threads": torch.get_num_threads(), "steps_run": train_cfg.steps - step0}
-    (out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
-    log.info("autoencoder done: %.1f s wall, %.1f s CPU", timing["wall_s"], timing["cpu_s"])
     return out / "decoder.safetensors"
 
 

@@ -40,6 +40,8 @@ __all__ = [
     "Progress",
     "ema_update",
     "check_workdir",
+    "cpu_seconds",
+    "record_timing",
 ]
 
 log = logging.getLogger("v2m.train")
@@ -79,6 +81,26 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     """ema = decay * ema + (1 - decay) * model, parameter by parameter."""
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p.detach(), 1.0 - decay)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished child processes (workers), user + system."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def record_timing(directory: Path, wall_s: float, cpu_s: float, **extra: Any) -> dict[str, Any]:
+    """Add this invocation's wall and CPU time to `directory/timing.json`; its totals add up every
+    invocation, so a run stopped and resumed reports what it cost in all."""
+    path = directory / "timing.json"
+    runs = json.loads(path.read_text()).get("runs", []) if path.is_file() else []
+    runs.append({"wall_s": round(wall_s, 1), "cpu_s": round(cpu_s, 1), **extra})
+    data = {"wall_s": round(sum(r["wall_s"] for r in runs), 1), "cpu_s": round(sum(r["cpu_s"] for r in runs), 1),
+            "runs": runs}
+    tmp = directory / ".timing.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return data
 
 
 def check_workdir(path: str | Path, kind: str) -> Path:

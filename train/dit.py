@@ -321,7 +321,7 @@ def train_dit(
     check_autoencoder_run(ae_dir)  # before anything is written
     out = common.check_workdir(out_dir, "dit")
     common.set_threads(threads)
-    t_start, cpu_start = time.perf_counter(), time.process_time()
+    t_start, cpu_start = time.perf_counter(), common.cpu_seconds()
     run = {"kind": "dit", "seed": seed, "train": tc.to_dict(), "source": source.describe(),
            "autoencoder": str(Path(ae_dir).resolve()), "encoder": encoder}
     data = prepare(source, ae_dir, out / "data.npz", tc.kernel, tc.vocab_size, tc.max_tokens, workers, progress)
@@ -386,14 +386,13 @@ def train_dit(
             common.checkpoint(ckpt_path, run, states, step + 1, losses)
             losses.save(out, f"DiT ({source.describe()['kind']}, seed {seed})")
     bar.close()
+    if end == tc.steps:
+        bundle = write_bundle(out / "bundle", ema, dit_cfg, ae_dir, scale, tc, encoder, seed, sampler=sampler)
+    timing = common.record_timing(out, time.perf_counter() - t_start, common.cpu_seconds() - cpu_start,
+                                  prepare_wall_s=round(t_prep, 1), threads=torch.get_num_threads(), steps=[step0, end])
+    log.info("dit: %.1f s wall, %.1f s CPU with the prepare workers (all invocations)", timing["wall_s"], timing["cpu_s"])
     if end < tc.steps:  # stopped early (stop_at): the checkpoint resumes it
         return ckpt_path
-
-    bundle = write_bundle(out / "bundle", ema, dit_cfg, ae_dir, scale, tc, encoder, seed, sampler=sampler)
-    timing = {"wall_s": time.perf_counter() - t_start, "cpu_s": time.process_time() - cpu_start,
-              "prepare_wall_s": t_prep, "threads": torch.get_num_threads(), "steps_run": tc.steps - step0}
-    (out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
-    log.info("dit done: %.1f s wall, %.1f s CPU (this process; prepare workers not counted)", timing["wall_s"], timing["cpu_s"])
     return bundle
 
 

@@ -12,7 +12,9 @@ runs, each stage resumable in `--work`:
 4. an alignment check on held-out cut videos (with and without the curve).
 
 `report.json` in `--work` records each stage's wall and CPU time (this process and
-its workers), the thread count, the machine's load average and the check's figures.
+its workers; for a training stage resumed from a checkpoint, the totals over every
+invocation, and this invocation's apart), the thread count, the machine's load
+average and the check's figures.
 """
 
 from __future__ import annotations
@@ -66,11 +68,6 @@ RECIPES: dict[str, DemoRecipe] = {
 }
 
 
-def _cpu_children() -> float:
-    t = os.times()
-    return t.children_user + t.children_system
-
-
 def run_recipe(work: str | Path, out: str | Path, recipe: DemoRecipe, seed: int = 0, threads: int | None = None,
                progress: bool = True, overwrite: bool = False) -> dict:
     """Run the recipe; returns (and writes to `work/report.json`) the stage times and check figures."""
@@ -84,21 +81,26 @@ def run_recipe(work: str | Path, out: str | Path, recipe: DemoRecipe, seed: int 
     report: dict = {"seed": seed, "recipe": recipe.to_dict(), "threads": n_threads, "stages": {},
                     "load_avg_start": os.getloadavg(), "cpu_count": os.cpu_count()}
 
-    def stage(name, fn):
-        t0, c0, k0 = time.perf_counter(), time.process_time(), _cpu_children()
+    def stage(name, fn, run_dir: Path | None = None):
+        """Run a stage; its times: this invocation's, and for a training stage (`run_dir`) the
+        totals of timing.json, which add up every invocation of a resumed run."""
+        t0, c0 = time.perf_counter(), common.cpu_seconds()
         result = fn()
-        report["stages"][name] = {"wall_s": round(time.perf_counter() - t0, 1),
-                                  "cpu_s": round(time.process_time() - c0 + _cpu_children() - k0, 1)}
+        times = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(common.cpu_seconds() - c0, 1)}
+        if run_dir is not None:
+            total = json.loads((run_dir / "timing.json").read_text())
+            times = {"wall_s": total["wall_s"], "cpu_s": total["cpu_s"], "this_invocation": times}
+        report["stages"][name] = times
         log.info("stage %s: %s", name, report["stages"][name])
         return result
 
     source = SynthSource(seed, recipe.clips, recipe.clip_seconds)
     ae_dir = work / "autoencoder"
     stage("autoencoder", lambda: train_autoencoder(ae_dir, source, AE_PRESETS[recipe.autoencoder], recipe.ae_train,
-                                                   seed=seed, threads=n_threads, progress=progress))
+                                                   seed=seed, threads=n_threads, progress=progress), ae_dir)
     dit_dir = work / "dit"
     stage("dit", lambda: train_dit(dit_dir, source, ae_dir, recipe.dit_train, seed=seed, threads=n_threads,
-                                   encoder=recipe.encoder, progress=progress))
+                                   encoder=recipe.encoder, progress=progress), dit_dir)
 
     def bundle():
         from .dit import load_trained
