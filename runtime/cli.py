@@ -320,8 +320,17 @@ def cmd_music_curve(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate import evaluate_folder, format_side_by_side, require_eval
 
-    require_eval("librosa")  # one line if the [eval] extra is missing, before any work
-    require_eval("scenedetect")
+    require_eval("scenedetect")  # one line if the [eval] extra is missing, before any work: cuts for every measure
+    sch = not args.no_curves  # SCH alone needs librosa; without it the curve measures still run
+    if args.no_curves:
+        require_eval("librosa")
+    else:
+        try:
+            require_eval("librosa")
+        except V2MError:
+            sch = False
+            log.warning("librosa is not installed: Scene Cut Hit is n/a (pip install 'v2m-runtime[eval]'); "
+                        "curve correlation, cut hits and flatness need no extra")
     curve_fn = music_fn = None
     rate = 44100 / 3584
     if not args.no_curves:
@@ -332,7 +341,7 @@ def cmd_eval(args) -> int:
         curve_fn = lambda video: pipe.curve(video).curve
         music_fn = lambda audio, sr, n: music_curve(audio, sr, n, rate, kernel)
     kw = dict(tolerance=args.tolerance, curve_fn=curve_fn, music_fn=music_fn, latent_rate=rate,
-              cut_tolerance=args.cut_tolerance)
+              cut_tolerance=args.cut_tolerance, sch=sch)
     report = evaluate_folder(args.outputs, args.videos, **kw)
     if args.baseline:
         base = evaluate_folder(args.baseline, args.videos, **kw)

@@ -273,6 +273,7 @@ def evaluate_folder(
     music_fn: Callable[[np.ndarray, int, int], np.ndarray] | None = None,
     latent_rate: float = 44100 / 3584,
     cut_tolerance: float = 0.25,
+    sch: bool = True,
 ) -> EvalReport:
     """SCH (and, given `curve_fn`, the curve measures) of every output in `outputs` against its
     source in `videos`.
@@ -286,6 +287,7 @@ def evaluate_folder(
             None skips curve correlation, cut hits and flatness.
         music_fn: (audio [N], sample rate, L) -> the music curve [L] (the same conventions).
         cut_tolerance: seconds, for cut hits.
+        sch: False skips Scene Cut Hit (no beat tracking: librosa not needed); SCH is then n/a.
     """
     if tolerance < 0 or cut_tolerance < 0:
         raise InputError(f"tolerances must be >= 0, got {tolerance}, {cut_tolerance}")
@@ -296,9 +298,10 @@ def evaluate_folder(
     report = EvalReport(tolerance, cut_tolerance=cut_tolerance)
     for out, src in match_outputs(outputs, videos):
         cuts = [float(c) for c in cuts_fn(src)]
-        beats = [float(b) for b in beats_fn(out)]
+        beats = [float(b) for b in beats_fn(out)] if sch else []
         hits, total = scene_cut_hit(cuts, beats, tolerance)
-        score = VideoScore(str(src.relative_to(Path(videos))), out.name, cuts, len(beats), hits, hits / total if total else None)
+        score = VideoScore(str(src.relative_to(Path(videos))), out.name, cuts, len(beats), hits,
+                           hits / total if total and sch else None)
         if curve_fn is not None:
             video_curve = np.asarray(curve_fn(src))
             audio, sr = _load_audio(out)

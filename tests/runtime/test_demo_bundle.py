@@ -65,3 +65,26 @@ def test_model_demo_resolves(capsys, synth_video):
     assert rc == 0 and len(data["curve"]) == 62
     peaks = np.sort(np.argsort(data["curve"])[-1:])
     assert 0 <= peaks[0] < 62
+
+
+def test_eval_with_baseline(tmp_path, capsys):
+    """`v2m generate` with and without the curve, then `v2m eval --baseline`: the side-by-side table."""
+    pytest.importorskip("scenedetect")
+    from v2m.runtime.alignment import make_cut_videos
+
+    vids = tmp_path / "videos"
+    make_cut_videos(vids, 1, seed=7_778)
+    (clip,) = sorted(vids.iterdir())
+    for folder, extra in (("out", []), ("base", ["--no-curve"])):
+        (tmp_path / folder).mkdir()
+        rc = main(["generate", str(clip), "-o", str(tmp_path / folder / (clip.stem + ".wav")), "--model", "demo",
+                   "--device", "cpu", "--seed", "3", "-q", *extra])
+        assert rc == 0
+    capsys.readouterr()
+    rc = main(["eval", str(tmp_path / "out"), "--videos", str(vids), "--baseline", str(tmp_path / "base"), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert rc == 0 and set(data) == {"with_curve", "no_curve"}
+    assert data["with_curve"]["videos"][0]["corr"] > data["no_curve"]["videos"][0]["corr"]
+    rc = main(["eval", str(tmp_path / "out"), "--videos", str(vids), "--baseline", str(tmp_path / "base")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "with curve" in out and "--no-curve" in out and "curve correlation" in out

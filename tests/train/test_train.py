@@ -203,3 +203,19 @@ def test_train_cli(tmp_path, capsys):
     assert main(["train", "autoencoder", "-o", str(tmp_path / "x"), "--steps", "0"]) == 2
     assert main(["train", "dit", "--autoencoder", str(tmp_path / "nope"), "-o", str(tmp_path / "y"), "-q",
                  "--preset", "tiny", "--clips", "2", "--clip-seconds", "2"]) == 2
+
+
+def test_resume_refuses_other_settings_and_times_add_up(ae_run, tmp_path):
+    """Rerunning a finished run with other settings is one clear error; timing.json adds up invocations."""
+    from v2m.runtime.errors import InputError
+
+    with pytest.raises(InputError, match="other settings"):
+        ae.train_autoencoder(ae_run, SynthSource(0, 4, 2.0), ae.AE_PRESETS["tiny"],
+                             replace(ae.AE_TRAIN_PRESETS["tiny"], lr=5e-4), seed=0, threads=2, progress=False)
+    timing = json.loads((ae_run / "timing.json").read_text())
+    assert len(timing["runs"]) == 1 and timing["runs"][0]["steps"] == [0, 6]
+    ae.train_autoencoder(ae_run, SynthSource(0, 4, 2.0), ae.AE_PRESETS["tiny"], ae.AE_TRAIN_PRESETS["tiny"], seed=0,
+                         threads=2, progress=False)  # finished: nothing to train, one more invocation recorded
+    timing = json.loads((ae_run / "timing.json").read_text())
+    assert [r["steps"] for r in timing["runs"]] == [[0, 6], [6, 6]]
+    assert timing["wall_s"] == pytest.approx(sum(r["wall_s"] for r in timing["runs"]), abs=0.11)
