@@ -13,6 +13,8 @@ two kernel launches and no host sync between them:
 2. `_curve_smooth_kernel`, grid (B, cdiv(L_max, BLOCK_L)): each program
    recomputes the mean and std of its row of d (two passes over T_b floats,
    tiny next to the features), then standardizes, resamples to the latent rate
+   (linear interpolation when fps <= latent_rate, the anti-aliased mean over each
+   latent frame's span when fps > latent_rate: `v2m.runtime.curves.resample`)
    and applies the Hann window (the reference's own weights, a cached [K] fp32
    tensor) over its block of output frames.
 
@@ -148,7 +150,9 @@ if triton is not None:
         d_batch_stride,
         out_batch_stride,
         src_per_dst: tl.float64,
+        n_taps,
         K: tl.constexpr,
+        SPAN: tl.constexpr,
         BLOCK_T: tl.constexpr,
         BLOCK_L: tl.constexpr,
         BLOCK_K: tl.constexpr,
@@ -156,10 +160,15 @@ if triton is not None:
         """out[b, j] = sum_k w[k] * r(clamp(j + k - K // 2, 0, L_b - 1)) for j < L_b, else 0.
 
         z = (d - mean(d)) / std(d) over the row's T_b frames (population std,
-        z = 0 when std < 1e-6); r(m) = z linearly interpolated at source position
-        p = m * fps / latent_rate (p in fp64, i0 = min(floor(p), T_b - 1),
-        i1 = min(i0 + 1, T_b - 1)), which is numpy.interp of z (frame i at i / fps)
-        at latent time m / latent_rate, clamped at both ends; W: [K] fp32, the
+        z = 0 when std < 1e-6), q = src_per_dst = fps / latent_rate. Without SPAN
+        (q <= 1): r(m) = z linearly interpolated at source position p = m q (p in
+        fp64, i0 = min(floor(p), T_b - 1), i1 = min(i0 + 1, T_b - 1)), which is
+        numpy.interp of z (frame i at i / fps) at latent time m / latent_rate,
+        clamped at both ends. With SPAN (q > 1, anti-aliased downsampling): r(m) =
+        (1 / q) sum_i |[i, i + 1) & [m q, (m + 1) q)| z[min(i, T_b - 1)] over the
+        n_taps = ceil(q) + 1 cells from floor(m q): the mean over latent frame m's
+        span of the step curve holding z[i] on [i, i + 1), z[T_b - 1] after the end
+        (overlaps in fp64). W: [K] fp32, the
         reference's own window (numpy.hanning(K) / sum, rounded once), since
         an in-kernel tl.cos may be an approximate instruction on GPU. The index
         clamp is the edge-replicate padding. Each program recomputes the row's
@@ -196,13 +205,28 @@ if triton is not None:
         idx = tl.maximum(tl.minimum(idx, n_out - 1), 0)
         pos = idx.to(tl.float64) * src_per_dst  # fp64: p reaches thousands, frac must stay exact
         last = tl.maximum(n_frames - 1, 0)
-        i0 = tl.minimum(pos.to(tl.int32), last)  # pos >= 0, so truncation is floor
-        i1 = tl.minimum(i0 + 1, last)
-        frac = (pos - i0.to(tl.float64)).to(tl.float32)  # past the end i0 == i1: frac unused
         has = n_frames > 0
-        z0 = (tl.load(d_row + i0, mask=i0 < n_frames, other=0.0) - mean) * inv_std
-        z1 = (tl.load(d_row + i1, mask=i1 < n_frames, other=0.0) - mean) * inv_std
-        r = z0 + (z1 - z0) * frac
+        if SPAN:
+            lo = pos  # latent frame idx spans [lo, lo + q) in source samples
+            hi = pos + src_per_dst
+            first = pos.to(tl.int32)  # floor: pos >= 0
+            acc = tl.zeros([BLOCK_L, BLOCK_K], dtype=tl.float32)
+            for s in range(0, n_taps):
+                cell = first + s
+                start = tl.maximum(lo, cell.to(tl.float64))
+                end = tl.minimum(hi, (cell + 1).to(tl.float64))
+                w_cell = tl.maximum(end - start, 0.0).to(tl.float32)  # overlap of [cell, cell + 1)
+                ic = tl.minimum(cell, last)  # past the end: z[T_b - 1] held
+                zc = (tl.load(d_row + ic, mask=ic < n_frames, other=0.0) - mean) * inv_std
+                acc += w_cell * zc
+            r = (acc / src_per_dst).to(tl.float32)
+        else:
+            i0 = tl.minimum(pos.to(tl.int32), last)  # pos >= 0, so truncation is floor
+            i1 = tl.minimum(i0 + 1, last)
+            frac = (pos - i0.to(tl.float64)).to(tl.float32)  # past the end i0 == i1: frac unused
+            z0 = (tl.load(d_row + i0, mask=i0 < n_frames, other=0.0) - mean) * inv_std
+            z1 = (tl.load(d_row + i1, mask=i1 < n_frames, other=0.0) - mean) * inv_std
+            r = z0 + (z1 - z0) * frac
         w = tl.load(W_ptr + offs_k, mask=offs_k < K, other=0.0)  # (BLOCK_K,)
         out = tl.sum(r * w[None, :], axis=1)  # (BLOCK_L,)
         out = tl.where((offs_l < n_out) & has, out, 0.0)
@@ -215,6 +239,13 @@ def _hann_weights(kernel: int, device):
     import torch
 
     return torch.tensor(_curves.hann_window(kernel), dtype=torch.float32, device=device)
+
+
+def _span_taps(fps: float, latent_rate: float) -> int:
+    """Source cells one latent frame's span can touch when downsampling: ceil(fps / latent_rate) + 1."""
+    import math
+
+    return math.ceil(float(fps) / float(latent_rate)) + 1
 
 
 def _check_args(features, kernel: int, fps: float, latent_rate: float) -> None:
@@ -316,7 +347,9 @@ def event_curves(
         scratch.stride(0),
         out.stride(0),
         float(fps) / float(latent_rate),
+        _span_taps(fps, latent_rate),
         K=kernel,
+        SPAN=float(fps) > float(latent_rate),
         BLOCK_T=1024,
         BLOCK_L=block_l,
         BLOCK_K=block_k,
@@ -379,13 +412,21 @@ def event_curves_torch(
     pad = kernel // 2
     idx = torch.arange(l_max + pad, device=device)
     idx = torch.minimum(idx[None, :], (out_lengths[:, None] - 1).clamp_min(0))  # (B, L + pad)
-    pos = idx.double() * (float(fps) / float(latent_rate))
+    q = float(fps) / float(latent_rate)
+    pos = idx.double() * q
     last = (lengths - 1).clamp_min(0)[:, None]
-    i0 = torch.minimum(pos.long(), last)
-    i1 = torch.minimum(i0 + 1, last)
-    frac = (pos - i0.double()).float()
-    z0, z1 = z.gather(1, i0), z.gather(1, i1)
-    r = z0 + (z1 - z0) * frac  # (B, L + pad)
+    if q > 1.0:  # anti-aliased: the mean of the step curve over each latent frame's span
+        taps = pos.floor().long()[..., None] + torch.arange(_span_taps(fps, latent_rate), device=device)  # (B, L + pad, n)
+        w = (torch.minimum(pos[..., None] + q, (taps + 1).double()) - torch.maximum(pos[..., None], taps.double()))
+        cells = torch.minimum(taps, last[..., None]).reshape(batch, -1)  # past the end: z[T_b - 1]
+        zc = z.gather(1, cells).reshape(taps.shape)
+        r = (w.clamp_min(0.0).float() * zc).sum(-1) / q  # (B, L + pad)
+    else:
+        i0 = torch.minimum(pos.long(), last)
+        i1 = torch.minimum(i0 + 1, last)
+        frac = (pos - i0.double()).float()
+        z0, z1 = z.gather(1, i0), z.gather(1, i1)
+        r = z0 + (z1 - z0) * frac  # (B, L + pad)
 
     w = _hann_weights(kernel, device)
     r = F.pad(r[:, None, :], (pad, 0), mode="replicate")  # (B, 1, L + 2 pad)

@@ -7,6 +7,7 @@ bundle with strict, one-line-error loading.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from v2m.runtime.bundle import AudioConfig, BundleConfig, CurveConfig, SamplerConfig, load_config
+from v2m.runtime.encoders import encoder_config, is_weight_free
 from v2m.runtime.errors import BundleError
 
 from . import dinov2 as dinov2_mod
@@ -41,10 +43,12 @@ BUNDLE_PRESETS: dict[str, tuple[str, str, str, int, str]] = {
 PRESET_NAMES = (*BUNDLE_PRESETS, *sao_bundle.SAO_PRESETS)
 
 
-def bundle_config(preset: str) -> BundleConfig:
-    """The config of a random bundle of `preset` (tiny, small, full, or an SAO preset)."""
+def bundle_config(preset: str, encoder: str = "dinov2") -> BundleConfig:
+    """The config of a random bundle of `preset` (tiny, small, full, or an SAO preset) with frame
+    encoder `encoder` (dinov2, or weight-free cut / motion: `v2m.runtime.encoders`)."""
     if preset in sao_bundle.SAO_PRESETS:
-        return sao_bundle.bundle_config(preset)
+        cfg = sao_bundle.bundle_config(preset)
+        return cfg if encoder == "dinov2" else dataclasses.replace(cfg, encoder=encoder_config(encoder))
     if preset not in BUNDLE_PRESETS:
         raise BundleError(f"unknown preset {preset!r}; choose one of {sorted(PRESET_NAMES)}")
     dit_p, vae_p, enc_p, px, text_p = BUNDLE_PRESETS[preset]
@@ -52,18 +56,22 @@ def bundle_config(preset: str) -> BundleConfig:
     vae_cfg = vae_mod.PRESETS[vae_p]
     if vae_cfg.latent_channels != dit_cfg.latent_channels:
         raise AssertionError(f"preset {preset}: VAE and DiT latent channels differ")
-    return BundleConfig(
-        preset=preset,
-        dit=dit_cfg.to_dict(),
-        vae=vae_cfg.to_dict(),
-        encoder={
+    if encoder == "dinov2":
+        enc = {
             "kind": "dinov2",
             "config": dinov2_mod.PRESETS[enc_p].to_dict(),
             "input_size": px,
             "mean": IMAGENET_MEAN,
             "std": IMAGENET_STD,
             "pooling": "mean_patch",  # the paper's spatial pooling of the final-normed patch tokens
-        },
+        }
+    else:
+        enc = encoder_config(encoder)  # InputError for an unknown kind
+    return BundleConfig(
+        preset=preset,
+        dit=dit_cfg.to_dict(),
+        vae=vae_cfg.to_dict(),
+        encoder=enc,
         text=text_mod.PRESETS[text_p].to_dict(),
         sampler=SamplerConfig(),
         curve=CurveConfig(),
@@ -131,10 +139,13 @@ def init_bundle(
     dtype: torch.dtype = torch.float32,
     overwrite: bool = False,
     device: str | torch.device = "cpu",
+    encoder: str = "dinov2",
 ) -> Path:
     """Write a random-weight bundle of `preset` to `out_dir`.
 
     Args:
+        encoder: the frame encoder: dinov2 (random weights), or weight-free cut / motion
+            (no encoder component).
         device: where the random weights are made ("cuda" makes the 1.5B-parameter
             `full` preset in seconds). Each device's generator gives its own
             weights for a seed: bundles are reproducible per device, not across.
@@ -145,7 +156,7 @@ def init_bundle(
             raise BundleError(f"{out} exists and is not empty; choose another directory")
         if load_config(out).preset != preset:
             raise BundleError(f"{out} holds another bundle; pass --overwrite to replace it")
-    cfg = bundle_config(preset)
+    cfg = bundle_config(preset, encoder)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -154,6 +165,9 @@ def init_bundle(
         meta["made_on"] = device.type
     sao = cfg.family == "sao"
     for name in ("encoder", "vae", "dit") + (("cond", "text") if sao else ()):
+        if name == "encoder" and is_weight_free(cfg.encoder):
+            (out / "encoder.safetensors").unlink(missing_ok=True)  # a stale one from --overwrite
+            continue
         with device:
             module = build_component(cfg, name)
         randomize_weights(module, gen)

@@ -53,8 +53,12 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="v2m: %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def _add_runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", required=True, help="bundle directory (v2m init-model / v2m export)")
+def _add_runtime_args(p: argparse.ArgumentParser, model_default: str | None = None) -> None:
+    p.add_argument("--model", "-m", required=model_default is None, default=model_default,
+                   help="bundle directory (v2m init-model / v2m export / v2m train), or `demo` (the installed "
+                        "trained demo bundle)" + (f" (default: {model_default})" if model_default else ""))
+    p.add_argument("--encoder", default=None, choices=["dinov2", "cut", "motion"],
+                   help="frame encoder of the event curve (default: the bundle's); cut and motion are weight-free")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
                    help="inference engine; auto: TensorRT, then ONNX Runtime for an exported bundle, then PyTorch")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when PyTorch sees a GPU)")
@@ -91,7 +95,7 @@ def _load_pipeline(args):
         args.model, backend=args.backend, device=args.device, precision=_precision(args),
         fast=getattr(args, "fast", None), compile=getattr(args, "compile", "none"),
         kernels=getattr(args, "kernels", "torch"), engine_cache=getattr(args, "engine_cache", None),
-        vae_precision=getattr(args, "vae_precision", None),
+        vae_precision=getattr(args, "vae_precision", None), encoder=getattr(args, "encoder", None),
     )
 
 
@@ -140,8 +144,9 @@ def cmd_init_model(args) -> int:
     from v2m.models.bundle import init_bundle
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    out = init_bundle(args.preset, args.output, seed=args.seed, dtype=dtype, overwrite=args.overwrite)
-    print(f"wrote {args.preset} bundle (random weights, seed {args.seed}) to {out}")
+    out = init_bundle(args.preset, args.output, seed=args.seed, dtype=dtype, overwrite=args.overwrite,
+                      encoder=args.encoder)
+    print(f"wrote {args.preset} bundle (random weights, seed {args.seed}, {args.encoder} encoder) to {out}")
     return 0
 
 
@@ -361,7 +366,10 @@ def _refuse_reencodes(jobs) -> None:
 
 def cmd_curve(args) -> int:
     from . import video
+    from .music import AUDIO_SUFFIXES
 
+    if Path(args.video).suffix.lower() in AUDIO_SUFFIXES:
+        return cmd_music_curve(args)
     video.probe(args.video, args.video_stream)  # before loading the model
     pipe = _load_pipeline(args)
     res = pipe.curve(args.video, video_stream=args.video_stream)
@@ -390,12 +398,74 @@ def cmd_curve(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    from .evaluate import evaluate_folder, require_eval
+def cmd_music_curve(args) -> int:
+    """`v2m curve music.wav`: the music event curve, in the conventions of --model (default: demo)."""
+    from .bundle import load_config
+    from .curves import curve_peaks, latent_length
+    from .demo import resolve_model
+    from .music import MusicEncoder, load_audio, music_curve
 
-    require_eval("librosa")  # one line if the [eval] extra is missing, before any work
-    require_eval("scenedetect")
-    report = evaluate_folder(args.outputs, args.videos, tolerance=args.tolerance)
+    cfg = load_config(resolve_model(args.model))
+    audio, sr = load_audio(args.video)
+    duration = audio.shape[1] / sr
+    curve = music_curve(audio, sr, latent_length(duration, cfg.latent_rate), cfg.latent_rate, cfg.curve.kernel)
+    enc = MusicEncoder(sr)
+    if args.json:
+        print(json.dumps({
+            "audio": str(args.video), "duration_s": duration, "curve_fps": enc.fps, "latent_rate": cfg.latent_rate,
+            "frames": int(audio.shape[1] // enc.hop + 1), "impl": "numpy", "encoder": "music",
+            "curve": [round(float(v), 6) for v in curve],
+        }))
+    else:
+        peaks = curve_peaks(curve, 5)
+        print(f"{args.video}: {duration:.2f} s of audio, music features at {enc.fps:.2f} frames/s, "
+              f"curve of {curve.size} latent frames (numpy)")
+        print("strongest events at: " + ", ".join(f"{i / cfg.latent_rate:.2f} s" for i in peaks))
+    if args.plot:
+        from .evaluate import plot_music_curve
+
+        path = plot_music_curve(args.video, audio, sr, curve, cfg.latent_rate, args.plot)
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_folder, format_side_by_side, require_eval
+
+    require_eval("scenedetect")  # one line if the [eval] extra is missing, before any work: cuts for every measure
+    sch = not args.no_curves  # SCH alone needs librosa; without it the curve measures still run
+    if args.no_curves:
+        require_eval("librosa")
+    else:
+        try:
+            require_eval("librosa")
+        except V2MError:
+            sch = False
+            log.warning("librosa is not installed: Scene Cut Hit is n/a (pip install 'v2m-runtime[eval]'); "
+                        "curve correlation, cut hits and flatness need no extra")
+    curve_fn = music_fn = None
+    rate = 44100 / 3584
+    if not args.no_curves:
+        from .music import music_curve
+
+        pipe = _load_pipeline(args)
+        rate, kernel = pipe.config.latent_rate, pipe.config.curve.kernel
+        curve_fn = lambda video: pipe.curve(video).curve
+        music_fn = lambda audio, sr, n: music_curve(audio, sr, n, rate, kernel)
+    kw = dict(tolerance=args.tolerance, curve_fn=curve_fn, music_fn=music_fn, latent_rate=rate,
+              cut_tolerance=args.cut_tolerance, sch=sch)
+    report = evaluate_folder(args.outputs, args.videos, **kw)
+    if args.baseline:
+        base = evaluate_folder(args.baseline, args.videos, **kw)
+        if args.json:
+            print(json.dumps({"with_curve": json.loads(report.to_json()), "no_curve": json.loads(base.to_json())}, indent=2))
+        else:
+            print(report.table())
+            print(f"\n--baseline {args.baseline} (generated with --no-curve):")
+            print(base.table())
+            print()
+            print(format_side_by_side(report, base))
+        return 0
     print(report.to_json() if args.json else report.table())
     return 0
 
@@ -434,38 +504,64 @@ def cmd_info(args) -> int:
     return 0
 
 
+# Irregular cuts for the demo clip, in seconds (scaled to --duration): not on any beat grid.
+DEMO_CUTS = (1.7, 3.9, 5.4, 8.1)
+
+
 def cmd_demo(args) -> int:
+    import os
     import tempfile
 
     from . import media, synth
+    from .curves import curve_peaks
+    from .music import music_curve
+
+    # Before torch is imported: idle OpenMP threads sleep instead of spinning. The demo model
+    # is small, so a step is many tiny parallel regions; on a busy CPU a spinning thread
+    # waits out whole time slices (measured on a loaded 2-core machine: 484 ms a sampler
+    # step spinning, 11 ms sleeping). An OMP_WAIT_POLICY already set is left alone.
+    if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        log.info("demo: OMP_WAIT_POLICY=PASSIVE")
 
     out = Path(args.output)
     kind = media.check_output_path(out)  # a video (muxed) or .wav/.flac (the music alone)
-    require("torch", what="`v2m demo` (it makes a random-weight PyTorch bundle)")
+    if args.plot:
+        from .profiler import check_report_paths
+
+        check_report_paths({"--plot": args.plot}, {args.output: "the output"})
+    require("torch", what="`v2m demo` (it runs a PyTorch bundle)")
     if args.backend == "onnxruntime":
-        raise InputError("`v2m demo` makes a PyTorch bundle; run it with --backend torch (or auto)")
+        raise InputError("`v2m demo` runs a PyTorch bundle; run it with --backend torch (or auto)")
     tempfiles.clean_stale(out.parent)
     # The work folder (bundle, test clip) is removed at the end unless --workdir keeps it.
     keep = args.workdir is not None
+    base = None
     with nullcontext(args.workdir) if keep else tempfile.TemporaryDirectory(prefix="v2m-demo-") as workdir:
         work = Path(workdir)
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        bundle = work / f"{args.preset}-bundle"
-        if not (bundle / "config.json").is_file():
-            import torch
+        if args.preset:  # a random-weight bundle: every stage with real shapes, structured noise out
+            bundle = work / f"{args.preset}-bundle"
+            if not (bundle / "config.json").is_file():
+                import torch
 
-            from v2m.models.bundle import init_bundle
+                from v2m.models.bundle import init_bundle
 
-            init_bundle(args.preset, bundle, seed=0, dtype=torch.float32)
+                init_bundle(args.preset, bundle, seed=0, dtype=torch.float32)
+            args.model = str(bundle)
+            what = f"{args.preset} bundle with RANDOM weights (the music is noise until you load a trained checkpoint)"
+        else:
+            what = f"trained bundle {args.model}" + (" (installed with v2m; README: The demo model)"
+                                                     if args.model == "demo" else "")
         clip = work / "clip.mp4"
-        cuts = synth.make_test_video(clip, duration_s=args.duration)
+        cuts = synth.make_test_video(clip, duration_s=args.duration,
+                                     cuts=tuple(c * args.duration / 10.0 for c in DEMO_CUTS))
         t_setup = time.perf_counter() - t0
-        print(f"demo: {args.preset} bundle with RANDOM weights (the music is noise until you load a trained checkpoint)")
+        print(f"demo: {what}")
         print(f"demo: test video {clip if keep else 'clip.mp4'} ({args.duration:.1f} s, scene cuts at "
               f"{', '.join(f'{c:.2f}' for c in cuts) or 'none'} s)")
 
-        args.model = str(bundle)
         pipe = _load_pipeline(args)
         progress = StepProgress(pipe.sampler_options().steps)
         try:
@@ -476,13 +572,26 @@ def cmd_demo(args) -> int:
             result.mux(clip, out)
         else:
             result.save(out)
-    from .curves import curve_peaks
-
-    peaks = curve_peaks(result.curve, len(cuts))
-    print(f"demo: event curve peaks at {', '.join(f'{i / pipe.config.latent_rate:.2f}' for i in peaks)} s")
+        if args.plot:  # the figure of README's demo section: one more generation, without the curve
+            base = pipe.generate(clip, prompt=args.prompt, seed=args.seed, use_curve=False, profile_steps=False)
+    rate, kernel = pipe.config.latent_rate, pipe.config.curve.kernel
+    music = music_curve(result.audio, result.sample_rate, result.curve.size, rate, kernel)
+    print(f"demo: video event curve peaks at {', '.join(f'{i / rate:.2f}' for i in curve_peaks(result.curve, len(cuts)))} s")
+    print(f"demo: music event curve peaks at {', '.join(f'{i / rate:.2f}' for i in curve_peaks(music, len(cuts)))} s")
     print(f"wrote {out} ({result.duration_s:.2f} s, seed {result.seed}, backend {result.info['backend']} "
           f"on {result.info['device']}, setup {t_setup:.2f} s)")
     print(format_timings(result.timings, result.step_ms))
+    if base is not None:
+        from .evaluate import curve_correlation, plot_alignment
+
+        base_music = music_curve(base.audio, base.sample_rate, result.curve.size, rate, kernel)
+        r, r0 = curve_correlation(music, result.curve), curve_correlation(base_music, result.curve)
+        path = plot_alignment(result.curve, {f"music event curve of the output (r = {r:.2f})": music,
+                                             f"the same without the curve, --no-curve (r = {r0:.2f})": base_music},
+                              cuts, rate, args.plot,
+                              title=f"v2m demo: {Path(args.model).name} bundle, {args.duration:g} s test video, "
+                                    f"seed {args.seed}")
+        print(f"wrote {path}")
     return 0
 
 
@@ -535,19 +644,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="make a tiny random bundle and a test video, generate, mux",
-                       description="Make a random-weight bundle and a test clip with scene cuts, generate, "
-                                   "write the result. Needs PyTorch.",
-                       examples=["v2m demo -o demo.mp4", "v2m demo -o demo.wav --duration 10 --seed 3",
+    d = sub.add_parser("demo", help="a test video with cuts, music from the trained demo bundle, muxed",
+                       description="Make a test clip with scene cuts, generate music for it with the installed "
+                                   "trained demo bundle (or --model, or a random-weight --preset), write the "
+                                   "result. Needs PyTorch.",
+                       examples=["v2m demo -o demo.mp4", "v2m demo -o demo.wav --duration 6 --seed 3 --plot demo.png",
                                  "v2m demo --preset small --workdir demo-work -o demo.mkv"])
     d.add_argument("-o", "--output", default="demo.mp4",
                    help="the result: a video (.mp4/.mov/.mkv/.m4v, music muxed into the test clip) or "
                         "the music alone (.wav/.flac)")
-    d.add_argument("--preset", default="tiny", choices=["tiny", "small", "full"], help="model size")
+    d.add_argument("--model", "-m", default="demo", help="bundle (default: demo, the installed trained one)")
+    d.add_argument("--encoder", default=None, choices=["dinov2", "cut", "motion"],
+                   help="frame encoder (default: the bundle's)")
+    d.add_argument("--preset", default=None, choices=["tiny", "small", "full"],
+                   help="instead of --model: a random-weight bundle of this preset (structured noise out) (default: none)")
     d.add_argument("--workdir", default=None,
                    help="keep the bundle and test clip in this folder (default: a temporary folder, removed)")
-    d.add_argument("--duration", type=float, default=5.0, help="test clip length in seconds, in (0, 600]")
-    d.add_argument("--prompt", default="warm synth pop", help="text prompt")
+    d.add_argument("--duration", type=float, default=10.0, help="test clip length in seconds, in (0, 600]")
+    d.add_argument("--prompt", default="medium 120 bpm major groove, backbeat drums, warm pad, bass", help="text prompt")
+    d.add_argument("--plot", default=None, metavar="PNG",
+                   help="also save the video curve, the output's music curve (with and without the curve) and "
+                        "the cuts (matplotlib; a second generation with --no-curve)")
     d.add_argument("--seed", type=int, default=0, help="noise seed, in [0, 2^63)")
     d.add_argument("--backend", default="torch", choices=["auto", "torch", "onnxruntime", "tensorrt"],
                    help="inference engine")
@@ -560,11 +677,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a bundle of a preset with random weights (for tests and timing). "
                                    "Needs PyTorch.",
                        examples=["v2m init-model -o tiny-bundle",
+                                 "v2m init-model --encoder cut -o tiny-cut-bundle",
                                  "v2m init-model --preset full --dtype fp16 --seed 1 -o full-bundle"])
     i.add_argument("--preset", default="tiny", choices=["tiny", "small", "full", *SAO_PRESET_NAMES], help="model size")
     i.add_argument("--seed", type=int, default=0, help="weight seed, in [0, 2^63)")
     i.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="weight precision on disk")
     i.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    i.add_argument("--encoder", default="dinov2", choices=["dinov2", "cut", "motion"],
+                   help="frame encoder: dinov2 (random weights), or weight-free cut / motion (default: dinov2)")
     i.add_argument("-o", "--output", required=True, help="the bundle directory to write")
     i.set_defaults(func=cmd_init_model)
 
@@ -631,18 +751,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_ray_args(g)
     from .cli_bench import add_bench_parsers
     from .cli_convert import add_convert_parser
+    from .cli_train import add_train_parsers
 
     add_bench_parsers(sub, _add_runtime_args)
     add_convert_parser(sub)
     add_serve_parser(sub, _add_runtime_args)
+    add_train_parsers(sub)
 
-    c = sub.add_parser("curve", help="print a video's event curve",
-                       description="Print the event curve (when the video changes) at the latent frame rate.",
-                       examples=["v2m curve clip.mp4 --model tiny-bundle",
-                                 "v2m curve clip.mp4 --model tiny-bundle --json > curve.json",
-                                 "v2m curve clip.mp4 --model tiny-bundle --plot curve.png"])
-    c.add_argument("video", help="the input video")
-    _add_runtime_args(c)
+    c = sub.add_parser("curve", help="print the event curve of a video, or of music (.wav, .flac, .mp3, ...)",
+                       description="Print the event curve (when the video, or the music, changes) at the latent "
+                                   "frame rate, in the conventions of --model.",
+                       examples=["v2m curve clip.mp4", "v2m curve clip.mp4 --model tiny-bundle --json > curve.json",
+                                 "v2m curve clip.mp4 --encoder motion --plot curve.png",
+                                 "v2m curve music.wav --json"])
+    c.add_argument("video", help="a video, or an audio file (its music event curve)")
+    _add_runtime_args(c, model_default="demo")
     c.add_argument("--video-stream", type=int, default=None, metavar="N",
                    help="use the container's stream N (default: the stream marked default, else the largest)")
     c.add_argument("--json", action="store_true", help="print the curve as one JSON object")
@@ -650,13 +773,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save the curve with cuts and thumbnails (matplotlib) (default: none)")
     c.set_defaults(func=cmd_curve)
 
-    e = sub.add_parser("eval", help="Scene Cut Hit: beats of generated music vs the videos' scene cuts",
-                       description="Scene Cut Hit of generated outputs. Needs the [eval] extra.",
+    e = sub.add_parser("eval", help="SCH, curve correlation, cut hits and flatness of generated music vs its videos",
+                       description="Measure generated outputs against their source videos: Scene Cut Hit "
+                                   "(needs the [eval] extra's librosa), curve correlation, cut hits and "
+                                   "spectral flatness; --baseline puts a --no-curve run beside it.",
                        examples=["v2m eval out/ --videos videos/",
+                                 "v2m eval out/ --videos videos/ --baseline base/",
                                  "v2m eval out/ --videos videos/ --tolerance 0.25 --json"])
     e.add_argument("outputs", help="folder of generated audio or muxed videos")
     e.add_argument("--videos", required=True, help="folder of the source videos (matched by file name)")
-    e.add_argument("--tolerance", type=float, default=0.5, help="seconds between a cut and a beat for a hit, in (0, 10]")
+    e.add_argument("--tolerance", type=float, default=0.5,
+                   help="seconds between a cut and a beat for an SCH hit, in (0, 10]")
+    e.add_argument("--cut-tolerance", type=float, default=0.25,
+                   help="seconds between a cut and a music-curve peak, in (0, 10]")
+    e.add_argument("--baseline", default=None, metavar="DIR",
+                   help="outputs generated with --no-curve: both are measured and printed side by side")
+    e.add_argument("--no-curves", action="store_true", help="SCH only (no curve correlation, cut hits, flatness)")
+    _add_runtime_args(e, model_default="demo")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.set_defaults(func=cmd_eval)
 

@@ -170,6 +170,7 @@ CHECKS: dict[str, Check] = {
     "size": _size,
     "opset": _opset,
     "tolerance": _number_in(0.0, 10.0, "tolerance in seconds", lo_open=True),
+    "cut_tolerance": _number_in(0.0, 10.0, "tolerance in seconds", lo_open=True),
 }
 
 

@@ -8,8 +8,18 @@ any of them changes every generated piece of music):
 1. d[0] = 0; d[i] = 1 - cos(f[i], f[i-1]), the cosine denominator floored at
    1e-8 (so a zero feature vector gives d = 1, not NaN).
 2. z = (d - mean(d)) / std(d) with the population std; z = 0 if std < 1e-6.
-3. Sample i sits at time i / fps, latent frame j at time j / latent_rate; z is
-   linearly interpolated at the latent times, clamped at both ends (numpy.interp).
+3. Sample i sits at time i / fps, latent frame j at time j / latent_rate. Going to
+   the latent rate (`resample`):
+   - fps <= latent_rate (upsampling): z linearly interpolated at the latent times,
+     clamped at both ends (numpy.interp).
+   - fps > latent_rate (downsampling): anti-aliased. Sample i is held over its own
+     span [i / fps, (i + 1) / fps) (z[-1] held past the end), and latent frame j is
+     the mean of that step curve over the frame's span [j / latent_rate,
+     (j + 1) / latent_rate). A one-sample spike (a hard cut) keeps its area, so
+     moving it by a fraction of a frame changes the smoothed peak by a few percent
+     and no spike falls between two latent frames (linear interpolation at the
+     latent times reads only 2 of every fps / latent_rate samples and drops the rest).
+   At fps == latent_rate both rules are the identity.
 4. Smoothing: w = numpy.hanning(K) / sum(w), K odd, edge-replicate padding of
    K // 2 on both sides, valid convolution: the output has `length` samples.
 """
@@ -26,6 +36,7 @@ __all__ = [
     "dissimilarity",
     "standardize",
     "resample",
+    "span_mean",
     "hann_smooth",
     "event_curve",
     "latent_length",
@@ -69,10 +80,34 @@ def standardize(d: np.ndarray) -> np.ndarray:
 
 
 def resample(z: np.ndarray, fps: float, length: int, latent_rate: float) -> np.ndarray:
-    """Linear interpolation of z (sample i at i / fps) at latent times j / latent_rate."""
+    """z (sample i at i / fps) at the latent rate: `span_mean` when fps > latent_rate (anti-aliased
+    downsampling), else linear interpolation at the latent times j / latent_rate."""
+    if fps > latent_rate:
+        return span_mean(z, fps, length, latent_rate)
     src_t = np.arange(len(z), dtype=np.float64) / fps
     dst_t = np.arange(length, dtype=np.float64) / latent_rate
     return np.interp(dst_t, src_t, z)
+
+
+def span_mean(z: np.ndarray, fps: float, length: int, latent_rate: float) -> np.ndarray:
+    """out[j] = mean over [j / latent_rate, (j + 1) / latent_rate) of the step curve that holds
+    z[i] on [i / fps, (i + 1) / fps) and z[-1] after the last sample. float64 [length].
+
+    Computed from the running integral of the step curve (in source-sample units,
+    frame j spans [j p, (j + 1) p) with p = fps / latent_rate).
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if z.size == 0:
+        return np.zeros(length)
+    p = float(fps) / float(latent_rate)
+    cum = np.concatenate([[0.0], np.cumsum(z)])  # integral of the step curve at 0, 1, ..., T
+
+    def integral(x: np.ndarray) -> np.ndarray:
+        i = np.minimum(np.floor(x).astype(np.int64), z.size - 1)  # past the end: z[-1] held
+        return cum[i] + (x - i) * z[i]
+
+    edges = np.arange(length + 1, dtype=np.float64) * p
+    return (integral(edges[1:]) - integral(edges[:-1])) / p
 
 
 def hann_window(kernel: int) -> np.ndarray:

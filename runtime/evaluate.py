@@ -1,11 +1,21 @@
-"""Scene Cut Hit (SCH): how often the generated music has a beat at the video's scene cuts.
+"""How well generated music follows its video: Scene Cut Hit, curve correlation, cut hits, flatness.
 
-For each source video: scene cuts from PySceneDetect's ContentDetector, beats of
-the generated audio from librosa's beat tracker; a cut is hit when some beat lies
-within `tolerance` seconds of it; SCH = hits / cuts. Videos without cuts are
-reported as n/a and left out of the mean. librosa and scenedetect are the
-`[eval]` extra, imported only here and only when needed; tests inject cuts and
-beats instead.
+- Scene Cut Hit (SCH): for each source video, scene cuts from PySceneDetect's
+  ContentDetector, beats of the generated audio from librosa's beat tracker; a cut
+  is hit when some beat lies within `tolerance` seconds of it; SCH = hits / cuts.
+- Curve correlation: Pearson's r between the output's music event curve
+  (`v2m.runtime.music`) and the video's event curve (the bundle's encoder and
+  curve settings), both at the latent rate.
+- Cut hits: of the k strongest peaks of the output's music curve (k = the number
+  of cuts; `curves.curve_peaks`), the fraction of cuts with one within
+  `cut_tolerance` seconds (0.25). Peaks of the music curve are where the music
+  changes most: its onsets of events.
+- Spectral flatness: the median over the output's frames (`music.spectral_flatness`);
+  near 0 for tonal music, 1 for white noise.
+
+Videos without cuts are reported as n/a and left out of the means. librosa and
+scenedetect are the `[eval]` extra, imported only here and only when needed;
+tests inject cuts and beats instead. The curve measures need no extra.
 
 ```python
 from v2m.runtime.evaluate import evaluate_folder
@@ -29,6 +39,12 @@ from .errors import InputError, V2MError
 
 __all__ = [
     "scene_cut_hit",
+    "curve_correlation",
+    "cut_hits",
+    "median_flatness",
+    "format_side_by_side",
+    "plot_music_curve",
+    "plot_alignment",
     "detect_cuts",
     "detect_beats",
     "match_outputs",
@@ -75,6 +91,41 @@ def scene_cut_hit(cuts: Sequence[float], beats: Sequence[float], tolerance: floa
     i = np.clip(np.searchsorted(b, c), 1, b.size - 1) if b.size > 1 else np.zeros(c.size, dtype=int)
     nearest = np.minimum(np.abs(b[i] - c), np.abs(b[np.maximum(i - 1, 0)] - c))
     return int((nearest <= tolerance + 1e-9).sum()), int(c.size)
+
+
+def curve_correlation(music: np.ndarray, video: np.ndarray) -> float | None:
+    """Pearson's r of two curves over their common length; None if either is constant there."""
+    n = min(len(music), len(video))
+    a, b = np.asarray(music[:n], np.float64), np.asarray(video[:n], np.float64)
+    if n < 2 or a.std() < 1e-9 or b.std() < 1e-9:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def cut_hits(curve: np.ndarray, cuts: Sequence[float], latent_rate: float, tolerance: float = 0.25) -> tuple[int, int]:
+    """(hits, cuts): cuts with one of the curve's k strongest peaks (k = len(cuts)) within `tolerance` s.
+
+    Peaks are `curves.curve_peaks` (local maxima, at least 4 latent frames apart) at
+    time index / latent_rate.
+    """
+    from .curves import curve_peaks
+
+    c = np.asarray(cuts, dtype=np.float64).reshape(-1)
+    if c.size == 0:
+        return 0, 0
+    peaks = curve_peaks(np.asarray(curve), int(c.size)) / latent_rate
+    if peaks.size == 0:
+        return 0, int(c.size)
+    nearest = np.abs(peaks[None, :] - c[:, None]).min(axis=1)
+    return int((nearest <= tolerance + 1e-9).sum()), int(c.size)
+
+
+def median_flatness(audio: np.ndarray) -> float:
+    """Median spectral flatness over the audio's (non-silent) frames."""
+    from .music import spectral_flatness
+
+    f = spectral_flatness(audio)
+    return float(np.median(f)) if f.size else 1.0
 
 
 def detect_cuts(video: str | Path, threshold: float = 27.0) -> list[float]:
@@ -145,30 +196,71 @@ class VideoScore:
     beats: int
     hits: int
     sch: float | None  # None: no cuts (n/a)
+    corr: float | None = None  # curve correlation (None: not measured, or a flat curve)
+    cut_hits: int | None = None  # cuts with a strong music-curve peak within cut_tolerance
+    cut_hit_rate: float | None = None  # cut_hits / cuts (None: no cuts or not measured)
+    flatness: float | None = None  # median spectral flatness of the output
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
 
 
 @dataclass
 class EvalReport:
     tolerance: float
     videos: list[VideoScore] = field(default_factory=list)
+    cut_tolerance: float = 0.25
 
     @property
     def mean(self) -> float | None:
-        vals = [v.sch for v in self.videos if v.sch is not None]
-        return float(np.mean(vals)) if vals else None
+        return _mean(v.sch for v in self.videos)
+
+    def means(self) -> dict[str, float | None]:
+        """Mean SCH, curve correlation and cut-hit rate; median flatness (over videos)."""
+        flat = [v.flatness for v in self.videos if v.flatness is not None]
+        return {"sch": self.mean, "corr": _mean(v.corr for v in self.videos),
+                "cut_hits": _mean(v.cut_hit_rate for v in self.videos),
+                "flatness": float(np.median(flat)) if flat else None}
 
     def to_json(self) -> str:
-        return json.dumps({"tolerance": self.tolerance, "mean_sch": self.mean, "videos": [asdict(v) for v in self.videos]}, indent=2)
+        return json.dumps({"tolerance": self.tolerance, "cut_tolerance": self.cut_tolerance, "mean_sch": self.mean,
+                           "means": self.means(), "videos": [asdict(v) for v in self.videos]}, indent=2)
 
     def table(self) -> str:
         w = max([len("video")] + [len(v.video) for v in self.videos])
-        lines = [f"{'video':<{w}} {'cuts':>5} {'hits':>5} {'beats':>6} {'SCH':>6}"]
+        curves = any(v.corr is not None or v.flatness is not None for v in self.videos)
+        extra = f" {'corr':>6} {'cuthit':>6} {'flat':>6}" if curves else ""
+        lines = [f"{'video':<{w}} {'cuts':>5} {'hits':>5} {'beats':>6} {'SCH':>6}{extra}"]
         for v in self.videos:
-            sch = "n/a" if v.sch is None else f"{v.sch:.3f}"
-            lines.append(f"{v.video:<{w}} {len(v.cuts):>5} {v.hits:>5} {v.beats:>6} {sch:>6}")
-        mean = "n/a" if self.mean is None else f"{self.mean:.3f}"
-        lines.append(f"{'mean':<{w}} {'':>5} {'':>5} {'':>6} {mean:>6}  (tolerance {self.tolerance:g} s)")
+            row = f"{v.video:<{w}} {len(v.cuts):>5} {v.hits:>5} {v.beats:>6} {_fmt(v.sch):>6}"
+            if curves:
+                row += f" {_fmt(v.corr):>6} {_fmt(v.cut_hit_rate):>6} {_fmt(v.flatness):>6}"
+            lines.append(row)
+        m = self.means()
+        tail = f" {_fmt(m['corr']):>6} {_fmt(m['cut_hits']):>6} {_fmt(m['flatness']):>6}" if curves else ""
+        lines.append(f"{'mean':<{w}} {'':>5} {'':>5} {'':>6} {_fmt(self.mean):>6}{tail}  (tolerance {self.tolerance:g} s"
+                     + (f", cut hits {self.cut_tolerance:g} s; flatness: median" if curves else "") + ")")
         return "\n".join(lines)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def format_side_by_side(with_curve: EvalReport, baseline: EvalReport) -> str:
+    """The means of two reports (generated with the curve, and with --no-curve) side by side."""
+    a, b = with_curve.means(), baseline.means()
+    rows = [("curve correlation", "corr"), (f"cut hits (+-{with_curve.cut_tolerance:g} s)", "cut_hits"),
+            (f"SCH (+-{with_curve.tolerance:g} s)", "sch"), ("spectral flatness (median)", "flatness")]
+    w = max(len(r[0]) for r in rows)
+    lines = [f"{'measure':<{w}}  {'with curve':>10}  {'--no-curve':>10}  {'difference':>10}",
+             f"{'videos':<{w}}  {len(with_curve.videos):>10}  {len(baseline.videos):>10}"]
+    for label, k in rows:
+        diff = f"{a[k] - b[k]:+.3f}" if a[k] is not None and b[k] is not None else "n/a"
+        lines.append(f"{label:<{w}}  {_fmt(a[k]):>10}  {_fmt(b[k]):>10}  {diff:>10}")
+    return "\n".join(lines)
 
 
 def evaluate_folder(
@@ -177,25 +269,48 @@ def evaluate_folder(
     tolerance: float = 0.5,
     cuts_fn: Callable[[Path], Sequence[float]] | None = None,
     beats_fn: Callable[[Path], Sequence[float]] | None = None,
+    curve_fn: Callable[[Path], np.ndarray] | None = None,
+    music_fn: Callable[[np.ndarray, int, int], np.ndarray] | None = None,
+    latent_rate: float = 44100 / 3584,
+    cut_tolerance: float = 0.25,
+    sch: bool = True,
 ) -> EvalReport:
-    """SCH of every output in `outputs` against its source in `videos`.
+    """SCH (and, given `curve_fn`, the curve measures) of every output in `outputs` against its
+    source in `videos`.
 
     Args:
         outputs: folder of generated audio or muxed videos.
         videos: folder of source videos (matched by stem).
-        tolerance: seconds.
+        tolerance: seconds, for SCH.
         cuts_fn, beats_fn: injected detectors (default: PySceneDetect, librosa).
+        curve_fn: video -> its event curve [L] at `latent_rate` (the bundle's conventions);
+            None skips curve correlation, cut hits and flatness.
+        music_fn: (audio [N], sample rate, L) -> the music curve [L] (the same conventions).
+        cut_tolerance: seconds, for cut hits.
+        sch: False skips Scene Cut Hit (no beat tracking: librosa not needed); SCH is then n/a.
     """
-    if tolerance < 0:
-        raise InputError(f"--tolerance must be >= 0, got {tolerance}")
+    if tolerance < 0 or cut_tolerance < 0:
+        raise InputError(f"tolerances must be >= 0, got {tolerance}, {cut_tolerance}")
+    if curve_fn is not None and music_fn is None:
+        raise ValueError("curve_fn needs music_fn (the music curve in the same conventions)")
     cuts_fn = cuts_fn or detect_cuts
     beats_fn = beats_fn or detect_beats
-    report = EvalReport(tolerance)
+    report = EvalReport(tolerance, cut_tolerance=cut_tolerance)
     for out, src in match_outputs(outputs, videos):
         cuts = [float(c) for c in cuts_fn(src)]
-        beats = [float(b) for b in beats_fn(out)]
+        beats = [float(b) for b in beats_fn(out)] if sch else []
         hits, total = scene_cut_hit(cuts, beats, tolerance)
-        report.videos.append(VideoScore(str(src.relative_to(Path(videos))), out.name, cuts, len(beats), hits, hits / total if total else None))
+        score = VideoScore(str(src.relative_to(Path(videos))), out.name, cuts, len(beats), hits,
+                           hits / total if total and sch else None)
+        if curve_fn is not None:
+            video_curve = np.asarray(curve_fn(src))
+            audio, sr = _load_audio(out)
+            music = music_fn(audio, sr, video_curve.size)
+            score.corr = curve_correlation(music, video_curve)
+            h, n = cut_hits(music, cuts, latent_rate, cut_tolerance)
+            score.cut_hits, score.cut_hit_rate = (h, h / n) if n else (None, None)
+            score.flatness = median_flatness(audio)
+        report.videos.append(score)
     return report
 
 
@@ -208,18 +323,10 @@ def plot_curve(
     Cuts default to PySceneDetect's scene cuts when installed, else the curve's peaks.
     Returns the path and which cuts were drawn ("given", "scenedetect" or "curve peaks").
     """
-    plt = require_eval("matplotlib")
-    plt.use("Agg")
-    import matplotlib.pyplot as pyplot
-
-    from . import media
     from . import video as video_mod
     from .curves import curve_peaks
 
-    out_png = Path(out_png)
-    if out_png.suffix.lower() != ".png":
-        raise InputError(f"--plot writes a .png, not {out_png.name!r}")
-    media.check_output_path(out_png.with_suffix(".wav"))  # same directory checks
+    pyplot, out_png = _pyplot(out_png)
     source = "given"
     if cuts is None:
         try:
@@ -245,6 +352,14 @@ def plot_curve(
         tax.imshow(f)
         tax.set_axis_off()
         tax.set_title(f"{i * duration / max(len(frames), 1):.1f} s", fontsize=7)
+    _save_png(fig, out_png)
+    return out_png, source
+
+
+def _save_png(fig, out_png: Path) -> Path:
+    """Save a figure atomically (temporary file, rename) and close it."""
+    import matplotlib.pyplot as pyplot
+
     tmp = out_png.with_name(f".{out_png.stem}.{os.getpid()}.tmp.png")
     try:
         fig.savefig(tmp, dpi=100)
@@ -252,4 +367,67 @@ def plot_curve(
     finally:
         pyplot.close(fig)
         tmp.unlink(missing_ok=True)
-    return out_png, source
+    return out_png
+
+
+def _pyplot(out_png: str | Path):
+    """matplotlib.pyplot (Agg) and the checked output path."""
+    mpl = require_eval("matplotlib")
+    mpl.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    from . import media
+
+    out_png = Path(out_png)
+    if out_png.suffix.lower() != ".png":
+        raise InputError(f"--plot writes a .png, not {out_png.name!r}")
+    media.check_output_path(out_png.with_suffix(".wav"))  # same directory checks
+    return pyplot, out_png
+
+
+def plot_music_curve(name: str | Path, audio: np.ndarray, sample_rate: int, curve: np.ndarray, latent_rate: float,
+                     out_png: str | Path, peaks: int = 5) -> Path:
+    """Save a PNG: the waveform's envelope above the music event curve and its strongest peaks."""
+    from .curves import curve_peaks
+
+    pyplot, out_png = _pyplot(out_png)
+    mono = np.asarray(audio, np.float64).mean(axis=0) if np.ndim(audio) == 2 else np.asarray(audio, np.float64)
+    hop = max(1, sample_rate // 200)
+    n = mono.size // hop
+    env = np.abs(mono[: n * hop]).reshape(n, hop).max(axis=1) if n else np.zeros(0)
+    fig, (ax0, ax1) = pyplot.subplots(2, 1, figsize=(10, 4.5), sharex=True, gridspec_kw={"height_ratios": [1, 2]})
+    ax0.fill_between(np.arange(n) * hop / sample_rate, -env, env, color="0.5", lw=0)
+    ax0.set_ylabel("audio")
+    ax0.set_title(Path(name).name, fontsize=9)
+    t = np.arange(curve.size) / latent_rate
+    ax1.plot(t, curve, lw=1.2, label="music event curve")
+    p = curve_peaks(curve, peaks)
+    ax1.plot(p / latent_rate, curve[p], "v", color="tab:red", label=f"{len(p)} strongest peaks")
+    ax1.set_xlabel("seconds")
+    ax1.legend(loc="upper right", fontsize=8)
+    ax1.set_xlim(0, max(curve.size / latent_rate, 1e-3))
+    fig.tight_layout()
+    return _save_png(fig, out_png)
+
+
+def plot_alignment(video_curve: np.ndarray, music_curves: dict[str, np.ndarray], cuts: Sequence[float],
+                   latent_rate: float, out_png: str | Path, title: str = "") -> Path:
+    """Save a PNG: the video's event curve, the output's music curve(s) and the cuts on one time axis."""
+    pyplot, out_png = _pyplot(out_png)
+    fig, ax = pyplot.subplots(figsize=(10, 3.6))
+    t = np.arange(video_curve.size) / latent_rate
+    ax.plot(t, video_curve, lw=1.6, color="tab:blue", label="video event curve (input)")
+    styles = iter([("tab:orange", "-"), ("0.55", "--"), ("tab:green", "-.")])
+    for label, c in music_curves.items():
+        color, ls = next(styles)
+        ax.plot(np.arange(c.size) / latent_rate, c, lw=1.3, color=color, ls=ls, label=label)
+    for i, c in enumerate(cuts):
+        ax.axvline(c, color="tab:red", lw=0.9, ls=":", label="cuts" if i == 0 else None)
+    ax.set_xlim(0, video_curve.size / latent_rate)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("event curve (z-score, smoothed)")
+    ax.legend(loc="upper right", fontsize=8, ncol=2)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save_png(fig, out_png)

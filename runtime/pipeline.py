@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import curves as curves_mod
+from . import encoders as encoders_mod
 from . import media, sampler, video, windows
 from .backends import Backend, create_backend
 from .bundle import BundleConfig, load_config
@@ -139,11 +140,16 @@ def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
 class Pipeline:
     """A loaded bundle on one backend. Build with `Pipeline.from_pretrained`."""
 
-    def __init__(self, bundle_dir: Path, config: BundleConfig, backend: Backend, text_encoder: TextEncoder):
+    def __init__(self, bundle_dir: Path, config: BundleConfig, backend: Backend, text_encoder: TextEncoder,
+                 encoder: str | None = None):
         self.bundle_dir = bundle_dir
         self.config = config
         self.backend = backend
         self.text_encoder = text_encoder
+        # The frame encoder that makes the curve: the bundle's, or a weight-free one asked for.
+        self.encoder_config = _encoder_config(config, encoder)
+        self.frame_encoder = (encoders_mod.make_frame_encoder(self.encoder_config)
+                              if encoders_mod.is_weight_free(self.encoder_config) else None)
 
     @classmethod
     def from_pretrained(
@@ -152,6 +158,7 @@ class Pipeline:
         backend: str = "torch",
         device: str = "cpu",
         precision: str = "fp32",
+        encoder: str | None = None,
         **backend_options: Any,
     ) -> Pipeline:
         """Load a bundle directory.
@@ -161,15 +168,20 @@ class Pipeline:
             backend: torch, onnxruntime, tensorrt or auto.
             device: cpu, cuda, cuda:N or auto.
             precision: fp32, fp16 or bf16 (the backend's compute precision).
+            encoder: the frame encoder of the curve: None (the bundle's), or a weight-free one,
+                "cut" or "motion" (`v2m.runtime.encoders`), in place of the bundle's.
             backend_options: `create_backend`'s options, documented there: fast, compile,
                 kernels, vae_precision (torch) and engine_cache (tensorrt).
         """
-        path = Path(path)
+        from .demo import resolve_model
+
+        path = resolve_model(path)
         cfg = load_config(path)
+        _encoder_config(cfg, encoder)  # a bad --encoder fails before the backend loads
         be = create_backend(backend, path, cfg, device=device, precision=precision, **backend_options)
         text = load_text_encoder(path, cfg.text, cfg.text_dim, device=be.device)
         log.info("loaded %s (preset %s) on %s", path, cfg.preset, be.describe())
-        return cls(path, cfg, be, text)
+        return cls(path, cfg, be, text, encoder)
 
     # --- stages ---------------------------------------------------------------------
     def encode_video(
@@ -177,20 +189,28 @@ class Pipeline:
         video_stream: int | None = None,
     ):
         """Decode (background thread) and encode (this thread) in batches: features [T, D].
-        `video_stream`: the container's index of the video stream (None: see `video.select_video_stream`)."""
+        `video_stream`: the container's index of the video stream (None: see `video.select_video_stream`).
+
+        A weight-free frame encoder (cut, motion) runs here in numpy on the uint8 frames;
+        DINOv2 runs in the backend on normalized pixels.
+        """
         timings = {} if timings is None else timings
-        enc = self.config.encoder
+        enc = self.encoder_config
         size = int(enc["input_size"])
         reader = video.VideoReader(video_path, video_stream)
         batches = _prefetch(reader.sample(self.config.curve_fps, size, batch_size=batch_size))
         feats = []
         t_enc = 0.0
         t_start = time.perf_counter()
+        if self.frame_encoder is not None:
+            self.frame_encoder.reset()
         for frames in batches:
             t0 = time.perf_counter()
-            pixels = video.normalize(frames, enc["mean"], enc["std"])
             with profiler.range("encode") if profiler is not None else nullcontext():
-                feats.append(self.backend.encode_frames(pixels))
+                if self.frame_encoder is not None:
+                    feats.append(self.frame_encoder.encode(frames))
+                else:
+                    feats.append(self.backend.encode_frames(video.normalize(frames, enc["mean"], enc["std"])))
             t_enc += time.perf_counter() - t0
         self.backend.synchronize()
         total = time.perf_counter() - t_start
@@ -541,3 +561,16 @@ class Pipeline:
                 audio = np.zeros((a.shape[0], length * hop), dtype=np.float32)
             windows.overlap_add(audio, a[:, : (w.keep_end - w.start) * hop], w.start * hop, w.fade_in * hop, w.fade_out * hop)
         return latents, audio
+
+
+def _encoder_config(cfg: BundleConfig, kind: str | None) -> dict[str, Any]:
+    """The bundle's encoder section, or the default one of a weight-free `kind` asked for instead."""
+    own = cfg.encoder.get("kind", "dinov2")
+    if kind is None or kind == own:
+        return cfg.encoder
+    if kind not in encoders_mod.ENCODER_KINDS:
+        raise InputError(f"--encoder {kind!r}: choose one of {', '.join(encoders_mod.ENCODER_KINDS)}")
+    if kind not in encoders_mod.WEIGHT_FREE:
+        raise InputError(f"--encoder {kind}: this bundle has no {kind} weights (its encoder is {own}); "
+                         f"use {' or '.join(encoders_mod.WEIGHT_FREE)}")
+    return encoders_mod.encoder_config(kind)

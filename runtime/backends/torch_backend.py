@@ -55,8 +55,9 @@ class TorchBackend(Backend):
             log.warning("fp16 on CPU is slow and not what this path was tuned for; fp32 or bf16 is faster")
         load = lambda name: load_component(bundle_dir, name, cfg, device=self.torch_device, dtype=self.dtype)
         self.dit, self.vae = load("dit"), load("vae")
-        # a Stable Audio Open bundle converted without a frame encoder runs text-only
-        self.encoder = None if cfg.encoder.get("kind") == "none" else load("encoder")
+        # no `encoder` component: a weight-free frame encoder (cut, motion) runs in the pipeline,
+        # and a Stable Audio Open bundle converted without a frame encoder ("none") runs text-only
+        self.encoder = None if cfg.encoder.get("kind", "dinov2") != "dinov2" else load("encoder")
         # the seconds/text conditioner of a Stable Audio Open bundle; fp32: it runs once a generation
         self.cond = (load_component(bundle_dir, "cond", cfg, device=self.torch_device, dtype=torch.float32)
                      if cfg.family == "sao" else None)

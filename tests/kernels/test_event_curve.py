@@ -225,6 +225,16 @@ def test_odd_fps(device):
     check(features, lengths, [latent_len(299, 29.97)], device, fps=29.97, what="fps 29.97")
 
 
+# fps above the latent rate takes the anti-aliased span mean (every FPS = 24 test above
+# does too); at or below it, linear interpolation. Both sides, the boundary, and ratios
+# whose spans start exactly on a sample (2x) or cover many samples (60 fps, 8 taps).
+@pytest.mark.parametrize("fps", [8.0, LATENT_RATE, 12.31, 2 * LATENT_RATE, 60.0], ids=lambda f: f"fps{f:.2f}")
+def test_resample_rules(fps, device):
+    features, lengths = batch([video_features(150, 24, seed=16), video_features(41, 24, seed=17)])
+    out_lengths = [latent_len(150, fps), latent_len(41, fps) + 9]  # row 1 runs past its last sample
+    check(features, lengths, out_lengths, device, fps=fps, what=f"fps {fps}")
+
+
 @pytest.mark.parametrize("max_length", [5, 60])
 def test_max_length(max_length, device):
     """max_length fixes the width: shorter truncates rows, longer pads with zeros."""
@@ -293,13 +303,15 @@ diff = triton.compile(ASTSource(
     attrs={(i,): aligned for i in (0, 1, 4, 5, 6, 8)}), target=target, options={"num_warps": 4})
 smooth_sig = {"D_ptr": "*fp32", "W_ptr": "*fp32", "OUT_ptr": "*fp32", "LEN_ptr": "*i64",
               "OUT_LEN_ptr": "*i64", "T_max": "i32", "L_max": "i32", "d_batch_stride": "i32",
-              "out_batch_stride": "i32", "src_per_dst": "fp64", "K": "constexpr",
-              "BLOCK_T": "constexpr", "BLOCK_L": "constexpr", "BLOCK_K": "constexpr"}
-smooth = triton.compile(ASTSource(
-    fn=ec._curve_smooth_kernel, signature=smooth_sig,
-    constexprs={"K": 31, "BLOCK_T": 1024, "BLOCK_L": 64, "BLOCK_K": 32}),
-    target=target, options={"num_warps": 4})
-assert diff.asm["cubin"] and smooth.asm["cubin"]
+              "out_batch_stride": "i32", "src_per_dst": "fp64", "n_taps": "i32", "K": "constexpr",
+              "SPAN": "constexpr", "BLOCK_T": "constexpr", "BLOCK_L": "constexpr", "BLOCK_K": "constexpr"}
+for span in (False, True):  # linear interpolation (fps <= latent rate) and the span mean
+    smooth = triton.compile(ASTSource(
+        fn=ec._curve_smooth_kernel, signature=smooth_sig,
+        constexprs={"K": 31, "SPAN": span, "BLOCK_T": 1024, "BLOCK_L": 64, "BLOCK_K": 32}),
+        target=target, options={"num_warps": 4})
+    assert smooth.asm["cubin"]
+assert diff.asm["cubin"]
 assert "ld.global.v4" in diff.asm["ptx"], "fp16 feature loads did not vectorize"
 print("ok")
 """

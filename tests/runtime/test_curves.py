@@ -1,6 +1,7 @@
 """The numpy event-curve reference: pinned conventions on hand-checked examples."""
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -92,3 +93,100 @@ def test_cut_produces_peak_at_the_cut():
 )
 def test_latent_length(seconds, frames):
     assert curves.latent_length(seconds, 44100 / 3584) == frames
+
+
+# --- anti-aliased downsampling (fps > latent rate) ---------------------------------------
+RATE = 44100 / 3584
+
+
+def span_mean_oracle(z, fps: Fraction, length: int, rate: Fraction) -> list[float]:
+    """Exact rational arithmetic, one overlap at a time: frame j spans [j p, (j + 1) p) in
+    samples (p = fps / rate), sample i holds z[i] on [i, i + 1), z[-1] after the end."""
+    p = fps / rate
+    out = []
+    for j in range(length):
+        lo, hi = j * p, (j + 1) * p
+        acc = Fraction(0)
+        for i in range(math.floor(lo), math.ceil(hi)):
+            overlap = min(hi, Fraction(i + 1)) - max(lo, Fraction(i))
+            acc += overlap * Fraction(z[min(i, len(z) - 1)])
+        out.append(float(acc / p))
+    return out
+
+
+@pytest.mark.parametrize("fps", [Fraction(30), Fraction(30000, 1001), Fraction(60), Fraction(44100, 1792), Fraction(25)])
+def test_span_mean_matches_exact_oracle(fps):
+    rate = Fraction(44100, 3584)
+    z = np.random.default_rng(int(fps * 7)).standard_normal(53)
+    length = 30  # runs past the last sample for 60 fps (53 samples = 0.9 s = 11 frames)
+    got = curves.span_mean(z, float(fps), length, float(rate))
+    np.testing.assert_allclose(got, span_mean_oracle(z, fps, length, rate), rtol=0, atol=1e-12)
+
+
+def test_resample_picks_the_rule_by_rate():
+    z = np.random.default_rng(0).standard_normal(40)
+    np.testing.assert_array_equal(curves.resample(z, 30.0, 20, RATE), curves.span_mean(z, 30.0, 20, RATE))
+    t = np.arange(20) / RATE
+    np.testing.assert_array_equal(curves.resample(z, 8.0, 20, RATE), np.interp(t, np.arange(40) / 8.0, z))
+    # equal rates: both rules are the identity
+    np.testing.assert_allclose(curves.span_mean(z, RATE, 40, RATE), z, atol=1e-12)
+    np.testing.assert_allclose(curves.resample(z, RATE, 40, RATE), z, atol=1e-12)
+
+
+def test_span_mean_keeps_area():
+    """A spike's area survives: sum(out) * p == sum(z) when the frames cover the samples exactly."""
+    z = np.zeros(60)
+    z[17] = 5.0
+    out = curves.span_mean(z, 2 * RATE, 30, RATE)  # p = 2: 30 frames cover 60 samples exactly
+    assert out.sum() * 2 == pytest.approx(5.0)
+    assert out[8] == pytest.approx(2.5) and np.count_nonzero(out) == 1
+
+
+def _cut_curve(cut_s: float, fps: float, rule: str, duration: float = 6.0, kernel: int = 5) -> np.ndarray:
+    """Event curve of a two-scene video with a hard cut at `cut_s`, sampled at `fps`."""
+    n = int(np.ceil(duration * fps))
+    scene = (np.arange(n) / fps >= cut_s).astype(int)
+    f = np.eye(2)[scene] + 0.3
+    z = curves.standardize(curves.dissimilarity(f))
+    length = curves.latent_length(duration, RATE)
+    if rule == "span":
+        r = curves.resample(z, fps, length, RATE)
+    else:  # what the runtime did before: read z at the latent times only
+        r = np.interp(np.arange(length) / RATE, np.arange(n) / fps, z)
+    return curves.hann_smooth(r, kernel)
+
+
+def _peak_near(c: np.ndarray, t: float) -> float:
+    j = int(round(t * RATE))
+    return float(c[max(j - 3, 0) : j + 4].max())
+
+
+@pytest.mark.parametrize("fps", [24.0, 30.0, 60.0])
+def test_moving_a_cut_by_10ms_keeps_its_peak(fps):
+    """The feasibility study's alias: with linear interpolation a cut moved by 10 ms changed
+    the peak from 0.11 to 0.63 and one cut vanished. With the span mean, over 20 positions
+    10 ms apart the smoothed peak varies by at most 30% (a spike split over two latent frames
+    vs inside one, seen through a 5-tap window) and never drops below 1.5 standard deviations."""
+    peaks = np.array([_peak_near(_cut_curve(c, fps, "span"), c) for c in np.arange(2.0, 2.2, 0.01)])
+    assert peaks.max() / peaks.min() < 1.3 and peaks.min() > 1.5, peaks
+    # The same sweep through linear interpolation: the test above is not vacuous.
+    lin = np.array([_peak_near(_cut_curve(c, fps, "interp"), c) for c in np.arange(2.0, 2.2, 0.01)])
+    assert lin.max() / max(lin.min(), 1e-9) > 2.5 or lin.min() < 0.5
+
+
+def test_no_cut_vanishes():
+    """Ten cuts at random sub-frame times, 30 fps: every one is a local maximum of the curve
+    within a frame of its time, none lower than half the highest."""
+    rng = np.random.default_rng(3)
+    cuts = np.sort(rng.choice(np.arange(1, 20), 10, replace=False) * 1.0 + rng.uniform(0, 1, 10) * 0.9)
+    fps, duration = 30.0, 21.0
+    n = int(duration * fps)
+    scene = np.searchsorted(cuts, np.arange(n) / fps, side="right")
+    f = np.eye(11)[scene] + 0.2
+    c = curves.event_curve(f, curves.latent_length(duration, RATE), fps, RATE, kernel=5)
+    heights = []
+    for t in cuts:
+        j = int(np.argmax(c[int(t * RATE) - 1 : int(t * RATE) + 3])) + int(t * RATE) - 1
+        assert abs(j / RATE - t) <= 1.5 / RATE and c[j] >= c[j - 1] and c[j] >= c[j + 1]
+        heights.append(c[j])
+    assert min(heights) > 0.5 * max(heights)

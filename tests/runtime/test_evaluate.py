@@ -103,3 +103,65 @@ def test_curve_plot(capsys, tiny_bundle, synth_video, tmp_path):
     rc = main(["curve", str(synth_video.path), "--model", str(tiny_bundle), "--device", "cpu", "--plot", str(png)])
     out = capsys.readouterr().out
     assert rc == 0 and png.is_file() and png.read_bytes()[:4] == b"\x89PNG" and "cuts from" in out
+
+
+# --- curve correlation, cut hits, flatness ----------------------------------------------------
+RATE = 44100 / 3584
+
+
+def test_curve_correlation_and_cut_hits_analytic():
+    t = np.arange(100)
+    a = np.sin(t / 5.0)
+    assert evaluate.curve_correlation(a, a) == pytest.approx(1.0)
+    assert evaluate.curve_correlation(a, -a) == pytest.approx(-1.0)
+    assert evaluate.curve_correlation(a, np.r_[a, np.zeros(20)]) == pytest.approx(1.0)  # common length
+    assert evaluate.curve_correlation(a, np.ones(100)) is None  # a flat curve has no correlation
+    curve = np.zeros(100)
+    curve[[20, 50, 80]] = [3.0, 2.0, 1.0]  # peaks at 1.63, 4.06, 6.50 s
+    cuts = [20 / RATE + 0.2, 50 / RATE - 0.3, 80 / RATE]  # within, outside, on the tolerance
+    assert evaluate.cut_hits(curve, cuts, RATE, 0.25) == (2, 3)
+    assert evaluate.cut_hits(curve, cuts[:1], RATE, 0.25) == (1, 1)  # k = 1: only the strongest peak
+    assert evaluate.cut_hits(curve, [50 / RATE], RATE, 0.25) == (0, 1)  # ... which is not at 4.06 s
+    assert evaluate.cut_hits(curve, [], RATE) == (0, 0)
+
+
+def _chords(changes, duration=6.0, sr=22050):
+    """Two alternating chords that switch at `changes` (seconds), a faint steady noise floor under them."""
+    t = np.arange(int(duration * sr)) / sr
+    which = np.searchsorted(np.asarray(changes), t, side="right") % 2
+    a = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6))
+    b = sum(np.sin(2 * np.pi * f * t) for f in (196.0, 246.9, 293.7, 392.0))
+    return (0.2 * np.where(which, b, a) + 1e-3 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
+
+
+def test_curve_measures_of_a_folder(tmp_path, make_video):
+    """Music that changes on the cuts scores high; the same music changing elsewhere scores low."""
+    import soundfile as sf
+
+    from v2m.runtime import curves, encoders, music, video
+
+    cuts = [1.5, 3.2, 4.6]
+    vids, good, bad = tmp_path / "videos", tmp_path / "good", tmp_path / "bad"
+    for d in (vids, good, bad):
+        d.mkdir()
+    make_video("v.mp4", duration_s=6.0, cuts=tuple(cuts)).rename(vids / "clip.mp4")
+    sf.write(good / "clip.wav", _chords(cuts), 22050)
+    sf.write(bad / "clip.wav", _chords([0.7, 2.4, 5.4]), 22050)
+
+    def video_curve(path):
+        enc = encoders.CutEncoder()
+        reader = video.VideoReader(path)
+        feats = np.concatenate([enc.encode(b) for b in reader.sample(RATE, 64)])
+        return curves.event_curve(feats, curves.latent_length(reader.duration_s, RATE), RATE, RATE, 11)
+
+    kw = dict(cuts_fn=lambda v: cuts, beats_fn=lambda o: [1.5], curve_fn=video_curve,
+              music_fn=lambda a, sr, n: music.music_curve(a, sr, n, RATE, 11))
+    rep, base = evaluate_folder(good, vids, **kw), evaluate_folder(bad, vids, **kw)
+    v, b = rep.videos[0], base.videos[0]
+    assert v.corr > 0.6 and v.cut_hit_rate == 1.0 and v.cut_hits == 3 and v.flatness < 0.05
+    assert b.corr < 0.2 and b.cut_hit_rate <= 1 / 3
+    table = evaluate.format_side_by_side(rep, base)
+    assert "with curve" in table and "--no-curve" in table and f"{v.corr - b.corr:+.3f}" in table
+    data = json.loads(rep.to_json())
+    assert data["means"]["cut_hits"] == 1.0 and data["videos"][0]["corr"] == pytest.approx(v.corr)
+    assert "corr" in rep.table() and "cuthit" in rep.table()

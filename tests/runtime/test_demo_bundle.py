@@ -1,0 +1,90 @@
+"""The shipped demo bundle: installed, small, loads, generates, and its music lands on the cuts.
+
+The alignment check is short on purpose (two held-out cut videos at the bundle's
+own sampler settings): it catches a sampler, curve or bundle bug as lost
+alignment, which parity tests on random weights cannot see. The full measurement
+on 24 held-out videos is `bench/bench_alignment.py` (README, The demo model).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from v2m.runtime.cli import main
+from v2m.runtime.demo import demo_bundle_path
+
+pytest.importorskip("torch")
+
+
+def test_installed_small_fp16_weight_free():
+    path = demo_bundle_path()
+    files = {p.name: p.stat().st_size for p in path.iterdir() if p.is_file()}
+    assert set(files) == {"config.json", "dit.safetensors", "vae.safetensors", "text.safetensors"}
+    assert sum(files.values()) <= 20 * 2**20
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["encoder"]["kind"] == "cut" and cfg["preset"] == "demo"
+    from safetensors import safe_open
+
+    with safe_open(str(path / "dit.safetensors"), "np") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"float16"}
+        assert f.metadata()["weights"] == "trained"
+
+
+@pytest.fixture(scope="module")
+def demo_pipe():
+    from v2m.runtime import Pipeline
+
+    return Pipeline.from_pretrained("demo", backend="torch", device="cpu")
+
+
+def test_music_lands_on_the_cuts(demo_pipe, tmp_path):
+    """Two held-out cut videos: with the curve, the music curve follows the video's (r >= 0.5) and
+    its strongest peaks hit at least half the cuts; without the curve it does clearly worse."""
+    from v2m.runtime.alignment import alignment_check
+
+    res = alignment_check("demo", tmp_path, count=2, seed=7_777, pipeline=demo_pipe)
+    with_curve, without = res["curve"], res["no_curve"]
+    assert with_curve["corr"] >= 0.5 and with_curve["cut_hits"] >= 0.5, res
+    assert with_curve["corr"] - without["corr"] >= 0.25, res
+    assert with_curve["flatness"] <= 0.3, res
+
+
+def test_demo_command(tmp_path, capsys):
+    out = tmp_path / "demo.mp4"
+    assert main(["demo", "-o", str(out), "--duration", "6", "--device", "cpu", "--workdir", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert out.stat().st_size > 10_000 and "trained bundle demo" in text and "music event curve peaks" in text
+
+
+def test_model_demo_resolves(capsys, synth_video):
+    rc = main(["curve", str(synth_video.path), "--model", "demo", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert rc == 0 and len(data["curve"]) == 62
+    peaks = np.sort(np.argsort(data["curve"])[-1:])
+    assert 0 <= peaks[0] < 62
+
+
+def test_eval_with_baseline(tmp_path, capsys):
+    """`v2m generate` with and without the curve, then `v2m eval --baseline`: the side-by-side table."""
+    pytest.importorskip("scenedetect")
+    from v2m.runtime.alignment import make_cut_videos
+
+    vids = tmp_path / "videos"
+    make_cut_videos(vids, 1, seed=7_778)
+    (clip,) = sorted(vids.iterdir())
+    for folder, extra in (("out", []), ("base", ["--no-curve"])):
+        (tmp_path / folder).mkdir()
+        rc = main(["generate", str(clip), "-o", str(tmp_path / folder / (clip.stem + ".wav")), "--model", "demo",
+                   "--device", "cpu", "--seed", "3", "-q", *extra])
+        assert rc == 0
+    capsys.readouterr()
+    rc = main(["eval", str(tmp_path / "out"), "--videos", str(vids), "--baseline", str(tmp_path / "base"), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert rc == 0 and set(data) == {"with_curve", "no_curve"}
+    assert data["with_curve"]["videos"][0]["corr"] > data["no_curve"]["videos"][0]["corr"]
+    rc = main(["eval", str(tmp_path / "out"), "--videos", str(vids), "--baseline", str(tmp_path / "base")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "with curve" in out and "--no-curve" in out and "curve correlation" in out
