@@ -3,7 +3,8 @@
     python bench/bench_alignment.py --model demo --videos 24 --seed 20000 [--curve-guidance 1,2]
 
 For each held-out video (`v2m.runtime.alignment.make_cut_videos`: 8 to 12 s, 2 to 5
-hard cuts at random times; seeds 20000 and up are used by nothing else) it generates
+hard cuts at random times; seeds 20000-29999 are used by nothing else, 30000 and up are
+the validation videos the bundle's curve-guidance default was chosen on) it generates
 with the curve, without it (`--no-curve`) and with each curve-guidance weight asked
 for, and measures curve correlation, cut hits (+-0.25 s) and the median spectral
 flatness. One JSON line per variant goes to bench/results/alignment.jsonl, with the
@@ -45,7 +46,7 @@ def main() -> None:
     ap.add_argument("--model", default="demo")
     ap.add_argument("--videos", type=int, default=24)
     ap.add_argument("--seed", type=int, default=20_000)
-    ap.add_argument("--curve-guidance", default="", help="comma-separated weights to measure too")
+    ap.add_argument("--curve-guidance", default="", help="comma-separated weights to measure too (0: no guidance)")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the bundle's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=None, help="keep the videos here (default: a temporary directory)")
@@ -62,20 +63,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="v2m-align-") as td:
         work = Path(args.workdir or td)
         t0 = time.perf_counter()
-        runs = {0.0: alignment_check(args.model, work, args.videos, args.seed, steps=args.steps, pipeline=pipe)}
+        runs = {None: alignment_check(args.model, work, args.videos, args.seed, steps=args.steps, pipeline=pipe)}
         for w in weights:
             res = alignment_check(args.model, work, args.videos, args.seed, curve_guidance=w, steps=args.steps,
                                   pipeline=pipe)
             runs[w] = res
         wall = time.perf_counter() - t0
-    base = runs[0.0]
+    base = runs[None]
     env = harness.environment("cpu")
-    rows = [("--no-curve", base["no_curve"], None), ("curve", base["curve"], 0.0)]
+    default = pipe.config.sampler.curve_guidance
+    rows = [("--no-curve", base["no_curve"], None), (f"curve (bundle: guidance {default:g})", base["curve"], default)]
     rows += [(f"curve, guidance {w:g}", runs[w]["guided"], w) for w in weights]
-    print(f"{'variant':<22} {'corr':>6} {'cut hits':>8} {'flatness':>8}  targets")
+    print(f"{'variant':<28} {'corr':>6} {'cut hits':>8} {'flatness':>8}  targets")
     for name, m, w in rows:
         met = verdict(m, base["no_curve"]) if w is not None else None
-        print(f"{name:<22} {m['corr']:>6.3f} {m['cut_hits']:>8.3f} {m['flatness']:>8.3f}  "
+        print(f"{name:<28} {m['corr']:>6.3f} {m['cut_hits']:>8.3f} {m['flatness']:>8.3f}  "
               + ("" if met is None else " ".join(f"{k}:{'ok' if v else 'MISS'}" for k, v in met.items())))
         harness.append_result("alignment", {
             **env, "model": str(args.model), "variant": name, "curve_guidance": w, "videos": args.videos,

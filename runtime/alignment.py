@@ -106,7 +106,7 @@ def alignment_check(
     pipe = pipeline or Pipeline.from_pretrained(bundle, backend=backend, device="cpu", precision="fp32")
     cfg = pipe.config
     variants: dict[str, dict] = {"curve": {}, "no_curve": {"use_curve": False}}
-    if curve_guidance:
+    if curve_guidance is not None:  # 0 too: the curve without the bundle's default guidance
         variants["guided"] = {"curve_guidance": curve_guidance}
     rows: dict[str, list[dict]] = {k: [] for k in variants}
     per_video = []
