@@ -664,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--prompt", default="medium 120 bpm major groove, backbeat drums, warm pad, bass", help="text prompt")
     d.add_argument("--plot", default=None, metavar="PNG",
                    help="also save the video curve, the output's music curve (with and without the curve) and "
-                        "the cuts (matplotlib; a second generation with --no-curve)")
+                        "the cuts (matplotlib; a second generation with --no-curve) (default: none)")
     d.add_argument("--seed", type=int, default=0, help="noise seed, in [0, 2^63)")
     d.add_argument("--backend", default="torch", choices=["auto", "torch", "onnxruntime", "tensorrt"],
                    help="inference engine")
@@ -761,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("curve", help="print the event curve of a video, or of music (.wav, .flac, .mp3, ...)",
                        description="Print the event curve (when the video, or the music, changes) at the latent "
                                    "frame rate, in the conventions of --model.",
-                       examples=["v2m curve clip.mp4", "v2m curve clip.mp4 --model tiny-bundle --json > curve.json",
+                       examples=["v2m curve clip.mp4 --model tiny-bundle --json > curve.json",
                                  "v2m curve clip.mp4 --encoder motion --plot curve.png",
                                  "v2m curve music.wav --json"])
     c.add_argument("video", help="a video, or an audio file (its music event curve)")
@@ -787,7 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cut-tolerance", type=float, default=0.25,
                    help="seconds between a cut and a music-curve peak, in (0, 10]")
     e.add_argument("--baseline", default=None, metavar="DIR",
-                   help="outputs generated with --no-curve: both are measured and printed side by side")
+                   help="outputs generated with --no-curve: both are measured and printed side by side (default: none)")
     e.add_argument("--no-curves", action="store_true", help="SCH only (no curve correlation, cut hits, flatness)")
     _add_runtime_args(e, model_default="demo")
     e.add_argument("--json", action="store_true", help="print the report as JSON")

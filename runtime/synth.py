@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -133,7 +135,7 @@ def make_test_video(
     times = _frame_times(duration_s, fps, vfr, seed)
 
     coded_w, coded_h = (height, width) if k % 2 else (width, height)
-    with av.open(str(path), "w", format=fmt) as out:
+    with _scheduling_kept(), av.open(str(path), "w", format=fmt) as out:
         rate = Fraction(fps).limit_denominator(1001)
         vs = out.add_stream(codec, rate=rate)
         vs.width, vs.height, vs.pix_fmt = coded_w, coded_h, _PIX_FMTS.get(codec, "yuv420p")
@@ -169,6 +171,25 @@ def make_test_video(
             _write_sine(out, aus, duration_s)
     logger.debug("wrote test video %s (%d frames, cuts %s)", path, len(times), cuts)
     return cuts
+
+
+@contextmanager
+def _scheduling_kept() -> Iterator[None]:
+    """Undo what an encoder does to the calling thread's scheduling policy. SVT-AV1, run as
+    root, raises its threads to SCHED_FIFO, the caller's included, and everything the
+    process starts afterwards inherits it: two spinning real-time workers then starve the
+    threads they wait for (a test suite hung so)."""
+    get = getattr(os, "sched_getscheduler", None)
+    if get is None:  # not Linux
+        yield
+        return
+    policy, param = get(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (get(0), os.sched_getparam(0).sched_priority) != (policy, param.sched_priority):
+            logger.debug("restoring the scheduling policy an encoder changed")
+            os.sched_setscheduler(0, policy, param)
 
 
 def _write_sine(out: av.container.OutputContainer, stream, duration_s: float) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -209,7 +210,21 @@ def prepare(source: Source, ae_dir: str | Path, out_path: Path, kernel: int, voc
     bar = common.Progress(n, 0, "prepare", enabled=progress, every=100)
     threads = torch.get_num_threads()
     if workers > 1:  # one torch thread per worker process: the cores are shared out by processes
-        pool = mp.get_context("spawn").Pool(workers, _init_worker, (str(ae_dir), max(1, threads // workers)))
+        per = max(1, threads // workers)
+        # The workers' BLAS gets the same share before numpy loads in them: OpenBLAS's own helper
+        # threads would otherwise spin against the other workers (and, seen once under a
+        # real-time scheduling policy, never let the helper run: the pool hung).
+        blas = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": str(per)}
+        saved = {k: os.environ.get(k) for k in blas}
+        os.environ.update(blas)
+        try:
+            pool = mp.get_context("spawn").Pool(workers, _init_worker, (str(ae_dir), per))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     else:
         pool = None
         _init_worker(str(ae_dir), threads)

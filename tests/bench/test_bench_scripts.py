@@ -93,13 +93,15 @@ def test_gpu_suite_script_parses_and_refuses_unknown_stages(tmp_path):
 
 def test_bench_alignment_rows(tmp_path):
     """One held-out video, few steps: a row per variant with the figures, targets and verdicts."""
-    proc = _run("bench_alignment.py", "--videos", "1", "--steps", "4", "--curve-guidance", "1", "--out", str(tmp_path),
+    proc = _run("bench_alignment.py", "--videos", "1", "--steps", "4", "--curve-guidance", "0", "--out", str(tmp_path),
                 "--workdir", str(tmp_path / "videos"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "alignment.jsonl").read_text().splitlines()]
-    assert [r["variant"] for r in rows] == ["--no-curve", "curve", "curve, guidance 1"]
+    # the bundle's default (the demo bundle's curve guidance 1), then the asked-for weight 0
+    assert [r["variant"] for r in rows] == ["--no-curve", "curve (bundle: guidance 1)", "curve, guidance 0"]
+    assert [r["curve_guidance"] for r in rows] == [None, 1.0, 0.0]
     for r in rows:
-        for key in ("corr", "cut_hits", "flatness", "targets", "videos", "steps", "commit", "versions"):
+        for key in ("corr", "cut_hits", "flatness", "targets", "videos", "steps", "commit", "device", "torch", "numpy"):
             assert r.get(key) is not None or key == "met", (key, r)
     assert rows[1]["met"] is not None and set(rows[1]["met"]) == {"corr", "corr_gain", "cut_hits", "cut_hits_gain", "flatness"}
-    assert "curve, guidance 1" in proc.stdout
+    assert "curve, guidance 0" in proc.stdout

@@ -88,3 +88,19 @@ def test_eval_with_baseline(tmp_path, capsys):
     rc = main(["eval", str(tmp_path / "out"), "--videos", str(vids), "--baseline", str(tmp_path / "base")])
     out = capsys.readouterr().out
     assert rc == 0 and "with curve" in out and "--no-curve" in out and "curve correlation" in out
+
+
+def test_package_data_ships_every_bundle_file():
+    """pyproject's package-data globs cover every file of the demo bundle (the wheel carries it)."""
+    import fnmatch
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    bundle = root / "runtime" / "demo_bundle"
+    if not bundle.is_dir():
+        pytest.skip("not a source checkout")
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["v2m.runtime"]
+    files = [f"demo_bundle/{p.name}" for p in bundle.iterdir() if p.is_file()]
+    assert files and all(any(fnmatch.fnmatch(f, g) for g in data) for f in files), (files, data)

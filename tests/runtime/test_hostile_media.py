@@ -27,6 +27,8 @@ from v2m.runtime.errors import InputError, OutputError
 from v2m.runtime.synth import make_test_video
 
 SR = 44100
+# the scheduling policy this process started with (an encoder must not change it)
+_POLICY = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
 
 # name -> (suffix, encoder, encoder options, fps)
 SOURCES = {
@@ -113,6 +115,8 @@ def test_sources_are_what_they_claim(sources):
             assert any(p.dts is None for p in packets), name  # what used to lose the first pictures
     with av.open(str(sources["mkv-av1"])) as c:
         assert c.streams.video[0].codec_context.name != "av1"  # a decoder's name (libdav1d)
+    if hasattr(os, "sched_getscheduler"):  # SVT-AV1 as root makes its caller SCHED_FIFO: undone
+        assert os.sched_getscheduler(0) == _POLICY
 
 
 @pytest.mark.parametrize("suffix", OUTPUTS)
