@@ -505,7 +505,11 @@ def export_bundle(
         "config_sections": config_sections_digest(cfg),
         "config_sha256": sha256_file(src / "config.json"),
         "config": cfg.to_dict(),
-        "source": str(src.resolve()),
+        "source": "." if out.resolve() == src.resolve() else str(src.resolve()),
+        # the weights the graphs were made from: a bundle that carries both (--with-weights, or an
+        # in-place export) refuses its graphs once these files change (`Manifest.verify_weights`)
+        "weights": {f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+                    for f in sorted(src.glob("*.safetensors"))},
         "graphs": graphs,
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -530,9 +530,12 @@ def cmd_demo(args) -> int:
         from .profiler import check_report_paths
 
         check_report_paths({"--plot": args.plot}, {args.output: "the output"})
-    require("torch", what="`v2m demo` (it runs a PyTorch bundle)")
-    if args.backend == "onnxruntime":
-        raise InputError("`v2m demo` runs a PyTorch bundle; run it with --backend torch (or auto)")
+    if args.preset:
+        require("torch", what="`v2m demo --preset` (it makes a random-weight PyTorch bundle)")
+        if args.backend == "onnxruntime":
+            raise InputError("`v2m demo --preset` makes a PyTorch bundle; run it with --backend torch (or auto)")
+    elif args.backend == "torch":
+        require("torch", what="`v2m demo --backend torch`")
     tempfiles.clean_stale(out.parent)
     # The work folder (bundle, test clip) is removed at the end unless --workdir keeps it.
     keep = args.workdir is not None
@@ -647,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="a test video with cuts, music from the trained demo bundle, muxed",
                        description="Make a test clip with scene cuts, generate music for it with the installed "
                                    "trained demo bundle (or --model, or a random-weight --preset), write the "
-                                   "result. Needs PyTorch.",
+                                   "result. Runs with ONNX Runtime or PyTorch (--preset needs PyTorch).",
                        examples=["v2m demo -o demo.mp4", "v2m demo -o demo.wav --duration 6 --seed 3 --plot demo.png",
                                  "v2m demo --preset small --workdir demo-work -o demo.mkv"])
     d.add_argument("-o", "--output", default="demo.mp4",
@@ -666,8 +669,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also save the video curve, the output's music curve (with and without the curve) and "
                         "the cuts (matplotlib; a second generation with --no-curve) (default: none)")
     d.add_argument("--seed", type=int, default=0, help="noise seed, in [0, 2^63)")
-    d.add_argument("--backend", default="torch", choices=["auto", "torch", "onnxruntime", "tensorrt"],
-                   help="inference engine")
+    d.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+                   help="inference engine; auto: ONNX Runtime on a CPU for the demo bundle (it ships its "
+                        "graphs), else PyTorch")
     d.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     d.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="compute precision (default: fp16 on CUDA, fp32 on CPU)")

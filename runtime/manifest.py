@@ -157,9 +157,27 @@ class Manifest:
                 )
         return g.sha256
 
+    def verify_weights(self, hash_limit: int = 512 * 2**20) -> None:
+        """The weight files beside the graphs (a bundle exported in place or `--with-weights`)
+        must be the ones the graphs were exported from: otherwise the torch and ONNX engines
+        of one bundle would run different models. Files up to `hash_limit` bytes are hashed;
+        larger ones (hashing gigabytes on every load is too slow) are compared by size."""
+        for name, want in (self.raw.get("weights") or {}).items():
+            path = self.bundle_dir / name
+            if not path.is_file():
+                continue  # a lean export: the graphs alone
+            size = path.stat().st_size
+            same = size == want.get("bytes") and (size > hash_limit or sha256_file(path) == want.get("sha256"))
+            if not same:
+                raise BundleError(
+                    f"{path} is not the file the ONNX graphs in {self.bundle_dir} were exported from (it changed "
+                    f"after `v2m export`); re-export (`v2m export {self.bundle_dir}`) or use --backend torch"
+                )
+
     def verify(self, cfg: BundleConfig, names: tuple[str, ...] | list[str] | None = None, precision: str = "fp32") -> None:
-        """verify_config, then verify_graph for each of `names` (default: all of that precision)."""
+        """verify_config and verify_weights, then verify_graph for each of `names` (default: all of that precision)."""
         self.verify_config(cfg)
+        self.verify_weights()
         for name in names or sorted(self.graphs.get(precision, {})):
             self.verify_graph(name, precision)
 

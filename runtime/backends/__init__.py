@@ -130,7 +130,9 @@ def resolve_backend(name: str, bundle_dir: str | Path, device: str) -> tuple[str
     weights (on the GPU when there is one); else ONNX Runtime for an exported bundle;
     else torch. Device auto: cuda when a GPU is visible and the backend can use it.
     """
-    bundle_dir = Path(bundle_dir)
+    from ..demo import resolve_model
+
+    bundle_dir = resolve_model(bundle_dir)  # `demo`: the installed demo bundle
     kind, _ = devices.parse_device(device)
     if name not in (*BACKENDS, "auto"):
         raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or auto")

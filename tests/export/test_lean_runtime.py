@@ -212,3 +212,18 @@ def test_torch_commands_say_what_to_install(lean_bundle, blocker, short_video, t
         assert "needs torch" in err and "pip install" in err and "internal error" not in err, (name, err)
     assert "[torch]" in results["init-model"][1] and "[export]" in results["export"][1]
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_demo_without_torch(blocker, tmp_path):
+    """README's main job on a torch-free install: the demo bundle ships its ONNX graphs."""
+    out = tmp_path / "demo.wav"
+    r = _python(blocker, f"""
+        import sys
+        from v2m.runtime.cli import main
+        rc = main(["demo", "-o", {str(out)!r}, "--duration", "3"])
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r})
+        print("loaded", loaded)
+        sys.exit(rc)
+    """, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "backend onnxruntime" in r.stdout and "loaded []" in r.stdout and out.is_file()

@@ -21,8 +21,9 @@ pytest.importorskip("torch")
 
 def test_installed_small_fp16_weight_free():
     path = demo_bundle_path()
-    files = {p.name: p.stat().st_size for p in path.iterdir() if p.is_file()}
-    assert set(files) == {"config.json", "dit.safetensors", "vae.safetensors", "text.safetensors"}
+    files = {p.relative_to(path).as_posix(): p.stat().st_size for p in path.rglob("*") if p.is_file()}
+    assert set(files) == {"config.json", "dit.safetensors", "vae.safetensors", "text.safetensors", "manifest.json",
+                          *(f"onnx/fp32/{g}.onnx" for g in ("text", "schedule", "step", "vae"))}
     assert sum(files.values()) <= 20 * 2**20
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["encoder"]["kind"] == "cut" and cfg["preset"] == "demo"
@@ -53,10 +54,52 @@ def test_music_lands_on_the_cuts(demo_pipe, tmp_path):
 
 
 def test_demo_command(tmp_path, capsys):
+    """`v2m demo` as README runs it: backend auto is ONNX Runtime on the CPU (the bundle ships its graphs)."""
+    pytest.importorskip("onnxruntime")
     out = tmp_path / "demo.mp4"
     assert main(["demo", "-o", str(out), "--duration", "6", "--device", "cpu", "--workdir", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert out.stat().st_size > 10_000 and "trained bundle demo" in text and "music event curve peaks" in text
+    assert "backend onnxruntime on cpu" in text
+
+
+def test_shipped_graphs_match_the_shipped_weights(demo_pipe, synth_video):
+    """The ONNX graphs in the bundle and its safetensors are one model: ONNX Runtime's audio is
+    PyTorch's (two independent engines, same seed), and the manifest names these weights."""
+    pytest.importorskip("onnxruntime")
+    from v2m.runtime import Pipeline
+    from v2m.runtime.manifest import load_manifest
+
+    load_manifest(demo_bundle_path()).verify_weights()
+    ort = Pipeline.from_pretrained("demo", backend="onnxruntime", device="cpu")
+    a = demo_pipe.generate(synth_video.path, prompt="slow 90 bpm minor groove", seed=5, steps=8)
+    b = ort.generate(synth_video.path, prompt="slow 90 bpm minor groove", seed=5, steps=8)
+    err = np.abs(a.audio - b.audio).max() / np.abs(a.audio).max()
+    assert a.audio.shape == b.audio.shape and err < 1e-3, err
+
+
+def test_changed_weights_refuse_the_graphs(tmp_path):
+    """Weights rewritten after the export (a retrained bundle with stale graphs): one clear error,
+    not a silently different model on one engine."""
+    import shutil
+
+    from v2m.runtime.errors import BundleError
+    from v2m.runtime.manifest import load_manifest
+
+    pytest.importorskip("onnxruntime")
+    from v2m.runtime import Pipeline
+
+    bundle = tmp_path / "b"
+    shutil.copytree(demo_bundle_path(), bundle)
+    w = bundle / "dit.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-7] ^= 0x55  # same size, other weights
+    w.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="re-export"):
+        Pipeline.from_pretrained(str(bundle), backend="onnxruntime", device="cpu")
+    with pytest.raises(BundleError, match="re-export"):  # over the hash limit: the size decides
+        w.write_bytes(bytes(data[:-1]))
+        load_manifest(bundle).verify_weights(hash_limit=0)
 
 
 def test_model_demo_resolves(capsys, synth_video):
@@ -102,5 +145,5 @@ def test_package_data_ships_every_bundle_file():
     if not bundle.is_dir():
         pytest.skip("not a source checkout")
     data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["v2m.runtime"]
-    files = [f"demo_bundle/{p.name}" for p in bundle.iterdir() if p.is_file()]
+    files = [f"demo_bundle/{p.relative_to(bundle).as_posix()}" for p in bundle.rglob("*") if p.is_file()]
     assert files and all(any(fnmatch.fnmatch(f, g) for g in data) for f in files), (files, data)
