@@ -10,11 +10,10 @@ and settings. Progress bars go to stderr (`--quiet` turns them off).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 
-from .errors import BackendUnavailable, InputError
+from .errors import InputError, require
 
 log = logging.getLogger("v2m.cli")
 
@@ -27,8 +26,7 @@ def _prepare_torch(threads: int) -> None:
     the default spin policy and 1.6 s with OMP_WAIT_POLICY=PASSIVE, same result.
     An explicit OMP_WAIT_POLICY in the environment is left alone.
     """
-    if importlib.util.find_spec("torch") is None:
-        raise BackendUnavailable("`v2m train` needs PyTorch: pip install 'v2m-runtime[train]' (CPU: torch==2.13.0 first)")
+    require("torch", what="`v2m train`", extra="train")
     if threads < 1:
         raise InputError(f"--threads must be >= 1, got {threads}")
     if "OMP_WAIT_POLICY" not in os.environ:

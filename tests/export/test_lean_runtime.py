@@ -185,10 +185,12 @@ def test_device_auto_without_torch_uses_the_gpu_the_driver_reports(lean_bundle, 
 
 def test_torch_commands_say_what_to_install(lean_bundle, blocker, short_video, tmp_path):
     """Without torch, each command that needs it is one line naming the extra, exit 2
-    (before: `internal error: ModuleNotFoundError` and exit 1 for init-model and demo)."""
+    (before: `internal error: ModuleNotFoundError` and exit 1 for init-model and demo; plain `v2m demo`
+    now runs without torch, on the demo bundle's graphs)."""
     cases = {
         "init-model": ["init-model", "-o", str(tmp_path / "b")],
-        "demo": ["demo", "-o", str(tmp_path / "d.mp4")],
+        "demo --preset": ["demo", "--preset", "tiny", "-o", str(tmp_path / "d.mp4")],  # plain `demo` runs: ONNX
+        "train": ["train", "autoencoder", "-o", str(tmp_path / "ae")],
         "export": ["export", str(lean_bundle), "-o", str(tmp_path / "x")],
         "torch backend": ["generate", str(short_video.path), "-o", str(tmp_path / "o.wav"), "--model",
                           str(lean_bundle), "--backend", "torch"],
