@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from v2m.runtime.bundle import BundleConfig
+from v2m.runtime.encoders import has_encoder_weights
 
 __all__ = [
     "TensorSpec",
@@ -335,7 +336,7 @@ def contracts_for(cfg: BundleConfig) -> dict[str, ExportContract]:
         out = sao_contracts(cfg)
     else:
         out = dict(CONTRACTS)
-    if cfg.encoder.get("kind", "dinov2") != "dinov2":
+    if not has_encoder_weights(cfg.encoder):
         out.pop("encoder", None)
     return out
 

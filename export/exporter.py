@@ -48,7 +48,6 @@ from torch import nn
 from v2m.runtime import __version__
 from v2m.runtime.backends.torch_step import guided_stage, step_model
 from v2m.runtime.bundle import BundleConfig, load_config
-from v2m.runtime.encoders import is_weight_free
 from v2m.runtime.errors import BundleError, OutputError, V2MError
 from v2m.runtime.manifest import (
     MANIFEST_FORMAT,
@@ -445,8 +444,6 @@ def export_bundle(
     out = Path(out_dir) if out_dir is not None else src
     if out.resolve() != src.resolve():
         _prepare_out(src, out, cfg, with_weights)
-    if is_weight_free(cfg.encoder):  # a weight-free frame encoder runs in the runtime: no graph
-        names = tuple(n for n in names if n != "encoder")
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # until every graph is written and checked
     graphs: dict[str, dict[str, Any]] = {}
     paths: dict[str, Path] = {}

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from v2m.runtime.bundle import AudioConfig, BundleConfig, CurveConfig, SamplerConfig, load_config
-from v2m.runtime.encoders import encoder_config, is_weight_free
+from v2m.runtime.encoders import encoder_config, has_encoder_weights
 from v2m.runtime.errors import BundleError
 
 from . import dinov2 as dinov2_mod
@@ -165,7 +165,7 @@ def init_bundle(
         meta["made_on"] = device.type
     sao = cfg.family == "sao"
     for name in ("encoder", "vae", "dit") + (("cond", "text") if sao else ()):
-        if name == "encoder" and is_weight_free(cfg.encoder):
+        if name == "encoder" and not has_encoder_weights(cfg.encoder):
             (out / "encoder.safetensors").unlink(missing_ok=True)  # a stale one from --overwrite
             continue
         with device:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import __version__, tempfiles
 from .cli_support import ArgumentParser, StepProgress, UsageError, check_options
+from .encoders import ENCODER_KINDS
 from .errors import (
     EXIT_INTERNAL,
     EXIT_USAGE,
@@ -57,7 +58,7 @@ def _add_runtime_args(p: argparse.ArgumentParser, model_default: str | None = No
     p.add_argument("--model", "-m", required=model_default is None, default=model_default,
                    help="bundle directory (v2m init-model / v2m export / v2m train), or `demo` (the installed "
                         "trained demo bundle)" + (f" (default: {model_default})" if model_default else ""))
-    p.add_argument("--encoder", default=None, choices=["dinov2", "cut", "motion"],
+    p.add_argument("--encoder", default=None, choices=ENCODER_KINDS,
                    help="frame encoder of the event curve (default: the bundle's); cut and motion are weight-free")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
                    help="inference engine; auto: TensorRT, then ONNX Runtime for an exported bundle, then PyTorch")
@@ -657,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the result: a video (.mp4/.mov/.mkv/.m4v, music muxed into the test clip) or "
                         "the music alone (.wav/.flac)")
     d.add_argument("--model", "-m", default="demo", help="bundle (default: demo, the installed trained one)")
-    d.add_argument("--encoder", default=None, choices=["dinov2", "cut", "motion"],
+    d.add_argument("--encoder", default=None, choices=ENCODER_KINDS,
                    help="frame encoder (default: the bundle's)")
     d.add_argument("--preset", default=None, choices=["tiny", "small", "full"],
                    help="instead of --model: a random-weight bundle of this preset (structured noise out) (default: none)")
@@ -687,7 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--seed", type=int, default=0, help="weight seed, in [0, 2^63)")
     i.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="weight precision on disk")
     i.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
-    i.add_argument("--encoder", default="dinov2", choices=["dinov2", "cut", "motion"],
+    i.add_argument("--encoder", default="dinov2", choices=ENCODER_KINDS,
                    help="frame encoder: dinov2 (random weights), or weight-free cut / motion (default: dinov2)")
     i.add_argument("-o", "--output", required=True, help="the bundle directory to write")
     i.set_defaults(func=cmd_init_model)

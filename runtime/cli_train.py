@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import os
 
-from .errors import InputError, require
+from .encoders import WEIGHT_FREE
+from .errors import require
 
 log = logging.getLogger("v2m.cli")
 
@@ -27,21 +28,13 @@ def _prepare_torch(threads: int) -> None:
     An explicit OMP_WAIT_POLICY in the environment is left alone.
     """
     require("torch", what="`v2m train`", extra="train")
-    if threads < 1:
-        raise InputError(f"--threads must be >= 1, got {threads}")
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
         log.info("training with OMP_WAIT_POLICY=PASSIVE, %d threads", threads)
 
 
-def _positive(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise InputError(f"--{name} must be >= 1, got {value}")
-
-
 def cmd_train_autoencoder(args) -> int:
     _prepare_torch(args.threads)
-    _positive("steps", args.train_steps)
     from dataclasses import replace
 
     from v2m.train.autoencoder import AE_PRESETS, AE_TRAIN_PRESETS, train_autoencoder
@@ -59,8 +52,6 @@ def cmd_train_autoencoder(args) -> int:
 
 def cmd_train_dit(args) -> int:
     _prepare_torch(args.threads)
-    _positive("steps", args.train_steps)
-    _positive("clips", args.clips)
     from dataclasses import replace
 
     from v2m.train.data import open_source
@@ -110,12 +101,12 @@ def add_train_parsers(sub) -> None:
         p.add_argument("-o", "--output", required=True, help="the run directory (resumes when rerun)")
         p.add_argument("--audio", default=None, metavar="FOLDER",
                        help="your own music: audio files + captions.jsonl or captions.tsv (default: the synthetic corpus)")
-        p.add_argument("--preset", default="demo", choices=presets)
+        p.add_argument("--preset", default="demo", choices=presets, help="model and training sizes (default: demo)")
         p.add_argument("--steps", dest="train_steps", metavar="N", type=int, default=None, help="training steps (default: the preset's)")
-        p.add_argument("--clips", type=int, default=800, help="synthetic clips (default 800)")
-        p.add_argument("--clip-seconds", type=float, default=12.0, help="clip length, seconds (default 12)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+        p.add_argument("--clips", type=int, default=800, help="synthetic clips, >= 1 (default: 800)")
+        p.add_argument("--clip-seconds", type=float, default=12.0, help="clip length in seconds, in (0, 600] (default: 12)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the data and the run, in [0, 2^63) (default: 0)")
+        p.add_argument("--threads", type=int, default=2, help="torch threads, >= 1 (default: 2)")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     a = ts.add_parser("autoencoder", help="the autoencoder: STFT-conv encoder + Oobleck decoder",
@@ -129,7 +120,7 @@ def add_train_parsers(sub) -> None:
                                 "v2m train dit --autoencoder runs/ae -o runs/dit --audio my_music/ --encoder motion"])
     common(d, ["demo", "tiny"])
     d.add_argument("--autoencoder", required=True, metavar="DIR", help="a finished `v2m train autoencoder` run")
-    d.add_argument("--encoder", default="cut", choices=["cut", "motion"], help="the bundle's frame encoder")
+    d.add_argument("--encoder", default="cut", choices=WEIGHT_FREE, help="the bundle's frame encoder (default: cut)")
     d.set_defaults(func=cmd_train_dit)
 
     m = ts.add_parser("demo", help="the shipped demo bundle: autoencoder, DiT, fp16 bundle, alignment check",
@@ -137,9 +128,10 @@ def add_train_parsers(sub) -> None:
                                 "v2m train demo --recipe tiny --work runs/tiny -o tiny-trained"])
     m.add_argument("-o", "--output", required=True, help="the bundle directory (e.g. runtime/demo_bundle)")
     m.add_argument("--work", required=True, help="run directories and report.json (resumable)")
-    m.add_argument("--recipe", default="demo", choices=["demo", "tiny"])
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--threads", type=int, default=2)
+    m.add_argument("--recipe", default="demo", choices=["demo", "tiny"],
+                   help="demo: the shipped bundle's; tiny: seconds, for tests (default: demo)")
+    m.add_argument("--seed", type=int, default=0, help="seed of the data and every stage, in [0, 2^63) (default: 0)")
+    m.add_argument("--threads", type=int, default=2, help="torch threads, >= 1 (default: 2)")
     m.add_argument("--overwrite", action="store_true", help="replace an existing bundle at -o")
-    m.add_argument("--quiet", "-q", action="store_true")
+    m.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     m.set_defaults(func=cmd_train_demo)

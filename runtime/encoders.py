@@ -47,6 +47,7 @@ __all__ = [
     "MotionEncoder",
     "encoder_config",
     "is_weight_free",
+    "has_encoder_weights",
     "make_frame_encoder",
     "rgb_to_hsv",
     "block_motion",
@@ -75,6 +76,13 @@ def encoder_config(kind: str, **overrides) -> dict[str, Any]:
 def is_weight_free(cfg: dict[str, Any]) -> bool:
     """True when the bundle's encoder section names a weight-free encoder (no `encoder` component)."""
     return cfg.get("kind", "dinov2") in WEIGHT_FREE
+
+
+def has_encoder_weights(cfg: dict[str, Any]) -> bool:
+    """True when the bundle has an `encoder` component (weights, a graph): DINOv2. Weight-free
+    encoders run in the runtime, and a text-only bundle (kind "none", e.g. Stable Audio Open
+    converted without --encoder) has none."""
+    return cfg.get("kind", "dinov2") == "dinov2"
 
 
 class FrameEncoder(abc.ABC):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..bundle import BundleConfig
+from ..encoders import has_encoder_weights
 from ..errors import BackendUnavailable
 from ..sampler import Conditioning, Plan, sample_loop
 from .base import Backend
@@ -57,7 +58,7 @@ class TorchBackend(Backend):
         self.dit, self.vae = load("dit"), load("vae")
         # no `encoder` component: a weight-free frame encoder (cut, motion) runs in the pipeline,
         # and a Stable Audio Open bundle converted without a frame encoder ("none") runs text-only
-        self.encoder = None if cfg.encoder.get("kind", "dinov2") != "dinov2" else load("encoder")
+        self.encoder = load("encoder") if has_encoder_weights(cfg.encoder) else None
         # the seconds/text conditioner of a Stable Audio Open bundle; fp32: it runs once a generation
         self.cond = (load_component(bundle_dir, "cond", cfg, device=self.torch_device, dtype=torch.float32)
                      if cfg.family == "sao" else None)

@@ -123,9 +123,15 @@ def test_sampler_rule_is_sampler_options():
 
 
 def _subparsers(parser) -> dict[str, argparse.ArgumentParser]:
+    """Every subcommand, nested ones (`train dit`) included."""
     for a in parser._actions:
         if isinstance(a, argparse._SubParsersAction):
-            return dict(a.choices)
+            out = {}
+            for name, sub in a.choices.items():
+                out[name] = sub
+                if any(isinstance(x, argparse._SubParsersAction) for x in sub._actions):
+                    out.update({f"{name} {k}": v for k, v in _subparsers(sub).items()})
+            return out
     raise AssertionError("no subcommands")
 
 
