@@ -43,7 +43,10 @@ def run_once(pipe, clips: list[Path], out: Path, batch_size: int, steps: int | N
     from v2m.runtime import batch
 
     jobs = batch.collect_inputs(clips, out, prompt="warm synth pop", seed=0)
-    opts = batch.BatchOptions(out, format="wav", batch_size=batch_size, steps=steps, overwrite=True, progress=False)
+    from v2m.runtime.request import Request
+
+    opts = batch.BatchOptions(out, format="wav", batch_size=batch_size, request=Request(steps=steps), overwrite=True,
+                              progress=False)
     t0 = time.perf_counter()
     summary = batch.run_batch(pipe, jobs, opts)
     wall = time.perf_counter() - t0

@@ -102,6 +102,7 @@ def alignment_check(
          "per_video": [...]}; corr and cut_hits are means, flatness the median over videos.
     """
     from .pipeline import Pipeline
+    from .request import Request
 
     pipe = pipeline or Pipeline.from_pretrained(bundle, backend=backend, device="cpu", precision="fp32")
     cfg = pipe.config
@@ -111,11 +112,11 @@ def alignment_check(
     rows: dict[str, list[dict]] = {k: [] for k in variants}
     per_video = []
     for i, (path, cuts) in enumerate(make_cut_videos(Path(workdir) / "videos", count, seed)):
-        video_curve = pipe.curve(path).curve
+        prepared = pipe.prepare(path, Request(prompt=PROMPTS[i % len(PROMPTS)], seed=seed + i, steps=steps))
+        video_curve = prepared.curve  # decoded and encoded once for every variant
         entry: dict[str, Any] = {"video": path.name, "cuts": cuts}
         for name, kw in variants.items():
-            res = pipe.generate(path, prompt=PROMPTS[i % len(PROMPTS)], seed=seed + i, steps=steps,
-                                profile_steps=False, **kw)
+            res = pipe.generate(path, prepared=prepared, request=prepared.request.replace(**kw), profile_steps=False)
             score = score_output(res.audio, res.sample_rate, video_curve, cuts, cfg.latent_rate, cfg.curve.kernel)
             rows[name].append(score)
             entry[name] = score

@@ -12,7 +12,7 @@ summary = run_batch(pipe, jobs, BatchOptions("out/"))     # writes out/summary.j
   videos of the same latent length are then sampled together (one
   `Pipeline.sample` call of B <= batch_size, and <= what the engine's profile takes),
   each from its own seed's noise, so a video's music is the same batched or alone. Longer-than-`max_frames`
-  videos go through `Pipeline.sample_windows` one at a time.
+  videos are sampled alone, in windows.
 - One bad input never stops the rest: it is recorded in `summary.json` with a
   one-line reason, and the run goes on.
 - Every output gets a sidecar `<output>.v2m.json` holding the sha256 of the
@@ -44,7 +44,9 @@ from typing import Any, TextIO
 import numpy as np
 
 from . import media, sampler, tempfiles
-from .errors import InputError, NumericalError, OutputError, V2MError
+from .errors import InputError, OutputError, V2MError
+from .observers import Observers, ProfilerObserver, StepCallback
+from .request import Request
 
 __all__ = [
     "Job",
@@ -56,7 +58,8 @@ __all__ = [
     "assign_outputs",
     "check_output_dir",
     "run_batch",
-    "prepare_job",
+    "prepare_item",
+    "complete",
     "write_output",
     "SUMMARY_NAME",
     "SIDECAR_SUFFIX",
@@ -94,21 +97,14 @@ class Job:
 
 @dataclass
 class BatchOptions:
-    """How `run_batch` runs. Args mirror `v2m generate`'s flags."""
+    """How `run_batch` runs: the output folder and format, the largest group, and the `Request`
+    every job starts from (each job sets its own prompt and seed)."""
 
     out_dir: Path | str
     format: str = "mp4"
     batch_size: int = 8
-    steps: int | None = None
-    cfg_scale: float | None = None
-    negative_prompt: str | None = None
-    solver: str | None = None
-    shift: float | None = None
-    use_curve: bool = True
-    curve_guidance: float | None = None
+    request: Request = field(default_factory=Request)  # every job's, with its own prompt and seed
     overwrite: bool = False
-    keep_audio_db: float | None = None
-    text_embeddings: str | Path | None = None
     progress: bool | None = None  # None: when stderr is a terminal
 
 
@@ -344,7 +340,7 @@ def _input_key(job: Job, opts: BatchOptions, model: str, sopts: sampler.SamplerO
     # Sampler choices beyond steps and cfg join the key only when not the defaults, so sidecars
     # written before they existed still verify.
     extra = {k: v for k, v in (("solver", sopts.solver), ("shift", sopts.shift), ("use_curve", sopts.use_curve),
-                               ("curve_guidance", sopts.curve_guidance), ("negative_prompt", opts.negative_prompt))
+                               ("curve_guidance", sopts.curve_guidance), ("negative_prompt", opts.request.negative_prompt))
              if v != {"solver": "euler", "shift": 1.0, "use_curve": True, "curve_guidance": 0.0}.get(k)}
     return {**({"sampler": extra} if extra else {}),
         "video": show(os.path.realpath(job.video)),
@@ -354,8 +350,8 @@ def _input_key(job: Job, opts: BatchOptions, model: str, sopts: sampler.SamplerO
         "seed": job.seed,
         "steps": steps,
         "cfg_scale": cfg_scale,
-        "keep_audio_db": opts.keep_audio_db,
-        "text_embeddings": _sha256(Path(opts.text_embeddings)) if opts.text_embeddings else None,
+        "keep_audio_db": opts.request.keep_audio_db,
+        "text_embeddings": _sha256(Path(opts.request.text_embeddings)) if opts.request.text_embeddings else None,
         "model": model,
     }
 
@@ -438,13 +434,12 @@ class Progress:
 
 
 # --- the run -----------------------------------------------------------------------------
-@dataclass
-class _Prepared:
+@dataclass(eq=False)
+class _Item:
+    """A prepared job: the core's `Prepared` and the job's resume key."""
+
     job: Job
-    curve: np.ndarray  # [L]
-    emb: np.ndarray  # [S, E]
-    mask: np.ndarray  # [S]
-    duration_s: float
+    prepared: Any  # pipeline.Prepared
     key: dict[str, Any]
     peak_gpu_mem_bytes: int | None = None  # while it was decoded and encoded (profiled on CUDA)
 
@@ -456,36 +451,142 @@ def _reason(e: BaseException) -> str:
     return f"internal error: {type(e).__name__}: {msg}"
 
 
-def prepare_job(pipe, job: Job, text_embeddings=None, timings: dict[str, float] | None = None, profiler=None):
-    """One video's conditioning: (curve [L], text emb [S, E], mask [S], duration_s); stage times into `timings`."""
-    from .pipeline import _timed
+def prepare_item(pipe, job: Job, opts: BatchOptions, model: str, options, observers=None) -> _Item | None:
+    """A job's resume check and the core's `prepare` (the batch's request with the job's prompt
+    and seed). None when its output is complete already (the job is marked skipped); raises
+    what failed it."""
+    try:
+        key = _input_key(job, opts, model, options)
+    except OSError as e:
+        raise InputError(f"cannot read {show(job.video)} ({e.strerror})") from None
+    if not opts.overwrite and (side := _is_complete(job.output, key)) is not None:
+        job.status, job.reason, job.used_seed = "skipped", "complete (verified by sha256)", side.get("seed")
+        return None
+    p = pipe.prepare(job.video, opts.request.replace(prompt=job.prompt, seed=job.seed), observers=observers)
+    job.used_seed, job.timings = p.seed, p.timings
+    return _Item(job, p, key)
 
-    t = job.timings if timings is None else timings
-    features, reader = pipe.encode_video(job.video, t, profiler=profiler)
-    with _timed(t, "curve", None, profiler):
-        curve, _ = pipe.compute_curve(features, reader.duration_s)
-    del features
-    with _timed(t, "text", None, profiler):
-        emb, mask = pipe.encode_text(job.prompt, text_embeddings)
-    return curve, emb, mask, reader.duration_s
+
+def complete(pipe, it: _Item, sampled, observers=None) -> BaseException | None:
+    """Render a sampled job and write its output and sidecar; marks it ok. Returns what failed
+    it instead (the sampler's exception in `sampled`, or the render's or write's)."""
+    job = it.job
+    job.info["batch_size"] = getattr(sampled, "batch_size", 1)
+    if isinstance(sampled, BaseException):
+        return sampled
+    try:
+        write_output(pipe, it, pipe.render(it.prepared, sampled, observers))
+    except Exception as e:  # noqa: BLE001 - recorded per video; the batch goes on
+        return e
+    job.status = "ok"
+    job.info.update(latent_frames=it.prepared.length, duration_s=round(it.prepared.duration_s, 4))
+    return None
 
 
-def write_output(job: Job, audio: np.ndarray, duration_s: float, key: dict[str, Any], cfg, keep_audio_db=None) -> None:
-    """Fit `audio` to the video, write `job.output` (muxed or audio) and its sidecar, atomically."""
-    audio = media.finalize_audio(audio, duration_s, cfg.audio.sample_rate, cfg.audio.fade_out_s)
-    if media.check_output_path(job.output, job.video) == "video":
-        media.mux(job.video, audio, cfg.audio.sample_rate, job.output, keep_audio_db=keep_audio_db)
-    else:
-        media.write_audio(job.output, audio, cfg.audio.sample_rate)
+def write_output(pipe, item: _Item, audio: np.ndarray) -> None:
+    """Write the job's output (muxed or audio, `Pipeline.write`) and its sidecar, atomically."""
+    job = item.job
+    pipe.write(item.prepared, audio, job.output)
     side = {
         "format": SIDECAR_FORMAT,
         "output": show(job.output.name),
         "output_sha256": _sha256(job.output),
         "seed": job.used_seed,
-        "inputs": key,
+        "inputs": item.key,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     _atomic_write_text(_sidecar(job.output), json.dumps(side, indent=2) + "\n")
+
+
+class _Run:
+    """One `run_batch`: the jobs, their reports (summary, progress, profiler) and the grouping
+    policy (per latent and text length, chunks of `group_size` in input order; a long video
+    alone). Generation itself is the core's: `Pipeline.prepare / sample / render / write`."""
+
+    def __init__(self, pipe, jobs: list[Job], opts: BatchOptions, progress: Progress, profiler, t_start: float):
+        self.pipe, self.jobs, self.opts, self.progress, self.prof = pipe, jobs, opts, progress, profiler
+        self.t_start = t_start
+        self.options = opts.request.options(pipe.config.sampler)
+        self.summary_path = Path(opts.out_dir) / SUMMARY_NAME
+        self.group_of: dict[int, int] = {}  # id(job) -> its profiled group
+        self.obs = Observers([ProfilerObserver(profiler) if profiler is not None else None,
+                              StepCallback(progress.on_step)])
+
+    def span(self, name: str, **args: Any):
+        """A profiler range (NVTX + trace event) when profiling."""
+        return self.prof.range(name, args or None) if self.prof is not None else nullcontext()
+
+    def write_summary(self) -> None:
+        o = self.options
+        _write_summary(self.summary_path, self.jobs, self.pipe, o.steps, o.cfg_scale, time.perf_counter() - self.t_start)
+
+    def failed(self, job: Job, e: BaseException) -> None:
+        job.fail(_reason(e))
+        self.progress.message(f"v2m: failed: {show(job.video)}: {job.reason}")
+        self.progress.advance()
+        self.write_summary()
+
+    def prepare(self, job: Job, model: str) -> _Item | None:
+        """`prepare_item` with this run's failure and skip reporting."""
+        if self.prof is not None:
+            self.prof.reset_peak_memory()
+        try:
+            with self.span(f"video {show(job.video.name)}", video=show(job.video)):
+                it = prepare_item(self.pipe, job, self.opts, model, self.options, self.obs)
+        except Exception as e:  # noqa: BLE001 - recorded per video; the batch goes on
+            self.failed(job, e)
+            return None
+        if it is None:  # complete already
+            self.progress.advance()
+            return None
+        it.peak_gpu_mem_bytes = self.prof.peak_memory() if self.prof is not None else None
+        return it
+
+    def flush(self, group: list[_Item]) -> None:
+        """Sample a group in one core call, then render and write each video (`complete`)."""
+        if not group:
+            return
+        kind = "windows" if group[0].prepared.windowed else "batched"
+        self.progress.start_batch(len(group), self.options.steps)
+        name = self._begin_group(kind, group)
+        errors = []
+        with self.span(name, videos=[show(it.job.video) for it in group]):
+            for it, r in zip(group, self.pipe.sample([it.prepared for it in group], self.obs)):
+                with self.span("write", video=show(it.job.video)):
+                    error = complete(self.pipe, it, r, self.obs)
+                if error is not None:
+                    errors.append(error)
+                    self.failed(it.job, error)
+                    continue
+                self._finished(it)
+            self._end_group(group, errors[0] if len(errors) == len(group) else None)
+
+    def _finished(self, it: _Item) -> None:
+        job = it.job
+        if self.prof is not None:
+            self.prof.add_run(job.timings, {
+                "video": show(job.video), "group": self.group_of.get(id(job)), "B": job.info.get("batch_size", 1),
+                "L": it.prepared.length, "S": int(it.prepared.mask.shape[-1]),
+            }, it.peak_gpu_mem_bytes)
+        self.progress.advance()
+        self.write_summary()
+
+    def _begin_group(self, kind: str, group: list[_Item]) -> str:
+        """Open a profiled group (no-op without a profiler); returns its range name."""
+        if self.prof is None:
+            return ""
+        p0 = group[0].prepared
+        shape = {"B": len(group), "L": p0.length, "S": int(p0.mask.shape[-1])}
+        rec = self.prof.begin_group(kind=kind, **shape, videos=[show(it.job.video) for it in group])
+        for it in group:
+            self.group_of[id(it.job)] = rec.meta["index"]
+        return f"group {rec.meta['index']} {kind} B={shape['B']} L={shape['L']}"
+
+    def _end_group(self, group: list[_Item], error: BaseException | None) -> None:
+        if self.prof is None:
+            return
+        stages = {s: sum(it.job.timings.get(s, 0.0) for it in group) for s in ("sampler", "vae", "write")}
+        self.prof.end_group(stages, status="failed" if error else "ok", reason=_reason(error) if error else None)
 
 
 def run_batch(
@@ -496,222 +597,65 @@ def run_batch(
     Args:
         pipe: a loaded `Pipeline`.
         jobs: from `collect_inputs` or `read_manifest` (outputs assigned here if missing).
-        opts: output folder, format, batch size, sampler settings.
+        opts: output folder, format, batch size, the request every job starts from.
         progress: a `Progress`; default: one on stderr when it is a terminal.
         profiler: a `v2m.runtime.profiler.Profiler`: one run per finished video, one group per
             sampler call (B videos, or a long video's windows) with its steps; closed with
             `end_batch` (also when interrupted) so its report and trace can be written after.
     """
-    from .pipeline import _timed
-
     t_start = time.perf_counter()
     out_dir = check_output_dir(opts.out_dir)
     if any(j.output is None for j in jobs if j.status == "pending"):
         assign_outputs(jobs, out_dir, opts.format)
     if opts.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {opts.batch_size}")
-    cfg = pipe.config
-    sopts = pipe.sampler_options(opts.steps, opts.cfg_scale, opts.solver, opts.shift, opts.use_curve, opts.curve_guidance)
-    steps, cfg_scale = sopts.steps, sopts.cfg_scale
-    neg = None
-    if opts.negative_prompt is not None:
-        _, _, *neg = pipe.encode_prompts("", opts.negative_prompt, opts.text_embeddings)  # once for the batch
-    plan = pipe.plan(sopts, neg is not None)
+    todo = [j for j in jobs if j.status == "pending"]
+    progress = progress or Progress(len(todo), opts.progress)
+    progress.total = len(todo)
+    run = _Run(pipe, jobs, opts, progress, profiler, t_start)
+    plan = pipe.plan(run.options, opts.request.negative_prompt is not None)
     engine_max = pipe.max_batch(plan)
     group_size = opts.batch_size if engine_max is None else min(opts.batch_size, engine_max)
     if group_size < opts.batch_size:
         log.info("groups of %d videos (the engine's profile takes %d with %d guidance branches; --batch-size %d)",
                  group_size, engine_max, plan.guidance.size, opts.batch_size)
     model = model_hash(pipe)
-    summary_path = out_dir / SUMMARY_NAME
-    todo = [j for j in jobs if j.status == "pending"]
-    progress = progress or Progress(len(todo), opts.progress)
-    if progress.total != len(todo):
-        progress.total = len(todo)
     for j in jobs:
         if j.status == "failed":
             progress.message(f"v2m: failed: {show(j.source or j.video)}: {j.reason}")
-    prof = profiler
-    group_of: dict[int, int] = {}  # id(job) -> its profiled group
-
-    def span(name: str, **args: Any):
-        """A profiler range (NVTX + trace event) when profiling."""
-        return prof.range(name, args or None) if prof is not None else nullcontext()
-
-    def on_step(i: int) -> None:
-        if prof is not None:
-            prof.step(i)  # a mark per step, read after the call: no sync here
-        progress.on_step(i)
-
-    def begin_group(kind: str, group: list[_Prepared]) -> str:
-        """Open a profiled group (no-op without a profiler); returns its range name."""
-        if prof is None:
-            return ""
-        shape = {"B": len(group), "L": int(group[0].curve.shape[0]), "S": int(group[0].mask.shape[-1])}
-        rec = prof.begin_group(kind=kind, **shape, videos=[show(p.job.video) for p in group])
-        for p in group:
-            group_of[id(p.job)] = rec.meta["index"]
-        return f"group {rec.meta['index']} {kind} B={shape['B']} L={shape['L']}"
-
-    def end_group(group: list[_Prepared], sampler_s: float, error: BaseException | None = None) -> None:
-        if prof is None:
-            return
-        stages = {"sampler": sampler_s}
-        for s in ("vae", "write"):
-            stages[s] = sum(p.job.timings.get(s, 0.0) for p in group)
-        prof.end_group(stages, status="failed" if error else "ok", reason=_reason(error) if error else None)
-
-    def write_summary() -> None:
-        _write_summary(summary_path, jobs, pipe, steps, cfg_scale, time.perf_counter() - t_start)
-
-    def failed(job: Job, e: BaseException) -> None:
-        job.fail(_reason(e))
-        progress.message(f"v2m: failed: {show(job.video)}: {job.reason}")
-        progress.advance()
-        write_summary()
-
-    def finish(p: _Prepared, audio: np.ndarray, lat_frames: int) -> None:
-        job = p.job
-        try:
-            t0 = time.perf_counter()
-            with span("write", video=show(job.video)):
-                write_output(job, audio, p.duration_s, p.key, cfg, opts.keep_audio_db)
-            job.timings["write"] = time.perf_counter() - t0
-        except Exception as e:  # noqa: BLE001 - recorded per video; the batch goes on
-            failed(job, e)
-            return
-        job.status = "ok"
-        job.info.update(latent_frames=lat_frames, duration_s=round(p.duration_s, 4))
-        if prof is not None:
-            prof.add_run(job.timings, {
-                "video": show(job.video), "group": group_of.get(id(job)), "B": job.info.get("batch_size", 1),
-                "L": lat_frames, "S": int(p.mask.shape[-1]),
-            }, p.peak_gpu_mem_bytes)
-        progress.advance()
-        write_summary()
-
-    def flush(group: list[_Prepared]) -> None:
-        if not group:
-            return
-        length = group[0].curve.shape[0]
-        seeds = [p.job.used_seed for p in group]
-        noise = np.concatenate([pipe.initial_noise(s, length) for s in seeds])  # each video from its own seed
-        stage_noise = pipe.stage_noise(seeds, plan, length)
-        b = len(group)
-        rep = lambda a: None if a is None else np.repeat(a[None], b, axis=0)
-        try:
-            cond = pipe.conditioning(
-                np.stack([p.curve for p in group]), np.stack([p.emb for p in group]), np.stack([p.mask for p in group]),
-                rep(neg and neg[0]), rep(neg and neg[1]), [p.duration_s for p in group],
-            )
-        except Exception as e:  # noqa: BLE001
-            for p in group:
-                failed(p.job, e)
-            return
-        progress.start_batch(len(group), steps)
-        timings: dict[str, float] = {}
-        name = begin_group("batched", group)
-        with span(name, videos=[show(p.job.video) for p in group]):
-            try:
-                if prof is not None:
-                    prof.begin_steps()
-                with _timed(timings, "sampler", pipe.backend.synchronize, prof):
-                    latents = pipe.sample(noise, cond, plan, on_step, check_finite=False, stage_noise=stage_noise)
-                if prof is not None:
-                    prof.end_steps()
-            except Exception as e:  # noqa: BLE001
-                for p in group:
-                    p.job.timings["sampler"] = timings.get("sampler", 0.0) / len(group)
-                    failed(p.job, e)
-                end_group(group, timings.get("sampler", 0.0), e)
-                return
-            for i, p in enumerate(group):
-                p.job.timings["sampler"] = timings["sampler"] / len(group)
-                p.job.info["batch_size"] = len(group)
-                try:
-                    if not np.isfinite(latents[i]).all():
-                        raise NumericalError("the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)")
-                    t0 = time.perf_counter()
-                    with span("vae", video=show(p.job.video)):
-                        audio = pipe.backend.decode(latents[i : i + 1])[0]
-                    p.job.timings["vae"] = time.perf_counter() - t0
-                except Exception as e:  # noqa: BLE001
-                    failed(p.job, e)
-                    continue
-                finish(p, audio, length)
-            end_group(group, timings["sampler"])
-
-    buckets: dict[tuple[int, int], list[_Prepared]] = {}
+    buckets: dict[tuple, list[_Item]] = {}
     interrupted = False
-    if prof is not None:
-        prof.begin_batch(**{**pipe.backend.describe(), "preset": cfg.preset, "steps": steps, "cfg_scale": cfg_scale,
-                            "batch_size": opts.batch_size, "format": opts.format})
+    if profiler is not None:
+        profiler.begin_batch(**{**pipe.backend.describe(), "preset": pipe.config.preset, "steps": run.options.steps,
+                                "cfg_scale": run.options.cfg_scale, "batch_size": opts.batch_size, "format": opts.format})
     try:
         for job in todo:
-            try:
-                key = _input_key(job, opts, model, sopts)
-            except OSError as e:
-                failed(job, InputError(f"cannot read {show(job.video)} ({e.strerror})"))
+            it = run.prepare(job, model)
+            if it is None:
                 continue
-            if not opts.overwrite and (side := _is_complete(job.output, key)) is not None:
-                job.status, job.reason, job.used_seed = "skipped", "complete (verified by sha256)", side.get("seed")
-                progress.advance()
+            if it.prepared.windowed:  # long: windows, alone
+                run.flush([it])
                 continue
-            try:
-                job.used_seed = sampler.resolve_seed(job.seed)
-                t = job.timings
-                if prof is not None:
-                    prof.reset_peak_memory()
-                with span(f"video {show(job.video.name)}", video=show(job.video)):
-                    curve, emb, mask, duration_s = prepare_job(pipe, job, opts.text_embeddings, t, prof)
-            except Exception as e:  # noqa: BLE001 - recorded per video; the batch goes on
-                failed(job, e)
-                continue
-            p = _Prepared(job, curve, emb, mask, duration_s, key)
-            if prof is not None:
-                p.peak_gpu_mem_bytes = prof.peak_memory()
-            if curve.shape[0] > cfg.sampler.max_frames:  # long: windows, alone
-                noise = pipe.initial_noise(job.used_seed, curve.shape[0])
-                progress.start_batch(1, steps)
-                name = begin_group("windows", [p])
-                with span(name, videos=[show(job.video)]):
-                    try:
-                        if prof is not None:
-                            prof.begin_steps()
-                        cond = pipe.conditioning(
-                            curve[None], emb[None], mask[None], None if neg is None else neg[0][None],
-                            None if neg is None else neg[1][None], cfg.max_seconds,
-                        )
-                        _, audio = pipe.sample_windows(noise, cond, plan, on_step, job.timings, prof,
-                                                       pipe.stage_noise([job.used_seed], plan, curve.shape[0]))
-                        if prof is not None:
-                            prof.end_steps()
-                    except Exception as e:  # noqa: BLE001
-                        failed(job, e)
-                        end_group([p], job.timings.get("sampler", 0.0), e)
-                        continue
-                    finish(p, audio, curve.shape[0])
-                    end_group([p], job.timings.get("sampler", 0.0))
-                continue
-            group = buckets.setdefault((curve.shape[0], mask.shape[-1]), [])
-            group.append(p)
+            key = it.prepared.group_key()
+            group = buckets.setdefault(key, [])
+            group.append(it)
             if len(group) >= group_size:
-                flush(buckets.pop((curve.shape[0], mask.shape[-1])))
+                run.flush(buckets.pop(key))
         for k in list(buckets):
-            flush(buckets.pop(k))
+            run.flush(buckets.pop(k))
     except KeyboardInterrupt:
         interrupted = True
         for j in jobs:
             if j.status == "pending":
                 j.reason = "interrupted"
-        write_summary()
+        run.write_summary()
         raise
     finally:
         progress.close()
-        if prof is not None:
-            _end_profile(prof, jobs, group_of, time.perf_counter() - t_start, interrupted)
-    write_summary()
-    return BatchSummary(jobs, summary_path, time.perf_counter() - t_start)
+        if profiler is not None:
+            _end_profile(profiler, jobs, run.group_of, time.perf_counter() - t_start, interrupted)
+    run.write_summary()
+    return BatchSummary(jobs, run.summary_path, time.perf_counter() - t_start)
 
 
 def _end_profile(prof, jobs: list[Job], group_of: dict[int, int], wall_s: float, interrupted: bool) -> None:

@@ -134,6 +134,14 @@ class BundleConfig:
         return int(self.encoder["config"]["hidden_size"])
 
     @property
+    def has_curve_channel(self) -> bool:
+        """Whether the DiT takes the event curve (a Stable Audio Open checkpoint without
+        V2M-Zero's input-concat channel does not: its videos only set the duration)."""
+        if self.family == "sao":
+            return int(self.dit.get("input_concat_dim", 0) or 0) > 0
+        return True
+
+    @property
     def max_seconds(self) -> float:
         return self.sampler.max_frames / self.latent_rate
 

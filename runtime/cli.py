@@ -34,6 +34,7 @@ from .errors import (
     require,
     signal_exit_code,
 )
+from .request import Request
 from .sao import PRESET_NAMES as SAO_PRESET_NAMES
 
 log = logging.getLogger("v2m.cli")
@@ -100,20 +101,18 @@ def _load_pipeline(args):
     )
 
 
-def _sampler_kwargs(args) -> dict:
-    """The generate options that shape the sampler, as `Pipeline.generate` keywords."""
-    return {
-        "negative_prompt": args.negative_prompt, "solver": args.solver, "shift": args.shift,
-        "use_curve": not args.no_curve, "curve_guidance": args.curve_guidance,
+def request_from_args(args, **overrides) -> Request:
+    """The one `Request` of a `v2m generate` (or demo) command line, validated once."""
+    fields = {
+        "prompt": args.prompt, "negative_prompt": getattr(args, "negative_prompt", None), "seed": args.seed,
+        "steps": getattr(args, "steps", None), "cfg_scale": getattr(args, "cfg_scale", None),
+        "solver": getattr(args, "solver", None), "shift": getattr(args, "shift", None),
+        "use_curve": not getattr(args, "no_curve", False), "curve_guidance": getattr(args, "curve_guidance", None),
+        "video_stream": getattr(args, "video_stream", None), "keep_audio_db": getattr(args, "keep_audio", None),
+        "reencode": getattr(args, "reencode", "auto"),
+        "text_embeddings": None if getattr(args, "text_embeddings", None) is None else str(args.text_embeddings),
     }
-
-
-def _check_sampler_options(args) -> None:
-    """The sampler checks that join two options (each value alone is in `cli_support.CHECKS`)."""
-    if args.no_curve and args.curve_guidance:
-        raise InputError("curve guidance needs the curve: drop --no-curve or --curve-guidance")
-    if args.negative_prompt is not None and args.text_embeddings:
-        raise InputError("--negative-prompt needs the bundle's text encoder; it cannot be combined with --text-embeddings")
+    return Request(**{**fields, **overrides})
 
 
 def format_timings(timings: dict[str, float], step_ms: list[float] | None = None) -> str:
@@ -181,9 +180,9 @@ def _progress_total(pipe, video_path: Path, args) -> int:
 def cmd_generate(args) -> int:
     if args.manifest or len(args.inputs) != 1 or Path(args.inputs[0]).is_dir() or getattr(args, "ray", None) is not None:
         return cmd_generate_batch(args)
-    _check_sampler_options(args)
+    req = request_from_args(args)  # every option checked before any work
     video_path = Path(args.inputs[0])
-    kind = _check_video_job(video_path, Path(args.output), args)  # before any heavy work
+    _check_video_job(video_path, Path(args.output), args)  # before any heavy work
     if args.profile or args.trace:
         from .profiler import check_report_paths
 
@@ -199,25 +198,11 @@ def cmd_generate(args) -> int:
         profiler = Profiler(device=pipe.backend.device, trace=bool(args.trace), clock=pipe.backend.step_clock())
     progress = StepProgress(_progress_total(pipe, video_path, args), enabled=False if args.quiet else None)
     try:
-        result = pipe.generate(
-            video_path,
-            prompt=args.prompt,
-            seed=args.seed,
-            steps=args.steps,
-            cfg_scale=args.cfg_scale,
-            text_embeddings=args.text_embeddings,
-            video_stream=args.video_stream,
-            on_step=progress,
-            profiler=profiler,
-            **_sampler_kwargs(args),
-        )
+        result = pipe.generate(video_path, request=req, on_step=progress, profiler=profiler)
     finally:
         progress.close()
     with profiler.range("write") if profiler is not None else nullcontext():
-        if kind == "video":
-            result.mux(video_path, args.output, keep_audio_db=args.keep_audio, reencode=args.reencode)
-        else:
-            result.save(args.output)
+        pipe.write(result.prepared, result.audio, args.output)
     out = sys.stderr if args.json else sys.stdout
     if not args.json:
         print(f"wrote {args.output} ({result.duration_s:.2f} s, seed {result.seed}, backend {result.info['backend']})")
@@ -267,7 +252,7 @@ def cmd_generate_batch(args) -> int:
     """
     from . import batch
 
-    _check_sampler_options(args)
+    req = request_from_args(args, seed=None, prompt="")  # checked before any work; jobs set prompt and seed
     if args.manifest and args.inputs:
         raise InputError("give either input videos or --manifest, not both")
     if not args.manifest and not args.inputs:
@@ -300,11 +285,8 @@ def cmd_generate_batch(args) -> int:
                 taken[j.output.with_name(j.output.name + batch.SIDECAR_SUFFIX)] = f"the sidecar of {batch.show(j.output)}"
         check_report_paths({"--profile": args.profile, "--trace": args.trace}, taken)
     pipe = _load_pipeline(args)
-    opts = batch.BatchOptions(
-        out_dir, format=args.format, batch_size=args.batch_size, steps=args.steps, cfg_scale=args.cfg_scale,
-        **_sampler_kwargs(args), overwrite=args.overwrite, keep_audio_db=args.keep_audio, text_embeddings=args.text_embeddings,
-        progress=False if args.quiet else None,
-    )
+    opts = batch.BatchOptions(out_dir, format=args.format, batch_size=args.batch_size, request=req,
+                              overwrite=args.overwrite, progress=False if args.quiet else None)
     profiler = None
     if profiling:
         from .profiler import Profiler, format_report, write_json_atomic
@@ -526,7 +508,7 @@ def cmd_demo(args) -> int:
         log.info("demo: OMP_WAIT_POLICY=PASSIVE")
 
     out = Path(args.output)
-    kind = media.check_output_path(out)  # a video (muxed) or .wav/.flac (the music alone)
+    media.check_output_path(out)  # a video (muxed) or .wav/.flac (the music alone)
     if args.plot:
         from .profiler import check_report_paths
 
@@ -569,15 +551,13 @@ def cmd_demo(args) -> int:
         pipe = _load_pipeline(args)
         progress = StepProgress(pipe.sampler_options().steps)
         try:
-            result = pipe.generate(clip, prompt=args.prompt, seed=args.seed, on_step=progress)
+            result = pipe.generate(clip, request=Request(prompt=args.prompt, seed=args.seed), on_step=progress)
         finally:
             progress.close()
-        if kind == "video":
-            result.mux(clip, out)
-        else:
-            result.save(out)
-        if args.plot:  # the figure of README's demo section: one more generation, without the curve
-            base = pipe.generate(clip, prompt=args.prompt, seed=args.seed, use_curve=False, profile_steps=False)
+        pipe.write(result.prepared, result.audio, out)
+        if args.plot:  # the figure of the demo's docs: the same video and seed again, without the curve
+            base = pipe.generate(clip, prepared=result.prepared, profile_steps=False,
+                                 request=result.prepared.request.replace(seed=result.seed, use_curve=False))
     rate, kernel = pipe.config.latent_rate, pipe.config.curve.kernel
     music = music_curve(result.audio, result.sample_rate, result.curve.size, rate, kernel)
     print(f"demo: video event curve peaks at {', '.join(f'{i / rate:.2f}' for i in curve_peaks(result.curve, len(cuts)))} s")

@@ -1,11 +1,29 @@
-"""The whole path: video -> frames -> features -> event curve -> sampler -> VAE -> audio.
+"""The engine core: video -> event curve -> sampler -> VAE -> audio, in three stages.
 
 ```python
-from v2m.runtime import Pipeline
+from v2m.runtime import Pipeline, Request
 pipe = Pipeline.from_pretrained("tiny-bundle", backend="torch", device="cpu", precision="fp32")
 result = pipe.generate("clip.mp4", prompt="warm synth pop", seed=7)
 result.mux("clip.mp4", "clip_music.mp4")      # or result.save("music.wav")
+
+# The stages every caller (batch, serve, Ray, eval, the demo) runs:
+p = pipe.prepare("clip.mp4", Request(prompt="warm synth pop", seed=7))   # probe, decode, curve, text
+(s,) = pipe.sample([p])                                                   # one backend call per group
+audio = pipe.render(p, s)                                                 # decode, fit to the video
+pipe.write(p, audio, "clip_music.mp4")
 ```
+
+- `prepare(video, request)`: the probe (once), decode and frame encoding (a background
+  decode thread feeds this thread's encoder), the event curve, the prompt embeddings.
+  `variant(prepared, seed=..., use_curve=...)` reuses the video for another request.
+- `sample(items)`: groups compatible items (latent length, text length, sampler options),
+  one backend call per group of at most the engine's batch, each item from its own seed's
+  noise (so its music does not depend on its companions); a video longer than the model's
+  window alone, in overlapping windows. The NaN check is per item: a failed item is an
+  exception in its slot, its companions go on.
+- `render(prepared, sampled)`: the VAE decode (a long video window by window, crossfaded)
+  and the fit to the video's duration. `write` muxes or saves.
+- Every stage reports to `Observers` (profiler, progress bar, server metrics).
 """
 
 from __future__ import annotations
@@ -15,9 +33,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,77 +45,16 @@ from . import media, sampler, video, windows
 from .backends import Backend, create_backend
 from .bundle import BundleConfig, load_config
 from .errors import InputError, NumericalError
+from .observers import STAGES, Observers, ProfilerObserver, StepCallback
+from .prepared import CurveResult, GenerationResult, Prepared, Sampled
+from .request import Request
 from .text import PrecomputedText, TextEncoder, load_text_encoder
 
-__all__ = ["Pipeline", "GenerationResult", "CurveResult"]
+__all__ = ["Pipeline", "GenerationResult", "CurveResult", "Prepared", "Sampled", "Request", "STAGES"]
 
 log = logging.getLogger("v2m.pipeline")
 
-STAGES = ("decode", "encode", "curve", "text", "sampler", "vae", "write")
-
-
-@dataclass
-class CurveResult:
-    curve: np.ndarray  # [L] float32
-    duration_s: float
-    num_frames: int  # frames sampled at curve_fps
-    curve_fps: float
-    latent_rate: float
-    curve_impl: str  # "numpy" or "triton"
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class GenerationResult:
-    """What `Pipeline.generate` returns. `audio` is float32 [2, N] at `sample_rate`."""
-
-    audio: np.ndarray
-    sample_rate: int
-    curve: np.ndarray
-    seed: int
-    prompt: str
-    duration_s: float
-    latents: np.ndarray  # [C, L] float32
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    step_ms: list[float] = field(default_factory=list)  # per sampler step (CPU clock or CUDA events)
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the audio to .wav or .flac (atomically)."""
-        t0 = time.perf_counter()
-        kind = media.check_output_path(path)
-        if kind == "video":
-            raise InputError(f"{path}: saving music to a video needs the source video; use result.mux(video, path)")
-        media.write_audio(path, self.audio, self.sample_rate)
-        self.timings["write"] = time.perf_counter() - t0
-        return Path(path)
-
-    def mux(
-        self, video_path: str | Path, path: str | Path, keep_audio_db: float | None = None, reencode: str = "auto"
-    ) -> Path:
-        """Write `path`: the video stream of `video_path` (the one the music was made for) copied
-        bit-for-bit, or re-encoded when the container cannot hold it (see `media.mux`), plus this
-        music as AAC."""
-        t0 = time.perf_counter()
-        media.check_output_path(path, video_path)
-        media.mux(video_path, self.audio, self.sample_rate, path, keep_audio_db=keep_audio_db,
-                  reencode=reencode, video_stream=self.info.get("video_stream"))
-        self.timings["write"] = time.perf_counter() - t0
-        return Path(path)
-
-
-@contextmanager
-def _timed(timings: dict[str, float], stage: str, sync: Callable[[], None] | None = None, profiler=None):
-    """Add the wall time of the block to `timings[stage]`; also an NVTX/trace range when profiled."""
-    rng = profiler.range(stage) if profiler is not None else nullcontext()
-    t0 = time.perf_counter()
-    try:
-        with rng:
-            yield
-            if sync is not None:
-                sync()
-    finally:
-        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+NAN_MESSAGE = "the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)"
 
 
 def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
@@ -164,7 +119,7 @@ class Pipeline:
         """Load a bundle directory.
 
         Args:
-            path: bundle directory (`v2m init-model`, or an exported one from `v2m export`).
+            path: bundle directory (`v2m init-model`, or an exported one from `v2m export`), or "demo".
             backend: torch, onnxruntime, tensorrt or auto.
             device: cpu, cuda, cuda:N or auto.
             precision: fp32, fp16 or bf16 (the backend's compute precision).
@@ -183,48 +138,45 @@ class Pipeline:
         log.info("loaded %s (preset %s) on %s", path, cfg.preset, be.describe())
         return cls(path, cfg, be, text, encoder)
 
-    # --- stages ---------------------------------------------------------------------
-    def encode_video(
-        self, video_path: str | Path, timings: dict[str, float] | None = None, batch_size: int = 32, profiler=None,
-        video_stream: int | None = None,
-    ):
+    # --- building blocks ------------------------------------------------------------
+    def _features(self, reader: video.VideoReader, obs: Observers, items: Sequence[Any], batch_size: int = 32):
         """Decode (background thread) and encode (this thread) in batches: features [T, D].
-        `video_stream`: the container's index of the video stream (None: see `video.select_video_stream`).
 
         A weight-free frame encoder (cut, motion) runs here in numpy on the uint8 frames;
         DINOv2 runs in the backend on normalized pixels.
         """
-        timings = {} if timings is None else timings
         enc = self.encoder_config
-        size = int(enc["input_size"])
-        reader = video.VideoReader(video_path, video_stream)
-        batches = _prefetch(reader.sample(self.config.curve_fps, size, batch_size=batch_size))
+        batches = _prefetch(reader.sample(self.config.curve_fps, int(enc["input_size"]), batch_size=batch_size))
         feats = []
-        t_enc = 0.0
         t_start = time.perf_counter()
+        t_enc = 0.0
         if self.frame_encoder is not None:
             self.frame_encoder.reset()
         for frames in batches:
             t0 = time.perf_counter()
-            with profiler.range("encode") if profiler is not None else nullcontext():
+            with obs.stage("encode", items):
                 if self.frame_encoder is not None:
                     feats.append(self.frame_encoder.encode(frames))
                 else:
                     feats.append(self.backend.encode_frames(video.normalize(frames, enc["mean"], enc["std"])))
             t_enc += time.perf_counter() - t0
         self.backend.synchronize()
-        total = time.perf_counter() - t_start
-        timings["encode"] = timings.get("encode", 0.0) + t_enc
-        timings["decode"] = timings.get("decode", 0.0) + max(total - t_enc, 0.0)  # decode not hidden by encode
+        obs.record("decode", max(time.perf_counter() - t_start - t_enc, 0.0), items)  # decode not hidden by encode
         if not feats:
-            raise InputError(f"{video_path}: no video frames could be decoded")
+            raise InputError(f"{reader.path}: no video frames could be decoded")
         if isinstance(feats[0], np.ndarray):
-            features = np.concatenate(feats)
-        else:  # device tensors (torch backend on CUDA)
-            import torch
+            return np.concatenate(feats)
+        import torch  # device tensors (torch backend on CUDA)
 
-            features = torch.cat(feats)
-        return features, reader
+        return torch.cat(feats)
+
+    def encode_video(self, video_path: str | Path, timings: dict[str, float] | None = None, batch_size: int = 32,
+                     profiler=None, video_stream: int | None = None):
+        """Features [T, D] of a video and its finished `VideoReader` (see `prepare` for the whole stage)."""
+        holder = _Timings({} if timings is None else timings)
+        reader = video.VideoReader(video_path, video_stream)
+        obs = Observers([ProfilerObserver(profiler) if profiler is not None else None])
+        return self._features(reader, obs, [holder], batch_size), reader
 
     def compute_curve(self, features, duration_s: float) -> tuple[np.ndarray, str]:
         """Event curve from features: the Triton kernel for CUDA tensors, else the numpy reference."""
@@ -249,41 +201,41 @@ class Pipeline:
 
     def curve(self, video_path: str | Path, video_stream: int | None = None) -> CurveResult:
         """The event curve of a video, at the latent frame rate."""
-        timings: dict[str, float] = {}
-        features, reader = self.encode_video(video_path, timings, video_stream=video_stream)
-        with _timed(timings, "curve"):
+        holder = _Timings({})
+        obs = Observers()
+        reader = video.VideoReader(video_path, video_stream)
+        features = self._features(reader, obs, [holder])
+        with obs.stage("curve", [holder]):
             c, impl = self.compute_curve(features, reader.duration_s)
-        return CurveResult(c, reader.duration_s, int(features.shape[0]), self.config.curve_fps, self.config.latent_rate, impl, timings)
+        return CurveResult(c, reader.duration_s, int(features.shape[0]), self.config.curve_fps, self.config.latent_rate,
+                           impl, holder.timings)
 
     def encode_text(self, prompt: str, text_embeddings: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
         enc = PrecomputedText(text_embeddings, dim=self.config.text_dim) if text_embeddings else self.text_encoder
         emb, mask = enc.encode(prompt)
         return emb, mask
 
-    # --- the main job ----------------------------------------------------------------
-    def sampler_options(
-        self,
-        steps: int | None = None,
-        cfg_scale: float | None = None,
-        solver: str | None = None,
-        shift: float | None = None,
-        use_curve: bool = True,
-        curve_guidance: float | None = None,
-    ) -> sampler.SamplerOptions:
+    def encode_prompts(
+        self, prompt: str, negative_prompt: str | None = None, text_embeddings: str | Path | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(emb [S, E], mask [S], negative emb or None, negative mask or None)."""
+        if text_embeddings and negative_prompt:
+            raise InputError("--negative-prompt needs a text encoder; with --text-embeddings precompute the "
+                             "negative prompt too (not supported) or drop one of the two")
+        emb, mask = self.encode_text(prompt, text_embeddings)
+        if negative_prompt is None:
+            return emb, mask, None, None
+        neg, neg_mask = self.text_encoder.encode(negative_prompt)
+        return emb, mask, neg, neg_mask
+
+    def sampler_options(self, steps: int | None = None, cfg_scale: float | None = None, solver: str | None = None,
+                        shift: float | None = None, use_curve: bool = True,
+                        curve_guidance: float | None = None) -> sampler.SamplerOptions:
         """The sampler options of a generation: the given values, else the bundle's defaults.
         Raises InputError (one line) for a bad value."""
-        d = self.config.sampler
-        try:
-            return sampler.SamplerOptions(
-                steps=d.steps if steps is None else steps,
-                cfg_scale=d.cfg_scale if cfg_scale is None else cfg_scale,
-                solver=d.solver if solver is None else solver,
-                shift=d.shift if shift is None else shift,
-                use_curve=use_curve,
-                curve_guidance=(d.curve_guidance if use_curve else 0.0) if curve_guidance is None else curve_guidance,
-            )
-        except ValueError as e:
-            raise InputError(str(e)) from None
+        req = Request(steps=steps, cfg_scale=cfg_scale, solver=solver, shift=shift, use_curve=use_curve,
+                      curve_guidance=curve_guidance)
+        return req.options(self.config.sampler)
 
     def plan(self, opts: sampler.SamplerOptions, has_negative: bool = False) -> sampler.Plan:
         """The sampler plan (guidance branches and weights, solver table) of `opts` for this bundle:
@@ -350,41 +302,200 @@ class Pipeline:
             neg_cross, _ = self.backend.condition(neg, neg_mask, sec)
         return sampler.Conditioning(curve, cross, ones, neg_cross, None if neg is None else ones, global_cond=glob)
 
-    def encode_prompts(
-        self, prompt: str, negative_prompt: str | None = None, text_embeddings: str | Path | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """(emb [S, E], mask [S], negative emb or None, negative mask or None)."""
-        if text_embeddings and negative_prompt:
-            raise InputError("--negative-prompt needs a text encoder; with --text-embeddings precompute the "
-                             "negative prompt too (not supported) or drop one of the two")
-        emb, mask = self.encode_text(prompt, text_embeddings)
-        if negative_prompt is None:
-            return emb, mask, None, None
-        neg, neg_mask = self.text_encoder.encode(negative_prompt)
-        return emb, mask, neg, neg_mask
-
-    def sample(
-        self, noise: np.ndarray, cond: sampler.Conditioning, plan: sampler.Plan, on_step=None, check_finite: bool = True,
+    def sample_latents(
+        self, noise: np.ndarray, cond: sampler.Conditioning, plan: sampler.Plan, on_step=None,
         stage_noise: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Latents [B, C, L] for B videos of one latent length L (the curves') from their noise
-        [B, C, L'] (`initial_noise`; L' > L for a fixed-length model: the curves are padded with
-        zeros and the latents cropped); one backend call (the caller keeps B within `max_batch`).
-        NaN/Inf is an error unless `check_finite=False` (a batch checks each video on its own)."""
+        """One backend call: latents [B, C, L] for B videos of one latent length L (the curves')
+        from their noise [B, C, L'] (`initial_noise`; L' > L for a fixed-length model: the curves
+        are padded with zeros and the latents cropped). Not checked for NaN (`sample` is)."""
         length, n = cond.curve.shape[-1], noise.shape[-1]
         if n > length:
             pad = np.zeros((*cond.curve.shape[:2], n - length), np.float32)
             cond = dataclasses.replace(cond, curve=np.concatenate([cond.curve, pad], axis=-1))
         x0 = noise if plan.table.x0_scale == 1.0 else (noise * np.float32(plan.table.x0_scale))
-        latents = self.backend.sample(x0, cond, plan, on_step, stage_noise)[:, :, :length]
-        if check_finite and not np.isfinite(latents).all():
-            raise NumericalError("the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)")
-        return latents
+        return self.backend.sample(x0, cond, plan, on_step, stage_noise)[:, :, :length]
 
     def max_batch(self, plan: sampler.Plan) -> int | None:
-        """Videos one `sample` call may take under `plan` (None: unbounded)."""
+        """Videos one backend call may take under `plan` (None: unbounded)."""
         return self.backend.max_batch(plan.guidance.size)
 
+    # --- the three stages -----------------------------------------------------------
+    def prepare(self, video_path: str | Path, request: Request | None = None, *,
+                observers: Observers | None = None) -> Prepared:
+        """One video's conditioning: the probe, the event curve and the prompt embeddings.
+
+        The prompt and the sampler options are checked first (a bad one fails before the
+        video is decoded); the video is probed once (its `VideoInfo` is kept) and decoded once.
+        """
+        req = request or Request()
+        obs = observers or Observers()
+        cfg = self.config
+        p = Prepared(request=req, options=req.options(cfg.sampler), seed=sampler.resolve_seed(req.seed),
+                     video=Path(video_path), info=None, duration_s=0.0, curve=np.zeros(0, np.float32),
+                     curve_frames=0, curve_impl="none", emb=np.zeros((0, 0), np.float32), mask=np.zeros(0, np.float32))
+        self._encode_request(p, obs)
+        if cfg.has_curve_channel:
+            reader = video.VideoReader(video_path, req.video_stream)
+            p.info = reader.info
+            features = self._features(reader, obs, [p])
+            p.duration_s, p.curve_frames, p.lost_s = reader.duration_s, int(features.shape[0]), reader.damage.lost_s
+            with obs.stage("curve", [p]):
+                p.curve, p.curve_impl = self.compute_curve(features, reader.duration_s)
+            del features
+        else:  # the model takes no curve: the video only sets the duration
+            p.info = video.probe(video_path, req.video_stream)
+            p.duration_s = p.info.duration_s
+            p.curve = np.zeros(curves_mod.latent_length(p.duration_s, cfg.latent_rate), np.float32)
+            log.info("this model has no curve channel: the video sets the duration only")
+        p.windowed = p.length > cfg.sampler.max_frames
+        if p.windowed:
+            log.info("video is %.1f s, longer than the %.1f s the model was trained on; generating it in "
+                     "overlapping windows", p.duration_s, cfg.max_seconds)
+        return p
+
+    def _encode_request(self, p: Prepared, obs: Observers) -> None:
+        """The prompt embeddings of `p.request` (and a plan check: a solver that does not fit fails here)."""
+        req = p.request
+        with obs.stage("text", [p]):
+            p.emb, p.mask, p.neg, p.neg_mask = self.encode_prompts(req.prompt, req.negative_prompt, req.text_embeddings)
+        self.plan(p.options, p.neg is not None)
+
+    def variant(self, prepared: Prepared, observers: Observers | None = None, **changes: Any) -> Prepared:
+        """The same video with another request (`Request` fields: seed, prompt, use_curve...):
+        the video's decode, encode and curve are reused; the prompt is encoded again if it changed."""
+        req = prepared.request.replace(**changes)
+        if req.video_stream != prepared.request.video_stream:
+            raise InputError("a variant reuses the prepared video stream; prepare the video again for another stream")
+        p = dataclasses.replace(prepared, request=req, options=req.options(self.config.sampler),
+                                seed=sampler.resolve_seed(req.seed), timings={}, info_extra={})
+        text_fields = ("prompt", "negative_prompt", "text_embeddings")
+        if any(getattr(req, k) != getattr(prepared.request, k) for k in text_fields):
+            self._encode_request(p, observers or Observers())
+        else:
+            self.plan(p.options, p.neg is not None)
+        return p
+
+    def sample(self, items: Sequence[Prepared], observers: Observers | None = None) -> list[Sampled | BaseException]:
+        """Latents for every item, in order: a `Sampled`, or the exception that failed it.
+
+        Compatible items (`Prepared.group_key`) are sampled together in chunks of at most the
+        engine's batch, in input order; a windowed item alone. An exception that is not about
+        one item (a cancelled group, an interrupt) propagates.
+        """
+        obs = observers or Observers()
+        out: list[Sampled | BaseException | None] = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(items):
+            groups.setdefault(p.group_key(), []).append(i)
+        for idx in groups.values():
+            first = items[idx[0]]
+            plan = self.plan(first.options, first.neg is not None)
+            size = self.max_batch(plan) or len(idx)
+            for k in range(0, len(idx), size):
+                chunk = idx[k : k + size]
+                group = [items[i] for i in chunk]
+                run = self._sample_windows if first.windowed else self._sample_group
+                for i, r in zip(chunk, run(group, plan, obs)):
+                    out[i] = r
+        return out  # type: ignore[return-value]
+
+    def _sample_group(self, group: list[Prepared], plan: sampler.Plan, obs: Observers) -> list[Sampled | BaseException]:
+        """B items of one latent length in one backend call, each from its own seed's noise."""
+        length = group[0].length
+        seeds = [p.seed for p in group]
+        has_neg = group[0].neg is not None
+        obs.begin("sample", group)
+        try:
+            with obs.stage("text", group):  # the conditioner, where the model has one
+                cond = self.conditioning(
+                    np.stack([p.curve for p in group]), np.stack([p.emb for p in group]), np.stack([p.mask for p in group]),
+                    np.stack([p.neg for p in group]) if has_neg else None,
+                    np.stack([p.neg_mask for p in group]) if has_neg else None, [p.duration_s for p in group],
+                )
+            noise = np.concatenate([self.initial_noise(s, length) for s in seeds])  # each video from its own seed
+            with obs.stage("sampler", group, self.backend.synchronize):
+                latents = self.sample_latents(noise, cond, plan, obs.step, self.stage_noise(seeds, plan, length))
+        except Exception as e:  # noqa: BLE001 - every item of the group gets it
+            obs.end("sample", 0.0, group, e)
+            return [e] * len(group)
+        obs.end("sample", 0.0, group)
+        return [_checked(Sampled(latents[i], None, len(group))) for i in range(len(group))]
+
+    def _sample_windows(self, group: list[Prepared], plan: sampler.Plan, obs: Observers) -> list[Sampled | BaseException]:
+        """A video longer than `max_frames`, alone, in overlapping windows (see `windows`).
+
+        Each window gets its slice of the whole-video curve and noise, so the result depends
+        only on the seed; `render` decodes each window's own latents and crossfades them.
+        """
+        (p,) = group
+        cfg = self.config
+        length = p.length
+        plan_w = windows.plan_windows(
+            length, cfg.sampler.max_frames, windows.overlap_frames(cfg.sampler.max_frames, cfg.sampler.window_overlap)
+        )
+        log.info("%d windows of %d latent frames over %d", len(plan_w), cfg.sampler.max_frames, length)
+        obs.begin("sample", group)
+        try:
+            with obs.stage("text", group):
+                cond = self.conditioning(p.curve[None], p.emb[None], p.mask[None],
+                                         None if p.neg is None else p.neg[None],
+                                         None if p.neg_mask is None else p.neg_mask[None], cfg.max_seconds)
+            noise = self.initial_noise(p.seed, length)
+            stage_noise = self.stage_noise([p.seed], plan, length)
+            latents = np.zeros_like(noise)
+            parts = []
+            for w in plan_w:
+                part = dataclasses.replace(cond, curve=np.ascontiguousarray(cond.curve[:, :, w.start : w.end]))
+                sn = None if stage_noise is None else np.ascontiguousarray(stage_noise[..., w.start : w.end])
+                with obs.stage("sampler", group, self.backend.synchronize):
+                    lat = self.sample_latents(np.ascontiguousarray(noise[:, :, w.start : w.end]), part, plan, obs.step, sn)
+                latents[:, :, w.start : w.end] = lat
+                parts.append((w, lat[0]))
+        except Exception as e:  # noqa: BLE001
+            obs.end("sample", 0.0, group, e)
+            return [e]
+        obs.end("sample", 0.0, group)
+        return [_checked(Sampled(latents[0], parts, 1))]
+
+    def render(self, prepared: Prepared, sampled: Sampled, observers: Observers | None = None) -> np.ndarray:
+        """Audio [2, N] of one sampled item: the VAE decode (window by window for a long video,
+        crossfaded), fitted to the video's duration (`media.finalize_audio`)."""
+        obs = observers or Observers()
+        cfg = self.config
+        if sampled.windows is None:
+            with obs.stage("vae", [prepared], self.backend.synchronize):
+                audio = self.backend.decode(sampled.latents[None])[0]
+        else:
+            hop = cfg.audio.hop_length
+            audio = None
+            for w, lat in sampled.windows:
+                with obs.stage("vae", [prepared], self.backend.synchronize):
+                    a = self.backend.decode(lat[None])[0]
+                if audio is None:
+                    audio = np.zeros((a.shape[0], prepared.length * hop), dtype=np.float32)
+                windows.overlap_add(audio, a[:, : (w.keep_end - w.start) * hop], w.start * hop, w.fade_in * hop,
+                                    w.fade_out * hop)
+        return media.finalize_audio(audio, prepared.duration_s, cfg.audio.sample_rate, cfg.audio.fade_out_s)
+
+    def write(self, prepared: Prepared, audio: np.ndarray, output: str | Path,
+              observers: Observers | None = None) -> Path:
+        """Write `output`: .wav/.flac (the music), or a video container (the source's picture,
+        copied or re-encoded per the request, with the music)."""
+        obs = observers or Observers()
+        rate = self.config.audio.sample_rate
+        req = prepared.request
+        with obs.stage("write", [prepared]):
+            if media.check_output_path(output, prepared.video) == "video":
+                if prepared.video is None:
+                    raise InputError(f"{output}: a video output needs a source video; write .wav or .flac")
+                media.mux(prepared.video, audio, rate, output, keep_audio_db=req.keep_audio_db, reencode=req.reencode,
+                          video_stream=None if prepared.info is None else prepared.info.stream_index)
+            else:
+                media.write_audio(output, audio, rate)
+        return Path(output)
+
+    # --- the three in a row ---------------------------------------------------------
     def generate(
         self,
         video_path: str | Path,
@@ -403,20 +514,19 @@ class Pipeline:
         profile_steps: bool = True,
         on_step: Callable[[int], None] | None = None,
         profiler=None,
+        request: Request | None = None,
+        prepared: Prepared | None = None,
+        observers: Observers | None = None,
     ) -> GenerationResult:
-        """Generate music for a video.
+        """Generate music for a video: `prepare`, `sample` and `render` in a row.
 
         Args:
             video_path: any container/codec FFmpeg reads.
             prompt: text prompt (style, instruments, mood).
             seed: noise seed; None draws one (returned in the result).
-            steps: solver steps (default: the bundle's, 96).
-            cfg_scale: classifier-free guidance weight on the text (default: the bundle's).
+            steps, cfg_scale, solver, shift, curve_guidance: the sampler's options (default: the bundle's).
             negative_prompt: text the unconditional branch uses instead of zero embeddings.
-            solver: "euler" or "heun" (default: the bundle's, euler).
-            shift: SD3 timestep shift S > 0 (default: the bundle's, 1 = none).
             use_curve: False is the text-only baseline (the curve is zeros in every branch).
-            curve_guidance: extra guidance weight on the curve (default: the bundle's).
             text_embeddings: a safetensors file of precomputed embeddings, instead of the prompt.
             video_stream: the container's index of the video stream (None: the default one, see
                 `video.select_video_stream`); `result.mux` copies the same stream.
@@ -424,148 +534,87 @@ class Pipeline:
                 without a host sync (device events, or a synchronous CPU engine).
             on_step: called with the step index after each step (progress bars).
             profiler: a `v2m.runtime.profiler.Profiler`; stages and steps are recorded through it.
+            request: a `Request` instead of the keywords above (prompt ... video_stream).
+            prepared: a `Prepared` of this video to reuse (its request is replaced by this one).
+            observers: more observers of the stages and steps.
         """
-        cfg = self.config
-        opts = self.sampler_options(steps, cfg_scale, solver, shift, use_curve, curve_guidance)
-        seed = sampler.resolve_seed(seed)
-        timings: dict[str, float] = {}
-        sync = self.backend.synchronize
-
+        req = request or Request(
+            prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, cfg_scale=cfg_scale, solver=solver,
+            shift=shift, use_curve=use_curve, curve_guidance=curve_guidance, video_stream=video_stream,
+            text_embeddings=None if text_embeddings is None else str(text_embeddings))
         if profiler is None and profile_steps:
             from .profiler import Profiler
 
             clock = self.backend.step_clock()
             if not clock.needs_sync:  # device events or a synchronous engine: no sync in the loop
                 profiler = Profiler(device=self.backend.device, nvtx=False, clock=clock)
+        prof_obs = ProfilerObserver(profiler) if profiler is not None else None
+        obs = (observers or Observers()).with_(prof_obs, StepCallback(on_step) if on_step is not None else None)
         if profiler is not None:
             profiler.begin_run()
-        with _timed(timings, "text", None, profiler):  # before the video: a bad prompt option fails fast
-            emb, mask, neg, neg_mask = self.encode_prompts(prompt, negative_prompt, text_embeddings)
-        plan = self.plan(opts, neg is not None)
-        features, reader = self.encode_video(video_path, timings, profiler=profiler, video_stream=video_stream)
-        duration = reader.duration_s
-        with _timed(timings, "curve", None, profiler):
-            curve, curve_impl = self.compute_curve(features, duration)
-        length = curve.shape[0]
-        if length > cfg.sampler.max_frames:
-            log.info(
-                "video is %.1f s, longer than the %.1f s the model was trained on; generating it in overlapping windows",
-                duration, cfg.max_seconds,
-            )
-        windowed = length > cfg.sampler.max_frames
-        with _timed(timings, "text", None, profiler):  # the conditioner, where the model has one
-            cond = self.conditioning(
-                curve[None], emb[None], mask[None], None if neg is None else neg[None],
-                None if neg_mask is None else neg_mask[None], cfg.max_seconds if windowed else duration,
-            )
-        noise = self.initial_noise(seed, length)
-        stage_noise = self.stage_noise([seed], plan, length)
-
-        def step_hook(i: int) -> None:
-            if profiler is not None:
-                profiler.step(i)  # a mark per step, read after the loop: no sync here
-            if on_step is not None:
-                on_step(i)
-
-        step_ms: list[float] = []
-        if profiler is not None:
-            profiler.begin_steps()
-        if windowed:
-            latents, audio = self.sample_windows(noise, cond, plan, step_hook, timings, profiler, stage_noise)
+        if prepared is None:
+            p = self.prepare(video_path, req, observers=obs)
         else:
-            with _timed(timings, "sampler", sync, profiler):
-                latents = self.sample(noise, cond, plan, step_hook, stage_noise=stage_noise)
-            if profiler is not None:
-                step_ms = profiler.end_steps()
-            with _timed(timings, "vae", sync, profiler):
-                audio = self.backend.decode(latents)[0]
-        if profiler is not None and windowed:
-            step_ms = profiler.end_steps()
-        audio = media.finalize_audio(audio, duration, cfg.audio.sample_rate, cfg.audio.fade_out_s)
-        log.info("generated %.2f s of audio (seed %d) in %.2f s", duration, seed, sum(timings.values()))
-        result = GenerationResult(
-            audio=audio,
-            sample_rate=cfg.audio.sample_rate,
-            curve=curve,
-            seed=seed,
-            prompt=prompt,
-            duration_s=duration,
-            latents=latents[0],
-            timings=timings,
-            step_ms=step_ms,
-            info={
-                **self.backend.describe(),
-                "preset": cfg.preset,
-                "steps": opts.steps,
-                "cfg_scale": opts.cfg_scale,
-                "solver": opts.solver,
-                "shift": opts.shift,
-                "use_curve": opts.use_curve,
-                "curve_guidance": opts.curve_guidance,
-                "negative_prompt": negative_prompt,
-                "guidance_branches": [br.name for br in plan.guidance.branches],
-                "model_evals_per_step": plan.table.stages,
-                "latent_frames": length,
-                "curve_frames": int(features.shape[0]),
-                "curve_impl": curve_impl,
-                "step_timer": profiler.step_timer if profiler is not None else None,
-                "video_stream": reader.info.stream_index,
-                "video_lost_s": round(reader.damage.lost_s, 3),
-            },
-        )
-        if profiler is not None:
-            profiler.end_run(timings, {
-                **result.info, "L": length, "B": int(noise.shape[0]), "S": int(mask.shape[-1]),
-            })
+            p = self.variant(prepared, obs, **dataclasses.asdict(req))
+        (s,) = self.sample([p], obs)
+        if isinstance(s, BaseException):
+            raise s
+        audio = self.render(p, s, obs)
+        return self._result(p, s, audio, prof_obs)
+
+    def _result(self, p: Prepared, s: Sampled, audio: np.ndarray, prof_obs: ProfilerObserver | None) -> GenerationResult:
+        cfg, opts = self.config, p.options
+        plan = self.plan(opts, p.neg is not None)
+        log.info("generated %.2f s of audio (seed %d) in %.2f s", p.duration_s, p.seed, sum(p.timings.values()))
+        info = {
+            **self.backend.describe(),
+            "preset": cfg.preset,
+            "steps": opts.steps,
+            "cfg_scale": opts.cfg_scale,
+            "solver": opts.solver,
+            "shift": opts.shift,
+            "use_curve": opts.use_curve,
+            "curve_guidance": opts.curve_guidance,
+            "negative_prompt": p.request.negative_prompt,
+            "guidance_branches": [br.name for br in plan.guidance.branches],
+            "model_evals_per_step": plan.table.stages,
+            "latent_frames": p.length,
+            "curve_frames": p.curve_frames,
+            "curve_impl": p.curve_impl,
+            "step_timer": prof_obs.profiler.step_timer if prof_obs is not None else None,
+            "video_stream": None if p.info is None else p.info.stream_index,
+            "video_lost_s": round(p.lost_s, 3),
+        }
+        result = GenerationResult(audio=audio, sample_rate=cfg.audio.sample_rate, curve=p.curve, seed=p.seed,
+                                  prompt=p.request.prompt, duration_s=p.duration_s, latents=s.latents, timings=p.timings,
+                                  step_ms=prof_obs.step_ms if prof_obs is not None else [], info=info, prepared=p)
+        if prof_obs is not None:
+            prof_obs.profiler.end_run(p.timings, {**info, "L": p.length, "B": 1, "S": int(p.mask.shape[-1])})
         return result
 
-    def sample_windows(
-        self, noise, cond: sampler.Conditioning, plan: sampler.Plan, on_step=None, timings=None, profiler=None,
-        stage_noise: np.ndarray | None = None,
-    ):
-        """Sample and decode a video longer than `max_frames` in overlapping windows (see `windows`).
 
-        Each window gets its slice of the whole-video curve and noise, so the result
-        depends only on the seed; its latents are decoded at once and crossfaded into
-        the output, so memory holds one window's latents plus the final audio.
+@dataclasses.dataclass
+class _Timings:
+    """A stage-time holder for observers outside a `Prepared` (`curve`, `encode_video`)."""
 
-        Args:
-            noise: [1, C, L] whole-video noise.
-            cond: the whole video's conditioning (curve [1, 1, L]).
-            plan, on_step: as for `Pipeline.sample`.
-            stage_noise: [K, 1, C, L] whole-video stage noise of a noise-injecting solver, or None.
+    timings: dict[str, float]
 
-        Returns:
-            latents [1, C, L] (each frame from the last window that sampled it) and audio [2, L * hop].
-        """
-        cfg = self.config
-        timings = {} if timings is None else timings
-        sync = self.backend.synchronize
-        hop = cfg.audio.hop_length
-        length = cond.curve.shape[-1]
-        plan_w = windows.plan_windows(
-            length, cfg.sampler.max_frames, windows.overlap_frames(cfg.sampler.max_frames, cfg.sampler.window_overlap)
-        )
-        log.info("%d windows of %d latent frames over %d", len(plan_w), cfg.sampler.max_frames, length)
-        latents = np.zeros_like(noise)
-        audio = None
-        for w in plan_w:
-            part = dataclasses.replace(cond, curve=np.ascontiguousarray(cond.curve[:, :, w.start : w.end]))
-            with _timed(timings, "sampler", sync, profiler):
-                sn = None if stage_noise is None else np.ascontiguousarray(stage_noise[..., w.start : w.end])
-                lat = self.sample(np.ascontiguousarray(noise[:, :, w.start : w.end]), part, plan, on_step, stage_noise=sn)
-            latents[:, :, w.start : w.end] = lat
-            with _timed(timings, "vae", sync, profiler):
-                a = self.backend.decode(lat)[0]
-            if audio is None:
-                audio = np.zeros((a.shape[0], length * hop), dtype=np.float32)
-            windows.overlap_add(audio, a[:, : (w.keep_end - w.start) * hop], w.start * hop, w.fade_in * hop, w.fade_out * hop)
-        return latents, audio
+
+def _checked(s: Sampled) -> Sampled | BaseException:
+    """The item's latents, or a NumericalError when they hold NaN/Inf (its companions go on)."""
+    return s if np.isfinite(s.latents).all() else NumericalError(NAN_MESSAGE)
 
 
 def _encoder_config(cfg: BundleConfig, kind: str | None) -> dict[str, Any]:
-    """The bundle's encoder section, or the default one of a weight-free `kind` asked for instead."""
+    """The bundle's encoder section, or the default one of a weight-free `kind` asked for instead.
+    A bundle without a frame encoder (a converted text-to-music checkpoint) gets the weight-free
+    cut encoder when a curve is asked of it."""
     own = cfg.encoder.get("kind", "dinov2")
+    if own == "none" and kind is None:
+        kind = "cut"
+        if cfg.has_curve_channel:
+            log.warning("this bundle has no frame encoder; its event curves use the weight-free cut encoder "
+                        "(convert with --encoder DIR for DINOv2)")
     if kind is None or kind == own:
         return cfg.encoder
     if kind not in encoders_mod.ENCODER_KINDS:

@@ -41,7 +41,7 @@ from starlette.requests import ClientDisconnect
 
 from v2m.runtime.errors import InputError, V2MError
 
-from .config import GENERATE_FIELDS, ServeConfig, parse_generate_fields
+from .config import GENERATE_FIELDS, ServeConfig, media_type_of, parse_generate_fields, suffix_of
 from .engine import Abandoned, Engine, Ticket
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 
@@ -411,8 +411,10 @@ def create_app(config: ServeConfig, load: Callable[[], Engine] | None = None, en
     async def generate(request: Request):
         async def handle(eng: Engine, ticket, workdir, fields, upload, cleanup):
             video = _resolve_video(config, fields, upload)
-            req = parse_generate_fields(fields, eng.pipe, config.max_prompt_chars)
-            out = await _result_or_abandon(eng.generate(ticket, video, req, workdir), request, config.timeout_s, ticket)
+            req, fmt = parse_generate_fields(fields, config.max_prompt_chars)
+            req.options(eng.pipe.config.sampler)  # the bundle's defaults fill in: a bad combination is a 422 now
+            out = await _result_or_abandon(eng.generate(ticket, video, req, workdir, fmt), request, config.timeout_s,
+                                           ticket)
             timings = {k: round(v, 4) for k, v in out.timings.items()}
             headers = {
                 "X-V2M-Seed": str(out.seed),
@@ -422,8 +424,8 @@ def create_app(config: ServeConfig, load: Callable[[], Engine] | None = None, en
                 "X-V2M-Timings": json.dumps(timings, separators=(",", ":")),
                 "Server-Timing": ", ".join(f"{k};dur={v * 1e3:.1f}" for k, v in timings.items()),
             }
-            return _CleanupFileResponse(out.path, media_type=req.media_type, headers=headers, cleanup=cleanup,
-                                        filename=f"v2m-{out.seed}{req.suffix}")
+            return _CleanupFileResponse(out.path, media_type=media_type_of(fmt), headers=headers, cleanup=cleanup,
+                                        filename=f"v2m-{out.seed}{suffix_of(fmt)}")
 
         return await _admitted(request, handle, join_batch=True)
 

@@ -1,8 +1,8 @@
 """Service settings and request parameters, validated at the edge (no web framework here).
 
 `ServeConfig` is what `v2m serve` is started with; `parse_generate_fields` turns the form
-fields of one `POST /v1/generate` into a `GenerateRequest`, through the same
-`Pipeline.sampler_options` rule the CLI uses, raising `InputError` (HTTP 422) for a bad value.
+fields of one `POST /v1/generate` into the engine core's `Request` (validated by its
+constructor, as the CLI's are) and an output format, raising `InputError` (HTTP 422).
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from v2m.runtime.errors import InputError
-from v2m.runtime.sampler import SamplerOptions
+from v2m.runtime.request import Request
 
-__all__ = ["ServeConfig", "GenerateRequest", "FORMATS", "GENERATE_FIELDS", "parse_generate_fields", "API_KEY_ENV"]
+__all__ = ["ServeConfig", "FORMATS", "GENERATE_FIELDS", "parse_generate_fields", "suffix_of", "media_type_of",
+           "API_KEY_ENV"]
 
 API_KEY_ENV = "V2M_API_KEY"
 DEFAULT_MAX_BATCH = 8  # when the backend does not say how many items one sampler call takes
@@ -107,24 +108,12 @@ class ServeConfig:
         return int(self.max_upload_mb * 1024 * 1024)
 
 
-@dataclass(frozen=True)
-class GenerateRequest:
-    """One generation's parameters, validated."""
+def suffix_of(fmt: str) -> str:
+    return FORMATS[fmt][0]
 
-    options: SamplerOptions
-    prompt: str = ""
-    negative_prompt: str | None = None
-    seed: int | None = None
-    format: str = "mp4"
-    keep_audio_db: float | None = None
 
-    @property
-    def suffix(self) -> str:
-        return FORMATS[self.format][0]
-
-    @property
-    def media_type(self) -> str:
-        return FORMATS[self.format][1]
+def media_type_of(fmt: str) -> str:
+    return FORMATS[fmt][1]
 
 
 def _int(name: str, text: str) -> int:
@@ -153,12 +142,12 @@ def _bool(name: str, text: str) -> bool:
     raise InputError(f"{name} must be true or false, got {text[:40]!r}")
 
 
-def parse_generate_fields(fields: dict[str, str], pipe, max_prompt_chars: int) -> GenerateRequest:
-    """Form fields (text) -> a validated `GenerateRequest`; InputError (one line) for any bad value.
+def parse_generate_fields(fields: dict[str, str], max_prompt_chars: int) -> tuple[Request, str]:
+    """Form fields (text) -> a validated `Request` and the output format; InputError (one line,
+    HTTP 422) for any bad value. The sampler values left out are the bundle's to decide.
 
     Args:
         fields: the request's text fields (not the file part).
-        pipe: the loaded `Pipeline`: its `sampler_options` fills defaults and validates.
         max_prompt_chars: the longest prompt / negative prompt accepted.
     """
     unknown = sorted(set(fields) - set(GENERATE_FIELDS))
@@ -167,20 +156,7 @@ def parse_generate_fields(fields: dict[str, str], pipe, max_prompt_chars: int) -
     for name in ("prompt", "negative_prompt"):
         if name in fields and len(fields[name]) > max_prompt_chars:
             raise InputError(f"{name} is {len(fields[name])} characters; the limit is {max_prompt_chars}")
-    seed = None
-    if "seed" in fields:
-        seed = _int("seed", fields["seed"])
-        if not 0 <= seed < 2**63:
-            raise InputError(f"seed must be in [0, 2^63), got {seed}")
     f = fields.get
-    options = pipe.sampler_options(
-        steps=_int("steps", f("steps")) if "steps" in fields else None,
-        cfg_scale=_float("cfg_scale", f("cfg_scale")) if "cfg_scale" in fields else None,
-        solver=f("solver").strip() if "solver" in fields else None,
-        shift=_float("shift", f("shift")) if "shift" in fields else None,
-        use_curve=_bool("use_curve", f("use_curve")) if "use_curve" in fields else True,
-        curve_guidance=_float("curve_guidance", f("curve_guidance")) if "curve_guidance" in fields else None,
-    )
     fmt = f("format", "mp4").strip().lower()
     if fmt not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {fmt[:20]!r}")
@@ -188,7 +164,15 @@ def parse_generate_fields(fields: dict[str, str], pipe, max_prompt_chars: int) -
     if keep is not None and FORMATS[fmt][0] not in (".mp4", ".mkv"):
         raise InputError("keep_audio mixes the original audio into a video output; ask for format mp4 or mkv")
     neg = f("negative_prompt")
-    return GenerateRequest(
-        options=options, prompt=f("prompt", ""), negative_prompt=neg if neg else None, seed=seed,
-        format=fmt, keep_audio_db=keep,
+    req = Request(
+        prompt=f("prompt", ""), negative_prompt=neg if neg else None,
+        seed=_int("seed", f("seed")) if "seed" in fields else None,
+        steps=_int("steps", f("steps")) if "steps" in fields else None,
+        cfg_scale=_float("cfg_scale", f("cfg_scale")) if "cfg_scale" in fields else None,
+        solver=f("solver").strip() if "solver" in fields else None,
+        shift=_float("shift", f("shift")) if "shift" in fields else None,
+        use_curve=_bool("use_curve", f("use_curve")) if "use_curve" in fields else True,
+        curve_guidance=_float("curve_guidance", f("curve_guidance")) if "curve_guidance" in fields else None,
+        keep_audio_db=keep,
     )
+    return req, fmt

@@ -12,13 +12,14 @@ out = await engine.generate(ticket, "clip.mp4", request, workdir)   # -> Output 
   (decode, encode, curve, text) runs before sampling, in arrival order.
 - Batching: a prepared request waits in `ready`; the head of `ready` and every later
   request with the same `group_key` (latent length, text length, sampler options) are
-  sampled in one `_sample_group` call of at most `max_batch`. The head waits for
+  sampled in one `Pipeline.sample` call of at most `max_batch`. The head waits for
   companions only while other admitted requests are still uploading or being prepared,
   and at most `batch_wait_ms`; a lone request never waits. Incompatible requests keep
   their arrival order. Ray Serve replaces this policy with `@serve.batch` and calls the
   same `sample_and_decode` (see `ray_app`).
-- `_sample_group` / `_sample_windows` are the only places this package calls the
-  backend's sampler.
+- Generation is the engine core's (`Pipeline.prepare / sample / render / write`); this module
+  adds the device thread, the batching policy and cancellation (an observer that stops a
+  group's sampling once every request in it was abandoned).
 - Everything a request writes lives in its own temporary directory (`TempDirs`).
 
 No web framework, torch or Ray is imported here.
@@ -35,56 +36,21 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from v2m.runtime import media, sampler
-from v2m.runtime.errors import NumericalError
-from v2m.runtime.sampler import SamplerOptions
+from v2m.runtime.observers import Observer, Observers, StageMetrics
+from v2m.runtime.prepared import Prepared
+from v2m.runtime.request import Request
 
-from .config import DEFAULT_MAX_BATCH, GenerateRequest, ServeConfig
+from .config import DEFAULT_MAX_BATCH, FORMATS, ServeConfig
 
-__all__ = ["Engine", "SampleItem", "Output", "Ticket", "TempDirs", "Scheduler", "group_key"]
+__all__ = ["Engine", "Output", "Ticket", "TempDirs", "Scheduler", "group_key"]
 
 log = logging.getLogger("v2m.serve")
-
-
-# --- the sampler call: the one place the backend's sampling interface is used -------------
-def _sample_group(pipe, items: list, options: SamplerOptions, on_step: Callable[[int], None] | None = None) -> np.ndarray:
-    """Sample B items of one latent length in one `Pipeline.sample` call: latents (B, C, L).
-
-    Each item has `seed`, `curve` [L], `emb` [S, E], `mask` [S], `duration_s` and `neg` (the
-    negative prompt's (emb, mask) or None: a group has negative prompts in all items or in
-    none, see `group_key`); its noise comes from its own seed, so an item's result does not
-    depend on its companions' (up to the backend's numerics).
-    """
-    length = items[0].curve.shape[0]
-    seeds = [p.seed for p in items]
-    has_neg = items[0].neg is not None
-    plan = pipe.plan(options, has_neg)
-    cond = pipe.conditioning(
-        np.stack([p.curve for p in items]), np.stack([p.emb for p in items]), np.stack([p.mask for p in items]),
-        np.stack([p.neg[0] for p in items]) if has_neg else None, np.stack([p.neg[1] for p in items]) if has_neg else None,
-        [p.duration_s for p in items],
-    )
-    noise = np.concatenate([pipe.initial_noise(seed, length) for seed in seeds])
-    return pipe.sample(noise, cond, plan, on_step, check_finite=False, stage_noise=pipe.stage_noise(seeds, plan, length))
-
-
-def _sample_windows(pipe, item, options: SamplerOptions, on_step=None, timings=None) -> np.ndarray:
-    """A video longer than the model's `max_frames`, alone, in overlapping windows: audio [2, N]."""
-    length = item.curve.shape[0]
-    plan = pipe.plan(options, item.neg is not None)
-    neg = item.neg if item.neg is not None else (None, None)
-    cond = pipe.conditioning(item.curve[None], item.emb[None], item.mask[None],
-                             None if neg[0] is None else neg[0][None], None if neg[1] is None else neg[1][None],
-                             pipe.config.max_seconds)
-    noise = pipe.initial_noise(item.seed, length)
-    _, audio = pipe.sample_windows(noise, cond, plan, on_step, timings, None, pipe.stage_noise([item.seed], plan, length))
-    return audio
 
 
 # --- requests --------------------------------------------------------------------------
@@ -107,30 +73,20 @@ class Ticket:
         return self._abandoned.is_set()
 
 
-@dataclass(eq=False)
-class SampleItem:
-    """A prepared request: everything the sampler needs (`_sample_group`'s item)."""
-
-    seed: int
-    options: SamplerOptions
-    curve: np.ndarray  # [L] float32 (the sampler plan zeros it in every branch when use_curve is off)
-    emb: np.ndarray  # [S, E]
-    mask: np.ndarray  # [S]
-    duration_s: float
-    long: bool = False  # longer than max_frames: windows, alone
-    neg: tuple[np.ndarray, np.ndarray] | None = None  # negative prompt's (emb, mask)
-    ticket: Ticket | None = None
-    timings: dict[str, float] = field(default_factory=dict)
+def group_key(item: Prepared) -> tuple:
+    """Items with equal keys can be sampled in one call (`Prepared.group_key`)."""
+    return item.group_key()
 
 
-def group_key(item: SampleItem) -> tuple:
-    """Items with equal keys can be sampled in one call."""
-    o = item.options
-    neg = None if item.neg is None else item.neg[1].shape[-1]
-    if item.long:
-        return ("long", id(item))
-    return (item.curve.shape[0], item.mask.shape[-1], neg, o.steps, o.cfg_scale, o.solver, o.shift, o.use_curve,
-            o.curve_guidance)
+class _Cancel(Observer):
+    """Stops a group's sampling at the next step once every request in it was abandoned."""
+
+    def __init__(self, tickets: list[Ticket | None]):
+        self.tickets = tickets
+
+    def step(self, i: int) -> None:
+        if all(t is not None and t.abandoned for t in self.tickets):
+            raise Abandoned()
 
 
 @dataclass
@@ -162,7 +118,7 @@ class TempDirs:
 # --- the device thread -----------------------------------------------------------------
 @dataclass(eq=False)  # compared by identity (the item holds arrays)
 class _Entry:
-    item: SampleItem
+    item: Prepared
     future: concurrent.futures.Future
     key: tuple
     t_ready: float
@@ -178,7 +134,7 @@ class Scheduler:
         on_batch: called with each group's size (metrics).
     """
 
-    def __init__(self, run_group: Callable[[list[SampleItem]], list], max_batch: int, wait_s: float,
+    def __init__(self, run_group: Callable[[list[Prepared]], list], max_batch: int, wait_s: float,
                  on_batch: Callable[[int], None] | None = None):
         self.run_group, self.max_batch, self.wait_s = run_group, max_batch, wait_s
         self.on_batch = on_batch
@@ -232,7 +188,7 @@ class Scheduler:
             self._cv.notify_all()
         return fut
 
-    def enqueue(self, item: SampleItem, expected: bool = True) -> concurrent.futures.Future:
+    def enqueue(self, item: Prepared, expected: bool = True) -> concurrent.futures.Future:
         """Queue a prepared item for batched sampling; the future gives `run_group`'s result for it.
         `expected`: it was announced with `expect()` (which this undoes)."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
@@ -324,6 +280,7 @@ class Engine:
                  observe_batch: Callable[[int], None] | None = None):
         self.pipe, self.config = pipe, config
         self.observe_stage = observe_stage or (lambda stage, s: None)
+        self.observers = Observers([StageMetrics(self.observe_stage)])
         # what the engine's profile takes with the most guidance branches (cond, uncond, nocurve)
         backend_max = pipe.backend.max_batch(3)
         self.max_batch = int(config.max_batch or backend_max or DEFAULT_MAX_BATCH)
@@ -333,7 +290,7 @@ class Engine:
         self.temp = TempDirs(config.tmp_dir)
         self.model_name = Path(pipe.bundle_dir).name
         # how a prepared item becomes audio: the local batcher, or Ray Serve's (`ray_app`)
-        self.batch_fn: Callable[[SampleItem], Any] = self._local_batch
+        self.batch_fn: Callable[[Prepared], Any] = self._local_batch
         self._started = False
 
     # --- life cycle
@@ -359,8 +316,7 @@ class Engine:
         try:
             clip = work / "warmup.mp4"
             synth.make_test_video(clip, duration_s=1.0, size=(64, 48), cuts=(0.5,))
-            req = GenerateRequest(options=self.pipe.sampler_options(steps=2), seed=0, format="wav")
-            item = self.prepare(None, clip, req)
+            item = self.prepare(None, clip, Request(steps=2, seed=0))
             (audio,) = self.sample_and_decode([item])
             if isinstance(audio, BaseException):
                 raise audio
@@ -385,86 +341,32 @@ class Engine:
         return {dev: int(torch.cuda.memory_allocated(torch.device(dev)))}
 
     # --- the stages (device thread)
-    def _stage(self, timings: dict[str, float], stage: str, t0: float) -> None:
-        dt = time.perf_counter() - t0
-        timings[stage] = timings.get(stage, 0.0) + dt
-        self.observe_stage(stage, dt)
-
-    def prepare(self, ticket: Ticket | None, video_path: Path, req: GenerateRequest) -> SampleItem:
-        """Decode, encode, event curve, text: a `SampleItem` (device thread)."""
+    def prepare(self, ticket: Ticket | None, video_path: Path, req: Request) -> Prepared:
+        """The core's `prepare` (decode, encode, event curve, text) on the device thread."""
         if ticket is not None and ticket.abandoned:
             raise Abandoned()
-        pipe, cfg = self.pipe, self.pipe.config
-        timings: dict[str, float] = {}
-        features, reader = pipe.encode_video(video_path, timings)
-        for stage in ("decode", "encode"):
-            self.observe_stage(stage, timings.get(stage, 0.0))
-        t0 = time.perf_counter()
-        curve, _ = pipe.compute_curve(features, reader.duration_s)
-        del features
-        self._stage(timings, "curve", t0)
-        t0 = time.perf_counter()
-        emb, mask = pipe.encode_text(req.prompt)
-        neg = pipe.encode_text(req.negative_prompt) if req.negative_prompt else None
-        self._stage(timings, "text", t0)
-        return SampleItem(
-            seed=sampler.resolve_seed(req.seed), options=req.options, curve=curve.astype(np.float32), emb=emb,
-            mask=mask, duration_s=reader.duration_s, long=curve.shape[0] > cfg.sampler.max_frames, neg=neg,
-            ticket=ticket, timings=timings,
-        )
+        p = self.pipe.prepare(video_path, req, observers=self.observers)
+        p.info_extra["ticket"] = ticket
+        return p
 
-    def sample_and_decode(self, items: list[SampleItem]) -> list[Any]:
-        """Sample a compatible group, decode each item: per item (audio [2, N], B) or an exception."""
-        pipe = self.pipe
-        tickets = [p.ticket for p in items]
-
-        def on_step(i: int) -> None:
-            if all(t is not None and t.abandoned for t in tickets):
-                raise Abandoned()
-
-        t0 = time.perf_counter()
-        if items[0].long:  # alone, in windows (decoded window by window)
-            item = items[0]
-            try:
-                audio = _sample_windows(pipe, item, item.options, on_step, item.timings)
-            except BaseException as e:  # noqa: BLE001
-                return [e]
-            for s in ("sampler", "vae"):
-                self.observe_stage(s, item.timings.get(s, 0.0))
-            return [(audio, 1)]
-        try:
-            latents = _sample_group(pipe, items, items[0].options, on_step)
-            pipe.backend.synchronize()
-        except BaseException as e:  # noqa: BLE001 - every item of the group gets it
-            return [e] * len(items)
-        dt = time.perf_counter() - t0
-        self.observe_stage("sampler", dt)
+    def sample_and_decode(self, items: list[Prepared]) -> list[Any]:
+        """Sample a compatible group (`Pipeline.sample`), render each item: per item
+        (audio [2, N] fitted to its video, batch size) or an exception."""
+        obs = self.observers.with_(_Cancel([p.info_extra.get("ticket") for p in items]))
         out: list[Any] = []
-        for i, p in enumerate(items):
-            p.timings["sampler"] = dt
-            if not np.isfinite(latents[i]).all():
-                out.append(NumericalError("the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)"))
+        for p, r in zip(items, self.pipe.sample(items, obs)):
+            if isinstance(r, BaseException):
+                out.append(r)
                 continue
-            t0 = time.perf_counter()
             try:
-                audio = pipe.backend.decode(latents[i : i + 1])[0]
-            except BaseException as e:  # noqa: BLE001
+                out.append((self.pipe.render(p, r, obs), r.batch_size))
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting request
                 out.append(e)
-                continue
-            self._stage(p.timings, "vae", t0)
-            out.append((audio, len(items)))
         return out
 
-    def write(self, item: SampleItem, audio: np.ndarray, video_path: Path, out: Path, req: GenerateRequest) -> None:
-        """Fit the audio to the video and write `out` (.wav/.flac, or muxed .mp4/.mkv); any thread."""
-        cfg = self.pipe.config
-        t0 = time.perf_counter()
-        audio = media.finalize_audio(audio, item.duration_s, cfg.audio.sample_rate, cfg.audio.fade_out_s)
-        if req.format in ("mp4", "mkv"):
-            media.mux(video_path, audio, cfg.audio.sample_rate, out, keep_audio_db=req.keep_audio_db)
-        else:
-            media.write_audio(out, audio, cfg.audio.sample_rate)
-        self._stage(item.timings, "write", t0)
+    def write(self, item: Prepared, audio: np.ndarray, out: Path) -> None:
+        """Write `out` (.wav/.flac, or muxed .mp4/.mkv) with the core's `write`; any thread."""
+        self.pipe.write(item, audio, out, self.observers)
 
     def curve(self, video_path: Path):
         """The event curve (`Pipeline.curve`); device thread."""
@@ -474,14 +376,14 @@ class Engine:
         return res
 
     # --- async API (the web app's event loop)
-    async def _local_batch(self, item: SampleItem):
+    async def _local_batch(self, item: Prepared):
         return await asyncio.wrap_future(self.scheduler.enqueue(item))
 
     async def run_device(self, fn: Callable, *args):
         """Run `fn(*args)` on the device thread and await it."""
         return await asyncio.wrap_future(self.scheduler.call(fn, *args))
 
-    async def run_groups(self, items: list[SampleItem]) -> list[Any]:
+    async def run_groups(self, items: list[Prepared]) -> list[Any]:
         """Sample items collected by another batcher (Ray Serve's `@serve.batch`): split into
         compatible groups of at most `max_batch`, in order; one result or exception per item."""
         groups: dict[tuple, list[int]] = {}
@@ -512,8 +414,8 @@ class Engine:
             ticket.expected = False
             self.scheduler.expect(-1)
 
-    async def generate(self, ticket: Ticket, video_path: Path, req: GenerateRequest, workdir: Path) -> Output:
-        """The whole request: prepare, batched sampling and decoding, write `workdir/output.<fmt>`."""
+    async def generate(self, ticket: Ticket, video_path: Path, req: Request, workdir: Path, fmt: str = "mp4") -> Output:
+        """The whole request: prepare, batched sampling and rendering, write `workdir/output.<fmt>`."""
         t_queued = time.perf_counter()
         try:
             item = await self.run_device(self._timed_prepare, ticket, video_path, req, t_queued)
@@ -526,8 +428,8 @@ class Engine:
                 audio, bsize = await self.batch_fn(item)
         finally:
             self.unexpect(ticket)
-        out = workdir / f"output{req.suffix}"
-        write = asyncio.get_running_loop().run_in_executor(None, self.write, item, audio, video_path, out, req)
+        out = workdir / f"output{FORMATS[fmt][0]}"
+        write = asyncio.get_running_loop().run_in_executor(None, self.write, item, audio, out)
         try:
             await asyncio.shield(write)
         except asyncio.CancelledError:
@@ -535,7 +437,7 @@ class Engine:
             raise
         return Output(out, item.seed, item.duration_s, bsize, item.timings)
 
-    def _timed_prepare(self, ticket: Ticket, video_path: Path, req: GenerateRequest, t_queued: float) -> SampleItem:
+    def _timed_prepare(self, ticket: Ticket, video_path: Path, req: Request, t_queued: float) -> Prepared:
         wait = time.perf_counter() - t_queued
         self.observe_stage("queue", wait)
         item = self.prepare(ticket, video_path, req)

@@ -4,7 +4,7 @@ Two passes over the inputs, each a Ray Data `map_batches` over an actor pool (on
 pipeline per actor, the same `_Worker` class):
 
 1. prepare: per video, the resume check (sidecar verified by sha256) and the conditioning
-   (`batch.prepare_job`: decode, encode, event curve, text); failures are recorded per video.
+   (`batch.prepare_item`: the core's `Pipeline.prepare`); failures are recorded per video.
 2. sample: the driver forms exactly the groups the local run would (per latent and text
    length, chunks of `--batch-size` in input order; long videos alone, in windows), and each
    group is sampled by one actor with `engine._sample_group` and written with
@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from v2m.runtime import batch, sampler
+from v2m.runtime import batch
 from v2m.runtime.batch import BatchOptions, BatchSummary, Job, show
-from v2m.runtime.errors import InputError, NumericalError
+from v2m.runtime.errors import InputError
 
 from .cli import check_ray_args, load_pipeline, pipeline_options, require
 
@@ -42,16 +42,13 @@ log = logging.getLogger("v2m.serve.ray")
 
 
 class _Worker:
-    """A Ray Data actor: one loaded pipeline; runs 'prepare' and 'sample' tasks (pickled rows)."""
+    """A Ray Data actor: one loaded pipeline; runs 'prepare' and 'sample' tasks (pickled rows)
+    through the local batch's own steps (`batch.prepare_item`, `Pipeline.sample`, `batch.complete`)."""
 
     def __init__(self, options: dict, opts: BatchOptions):
         self.pipe = load_pipeline(options)
         self.opts = opts
-        self.sopts = self.pipe.sampler_options(opts.steps, opts.cfg_scale, opts.solver, opts.shift, opts.use_curve,
-                                               opts.curve_guidance)
-        self.neg = None  # the negative prompt's (emb, mask), once for the batch (as the local run)
-        if opts.negative_prompt is not None:
-            self.neg = tuple(self.pipe.encode_prompts("", opts.negative_prompt, opts.text_embeddings)[2:])
+        self.options = opts.request.options(self.pipe.config.sampler)
         self.model = batch.model_hash(self.pipe)
         self.describe = self.pipe.backend.describe()
 
@@ -66,80 +63,35 @@ class _Worker:
     def prepare(self, index: int, job: Job) -> dict[str, Any]:
         res: dict[str, Any] = {"index": index, "job": job, "describe": self.describe}
         try:
-            key = batch._input_key(job, self.opts, self.model, self.sopts)
-        except OSError as e:
-            job.fail(f"cannot read {show(job.video)} ({e.strerror})")
-            return res
-        if not self.opts.overwrite and (side := batch._is_complete(job.output, key)) is not None:
-            job.status, job.reason, job.used_seed = "skipped", "complete (verified by sha256)", side.get("seed")
-            return res
-        try:
-            job.used_seed = sampler.resolve_seed(job.seed)
-            curve, emb, mask, duration_s = batch.prepare_job(self.pipe, job, self.opts.text_embeddings)
+            it = batch.prepare_item(self.pipe, job, self.opts, self.model, self.options)
         except Exception as e:  # noqa: BLE001 - recorded per video; the batch goes on
             job.fail(batch._reason(e))
             return res
-        res.update(seed=job.used_seed, curve=curve, emb=emb, mask=mask, duration_s=duration_s, key=key,
-                   long=curve.shape[0] > self.pipe.config.sampler.max_frames)
+        if it is not None:
+            res["item"] = it
         return res
 
     def sample(self, group: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from .engine import _sample_group, _sample_windows
-
-        pipe = self.pipe
-        options = self.sopts
-        items = [SimpleNamespace(**r, neg=self.neg) for r in group]
-        for p in items:
-            p.job.timings = dict(p.job.timings)
-        if items[0].long:  # alone, in windows, like the local run
-            p = items[0]
-            try:
-                audio = _sample_windows(pipe, p, options, None, p.job.timings)
-                self._write(p, audio)
-            except Exception as e:  # noqa: BLE001
-                p.job.fail(batch._reason(e))
-            return [{"index": p.index, "job": p.job}]
-        t0 = time.perf_counter()
-        try:
-            latents = _sample_group(pipe, items, options)
-            pipe.backend.synchronize()
-        except Exception as e:  # noqa: BLE001 - every video of the group gets it
-            for p in items:
-                p.job.fail(batch._reason(e))
-            return [{"index": p.index, "job": p.job} for p in items]
-        share = (time.perf_counter() - t0) / len(items)
-        for i, p in enumerate(items):
-            p.job.timings["sampler"] = share
-            p.job.info["batch_size"] = len(items)
-            try:
-                if not np.isfinite(latents[i]).all():
-                    raise NumericalError("the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)")
-                t1 = time.perf_counter()
-                audio = pipe.backend.decode(latents[i : i + 1])[0]
-                p.job.timings["vae"] = time.perf_counter() - t1
-                self._write(p, audio)
-            except Exception as e:  # noqa: BLE001
-                p.job.fail(batch._reason(e))
-        return [{"index": p.index, "job": p.job} for p in items]
-
-    def _write(self, p, audio: np.ndarray) -> None:
-        t0 = time.perf_counter()
-        batch.write_output(p.job, audio, p.duration_s, p.key, self.pipe.config, self.opts.keep_audio_db)
-        p.job.timings["write"] = time.perf_counter() - t0
-        p.job.status = "ok"
-        p.job.info.update(latent_frames=int(p.curve.shape[0]), duration_s=round(p.duration_s, 4))
+        items = [r["item"] for r in group]
+        results = self.pipe.sample([it.prepared for it in items])
+        for it, r in zip(items, results):
+            error = batch.complete(self.pipe, it, r)
+            if error is not None:
+                it.job.fail(batch._reason(error))
+        return [{"index": r["index"], "job": it.job} for r, it in zip(group, items)]
 
 
 def plan_groups(prepared: list[dict[str, Any]], batch_size: int) -> list[list[dict[str, Any]]]:
-    """The local run's sampler groups: per (latent length, text length), consecutive chunks of
+    """The local run's sampler groups: per `Prepared.group_key`, consecutive chunks of
     `batch_size` in input order; a long video alone. `prepared` is in input order."""
     groups: list[list[dict[str, Any]]] = []
-    buckets: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    buckets: dict[tuple, list[dict[str, Any]]] = {}
     for r in prepared:
-        if r["long"]:
+        p = r["item"].prepared
+        if p.windowed:
             groups.append([r])
             continue
-        key = (r["curve"].shape[0], r["mask"].shape[-1])
+        key = p.group_key()
         bucket = buckets.setdefault(key, [])
         bucket.append(r)
         if len(bucket) >= batch_size:
@@ -190,9 +142,8 @@ def run_batch_ray(jobs: list[Job], opts: BatchOptions, options: dict, address: s
         batch.assign_outputs(jobs, out_dir, opts.format)
     if opts.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {opts.batch_size}")
-    cfg = load_config(options["model"])
-    steps = int(opts.steps or cfg.sampler.steps)
-    cfg_scale = float(cfg.sampler.cfg_scale if opts.cfg_scale is None else opts.cfg_scale)
+    sopts = opts.request.options(load_config(options["model"]).sampler)
+    steps, cfg_scale = sopts.steps, sopts.cfg_scale
     info = SimpleNamespace(bundle_dir=Path(options["model"]), describe={
         k: v for k, v in (("backend", options.get("backend")), ("device", options.get("device"))) if v})
     summary_path = out_dir / batch.SUMMARY_NAME
@@ -229,6 +180,7 @@ def run_batch_ray(jobs: list[Job], opts: BatchOptions, options: dict, address: s
                 info.describe = r.pop("describe")
                 record(r["index"], r["job"])
                 if r["job"].status == "pending":
+                    r["item"].job = r["job"]
                     prepared.append(r)
             write_summary()
             prepared.sort(key=lambda r: r["index"])
@@ -256,15 +208,13 @@ def cmd_generate_ray(args, jobs: list[Job], out_dir: Path) -> int:
     check_ray_args(args)
     if args.profile or args.trace:
         raise InputError("--profile and --trace are not available with --ray; profile a local run")
-    from v2m.runtime.cli import _sampler_kwargs
+    from v2m.runtime.cli import request_from_args
 
-    opts = BatchOptions(
-        out_dir, format=args.format, batch_size=args.batch_size, steps=args.steps, cfg_scale=args.cfg_scale,
-        **_sampler_kwargs(args), overwrite=args.overwrite, keep_audio_db=args.keep_audio,
-        text_embeddings=args.text_embeddings, progress=False,
-    )
-    if opts.text_embeddings:
-        opts.text_embeddings = os.path.abspath(opts.text_embeddings)
+    req = request_from_args(args)
+    if req.text_embeddings:
+        req = req.replace(text_embeddings=os.path.abspath(req.text_embeddings))
+    opts = BatchOptions(out_dir, format=args.format, batch_size=args.batch_size, request=req,
+                        overwrite=args.overwrite, progress=False)
     summary = run_batch_ray(jobs, opts, pipeline_options(args), address=args.ray or None,
                             actors=args.ray_actors, cpus=args.ray_cpus)
     print(f"{summary.count('ok')} ok, {summary.count('failed')} failed, {summary.count('skipped')} skipped "

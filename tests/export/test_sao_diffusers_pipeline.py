@@ -100,7 +100,7 @@ def test_audio_matches_diffusers(pair, backend, negative):
     cond = pipe.conditioning(np.zeros((1, length), np.float32), emb[None], mask[None],
                              None if neg is None else neg[None], None if neg_mask is None else neg_mask[None], seconds)
     plan = pipe.plan(pipe.sampler_options(steps=STEPS, cfg_scale=CFG, solver="dpmpp-2m"), neg is not None)
-    latents = pipe.sample(noise, cond, plan)
+    latents = pipe.sample_latents(noise, cond, plan)
     got = pipe.backend.decode(latents)[0]
     assert got.shape == want.shape
     assert snr_db(want, got) >= 60, snr_db(want, got)

@@ -126,7 +126,7 @@ def test_sampler_matches_the_oracle(sao_bundle, exported, backend, negative):
     opts = pipe.sampler_options(steps=6, cfg_scale=3.5, solver="dpmpp-2m")
     plan = pipe.plan(opts, negative)
     cond = pipe.conditioning(curve, emb, mask, None if neg is None else neg[0], None if neg is None else neg[1], 1.5)
-    got = pipe.sample(noise, cond, plan)
+    got = pipe.sample_latents(noise, cond, plan)
     sig = sigma_schedule(cfg.sao_config, 6)
     seconds = np.repeat(seconds_values(cfg.sao_config.seconds_names, 1.5)[None], 2, axis=0)
     ref = _oracle_sao(load_component(sao_bundle, "dit"), load_component(sao_bundle, "cond"), noise, curve[:, None],
@@ -150,7 +150,7 @@ def test_ping_pong_torch_vs_onnxruntime(tmp_path):
         plan = pipe.plan(pipe.sampler_options(steps=5))
         assert plan.table.stochastic
         cond = pipe.conditioning(curve, emb, mask, None, None, 2.0)
-        out[be] = pipe.sample(noise, cond, plan, stage_noise=pipe.stage_noise([3], plan, length))
+        out[be] = pipe.sample_latents(noise, cond, plan, stage_noise=pipe.stage_noise([3], plan, length))
     assert rel_err(out["onnxruntime"], out["torch"]) <= 1e-4
 
 
@@ -184,11 +184,11 @@ def test_curve_channel_goes_through_the_exported_step(sao_bundle, tmp_path):
     pipe = Pipeline.from_pretrained(b)
     noise, curve, emb, mask, _ = _inputs(pipe.config, 1, pipe.config.sao_config.latent_frames)
     plan = pipe.plan(pipe.sampler_options(steps=4, solver="dpmpp-2m"))
-    a = pipe.sample(noise, pipe.conditioning(curve, emb, mask, None, None, 1.0), plan)
-    z = pipe.sample(noise, pipe.conditioning(curve * 0, emb, mask, None, None, 1.0), plan)
+    a = pipe.sample_latents(noise, pipe.conditioning(curve, emb, mask, None, None, 1.0), plan)
+    z = pipe.sample_latents(noise, pipe.conditioning(curve * 0, emb, mask, None, None, 1.0), plan)
     assert np.abs(a - z).max() > 1e-3  # the curve is live
     plan_nc = pipe.plan(pipe.sampler_options(steps=4, solver="dpmpp-2m", use_curve=False))
-    np.testing.assert_array_equal(pipe.sample(noise, pipe.conditioning(curve, emb, mask, None, None, 1.0), plan_nc), z)
+    np.testing.assert_array_equal(pipe.sample_latents(noise, pipe.conditioning(curve, emb, mask, None, None, 1.0), plan_nc), z)
 
 
 def test_a_model_without_the_curve_ignores_it(sao_bundle):
@@ -197,8 +197,8 @@ def test_a_model_without_the_curve_ignores_it(sao_bundle):
     pipe = Pipeline.from_pretrained(sao_bundle)
     noise, curve, emb, mask, _ = _inputs(pipe.config, 1, pipe.config.sao_config.latent_frames)
     plan = pipe.plan(pipe.sampler_options(steps=3, solver="dpmpp-2m"))
-    a = pipe.sample(noise, pipe.conditioning(curve, emb, mask, None, None, 1.0), plan)
-    b = pipe.sample(noise, pipe.conditioning(curve * 0, emb, mask, None, None, 1.0), plan)
+    a = pipe.sample_latents(noise, pipe.conditioning(curve, emb, mask, None, None, 1.0), plan)
+    b = pipe.sample_latents(noise, pipe.conditioning(curve * 0, emb, mask, None, None, 1.0), plan)
     np.testing.assert_array_equal(a, b)
 
 

@@ -12,6 +12,7 @@ import soundfile as sf
 
 from v2m.runtime import batch
 from v2m.runtime.cli import main
+from v2m.runtime.request import Request
 from v2m.runtime.synth import make_test_video
 
 
@@ -91,7 +92,7 @@ def test_batched_equals_alone(tiny_bundle, short_video, make_video, tmp_path):
     pipe.backend.sample = lambda noise, *a, **k: calls.append(noise.shape[0]) or orig(noise, *a, **k)
     jobs = batch.collect_inputs([short_video.path, other], tmp_path / "o")
     jobs[0].seed, jobs[1].seed = 11, 12
-    summary = batch.run_batch(pipe, jobs, batch.BatchOptions(tmp_path / "o", format="wav", steps=3, progress=False))
+    summary = batch.run_batch(pipe, jobs, batch.BatchOptions(tmp_path / "o", format="wav", request=Request(steps=3), progress=False))
     assert summary.count("ok") == 2 and calls == [2]  # one sampler call, B = 2
     for job, seed in zip(jobs, (11, 12)):
         alone = pipe.generate(job.video, seed=seed, steps=3).audio
@@ -252,7 +253,7 @@ def test_batch_profile_failed_group_then_windows(windowed_bundle, short_video, m
     pipe.backend.sample = sample
     jobs = batch.collect_inputs([a, c, short_video.path], tmp_path / "o")
     prof = Profiler(device="cpu", trace=True)
-    opts = batch.BatchOptions(tmp_path / "o", format="wav", steps=3, batch_size=2, progress=False)
+    opts = batch.BatchOptions(tmp_path / "o", format="wav", request=Request(steps=3), batch_size=2, progress=False)
     summary = batch.run_batch(pipe, jobs, opts, profiler=prof)
     assert [j.status for j in jobs] == ["failed", "failed", "ok"]
     r = prof.report()

@@ -93,12 +93,13 @@ def test_explicit_profile_of_an_async_backend_says_host_sync(fake_pipe, short_vi
 
 def test_batch_groups_respect_the_engine(fake_pipe, make_video, tmp_path):
     from v2m.runtime import batch
+    from v2m.runtime.request import Request
 
     pipe = fake_pipe(max_videos=2)
     videos = [make_video(f"v{i}.mp4", duration_s=1.0) for i in range(5)]
     jobs = batch.collect_inputs([str(v) for v in videos], tmp_path / "out", seed=3)
-    summary = batch.run_batch(pipe, jobs, batch.BatchOptions(tmp_path / "out", format="wav", batch_size=8, steps=3,
-                                                             progress=False))
+    opts = batch.BatchOptions(tmp_path / "out", format="wav", batch_size=8, request=Request(steps=3), progress=False)
+    summary = batch.run_batch(pipe, jobs, opts)
     assert summary.count("ok") == 5
     assert pipe.backend.calls == [2, 2, 1]
 

@@ -18,15 +18,18 @@ import pytest
 from v2m.runtime.bundle import SamplerConfig
 from v2m.runtime.errors import InputError
 from v2m.runtime.sampler import SamplerOptions
-from v2m.serve.config import ServeConfig, parse_generate_fields
-from v2m.serve.engine import SampleItem, Scheduler, _sample_group
+from v2m.runtime.prepared import Prepared
+from v2m.runtime.request import Request
+from v2m.serve.config import ServeConfig, parse_generate_fields, suffix_of
+from v2m.serve.engine import Scheduler
 
 OPTS = SamplerOptions(steps=4)
 
 
-def _item(length: int, seed: int = 0, opts: SamplerOptions = OPTS) -> SampleItem:
-    return SampleItem(seed=seed, options=opts, curve=np.zeros(length, np.float32), emb=np.zeros((3, 2), np.float32),
-                      mask=np.ones(3, np.float32), duration_s=1.0)
+def _item(length: int, seed: int = 0, opts: SamplerOptions = OPTS) -> Prepared:
+    return Prepared(request=Request(seed=seed), options=opts, seed=seed, video=None, info=None, duration_s=1.0,
+                    curve=np.zeros(length, np.float32), curve_frames=length, curve_impl="numpy",
+                    emb=np.zeros((3, 2), np.float32), mask=np.ones(3, np.float32))
 
 
 def _scheduler(max_batch=3, wait_s=5.0):
@@ -90,28 +93,18 @@ def test_stop_fails_what_is_queued():
         fut.result(10)
 
 
-class _Pipe:
-    """Just what `parse_generate_fields` uses: the Pipeline's own `sampler_options` rule."""
-
-    config = SimpleNamespace(sampler=SamplerConfig())  # the defaults: 96 steps, CFG 4, euler
-
-    def sampler_options(self, *a, **k):
-        from v2m.runtime.pipeline import Pipeline
-
-        return Pipeline.sampler_options(self, *a, **k)
-
-
 def test_fields_defaults_and_errors():
-    req = parse_generate_fields({"prompt": "x", "seed": "7", "shift": "2.5", "use_curve": "no"}, _Pipe(), 100)
-    assert req.options == SamplerOptions(steps=96, cfg_scale=4.0, shift=2.5, use_curve=False)
-    assert (req.seed, req.format, req.suffix, req.media_type) == (7, "mp4", ".mp4", "video/mp4")
+    req, fmt = parse_generate_fields({"prompt": "x", "seed": "7", "shift": "2.5", "use_curve": "no"}, 100)
+    assert req.options(SamplerConfig()) == SamplerOptions(steps=96, cfg_scale=4.0, shift=2.5, use_curve=False)
+    assert (req.seed, fmt, suffix_of(fmt)) == (7, "mp4", ".mp4")
     for fields, words in [({"steps": "0"}, "steps"), ({"steps": "1.5"}, "steps"), ({"cfg_scale": "inf"}, "cfg_scale"),
                           ({"solver": "dpm"}, "solver"), ({"shift": "-1"}, "shift"), ({"format": "mp3"}, "format"),
                           ({"use_curve": "maybe"}, "use_curve"), ({"prompt": "x" * 101}, "prompt"),
                           ({"seed": str(2**63)}, "seed"), ({"bogus": "1"}, "unknown"),
-                          ({"format": "flac", "keep_audio": "-6"}, "keep_audio")]:
+                          ({"format": "flac", "keep_audio": "-6"}, "keep_audio"),
+                          ({"keep_audio": "100"}, "keep_audio")]:
         with pytest.raises(InputError, match=words):
-            parse_generate_fields(fields, _Pipe(), 100)
+            parse_generate_fields(fields, 100)
 
 
 def test_config_limits():
@@ -123,20 +116,18 @@ def test_config_limits():
 
 
 def test_sample_group_matches_each_generation_alone(tiny_bundle, short_video):
-    """B items in one `_sample_group` call vs Pipeline.generate per seed (its own sampler call)."""
+    """B variants of one prepared video in one `Pipeline.sample` call vs `generate` per seed
+    (its own preparation and sampler call: an independent path)."""
     from v2m.runtime import Pipeline
 
     pipe = Pipeline.from_pretrained(tiny_bundle, backend="torch", device="cpu")
-    opts = pipe.sampler_options(steps=5)
-    features, reader = pipe.encode_video(short_video.path)
-    curve, _ = pipe.compute_curve(features, reader.duration_s)
-    emb, mask = pipe.encode_text("warm synth")
-    items = [SimpleNamespace(seed=s, curve=curve, emb=emb, mask=mask, neg=None, duration_s=reader.duration_s)
-             for s in (3, 4, 5)]
-    latents = _sample_group(pipe, items, opts)
-    for i, s in enumerate((3, 4, 5)):
+    p = pipe.prepare(short_video.path, Request(prompt="warm synth", seed=3, steps=5))
+    items = [p, pipe.variant(p, seed=4), pipe.variant(p, seed=5)]
+    results = pipe.sample(items)
+    assert [r.batch_size for r in results] == [3, 3, 3]
+    for r, s in zip(results, (3, 4, 5)):
         want = pipe.generate(short_video.path, prompt="warm synth", seed=s, steps=5).latents
-        err = np.sum((latents[i].astype(np.float64) - want) ** 2)
+        err = np.sum((r.latents.astype(np.float64) - want) ** 2)
         assert err == 0 or 10 * np.log10(np.sum(want.astype(np.float64) ** 2) / err) >= 50
 
 
