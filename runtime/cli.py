@@ -150,27 +150,26 @@ def cmd_init_model(args) -> int:
     return 0
 
 
-def _check_video_job(video_path: Path, output: Path, args) -> str:
+def _check_video_job(video_path: Path, output: Path, args):
     """Everything about one video and its output that can fail before any work: the output
     path, the video (readable, a video not a still, the stream) and, for a video output,
-    what its container can hold (`--reencode`). Returns the output's kind."""
-    from . import media, video
+    what its container can hold (`--reencode`), in one opening of the input (`media.inspect`,
+    whose `Source` the generation reuses)."""
+    from . import media
 
-    kind = media.check_output_path(output, video_path)
-    video.probe(video_path, args.video_stream)
-    if kind == "video":
-        media.plan_mux(video_path, output, args.reencode, args.video_stream)
+    media.check_output_path(output, video_path)
+    source = media.inspect(video_path, output, args.reencode, args.video_stream)
     tempfiles.clean_stale(Path(output).parent)  # what a killed run left there
-    return kind
+    return source
 
 
-def _progress_total(pipe, video_path: Path, args) -> int:
+def _progress_total(pipe, duration_s: float, args) -> int:
     """Sampler steps of the whole generation (windows of a long video included), from the header."""
-    from . import curves, video, windows
+    from . import curves, windows
 
     cfg = pipe.config
     steps = pipe.sampler_options(args.steps, args.cfg_scale).steps
-    length = curves.latent_length(video.probe(video_path, args.video_stream).duration_s, cfg.latent_rate)
+    length = curves.latent_length(duration_s, cfg.latent_rate)
     if length <= cfg.sampler.max_frames:
         return steps
     overlap = windows.overlap_frames(cfg.sampler.max_frames, cfg.sampler.window_overlap)
@@ -182,7 +181,7 @@ def cmd_generate(args) -> int:
         return cmd_generate_batch(args)
     req = request_from_args(args)  # every option checked before any work
     video_path = Path(args.inputs[0])
-    _check_video_job(video_path, Path(args.output), args)  # before any heavy work
+    source = _check_video_job(video_path, Path(args.output), args)  # before any heavy work
     if args.profile or args.trace:
         from .profiler import check_report_paths
 
@@ -196,9 +195,9 @@ def cmd_generate(args) -> int:
         from .profiler import Profiler
 
         profiler = Profiler(device=pipe.backend.device, trace=bool(args.trace), clock=pipe.backend.step_clock())
-    progress = StepProgress(_progress_total(pipe, video_path, args), enabled=False if args.quiet else None)
+    progress = StepProgress(_progress_total(pipe, source.info.duration_s, args), enabled=False if args.quiet else None)
     try:
-        result = pipe.generate(video_path, request=req, on_step=progress, profiler=profiler)
+        result = pipe.generate(video_path, request=req, on_step=progress, profiler=profiler, source=source)
     finally:
         progress.close()
     with profiler.range("write") if profiler is not None else nullcontext():

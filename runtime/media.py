@@ -29,6 +29,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -48,8 +49,11 @@ __all__ = [
     "MUX_SAMPLE_RATE",
     "REENCODE_MODES",
     "MuxPlan",
+    "Source",
     "check_output_path",
+    "inspect",
     "plan_mux",
+    "timeline_of",
     "finalize_audio",
     "write_audio",
     "mux",
@@ -324,28 +328,34 @@ def _decode_timestamps(pts: list[int], step: int) -> list[int]:
 
 
 def _timeline(container: av.container.InputContainer, stream) -> _Timeline:
-    """Read the video stream's packets once (no decoding): its span, and decode timestamps
-    when the demuxer left some out (Matroska gives the first packets of a stream with
-    B-frames no dts; muxers need one on every packet)."""
-    tb = stream.time_base
-    default = round(1 / (stream.average_rate * tb)) if stream.average_rate and tb else 1
+    """Read the video stream's packets once (no decoding): see `timeline_of`."""
+    log = video.DecodeLog()
+    for _ in video.packets(container, stream, log):
+        pass
+    return timeline_of(log.records, stream.time_base, stream.average_rate, Path(container.name).name)
+
+
+def timeline_of(records: list[tuple[int | None, int | None, int]], tb, average_rate, name: str) -> _Timeline:
+    """The span of a video stream's packets (pts, dts, duration), as a pass over them recorded
+    them (`DecodeLog.records`: the decode pass keeps them, so the mux need not read them again),
+    and decode timestamps when the demuxer left some out (Matroska gives the first packets of a
+    stream with B-frames no dts; muxers need one on every packet)."""
+    default = round(1 / (average_rate * tb)) if average_rate and tb else 1
     pts: list[int | None] = []
     dts: list[int | None] = []
     first, end = None, None
-    for packet in video.packets(container, stream):
-        if not packet.size:
-            continue  # the demuxer's empty flush packet
-        pts.append(packet.pts)
-        dts.append(packet.dts)
-        ts = packet.pts if packet.pts is not None else packet.dts
+    for p, d_ts, dur in records:
+        pts.append(p)
+        dts.append(d_ts)
+        ts = p if p is not None else d_ts
         if ts is None:
             continue
         t = float(ts * tb)
-        d = float(packet.duration * tb) if packet.duration else float(default * tb)
+        d = float(dur * tb) if dur else float(default * tb)
         first = t if first is None else min(first, t)
         end = t + d if end is None else max(end, t + d)
     if first is None:
-        raise InputError(f"{Path(container.name).name} has no timed video packets; re-encode it")
+        raise InputError(f"{name} has no timed video packets; re-encode it")
     fixed = None
     if any(d is None for d in dts):
         filled, prev = [], None
@@ -354,8 +364,7 @@ def _timeline(container: av.container.InputContainer, stream) -> _Timeline:
             filled.append(prev)
         steps = sorted({b - a for a, b in zip(sorted(filled), sorted(filled)[1:]) if b > a})
         fixed = _decode_timestamps(filled, steps[0] if steps else default)
-        logger.debug("%s: %d of %d video packets had no dts; derived from pts",
-                     Path(container.name).name, sum(d is None for d in dts), len(dts))
+        logger.debug("%s: %d of %d video packets had no dts; derived from pts", name, sum(d is None for d in dts), len(dts))
     return _Timeline(first, end - first, fixed)
 
 
@@ -370,15 +379,17 @@ class MuxPlan:
     holders: tuple[str, ...] = ()  # output suffixes that hold the codec as it is
 
 
-def _can_copy(path: Path, stream_index: int, fmt: str) -> bool:
+def _can_copy(path: Path, stream_index: int, fmt: str, inp=None) -> bool:
     """Whether a `fmt` file can hold the stream as it is: a header, its first packet and a
-    trailer written to memory (a cheap probe; some muxers refuse a codec only there)."""
+    trailer written to memory (a cheap probe; some muxers refuse a codec only there).
+    `inp`: the input already open (read from its start), else it is opened."""
     try:
-        with open_video(path) as inp, av.open(io.BytesIO(), "w", format=fmt) as out:
-            vin = inp.streams[stream_index]
+        with (nullcontext(inp) if inp is not None else open_video(path)) as src, \
+                av.open(io.BytesIO(), "w", format=fmt) as out:
+            vin = src.streams[stream_index]
             vout = out.add_stream_from_template(vin, opaque=True)  # opaque: the codec, not an encoder
             out.add_stream("aac", rate=MUX_SAMPLE_RATE, layout="stereo")
-            for packet in video.packets(inp, vin):
+            for packet in video.packets(src, vin):
                 if packet.size:
                     if packet.dts is None:
                         packet.dts = packet.pts if packet.pts is not None else 0
@@ -426,14 +437,19 @@ def plan_mux(
             message names containers that can), or no H.264 encoder to re-encode with.
         InputError: the input cannot be read or has no such video stream.
     """
-    if reencode not in REENCODE_MODES:
-        raise OutputError(f"reencode must be one of {', '.join(REENCODE_MODES)}, got {reencode!r}")
-    p, src = Path(out_path), Path(video_path)
-    fmt = VIDEO_SUFFIXES[p.suffix.lower()]
+    src = Path(video_path)
     with open_video(src) as inp:
         vs = video.select_video_stream(inp, video_stream, src.name)
-        index, codec = vs.index, video.codec_name(vs)
-    if _can_copy(src, index, fmt):
+        return _plan_open(inp, src, out_path, reencode, vs.index, video.codec_name(vs))
+
+
+def _plan_open(inp, src: Path, out_path: str | os.PathLike, reencode: str, index: int, codec: str) -> MuxPlan:
+    """`plan_mux` with the input open at its start (its first packet is muxed to memory)."""
+    if reencode not in REENCODE_MODES:
+        raise OutputError(f"reencode must be one of {', '.join(REENCODE_MODES)}, got {reencode!r}")
+    p = Path(out_path)
+    fmt = VIDEO_SUFFIXES[p.suffix.lower()]
+    if _can_copy(src, index, fmt, inp):
         return MuxPlan(index, codec, fmt, False, (p.suffix.lower(),))
     holders = tuple(s for s, f in _WRITTEN.items() if f != fmt and _can_copy(src, index, f))
     keep = f"write {' or '.join(holders)} to keep it bit for bit" if holders else "no container v2m writes holds it"
@@ -448,6 +464,31 @@ def plan_mux(
     return MuxPlan(index, codec, fmt, True, holders)
 
 
+@dataclass(frozen=True)
+class Source:
+    """A video input as `inspect` found it: the probe and, for a video output, the mux plan."""
+
+    info: video.VideoInfo
+    plan: MuxPlan | None = None
+    output: Path | None = None  # the output the plan is for
+
+
+def inspect(video_path: str | os.PathLike, out_path: str | os.PathLike | None = None, reencode: str = "auto",
+            video_stream: int | None = None) -> Source:
+    """`video.probe` and, when `out_path` is a video container, `plan_mux`, in one opening of
+    the input (the probe decodes the first frame, then the input is read again from its start)."""
+    src = video._check_file(video_path)
+    with open_video(src) as inp:
+        info = video.probe_open(inp, src, video_stream)
+        if out_path is None or Path(out_path).suffix.lower() not in VIDEO_SUFFIXES:
+            return Source(info)
+        try:
+            inp.seek(0)
+        except (av.FFmpegError, OSError, ValueError):  # not seekable: plan on a fresh opening
+            return Source(info, plan_mux(src, out_path, reencode, info.stream_index), Path(out_path))
+        return Source(info, _plan_open(inp, src, out_path, reencode, info.stream_index, info.codec), Path(out_path))
+
+
 def mux(
     video_path: str | os.PathLike,
     audio: np.ndarray,
@@ -456,6 +497,8 @@ def mux(
     keep_audio_db: float | None = None,
     reencode: str = "auto",
     video_stream: int | None = None,
+    plan: MuxPlan | None = None,
+    timeline: _Timeline | None = None,
 ) -> Path:
     """Atomically write the input's video stream, copied bit for bit, plus the music as AAC.
 
@@ -474,6 +517,8 @@ def mux(
         reencode: "auto" (re-encode the picture as H.264 only when the container cannot
             hold its codec) or "never" (refuse instead).
         video_stream: the container's index of the video stream (None: the default one).
+        plan: `plan_mux`'s (or `inspect`'s) plan for this input and output, when the caller has it.
+        timeline: the stream's `timeline_of`, when the decode pass recorded it (`VideoReader.timeline`).
 
     Raises:
         OutputError: bad output path, a codec the container cannot hold with
@@ -491,7 +536,8 @@ def mux(
     if keep_audio_db is not None and not math.isfinite(keep_audio_db):
         raise InputError(f"keep_audio_db must be a finite level in dB, got {keep_audio_db}")
     name = Path(video_path).name
-    plan = plan_mux(video_path, p, reencode, video_stream)
+    if plan is None or plan.fmt != VIDEO_SUFFIXES[p.suffix.lower()]:
+        plan = plan_mux(video_path, p, reencode, video_stream)
     if plan.reencode:
         logger.warning(
             "a %s file cannot hold %s's %s video: re-encoding the picture as H.264 (CRF %d)%s",
@@ -499,8 +545,9 @@ def mux(
             f"; write {' or '.join(plan.holders)} to keep it bit for bit" if plan.holders else "",
         )
 
-    with open_video(video_path) as inp:
-        timeline = _timeline(inp, inp.streams[plan.stream_index])
+    if timeline is None:
+        with open_video(video_path) as inp:
+            timeline = _timeline(inp, inp.streams[plan.stream_index])
     start_s = timeline.start_s
     n = round(timeline.span_s * MUX_SAMPLE_RATE)
     music = _resample(music, int(sample_rate), MUX_SAMPLE_RATE)

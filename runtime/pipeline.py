@@ -322,11 +322,12 @@ class Pipeline:
 
     # --- the three stages -----------------------------------------------------------
     def prepare(self, video_path: str | Path, request: Request | None = None, *,
-                observers: Observers | None = None) -> Prepared:
+                observers: Observers | None = None, source: media.Source | None = None) -> Prepared:
         """One video's conditioning: the probe, the event curve and the prompt embeddings.
 
         The prompt and the sampler options are checked first (a bad one fails before the
-        video is decoded); the video is probed once (its `VideoInfo` is kept) and decoded once.
+        video is decoded); the video is probed once (its `VideoInfo` is kept; `source`: a
+        `media.inspect` of it made earlier, not repeated) and decoded once.
         """
         req = request or Request()
         obs = observers or Observers()
@@ -335,16 +336,18 @@ class Pipeline:
                      video=Path(video_path), info=None, duration_s=0.0, curve=np.zeros(0, np.float32),
                      curve_frames=0, curve_impl="none", emb=np.zeros((0, 0), np.float32), mask=np.zeros(0, np.float32))
         self._encode_request(p, obs)
+        p.source = source
         if cfg.has_curve_channel:
-            reader = video.VideoReader(video_path, req.video_stream)
+            reader = video.VideoReader(video_path, req.video_stream, None if source is None else source.info)
             p.info = reader.info
             features = self._features(reader, obs, [p])
+            p.packet_log = reader.packet_log
             p.duration_s, p.curve_frames, p.lost_s = reader.duration_s, int(features.shape[0]), reader.damage.lost_s
             with obs.stage("curve", [p]):
                 p.curve, p.curve_impl = self.compute_curve(features, reader.duration_s)
             del features
         else:  # the model takes no curve: the video only sets the duration
-            p.info = video.probe(video_path, req.video_stream)
+            p.info = source.info if source is not None else video.probe(video_path, req.video_stream)
             p.duration_s = p.info.duration_s
             p.curve = np.zeros(curves_mod.latent_length(p.duration_s, cfg.latent_rate), np.float32)
             log.info("this model has no curve channel: the video sets the duration only")
@@ -489,8 +492,14 @@ class Pipeline:
             if media.check_output_path(output, prepared.video) == "video":
                 if prepared.video is None:
                     raise InputError(f"{output}: a video output needs a source video; write .wav or .flac")
+                src = prepared.source
+                plan = src.plan if src is not None and src.output == Path(output) else None
+                timeline = None
+                if prepared.packet_log is not None and (plan is None or plan.stream_index == prepared.info.stream_index):
+                    timeline = media.timeline_of(*prepared.packet_log, prepared.video.name)
                 media.mux(prepared.video, audio, rate, output, keep_audio_db=req.keep_audio_db, reencode=req.reencode,
-                          video_stream=None if prepared.info is None else prepared.info.stream_index)
+                          video_stream=None if prepared.info is None else prepared.info.stream_index, plan=plan,
+                          timeline=timeline)
             else:
                 media.write_audio(output, audio, rate)
         return Path(output)
@@ -517,6 +526,7 @@ class Pipeline:
         request: Request | None = None,
         prepared: Prepared | None = None,
         observers: Observers | None = None,
+        source: media.Source | None = None,
     ) -> GenerationResult:
         """Generate music for a video: `prepare`, `sample` and `render` in a row.
 
@@ -537,6 +547,7 @@ class Pipeline:
             request: a `Request` instead of the keywords above (prompt ... video_stream).
             prepared: a `Prepared` of this video to reuse (its request is replaced by this one).
             observers: more observers of the stages and steps.
+            source: `media.inspect`'s probe (and mux plan) of this video, made earlier: not repeated.
         """
         req = request or Request(
             prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, cfg_scale=cfg_scale, solver=solver,
@@ -553,7 +564,7 @@ class Pipeline:
         if profiler is not None:
             profiler.begin_run()
         if prepared is None:
-            p = self.prepare(video_path, req, observers=obs)
+            p = self.prepare(video_path, req, observers=obs, source=source)
         else:
             p = self.variant(prepared, obs, **dataclasses.asdict(req))
         (s,) = self.sample([p], obs)

@@ -45,6 +45,8 @@ class Prepared:
     neg_mask: np.ndarray | None = None
     lost_s: float = 0.0  # seconds of damaged video held over
     windowed: bool = False  # longer than the model's window: sampled in overlapping windows
+    source: Any = None  # `media.Source` of the CLI's pre-check (probe and mux plan), if any
+    packet_log: Any = None  # the decode pass's packets (`VideoReader.packet_log`), for the mux
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     info_extra: dict[str, Any] = field(default_factory=dict)  # callers' own notes (batch size...)
 

@@ -198,6 +198,8 @@ class DecodeLog:
     start_s: Fraction | None = None  # earliest packet time (pts, else dts), seconds (exact)
     end_s: Fraction | None = None  # latest packet time + duration
     gaps: list[tuple[float, float]] = field(default_factory=list)  # (from, to) s, held over
+    # every packet with data, in file order: (pts, dts, duration), for `Timeline` (the mux)
+    records: list[tuple[int | None, int | None, int]] = field(default_factory=list)
 
     @property
     def lost_s(self) -> float:
@@ -210,6 +212,8 @@ class DecodeLog:
             self.first_error = error_text(e) if e is not None else "corrupt frame"
 
     def note_packet(self, packet: av.Packet, default_dur: Fraction) -> None:
+        if packet.size:
+            self.records.append((packet.pts, packet.dts, packet.duration or 0))
         ts = packet.pts if packet.pts is not None else packet.dts
         if ts is None or packet.time_base is None or not packet.size:
             return
@@ -302,47 +306,52 @@ def probe(path: str | os.PathLike, stream: int | None = None) -> VideoInfo:
     """
     p = _check_file(path)
     with open_video(p) as container:
-        vs = select_video_stream(container, stream, p.name)
-        if len(container.streams.video) > 1:
-            logger.info("%s: using video stream %d of %s", p.name, vs.index, _describe_streams(container))
-        _check_still(container, vs, p)
-        log = DecodeLog()
-        first = None
-        for frame, _ in decode_frames(container, vs, log):
-            first = frame
-            break
-        if first is None:
-            why = f" ({log.first_error})" if log.first_error else ""
-            raise InputError(f"no frame of {p.name} decodes{why}; the file is corrupt or truncated")
+        return probe_open(container, p, stream)
 
-        rotation = frame_rotation(first)
-        fps = float(vs.average_rate or vs.guessed_rate or 0.0)
-        duration = _seconds(vs.duration, vs.time_base)
-        if duration is None and container.duration is not None:
-            duration = container.duration / av.time_base
-        if duration is None or duration <= 0:
-            duration = 1.0 / fps if fps > 0 else 0.0
-        audio_duration = None
-        if container.streams.audio:
-            aus = container.streams.audio[0]
-            audio_duration = _seconds(aus.duration, aus.time_base)
-            if audio_duration is None and container.duration is not None:
-                audio_duration = container.duration / av.time_base
-        w, h = first.width, first.height
-        if rotation in (90, 270):
-            w, h = h, w
-        return VideoInfo(
-            path=str(p),
-            duration_s=float(duration),
-            fps=fps,
-            width=w,
-            height=h,
-            rotation=rotation,
-            codec=codec_name(vs),
-            has_audio=bool(container.streams.audio),
-            audio_duration_s=audio_duration,
-            stream_index=vs.index,
-        )
+
+def probe_open(container: av.container.InputContainer, p: Path, stream: int | None = None) -> VideoInfo:
+    """`probe` of an open container (its first frame is decoded; seek to 0 to read it again)."""
+    vs = select_video_stream(container, stream, p.name)
+    if len(container.streams.video) > 1:
+        logger.info("%s: using video stream %d of %s", p.name, vs.index, _describe_streams(container))
+    _check_still(container, vs, p)
+    log = DecodeLog()
+    first = None
+    for frame, _ in decode_frames(container, vs, log):
+        first = frame
+        break
+    if first is None:
+        why = f" ({log.first_error})" if log.first_error else ""
+        raise InputError(f"no frame of {p.name} decodes{why}; the file is corrupt or truncated")
+
+    rotation = frame_rotation(first)
+    fps = float(vs.average_rate or vs.guessed_rate or 0.0)
+    duration = _seconds(vs.duration, vs.time_base)
+    if duration is None and container.duration is not None:
+        duration = container.duration / av.time_base
+    if duration is None or duration <= 0:
+        duration = 1.0 / fps if fps > 0 else 0.0
+    audio_duration = None
+    if container.streams.audio:
+        aus = container.streams.audio[0]
+        audio_duration = _seconds(aus.duration, aus.time_base)
+        if audio_duration is None and container.duration is not None:
+            audio_duration = container.duration / av.time_base
+    w, h = first.width, first.height
+    if rotation in (90, 270):
+        w, h = h, w
+    return VideoInfo(
+        path=str(p),
+        duration_s=float(duration),
+        fps=fps,
+        width=w,
+        height=h,
+        rotation=rotation,
+        codec=codec_name(vs),
+        has_audio=bool(container.streams.audio),
+        audio_duration_s=audio_duration,
+        stream_index=vs.index,
+    )
 
 
 def video_duration(path: str | os.PathLike) -> float:
@@ -362,16 +371,17 @@ class VideoReader:
     ```
     """
 
-    def __init__(self, path: str | os.PathLike, stream: int | None = None):
+    def __init__(self, path: str | os.PathLike, stream: int | None = None, info: VideoInfo | None = None):
         """Args: path: the video; stream: the container's index of the video stream (None: see
-        `select_video_stream`)."""
-        self.info = probe(path, stream)
+        `select_video_stream`); info: its `probe`, when the caller has it (not probed again)."""
+        self.info = info if info is not None and (stream is None or stream == info.stream_index) else probe(path, stream)
         self.path = Path(self.info.path)
         self.duration_s: float | None = None  # set when a `sample` pass finishes
         self.num_samples: int | None = None
         self.frames_decoded: int | None = None
         self.damage = DecodeLog()
         self._tail_end = 0.0  # a damaged tail's end, when packets outlast the last good frame
+        self.packet_log = None  # (records, time_base, average_rate) of the last full pass
 
     def expected_samples(self, fps: float) -> int:
         """Sample count predicted from the headers; `num_samples` after iteration is exact."""
@@ -483,6 +493,8 @@ class VideoReader:
                 dur = own or default_dur or last_step or 0.0
                 yield t, dur, frame
                 last_t, last_end, errors_seen = t, t + dur, log.errors
+            # the packets as read, for the mux (`media.timeline_of`): it need not read them again
+            self.packet_log = (log.records, vs.time_base, vs.average_rate)
         if decoded == 0:
             why = f" ({log.first_error})" if log.first_error else ""
             raise InputError(f"no frame of {self.path.name} decodes{why}; the file is corrupt or truncated")
