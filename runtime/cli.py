@@ -34,6 +34,7 @@ from .errors import (
     require,
     signal_exit_code,
 )
+from .sampler import SOLVERS
 from .sao import PRESET_NAMES as SAO_PRESET_NAMES
 
 log = logging.getLogger("v2m.cli")
@@ -716,8 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--negative-prompt", default=None, metavar="TEXT",
                    help="what the music should not be: the unconditional branch of guidance uses this prompt "
                         "(default: zero embeddings with the prompt's mask)")
-    g.add_argument("--solver", default=None, choices=["euler", "heun"],
-                   help="euler, or heun (trapezoidal rule, two model evaluations a step) (default: the bundle's, euler)")
+    g.add_argument("--solver", default=None, choices=SOLVERS,
+                   help="euler, or heun (trapezoidal rule, two model evaluations a step); a Stable Audio Open "
+                        "bundle: dpmpp-2m, dpmpp-2m-sde (SAO 1.0), pingpong, euler (SAO Small) (default: the bundle's)")
     g.add_argument("--shift", type=float, default=None, metavar="S",
                    help="SD3 timestep shift S > 0: S > 1 spends more steps near noise (default: the bundle's, 1)")
     g.add_argument("--no-curve", action="store_true",
