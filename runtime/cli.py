@@ -557,7 +557,7 @@ def cmd_demo(args) -> int:
             args.model = str(bundle)
             what = f"{args.preset} bundle with RANDOM weights (the music is noise until you load a trained checkpoint)"
         else:
-            what = f"trained bundle {args.model}" + (" (installed with v2m; README: The demo model)"
+            what = f"trained bundle {args.model}" + (" (installed with v2m; docs/demo-model.md)"
                                                      if args.model == "demo" else "")
         clip = work / "clip.mp4"
         cuts = synth.make_test_video(clip, duration_s=args.duration,
@@ -577,7 +577,7 @@ def cmd_demo(args) -> int:
             result.mux(clip, out)
         else:
             result.save(out)
-        if args.plot:  # the figure of README's demo section: one more generation, without the curve
+        if args.plot:  # the figure of docs/demo-model.md: one more generation, without the curve
             base = pipe.generate(clip, prompt=args.prompt, seed=args.seed, use_curve=False, profile_steps=False)
     rate, kernel = pipe.config.latent_rate, pipe.config.curve.kernel
     music = music_curve(result.audio, result.sample_rate, result.curve.size, rate, kernel)
