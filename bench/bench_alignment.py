@@ -1,4 +1,4 @@
-"""Does the shipped model put musical events on the cuts? The issue 11 targets, on held-out cut videos.
+"""Does the shipped model put musical events on the cuts? Its targets, on held-out cut videos.
 
     python bench/bench_alignment.py --model demo --videos 24 --seed 20000 [--curve-guidance 1,2]
 
@@ -10,7 +10,7 @@ for, and measures curve correlation, cut hits (+-0.25 s) and the median spectral
 flatness. One JSON line per variant goes to bench/results/alignment.jsonl, with the
 targets and whether they are met; the table is printed.
 
-Targets (issue 11): correlation >= 0.7 and >= 0.4 above --no-curve; cut hits >= 0.6
+Targets: correlation >= 0.7 and >= 0.4 above --no-curve; cut hits >= 0.6
 and >= 0.3 above --no-curve; median flatness <= 0.2.
 """
 

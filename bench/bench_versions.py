@@ -8,7 +8,7 @@ interpreter each (PYTHONPATH puts the base's `v2m` first), so background load hi
 alike. A run makes a random bundle with the *base* version (old versions must read it), one
 warm-up generation and `--repeats` timed ones on a generated clip; the row per preset and
 version holds the medians over all rounds: total, sampler seconds and step ms. One JSON line
-per (preset, version) in bench/results/versions.jsonl. Used for issue 10's "no slower than
+per (preset, version) in bench/results/versions.jsonl. Used for the "no slower than
 before" check of the sampler rewrite.
 """
 

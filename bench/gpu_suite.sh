@@ -15,7 +15,7 @@
 # Results: JSON lines (device, versions, commit) in $V2M_BENCH_RESULTS, default $OUT/results
 # when $OUT is set (the device tool's folder: commit them under bench/results/), else
 # /tmp/v2m-gpu-suite/results. Logs beside them. Machines without PyAV / soundfile: carry
-# wheels in .whl/ (README, "GPU runs") and they are installed to /tmp/site first.
+# wheels in .whl/ (docs/backends.md) and they are installed to /tmp/site first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log_dir="${OUT:-/tmp/v2m-gpu-suite}"

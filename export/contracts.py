@@ -278,7 +278,7 @@ CONTRACTS: dict[str, ExportContract] = {
         # Snake's sin(alpha x)^2 over ~20 conv layers amplifies fp32 reordering: ~7e-5
         # observed on audio of amplitude ~0.5.
         tolerance=(1e-3, 1e-3),
-        # A random decoder amplifies the rounding of its input and activations ~35 dB (README):
+        # A random decoder amplifies the rounding of its input and activations ~35 dB (docs/backends.md):
         # fp16 ~5e-2 observed on the tiny preset.
         reduced_rtol=(("fp16", 1.5e-1), ("bf16", 4e-1)),
     ),

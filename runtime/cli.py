@@ -35,6 +35,7 @@ from .errors import (
     signal_exit_code,
 )
 from .request import Request
+from .sampler import SOLVERS
 from .sao import PRESET_NAMES as SAO_PRESET_NAMES
 
 log = logging.getLogger("v2m.cli")
@@ -537,7 +538,7 @@ def cmd_demo(args) -> int:
             args.model = str(bundle)
             what = f"{args.preset} bundle with RANDOM weights (the music is noise until you load a trained checkpoint)"
         else:
-            what = f"trained bundle {args.model}" + (" (installed with v2m; README: The demo model)"
+            what = f"trained bundle {args.model}" + (" (installed with v2m; docs/demo-model.md)"
                                                      if args.model == "demo" else "")
         clip = work / "clip.mp4"
         cuts = synth.make_test_video(clip, duration_s=args.duration,
@@ -554,7 +555,7 @@ def cmd_demo(args) -> int:
         finally:
             progress.close()
         pipe.write(result.prepared, result.audio, out)
-        if args.plot:  # the figure of the demo's docs: the same video and seed again, without the curve
+        if args.plot:  # the figure of docs/demo-model.md: the same video and seed again, without the curve
             base = pipe.generate(clip, prepared=result.prepared, profile_steps=False,
                                  request=result.prepared.request.replace(seed=result.seed, use_curve=False))
     rate, kernel = pipe.config.latent_rate, pipe.config.curve.kernel
@@ -695,8 +696,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--negative-prompt", default=None, metavar="TEXT",
                    help="what the music should not be: the unconditional branch of guidance uses this prompt "
                         "(default: zero embeddings with the prompt's mask)")
-    g.add_argument("--solver", default=None, choices=["euler", "heun"],
-                   help="euler, or heun (trapezoidal rule, two model evaluations a step) (default: the bundle's, euler)")
+    g.add_argument("--solver", default=None, choices=SOLVERS,
+                   help="euler, or heun (trapezoidal rule, two model evaluations a step); a Stable Audio Open "
+                        "bundle: dpmpp-2m, dpmpp-2m-sde (SAO 1.0), pingpong, euler (SAO Small) (default: the bundle's)")
     g.add_argument("--shift", type=float, default=None, metavar="S",
                    help="SD3 timestep shift S > 0: S > 1 spends more steps near noise (default: the bundle's, 1)")
     g.add_argument("--no-curve", action="store_true",

@@ -2,7 +2,7 @@
 
 `--model demo` (and `Pipeline.from_pretrained("demo")`) resolve here: the bundle
 in `v2m/runtime/demo_bundle/` (package data), made by one command from a seed
-(`v2m train demo`; README, *The demo model*). Its frame encoder is the weight-free
+(`v2m train demo`; docs/demo-model.md). Its frame encoder is the weight-free
 cut encoder, so it runs with numpy and the torch or ONNX Runtime backend alone.
 """
 

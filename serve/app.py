@@ -325,7 +325,7 @@ def create_app(config: ServeConfig, load: Callable[[], Engine] | None = None, en
         state.metrics.ready.set(1)
 
     app = FastAPI(title="v2m", version="0.1.0", lifespan=lifespan,
-                  description="Video-to-music generation (V2M-Zero). See the README's Serving section.")
+                  description="Video-to-music generation (V2M-Zero). See docs/serving.md.")
     app.state.v2m = state
 
     @app.exception_handler(ApiError)

@@ -52,7 +52,7 @@ class DemoRecipe:
     encoder: str = "cut"
     # Sampler defaults written into the bundle. Curve guidance 1 was chosen on validation cut
     # videos (bench_alignment --seed 30000: cut hits 0.77 -> 0.87, flat from 0.5 to 2) and
-    # then measured on the held-out ones (--seed 20000; README, The demo model).
+    # then measured on the held-out ones (--seed 20000; docs/demo-model.md).
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=32, cfg_scale=2.0, curve_guidance=1.0))
     dtype: str = "fp16"  # of the shipped weights
     # fp32 ONNX graphs exported into the bundle (checked against PyTorch): `--backend auto`

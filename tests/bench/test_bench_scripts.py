@@ -1,4 +1,4 @@
-"""The bench scripts run and write the JSON lines README's tables are copied from (CPU, tiny sizes).
+"""The bench scripts run and write the JSON lines docs/performance.md's tables are copied from (CPU, tiny sizes).
 
 These check the plumbing, not speed: every row carries the fields the issue asks
 for (device, preset, variant, L, B, median/p10/p90, TFLOP/s, speed-up, versions,

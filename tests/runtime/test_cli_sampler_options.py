@@ -82,3 +82,17 @@ def test_batch_mode_takes_the_options(tmp_path, tiny_bundle, make_video, capsys)
     assert summary["counts"]["ok"] == 2
     side = json.loads(next(out.glob("*.v2m.json")).read_text())
     assert side["inputs"]["sampler"] == {"solver": "heun", "negative_prompt": "x"}
+
+
+def test_sao_solvers_reach_the_cli(tmp_path, tiny_bundle, short_video, capsys):
+    """`--solver dpmpp-2m` runs a Stable Audio Open bundle; on a v2m bundle it is one line, exit 2."""
+    pytest.importorskip("tokenizers")
+    sao = tmp_path / "sao"
+    assert main(["init-model", "--preset", "sao-tiny", "-o", str(sao)]) == 0
+    capsys.readouterr()
+    assert _gen(tmp_path, sao, short_video.path, "--solver", "dpmpp-2m", "--steps", "2") == 0, capsys.readouterr().err
+    assert sf.read(tmp_path / "o.wav")[0].shape[0] > 0
+    rc = _gen(tmp_path, tiny_bundle, short_video.path, "--solver", "dpmpp-2m", out="v.wav")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "euler or heun" in err[0], err
+    assert not (tmp_path / "v.wav").exists()

@@ -3,7 +3,7 @@
 The alignment check is short on purpose (two held-out cut videos at the bundle's
 own sampler settings): it catches a sampler, curve or bundle bug as lost
 alignment, which parity tests on random weights cannot see. The full measurement
-on 24 held-out videos is `bench/bench_alignment.py` (README, The demo model).
+on 24 held-out videos is `bench/bench_alignment.py` (docs/demo-model.md).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def test_music_lands_on_the_cuts(demo_pipe, tmp_path):
 
 
 def test_demo_command(tmp_path, capsys):
-    """`v2m demo` as README runs it: backend auto is ONNX Runtime on the CPU (the bundle ships its graphs)."""
+    """`v2m demo` as README's quick start runs it: backend auto is ONNX Runtime on the CPU (the bundle ships its graphs)."""
     pytest.importorskip("onnxruntime")
     out = tmp_path / "demo.mp4"
     assert main(["demo", "-o", str(out), "--duration", "6", "--device", "cpu", "--workdir", str(tmp_path)]) == 0

@@ -1,4 +1,4 @@
-"""bench/bench_serve.py runs and writes the rows README's serving table is copied from (plumbing, not speed)."""
+"""bench/bench_serve.py runs and writes the rows docs/performance.md's serving table is copied from (plumbing, not speed)."""
 
 from __future__ import annotations
 
