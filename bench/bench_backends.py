@@ -74,11 +74,10 @@ def int8_step(bundle: Path, work: Path) -> Path:
 def step_callables(bundle: Path, device: str, threads: int, length: int, int8: Path | None = None):
     """{backend: zero-arg callable running STEPS sampler steps at (B=1 with CFG, L=length)},
     FLOPs of a call, extras."""
+    from v2m.core.bundle import load_config, text_max_tokens
     from v2m.runtime import sampler
     from v2m.runtime.backends.ort_backend import OrtBackend
     from v2m.runtime.backends.torch_backend import TorchBackend
-    from v2m.runtime.bundle import load_config
-    from v2m.runtime.text import text_max_tokens
 
     cfg = load_config(bundle)
     s = text_max_tokens(cfg.text)

@@ -119,7 +119,8 @@ def _inputs(cfg, b: int, length: int, s: int, seed: int = 0):
 
 def _plan(cfg, steps: int, solver: str | None) -> sampler.Plan:
     if family(cfg) == "sao":  # SAO 1.0's v-diffusion over its own schedule
-        from v2m.runtime.sao import SAOConfig, sigma_schedule
+        from v2m.core.bundle import SAOConfig
+        from v2m.families.sao import sigma_schedule
 
         opts = sampler.SamplerOptions(steps=steps, cfg_scale=4.5, solver=solver or "dpmpp-2m")
         return sampler.Plan.make(opts, sigmas=lambda n: sigma_schedule(SAOConfig(), n), objective="v")

@@ -61,7 +61,7 @@ def main() -> None:
     if not cuda and any("triton" in v for v in variants):
         raise SystemExit("bench_vae: the triton variants need CUDA")
     if args.bundle:
-        from v2m.runtime.bundle import load_config
+        from v2m.core.bundle import load_config
 
         args.preset = load_config(args.bundle).preset
     cfg = vae_mod.OobleckConfig.from_dict(bundle_config(args.preset).vae)

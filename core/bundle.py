@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import BundleError
+from .errors import BundleError, InputError
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -38,7 +38,7 @@ __all__ = [
 BUNDLE_FORMAT = "v2m-bundle/1"
 COMPONENTS = ("dit", "vae", "encoder", "text")
 # "v2m": V2M-Zero's own DiT (`v2m.models.dit`); "sao": Stable Audio Open (`v2m.models.sao_dit`,
-# settings in the `sao` section, `v2m.runtime.sao.SAOConfig`). A config without `family` is "v2m".
+# settings in the `sao` section, `v2m.families.sao.SAOConfig`). A config without `family` is "v2m".
 FAMILIES = ("v2m", "sao")
 
 
@@ -48,6 +48,111 @@ def _from_dict(cls, d: dict[str, Any], where: str):
     if unknown:
         raise BundleError(f"{where}: unknown keys {unknown}; expected some of {sorted(known)}")
     return cls(**d)
+
+
+# --- the sections that name a family or a component kind --------------------------------
+OBJECTIVES = ("v", "rf_denoiser", "rectified_flow")
+# Random-bundle presets (`v2m init-model --preset`), defined in `v2m.models.sao_bundle.SAO_PRESETS`.
+SAO_PRESET_NAMES = ("sao-tiny", "sao-small-tiny", "sao-1.0", "sao-small")
+# Sampler names as stable-audio-tools spells them; the defaults a converted bundle records.
+SAMPLERS = ("dpmpp-2m", "dpmpp-2m-sde", "dpmpp-3m-sde", "pingpong", "euler")
+DEFAULT_SAMPLER = {"v": "dpmpp-2m-sde", "rf_denoiser": "pingpong", "rectified_flow": "euler"}
+
+
+@dataclass
+class SAOConfig:
+    """The `sao` section of a Stable Audio Open bundle's config.json.
+
+    Attributes:
+        objective: "v", "rf_denoiser" or "rectified_flow" (see the module docstring).
+        sigma_min, sigma_max: the sampling range (v: SAO's 0.3 and 500; rf: 0 and 1).
+        sigma_schedule: "exponential" (log-linear sigmas, then 0: k-diffusion's polyexponential
+            with rho 1, diffusers' Cosine scheduler) or "logsnr" (stable-audio-tools' sample_rf:
+            sigma = sigmoid(-logSNR), logSNR linear from -6 to 2, first 1, last 0).
+        sampler: the default sampler, from the model's scheduler config or its objective.
+        latent_frames: the fixed length the model generates (SAO 1.0: 1024 = 47.5 s; Small: 256).
+        cond: the conditioner config (`v2m.models.sao_cond.SAOCondConfig` as a dict).
+    """
+
+    objective: str = "v"
+    sigma_min: float = 0.3
+    sigma_max: float = 500.0
+    sigma_schedule: str = "exponential"
+    sampler: str = "dpmpp-2m-sde"
+    latent_frames: int = 1024
+    cond: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise BundleError(f"sao.objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.sampler not in SAMPLERS:
+            raise BundleError(f"sao.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.sigma_schedule not in ("exponential", "logsnr"):
+            raise BundleError(f"sao.sigma_schedule must be exponential or logsnr, got {self.sigma_schedule!r}")
+        if not (0 <= self.sigma_min < self.sigma_max) or (self.objective == "v" and self.sigma_min <= 0):
+            raise BundleError(f"sao: bad sigma range [{self.sigma_min}, {self.sigma_max}]")
+        if self.objective != "v" and self.sigma_max > 1:
+            raise BundleError(f"sao: a rectified-flow model's sigma_max is at most 1, got {self.sigma_max}")
+        if self.latent_frames < 1:
+            raise BundleError(f"sao.latent_frames must be positive, got {self.latent_frames}")
+
+    @property
+    def seconds_names(self) -> list[str]:
+        """The seconds values the conditioner takes, in its input order."""
+        return [n["name"] if isinstance(n, dict) else n.name for n in self.cond.get("numbers", [])]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> SAOConfig:
+        from dataclasses import fields
+
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise BundleError(f"{where} [sao]: unknown keys {unknown}; expected some of {sorted(known)}")
+        return cls(**d)
+
+
+ENCODER_KINDS = ("dinov2", "cut", "motion")
+WEIGHT_FREE = ("cut", "motion")
+
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cut": {"kind": "cut", "input_size": 64, "bins": 16, "thumb": 8, "thumb_weight": 0.3},
+    "motion": {"kind": "motion", "input_size": 64, "grid": 8, "radius": 4},
+}
+
+
+def encoder_config(kind: str, **overrides) -> dict[str, Any]:
+    """The `encoder` section of a bundle config for a weight-free encoder `kind`."""
+    if kind not in _DEFAULTS:
+        raise InputError(f"encoder {kind!r} is not weight-free; choose one of {', '.join(WEIGHT_FREE)}")
+    unknown = sorted(set(overrides) - set(_DEFAULTS[kind]))
+    if unknown:
+        raise InputError(f"encoder {kind}: unknown settings {unknown}")
+    return {**_DEFAULTS[kind], **overrides}
+
+
+def is_weight_free(cfg: dict[str, Any]) -> bool:
+    """True when the bundle's encoder section names a weight-free encoder (no `encoder` component)."""
+    return cfg.get("kind", "dinov2") in WEIGHT_FREE
+
+
+def has_encoder_weights(cfg: dict[str, Any]) -> bool:
+    """True when the bundle has an `encoder` component (weights, a graph): DINOv2. Weight-free
+    encoders run in the runtime, and a text-only bundle (kind "none", e.g. Stable Audio Open
+    converted without --encoder) has none."""
+    return cfg.get("kind", "dinov2") == "dinov2"
+
+
+DEFAULT_MAX_TOKENS = 32  # S when a bundle's text config does not say: encoders, export profiles, engines
+
+
+def text_max_tokens(text_cfg: dict) -> int:
+    """S, the text length every encoder pads to and every exported graph is profiled for:
+    the bundle's `text.max_tokens`, else one default for every encoder kind."""
+    return int(text_cfg.get("max_tokens", DEFAULT_MAX_TOKENS))
 
 
 @dataclass
@@ -118,9 +223,7 @@ class BundleConfig:
 
     @property
     def sao_config(self):
-        """The `sao` section parsed (`v2m.runtime.sao.SAOConfig`); BundleError for another family."""
-        from .sao import SAOConfig
-
+        """The `sao` section parsed (`v2m.families.sao.SAOConfig`); BundleError for another family."""
         if self.family != "sao" or self.sao is None:
             raise BundleError(f"this is a {self.family} bundle, not a Stable Audio Open one")
         return SAOConfig.from_dict(self.sao)
@@ -176,8 +279,6 @@ class BundleConfig:
         if (cfg.family == "sao") != (cfg.sao is not None):
             raise BundleError(f"{where}: a 'sao' section goes with family 'sao' and only with it")
         if cfg.sao is not None:
-            from .sao import SAOConfig
-
             SAOConfig.from_dict(cfg.sao, where)  # validated now: one line, before any model loads
         return cfg
 

@@ -3,7 +3,7 @@
 One `ExportContract` per graph names its inputs and outputs in a fixed order with
 symbolic dimensions, says which dimensions are dynamic and their min/opt/max for
 TensorRT optimization profiles, and builds sample inputs from a bundle config. The
-exporter (`v2m.export.exporter`) and the engine builder (`v2m.export.tensorrt_build`)
+exporter (`v2m.export.exporter`) and the engine builder (`v2m.runtime.backends.trt_build`)
 read only this; neither knows a model by name.
 
 Torch-free on purpose: the TensorRT engine builder runs in the lean runtime.
@@ -36,8 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from v2m.runtime.bundle import BundleConfig
-from v2m.runtime.encoders import has_encoder_weights
+from .bundle import BundleConfig, text_max_tokens
 
 __all__ = [
     "TensorSpec",
@@ -45,8 +44,6 @@ __all__ = [
     "CONTRACTS",
     "GRAPH_NAMES",
     "SAMPLER_GRAPHS",
-    "contracts_for",
-    "graph_names",
     "MAX_VIDEOS",
     "MAX_BRANCHES",
     "MAX_STAGES",
@@ -193,7 +190,6 @@ MAX_BRANCHES = 3  # cond, uncond, nocurve (curve guidance)
 
 
 def max_tokens(cfg: BundleConfig) -> int:
-    from v2m.runtime.text import text_max_tokens
 
     return text_max_tokens(cfg.text)
 
@@ -324,25 +320,6 @@ CONTRACTS: dict[str, ExportContract] = {
 
 GRAPH_NAMES = tuple(CONTRACTS)
 SAMPLER_GRAPHS = ("text", "schedule", "step")
-
-
-def contracts_for(cfg: BundleConfig) -> dict[str, ExportContract]:
-    """The graphs a bundle exports, by its family: v2m's (`CONTRACTS`), or a Stable Audio Open
-    model's (`v2m.export.sao.sao_contracts`: T5, conditioner, and its own text/schedule/step).
-    A bundle whose frame encoder has no weights (or none at all) exports no encoder graph."""
-    if cfg.family == "sao":
-        from .sao import sao_contracts
-
-        out = sao_contracts(cfg)
-    else:
-        out = dict(CONTRACTS)
-    if not has_encoder_weights(cfg.encoder):
-        out.pop("encoder", None)
-    return out
-
-
-def graph_names(cfg: BundleConfig) -> tuple[str, ...]:
-    return tuple(contracts_for(cfg))
 
 
 def get_contract(name: str) -> ExportContract:

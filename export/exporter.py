@@ -6,7 +6,7 @@ result = export_bundle("tiny-bundle", "tiny-onnx")    # onnx/fp32/{encoder,vae,t
 export_bundle("full-bundle", "full-onnx", precisions=("fp32", "fp16"))   # + onnx/fp16/*.onnx
 ```
 
-One generic path reads the export contracts (`v2m.export.contracts`): build
+One generic path reads the export contracts (`v2m.core.contracts`): build
 the module in the export precision, trace it at the contract's first sample
 shape, write `onnx/<precision>/<name>.onnx` (external data in `<name>.onnx.data`
 past 2 GB), then run it in ONNX Runtime (CPU) at every sample shape, the export
@@ -45,19 +45,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from v2m.runtime import __version__
-from v2m.runtime.backends.torch_step import guided_stage, step_model
-from v2m.runtime.bundle import BundleConfig, load_config
-from v2m.runtime.errors import BundleError, OutputError, V2MError
-from v2m.runtime.manifest import (
+from v2m import families
+from v2m.core.bundle import BundleConfig, load_config
+from v2m.core.contracts import ExportContract
+from v2m.core.errors import BundleError, OutputError, V2MError
+from v2m.core.manifest import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
     config_sections_digest,
     sha256_file,
     write_manifest,
 )
+from v2m.families import contracts_for
+from v2m.runtime import __version__
+from v2m.runtime.backends.torch_step import guided_stage, step_model
 
-from .contracts import ExportContract, contracts_for
 from .islands import fp32_islands
 
 __all__ = [
@@ -169,9 +171,8 @@ def build_module(bundle_dir: str | Path, name: str, cfg: BundleConfig, precision
     with fp32 islands, see `islands.py`)."""
     from v2m.models.bundle import load_component
 
-    from .sao import FP32_GRAPHS
-
-    dtype = torch.float32 if name in FP32_GRAPHS else PRECISIONS[precision]  # t5, cond: fp32 in every set
+    fp32 = name in families.of(cfg).fp32_graphs
+    dtype = torch.float32 if fp32 else PRECISIONS[precision]  # t5, cond: fp32 in every set
     component = {"text": "dit", "schedule": "dit", "step": "dit", "t5": "text"}.get(name, name)
     module = load_component(bundle_dir, component, cfg, device="cpu", dtype=dtype)
     if dtype != torch.float32:
@@ -389,7 +390,7 @@ def _prepare_out(src: Path, out: Path, cfg: BundleConfig, with_weights: bool) ->
         raise BundleError(f"{src / text_file}: missing; the bundle is incomplete")
     else:
         log.warning("text encoder is a Hugging Face directory (%s); it is not copied", cfg.text.get("path"))
-    weights = ["dit", "vae", "encoder"] + (["cond"] if cfg.family == "sao" else [])
+    weights = [c for c in families.of(cfg).components(cfg) if c != "text"]
     weights += ["text"] if kind == "t5" else []
     for name in weights:
         f = out / (text_file if name == "text" else f"{name}.safetensors")

@@ -1,8 +1,8 @@
-"""Stable Audio Open bundles without torch: their settings and the model-call conventions.
+"""The Stable Audio Open family: the model-call conventions, export contracts and what differs from V2M-Zero.
 
 A bundle whose `family` is "sao" holds a Stable Audio Open DiT (`v2m.models.sao_dit`),
 its conditioner (`v2m.models.sao_cond`, component `cond`), a T5 text encoder and an
-Oobleck VAE. Its `sao` section (`SAOConfig`) says how to call the model:
+Oobleck VAE. Its `sao` section (`v2m.core.bundle.SAOConfig`) says how to call the model:
 
 objective "v" (SAO 1.0; k-diffusion's VDenoiser, diffusers' Cosine/EDM DPM-Solver with
 `prediction_type="v_prediction"`, sigma_data = 1):
@@ -24,88 +24,34 @@ Nothing here samples: the sampler (`v2m.runtime.sampler`) builds on these.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BundleError
+from v2m.core.bundle import OBJECTIVES, BundleConfig, SAOConfig
+from v2m.core.contracts import (
+    MAX_BRANCHES,
+    MAX_STAGES,
+    MAX_VIDEOS,
+    STEP_OUTPUTS,
+    STEP_STATE,
+    DimRange,
+    ExportContract,
+    TensorSpec,
+    _fill,
+)
+from v2m.core.errors import BundleError
 
 __all__ = [
-    "OBJECTIVES",
-    "PRESET_NAMES",
-    "SAMPLERS",
-    "SAOConfig",
     "model_time",
     "v_scalings",
     "denoised",
     "sigma_schedule",
     "seconds_values",
+    "SAO_GRAPHS",
+    "FP32_GRAPHS",
+    "sao_contracts",
 ]
-
-OBJECTIVES = ("v", "rf_denoiser", "rectified_flow")
-# Random-bundle presets (`v2m init-model --preset`), defined in `v2m.models.sao_bundle.SAO_PRESETS`.
-PRESET_NAMES = ("sao-tiny", "sao-small-tiny", "sao-1.0", "sao-small")
-# Sampler names as stable-audio-tools spells them; the defaults a converted bundle records.
-SAMPLERS = ("dpmpp-2m", "dpmpp-2m-sde", "dpmpp-3m-sde", "pingpong", "euler")
-DEFAULT_SAMPLER = {"v": "dpmpp-2m-sde", "rf_denoiser": "pingpong", "rectified_flow": "euler"}
-
-
-@dataclass
-class SAOConfig:
-    """The `sao` section of a Stable Audio Open bundle's config.json.
-
-    Attributes:
-        objective: "v", "rf_denoiser" or "rectified_flow" (see the module docstring).
-        sigma_min, sigma_max: the sampling range (v: SAO's 0.3 and 500; rf: 0 and 1).
-        sigma_schedule: "exponential" (log-linear sigmas, then 0: k-diffusion's polyexponential
-            with rho 1, diffusers' Cosine scheduler) or "logsnr" (stable-audio-tools' sample_rf:
-            sigma = sigmoid(-logSNR), logSNR linear from -6 to 2, first 1, last 0).
-        sampler: the default sampler, from the model's scheduler config or its objective.
-        latent_frames: the fixed length the model generates (SAO 1.0: 1024 = 47.5 s; Small: 256).
-        cond: the conditioner config (`v2m.models.sao_cond.SAOCondConfig` as a dict).
-    """
-
-    objective: str = "v"
-    sigma_min: float = 0.3
-    sigma_max: float = 500.0
-    sigma_schedule: str = "exponential"
-    sampler: str = "dpmpp-2m-sde"
-    latent_frames: int = 1024
-    cond: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise BundleError(f"sao.objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.sampler not in SAMPLERS:
-            raise BundleError(f"sao.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        if self.sigma_schedule not in ("exponential", "logsnr"):
-            raise BundleError(f"sao.sigma_schedule must be exponential or logsnr, got {self.sigma_schedule!r}")
-        if not (0 <= self.sigma_min < self.sigma_max) or (self.objective == "v" and self.sigma_min <= 0):
-            raise BundleError(f"sao: bad sigma range [{self.sigma_min}, {self.sigma_max}]")
-        if self.objective != "v" and self.sigma_max > 1:
-            raise BundleError(f"sao: a rectified-flow model's sigma_max is at most 1, got {self.sigma_max}")
-        if self.latent_frames < 1:
-            raise BundleError(f"sao.latent_frames must be positive, got {self.latent_frames}")
-
-    @property
-    def seconds_names(self) -> list[str]:
-        """The seconds values the conditioner takes, in its input order."""
-        return [n["name"] if isinstance(n, dict) else n.name for n in self.cond.get("numbers", [])]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> SAOConfig:
-        from dataclasses import fields
-
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise BundleError(f"{where} [sao]: unknown keys {unknown}; expected some of {sorted(known)}")
-        return cls(**d)
-
 
 def model_time(sigma, objective: str):
     """The DiT's time input for noise level `sigma` (array or float): atan(sigma) * 2 / pi for "v", else sigma."""
@@ -154,3 +100,127 @@ def seconds_values(names: list[str], duration_s: float, start_s: float = 0.0) ->
     if unknown:
         raise BundleError(f"this model is conditioned on {unknown}, which v2m does not know how to set")
     return np.asarray([values[n] for n in names], dtype=np.float32)
+
+
+# --- export contracts, as data (read by the generic exporter) ----------------------------
+
+SAO_GRAPHS = ("t5", "cond", "vae", "text", "schedule", "step")  # + encoder when the bundle has one
+FP32_GRAPHS = ("t5", "cond")  # once a generation: fp32 in every precision set
+
+
+@dataclass(frozen=True)
+class TokenContract(ExportContract):
+    """An ExportContract whose `ids` inputs are token ids below `vocab` (the T5 embedding's rows)."""
+
+    vocab: int = 2
+
+    def sample_inputs(
+        self, cfg: BundleConfig, values: dict[str, int], seed: int = 0, model_dtype: str = "float32"
+    ) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        out = {}
+        for spec in self.inputs:
+            shape = self.shape(spec, values, cfg)
+            if spec.fill == "ids":
+                out[spec.name] = rng.integers(0, self.vocab, shape).astype(spec.dtype)
+            else:
+                out[spec.name] = _fill(spec.fill, shape, rng, values).astype(spec.resolve_dtype(model_dtype))
+        return out
+
+
+def _sizes(cfg: BundleConfig) -> dict[str, int]:
+    sao = cfg.sao_config
+    tokens = int(cfg.text["max_tokens"])
+    return {"S": tokens, "E": cfg.text_dim, "K": len(sao.seconds_names), "Sx": tokens + len(sao.cond["cross_numbers"]),
+            "Dc": int(sao.cond["cond_dim"]), "Dg": int(sao.cond["cond_dim"]) * len(sao.cond["global_numbers"]),
+            "C": cfg.latent_channels, "Ci": int(cfg.dit.get("input_concat_dim", 0)), "F": sao.latent_frames}
+
+
+def sao_contracts(cfg: BundleConfig) -> dict[str, ExportContract]:
+    """The contracts of an SAO bundle's graphs (they depend on its config: the curve input, S, K)."""
+    n = _sizes(cfg)
+
+    def fixed(**dyn: DimRange):
+        return lambda c: {**{k: v for k, v in n.items() if k != "F"}, **dyn}
+
+    from v2m.core.contracts import CONTRACTS
+
+    return {
+        "encoder": CONTRACTS["encoder"],
+        "vae": CONTRACTS["vae"],
+        "t5": TokenContract(
+            name="t5",
+            inputs=(TensorSpec("input_ids", ("B", "S"), dtype="int64", fill="ids"),
+                    TensorSpec("attention_mask", ("B", "S"), dtype="int64", fill="mask")),
+            outputs=(TensorSpec("hidden", ("B", "S", "E")),),
+            dims=fixed(B=(1, 2, 4)),
+            samples=lambda c: [{"B": 2}, {"B": 3}],
+            tolerance=(1e-4, 1e-4),  # fp32 reorderings over the layers; relative bias baked for the fixed S
+            vocab=int(cfg.text["config"]["vocab_size"]),
+        ),
+        "cond": ExportContract(
+            name="cond",
+            inputs=(TensorSpec("text", ("B", "S", "E")), TensorSpec("text_mask", ("B", "S"), fill="mask"),
+                    TensorSpec("seconds", ("B", "K"), fill="const:12.5")),
+            outputs=(TensorSpec("cross_cond", ("B", "Sx", "Dc")), TensorSpec("global_cond", ("B", "Dg"))),
+            dims=fixed(B=(1, 2, 8)),
+            samples=lambda c: [{"B": 2}, {"B": 5}],
+            tolerance=(1e-5, 1e-5),
+        ),
+        **_sampler_contracts(cfg, n),
+    }
+
+
+def _sampler_contracts(cfg: BundleConfig, n: dict[str, int]) -> dict[str, ExportContract]:
+    """The SAO DiT's graphs for the one sampler (`v2m.runtime.backends.torch_step.SAOStepModel`):
+
+        text      text [GB, Sx, Dc] (the conditioner's cross tokens), global_cond [GB, Dg]
+                                                   -> text_kv [depth, 2, GB, H, Sx, Dh], g_emb [GB, D]
+        schedule  t_model [K]                      -> t_emb [K, D]
+        step      x, x_eval, d_prev [B, C, L], k [1], coef [K, 7], noise [N, B, C, L], weights [G],
+                  t_emb, (curve [GB, 1, L] with a curve channel,) text_kv, g_emb
+                                                   -> x_out, d [B, C, L], k_next [1]
+    """
+    d = cfg.dit
+    f = n["F"]
+    dims = {k: v for k, v in n.items() if k != "F"}
+    dims.update(depth=int(d["depth"]), Hd=int(d["heads"]), Dh=int(d["width"]) // int(d["heads"]), D=int(d["width"]))
+    kv = ("depth", 2, "GB", "Hd", "Sx", "Dh")
+    return {
+        "text": ExportContract(
+            name="text",
+            inputs=(TensorSpec("text", ("GB", "Sx", "Dc")), TensorSpec("global_cond", ("GB", "Dg"))),
+            outputs=(TensorSpec("text_kv", kv, dtype="model"), TensorSpec("g_emb", ("GB", "D"), dtype="model")),
+            dims=lambda c: {**dims, "GB": (1, 2, MAX_BRANCHES * MAX_VIDEOS)},
+            samples=lambda c: [{"GB": 2}, {"GB": 3}],
+            tolerance=(1e-4, 1e-4),
+        ),
+        "schedule": ExportContract(
+            name="schedule",
+            inputs=(TensorSpec("t_model", ("K",), fill="unit"),),
+            outputs=(TensorSpec("t_emb", ("K", "D"), dtype="model"),),
+            dims=lambda c: {**dims, "K": (1, c.sampler.steps, MAX_STAGES)},
+            samples=lambda c: [{"K": 7}, {"K": 12}],
+            tolerance=(1e-4, 1e-4),
+        ),
+        "step": ExportContract(
+            name="step",
+            inputs=(
+                *STEP_STATE,
+                TensorSpec("t_emb", ("K", "D"), dtype="model"),
+                # the curve is an input only of a model with the channel (a V2M-Zero fine-tune)
+                *((TensorSpec("curve", ("GB", 1, "L"), fill="unit"),) if n["Ci"] else ()),
+                TensorSpec("text_kv", kv, dtype="model"),
+                TensorSpec("g_emb", ("GB", "D"), dtype="model"),
+            ),
+            outputs=STEP_OUTPUTS,
+            dims=lambda c: {**dims, "B": (1, 1, MAX_VIDEOS), "G": (1, 2, MAX_BRANCHES),
+                            "GB": (1, 2, MAX_BRANCHES * MAX_VIDEOS), "K": (1, c.sampler.steps, MAX_STAGES),
+                            "N": (1, 1, MAX_STAGES), "L": (1, f, f)},
+            # An odd L at export, another B, G, K, N and L after: RoPE's arange(L + 1), the branch
+            # reshape and the noise gather stay dynamic.
+            samples=lambda c: [{"B": 1, "G": 2, "GB": 2, "K": 5, "N": 1, "L": min(f, 31)},
+                               {"B": 2, "G": 3, "GB": 6, "K": 8, "N": 8, "L": min(f, 17)}],
+            tolerance=(1e-4, 1e-4),
+        ),
+    }

@@ -1,6 +1,6 @@
-"""Batched event curves in Triton: `v2m.runtime.curves.event_curve` for B videos at once.
+"""Batched event curves in Triton: `v2m.core.curves.event_curve` for B videos at once.
 
-The numpy function in `v2m.runtime.curves` is the ground truth; this module
+The numpy function in `v2m.core.curves` is the ground truth; this module
 computes the same curve for a padded batch of feature sequences on the GPU in
 two kernel launches and no host sync between them:
 
@@ -14,7 +14,7 @@ two kernel launches and no host sync between them:
    recomputes the mean and std of its row of d (two passes over T_b floats,
    tiny next to the features), then standardizes, resamples to the latent rate
    (linear interpolation when fps <= latent_rate, the anti-aliased mean over each
-   latent frame's span when fps > latent_rate: `v2m.runtime.curves.resample`)
+   latent frame's span when fps > latent_rate: `v2m.core.curves.resample`)
    and applies the Hann window (the reference's own weights, a cached [K] fp32
    tensor) over its block of output frames.
 
@@ -49,7 +49,7 @@ import functools
 
 import numpy as np
 
-from v2m.runtime import curves as _curves
+from v2m.core import curves as _curves
 
 __all__ = [
     "triton_available",
@@ -295,12 +295,12 @@ def event_curves(
 
     Returns:
         fp32 [B, L_max] tensor on the features' device; row b equals
-        `v2m.runtime.curves.event_curve(features[b, :T_b], L_b, ...)`, zeros past L_b.
+        `v2m.core.curves.event_curve(features[b, :T_b], L_b, ...)`, zeros past L_b.
     """
     if triton is None:
         raise RuntimeError(
             "v2m.kernels.event_curve.event_curves needs triton; install it or use "
-            "event_curves_torch / v2m.runtime.curves.event_curve"
+            "event_curves_torch / v2m.core.curves.event_curve"
         )
     import torch
 
@@ -454,7 +454,7 @@ def event_curves_reference(
     kernel: int = 31,
     max_length: int | None = None,
 ) -> np.ndarray:
-    """`v2m.runtime.curves.event_curve` looped over a batch (features cast to float64).
+    """`v2m.core.curves.event_curve` looped over a batch (features cast to float64).
 
     Args and layout as `event_curves` (tensors or arrays); returns float32 [B, L_max].
     """

@@ -1,4 +1,4 @@
-"""Create and load model bundles (the directory format is described in `v2m.runtime.bundle`).
+"""Create and load model bundles (the directory format is described in `v2m.core.bundle`).
 
 `init_bundle` writes a random-weight bundle for any preset: the tiny one is what
 `v2m demo` and the tests run. `load_component` builds one PyTorch module from a
@@ -8,6 +8,7 @@ bundle with strict, one-line-error loading.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import math
 from pathlib import Path
@@ -15,13 +16,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from v2m.runtime.bundle import AudioConfig, BundleConfig, CurveConfig, SamplerConfig, load_config
-from v2m.runtime.encoders import encoder_config, has_encoder_weights
-from v2m.runtime.errors import BundleError
+from v2m import families
+from v2m.core.bundle import (
+    AudioConfig,
+    BundleConfig,
+    CurveConfig,
+    SamplerConfig,
+    encoder_config,
+    has_encoder_weights,
+    load_config,
+)
+from v2m.core.errors import BundleError
 
 from . import dinov2 as dinov2_mod
 from . import dit as dit_mod
-from . import sao_bundle, sao_cond, sao_dit, t5
+from . import sao_bundle, t5
 from . import text as text_mod
 from . import vae as vae_mod
 from .checkpoint import apply_state_dict, load_safetensors, save_safetensors
@@ -81,12 +90,12 @@ def bundle_config(preset: str, encoder: str = "dinov2") -> BundleConfig:
 
 def build_component(cfg: BundleConfig, name: str) -> nn.Module:
     """An uninitialized module for one component of a bundle config (dispatching on its family)."""
-    if name == "dit" and cfg.family == "sao":
-        return sao_dit.SAODiT(sao_dit.SAODiTConfig.from_dict(cfg.dit))
-    if name == "dit":
-        return dit_mod.DiT(dit_mod.DiTConfig.from_dict(cfg.dit))
-    if name == "cond" and cfg.family == "sao":
-        return sao_cond.SAOConditioner(sao_cond.SAOCondConfig.from_dict(cfg.sao["cond"]))
+    builder = families.of(cfg).builders.get(name)
+    if builder is not None:  # the family's own DiT or conditioner (`v2m.families`)
+        module, cls, config_cls = builder.split(":")
+        mod = importlib.import_module(module)
+        section = cfg.sao["cond"] if name == "cond" else cfg.dit
+        return getattr(mod, cls)(getattr(mod, config_cls).from_dict(section))
     if name == "text" and cfg.text.get("kind") == "t5":
         return t5.T5Encoder(t5.T5Config.from_dict(cfg.text["config"]))
     if name == "vae":
@@ -163,8 +172,8 @@ def init_bundle(
     meta = {"format": "v2m", "preset": preset, "seed": str(seed), "weights": "random"}
     if device.type != "cpu":
         meta["made_on"] = device.type
-    sao = cfg.family == "sao"
-    for name in ("encoder", "vae", "dit") + (("cond", "text") if sao else ()):
+    sao = "text" in families.of(cfg).components(cfg)  # the text encoder's weights are a component
+    for name in families.of(cfg).components(cfg):
         if name == "encoder" and not has_encoder_weights(cfg.encoder):
             (out / "encoder.safetensors").unlink(missing_ok=True)  # a stale one from --overwrite
             continue

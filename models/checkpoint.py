@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from v2m.runtime.errors import BundleError
+from v2m.core.errors import BundleError
 
 __all__ = ["load_safetensors", "save_safetensors", "apply_state_dict", "describe_mismatch", "config_from_dict"]
 
@@ -49,11 +49,11 @@ def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> di
 
 
 def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> Path:
-    """Write a state dict atomically (see `v2m.runtime.tempfiles`: no file is left on failure,
+    """Write a state dict atomically (see `v2m.core.tempfiles`: no file is left on failure,
     a signal, or, once the next write in that folder runs, a SIGKILL)."""
     from safetensors.torch import save_file
 
-    from v2m.runtime.tempfiles import atomic_output
+    from v2m.core.tempfiles import atomic_output
 
     path = Path(path)
     with atomic_output(path) as tmp:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from v2m.runtime.errors import BundleError
+from v2m.core.errors import BundleError
 
 from .checkpoint import apply_state_dict, config_from_dict, load_safetensors
 

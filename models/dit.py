@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from v2m.runtime.errors import BundleError
+from v2m.core.errors import BundleError
 
 from .checkpoint import config_from_dict
 

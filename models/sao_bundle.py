@@ -14,7 +14,7 @@ SRC is either layout Stability AI and diffusers publish:
 The bundle gets `dit`, `cond`, `vae`, `text` (T5) safetensors, the tokenizer.json, and a
 config.json whose `family` is "sao" and whose `sao` section records the objective, the
 sigma range and schedule, the default sampler, the fixed latent length and the
-conditioner (`v2m.runtime.sao.SAOConfig`). `--add-curve-channel` gives a checkpoint
+conditioner (`v2m.families.sao.SAOConfig`). `--add-curve-channel` gives a checkpoint
 without one V2M-Zero's zero-initialized curve channel (outputs unchanged until trained).
 A frame encoder (for the curve) comes from `--encoder` (a Hugging Face Dinov2Model
 directory); without it the bundle has none and runs text-only.
@@ -32,9 +32,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from v2m.runtime.bundle import AudioConfig, BundleConfig, CurveConfig, SamplerConfig
-from v2m.runtime.errors import BundleError, InputError, OutputError
-from v2m.runtime.sao import DEFAULT_SAMPLER, SAOConfig
+from v2m.core.bundle import (
+    DEFAULT_SAMPLER,
+    AudioConfig,
+    BundleConfig,
+    CurveConfig,
+    SamplerConfig,
+    SAOConfig,
+)
+from v2m.core.errors import BundleError, InputError, OutputError
 
 from . import sao_cond, sao_dit, t5
 from . import vae as vae_mod

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from v2m.runtime.errors import BundleError
+from v2m.core.errors import BundleError
 
 from .checkpoint import config_from_dict
 

@@ -24,7 +24,7 @@ The model output is what the objective defines: v-diffusion ("v", SAO 1.0) with 
 k-diffusion VDenoiser convention (t = atan(sigma) * 2 / pi, input scaled by
 c_in = 1 / sqrt(sigma^2 + 1)), or rectified flow ("rf_denoiser", SAO Small;
 "rectified_flow"), t = sigma in [0, 1], output v = noise - data. Those scalings live in
-`v2m.runtime.sao`, not here.
+`v2m.families.sao`, not here.
 
 The curve channel (V2M-Zero): stable-audio-tools' `input_concat_dim` widens the
 pre-process conv and the input projection to C + Ci input channels. Here those two
@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from v2m.runtime.errors import BundleError
+from v2m.core.errors import BundleError
 
 from .checkpoint import config_from_dict
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from v2m.runtime.errors import BundleError
+from v2m.core.errors import BundleError
 
 __all__ = ["TextConfig", "PRESETS", "init_builtin_table", "HFTextEncoder"]
 

@@ -43,8 +43,10 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import media, sampler, tempfiles
-from .errors import InputError, OutputError, V2MError
+from v2m.core import tempfiles
+from v2m.core.errors import InputError, OutputError, V2MError
+
+from . import media, sampler
 from .observers import Observers, ProfilerObserver, StepCallback
 from .request import Request
 

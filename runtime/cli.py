@@ -21,10 +21,9 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from . import __version__, tempfiles
-from .cli_support import ArgumentParser, StepProgress, UsageError, check_options
-from .encoders import ENCODER_KINDS
-from .errors import (
+from v2m.core import tempfiles
+from v2m.core.bundle import ENCODER_KINDS, SAO_PRESET_NAMES
+from v2m.core.errors import (
     EXIT_INTERNAL,
     EXIT_USAGE,
     EXTRAS,
@@ -34,9 +33,11 @@ from .errors import (
     require,
     signal_exit_code,
 )
+
+from . import __version__
+from .cli_support import ArgumentParser, StepProgress, UsageError, check_options
 from .request import Request
 from .sampler import SOLVERS
-from .sao import PRESET_NAMES as SAO_PRESET_NAMES
 
 log = logging.getLogger("v2m.cli")
 
@@ -166,7 +167,9 @@ def _check_video_job(video_path: Path, output: Path, args):
 
 def _progress_total(pipe, duration_s: float, args) -> int:
     """Sampler steps of the whole generation (windows of a long video included), from the header."""
-    from . import curves, windows
+    from v2m.core import curves
+
+    from . import windows
 
     cfg = pipe.config
     steps = pipe.sampler_options(args.steps, args.cfg_scale).steps
@@ -367,7 +370,7 @@ def cmd_curve(args) -> int:
             "curve": [round(float(v), 6) for v in res.curve],
         }))
     else:
-        from .curves import curve_peaks
+        from v2m.core.curves import curve_peaks
 
         peaks = curve_peaks(res.curve, 5)
         print(f"{args.video}: {res.duration_s:.2f} s, {res.num_frames} frames at {res.curve_fps:.3f} fps, "
@@ -383,8 +386,9 @@ def cmd_curve(args) -> int:
 
 def cmd_music_curve(args) -> int:
     """`v2m curve music.wav`: the music event curve, in the conventions of --model (default: demo)."""
-    from .bundle import load_config
-    from .curves import curve_peaks, latent_length
+    from v2m.core.bundle import load_config
+    from v2m.core.curves import curve_peaks, latent_length
+
     from .demo import resolve_model
     from .music import MusicEncoder, load_audio, music_curve
 
@@ -495,8 +499,9 @@ def cmd_demo(args) -> int:
     import os
     import tempfile
 
+    from v2m.core.curves import curve_peaks
+
     from . import media, synth
-    from .curves import curve_peaks
     from .music import music_curve
 
     # Before torch is imported: idle OpenMP threads sleep instead of spinning. The demo model
@@ -601,7 +606,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from v2m.export.tensorrt_build import build_engines
+    from v2m.runtime.backends.trt_build import build_engines
 
     kind, _, idx = args.device.partition(":")
     if kind != "cuda" or (idx and not idx.isdigit()):

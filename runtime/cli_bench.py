@@ -11,7 +11,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from .errors import InputError
+from v2m.core.errors import InputError
 
 log = logging.getLogger("v2m.cli")
 

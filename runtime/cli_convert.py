@@ -11,8 +11,8 @@ log = logging.getLogger("v2m.cli")
 
 
 def cmd_convert(args) -> int:
+    from v2m.core.bundle import load_config
     from v2m.models.sao_bundle import convert
-    from v2m.runtime.bundle import load_config
 
     out = convert(args.source, args.output, t5_dir=args.t5, add_curve_channel=args.add_curve_channel,
                   encoder_dir=args.encoder, overwrite=args.overwrite)

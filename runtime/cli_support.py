@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import InputError
+from v2m.core.errors import InputError
+
 from .sampler import SamplerOptions
 
 __all__ = [

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import os
 
-from .encoders import WEIGHT_FREE
-from .errors import require
+from v2m.core.bundle import WEIGHT_FREE
+from v2m.core.errors import require
 
 log = logging.getLogger("v2m.cli")
 

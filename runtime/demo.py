@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .errors import BundleError
+from v2m.core.errors import BundleError
 
 __all__ = ["DEMO_NAME", "demo_bundle_path", "resolve_model"]
 

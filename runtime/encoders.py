@@ -1,7 +1,7 @@
 """Frame encoders a bundle can name (`encoder.kind` in config.json; CLI `--encoder`).
 
 An encoder turns a signal into features [T, D] at `fps` rows a second; the event
-curve (`v2m.runtime.curves.event_curve`) is what every encoder feeds. Three
+curve (`v2m.core.curves.event_curve`) is what every encoder feeds. Three
 frame encoders, and the music encoder of `v2m.runtime.music` behind the same
 `encode(x) -> [T, D]` interface:
 
@@ -37,7 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BundleError, InputError
+from v2m.core.bundle import (
+    ENCODER_KINDS,
+    WEIGHT_FREE,
+    encoder_config,
+    has_encoder_weights,
+    is_weight_free,
+)
+from v2m.core.errors import BundleError, InputError
 
 __all__ = [
     "ENCODER_KINDS",
@@ -53,37 +60,6 @@ __all__ = [
     "block_motion",
     "cell_sums",
 ]
-
-ENCODER_KINDS = ("dinov2", "cut", "motion")
-WEIGHT_FREE = ("cut", "motion")
-
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cut": {"kind": "cut", "input_size": 64, "bins": 16, "thumb": 8, "thumb_weight": 0.3},
-    "motion": {"kind": "motion", "input_size": 64, "grid": 8, "radius": 4},
-}
-
-
-def encoder_config(kind: str, **overrides) -> dict[str, Any]:
-    """The `encoder` section of a bundle config for a weight-free encoder `kind`."""
-    if kind not in _DEFAULTS:
-        raise InputError(f"encoder {kind!r} is not weight-free; choose one of {', '.join(WEIGHT_FREE)}")
-    unknown = sorted(set(overrides) - set(_DEFAULTS[kind]))
-    if unknown:
-        raise InputError(f"encoder {kind}: unknown settings {unknown}")
-    return {**_DEFAULTS[kind], **overrides}
-
-
-def is_weight_free(cfg: dict[str, Any]) -> bool:
-    """True when the bundle's encoder section names a weight-free encoder (no `encoder` component)."""
-    return cfg.get("kind", "dinov2") in WEIGHT_FREE
-
-
-def has_encoder_weights(cfg: dict[str, Any]) -> bool:
-    """True when the bundle has an `encoder` component (weights, a graph): DINOv2. Weight-free
-    encoders run in the runtime, and a text-only bundle (kind "none", e.g. Stable Audio Open
-    converted without --encoder) has none."""
-    return cfg.get("kind", "dinov2") == "dinov2"
-
 
 class FrameEncoder(abc.ABC):
     """uint8 frames [N, H, W, 3] -> float32 features [N, D], streamed batch by batch.

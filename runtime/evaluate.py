@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, V2MError
+from v2m.core.errors import InputError, V2MError
 
 __all__ = [
     "scene_cut_hit",
@@ -108,7 +108,7 @@ def cut_hits(curve: np.ndarray, cuts: Sequence[float], latent_rate: float, toler
     Peaks are `curves.curve_peaks` (local maxima, at least 4 latent frames apart) at
     time index / latent_rate.
     """
-    from .curves import curve_peaks
+    from v2m.core.curves import curve_peaks
 
     c = np.asarray(cuts, dtype=np.float64).reshape(-1)
     if c.size == 0:
@@ -323,8 +323,9 @@ def plot_curve(
     Cuts default to PySceneDetect's scene cuts when installed, else the curve's peaks.
     Returns the path and which cuts were drawn ("given", "scenedetect" or "curve peaks").
     """
+    from v2m.core.curves import curve_peaks
+
     from . import video as video_mod
-    from .curves import curve_peaks
 
     pyplot, out_png = _pyplot(out_png)
     source = "given"
@@ -388,7 +389,7 @@ def _pyplot(out_png: str | Path):
 def plot_music_curve(name: str | Path, audio: np.ndarray, sample_rate: int, curve: np.ndarray, latent_rate: float,
                      out_png: str | Path, peaks: int = 5) -> Path:
     """Save a PNG: the waveform's envelope above the music event curve and its strongest peaks."""
-    from .curves import curve_peaks
+    from v2m.core.curves import curve_peaks
 
     pyplot, out_png = _pyplot(out_png)
     mono = np.asarray(audio, np.float64).mean(axis=0) if np.ndim(audio) == 2 else np.asarray(audio, np.float64)

@@ -38,9 +38,10 @@ import av
 import numpy as np
 import soundfile as sf
 
+from v2m.core.errors import InputError, NumericalError, OutputError
+from v2m.core.tempfiles import atomic_output
+
 from . import video
-from .errors import InputError, NumericalError, OutputError
-from .tempfiles import atomic_output
 from .video import error_text, open_video
 
 __all__ = [

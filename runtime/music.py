@@ -1,7 +1,7 @@
 """Music event curves: the audio twin of the video's event curve, in numpy (no torch).
 
 V2M-Zero trains on *music* event curves and swaps in *video* event curves at
-inference; both come out of the same `v2m.runtime.curves.event_curve`
+inference; both come out of the same `v2m.core.curves.event_curve`
 (frame-to-frame cosine dissimilarity, standardize, resample to the latent rate,
 Hann smoothing), only the features differ. The music features here are a
 log-mel spectrogram averaged over a centred window of about half a second:
@@ -42,8 +42,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import curves
-from .errors import InputError
+from v2m.core import curves
+from v2m.core.errors import InputError
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aif", ".aiff"}
 

@@ -39,12 +39,14 @@ from typing import Any
 
 import numpy as np
 
-from . import curves as curves_mod
+from v2m import families
+from v2m.core import curves as curves_mod
+from v2m.core.bundle import BundleConfig, load_config
+from v2m.core.errors import InputError, NumericalError
+
 from . import encoders as encoders_mod
 from . import media, sampler, video, windows
 from .backends import Backend, create_backend
-from .bundle import BundleConfig, load_config
-from .errors import InputError, NumericalError
 from .observers import STAGES, Observers, ProfilerObserver, StepCallback
 from .prepared import CurveResult, GenerationResult, Prepared, Sampled
 from .request import Request
@@ -239,31 +241,19 @@ class Pipeline:
 
     def plan(self, opts: sampler.SamplerOptions, has_negative: bool = False) -> sampler.Plan:
         """The sampler plan (guidance branches and weights, solver table) of `opts` for this bundle:
-        v2m's rectified flow, or a Stable Audio Open model's sigma-space solvers over its own
-        noise schedule. A solver that does not fit the model is an InputError."""
-        keeps = self.config.sampler.uncond_keeps_curve
+        its family's time grid or noise schedule and model convention (`v2m.families`). A solver
+        that does not fit the model is an InputError."""
+        fam = families.of(self.config)
         try:
-            if self.config.family == "sao":
-                from .sao import sigma_schedule
-
-                sao = self.config.sao_config
-                return sampler.Plan.make(opts, keeps, has_negative, sigmas=lambda n: sigma_schedule(sao, n),
-                                         objective=sao.objective)
-            return sampler.Plan.make(opts, keeps, has_negative)
+            return sampler.Plan.make(opts, self.config.sampler.uncond_keeps_curve, has_negative,
+                                     sigmas=fam.sigmas(self.config), objective=fam.objective(self.config))
         except ValueError as e:
-            raise InputError(f"{e} (this is a {self._model_kind()} model)") from None
-
-    def _model_kind(self) -> str:
-        if self.config.family == "sao":
-            return f"Stable Audio Open, {self.config.sao_config.objective!r} objective"
-        return "V2M-Zero rectified-flow"
+            raise InputError(f"{e} (this is a {fam.kind(self.config)} model)") from None
 
     def sampling_length(self, length: int) -> int:
         """Latent frames a generation of `length` is sampled at: a fixed-length model (Stable Audio
         Open) generates its own length and the result is cropped; windows take longer videos."""
-        if self.config.family == "sao":
-            return max(length, self.config.sao_config.latent_frames)
-        return length
+        return families.of(self.config).sampling_length(self.config, length)
 
     def initial_noise(self, seed: int, length: int) -> np.ndarray:
         """The seeded initial noise [1, C, L'] of a video of `length` latent frames (L' = `sampling_length`)."""
@@ -288,13 +278,10 @@ class Pipeline:
         value, or one per video.
         """
         curve = np.ascontiguousarray(curve[:, None, :], dtype=np.float32)  # (B, 1, L)
-        if self.config.family != "sao":
-            return sampler.Conditioning(curve, emb, mask, neg, neg_mask)
-        from .sao import seconds_values
-
         totals = np.broadcast_to(np.asarray(seconds_total, dtype=np.float64), (emb.shape[0],))
-        names = self.config.sao_config.seconds_names
-        sec = np.stack([seconds_values(names, float(t)) for t in totals])  # (B, K)
+        sec = families.of(self.config).seconds(self.config, totals)  # (B, K), or None: no conditioner
+        if sec is None:
+            return sampler.Conditioning(curve, emb, mask, neg, neg_mask)
         cross, glob = self.backend.condition(emb, mask, sec)
         ones = np.ones(cross.shape[:2], np.float32)
         neg_cross = None

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from v2m.core.errors import InputError
+
 from . import media
-from .errors import InputError
 from .request import Request
 from .sampler import SamplerOptions
 

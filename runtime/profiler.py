@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import OutputError
+from v2m.core.errors import OutputError
 
 __all__ = [
     "Profiler",

@@ -18,7 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InputError
+from v2m.core.errors import InputError
+
 from .sampler import SamplerOptions
 
 __all__ = ["Request", "KEEP_AUDIO_DB", "REENCODE_MODES", "SEED_LIMIT", "check_seed", "check_keep_audio"]

@@ -339,7 +339,7 @@ def sigma_table(sigmas: np.ndarray, solver: str, objective: str) -> SolverTable:
     """The samplers of Stable Audio Open models over a decreasing noise schedule `sigmas`
     (sigma_0 = sigma_max ... sigma_N = 0), in k-diffusion's and stable-audio-tools' form.
 
-    The model's conventions (`v2m.runtime.sao`): for "v", the input is c_in x, its time
+    The model's conventions (`v2m.families.sao`): for "v", the input is c_in x, its time
     atan(sigma) 2 / pi, and denoised = c_skip x + c_out out; for "rf_denoiser" and
     "rectified_flow", the input is x, its time sigma, out = v = noise - x0 and denoised
     = x - sigma v. Every solver below is one stage a step in the module's stage form:
@@ -352,7 +352,7 @@ def sigma_table(sigmas: np.ndarray, solver: str, objective: str) -> SolverTable:
     pingpong      (`sample_flow_pingpong`): x = (1 - sigma_i+1) D + sigma_i+1 noise.
     euler         (rectified flow in sigma): x = x + (sigma_i+1 - sigma_i) v.
     """
-    from .sao import model_time, v_scalings
+    from v2m.families.sao import model_time, v_scalings
 
     sig = np.asarray(sigmas, dtype=np.float64)
     if sig.ndim != 1 or len(sig) < 2 or np.any(np.diff(sig) >= 0) or sig[-1] < 0:
@@ -421,7 +421,7 @@ class Plan:
         objective: str = "v2m",
     ) -> Plan:
         """v2m's rectified flow by default; a Stable Audio Open model passes its objective and a
-        sigmas(steps) -> schedule callable (`v2m.runtime.sao.sigma_schedule`)."""
+        sigmas(steps) -> schedule callable (`v2m.families.sao.sigma_schedule`)."""
         g = guidance(opts, uncond_keeps_curve, has_negative)
         if objective == "v2m":
             if opts.solver not in OBJECTIVE_SOLVERS["v2m"]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .errors import OutputError
+from v2m.core.errors import OutputError
 
 __all__ = ["make_test_video", "scene_palette"]
 

@@ -3,7 +3,7 @@
 Stable Audio Open bundles (`text.kind == "t5"`) encode prompts with T5. The torch
 path is `v2m.models.t5.T5TextEncoder`; this module is the lean runtime's: the
 tokenizer is the `tokenizers` library reading the bundle's `tokenizer.json` (never
-transformers, never a download), the encoder is `onnx/t5.onnx` (`v2m.export.sao`).
+transformers, never a download), the encoder is `onnx/t5.onnx` (`v2m.families.sao`).
 
 Tokenization follows transformers' T5 tokenizer with `padding="max_length",
 truncation=True`: the post-processor's `</s>` is kept when a prompt is cut, padding
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BackendUnavailable, BundleError
+from v2m.core.errors import BackendUnavailable, BundleError
 
 __all__ = ["T5Tokenizer", "OnnxT5TextEncoder", "load_t5_text_encoder"]
 
@@ -83,7 +83,7 @@ def load_t5_text_encoder(bundle_dir: str | Path, text_cfg: dict, text_dim: int, 
     """The T5 encoder of a bundle: torch weights (`text.safetensors`) if torch is installed, else
     `onnx/t5.onnx` in ONNX Runtime on the CPU."""
     bundle_dir = Path(bundle_dir)
-    from .text import text_max_tokens
+    from v2m.core.bundle import text_max_tokens
 
     tok = T5Tokenizer(bundle_dir / text_cfg.get("tokenizer", "tokenizer.json"), text_max_tokens(text_cfg))
     weights = bundle_dir / text_cfg.get("file", "text.safetensors")
@@ -108,7 +108,7 @@ def load_t5_text_encoder(bundle_dir: str | Path, text_cfg: dict, text_dim: int, 
 def _t5_graph(bundle_dir: Path) -> Path | None:
     """The exported t5 graph (fp32 in every precision set; the fp32 set's first), checked
     against the manifest; None for a bundle that is not exported."""
-    from .manifest import MANIFEST_NAME, load_manifest
+    from v2m.core.manifest import MANIFEST_NAME, load_manifest
 
     if not (bundle_dir / MANIFEST_NAME).is_file():
         return None

@@ -24,20 +24,19 @@ from typing import Protocol
 
 import numpy as np
 
-from .errors import BundleError, InputError
+from v2m.core.bundle import text_max_tokens
+from v2m.core.errors import BundleError, InputError
 
 __all__ = [
     "TextEncoder",
     "BuiltinTextEncoder",
     "PrecomputedText",
     "load_text_encoder",
-    "text_max_tokens",
     "tokenize",
 ]
 
 log = logging.getLogger("v2m.text")
 
-DEFAULT_MAX_TOKENS = 32  # S when a bundle's text config does not say: encoders, export profiles, engines
 BOS_ID = 1  # always present, so even an empty prompt has one unmasked key
 PAD_ID = 0
 _WORD = re.compile(r"[0-9a-z]+")
@@ -50,12 +49,6 @@ class TextEncoder(Protocol):
     def encode(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         """prompt -> (embeddings [S, E] float32, mask [S] bool)."""
         ...
-
-
-def text_max_tokens(text_cfg: dict) -> int:
-    """S, the text length every encoder pads to and every exported graph is profiled for:
-    the bundle's `text.max_tokens`, else one default for every encoder kind."""
-    return int(text_cfg.get("max_tokens", DEFAULT_MAX_TOKENS))
 
 
 def tokenize(prompt: str, vocab_size: int, max_tokens: int) -> np.ndarray:

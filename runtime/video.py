@@ -33,7 +33,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .errors import InputError
+from v2m.core.errors import InputError
 
 __all__ = [
     "IMAGENET_MEAN",

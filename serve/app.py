@@ -39,7 +39,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from v2m.runtime.errors import InputError, V2MError
+from v2m.core.errors import InputError, V2MError
 
 from .config import GENERATE_FIELDS, ServeConfig, media_type_of, parse_generate_fields, suffix_of
 from .engine import Abandoned, Engine, Ticket

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 
-from v2m.runtime.errors import BackendUnavailable, InputError
+from v2m.core.errors import BackendUnavailable, InputError
 
 log = logging.getLogger("v2m.serve")
 
@@ -52,7 +52,7 @@ def load_pipeline(options: dict):
 
 
 def cmd_serve(args) -> int:
-    from v2m.runtime.bundle import load_config
+    from v2m.core.bundle import load_config
 
     require("serve", "fastapi", "uvicorn", "python_multipart", "prometheus_client")
     config = serve_config(args)

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from v2m.runtime.errors import InputError
+from v2m.core.errors import InputError
 from v2m.runtime.request import Request
 
 __all__ = ["ServeConfig", "FORMATS", "GENERATE_FIELDS", "parse_generate_fields", "suffix_of", "media_type_of",

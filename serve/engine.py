@@ -280,7 +280,8 @@ class Engine:
                  observe_batch: Callable[[int], None] | None = None):
         self.pipe, self.config = pipe, config
         self.observe_stage = observe_stage or (lambda stage, s: None)
-        self.observers = Observers([StageMetrics(self.observe_stage)])
+        # read at call time: the app sets `observe_stage` after construction
+        self.observers = Observers([StageMetrics(lambda stage, s: self.observe_stage(stage, s))])
         # what the engine's profile takes with the most guidance branches (cond, uncond, nocurve)
         backend_max = pipe.backend.max_batch(3)
         self.max_batch = int(config.max_batch or backend_max or DEFAULT_MAX_BATCH)

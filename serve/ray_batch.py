@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from v2m.core.errors import InputError
 from v2m.runtime import batch
 from v2m.runtime.batch import BatchOptions, BatchSummary, Job, show
-from v2m.runtime.errors import InputError
 
 from .cli import check_ray_args, load_pipeline, pipeline_options, require
 
@@ -134,7 +134,7 @@ def run_batch_ray(jobs: list[Job], opts: BatchOptions, options: dict, address: s
     """
     import ray
 
-    from v2m.runtime.bundle import load_config
+    from v2m.core.bundle import load_config
 
     t_start = time.perf_counter()
     out_dir = batch.check_output_dir(opts.out_dir)

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from v2m.runtime.errors import InputError, OutputError
+from v2m.core.errors import InputError, OutputError
 
 __all__ = [
     "step_rng",

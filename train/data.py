@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from v2m.core.errors import InputError
 from v2m.runtime import music
-from v2m.runtime.errors import InputError
 
 from . import synth_music
 

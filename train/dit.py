@@ -42,11 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from v2m.core import curves
+from v2m.core.bundle import AudioConfig, BundleConfig, CurveConfig, SamplerConfig, encoder_config
 from v2m.models.checkpoint import save_safetensors
 from v2m.models.dit import DiT, DiTConfig
-from v2m.runtime import curves
-from v2m.runtime.bundle import AudioConfig, BundleConfig, CurveConfig, SamplerConfig
-from v2m.runtime.encoders import encoder_config
 from v2m.runtime.music import music_curve
 from v2m.runtime.text import PAD_ID, tokenize
 
@@ -192,7 +191,7 @@ def prepare(source: Source, ae_dir: str | Path, out_path: Path, kernel: int, voc
     """Latents, music curves, token ids and event peaks of every clip of `source`, saved to `out_path` (.npz)."""
     import multiprocessing as mp
 
-    from v2m.runtime.manifest import sha256_file
+    from v2m.core.manifest import sha256_file
 
     # What the data depends on: a cached file made from other clips, another autoencoder or
     # other curve settings is made again.

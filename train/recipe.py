@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from v2m.runtime.bundle import SamplerConfig
-from v2m.runtime.errors import OutputError
+from v2m.core.bundle import SamplerConfig
+from v2m.core.errors import OutputError
 
 from . import common
 from .autoencoder import AE_PRESETS, AE_TRAIN_PRESETS, AETrainConfig, train_autoencoder

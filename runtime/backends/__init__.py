@@ -3,7 +3,7 @@
 `create_backend("auto", ...)` picks the best that can run here: TensorRT on an
 NVIDIA GPU with engines or ONNX graphs, then ONNX Runtime for an exported
 bundle, then PyTorch. `resolve_backend` makes the same choice and resolves
-`--device auto` without importing any framework (`v2m.runtime.devices` asks the CUDA
+`--device auto` without importing any framework (`v2m.core.devices` asks the CUDA
 driver): the CLI uses it to pick the default precision before anything loads. The
 log says which one ran.
 """
@@ -14,9 +14,10 @@ import importlib.util
 import logging
 from pathlib import Path
 
-from .. import devices
-from ..bundle import BundleConfig
-from ..errors import BackendUnavailable
+from v2m.core import devices
+from v2m.core.bundle import BundleConfig
+from v2m.core.errors import BackendUnavailable
+
 from .base import Backend
 
 __all__ = ["Backend", "BACKENDS", "create_backend", "resolve_backend", "available_backends"]

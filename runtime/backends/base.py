@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from v2m.core.errors import InputError
+
 from ..sampler import Conditioning, Plan, branch_batch, global_batch
 
 __all__ = ["Backend", "StepHook", "EngineCall", "runtime_graphs"]
@@ -67,7 +68,7 @@ class Backend(abc.ABC):
     def condition(self, text: np.ndarray, text_mask: np.ndarray, seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A Stable Audio Open conditioner: T5 tokens [B, S, E], mask [B, S], seconds [B, K] ->
         (cross-attention tokens [B, S + Kx, Dc], global conditioning [B, Dg]), float32 numpy."""
-        from ..errors import BundleError
+        from v2m.core.errors import BundleError
 
         raise BundleError(f"the {self.name} backend has no conditioner for this bundle (only Stable Audio Open "
                           "bundles have one)")
@@ -114,6 +115,6 @@ class EngineCall:
 def runtime_graphs(cfg) -> tuple[str, ...]:
     """The exported graphs an engine backend runs for a bundle: every one its family exports but
     the T5 text encoder (`v2m.runtime.t5_text` runs that)."""
-    from v2m.export.contracts import graph_names
+    from v2m.families import graph_names
 
     return tuple(n for n in graph_names(cfg) if n != "t5")

@@ -35,9 +35,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..bundle import BundleConfig
-from ..errors import BackendUnavailable, BundleError
-from ..manifest import Manifest, load_manifest
+from v2m.core.bundle import BundleConfig
+from v2m.core.errors import BackendUnavailable, BundleError
+from v2m.core.manifest import Manifest, load_manifest
+
 from ..sampler import Conditioning, Plan, SolverTable, sample_loop
 from .base import Backend, EngineCall, runtime_graphs
 

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..bundle import BundleConfig
-from ..encoders import has_encoder_weights
-from ..errors import BackendUnavailable
+from v2m import families
+from v2m.core.bundle import BundleConfig, has_encoder_weights
+from v2m.core.errors import BackendUnavailable
+
 from ..sampler import Conditioning, Plan, sample_loop
 from .base import Backend
 from .torch_step import branch_tensors, make_stage, stage_tensors, step_model
@@ -61,7 +62,7 @@ class TorchBackend(Backend):
         self.encoder = load("encoder") if has_encoder_weights(cfg.encoder) else None
         # the seconds/text conditioner of a Stable Audio Open bundle; fp32: it runs once a generation
         self.cond = (load_component(bundle_dir, "cond", cfg, device=self.torch_device, dtype=torch.float32)
-                     if cfg.family == "sao" else None)
+                     if "cond" in families.of(cfg).components(cfg) else None)
         self._sched_cache: dict[tuple, tuple] = {}
 
     # --- frames -------------------------------------------------------------------------
@@ -76,7 +77,7 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def encode_frames(self, pixels: np.ndarray):
         if self.encoder is None:
-            from ..errors import BundleError
+            from v2m.core.errors import BundleError
 
             raise BundleError("this bundle has no frame encoder (converted without --encoder), so it cannot follow a "
                               "video; convert it again with --encoder DIR (a DINOv2 checkpoint)")

@@ -54,8 +54,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..bundle import BundleConfig
-from ..errors import BackendUnavailable
+from v2m.core.bundle import BundleConfig
+from v2m.core.errors import BackendUnavailable
+
 from ..sampler import Conditioning, Plan, SolverTable, solver_step
 from .torch_backend import TorchBackend
 from .torch_step import branch_tensors, guided_stage, make_stage, step_model

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import BackendUnavailable
+from v2m.core.errors import BackendUnavailable
 
 __all__ = ["triton_backbone", "TritonSnake1d", "use_triton_snake"]
 

@@ -4,7 +4,7 @@ Imports neither torch nor tensorrt at module level: tensorrt and cuda-python are
 imported when the backend is created, and a missing one is a one-line
 `BackendUnavailable`.
 
-On creation it (re)builds what the engine cache lacks (`v2m.export.tensorrt_build`:
+On creation it (re)builds what the engine cache lacks (`v2m.runtime.backends.trt_build`:
 strongly typed engines of the graphs of the backend's precision, keyed by ONNX
 sha256, precision, profile, TensorRT version and GPU compute capability; stale ones
 are logged and rebuilt) on the backend's own GPU (cuda:N), and deserializes the five
@@ -37,9 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import BundleConfig
-from ..errors import BackendUnavailable, InputError
-from ..manifest import GraphInfo, load_manifest
+from v2m.core.bundle import BundleConfig
+from v2m.core.errors import BackendUnavailable, InputError
+from v2m.core.manifest import GraphInfo, load_manifest
+
 from ..sampler import Conditioning, Plan, SolverTable, sample_loop, solver_step
 from .base import Backend, EngineCall
 
@@ -54,7 +55,7 @@ class _Cuda:
     """The few cuda-python runtime calls the backend needs, on one device and one stream."""
 
     def __init__(self, cudart, device_id: int):
-        from v2m.export.tensorrt_build import cuda_check
+        from v2m.runtime.backends.trt_build import cuda_check
 
         self.rt, self.device_id = cudart, device_id
         self._ck = lambda res: cuda_check(cudart, res)
@@ -256,7 +257,7 @@ class TensorRTBackend(Backend):
         cuda_graphs: bool = True,
         max_shapes: int = 2,
     ):
-        from v2m.export.tensorrt_build import build_engines, import_cudart, import_tensorrt
+        from v2m.runtime.backends.trt_build import build_engines, import_cudart, import_tensorrt
 
         trt = import_tensorrt()
         cudart = import_cudart()

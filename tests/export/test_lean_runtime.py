@@ -121,7 +121,7 @@ def test_runtime_modules_import_without_torch(blocker, tmp_path):
         import v2m.runtime, v2m.runtime.backends
         names = ["v2m.runtime." + m.name for m in pkgutil.iter_modules(v2m.runtime.__path__)]
         names += ["v2m.runtime.backends." + m.name for m in pkgutil.iter_modules(v2m.runtime.backends.__path__)]
-        names += ["v2m.export", "v2m.export.contracts", "v2m.export.tensorrt_build"]
+        names += ["v2m.export", "v2m.core.contracts", "v2m.runtime.backends.trt_build"]
         failed = []
         for name in names:
             if name.rpartition(".")[2].startswith("torch"):
@@ -139,8 +139,8 @@ def test_runtime_modules_import_without_torch(blocker, tmp_path):
 def test_tensorrt_backend_unavailable_without_tensorrt(lean_bundle, blocker, tmp_path):
     r = _python(blocker, f"""
         from v2m.runtime.backends.trt_backend import TensorRTBackend
-        from v2m.runtime.bundle import load_config
-        from v2m.runtime.errors import BackendUnavailable
+        from v2m.core.bundle import load_config
+        from v2m.core.errors import BackendUnavailable
         try:
             TensorRTBackend({str(lean_bundle)!r}, load_config({str(lean_bundle)!r}), device="cuda")
         except BackendUnavailable as e:

@@ -24,12 +24,12 @@ import pytest
 import torch
 from sampler_oracle import rel_err
 
+from v2m.core.bundle import load_config
 from v2m.export.exporter import export_bundle
 from v2m.models.bundle import init_bundle, load_component
 from v2m.models.checkpoint import save_safetensors
 from v2m.models.sao_dit import SAODiTConfig, add_curve_channel
 from v2m.runtime import sampler
-from v2m.runtime.bundle import load_config
 from v2m.runtime.text import load_text_encoder
 
 pytest.importorskip("onnxruntime")
@@ -63,7 +63,7 @@ def test_every_graph_matches_pytorch(exported):
 
 def _oracle_sao(dit, cond_model, noise, curve, emb, mask, neg, seconds, sigmas, cfg_scale):
     """k-diffusion's sample_dpmpp_2m over SAO's VDenoiser with CFG, from the model's own forward."""
-    from v2m.runtime.sao import v_scalings
+    from v2m.families.sao import v_scalings
 
     f64 = lambda a: torch.from_numpy(np.asarray(a)).double()
     dit, cond_model = dit.double(), cond_model.double()
@@ -113,8 +113,8 @@ def _inputs(cfg, b, length, seed=0, negative=False):
 @pytest.mark.parametrize("backend", ["torch", "torch-fast", "onnxruntime"])
 @pytest.mark.parametrize("negative", [False, True])
 def test_sampler_matches_the_oracle(sao_bundle, exported, backend, negative):
+    from v2m.families.sao import seconds_values, sigma_schedule
     from v2m.runtime import Pipeline
-    from v2m.runtime.sao import seconds_values, sigma_schedule
 
     out, _ = exported
     path = out if backend == "onnxruntime" else sao_bundle
@@ -234,7 +234,7 @@ def test_lean_runtime_encodes_prompts_like_torch(sao_bundle, exported, tmp_path)
     code = textwrap.dedent(f"""
         import json, sys
         import numpy as np
-        from v2m.runtime.bundle import load_config
+        from v2m.core.bundle import load_config
         from v2m.runtime.text import load_text_encoder
         cfg = load_config({str(out)!r})
         enc = load_text_encoder({str(out)!r}, cfg.text, cfg.text_dim)

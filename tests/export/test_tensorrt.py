@@ -10,7 +10,7 @@ import logging
 import numpy as np
 import pytest
 
-from v2m.export.tensorrt_build import (
+from v2m.runtime.backends.trt_build import (
     BUILDER_REVISION,
     EngineCache,
     EngineMeta,
@@ -116,8 +116,8 @@ def test_truncated_engine_is_stale(tmp_path, caplog):
 
 
 def test_engine_precision_is_the_graph_sets():
-    from v2m.export.tensorrt_build import engine_meta
-    from v2m.runtime.manifest import GraphInfo
+    from v2m.core.manifest import GraphInfo
+    from v2m.runtime.backends.trt_build import engine_meta
 
     g = GraphInfo("step", "onnx/fp16/step.onnx", "c" * 64, "fp16", [], [],
                   {"x": {"min": [1, 2, 1], "opt": [1, 2, 3], "max": [4, 2, 8]}})
@@ -128,8 +128,8 @@ def test_engine_precision_is_the_graph_sets():
 @pytest.mark.parametrize("version,ok", [("10.3.0", True), ("11.4.0", True), ("9.2.0", False), ("12.0.0", False),
                                         ("x", False)])
 def test_supported_tensorrt_versions(version, ok):
-    from v2m.export.tensorrt_build import check_tensorrt_version
-    from v2m.runtime.errors import BackendUnavailable
+    from v2m.core.errors import BackendUnavailable
+    from v2m.runtime.backends.trt_build import check_tensorrt_version
 
     if ok:
         assert check_tensorrt_version(version) == int(version[:2])
@@ -216,7 +216,7 @@ def _fake_trt(major: int):
 def test_build_is_strongly_typed_with_no_precision_flags(monkeypatch, tmp_path, major, precision):
     """Both majors get a strongly typed network and no weak-typing flag; precision comes from
     the graph. fp32 turns TF32 off."""
-    from v2m.export import tensorrt_build as tb
+    from v2m.runtime.backends import trt_build as tb
 
     trt, calls = _fake_trt(major)
     monkeypatch.setattr(tb, "import_tensorrt", lambda: trt)
@@ -234,11 +234,11 @@ def test_build_is_strongly_typed_with_no_precision_flags(monkeypatch, tmp_path, 
 def test_build_and_run_tiny_engines(tmp_path, short_video):
     pytest.importorskip("tensorrt")
     pytest.importorskip("cuda")
+    from v2m.core.errors import BackendUnavailable
     from v2m.export.exporter import export_bundle
     from v2m.models.bundle import init_bundle
     from v2m.runtime import Pipeline
     from v2m.runtime.backends.trt_backend import TensorRTBackend
-    from v2m.runtime.errors import BackendUnavailable
 
     src = init_bundle("tiny", tmp_path / "bundle")
     out = tmp_path / "exported"

@@ -1,7 +1,7 @@
 """The batched event-curve kernel (and its plain-torch twin) against the numpy reference.
 
 Every expected value comes from `event_curves_reference`, the batch loop over
-`v2m.runtime.curves.event_curve` that `bench/bench_event_curve.py` imports too.
+`v2m.core.curves.event_curve` that `bench/bench_event_curve.py` imports too.
 The reference is given the same rounded input as the kernel (fp16/bf16 features
 cast to float64), so the tolerances only cover fp32 accumulation.
 """
@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
+from v2m.core import curves  # noqa: E402
 from v2m.kernels import event_curve as ec  # noqa: E402
-from v2m.runtime import curves  # noqa: E402
 
 FPS = 24.0
 LATENT_RATE = 44100 / 3584

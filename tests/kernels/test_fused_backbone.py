@@ -13,11 +13,11 @@ pytest.importorskip("triton")
 
 from sampler_oracle import CASE_IDS, CASES, case_inputs, oracle_sample, rel_err  # noqa: E402
 
+from v2m.core.errors import BackendUnavailable  # noqa: E402
 from v2m.models.dit import PRESETS, DiT  # noqa: E402
 from v2m.runtime import sampler  # noqa: E402
 from v2m.runtime.backends.torch_fast import FastConfig, FastSampler  # noqa: E402
 from v2m.runtime.backends.torch_fused import triton_backbone  # noqa: E402
-from v2m.runtime.errors import BackendUnavailable  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 
+from v2m.core.errors import BundleError  # noqa: E402
 from v2m.models.checkpoint import save_safetensors  # noqa: E402
 from v2m.models.dinov2 import (  # noqa: E402
     PRESETS,
@@ -16,7 +17,6 @@ from v2m.models.dinov2 import (  # noqa: E402
     config_from_hf,
     convert_state_dict,
 )
-from v2m.runtime.errors import BundleError  # noqa: E402
 
 # Same math in the same fp32 op order as transformers; on x86 CPU the outputs come out bit-identical.
 # The margin (~100 ulps of the O(1)-O(4) activations) allows for the fused qkv matmul taking

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from v2m.core.errors import BundleError
 from v2m.models.dit import PRESETS, DiT, DiTConfig
-from v2m.runtime.errors import BundleError
 
 CFG = DiTConfig(latent_channels=6, width=32, depth=2, heads=4, mlp_dim=48, text_dim=12, freq_dim=16)
 

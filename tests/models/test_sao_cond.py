@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from v2m.core.errors import BundleError
 from v2m.models.sao_cond import (
     PRESETS,
     SAOCondConfig,
@@ -15,7 +16,6 @@ from v2m.models.sao_cond import (
     convert_diffusers_state_dict,
     convert_stable_audio_state_dict,
 )
-from v2m.runtime.errors import BundleError
 
 diffusers = pytest.importorskip("diffusers")
 from sao_fixtures import REL, diffusers_projection, rel_err  # noqa: E402

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from v2m.core.bundle import SAO_PRESET_NAMES, BundleConfig, load_config
+from v2m.core.errors import BundleError, InputError, OutputError
+from v2m.families import sao as sao_rt
 from v2m.models.bundle import PRESET_NAMES, init_bundle, load_component
 from v2m.models.sao_bundle import SAO_PRESETS, convert
 from v2m.models.vae import OobleckDecoder
-from v2m.runtime import sao as sao_rt
-from v2m.runtime.bundle import BundleConfig, load_config
 from v2m.runtime.cli import main
-from v2m.runtime.errors import BundleError, InputError, OutputError
 from v2m.runtime.text import load_text_encoder
 
 diffusers = pytest.importorskip("diffusers")
@@ -203,7 +203,7 @@ def test_sao_bundle_config_round_trip_and_old_bundles(tiny_bundle, tmp_path):
                      ({"sao": {**cfg.sao, "objective": "eps"}}, "objective must be one of")):
         with pytest.raises(BundleError, match=msg):
             BundleConfig.from_dict({**cfg.to_dict(), **bad})
-    assert set(sao_rt.PRESET_NAMES) == set(SAO_PRESETS) and set(SAO_PRESETS) <= set(PRESET_NAMES)
+    assert set(SAO_PRESET_NAMES) == set(SAO_PRESETS) and set(SAO_PRESETS) <= set(PRESET_NAMES)
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from v2m.core.errors import BundleError
 from v2m.models.sao_dit import (
     PRESETS,
     SAODiT,
@@ -17,7 +18,6 @@ from v2m.models.sao_dit import (
     convert_diffusers_state_dict,
     convert_stable_audio_state_dict,
 )
-from v2m.runtime.errors import BundleError
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.models.embeddings import get_1d_rotary_pos_embed  # noqa: E402

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from v2m.core.errors import BundleError
 from v2m.models.t5 import (
     T5Config,
     T5Encoder,
@@ -15,7 +16,6 @@ from v2m.models.t5 import (
     make_tokenizer,
     relative_position_buckets,
 )
-from v2m.runtime.errors import BundleError
 from v2m.runtime.t5_text import T5Tokenizer
 
 transformers = pytest.importorskip("transformers")

@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 
+from v2m.core.errors import BundleError
 from v2m.models.checkpoint import save_safetensors
 from v2m.models.vae import (
     PRESETS,
@@ -16,7 +17,6 @@ from v2m.models.vae import (
     fold_weight_norm,
     infer_config,
 )
-from v2m.runtime.errors import BundleError
 
 diffusers = pytest.importorskip("diffusers")
 

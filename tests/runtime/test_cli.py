@@ -134,7 +134,7 @@ def test_unsupported_output_suffix(capsys, tiny_bundle, short_video, tmp_path):
 
 
 def test_pickle_checkpoint_refused(tmp_path):
-    from v2m.runtime.errors import BundleError
+    from v2m.core.errors import BundleError
 
     with pytest.raises(BundleError, match="pickle"):
         load_safetensors(tmp_path / "model.pt")

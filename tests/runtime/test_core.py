@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from sampler_oracle import oracle_sample, rel_err
 
+from v2m.core.errors import InputError, NumericalError
 from v2m.runtime import sampler, windows
-from v2m.runtime.errors import InputError, NumericalError
 from v2m.runtime.observers import Observer, Observers
 from v2m.runtime.request import Request
 

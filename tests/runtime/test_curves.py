@@ -6,7 +6,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from v2m.runtime import curves
+from v2m.core import curves
 
 
 def test_dissimilarity_hand_checked():

@@ -67,8 +67,8 @@ def test_shipped_graphs_match_the_shipped_weights(demo_pipe, synth_video):
     """The ONNX graphs in the bundle and its safetensors are one model: ONNX Runtime's audio is
     PyTorch's (two independent engines, same seed), and the manifest names these weights."""
     pytest.importorskip("onnxruntime")
+    from v2m.core.manifest import load_manifest
     from v2m.runtime import Pipeline
-    from v2m.runtime.manifest import load_manifest
 
     load_manifest(demo_bundle_path()).verify_weights()
     ort = Pipeline.from_pretrained("demo", backend="onnxruntime", device="cpu")
@@ -83,8 +83,8 @@ def test_changed_weights_refuse_the_graphs(tmp_path):
     not a silently different model on one engine."""
     import shutil
 
-    from v2m.runtime.errors import BundleError
-    from v2m.runtime.manifest import load_manifest
+    from v2m.core.errors import BundleError
+    from v2m.core.manifest import load_manifest
 
     pytest.importorskip("onnxruntime")
     from v2m.runtime import Pipeline

@@ -9,9 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from v2m.runtime import curves, encoders, video
+from v2m.core import curves
+from v2m.core.errors import InputError
+from v2m.runtime import encoders, video
 from v2m.runtime.cli import main
-from v2m.runtime.errors import InputError
 
 RATE = 44100 / 3584
 

@@ -138,7 +138,8 @@ def test_curve_measures_of_a_folder(tmp_path, make_video):
     """Music that changes on the cuts scores high; the same music changing elsewhere scores low."""
     import soundfile as sf
 
-    from v2m.runtime import curves, encoders, music, video
+    from v2m.core import curves
+    from v2m.runtime import encoders, music, video
 
     cuts = [1.5, 3.2, 4.6]
     vids, good, bad = tmp_path / "videos", tmp_path / "good", tmp_path / "bad"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from v2m.core.bundle import load_config
 from v2m.models.bundle import bundle_config, load_component
 from v2m.models.vae import OobleckConfig, OobleckDecoder
 from v2m.runtime import sampler
@@ -19,7 +20,6 @@ from v2m.runtime.backends.torch_fast import (
     vae_receptive_field,
 )
 from v2m.runtime.backends.torch_step import DiTStepModel
-from v2m.runtime.bundle import load_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -62,7 +62,7 @@ class AsyncFakeBackend(Backend):
 
 @pytest.fixture
 def fake_pipe(tiny_bundle):
-    from v2m.runtime.bundle import load_config
+    from v2m.core.bundle import load_config
     from v2m.runtime.pipeline import Pipeline
     from v2m.runtime.text import load_text_encoder
 
@@ -166,9 +166,9 @@ def test_tensorrt_uses_its_own_device():
 
 
 def test_ort_runs_do_not_sync_and_its_cuda_clock_says_so(tiny_bundle, tmp_path):
+    from v2m.core.bundle import load_config
     from v2m.export.exporter import export_bundle
     from v2m.runtime.backends.ort_backend import OrtBackend
-    from v2m.runtime.bundle import load_config
 
     out = tmp_path / "e"
     export_bundle(tiny_bundle, out, names=("encoder", "vae", "text", "schedule", "step"), check=False)
@@ -181,9 +181,9 @@ def test_ort_runs_do_not_sync_and_its_cuda_clock_says_so(tiny_bundle, tmp_path):
 
 
 def test_one_text_length_default():
-    from v2m.export.contracts import max_tokens
+    from v2m.core.bundle import DEFAULT_MAX_TOKENS, text_max_tokens
+    from v2m.core.contracts import max_tokens
     from v2m.models.bundle import bundle_config
-    from v2m.runtime.text import DEFAULT_MAX_TOKENS, text_max_tokens
 
     assert text_max_tokens({"kind": "hf", "path": "x"}) == DEFAULT_MAX_TOKENS  # the HF encoder's default too
     cfg = bundle_config("tiny")

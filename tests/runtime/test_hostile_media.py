@@ -21,9 +21,10 @@ import av
 import numpy as np
 import pytest
 
-from v2m.runtime import media, tempfiles, video
-from v2m.runtime.curves import latent_length
-from v2m.runtime.errors import InputError, OutputError
+from v2m.core import tempfiles
+from v2m.core.curves import latent_length
+from v2m.core.errors import InputError, OutputError
+from v2m.runtime import media, video
 from v2m.runtime.synth import make_test_video
 
 SR = 44100
@@ -333,8 +334,8 @@ def test_damage_mid_file_resyncs(make_video, tmp_path, suffix, caplog):
 
 
 def test_damaged_curve_is_flat_over_the_gap_and_covers_the_duration(tiny_bundle, make_video, tmp_path):
+    from v2m.core.curves import dissimilarity
     from v2m.runtime import Pipeline
-    from v2m.runtime.curves import dissimilarity
 
     clean = make_video("clean.mp4", duration_s=8.0, cuts=(1.0, 7.0))
     bad = tmp_path / "bad.mp4"
@@ -475,10 +476,10 @@ def test_folder_vanishes_before_write(tmp_path, synth_video, monkeypatch):
 def test_int32_weights_refused(tiny_bundle_copy):
     import torch
 
+    from v2m.core.bundle import load_config
+    from v2m.core.errors import BundleError
     from v2m.models.bundle import load_component
     from v2m.models.checkpoint import load_safetensors, save_safetensors
-    from v2m.runtime.bundle import load_config
-    from v2m.runtime.errors import BundleError
 
     path = tiny_bundle_copy / "dit.safetensors"
     sd = load_safetensors(path)
@@ -492,8 +493,8 @@ def test_int32_weights_refused(tiny_bundle_copy):
 def test_int32_text_table_refused(tiny_bundle_copy):
     from safetensors.numpy import load_file, save_file
 
-    from v2m.runtime.bundle import load_config
-    from v2m.runtime.errors import BundleError
+    from v2m.core.bundle import load_config
+    from v2m.core.errors import BundleError
     from v2m.runtime.text import load_text_encoder
 
     path = tiny_bundle_copy / "text.safetensors"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from v2m.core.errors import NumericalError, OutputError
 from v2m.runtime import media
-from v2m.runtime.errors import NumericalError, OutputError
 from v2m.runtime.video import probe
 
 SR = 44100

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from v2m.runtime import curves, music
+from v2m.core import curves
+from v2m.runtime import music
 from v2m.runtime.cli import main
 
 SR = 44100

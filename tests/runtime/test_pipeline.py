@@ -4,8 +4,8 @@ import av
 import numpy as np
 import pytest
 
+from v2m.core.curves import curve_peaks
 from v2m.runtime import Pipeline
-from v2m.runtime.curves import curve_peaks
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from v2m.core.errors import OutputError
 from v2m.runtime.cli import main
-from v2m.runtime.errors import OutputError
 from v2m.runtime.profiler import (
     REPORT_SCHEMA,
     Profiler,

@@ -218,7 +218,7 @@ def gaussian_denoiser(mu, s):
 
 def v_model(denoise):
     """The v-diffusion model output whose k-diffusion VDenoiser gives `denoise` (input x c_in, time atan)."""
-    from v2m.runtime.sao import v_scalings
+    from v2m.families.sao import v_scalings
 
     def out(x_in, t):
         sigma = np.tan(t * np.pi / 2)
@@ -230,7 +230,8 @@ def v_model(denoise):
 
 
 def test_dpmpp_2m_is_k_diffusions():
-    from v2m.runtime.sao import SAOConfig, sigma_schedule
+    from v2m.core.bundle import SAOConfig
+    from v2m.families.sao import sigma_schedule
 
     rng = np.random.default_rng(0)
     z = rng.standard_normal((2, 3, 7))
@@ -246,7 +247,8 @@ def test_dpmpp_2m_is_k_diffusions():
 def test_dpmpp_2m_converges_to_the_probability_flow_solution():
     # data ~ N(mu, s^2): the ODE maps x_T to mu + (x_T - mu) s / sqrt(s^2 + sigma_max^2) (up to the
     # sigma_min truncation of the schedule, which the exact flow from sigma_min to 0 also does)
-    from v2m.runtime.sao import SAOConfig, sigma_schedule
+    from v2m.core.bundle import SAOConfig
+    from v2m.families.sao import sigma_schedule
 
     mu, s = 0.3, 0.5
     z = np.random.default_rng(1).standard_normal(1000)
@@ -263,7 +265,8 @@ def test_dpmpp_2m_converges_to_the_probability_flow_solution():
 
 
 def test_dpmpp_2m_sde_is_k_diffusions():
-    from v2m.runtime.sao import SAOConfig, sigma_schedule
+    from v2m.core.bundle import SAOConfig
+    from v2m.families.sao import sigma_schedule
 
     rng = np.random.default_rng(2)
     z = rng.standard_normal((1, 2, 5))
@@ -279,7 +282,8 @@ def test_dpmpp_2m_sde_is_k_diffusions():
 @pytest.mark.parametrize("solver", ["pingpong", "euler"])
 def test_rectified_flow_sigma_solvers(solver):
     """SAO Small's samplers: ping-pong as stable-audio-tools writes it, Euler in sigma."""
-    from v2m.runtime.sao import SAOConfig, sigma_schedule
+    from v2m.core.bundle import SAOConfig
+    from v2m.families.sao import sigma_schedule
 
     rng = np.random.default_rng(3)
     z = rng.standard_normal((1, 2, 6))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sampler_oracle import CASE_IDS, CASES, case_inputs, oracle_sample, rel_err
 
+from v2m.core.bundle import load_config
 from v2m.runtime import sampler
 from v2m.runtime.backends.torch_backend import TorchBackend
 from v2m.runtime.backends.torch_fast import FastConfig, FastSampler
-from v2m.runtime.bundle import load_config
 
 
 @pytest.fixture(scope="module")

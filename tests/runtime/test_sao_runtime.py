@@ -7,15 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from v2m.runtime.errors import BundleError
-from v2m.runtime.sao import (
-    SAOConfig,
-    denoised,
-    model_time,
-    seconds_values,
-    sigma_schedule,
-    v_scalings,
-)
+from v2m.core.bundle import SAOConfig
+from v2m.core.errors import BundleError
+from v2m.families.sao import denoised, model_time, seconds_values, sigma_schedule, v_scalings
 
 SIGMAS = np.array([0.3, 0.7, 1.0, 3.0, 80.0, 500.0])
 

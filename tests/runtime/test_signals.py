@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from v2m.runtime import tempfiles
+from v2m.core import tempfiles
 from v2m.runtime.cli import main
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from sampler_oracle import CASE_IDS, CASES, case_inputs, oracle_sample, rel_err
 
+from v2m.core.errors import BackendUnavailable
 from v2m.runtime import sampler
 from v2m.runtime.backends import trt_backend as tb
-from v2m.runtime.errors import BackendUnavailable
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -132,8 +132,8 @@ def exported(tmp_path_factory):
 
 
 def make_backend(exported, fail_capture=False, graphs=True, max_shapes=2):
-    from v2m.runtime.bundle import load_config
-    from v2m.runtime.manifest import load_manifest
+    from v2m.core.bundle import load_config
+    from v2m.core.manifest import load_manifest
 
     _, out = exported
     man = load_manifest(out)

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from v2m.runtime.errors import InputError
+from v2m.core.errors import InputError
 from v2m.runtime.video import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -10,16 +10,15 @@ import subprocess
 import sys
 import threading
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from v2m.runtime.bundle import SamplerConfig
-from v2m.runtime.errors import InputError
-from v2m.runtime.sampler import SamplerOptions
+from v2m.core.bundle import SamplerConfig
+from v2m.core.errors import InputError
 from v2m.runtime.prepared import Prepared
 from v2m.runtime.request import Request
+from v2m.runtime.sampler import SamplerOptions
 from v2m.serve.config import ServeConfig, parse_generate_fields, suffix_of
 from v2m.serve.engine import Scheduler
 

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from v2m.runtime import curves  # noqa: E402
+from v2m.core import curves  # noqa: E402
 from v2m.runtime.cli import main  # noqa: E402
 from v2m.runtime.music import music_curve  # noqa: E402
 from v2m.train import autoencoder as ae  # noqa: E402
@@ -207,7 +207,7 @@ def test_train_cli(tmp_path, capsys):
 
 def test_resume_refuses_other_settings_and_times_add_up(ae_run, tmp_path):
     """Rerunning a finished run with other settings is one clear error; timing.json adds up invocations."""
-    from v2m.runtime.errors import InputError
+    from v2m.core.errors import InputError
 
     with pytest.raises(InputError, match="other settings"):
         ae.train_autoencoder(ae_run, SynthSource(0, 4, 2.0), ae.AE_PRESETS["tiny"],

@@ -1,7 +1,7 @@
 """TensorRT engines from an exported bundle's ONNX graphs, cached by content.
 
 ```python
-from v2m.export.tensorrt_build import build_engines
+from v2m.runtime.backends.trt_build import build_engines
 paths = build_engines("tiny-onnx", precision="fp16")   # {"encoder": .../engines/encoder-<key16>.engine, ...}
 ```
 
@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from v2m.runtime.bundle import load_config
-from v2m.runtime.errors import BackendUnavailable, BundleError
-from v2m.runtime.manifest import GraphInfo, load_manifest, sha256_file
+from v2m.core.bundle import load_config
+from v2m.core.errors import BackendUnavailable, BundleError
+from v2m.core.manifest import GraphInfo, load_manifest, sha256_file
 
 __all__ = [
     "PRECISIONS",
