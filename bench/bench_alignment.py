@@ -2,7 +2,7 @@
 
     python bench/bench_alignment.py --model demo --videos 24 --seed 20000 [--curve-guidance 1,2]
 
-For each held-out video (`v2m.runtime.alignment.make_cut_videos`: 8 to 12 s, 2 to 5
+For each held-out video (`v2m.eval.alignment.make_cut_videos`: 8 to 12 s, 2 to 5
 hard cuts at random times; seeds 20000-29999 are used by nothing else, 30000 and up are
 the validation videos the bundle's curve-guidance default was chosen on) it generates
 with the curve, without it (`--no-curve`) and with each curve-guidance weight asked
@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
-from v2m.runtime.alignment import alignment_check  # noqa: E402
+from v2m.eval.alignment import alignment_check
 
 TARGETS = {"corr": 0.7, "corr_gain": 0.4, "cut_hits": 0.6, "cut_hits_gain": 0.3, "flatness": 0.2}
 

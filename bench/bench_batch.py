@@ -40,7 +40,7 @@ def prepare(preset: str, work: Path, n: int, duration: float) -> tuple[Path, lis
 
 
 def run_once(pipe, clips: list[Path], out: Path, batch_size: int, steps: int | None) -> float:
-    from v2m.runtime import batch
+    from v2m import batch
 
     jobs = batch.collect_inputs(clips, out, prompt="warm synth pop", seed=0)
     from v2m.runtime.request import Request

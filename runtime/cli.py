@@ -253,7 +253,7 @@ def cmd_generate_batch(args) -> int:
     with its B and shapes, stage totals, wall time); --trace one Chrome trace of it. Both are
     also written when the run is interrupted (what ran until then).
     """
-    from . import batch
+    from v2m import batch
 
     req = request_from_args(args, seed=None, prompt="")  # checked before any work; jobs set prompt and seed
     if args.manifest and args.inputs:
@@ -377,7 +377,7 @@ def cmd_curve(args) -> int:
               f"curve of {res.curve.size} latent frames ({res.curve_impl})")
         print("strongest events at: " + ", ".join(f"{i / res.latent_rate:.2f} s" for i in peaks))
     if args.plot:
-        from .evaluate import plot_curve
+        from v2m.eval.evaluate import plot_curve
 
         path, source = plot_curve(args.video, res.curve, res.latent_rate, args.plot)
         print(f"wrote {path} (cuts from {source})", file=sys.stderr if args.json else sys.stdout)
@@ -409,7 +409,7 @@ def cmd_music_curve(args) -> int:
               f"curve of {curve.size} latent frames (numpy)")
         print("strongest events at: " + ", ".join(f"{i / cfg.latent_rate:.2f} s" for i in peaks))
     if args.plot:
-        from .evaluate import plot_music_curve
+        from v2m.eval.evaluate import plot_music_curve
 
         path = plot_music_curve(args.video, audio, sr, curve, cfg.latent_rate, args.plot)
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
@@ -417,7 +417,7 @@ def cmd_music_curve(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate_folder, format_side_by_side, require_eval
+    from v2m.eval.evaluate import evaluate_folder, format_side_by_side, require_eval
 
     require_eval("scenedetect")  # one line if the [eval] extra is missing, before any work: cuts for every measure
     sch = not args.no_curves  # SCH alone needs librosa; without it the curve measures still run
@@ -571,7 +571,7 @@ def cmd_demo(args) -> int:
           f"on {result.info['device']}, setup {t_setup:.2f} s)")
     print(format_timings(result.timings, result.step_ms))
     if base is not None:
-        from .evaluate import curve_correlation, plot_alignment
+        from v2m.eval.evaluate import curve_correlation, plot_alignment
 
         base_music = music_curve(base.audio, base.sample_rate, result.curve.size, rate, kernel)
         r, r0 = curve_correlation(music, result.curve), curve_correlation(base_music, result.curve)

@@ -18,7 +18,7 @@ new sampler call, so the work between calls (a long video's per-window VAE
 decode) is in no step. When torch sees a CUDA device, every stage and every
 step is also an NVTX range (for Nsight Systems); otherwise the ranges are no-ops.
 
-Batch mode (`v2m.runtime.batch.run_batch(..., profiler=prof)`) records one run
+Batch mode (`v2m.batch.run_batch(..., profiler=prof)`) records one run
 per finished video (its own stages; its share of its group's sampler time) and
 one group per sampler call over B videos (or per long video's windows) with
 that group's step times, B and shapes; `report()["batch"]` holds the groups,
@@ -455,7 +455,7 @@ class Profiler:
         self._steps, self._calls, self._calls_t0 = [], [], []
         return flat
 
-    # --- batch mode (v2m.runtime.batch.run_batch) ------------------------------------
+    # --- batch mode (v2m.batch.run_batch) ------------------------------------
     def begin_batch(self, **meta: Any) -> None:
         """Start a batch run; `meta` (backend, preset, steps...) goes to the report."""
         self.meta.update(meta)

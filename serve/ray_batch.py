@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from v2m import batch
+from v2m.batch import BatchOptions, BatchSummary, Job, show
 from v2m.core.errors import InputError
-from v2m.runtime import batch
-from v2m.runtime.batch import BatchOptions, BatchSummary, Job, show
 
 from .cli import check_ray_args, load_pipeline, pipeline_options, require
 
@@ -65,7 +65,7 @@ class _Worker:
         try:
             it = batch.prepare_item(self.pipe, job, self.opts, self.model, self.options)
         except Exception as e:  # noqa: BLE001 - recorded per video; the batch goes on
-            job.fail(batch._reason(e))
+            job.fail(batch.reason_of(e))
             return res
         if it is not None:
             res["item"] = it
@@ -77,7 +77,7 @@ class _Worker:
         for it, r in zip(items, results):
             error = batch.complete(self.pipe, it, r)
             if error is not None:
-                it.job.fail(batch._reason(error))
+                it.job.fail(batch.reason_of(error))
         return [{"index": r["index"], "job": it.job} for r, it in zip(group, items)]
 
 
@@ -150,7 +150,7 @@ def run_batch_ray(jobs: list[Job], opts: BatchOptions, options: dict, address: s
     pipe_like = SimpleNamespace(bundle_dir=info.bundle_dir, backend=SimpleNamespace(describe=lambda: info.describe))
 
     def write_summary() -> None:
-        batch._write_summary(summary_path, jobs, pipe_like, steps, cfg_scale, time.perf_counter() - t_start)
+        batch.write_summary(summary_path, jobs, pipe_like, steps, cfg_scale, time.perf_counter() - t_start)
 
     def record(i: int, job: Job) -> None:
         mine = jobs[i]

@@ -129,7 +129,7 @@ def run_recipe(work: str | Path, out: str | Path, recipe: DemoRecipe, seed: int 
 
     stage("bundle", bundle)
     if recipe.check_videos:
-        from v2m.runtime.alignment import alignment_check
+        from v2m.eval.alignment import alignment_check
 
         report["check"] = stage("check", lambda: alignment_check(out, work / "check", count=recipe.check_videos,
                                                                  seed=10_000 + seed))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from v2m.runtime import batch
+from v2m import batch
 from v2m.runtime.cli import main
 from v2m.runtime.request import Request
 from v2m.runtime.synth import make_test_video

@@ -44,7 +44,7 @@ def demo_pipe():
 def test_music_lands_on_the_cuts(demo_pipe, tmp_path):
     """Two held-out cut videos: with the curve, the music curve follows the video's (r >= 0.5) and
     its strongest peaks hit at least half the cuts; without the curve it does clearly worse."""
-    from v2m.runtime.alignment import alignment_check
+    from v2m.eval.alignment import alignment_check
 
     res = alignment_check("demo", tmp_path, count=2, seed=7_777, pipeline=demo_pipe)
     with_curve, without = res["curve"], res["no_curve"]
@@ -113,7 +113,7 @@ def test_model_demo_resolves(capsys, synth_video):
 def test_eval_with_baseline(tmp_path, capsys):
     """`v2m generate` with and without the curve, then `v2m eval --baseline`: the side-by-side table."""
     pytest.importorskip("scenedetect")
-    from v2m.runtime.alignment import make_cut_videos
+    from v2m.eval.alignment import make_cut_videos
 
     vids = tmp_path / "videos"
     make_cut_videos(vids, 1, seed=7_778)

@@ -133,7 +133,7 @@ def test_cut_curve_peaks_at_known_cuts(make_video):
 
 def test_cut_curve_agrees_with_scenedetect(make_video):
     """PySceneDetect's ContentDetector (the classical reference) finds the same cuts as the curve's peaks."""
-    from v2m.runtime.evaluate import detect_cuts
+    from v2m.eval.evaluate import detect_cuts
 
     pytest.importorskip("scenedetect")
     path = make_video("cuts.mp4", duration_s=7.0, cuts=(0.9, 2.6, 4.9))

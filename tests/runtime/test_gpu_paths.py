@@ -92,7 +92,7 @@ def test_explicit_profile_of_an_async_backend_says_host_sync(fake_pipe, short_vi
 
 
 def test_batch_groups_respect_the_engine(fake_pipe, make_video, tmp_path):
-    from v2m.runtime import batch
+    from v2m import batch
     from v2m.runtime.request import Request
 
     pipe = fake_pipe(max_videos=2)

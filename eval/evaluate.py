@@ -18,7 +18,7 @@ scenedetect are the `[eval]` extra, imported only here and only when needed;
 tests inject cuts and beats instead. The curve measures need no extra.
 
 ```python
-from v2m.runtime.evaluate import evaluate_folder
+from v2m.eval.evaluate import evaluate_folder
 report = evaluate_folder("out/", "videos/", tolerance=0.5)
 print(report.table())
 ```
@@ -122,7 +122,7 @@ def cut_hits(curve: np.ndarray, cuts: Sequence[float], latent_rate: float, toler
 
 def median_flatness(audio: np.ndarray) -> float:
     """Median spectral flatness over the audio's (non-silent) frames."""
-    from .music import spectral_flatness
+    from v2m.runtime.music import spectral_flatness
 
     f = spectral_flatness(audio)
     return float(np.median(f)) if f.size else 1.0
@@ -324,8 +324,7 @@ def plot_curve(
     Returns the path and which cuts were drawn ("given", "scenedetect" or "curve peaks").
     """
     from v2m.core.curves import curve_peaks
-
-    from . import video as video_mod
+    from v2m.runtime import video as video_mod
 
     pyplot, out_png = _pyplot(out_png)
     source = "given"
@@ -377,7 +376,7 @@ def _pyplot(out_png: str | Path):
     mpl.use("Agg")
     import matplotlib.pyplot as pyplot
 
-    from . import media
+    from v2m.runtime import media
 
     out_png = Path(out_png)
     if out_png.suffix.lower() != ".png":

@@ -5,12 +5,12 @@ seed of their own: no model ever trains on video, and these seeds are kept apart
 from anything tuned on). `alignment_check` generates music for each with the
 curve, without it (`use_curve=False`, the `--no-curve` baseline) and, if asked,
 with curve guidance, and measures what `v2m eval` measures
-(`v2m.runtime.evaluate`): curve correlation, cut hits within 0.25 s, median
+(`v2m.eval.evaluate`): curve correlation, cut hits within 0.25 s, median
 spectral flatness. The demo recipe, `bench/bench_alignment.py` and the CI check
 of the shipped bundle all call it.
 
 ```python
-from v2m.runtime.alignment import alignment_check
+from v2m.eval.alignment import alignment_check
 summary = alignment_check("demo", "work/", count=8, seed=20_000)
 summary["curve"]["corr"], summary["no_curve"]["cut_hits"]
 ```
@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from . import evaluate, synth
-from .music import music_curve
+from v2m.runtime import synth
+from v2m.runtime.music import music_curve
+
+from . import evaluate
 
 __all__ = ["PROMPTS", "make_cut_videos", "alignment_check", "score_output"]
 
@@ -101,8 +103,8 @@ def alignment_check(
         {"videos": n, "curve": {corr, cut_hits, flatness}, "no_curve": {...}[, "guided": {...}],
          "per_video": [...]}; corr and cut_hits are means, flatness the median over videos.
     """
-    from .pipeline import Pipeline
-    from .request import Request
+    from v2m.runtime.pipeline import Pipeline
+    from v2m.runtime.request import Request
 
     pipe = pipeline or Pipeline.from_pretrained(bundle, backend=backend, device="cpu", precision="fp32")
     cfg = pipe.config
