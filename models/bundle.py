@@ -39,8 +39,7 @@ __all__ = ["BUNDLE_PRESETS", "PRESET_NAMES", "bundle_config", "init_bundle", "lo
 
 log = logging.getLogger("v2m.bundle")
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+IMAGENET_MEAN, IMAGENET_STD = dinov2_mod.IMAGENET_MEAN, dinov2_mod.IMAGENET_STD
 
 # preset -> (DiT, VAE, DINOv2 preset, encoder input px, text preset)
 BUNDLE_PRESETS: dict[str, tuple[str, str, str, int, str]] = {
@@ -66,14 +65,7 @@ def bundle_config(preset: str, encoder: str = "dinov2") -> BundleConfig:
     if vae_cfg.latent_channels != dit_cfg.latent_channels:
         raise AssertionError(f"preset {preset}: VAE and DiT latent channels differ")
     if encoder == "dinov2":
-        enc = {
-            "kind": "dinov2",
-            "config": dinov2_mod.PRESETS[enc_p].to_dict(),
-            "input_size": px,
-            "mean": IMAGENET_MEAN,
-            "std": IMAGENET_STD,
-            "pooling": "mean_patch",  # the paper's spatial pooling of the final-normed patch tokens
-        }
+        enc = dinov2_mod.encoder_section(enc_p, px)
     else:
         enc = encoder_config(encoder)  # InputError for an unknown kind
     return BundleConfig(

@@ -432,3 +432,22 @@ def flops_per_frame(cfg: DINOv2Config, image_size: int) -> float:
     per_block = 2 * n * (4 * d * d + mlp) + 4 * n * n * d
     return float(cfg.num_layers * per_block + 2 * n * 3 * cfg.patch_size**2 * d)
 
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+# bundle preset -> (DINOv2 preset, input px): the frame encoder of each V2M-Zero preset
+ENCODER_PRESETS = {"tiny": ("tiny", 112), "small": ("vits14", 224), "full": ("vitl14", 224)}
+
+
+def encoder_section(preset: str, input_size: int | None = None) -> dict:
+    """The `encoder` section of a bundle config for a DINOv2 of bundle preset `preset`
+    (or of DINOv2 preset `preset` at `input_size` px)."""
+    name, px = ENCODER_PRESETS[preset] if input_size is None else (preset, input_size)
+    return {
+        "kind": "dinov2",
+        "config": PRESETS[name].to_dict(),
+        "input_size": px,
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "pooling": "mean_patch",  # the paper's spatial pooling of the final-normed patch tokens
+    }

@@ -42,7 +42,7 @@ from v2m.core.bundle import (
 )
 from v2m.core.errors import BundleError, InputError, OutputError
 
-from . import sao_cond, sao_dit, t5
+from . import dinov2, sao_cond, sao_dit, t5
 from . import vae as vae_mod
 from .checkpoint import apply_state_dict, load_safetensors, save_safetensors
 
@@ -96,11 +96,9 @@ def _text_config(t5_cfg: t5.T5Config, max_tokens: int) -> dict:
 
 def bundle_config(preset: str) -> BundleConfig:
     """The config of a random Stable Audio Open bundle of `preset`."""
-    from .bundle import bundle_config as v2m_bundle_config
-
     net, objective, vae_cfg, t5_preset, tokens, frames, enc_of = SAO_PRESETS[preset]
     return _assemble(preset, sao_dit.PRESETS[net].to_dict(), sao_cond.PRESETS[net].to_dict(), vae_cfg,
-                     _text_config(t5.PRESETS[t5_preset], tokens), objective, frames, v2m_bundle_config(enc_of).encoder)
+                     _text_config(t5.PRESETS[t5_preset], tokens), objective, frames, dinov2.encoder_section(enc_of))
 
 
 # --- conversion ----------------------------------------------------------------------------------
@@ -292,12 +290,9 @@ def convert(
         raise BundleError(f"{src}: VAE latent channels {vae_cfg.latent_channels} != DiT's {dit_cfg.latent_channels}")
     text_model, tokenizer, max_tokens = parts["text"]
     if encoder_dir is not None:
-        from . import dinov2
-        from .bundle import IMAGENET_MEAN, IMAGENET_STD
-
         enc = dinov2.DINOv2.from_pretrained(encoder_dir)
-        encoder = {"kind": "dinov2", "config": enc.cfg.to_dict(), "input_size": 224, "mean": IMAGENET_MEAN,
-                   "std": IMAGENET_STD, "pooling": "mean_patch"}
+        encoder = {"kind": "dinov2", "config": enc.cfg.to_dict(), "input_size": 224, "mean": dinov2.IMAGENET_MEAN,
+                   "std": dinov2.IMAGENET_STD, "pooling": "mean_patch"}
     else:
         enc, encoder = None, {"kind": "none"}
     overrides = {k: meta[k] for k in ("sigma_min", "sigma_max") if k in meta}

@@ -33,6 +33,7 @@ call, no ONNX graph, no weights in the bundle.
 from __future__ import annotations
 
 import abc
+import logging
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ import numpy as np
 from v2m.core.bundle import (
     ENCODER_KINDS,
     WEIGHT_FREE,
+    BundleConfig,
     encoder_config,
     has_encoder_weights,
     is_weight_free,
@@ -49,6 +51,7 @@ from v2m.core.errors import BundleError, InputError
 __all__ = [
     "ENCODER_KINDS",
     "WEIGHT_FREE",
+    "frame_encoder_config",
     "FrameEncoder",
     "CutEncoder",
     "MotionEncoder",
@@ -60,6 +63,9 @@ __all__ = [
     "block_motion",
     "cell_sums",
 ]
+
+log = logging.getLogger("v2m.encoders")
+
 
 class FrameEncoder(abc.ABC):
     """uint8 frames [N, H, W, 3] -> float32 features [N, D], streamed batch by batch.
@@ -214,3 +220,23 @@ def make_frame_encoder(cfg: dict[str, Any]) -> FrameEncoder:
         return MotionEncoder(**settings)
     raise BundleError(f"frame encoder {kind!r} has weights and runs in the backend; weight-free ones: "
                       f"{', '.join(WEIGHT_FREE)}")
+
+
+def frame_encoder_config(cfg: BundleConfig, kind: str | None) -> dict[str, Any]:
+    """The bundle's encoder section, or the default one of a weight-free `kind` asked for instead.
+    A bundle without a frame encoder (a converted text-to-music checkpoint) gets the weight-free
+    cut encoder when a curve is asked of it."""
+    own = cfg.encoder.get("kind", "dinov2")
+    if own == "none" and kind is None:
+        kind = "cut"
+        if cfg.has_curve_channel:
+            log.warning("this bundle has no frame encoder; its event curves use the weight-free cut encoder "
+                        "(convert with --encoder DIR for DINOv2)")
+    if kind is None or kind == own:
+        return cfg.encoder
+    if kind not in ENCODER_KINDS:
+        raise InputError(f"--encoder {kind!r}: choose one of {', '.join(ENCODER_KINDS)}")
+    if kind not in WEIGHT_FREE:
+        raise InputError(f"--encoder {kind}: this bundle has no {kind} weights (its encoder is {own}); "
+                         f"use {' or '.join(WEIGHT_FREE)}")
+    return encoder_config(kind)

@@ -23,14 +23,11 @@ the temporary file is removed and no output file appears.
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import math
 import os
 from collections.abc import Iterator
-from contextlib import nullcontext
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -42,6 +39,17 @@ from v2m.core.errors import InputError, NumericalError, OutputError
 from v2m.core.tempfiles import atomic_output
 
 from . import video
+from .mux_plan import (
+    MUX_SAMPLE_RATE,
+    REENCODE_MODES,
+    VIDEO_SUFFIXES,
+    MuxPlan,
+    Source,
+    h264_encoder,
+    inspect,
+    plan_mux,
+)
+from .timeline import Timeline, read_timeline
 from .video import error_text, open_video
 
 __all__ = [
@@ -54,7 +62,6 @@ __all__ = [
     "check_output_path",
     "inspect",
     "plan_mux",
-    "timeline_of",
     "finalize_audio",
     "write_audio",
     "mux",
@@ -64,13 +71,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = {".wav": "WAV", ".flac": "FLAC"}  # suffix -> soundfile format
-VIDEO_SUFFIXES = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}  # -> muxer
-MUX_SAMPLE_RATE = 44100
 AAC_BIT_RATE = 192_000  # transparent for stereo music at 44.1 kHz
 _AAC_FRAME = 1024  # samples per AAC frame
-REENCODE_MODES = ("auto", "never")
 _REENCODE_CRF = 18  # x264's "visually lossless" quality: close to any source
-_WRITTEN = {".mkv": "matroska", ".mp4": "mp4", ".mov": "mov"}  # containers named in advice
 
 
 def check_output_path(path: str | os.PathLike, video_path: str | os.PathLike | None = None) -> str:
@@ -298,198 +301,6 @@ def _audio_frames(audio: np.ndarray, pts0: int) -> Iterator[av.AudioFrame]:
         yield frame
 
 
-@dataclass
-class _Timeline:
-    """The video stream's packets as read in pass one: what pass two needs to copy them."""
-
-    start_s: float  # earliest presentation time, seconds
-    span_s: float  # max(pts + duration) - start: the span VideoReader measures from frames
-    dts: list[int] | None  # decode timestamps for every packet with data, when the source lacks some
-
-
-def _decode_timestamps(pts: list[int], step: int) -> list[int]:
-    """Decode timestamps for packets in decode order, from their presentation times.
-
-    The reorder delay d is the least that lets every packet be decoded before it is
-    shown: d = max(i - rank(pts_i)). Then dts_i = the (i - d)-th smallest pts, which is
-    <= pts_i and non-decreasing; the first d packets count back from the smallest by
-    `step`, and equal neighbours (duplicate pts) are pushed apart by one tick.
-    """
-    n = len(pts)
-    order = sorted(range(n), key=lambda i: (pts[i], i))
-    rank = [0] * n
-    for r, i in enumerate(order):
-        rank[i] = r
-    delay = max([0] + [i - rank[i] for i in range(n)])
-    ordered = [pts[i] for i in order]
-    dts = [ordered[i - delay] if i >= delay else ordered[0] - (delay - i) * step for i in range(n)]
-    for i in range(1, n):
-        dts[i] = max(dts[i], dts[i - 1] + 1)
-    return dts
-
-
-def _timeline(container: av.container.InputContainer, stream) -> _Timeline:
-    """Read the video stream's packets once (no decoding): see `timeline_of`."""
-    log = video.DecodeLog()
-    for _ in video.packets(container, stream, log):
-        pass
-    return timeline_of(log.records, stream.time_base, stream.average_rate, Path(container.name).name)
-
-
-def timeline_of(records: list[tuple[int | None, int | None, int]], tb, average_rate, name: str) -> _Timeline:
-    """The span of a video stream's packets (pts, dts, duration), as a pass over them recorded
-    them (`DecodeLog.records`: the decode pass keeps them, so the mux need not read them again),
-    and decode timestamps when the demuxer left some out (Matroska gives the first packets of a
-    stream with B-frames no dts; muxers need one on every packet)."""
-    default = round(1 / (average_rate * tb)) if average_rate and tb else 1
-    pts: list[int | None] = []
-    dts: list[int | None] = []
-    first, end = None, None
-    for p, d_ts, dur in records:
-        pts.append(p)
-        dts.append(d_ts)
-        ts = p if p is not None else d_ts
-        if ts is None:
-            continue
-        t = float(ts * tb)
-        d = float(dur * tb) if dur else float(default * tb)
-        first = t if first is None else min(first, t)
-        end = t + d if end is None else max(end, t + d)
-    if first is None:
-        raise InputError(f"{name} has no timed video packets; re-encode it")
-    fixed = None
-    if any(d is None for d in dts):
-        filled, prev = [], None
-        for p, d in zip(pts, dts):  # a packet without pts shows when it decodes, or next
-            prev = p if p is not None else d if d is not None else (prev + default if prev is not None else 0)
-            filled.append(prev)
-        steps = sorted({b - a for a, b in zip(sorted(filled), sorted(filled)[1:]) if b > a})
-        fixed = _decode_timestamps(filled, steps[0] if steps else default)
-        logger.debug("%s: %d of %d video packets had no dts; derived from pts", name, sum(d is None for d in dts), len(dts))
-    return _Timeline(first, end - first, fixed)
-
-
-@dataclass(frozen=True)
-class MuxPlan:
-    """How the picture goes into the output, decided before any work (`plan_mux`)."""
-
-    stream_index: int  # the container's index of the video stream (decoded and muxed)
-    codec: str  # the source's video codec
-    fmt: str  # the output muxer
-    reencode: bool  # False: copied packet for packet; True: re-encoded as H.264
-    holders: tuple[str, ...] = ()  # output suffixes that hold the codec as it is
-
-
-def _can_copy(path: Path, stream_index: int, fmt: str, inp=None) -> bool:
-    """Whether a `fmt` file can hold the stream as it is: a header, its first packet and a
-    trailer written to memory (a cheap probe; some muxers refuse a codec only there).
-    `inp`: the input already open (read from its start), else it is opened."""
-    try:
-        with (nullcontext(inp) if inp is not None else open_video(path)) as src, \
-                av.open(io.BytesIO(), "w", format=fmt) as out:
-            vin = src.streams[stream_index]
-            vout = out.add_stream_from_template(vin, opaque=True)  # opaque: the codec, not an encoder
-            out.add_stream("aac", rate=MUX_SAMPLE_RATE, layout="stereo")
-            for packet in video.packets(src, vin):
-                if packet.size:
-                    if packet.dts is None:
-                        packet.dts = packet.pts if packet.pts is not None else 0
-                    if packet.pts is None:
-                        packet.pts = packet.dts
-                    packet.stream = vout
-                    out.mux(packet)
-                    break
-    except (ValueError, av.FFmpegError, OSError):
-        return False
-    return True
-
-
-def _h264_encoder() -> str | None:
-    for name in ("libx264", "h264"):
-        try:
-            av.codec.Codec(name, "w")
-        except (ValueError, av.FFmpegError):
-            continue
-        return name
-    return None
-
-
-def plan_mux(
-    video_path: str | os.PathLike,
-    out_path: str | os.PathLike,
-    reencode: str = "auto",
-    video_stream: int | None = None,
-) -> MuxPlan:
-    """Decide how to write the picture of `video_path` into `out_path`, before any work.
-
-    The stream is copied packet for packet when the output container can hold its
-    codec; otherwise, with `reencode="auto"`, the picture is re-encoded as H.264 at
-    near-source quality (CRF 18; logged), and with `reencode="never"` this refuses.
-
-    Args:
-        video_path: the input video.
-        out_path: the output .mp4, .m4v, .mov or .mkv.
-        reencode: "auto" or "never".
-        video_stream: the container's index of the video stream (None: see
-            `video.select_video_stream`).
-
-    Raises:
-        OutputError: `reencode="never"` and the container cannot hold the codec (the
-            message names containers that can), or no H.264 encoder to re-encode with.
-        InputError: the input cannot be read or has no such video stream.
-    """
-    src = Path(video_path)
-    with open_video(src) as inp:
-        vs = video.select_video_stream(inp, video_stream, src.name)
-        return _plan_open(inp, src, out_path, reencode, vs.index, video.codec_name(vs))
-
-
-def _plan_open(inp, src: Path, out_path: str | os.PathLike, reencode: str, index: int, codec: str) -> MuxPlan:
-    """`plan_mux` with the input open at its start (its first packet is muxed to memory)."""
-    if reencode not in REENCODE_MODES:
-        raise OutputError(f"reencode must be one of {', '.join(REENCODE_MODES)}, got {reencode!r}")
-    p = Path(out_path)
-    fmt = VIDEO_SUFFIXES[p.suffix.lower()]
-    if _can_copy(src, index, fmt, inp):
-        return MuxPlan(index, codec, fmt, False, (p.suffix.lower(),))
-    holders = tuple(s for s, f in _WRITTEN.items() if f != fmt and _can_copy(src, index, f))
-    keep = f"write {' or '.join(holders)} to keep it bit for bit" if holders else "no container v2m writes holds it"
-    if reencode == "never":
-        raise OutputError(
-            f"a {p.suffix} file cannot hold the {codec} video of {src.name}; {keep} "
-            "(or drop --reencode never to re-encode the picture as H.264)"
-        )
-    if _h264_encoder() is None:
-        raise OutputError(f"a {p.suffix} file cannot hold the {codec} video of {src.name}, and this FFmpeg "
-                          f"has no H.264 encoder to re-encode it; {keep}")
-    return MuxPlan(index, codec, fmt, True, holders)
-
-
-@dataclass(frozen=True)
-class Source:
-    """A video input as `inspect` found it: the probe and, for a video output, the mux plan."""
-
-    info: video.VideoInfo
-    plan: MuxPlan | None = None
-    output: Path | None = None  # the output the plan is for
-
-
-def inspect(video_path: str | os.PathLike, out_path: str | os.PathLike | None = None, reencode: str = "auto",
-            video_stream: int | None = None) -> Source:
-    """`video.probe` and, when `out_path` is a video container, `plan_mux`, in one opening of
-    the input (the probe decodes the first frame, then the input is read again from its start)."""
-    src = video._check_file(video_path)
-    with open_video(src) as inp:
-        info = video.probe_open(inp, src, video_stream)
-        if out_path is None or Path(out_path).suffix.lower() not in VIDEO_SUFFIXES:
-            return Source(info)
-        try:
-            inp.seek(0)
-        except (av.FFmpegError, OSError, ValueError):  # not seekable: plan on a fresh opening
-            return Source(info, plan_mux(src, out_path, reencode, info.stream_index), Path(out_path))
-        return Source(info, _plan_open(inp, src, out_path, reencode, info.stream_index, info.codec), Path(out_path))
-
-
 def mux(
     video_path: str | os.PathLike,
     audio: np.ndarray,
@@ -499,7 +310,7 @@ def mux(
     reencode: str = "auto",
     video_stream: int | None = None,
     plan: MuxPlan | None = None,
-    timeline: _Timeline | None = None,
+    timeline: Timeline | None = None,
 ) -> Path:
     """Atomically write the input's video stream, copied bit for bit, plus the music as AAC.
 
@@ -548,7 +359,7 @@ def mux(
 
     if timeline is None:
         with open_video(video_path) as inp:
-            timeline = _timeline(inp, inp.streams[plan.stream_index])
+            timeline = read_timeline(inp, inp.streams[plan.stream_index])
     start_s = timeline.start_s
     n = round(timeline.span_s * MUX_SAMPLE_RATE)
     music = _resample(music, int(sample_rate), MUX_SAMPLE_RATE)
@@ -603,7 +414,7 @@ class _Interleaver:
         self.out.mux(self.aout.encode(None))
 
 
-def _write_muxed(inp, plan: MuxPlan, timeline: _Timeline, track: np.ndarray, tmp: Path) -> None:
+def _write_muxed(inp, plan: MuxPlan, timeline: Timeline, track: np.ndarray, tmp: Path) -> None:
     """Write `tmp`: the plan's video stream (copied, or re-encoded) and `track` as AAC."""
     vin = inp.streams[plan.stream_index]
     with av.open(str(tmp), "w", format=plan.fmt) as out:
@@ -634,7 +445,7 @@ def _write_reencoded(inp, vin, out, track: np.ndarray, start_s: float) -> None:
     first = next(frames, None)
     if first is None:
         raise InputError(f"no frame of {Path(inp.name).name} decodes; the file is corrupt or truncated")
-    vout = out.add_stream(_h264_encoder(), rate=vin.average_rate or vin.guessed_rate or 25)
+    vout = out.add_stream(h264_encoder(), rate=vin.average_rate or vin.guessed_rate or 25)
     vout.width, vout.height = first.width - first.width % 2, first.height - first.height % 2
     vout.pix_fmt = "yuv420p"
     vout.codec_context.time_base = vin.time_base

@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,47 +49,13 @@ from .observers import STAGES, Observers, ProfilerObserver, StepCallback
 from .prepared import CurveResult, GenerationResult, Prepared, Sampled
 from .request import Request
 from .text import PrecomputedText, TextEncoder, load_text_encoder
+from .timeline import timeline_of
 
 __all__ = ["Pipeline", "GenerationResult", "CurveResult", "Prepared", "Sampled", "Request", "STAGES"]
 
 log = logging.getLogger("v2m.pipeline")
 
 NAN_MESSAGE = "the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)"
-
-
-def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
-    """Run iterator `it` in a background thread (PyAV decodes without the GIL), `depth` items ahead."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def work():
-        try:
-            for item in it:
-                if stop.is_set():
-                    return
-                q.put(item)
-            q.put(done)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-            q.put(e)
-
-    th = threading.Thread(target=work, name="v2m-decode", daemon=True)
-    th.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while th.is_alive():  # drain so the worker is not stuck on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                th.join(timeout=0.05)
 
 
 class Pipeline:
@@ -104,7 +68,7 @@ class Pipeline:
         self.backend = backend
         self.text_encoder = text_encoder
         # The frame encoder that makes the curve: the bundle's, or a weight-free one asked for.
-        self.encoder_config = _encoder_config(config, encoder)
+        self.encoder_config = encoders_mod.frame_encoder_config(config, encoder)
         self.frame_encoder = (encoders_mod.make_frame_encoder(self.encoder_config)
                               if encoders_mod.is_weight_free(self.encoder_config) else None)
 
@@ -134,7 +98,7 @@ class Pipeline:
 
         path = resolve_model(path)
         cfg = load_config(path)
-        _encoder_config(cfg, encoder)  # a bad --encoder fails before the backend loads
+        encoders_mod.frame_encoder_config(cfg, encoder)  # a bad --encoder fails before the backend loads
         be = create_backend(backend, path, cfg, device=device, precision=precision, **backend_options)
         text = load_text_encoder(path, cfg.text, cfg.text_dim, device=be.device)
         log.info("loaded %s (preset %s) on %s", path, cfg.preset, be.describe())
@@ -148,7 +112,7 @@ class Pipeline:
         DINOv2 runs in the backend on normalized pixels.
         """
         enc = self.encoder_config
-        batches = _prefetch(reader.sample(self.config.curve_fps, int(enc["input_size"]), batch_size=batch_size))
+        batches = video.prefetch(reader.sample(self.config.curve_fps, int(enc["input_size"]), batch_size=batch_size))
         feats = []
         t_start = time.perf_counter()
         t_enc = 0.0
@@ -483,7 +447,7 @@ class Pipeline:
                 plan = src.plan if src is not None and src.output == Path(output) else None
                 timeline = None
                 if prepared.packet_log is not None and (plan is None or plan.stream_index == prepared.info.stream_index):
-                    timeline = media.timeline_of(*prepared.packet_log, prepared.video.name)
+                    timeline = timeline_of(*prepared.packet_log, prepared.video.name)
                 media.mux(prepared.video, audio, rate, output, keep_audio_db=req.keep_audio_db, reencode=req.reencode,
                           video_stream=None if prepared.info is None else prepared.info.stream_index, plan=plan,
                           timeline=timeline)
@@ -601,23 +565,3 @@ class _Timings:
 def _checked(s: Sampled) -> Sampled | BaseException:
     """The item's latents, or a NumericalError when they hold NaN/Inf (its companions go on)."""
     return s if np.isfinite(s.latents).all() else NumericalError(NAN_MESSAGE)
-
-
-def _encoder_config(cfg: BundleConfig, kind: str | None) -> dict[str, Any]:
-    """The bundle's encoder section, or the default one of a weight-free `kind` asked for instead.
-    A bundle without a frame encoder (a converted text-to-music checkpoint) gets the weight-free
-    cut encoder when a curve is asked of it."""
-    own = cfg.encoder.get("kind", "dinov2")
-    if own == "none" and kind is None:
-        kind = "cut"
-        if cfg.has_curve_channel:
-            log.warning("this bundle has no frame encoder; its event curves use the weight-free cut encoder "
-                        "(convert with --encoder DIR for DINOv2)")
-    if kind is None or kind == own:
-        return cfg.encoder
-    if kind not in encoders_mod.ENCODER_KINDS:
-        raise InputError(f"--encoder {kind!r}: choose one of {', '.join(encoders_mod.ENCODER_KINDS)}")
-    if kind not in encoders_mod.WEIGHT_FREE:
-        raise InputError(f"--encoder {kind}: this bundle has no {kind} weights (its encoder is {own}); "
-                         f"use {' or '.join(encoders_mod.WEIGHT_FREE)}")
-    return encoders_mod.encoder_config(kind)

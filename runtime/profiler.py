@@ -51,11 +51,11 @@ import numpy as np
 
 from v2m.core.errors import OutputError
 
+from .clocks import HostClock, StepClock, TorchCudaClock
+from .observers import STAGES
+
 __all__ = [
     "Profiler",
-    "StepClock",
-    "HostClock",
-    "SyncHostClock",
     "RunRecord",
     "write_json_atomic",
     "check_report_paths",
@@ -67,7 +67,6 @@ __all__ = [
 log = logging.getLogger("v2m.profiler")
 
 REPORT_SCHEMA = "v2m.profile/1"
-STAGE_ORDER = ("decode", "encode", "curve", "text", "sampler", "vae", "write")
 
 
 def _torch():
@@ -208,68 +207,6 @@ class _Nvtx:
     def end(self, range_id: int | None) -> None:
         if self._nvtx is not None and range_id is not None:
             self._nvtx.range_end(range_id)
-
-
-class StepClock:
-    """Marks the end of each sampler step and reads the times after the loop.
-
-    `kind` names the method for reports: "cuda_events", "perf_counter" or "host_sync".
-    `needs_sync`: marking synchronizes the device (so it is used only when asked for).
-    """
-
-    kind = "perf_counter"
-    needs_sync = False
-
-    def mark(self) -> Any:
-        return time.perf_counter()
-
-    def wait(self, last: Any) -> None:
-        """Block until the `last` mark has happened (after the loop)."""
-
-    def elapsed_ms(self, a: Any, b: Any) -> float:
-        return (b - a) * 1e3
-
-    def done(self) -> None:
-        """The marks were read: release them (device events)."""
-
-
-class HostClock(StepClock):
-    """The host clock: exact for engines whose calls return when the work is done (CPU)."""
-
-
-class SyncHostClock(StepClock):
-    """The host clock after a device sync: for asynchronous engines without device events."""
-
-    kind = "host_sync"
-    needs_sync = True
-
-    def __init__(self, sync):
-        self._sync = sync
-
-    def mark(self) -> float:
-        self._sync()
-        return time.perf_counter()
-
-
-class TorchCudaClock(StepClock):
-    """`torch.cuda.Event`s on a device's current stream (cuda:N: that device's, not GPU 0's)."""
-
-    kind = "cuda_events"
-
-    def __init__(self, device):
-        self.torch = _torch()
-        self.device = self.torch.device(device)
-
-    def mark(self) -> Any:
-        ev = self.torch.cuda.Event(enable_timing=True)
-        ev.record(self.torch.cuda.current_stream(self.device))
-        return ev
-
-    def wait(self, last: Any) -> None:
-        last.synchronize()
-
-    def elapsed_ms(self, a: Any, b: Any) -> float:
-        return a.elapsed_time(b)
 
 
 class Profiler:
@@ -532,7 +469,7 @@ class Profiler:
         video and `shapes` holds a list where the groups differ.
         """
         runs = self.runs
-        stage_names = [s for s in STAGE_ORDER if any(s in r.stages for r in runs)]
+        stage_names = [s for s in STAGES if any(s in r.stages for r in runs)]
         stage_names += sorted({s for r in runs for s in r.stages} - set(stage_names))
         stages = {}
         for s in stage_names:

@@ -80,7 +80,7 @@ class Backend(abc.ABC):
     def step_clock(self):
         """How sampler steps are timed (`v2m.runtime.profiler.StepClock`); default: the host
         clock, exact for engines that return when the work is done."""
-        from ..profiler import HostClock
+        from ..clocks import HostClock
 
         return HostClock()
 

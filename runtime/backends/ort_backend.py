@@ -337,7 +337,7 @@ class OrtBackend(Backend):
         return cross, glob
 
     def step_clock(self):
-        from ..profiler import HostClock, SyncHostClock
+        from ..clocks import HostClock, SyncHostClock
 
         return HostClock() if self.device_type == "cpu" else SyncHostClock(self.synchronize)
 

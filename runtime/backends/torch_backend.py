@@ -118,7 +118,7 @@ class TorchBackend(Backend):
         return self.vae(z).float().cpu().numpy()
 
     def step_clock(self):
-        from ..profiler import HostClock, TorchCudaClock
+        from ..clocks import HostClock, TorchCudaClock
 
         return TorchCudaClock(self.torch_device) if self.torch_device.type == "cuda" else HostClock()
 

@@ -413,7 +413,7 @@ class TensorRTBackend(Backend):
         return cuda.download(buf["X"], (b, c, n))
 
     def step_clock(self):
-        from ..profiler import StepClock
+        from ..clocks import StepClock
 
         cuda = self.cuda
 

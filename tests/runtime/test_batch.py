@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 
 from v2m import batch
+from v2m.runtime import media
 from v2m.runtime.cli import main
 from v2m.runtime.request import Request
 from v2m.runtime.synth import make_test_video
@@ -151,7 +152,7 @@ def test_bad_batch_inputs_one_line(capsys, tiny_bundle, short_video, tmp_path, m
     (tmp_path / "afile").write_text("x")
     rc, _, err = _run(capsys, "generate", short_video.path, short_video.path, "-o", tmp_path / "afile" / "out", *base)
     _one_line_error(rc, err)
-    monkeypatch.setattr(batch.os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(batch.jobs.os, "access", lambda *a, **k: False)
     rc, _, err = _run(capsys, "generate", short_video.path, short_video.path, "-o", tmp_path / "ro", *base)
     _one_line_error(rc, err)
     assert "not writable" in err
@@ -305,7 +306,7 @@ def test_batch_profile_written_when_interrupted(capsys, tiny_bundle, short_video
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(batch.media, "finalize_audio", interrupt)  # after the pair was sampled and decoded
+    monkeypatch.setattr(media, "finalize_audio", interrupt)  # after the pair was sampled and decoded
     rc, stdout, err = _run(capsys, "generate", short_video.path, other, "-o", tmp_path / "o", "--model", tiny_bundle,
                            "--device", "cpu", "--steps", "2", "--format", "wav",
                            "--profile", rep_path, "--trace", trace_path)

@@ -22,7 +22,7 @@ import pytest
 
 from v2m.runtime import sampler
 from v2m.runtime.backends.base import Backend
-from v2m.runtime.profiler import StepClock, SyncHostClock
+from v2m.runtime.clocks import StepClock, SyncHostClock
 
 
 class AsyncFakeBackend(Backend):
@@ -128,7 +128,7 @@ def test_triton_launches_on_the_tensors_device(monkeypatch):
 def test_torch_step_clock_records_on_the_backends_device(monkeypatch):
     import torch
 
-    from v2m.runtime.profiler import TorchCudaClock
+    from v2m.runtime.clocks import TorchCudaClock
 
     streams = []
 

@@ -26,6 +26,7 @@ from v2m.core.curves import latent_length
 from v2m.core.errors import InputError, OutputError
 from v2m.runtime import media, video
 from v2m.runtime.synth import make_test_video
+from v2m.runtime.timeline import read_timeline
 
 SR = 44100
 # the scheduling policy this process started with (an encoder must not change it)
@@ -138,11 +139,11 @@ def test_mux_loses_no_frame(sources, tmp_path, name, suffix):
     with av.open(str(out)) as c:
         assert [s.type for s in c.streams] == ["video", "audio"]
         out_codec = video.codec_name(c.streams.video[0])
-        v_span = media._timeline(c, c.streams.video[0]).span_s
+        v_span = read_timeline(c, c.streams.video[0]).span_s
     with av.open(str(out)) as c:
         a_dur = sum(f.samples for f in c.decode(audio=0)) / SR
     with av.open(str(src)) as c:
-        src_span = media._timeline(c, c.streams.video[0]).span_s
+        src_span = read_timeline(c, c.streams.video[0]).span_s
     assert v_span == pytest.approx(src_span, abs=0.011)  # Matroska keeps milliseconds
     assert abs(a_dur - v_span) <= 0.04 + 2048 / SR, (a_dur, v_span)  # the music covers the picture (+ AAC padding)
     if plan.reencode:
