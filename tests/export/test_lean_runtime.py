@@ -157,7 +157,7 @@ def test_device_auto_without_torch_uses_the_gpu_the_driver_reports(lean_bundle, 
     r = _python(blocker, f"""
         import json, logging, sys
         import onnxruntime
-        from v2m.runtime import devices
+        from v2m.core import devices
         from v2m.runtime.backends import resolve_backend
         devices.cuda_device_count.cache_clear()
         devices.cuda_device_count = lambda: 1

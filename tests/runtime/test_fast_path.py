@@ -5,6 +5,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from sampler_oracle import oracle_sample, rel_err
 
 from v2m.core.bundle import load_config
 from v2m.models.bundle import bundle_config, load_component
@@ -62,9 +63,12 @@ def test_fast_sampler_matches_eager_fp32(eager, b, uncond_keeps_curve, solver):
     assert fast.path == "static_eager" and not fast.graphs
     seen = []
     got = fast.sample(noise, cond, plan, seen.append)
-    ref = eager.sample(noise, cond, plan)
+    # the oracle: the plain float64 loop over the DiT's forward, not the eager backend (which
+    # runs the same guided stage as the fast path)
+    ref = oracle_sample(eager.dit, noise, cond.curve, cond.text, cond.text_mask, steps=10, cfg_scale=4.5,
+                        solver=solver, uncond_keeps_curve=uncond_keeps_curve)
     assert seen == list(range(10))
-    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
+    assert rel_err(got, ref) < 1e-4
 
 
 def test_fast_sampler_96_steps_reproducible_and_cached(eager):
@@ -171,8 +175,14 @@ def test_pipeline_fast_equals_eager(tiny_bundle, short_video):
     b = pf.generate(short_video.path, "x", seed=2, steps=6)
     assert b.info["sampler_path"] == "static_eager" and len(b.step_ms) == 6
     assert pf.backend.encoder._baked_size is not None  # position embeddings baked at the first batch
-    np.testing.assert_allclose(a.latents, b.latents, atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(a.audio, b.audio, atol=1e-5)
+    np.testing.assert_allclose(a.curve, b.curve, atol=1e-5)  # the baked DINOv2 encodes as the eager one
+    p = b.prepared  # the sampler against the plain loop on what was prepared
+    noise = sampler.initial_noise(2, (1, pf.config.latent_channels, p.length))
+    o = p.options
+    ref = oracle_sample(pf.backend.dit, noise, p.curve[None, None], p.emb[None], p.mask[None], steps=6,
+                        cfg_scale=o.cfg_scale, curve_guidance=o.curve_guidance)
+    assert rel_err(b.latents, ref[0]) < 1e-4
+    np.testing.assert_allclose(a.audio, b.audio, atol=1e-4)
 
 
 # --- chunked VAE decode ----------------------------------------------------------------------

@@ -54,10 +54,16 @@ def test_same_seed_same_audio_bit_identical(pipe, short_video):
     assert not np.array_equal(a.audio, c.audio)
 
 
-def test_prompt_and_curve_change_the_music(pipe, short_video):
+def test_prompt_and_curve_change_the_music(pipe, short_video, make_video):
     a = pipe.generate(short_video.path, prompt="piano", seed=1, steps=8)
     b = pipe.generate(short_video.path, prompt="drums", seed=1, steps=8)
     assert not np.allclose(a.latents, b.latents)
+    # the curve: the same video without it, and another video of the same length cut elsewhere
+    c = pipe.generate(short_video.path, prompt="piano", seed=1, steps=8, use_curve=False)
+    other = make_video("other.mp4", duration_s=short_video.duration_s, fps=short_video.fps, cuts=(1.6,))
+    d = pipe.generate(other, prompt="piano", seed=1, steps=8)
+    assert a.latents.shape == d.latents.shape and not np.allclose(a.curve, d.curve)
+    assert not np.allclose(a.latents, c.latents) and not np.allclose(a.latents, d.latents)
 
 
 def test_save_wav_and_flac(pipe, short_video, tmp_path):

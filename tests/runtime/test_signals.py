@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 
 HELPER = """
 import sys, time
-from v2m.runtime import tempfiles
+from v2m.core import tempfiles
 
 real_fsync = tempfiles._fsync
 first = [True]

@@ -1,6 +1,6 @@
 """Ray: `v2m generate DIR -o OUT --ray` against the local batch, and a Ray Serve deployment.
 
-Oracles: the local batch run (`runtime/batch.py`) on the same folder: outputs byte-identical,
+Oracles: the local batch run (`batch/`) on the same folder: outputs byte-identical,
 summary.json equal but for timings; the CLI's audio for a served request.
 """
 
