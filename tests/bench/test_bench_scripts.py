@@ -74,10 +74,34 @@ def test_gpu_only_benches_refuse_cleanly(tmp_path):
     assert not (tmp_path / "fused.jsonl").exists()
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("bench_*.py")))
-def test_help(script):
-    proc = _run(script, "--help", timeout=120)
-    assert proc.returncode == 0 and "usage" in proc.stdout, proc.stderr[-2000:]
+HELP_DRIVER = r"""
+import contextlib, io, json, runpy, sys
+out = {}
+for path in sys.argv[1:]:
+    sys.argv = [path, "--help"]
+    buf = io.StringIO()
+    code = None
+    with contextlib.redirect_stdout(buf):
+        try:
+            runpy.run_path(path, run_name="__main__")
+        except SystemExit as e:
+            code = e.code
+    out[path] = [code, buf.getvalue()]
+print(json.dumps(out))
+"""
+
+
+def test_help():
+    """Every bench script's --help, in one interpreter (each alone would import torch again)."""
+    scripts = sorted(str(p) for p in BENCH.glob("bench_*.py"))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", HELP_DRIVER, *scripts], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=BENCH)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(results) == len(scripts) >= 10
+    for path, (code, text) in results.items():
+        assert code in (0, None) and "usage" in text, (path, code, text[-500:])
 
 
 def test_gpu_suite_script_parses_and_refuses_unknown_stages(tmp_path):
