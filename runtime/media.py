@@ -133,7 +133,7 @@ def _check_finite(audio: np.ndarray) -> None:
     bad = ~np.isfinite(audio)
     if bad.any():
         raise NumericalError(
-            f"the generated audio has {int(bad.sum())} NaN/Inf samples; nothing was written "
+            f"the generated audio has {int(bad.sum())} non-finite samples (NaN or infinity); nothing was written "
             "(try another seed, or the fp32 backend)"
         )
 
@@ -221,7 +221,7 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) ->
     Raises:
         OutputError: bad suffix or directory, or the write failed (a full disk, a vanished
             folder, no permission): one line, and no file is left.
-        NumericalError: NaN/Inf in `audio` (nothing is written).
+        NumericalError: non-finite values in `audio` (nothing is written).
     """
     p = Path(path)
     kind = check_output_path(p)
@@ -335,7 +335,7 @@ def mux(
     Raises:
         OutputError: bad output path, a codec the container cannot hold with
             `reencode="never"`, or a failed write (no file is left).
-        NumericalError: NaN/Inf in `audio` (nothing is written).
+        NumericalError: non-finite values in `audio` (nothing is written).
         InputError: the input video cannot be read.
     """
     p = Path(out_path)
