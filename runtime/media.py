@@ -360,23 +360,8 @@ def mux(
     if timeline is None:
         with open_video(video_path) as inp:
             timeline = read_timeline(inp, inp.streams[plan.stream_index])
-    start_s = timeline.start_s
     n = round(timeline.span_s * MUX_SAMPLE_RATE)
-    music = _resample(music, int(sample_rate), MUX_SAMPLE_RATE)
-    track = np.zeros((2, n), dtype=np.float32)
-    track[:, : min(n, music.shape[1])] = music[:, :n]
-    if keep_audio_db is not None:
-        with open_video(video_path) as inp:
-            has_audio = bool(inp.streams.audio)
-            if has_audio:
-                original = _original_audio(inp, start_s, n)
-        if has_audio:
-            gain = np.float32(10 ** (keep_audio_db / 20))
-            track = np.clip(track + gain * original, -1.0, 1.0)
-            logger.info("mixed the original audio under the music at %+.1f dB", keep_audio_db)
-        else:
-            logger.info("%s has no audio to keep; writing the music only", name)
-
+    track = _music_track(music, int(sample_rate), n, video_path, timeline.start_s, keep_audio_db)
     with atomic_output(p, errors=(av.FFmpegError,)) as tmp, open_video(video_path) as inp:
         _write_muxed(inp, plan, timeline, track, tmp)
     logger.info(
@@ -387,6 +372,24 @@ def mux(
         MUX_SAMPLE_RATE,
     )
     return p
+
+
+def _music_track(music: np.ndarray, sample_rate: int, n: int, video_path, start_s: float,
+                 keep_audio_db: float | None) -> np.ndarray:
+    """The AAC track [2, n] at 44.1 kHz: the music trimmed or padded to the video stream's span,
+    with the source's own audio mixed under it at `keep_audio_db` when asked and present."""
+    music = _resample(music, sample_rate, MUX_SAMPLE_RATE)
+    track = np.zeros((2, n), dtype=np.float32)
+    track[:, : min(n, music.shape[1])] = music[:, :n]
+    if keep_audio_db is None:
+        return track
+    with open_video(video_path) as inp:
+        original = _original_audio(inp, start_s, n) if inp.streams.audio else None
+    if original is None:
+        logger.info("%s has no audio to keep; writing the music only", Path(video_path).name)
+        return track
+    logger.info("mixed the original audio under the music at %+.1f dB", keep_audio_db)
+    return np.clip(track + np.float32(10 ** (keep_audio_db / 20)) * original, -1.0, 1.0)
 
 
 class _Interleaver:
