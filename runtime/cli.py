@@ -22,7 +22,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from . import __version__, tempfiles
-from .cli_support import ArgumentParser, StepProgress, UsageError, check_options
+from .cli_support import MAX_DURATION_S, ArgumentParser, StepProgress, UsageError, check_options
 from .encoders import ENCODER_KINDS
 from .errors import (
     EXIT_INTERNAL,
@@ -158,11 +158,18 @@ def _check_video_job(video_path: Path, output: Path, args) -> str:
     from . import media, video
 
     kind = media.check_output_path(output, video_path)
-    video.probe(video_path, args.video_stream)
+    info = video.probe(video_path, args.video_stream)
+    video.check_duration(info.duration_s, _max_duration(args), video_path.name)
     if kind == "video":
         media.plan_mux(video_path, output, args.reencode, args.video_stream)
     tempfiles.clean_stale(Path(output).parent)  # what a killed run left there
     return kind
+
+
+def _max_duration(args) -> float | None:
+    """--max-duration in seconds (None: no limit); the default is `cli_support.MAX_DURATION_S`."""
+    limit = MAX_DURATION_S if args.max_duration is None else args.max_duration
+    return limit or None
 
 
 def _progress_total(pipe, video_path: Path, args) -> int:
@@ -209,6 +216,7 @@ def cmd_generate(args) -> int:
             video_stream=args.video_stream,
             on_step=progress,
             profiler=profiler,
+            max_duration_s=_max_duration(args),
             **_sampler_kwargs(args),
         )
     finally:
@@ -274,6 +282,8 @@ def cmd_generate_batch(args) -> int:
         raise InputError("give input videos, a folder, or --manifest")
     if args.video_stream is not None:
         raise InputError("--video-stream picks a stream of one video; in batch mode each video uses its default stream")
+    if args.max_duration is not None:
+        raise InputError("--max-duration applies to one video; batch mode does not take it yet")
     out_dir = Path(args.output)
     if out_dir.suffix.lower() in (".mp4", ".mov", ".mkv", ".m4v", ".wav", ".flac") and not out_dir.is_dir():
         raise InputError(f"with several inputs -o is a folder, not {batch.show(out_dir)}")
@@ -371,9 +381,10 @@ def cmd_curve(args) -> int:
 
     if Path(args.video).suffix.lower() in AUDIO_SUFFIXES:
         return cmd_music_curve(args)
-    video.probe(args.video, args.video_stream)  # before loading the model
+    info = video.probe(args.video, args.video_stream)  # before loading the model
+    video.check_duration(info.duration_s, _max_duration(args), Path(args.video).name)
     pipe = _load_pipeline(args)
-    res = pipe.curve(args.video, video_stream=args.video_stream)
+    res = pipe.curve(args.video, video_stream=args.video_stream, max_duration_s=_max_duration(args))
     if args.json:
         print(json.dumps({
             "video": str(args.video),
@@ -734,6 +745,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reencode", default="auto", choices=["auto", "never"],
                    help="when the output container cannot hold the video's codec: auto re-encodes the picture "
                         "as H.264 (CRF 18, logged), never refuses before any work and names containers that can")
+    g.add_argument("--max-duration", type=float, default=None, metavar="SECONDS",
+                   help="refuse a video longer than this, from its header before decoding and from its frames' "
+                        "times while decoding; 0: no limit (default: 14400, four hours; one video only)")
     g.add_argument("--json", action="store_true",
                    help="print the result (output, seed, duration, timings...) as one JSON object on stdout")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no timing table")
@@ -773,6 +787,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_args(c, model_default="demo")
     c.add_argument("--video-stream", type=int, default=None, metavar="N",
                    help="use the container's stream N (default: the stream marked default, else the largest)")
+    c.add_argument("--max-duration", type=float, default=None, metavar="SECONDS",
+                   help="refuse a video longer than this, from its header before decoding and from its frames' "
+                        "times while decoding; 0: no limit (default: 14400, four hours)")
     c.add_argument("--json", action="store_true", help="print the curve as one JSON object")
     c.add_argument("--plot", default=None, metavar="PNG",
                    help="save the curve with cuts and thumbnails (matplotlib) (default: none)")

@@ -39,6 +39,10 @@ MAX_SEED = 2**63 - 1
 MAX_CLIP_S = 600.0  # generated test clips (demo, bench): ten minutes is already a long wait
 MAX_BATCH = 1024
 KEEP_AUDIO_DB = (-60.0, 20.0)  # below -60 dB the original is inaudible under music
+# --max-duration: generate/curve refuse longer videos (a feature film fits; a 3 KB file whose
+# last frame sits hours later, which would decode and sample for hours, does not). 0: no limit.
+MAX_DURATION_S = 4 * 3600.0
+MAX_DURATION_LIMIT_S = 7 * 24 * 3600.0  # the largest limit one may set
 
 
 class UsageError(Exception):
@@ -162,6 +166,7 @@ CHECKS: dict[str, Check] = {
     "seed": _int_in(0, MAX_SEED, "seed"),
     "device": _device,
     "keep_audio": _number_in(*KEEP_AUDIO_DB, "the original audio's level in dB"),
+    "max_duration": _number_in(0.0, MAX_DURATION_LIMIT_S, "the longest video in seconds (0: no limit)"),
     "batch_size": _int_in(1, MAX_BATCH, "batch size"),
     "duration": _number_in(0.0, MAX_CLIP_S, "duration in seconds", lo_open=True),
     "repeats": _int_in(1, 1000, "repeats"),

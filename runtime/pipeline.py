@@ -102,11 +102,14 @@ def _timed(timings: dict[str, float], stage: str, sync: Callable[[], None] | Non
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
 
 
-def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
-    """Run iterator `it` in a background thread (PyAV decodes without the GIL), `depth` items ahead."""
+def _prefetch(it: Iterator, depth: int = 2, stop: threading.Event | None = None) -> Iterator:
+    """Run iterator `it` in a background thread (PyAV decodes without the GIL), `depth` items ahead.
+    `stop` is set when the consumer leaves; an `it` that consults it (a `VideoReader` made with
+    it as `cancel`) ends at once, and the thread is joined before this returns: none is left
+    inside FFmpeg (a thread still there at interpreter exit aborts the process)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
-    stop = threading.Event()
+    stop = stop or threading.Event()
 
     def work():
         try:
@@ -186,10 +189,11 @@ class Pipeline:
     # --- stages ---------------------------------------------------------------------
     def encode_video(
         self, video_path: str | Path, timings: dict[str, float] | None = None, batch_size: int = 32, profiler=None,
-        video_stream: int | None = None,
+        video_stream: int | None = None, cancel=None, max_duration_s: float | None = None,
     ):
         """Decode (background thread) and encode (this thread) in batches: features [T, D].
-        `video_stream`: the container's index of the video stream (None: see `video.select_video_stream`).
+        `video_stream`: the container's index of the video stream (None: see `video.select_video_stream`);
+        `cancel`, `max_duration_s`: see `video.VideoReader` (`Cancelled`, `VideoTooLong`).
 
         A weight-free frame encoder (cut, motion) runs here in numpy on the uint8 frames;
         DINOv2 runs in the backend on normalized pixels.
@@ -197,14 +201,16 @@ class Pipeline:
         timings = {} if timings is None else timings
         enc = self.encoder_config
         size = int(enc["input_size"])
-        reader = video.VideoReader(video_path, video_stream)
-        batches = _prefetch(reader.sample(self.config.curve_fps, size, batch_size=batch_size))
+        stop = threading.Event()  # set when this loop leaves: the decode thread ends at its next frame
+        reader = video.VideoReader(video_path, video_stream, max_duration_s, video.either(stop, cancel))
+        batches = _prefetch(reader.sample(self.config.curve_fps, size, batch_size=batch_size), stop=stop)
         feats = []
         t_enc = 0.0
         t_start = time.perf_counter()
         if self.frame_encoder is not None:
             self.frame_encoder.reset()
         for frames in batches:
+            video.check_cancel(cancel)
             t0 = time.perf_counter()
             with profiler.range("encode") if profiler is not None else nullcontext():
                 if self.frame_encoder is not None:
@@ -247,10 +253,12 @@ class Pipeline:
             features = features.cpu().numpy()
         return curves_mod.event_curve(np.asarray(features), length, fps, rate, k), "numpy"
 
-    def curve(self, video_path: str | Path, video_stream: int | None = None) -> CurveResult:
-        """The event curve of a video, at the latent frame rate."""
+    def curve(self, video_path: str | Path, video_stream: int | None = None, cancel=None,
+              max_duration_s: float | None = None) -> CurveResult:
+        """The event curve of a video, at the latent frame rate (`cancel`, `max_duration_s`: see `encode_video`)."""
         timings: dict[str, float] = {}
-        features, reader = self.encode_video(video_path, timings, video_stream=video_stream)
+        features, reader = self.encode_video(video_path, timings, video_stream=video_stream, cancel=cancel,
+                                             max_duration_s=max_duration_s)
         with _timed(timings, "curve"):
             c, impl = self.compute_curve(features, reader.duration_s)
         return CurveResult(c, reader.duration_s, int(features.shape[0]), self.config.curve_fps, self.config.latent_rate, impl, timings)
@@ -403,6 +411,7 @@ class Pipeline:
         profile_steps: bool = True,
         on_step: Callable[[int], None] | None = None,
         profiler=None,
+        max_duration_s: float | None = None,
     ) -> GenerationResult:
         """Generate music for a video.
 
@@ -424,6 +433,7 @@ class Pipeline:
                 without a host sync (device events, or a synchronous CPU engine).
             on_step: called with the step index after each step (progress bars).
             profiler: a `v2m.runtime.profiler.Profiler`; stages and steps are recorded through it.
+            max_duration_s: refuse a video longer than this (`VideoTooLong`; None: no limit).
         """
         cfg = self.config
         opts = self.sampler_options(steps, cfg_scale, solver, shift, use_curve, curve_guidance)
@@ -442,7 +452,8 @@ class Pipeline:
         with _timed(timings, "text", None, profiler):  # before the video: a bad prompt option fails fast
             emb, mask, neg, neg_mask = self.encode_prompts(prompt, negative_prompt, text_embeddings)
         plan = self.plan(opts, neg is not None)
-        features, reader = self.encode_video(video_path, timings, profiler=profiler, video_stream=video_stream)
+        features, reader = self.encode_video(video_path, timings, profiler=profiler, video_stream=video_stream,
+                                             max_duration_s=max_duration_s)
         duration = reader.duration_s
         with _timed(timings, "curve", None, profiler):
             curve, curve_impl = self.compute_curve(features, duration)
