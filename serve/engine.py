@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from v2m.runtime import media, sampler
+from v2m.runtime import media, sampler, tempfiles, video
 from v2m.runtime.errors import NumericalError
 from v2m.runtime.sampler import SamplerOptions
 
@@ -146,7 +146,8 @@ class TempDirs:
     """Per-request temporary directories under one root, removed on request end and on close."""
 
     def __init__(self, parent: str | Path | None = None):
-        self.root = Path(tempfile.mkdtemp(prefix="v2m-serve-", dir=parent))
+        tempfiles.clean_dead_dirs(parent, "v2m-serve-")  # what a killed server left
+        self.root = tempfiles.owned_dir(parent, "v2m-serve-")
 
     def new(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="req-", dir=self.root))
@@ -335,6 +336,7 @@ class Engine:
         # how a prepared item becomes audio: the local batcher, or Ray Serve's (`ray_app`)
         self.batch_fn: Callable[[SampleItem], Any] = self._local_batch
         self._started = False
+        self._closing = threading.Event()  # set by close(): every decode, encode and sampler loop stops
 
     # --- life cycle
     def start(self, warmup: bool | None = None) -> None:
@@ -347,6 +349,7 @@ class Engine:
             self.scheduler.call(self.warm_up).result()
 
     def close(self) -> None:
+        self._closing.set()  # the running request stops at its next frame, batch or step
         self.scheduler.stop(timeout=self.config.shutdown_grace_s)
         self.temp.close()
 
@@ -390,13 +393,18 @@ class Engine:
         timings[stage] = timings.get(stage, 0.0) + dt
         self.observe_stage(stage, dt)
 
+    def cancel_of(self, ticket: Ticket | None) -> Callable[[], bool]:
+        """The `cancel` of a request's decode and encode: its ticket abandoned, or the engine closing."""
+        return video.either(self._closing, None if ticket is None else (lambda: ticket.abandoned))
+
     def prepare(self, ticket: Ticket | None, video_path: Path, req: GenerateRequest) -> SampleItem:
         """Decode, encode, event curve, text: a `SampleItem` (device thread)."""
         if ticket is not None and ticket.abandoned:
             raise Abandoned()
         pipe, cfg = self.pipe, self.pipe.config
         timings: dict[str, float] = {}
-        features, reader = pipe.encode_video(video_path, timings)
+        features, reader = pipe.encode_video(video_path, timings, cancel=self.cancel_of(ticket),
+                                             max_duration_s=self.config.max_duration_s or None)
         for stage in ("decode", "encode"):
             self.observe_stage(stage, timings.get(stage, 0.0))
         t0 = time.perf_counter()
@@ -419,7 +427,7 @@ class Engine:
         tickets = [p.ticket for p in items]
 
         def on_step(i: int) -> None:
-            if all(t is not None and t.abandoned for t in tickets):
+            if self._closing.is_set() or all(t is not None and t.abandoned for t in tickets):
                 raise Abandoned()
 
         t0 = time.perf_counter()
@@ -466,9 +474,9 @@ class Engine:
             media.write_audio(out, audio, cfg.audio.sample_rate)
         self._stage(item.timings, "write", t0)
 
-    def curve(self, video_path: Path):
+    def curve(self, video_path: Path, ticket: Ticket | None = None):
         """The event curve (`Pipeline.curve`); device thread."""
-        res = self.pipe.curve(video_path)
+        res = self.pipe.curve(video_path, cancel=self.cancel_of(ticket), max_duration_s=self.config.max_duration_s or None)
         for stage, s in res.timings.items():
             self.observe_stage(stage, s)
         return res
