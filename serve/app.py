@@ -215,15 +215,19 @@ async def read_form(request: Request, workdir: Path, max_bytes: int, video_field
         "on_headers_finished": on_headers_finished,
     })
     received = 0
+
+    async def pump() -> None:
+        nonlocal received
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                raise ApiError(413, f"the upload is larger than the limit of {max_bytes} bytes ({max_bytes / 2**20:g} MB)")
+            parser.write(chunk)
+
     try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > max_bytes:
-                    raise ApiError(413, f"the upload is larger than the limit of {max_bytes} bytes ({max_bytes / 2**20:g} MB)")
-                parser.write(chunk)
+        await asyncio.wait_for(pump(), timeout_s)
         parser.finalize()
-    except TimeoutError:
+    except asyncio.TimeoutError:  # TimeoutError since 3.11; a distinct class on 3.10
         raise ApiError(408, f"the upload took longer than the server's limit of {timeout_s:g} s "
                             f"({received} bytes arrived); send it faster or in full", {"Connection": "close"}) from None
     except ApiError:

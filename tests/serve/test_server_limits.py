@@ -106,7 +106,7 @@ def _slow_upload(port: int) -> socket.socket:
 
 def test_slow_uploads_take_no_queue_slot_and_are_cut(tiny_bundle, clips, tmp_path):
     srv = start_server(tiny_bundle, tmp_path / "tmp", "--max-queue", "1", "--max-uploads", "3",
-                       "--upload-timeout", "20", "--no-warmup")
+                       "--upload-timeout", "12", "--no-warmup")
     slow = []
     try:
         slow = [_slow_upload(srv.port) for _ in range(3)]
