@@ -57,18 +57,14 @@ def load_pipeline(options: dict):
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound before the model loads: a port in use is one line (exit 2),
     and `--port 0` learns its port here (uvicorn serves on this socket)."""
-    try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as e:
-        raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e}); check --host") from None
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)  # as uvicorn would
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
+        sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port "
-                         "or stop what uses it") from None
+        raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e}); check --host, pick another "
+                         "--port or stop what uses it") from None
     sock.set_inheritable(True)
     return sock
 
