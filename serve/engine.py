@@ -351,6 +351,8 @@ class Engine:
     def close(self) -> None:
         self._closing.set()  # the running request stops at its next frame, batch or step
         self.scheduler.stop(timeout=self.config.shutdown_grace_s)
+        if self.scheduler.alive:  # one backend call longer than the grace period
+            log.warning("the device thread is still busy after %g s; exiting without it", self.config.shutdown_grace_s)
         self.temp.close()
 
     def warm_up(self) -> float:
