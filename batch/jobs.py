@@ -97,6 +97,7 @@ class BatchOptions:
     request: Request = field(default_factory=Request)  # every job's, with its own prompt and seed
     overwrite: bool = False
     progress: bool | None = None  # None: when stderr is a terminal
+    max_duration_s: float | None = None  # a longer video fails (its line in the summary); None: no limit
 
 
 @dataclass

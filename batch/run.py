@@ -130,7 +130,8 @@ def prepare_item(pipe, job: Job, opts: BatchOptions, model: str, options, observ
     if not opts.overwrite and (side := _is_complete(job.output, key)) is not None:
         job.status, job.reason, job.used_seed = "skipped", "complete (verified by sha256)", side.get("seed")
         return None
-    p = pipe.prepare(job.video, opts.request.replace(prompt=job.prompt, seed=job.seed), observers=observers)
+    p = pipe.prepare(job.video, opts.request.replace(prompt=job.prompt, seed=job.seed), observers=observers,
+                     max_duration_s=opts.max_duration_s)
     job.used_seed, job.timings = p.seed, p.timings
     return _Item(job, p, key)
 

@@ -31,6 +31,8 @@ __all__ = [
     "BackendUnavailable",
     "OutputError",
     "NumericalError",
+    "VideoTooLong",
+    "Cancelled",
     "Terminated",
     "install_hint",
     "require",
@@ -79,6 +81,16 @@ class OutputError(V2MError):
 
 class NumericalError(V2MError):
     """NaN or Inf appeared in latents or audio; nothing was written."""
+
+
+class VideoTooLong(InputError):
+    """The video lasts longer than the caller's limit (`--max-duration`): refused before or
+    while decoding (HTTP 413 on the server)."""
+
+
+class Cancelled(V2MError):
+    """The caller abandoned the work (a timed-out or disconnected request, a server shutting
+    down): decoding and encoding stop at the next packet or batch."""
 
 
 class Terminated(KeyboardInterrupt):

@@ -13,6 +13,9 @@ only once complete, so a failure never leaves a half-written output.
   writes into that directory removes it when it is stale: made on this host by a
   process that is no longer running, or not modified for `STALE_AFTER_S` (a live
   writer keeps its file's mtime fresh), whoever made it.
+- Scratch folders (`owned_dir`, e.g. the server's `v2m-serve-HOST.PID.XXXX`) carry their
+  maker the same way; `clean_dead_dirs` removes those of processes on this host that are
+  no longer running (a folder has no age rule: a live server's may sit idle for days).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import threading
@@ -35,7 +39,9 @@ from .errors import OutputError, Terminated
 __all__ = [
     "STALE_AFTER_S",
     "atomic_output",
+    "clean_dead_dirs",
     "clean_stale",
+    "owned_dir",
     "is_temp_name",
     "remove_live",
     "signals_as_interrupts",
@@ -171,6 +177,41 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _dead_owner(host: str, pid: int) -> bool:
+    """Made on this host by another process that is no longer running."""
+    return host == _host() and pid != os.getpid() and not _alive(pid)
+
+
+def owned_dir(parent: str | os.PathLike | None, prefix: str) -> Path:
+    """A new folder `{prefix}{host}.{pid}.{random}` in `parent` (None: the system's temp dir)."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{_host()}.{os.getpid()}.", dir=parent))
+
+
+def clean_dead_dirs(parent: str | os.PathLike | None, prefix: str) -> list[Path]:
+    """Remove the `owned_dir(parent, prefix)` folders whose process is gone (killed with SIGKILL,
+    say). Returns what was removed."""
+    import tempfile
+
+    parent = Path(parent if parent is not None else tempfile.gettempdir())
+    removed = []
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(prefix)]
+    except OSError:
+        return []
+    for name in names:
+        host, _, rest = name[len(prefix):].partition(".")
+        pid = rest.partition(".")[0]
+        path = parent / name
+        if not pid.isdigit() or not _dead_owner(host, int(pid)) or path.is_symlink() or not path.is_dir():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed %s, left by process %s, which is no longer running", path, pid)
+        removed.append(path)
+    return removed
+
+
 def _stale_reason(name: str, path: Path, now: float) -> str | None:
     m = _TEMP_RE.match(name)
     if m is None:
@@ -180,7 +221,7 @@ def _stale_reason(name: str, path: Path, now: float) -> str | None:
     except OSError:
         return None
     pid, host = int(m["pid"]), m["host"]
-    if host == _host() and pid != os.getpid() and not _alive(pid):
+    if _dead_owner(host, pid):
         return f"left by process {pid}, which is no longer running"
     if age > STALE_AFTER_S and not (host == _host() and pid == os.getpid()):
         return f"left by process {pid} on {host}, untouched for {age / 3600:.1f} h"

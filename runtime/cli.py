@@ -36,7 +36,7 @@ from v2m.core.errors import (
 
 from . import __version__
 from .cli_support import ArgumentParser, StepProgress, UsageError, check_options
-from .request import Request
+from .request import MAX_DURATION_S, Request
 from .sampler import SOLVERS
 
 log = logging.getLogger("v2m.cli")
@@ -157,12 +157,19 @@ def _check_video_job(video_path: Path, output: Path, args):
     path, the video (readable, a video not a still, the stream) and, for a video output,
     what its container can hold (`--reencode`), in one opening of the input (`media.inspect`,
     whose `Source` the generation reuses)."""
-    from . import media
+    from . import media, video
 
     media.check_output_path(output, video_path)
     source = media.inspect(video_path, output, args.reencode, args.video_stream)
+    video.check_duration(source.info.duration_s, _max_duration(args), video_path.name)
     tempfiles.clean_stale(Path(output).parent)  # what a killed run left there
     return source
+
+
+def _max_duration(args) -> float | None:
+    """--max-duration in seconds (None: no limit); the default is `request.MAX_DURATION_S`."""
+    limit = MAX_DURATION_S if args.max_duration is None else args.max_duration
+    return limit or None
 
 
 def _progress_total(pipe, duration_s: float, args) -> int:
@@ -201,7 +208,8 @@ def cmd_generate(args) -> int:
         profiler = Profiler(device=pipe.backend.device, trace=bool(args.trace), clock=pipe.backend.step_clock())
     progress = StepProgress(_progress_total(pipe, source.info.duration_s, args), enabled=False if args.quiet else None)
     try:
-        result = pipe.generate(video_path, request=req, on_step=progress, profiler=profiler, source=source)
+        result = pipe.generate(video_path, request=req, on_step=progress, profiler=profiler, source=source,
+                               max_duration_s=_max_duration(args))
     finally:
         progress.close()
     with profiler.range("write") if profiler is not None else nullcontext():
@@ -289,7 +297,8 @@ def cmd_generate_batch(args) -> int:
         check_report_paths({"--profile": args.profile, "--trace": args.trace}, taken)
     pipe = _load_pipeline(args)
     opts = batch.BatchOptions(out_dir, format=args.format, batch_size=args.batch_size, request=req,
-                              overwrite=args.overwrite, progress=False if args.quiet else None)
+                              overwrite=args.overwrite, progress=False if args.quiet else None,
+                              max_duration_s=_max_duration(args))
     profiler = None
     if profiling:
         from .profiler import Profiler, format_report, write_json_atomic
@@ -356,9 +365,10 @@ def cmd_curve(args) -> int:
 
     if Path(args.video).suffix.lower() in AUDIO_SUFFIXES:
         return cmd_music_curve(args)
-    video.probe(args.video, args.video_stream)  # before loading the model
+    info = video.probe(args.video, args.video_stream)  # before loading the model
+    video.check_duration(info.duration_s, _max_duration(args), Path(args.video).name)
     pipe = _load_pipeline(args)
-    res = pipe.curve(args.video, video_stream=args.video_stream)
+    res = pipe.curve(args.video, video_stream=args.video_stream, max_duration_s=_max_duration(args))
     if args.json:
         print(json.dumps({
             "video": str(args.video),
@@ -720,6 +730,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reencode", default="auto", choices=["auto", "never"],
                    help="when the output container cannot hold the video's codec: auto re-encodes the picture "
                         "as H.264 (CRF 18, logged), never refuses before any work and names containers that can")
+    g.add_argument("--max-duration", type=float, default=None, metavar="SECONDS",
+                   help="refuse a video longer than this, from its header before decoding and from its frames' "
+                        "times while decoding; 0: no limit (default: 14400, four hours; one video only)")
     g.add_argument("--json", action="store_true",
                    help="print the result (output, seed, duration, timings...) as one JSON object on stdout")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no timing table")
@@ -759,6 +772,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_args(c, model_default="demo")
     c.add_argument("--video-stream", type=int, default=None, metavar="N",
                    help="use the container's stream N (default: the stream marked default, else the largest)")
+    c.add_argument("--max-duration", type=float, default=None, metavar="SECONDS",
+                   help="refuse a video longer than this, from its header before decoding and from its frames' "
+                        "times while decoding; 0: no limit (default: 14400, four hours)")
     c.add_argument("--json", action="store_true", help="print the curve as one JSON object")
     c.add_argument("--plot", default=None, metavar="PNG",
                    help="save the curve with cuts and thumbnails (matplotlib) (default: none)")

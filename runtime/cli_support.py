@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 from v2m.core.errors import InputError
 
+from .request import max_duration_problem
 from .sampler import SamplerOptions
 
 __all__ = [
@@ -40,6 +41,8 @@ MAX_SEED = 2**63 - 1
 MAX_CLIP_S = 600.0  # generated test clips (demo, bench): ten minutes is already a long wait
 MAX_BATCH = 1024
 KEEP_AUDIO_DB = (-60.0, 20.0)  # below -60 dB the original is inaudible under music
+# --max-duration: generate/curve refuse longer videos (a feature film fits; a 3 KB file whose
+# last frame sits hours later, which would decode and sample for hours, does not): see `request`.
 
 
 class UsageError(Exception):
@@ -163,6 +166,7 @@ CHECKS: dict[str, Check] = {
     "seed": _int_in(0, MAX_SEED, "seed"),
     "device": _device,
     "keep_audio": _number_in(*KEEP_AUDIO_DB, "the original audio's level in dB"),
+    "max_duration": max_duration_problem,
     "batch_size": _int_in(1, MAX_BATCH, "batch size"),
     "duration": _number_in(0.0, MAX_CLIP_S, "duration in seconds", lo_open=True),
     "repeats": _int_in(1, 1000, "repeats"),

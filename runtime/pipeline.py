@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -105,20 +106,30 @@ class Pipeline:
         return cls(path, cfg, be, text, encoder)
 
     # --- building blocks ------------------------------------------------------------
-    def _features(self, reader: video.VideoReader, obs: Observers, items: Sequence[Any], batch_size: int = 32):
+    def _reader(self, video_path, stream: int | None, cancel=None, max_duration_s: float | None = None,
+                info=None) -> tuple[video.VideoReader, threading.Event]:
+        """A reader whose decode stops when `cancel` is set or its consumer leaves (the returned event)."""
+        stop = threading.Event()  # set when `_features` leaves: the decode thread ends at its next frame
+        return video.VideoReader(video_path, stream, max_duration_s, video.either(stop, cancel), info=info), stop
+
+    def _features(self, reader: video.VideoReader, stop: threading.Event, obs: Observers, items: Sequence[Any],
+                  cancel=None, batch_size: int = 32):
         """Decode (background thread) and encode (this thread) in batches: features [T, D].
 
         A weight-free frame encoder (cut, motion) runs here in numpy on the uint8 frames;
-        DINOv2 runs in the backend on normalized pixels.
+        DINOv2 runs in the backend on normalized pixels. `cancel` (an Event or a callable) stops
+        both at the next frame or batch (`Cancelled`); the decode thread is joined before this returns.
         """
         enc = self.encoder_config
-        batches = video.prefetch(reader.sample(self.config.curve_fps, int(enc["input_size"]), batch_size=batch_size))
+        batches = video.prefetch(reader.sample(self.config.curve_fps, int(enc["input_size"]), batch_size=batch_size),
+                                 stop=stop)
         feats = []
         t_start = time.perf_counter()
         t_enc = 0.0
         if self.frame_encoder is not None:
             self.frame_encoder.reset()
         for frames in batches:
+            video.check_cancel(cancel)
             t0 = time.perf_counter()
             with obs.stage("encode", items):
                 if self.frame_encoder is not None:
@@ -137,12 +148,13 @@ class Pipeline:
         return torch.cat(feats)
 
     def encode_video(self, video_path: str | Path, timings: dict[str, float] | None = None, batch_size: int = 32,
-                     profiler=None, video_stream: int | None = None):
-        """Features [T, D] of a video and its finished `VideoReader` (see `prepare` for the whole stage)."""
+                     profiler=None, video_stream: int | None = None, cancel=None, max_duration_s: float | None = None):
+        """Features [T, D] of a video and its finished `VideoReader` (see `prepare` for the whole stage;
+        `cancel`, `max_duration_s`: see `video.VideoReader`)."""
         holder = _Timings({} if timings is None else timings)
-        reader = video.VideoReader(video_path, video_stream)
+        reader, stop = self._reader(video_path, video_stream, cancel, max_duration_s)
         obs = Observers([ProfilerObserver(profiler) if profiler is not None else None])
-        return self._features(reader, obs, [holder], batch_size), reader
+        return self._features(reader, stop, obs, [holder], cancel, batch_size), reader
 
     def compute_curve(self, features, duration_s: float) -> tuple[np.ndarray, str]:
         """Event curve from features: the Triton kernel for CUDA tensors, else the numpy reference."""
@@ -165,12 +177,13 @@ class Pipeline:
             features = features.cpu().numpy()
         return curves_mod.event_curve(np.asarray(features), length, fps, rate, k), "numpy"
 
-    def curve(self, video_path: str | Path, video_stream: int | None = None) -> CurveResult:
-        """The event curve of a video, at the latent frame rate."""
+    def curve(self, video_path: str | Path, video_stream: int | None = None, cancel=None,
+              max_duration_s: float | None = None) -> CurveResult:
+        """The event curve of a video, at the latent frame rate (`cancel`, `max_duration_s`: see `prepare`)."""
         holder = _Timings({})
         obs = Observers()
-        reader = video.VideoReader(video_path, video_stream)
-        features = self._features(reader, obs, [holder])
+        reader, stop = self._reader(video_path, video_stream, cancel, max_duration_s)
+        features = self._features(reader, stop, obs, [holder], cancel)
         with obs.stage("curve", [holder]):
             c, impl = self.compute_curve(features, reader.duration_s)
         return CurveResult(c, reader.duration_s, int(features.shape[0]), self.config.curve_fps, self.config.latent_rate,
@@ -273,12 +286,15 @@ class Pipeline:
 
     # --- the three stages -----------------------------------------------------------
     def prepare(self, video_path: str | Path, request: Request | None = None, *,
-                observers: Observers | None = None, source: media.Source | None = None) -> Prepared:
+                observers: Observers | None = None, source: media.Source | None = None, cancel=None,
+                max_duration_s: float | None = None) -> Prepared:
         """One video's conditioning: the probe, the event curve and the prompt embeddings.
 
         The prompt and the sampler options are checked first (a bad one fails before the
         video is decoded); the video is probed once (its `VideoInfo` is kept; `source`: a
-        `media.inspect` of it made earlier, not repeated) and decoded once.
+        `media.inspect` of it made earlier, not repeated) and decoded once. `cancel` (an Event
+        or a callable) stops the decode and encode (`Cancelled`); a video longer than
+        `max_duration_s` is refused (`VideoTooLong`, from the header or, where it lies, the frames).
         """
         req = request or Request()
         obs = observers or Observers()
@@ -289,9 +305,10 @@ class Pipeline:
         self._encode_request(p, obs)
         p.source = source
         if cfg.has_curve_channel:
-            reader = video.VideoReader(video_path, req.video_stream, None if source is None else source.info)
+            reader, stop = self._reader(video_path, req.video_stream, cancel, max_duration_s,
+                                        None if source is None else source.info)
             p.info = reader.info
-            features = self._features(reader, obs, [p])
+            features = self._features(reader, stop, obs, [p], cancel)
             p.packet_log = reader.packet_log
             p.duration_s, p.curve_frames, p.lost_s = reader.duration_s, int(features.shape[0]), reader.damage.lost_s
             with obs.stage("curve", [p]):
@@ -299,6 +316,7 @@ class Pipeline:
             del features
         else:  # the model takes no curve: the video only sets the duration
             p.info = source.info if source is not None else video.probe(video_path, req.video_stream)
+            video.check_duration(p.info.duration_s, max_duration_s, Path(video_path).name)
             p.duration_s = p.info.duration_s
             p.curve = np.zeros(curves_mod.latent_length(p.duration_s, cfg.latent_rate), np.float32)
             log.info("this model has no curve channel: the video sets the duration only")
@@ -478,6 +496,7 @@ class Pipeline:
         prepared: Prepared | None = None,
         observers: Observers | None = None,
         source: media.Source | None = None,
+        max_duration_s: float | None = None,
     ) -> GenerationResult:
         """Generate music for a video: `prepare`, `sample` and `render` in a row.
 
@@ -499,6 +518,7 @@ class Pipeline:
             prepared: a `Prepared` of this video to reuse (its request is replaced by this one).
             observers: more observers of the stages and steps.
             source: `media.inspect`'s probe (and mux plan) of this video, made earlier: not repeated.
+            max_duration_s: refuse a video longer than this (`VideoTooLong`; None: no limit).
         """
         req = request or Request(
             prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, cfg_scale=cfg_scale, solver=solver,
@@ -515,7 +535,7 @@ class Pipeline:
         if profiler is not None:
             profiler.begin_run()
         if prepared is None:
-            p = self.prepare(video_path, req, observers=obs, source=source)
+            p = self.prepare(video_path, req, observers=obs, source=source, max_duration_s=max_duration_s)
         else:
             p = self.variant(prepared, obs, **dataclasses.asdict(req))
         (s,) = self.sample([p], obs)

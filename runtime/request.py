@@ -22,11 +22,16 @@ from v2m.core.errors import InputError
 
 from .sampler import SamplerOptions
 
-__all__ = ["Request", "KEEP_AUDIO_DB", "REENCODE_MODES", "SEED_LIMIT", "check_seed", "check_keep_audio"]
+__all__ = ["Request", "KEEP_AUDIO_DB", "REENCODE_MODES", "SEED_LIMIT", "MAX_DURATION_S", "check_seed", "check_keep_audio",
+           "max_duration_problem"]
 
 SEED_LIMIT = 2**63
 KEEP_AUDIO_DB = (-60.0, 20.0)  # below -60 dB the original is inaudible under music; +20 drowns it
 REENCODE_MODES = ("auto", "never")
+# The longest video a run takes unless told otherwise (a 2 KB file whose last frame sits hours
+# later, which would decode and sample for hours, does not). 0: no limit.
+MAX_DURATION_S = 4 * 3600.0
+MAX_DURATION_LIMIT_S = 7 * 24 * 3600.0  # the largest limit one may set
 SAMPLER_FIELDS = ("steps", "cfg_scale", "solver", "shift", "use_curve", "curve_guidance")
 
 
@@ -37,6 +42,14 @@ def check_seed(seed: Any, what: str = "seed") -> int | None:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
         raise InputError(f"{what} must be an integer in [0, 2^63), got {seed!r}")
     return int(seed)
+
+
+def max_duration_problem(value: Any) -> str | None:
+    """What is wrong with a `--max-duration` value (seconds; 0: no limit), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and 0 <= value <= MAX_DURATION_LIMIT_S):
+        return f"the longest video in seconds (0: no limit) must be in [0, {MAX_DURATION_LIMIT_S:g}], got {value!r}"
+    return None
 
 
 def check_keep_audio(value: Any, what: str = "keep_audio") -> float | None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from v2m.core.errors import OutputError
 
-__all__ = ["make_test_video", "scene_palette"]
+__all__ = ["make_gap_video", "make_test_video", "scene_palette"]
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +171,30 @@ def make_test_video(
             _write_sine(out, aus, duration_s)
     logger.debug("wrote test video %s (%d frames, cuts %s)", path, len(times), cuts)
     return cuts
+
+
+def make_gap_video(path: str | os.PathLike, last_at_s: float, frames: int = 24, fps: int = 24,
+                   honest_header: bool = True) -> None:
+    """A hostile video: `frames` frames at 1 / `fps` s, then one more at `last_at_s` (hours
+    later, in a file of a few KB). H.264 in Matroska (.mkv) or MPEG-TS (.ts).
+
+    honest_header: False writes Matroska as a live stream, whose header then claims only the
+    first frame's duration (the decoder meets the late frame only when it gets there).
+    """
+    path = Path(path)
+    fmt = _CONTAINERS[path.suffix.lower()]
+    opts = {} if honest_header or fmt != "matroska" else {"live": "1"}
+    tb = Fraction(1, fps)
+    with _scheduling_kept(), av.open(str(path), "w", format=fmt, options=opts) as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        vs.options = {"preset": "ultrafast", "g": "12"}
+        vs.codec_context.time_base = tb
+        for i, pts in enumerate([*range(frames), round(last_at_s * fps)]):
+            frame = av.VideoFrame.from_ndarray(_render(i / fps, i // 12, 64, 48), format="rgb24")
+            frame.pts, frame.time_base = pts, tb
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode(None))
 
 
 @contextmanager

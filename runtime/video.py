@@ -18,6 +18,12 @@ odd containers come out right. Conventions (the event curve depends on them):
    good frame is held over the gap, and one warning says how many seconds were
    lost. The clock and the duration then cover the stream's whole packet span.
    Still images (a PNG renamed .mp4, a one-frame GIF) are refused as videos.
+7. Limits (`VideoReader(max_duration_s=..., cancel=...)`): a video whose header says it is
+   longer than `max_duration_s` is refused before decoding, and, since a header can lie
+   (a few frames and one hours later: a 3 KB file), so is any frame or damaged tail whose
+   time passes it while decoding (`VideoTooLong`). `cancel` (a `threading.Event` or a
+   callable returning True) is consulted at every decoded frame and every yielded batch;
+   once set, iteration raises `Cancelled`.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import math
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -35,13 +41,16 @@ from pathlib import Path
 import av
 import numpy as np
 
-from v2m.core.errors import InputError
+from v2m.core.errors import Cancelled, InputError, VideoTooLong
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "VideoInfo",
     "VideoReader",
+    "check_cancel",
+    "either",
+    "check_duration",
     "DecodeLog",
     "codec_name",
     "decode_frames",
@@ -84,6 +93,30 @@ class VideoInfo:
     has_audio: bool
     audio_duration_s: float | None
     stream_index: int = 0  # the container's index of the video stream used
+
+
+def check_cancel(cancel: threading.Event | Callable[[], bool] | None) -> None:
+    """Raise `Cancelled` once `cancel` (a `threading.Event`, or a callable returning True) is set."""
+    if cancel is not None and (cancel.is_set() if isinstance(cancel, threading.Event) else cancel()):
+        raise Cancelled("the work was cancelled (the request was abandoned or the server is stopping)")
+
+
+def either(*cancels: threading.Event | Callable[[], bool] | None) -> Callable[[], bool]:
+    """One cancel that is set once any of `cancels` is (None entries ignored)."""
+    live = [c for c in cancels if c is not None]
+
+    def cancelled() -> bool:
+        return any(c.is_set() if isinstance(c, threading.Event) else c() for c in live)
+
+    return cancelled
+
+
+def check_duration(seconds: float, max_duration_s: float | None, name: str, where: str = "lasts") -> None:
+    """Raise `VideoTooLong` when `seconds` passes `max_duration_s` (None or 0: no limit).
+    `where`: how the time was learned ("lasts", "has a frame at"), for the message."""
+    if max_duration_s and seconds > max_duration_s:
+        raise VideoTooLong(f"{name} {where} {seconds:.1f} s; the limit is {max_duration_s:g} s "
+                           "(--max-duration); cut the video or raise the limit")
 
 
 def num_samples(duration_s: float, fps: float) -> int:
@@ -373,11 +406,16 @@ class VideoReader:
     ```
     """
 
-    def __init__(self, path: str | os.PathLike, stream: int | None = None, info: VideoInfo | None = None):
+    def __init__(self, path: str | os.PathLike, stream: int | None = None, max_duration_s: float | None = None,
+                 cancel: threading.Event | Callable[[], bool] | None = None, info: VideoInfo | None = None):
         """Args: path: the video; stream: the container's index of the video stream (None: see
-        `select_video_stream`); info: its `probe`, when the caller has it (not probed again)."""
+        `select_video_stream`); max_duration_s: refuse a longer video (None or 0: no limit);
+        cancel: stop decoding once set (see the module docstring, 7); info: its `probe`, when
+        the caller has it (not probed again)."""
         self.info = info if info is not None and (stream is None or stream == info.stream_index) else probe(path, stream)
         self.path = Path(self.info.path)
+        self.max_duration_s, self.cancel = max_duration_s, cancel
+        check_duration(self.info.duration_s, max_duration_s, self.path.name)
         self.duration_s: float | None = None  # set when a `sample` pass finishes
         self.num_samples: int | None = None
         self.frames_decoded: int | None = None
@@ -415,6 +453,7 @@ class VideoReader:
             batch[n] = rgb
             n += 1
             if n == batch_size:
+                check_cancel(self.cancel)
                 yield batch
                 batch, n = np.empty_like(batch), 0
         if n:
@@ -433,6 +472,7 @@ class VideoReader:
             prev, last_t, last_dur = frame, t, dur
 
         duration = max(last_t + last_dur, self._tail_end)
+        check_duration(self._tail_end, self.max_duration_s, self.path.name, "has damaged packets until")
         if duration < self.info.duration_s - max(0.5, 2 * last_dur):
             logger.warning(
                 "%s: decoded %.2f s of the %.2f s the header promises; the file may be truncated",
@@ -485,6 +525,8 @@ class VideoReader:
                 if decoded and t < last_t:
                     logger.debug("%s: pts going backwards at %.4f s; dropped", self.path.name, t)
                     continue
+                check_cancel(self.cancel)
+                check_duration(t, self.max_duration_s, self.path.name, "has a frame at")  # the header may lie
                 if after_damage and t > last_end:
                     log.gaps.append((last_end, t))
                 if decoded:

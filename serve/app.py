@@ -9,9 +9,11 @@
 
 Every error is one JSON object `{"error": "<one line>", "status": N}`: 400 malformed body,
 401 no or wrong API key, 403 a server-side path outside --allow-dir (or none allowed),
-413 upload too large, 415 not multipart or not a video part, 422 bad parameters or a
-video that cannot be read (the CLI's one-line reason), 500 internal, 503 not ready /
+408 the body took longer than --upload-timeout, 413 upload too large or video longer than
+--max-duration, 415 not multipart or not a video part, 422 bad parameters or a video that
+cannot be read (the CLI's one-line reason), 500 internal, 503 not ready / too many uploads /
 queue full (with Retry-After) / shutting down, 504 past the per-request timeout.
+A request counts against --max-uploads while its body arrives, then against --max-queue.
 
 The body is parsed as it streams in: the video part goes straight to the request's
 temporary directory under a fixed name (the client's file name is never used as a
@@ -39,7 +41,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from v2m.core.errors import InputError, V2MError
+from v2m.core.errors import Cancelled, InputError, V2MError, VideoTooLong
 
 from .config import GENERATE_FIELDS, ServeConfig, media_type_of, parse_generate_fields, suffix_of
 from .engine import Abandoned, Engine, Ticket
@@ -77,6 +79,7 @@ class AppState:
         self.draining = False
         self.load_error: str | None = None
         self.in_flight = 0
+        self.uploading = 0
         self.metrics = Metrics(lambda: self.engine)
         self._lock = threading.Lock()
 
@@ -88,7 +91,23 @@ class AppState:
             raise ApiError(503, reason, {"Retry-After": "5"})
         return self.engine
 
+    def admit_upload(self) -> None:
+        """Count a request whose body is arriving against --max-uploads (503 past it)."""
+        with self._lock:
+            if self.uploading >= self.config.max_uploads:
+                retry = max(1, round(self.config.upload_timeout_s / 10))
+                raise ApiError(503, f"too many uploads in progress ({self.config.max_uploads}); retry later",
+                               {"Retry-After": str(retry)})
+            self.uploading += 1
+            self.metrics.uploading.set(self.uploading)
+
+    def end_upload(self) -> None:
+        with self._lock:
+            self.uploading -= 1
+            self.metrics.uploading.set(self.uploading)
+
     def admit(self) -> None:
+        """Count a request whose body has arrived against --max-queue (503 past it)."""
         with self._lock:
             if self.in_flight >= self.config.max_queue:
                 retry = max(1, round(self.config.timeout_s / 10))
@@ -118,10 +137,12 @@ class _CleanupFileResponse(FileResponse):
 
 
 # --- the body ----------------------------------------------------------------------------
-async def read_form(request: Request, workdir: Path, max_bytes: int, video_field: bool = True) -> tuple[dict[str, str], Path | None]:
+async def read_form(request: Request, workdir: Path, max_bytes: int, video_field: bool = True,
+                    timeout_s: float | None = None) -> tuple[dict[str, str], Path | None]:
     """Stream a multipart/form-data body: text fields, and the `video` file part into `workdir`.
+    The whole body must arrive within `timeout_s` (None: no limit).
 
-    Raises ApiError (400, 413, 415, 422) and starlette's ClientDisconnect (aborted upload).
+    Raises ApiError (400, 408, 413, 415, 422) and starlette's ClientDisconnect (aborted upload).
     """
     kind, params = parse_options_header(request.headers.get("content-type", ""))
     if kind != b"multipart/form-data":
@@ -194,13 +215,21 @@ async def read_form(request: Request, workdir: Path, max_bytes: int, video_field
         "on_headers_finished": on_headers_finished,
     })
     received = 0
-    try:
+
+    async def pump() -> None:
+        nonlocal received
         async for chunk in request.stream():
             received += len(chunk)
             if received > max_bytes:
                 raise ApiError(413, f"the upload is larger than the limit of {max_bytes} bytes ({max_bytes / 2**20:g} MB)")
             parser.write(chunk)
+
+    try:
+        await asyncio.wait_for(pump(), timeout_s)
         parser.finalize()
+    except asyncio.TimeoutError:  # TimeoutError since 3.11; a distinct class on 3.10
+        raise ApiError(408, f"the upload took longer than the server's limit of {timeout_s:g} s "
+                            f"({received} bytes arrived); send it faster or in full", {"Connection": "close"}) from None
     except ApiError:
         raise
     except ClientDisconnect:
@@ -224,6 +253,8 @@ def _resolve_video(config: ServeConfig, fields: dict[str, str], upload: Path | N
         raise ApiError(422, "missing the 'video' file part")
     if config.allow_dir is None:
         raise ApiError(403, "server-side paths are disabled on this server; upload the video instead")
+    if "\0" in rel:
+        raise ApiError(422, "video_path contains a NUL byte; send a file name inside the allowed folder")
     root = config.allow_dir
     target = os.path.realpath(os.path.join(root, rel))
     if os.path.commonpath([root, target]) != root or not os.path.isfile(target):
@@ -264,6 +295,10 @@ async def _result_or_abandon(coro, request: Request, timeout_s: float, ticket: T
 def _status_of(e: BaseException) -> tuple[int, str]:
     if isinstance(e, ApiError):
         return e.status, e.message
+    if isinstance(e, VideoTooLong):
+        return 413, str(e)
+    if isinstance(e, Cancelled):
+        return 503, str(e)
     if isinstance(e, InputError):
         return 422, str(e)
     if isinstance(e, V2MError):
@@ -336,6 +371,12 @@ def create_app(config: ServeConfig, load: Callable[[], Engine] | None = None, en
     async def _http_error(request, e: StarletteHTTPException):
         return _error(e.status_code, str(e.detail), getattr(e, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request, e: Exception):  # a bug outside the handlers: still one JSON line
+        log.error("%s failed", request.url.path, exc_info=e)
+        status, message = _status_of(e)
+        return _error(status, message)
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request, e: RequestValidationError):
         first = e.errors()[0] if e.errors() else {}
@@ -365,29 +406,36 @@ def create_app(config: ServeConfig, load: Callable[[], Engine] | None = None, en
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def _admitted(request: Request, handler, join_batch: bool):
-        """Auth, readiness, admission; a request directory removed when the response is done."""
+        """Auth, readiness, admission (--max-uploads while the body arrives, then --max-queue);
+        a request directory removed when the response is done."""
         authorize(request)
         eng = state.require_ready()
-        state.admit()
+        state.admit_upload()
         ticket = Ticket()
         if join_batch:
             eng.expect(ticket)
         workdir = eng.temp.new()
-        done = {"cleaned": False}
+        held = {"upload": True, "queue": False}  # which count this request holds
 
         def cleanup():
-            if done["cleaned"]:
-                return
-            done["cleaned"] = True
+            if held["upload"]:
+                held["upload"] = False
+                state.end_upload()
+            if held["queue"]:
+                held["queue"] = False
+                state.release()
             ticket.abandon()
             eng.temp.remove(workdir)
-            state.release()
             eng.unexpect(ticket)
 
         try:
             t0 = time.perf_counter()
-            fields, upload = await read_form(request, workdir, config.max_upload_bytes)
+            fields, upload = await read_form(request, workdir, config.max_upload_bytes, timeout_s=config.upload_timeout_s)
             state.metrics.stage("upload", time.perf_counter() - t0)
+            held["upload"] = False
+            state.end_upload()
+            state.admit()
+            held["queue"] = True
             return await handler(eng, ticket, workdir, fields, upload, cleanup)
         except ClientDisconnect:
             log.info("%s: the client went away", request.url.path)
@@ -396,7 +444,11 @@ def create_app(config: ServeConfig, load: Callable[[], Engine] | None = None, en
         except BaseException as e:
             cleanup()
             if isinstance(e, asyncio.CancelledError):
-                raise
+                if not state.draining:
+                    raise
+                # uvicorn cancels what outlasts --shutdown-grace: say so in JSON, not its plain-text 500
+                return _error(503, "the server shut down before the request finished; retry on another instance",
+                              {"Retry-After": "5"})
             status, message = _status_of(e)
             if status >= 500 and not isinstance(e, (ApiError, V2MError, Abandoned)):
                 log.exception("%s failed", request.url.path)
@@ -436,7 +488,7 @@ def create_app(config: ServeConfig, load: Callable[[], Engine] | None = None, en
             video = _resolve_video(config, fields, upload)
             if fields:
                 raise ApiError(422, f"unknown fields {sorted(fields)}; /v1/curve takes only the video")
-            res = await _result_or_abandon(eng.run_device(eng.curve, video), request, config.timeout_s, ticket)
+            res = await _result_or_abandon(eng.run_device(eng.curve, video, ticket), request, config.timeout_s, ticket)
             cleanup()
             return {
                 "duration_s": res.duration_s, "curve_fps": res.curve_fps, "latent_rate": res.latent_rate,

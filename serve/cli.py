@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import logging
 import os
 import signal
+import socket
 
 from v2m.core.errors import BackendUnavailable, InputError
 
@@ -33,6 +35,7 @@ def serve_config(args):
     return ServeConfig(
         host=args.host, port=args.port, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout,
+        max_uploads=args.max_uploads, upload_timeout_s=args.upload_timeout, max_duration_s=args.max_duration,
         max_upload_mb=args.max_upload_mb, max_prompt_chars=args.max_prompt_chars, allow_dir=args.allow_dir,
         tmp_dir=args.tmp_dir, shutdown_grace_s=args.shutdown_grace, warmup=not args.no_warmup,
     )
@@ -51,6 +54,36 @@ def load_pipeline(options: dict):
     return _load_pipeline(argparse.Namespace(**options))
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads: a port in use is one line (exit 2),
+    and `--port 0` learns its port here (uvicorn serves on this socket)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)  # as uvicorn would
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e}); check --host, pick another "
+                         "--port or stop what uses it") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def json_400_protocol():
+    """uvicorn's HTTP protocol whose parser errors (a request it cannot parse, answered before the
+    app sees it) are v2m's one JSON line instead of plain text."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class Protocol(AutoHTTPProtocol):  # h11 and httptools both answer parse errors here
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps({"error": f"malformed HTTP request ({msg.rstrip('.')})", "status": 400}).encode()
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+            self.transport.close()
+
+    return Protocol
+
+
 def cmd_serve(args) -> int:
     from v2m.core.bundle import load_config
 
@@ -63,6 +96,7 @@ def cmd_serve(args) -> int:
 
         return run_ray_serve(config, pipeline_options(args), address=args.ray or None, replicas=args.replicas,
                              replica_cpus=args.replica_cpus)
+    sock = bind(config.host, config.port)
     import uvicorn
 
     from .app import create_app
@@ -89,14 +123,16 @@ def cmd_serve(args) -> int:
     server = Server(uvicorn.Config(
         app, host=config.host, port=config.port, log_level="warning" if args.quiet else "info",
         timeout_graceful_shutdown=int(round(config.shutdown_grace_s)), access_log=not args.quiet,
-        lifespan="on",
+        lifespan="on", http=json_400_protocol(),
     ))
     if config.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         log.warning("listening on %s without an API key: anyone who can reach it can use it", config.host)
-    print(f"v2m serve: http://{config.host}:{config.port} (docs at /docs; ready when /readyz says so)", flush=True)
+    port = sock.getsockname()[1]  # the bound one (--port 0 picks a free port)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    print(f"v2m serve: http://{host}:{port} (docs at /docs; ready when /readyz says so)", flush=True)
     # uvicorn re-raises the signal it shut down on: after a graceful SIGTERM, exit 0
     signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run()
+    server.run(sockets=[sock])
     if failure:
         e = failure[0]
         raise e if isinstance(e, Exception) else RuntimeError(str(e))
@@ -119,8 +155,16 @@ def add_serve_parser(sub, add_runtime_args) -> None:
     s.add_argument("--max-batch", type=int, default=None, help="most requests sampled together (default: the backend's, else 8)")
     s.add_argument("--batch-wait-ms", type=float, default=250.0,
                    help="longest a ready request waits for compatible ones while others are arriving (default 250)")
-    s.add_argument("--max-queue", type=int, default=32, help="requests admitted at once; more get 503 (default 32)")
+    s.add_argument("--max-queue", type=int, default=32,
+                   help="requests whose body has arrived (queued or running) at once; more get 503 (default 32)")
+    s.add_argument("--max-uploads", type=int, default=64,
+                   help="requests whose body is still arriving at once; more get 503 (default 64)")
+    s.add_argument("--upload-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="longest a request body may take to arrive; 408 past it (default 60)")
     s.add_argument("--timeout", type=float, default=600.0, help="seconds per request after its upload; 504 past it")
+    s.add_argument("--max-duration", type=float, default=600.0, metavar="SECONDS",
+                   help="longest video, from its header before decoding and from its frames' times while "
+                        "decoding; 413 past it; 0: no limit (default 600)")
     s.add_argument("--max-upload-mb", type=float, default=200.0, help="largest request body; 413 past it (default 200)")
     s.add_argument("--max-prompt-chars", type=int, default=2000, help="longest prompt; 422 past it (default 2000)")
     s.add_argument("--allow-dir", default=None, metavar="DIR",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from v2m.core.errors import InputError
-from v2m.runtime.request import Request
+from v2m.runtime.request import Request, max_duration_problem
 
 __all__ = ["ServeConfig", "FORMATS", "GENERATE_FIELDS", "parse_generate_fields", "suffix_of", "media_type_of",
            "API_KEY_ENV"]
@@ -57,9 +57,14 @@ class ServeConfig:
         max_batch: most requests sampled in one call; None: the backend's `max_batch`, else 8.
         batch_wait_ms: longest a ready request waits for compatible ones while others are
             still being uploaded or prepared (a lone request never waits).
-        max_queue: requests admitted at once (uploading, queued or running); more get 503.
+        max_queue: requests whose body has arrived, at once (queued or running); more get 503.
+        max_uploads: requests whose body is still arriving, at once; more get 503. Separate from
+            `max_queue` so slow uploads cannot take every slot.
+        upload_timeout_s: the longest a request body may take to arrive (408 past it).
         timeout_s: per request, from the end of its upload to its result (504 past it).
         max_upload_mb: the largest request body (413 past it).
+        max_duration_s: the longest video, from its header before decoding and from its frames'
+            times while decoding (413 past it); 0: no limit.
         max_prompt_chars: the longest prompt or negative prompt (422 past it).
         allow_dir: a folder whose files `video_path` may name; None: no server-side paths.
         tmp_dir: where per-request temporary directories are made (default: the system's).
@@ -73,8 +78,11 @@ class ServeConfig:
     max_batch: int | None = None
     batch_wait_ms: float = 250.0
     max_queue: int = 32
+    max_uploads: int = 64
+    upload_timeout_s: float = 60.0
     timeout_s: float = 600.0
     max_upload_mb: float = 200.0
+    max_duration_s: float = 600.0
     max_prompt_chars: int = 2000
     allow_dir: str | None = None
     tmp_dir: str | None = None
@@ -86,6 +94,9 @@ class ServeConfig:
             (self.max_batch is None or (isinstance(self.max_batch, int) and self.max_batch >= 1), "--max-batch must be >= 1"),
             (math.isfinite(self.batch_wait_ms) and self.batch_wait_ms >= 0, "--batch-wait-ms must be >= 0"),
             (isinstance(self.max_queue, int) and self.max_queue >= 1, "--max-queue must be >= 1"),
+            (isinstance(self.max_uploads, int) and self.max_uploads >= 1, "--max-uploads must be >= 1"),
+            (math.isfinite(self.upload_timeout_s) and self.upload_timeout_s > 0, "--upload-timeout must be > 0 seconds"),
+            (max_duration_problem(self.max_duration_s) is None, f"--max-duration: {max_duration_problem(self.max_duration_s)}"),
             (math.isfinite(self.timeout_s) and self.timeout_s > 0, "--timeout must be > 0 seconds"),
             (math.isfinite(self.max_upload_mb) and self.max_upload_mb > 0, "--max-upload-mb must be > 0"),
             (isinstance(self.max_prompt_chars, int) and self.max_prompt_chars >= 1, "--max-prompt-chars must be >= 1"),

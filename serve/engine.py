@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from v2m.core import tempfiles
+from v2m.runtime import video
 from v2m.runtime.observers import Observer, Observers, StageMetrics
 from v2m.runtime.prepared import Prepared
 from v2m.runtime.request import Request
@@ -79,13 +81,14 @@ def group_key(item: Prepared) -> tuple:
 
 
 class _Cancel(Observer):
-    """Stops a group's sampling at the next step once every request in it was abandoned."""
+    """Stops a group's sampling at the next step once every request in it was abandoned, or the
+    engine closes."""
 
-    def __init__(self, tickets: list[Ticket | None]):
-        self.tickets = tickets
+    def __init__(self, tickets: list[Ticket | None], closing: threading.Event):
+        self.tickets, self.closing = tickets, closing
 
     def step(self, i: int) -> None:
-        if all(t is not None and t.abandoned for t in self.tickets):
+        if self.closing.is_set() or all(t is not None and t.abandoned for t in self.tickets):
             raise Abandoned()
 
 
@@ -102,7 +105,8 @@ class TempDirs:
     """Per-request temporary directories under one root, removed on request end and on close."""
 
     def __init__(self, parent: str | Path | None = None):
-        self.root = Path(tempfile.mkdtemp(prefix="v2m-serve-", dir=parent))
+        tempfiles.clean_dead_dirs(parent, "v2m-serve-")  # what a killed server left
+        self.root = tempfiles.owned_dir(parent, "v2m-serve-")
 
     def new(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="req-", dir=self.root))
@@ -293,6 +297,7 @@ class Engine:
         # how a prepared item becomes audio: the local batcher, or Ray Serve's (`ray_app`)
         self.batch_fn: Callable[[Prepared], Any] = self._local_batch
         self._started = False
+        self._closing = threading.Event()  # set by close(): every decode, encode and sampler loop stops
 
     # --- life cycle
     def start(self, warmup: bool | None = None) -> None:
@@ -305,7 +310,10 @@ class Engine:
             self.scheduler.call(self.warm_up).result()
 
     def close(self) -> None:
+        self._closing.set()  # the running request stops at its next frame, batch or step
         self.scheduler.stop(timeout=self.config.shutdown_grace_s)
+        if self.scheduler.alive:  # one backend call longer than the grace period
+            log.warning("the device thread is still busy after %g s; exiting without it", self.config.shutdown_grace_s)
         self.temp.close()
 
     def warm_up(self) -> float:
@@ -342,18 +350,24 @@ class Engine:
         return {dev: int(torch.cuda.memory_allocated(torch.device(dev)))}
 
     # --- the stages (device thread)
+    def cancel_of(self, ticket: Ticket | None) -> Callable[[], bool]:
+        """The `cancel` of a request's decode and encode: its ticket abandoned, or the engine closing."""
+        return video.either(self._closing, None if ticket is None else (lambda: ticket.abandoned))
+
     def prepare(self, ticket: Ticket | None, video_path: Path, req: Request) -> Prepared:
-        """The core's `prepare` (decode, encode, event curve, text) on the device thread."""
+        """The core's `prepare` (decode, encode, event curve, text) on the device thread; it stops
+        at the next frame or batch once the request is abandoned or the engine closes."""
         if ticket is not None and ticket.abandoned:
             raise Abandoned()
-        p = self.pipe.prepare(video_path, req, observers=self.observers)
+        p = self.pipe.prepare(video_path, req, observers=self.observers, cancel=self.cancel_of(ticket),
+                              max_duration_s=self.config.max_duration_s or None)
         p.info_extra["ticket"] = ticket
         return p
 
     def sample_and_decode(self, items: list[Prepared]) -> list[Any]:
         """Sample a compatible group (`Pipeline.sample`), render each item: per item
         (audio [2, N] fitted to its video, batch size) or an exception."""
-        obs = self.observers.with_(_Cancel([p.info_extra.get("ticket") for p in items]))
+        obs = self.observers.with_(_Cancel([p.info_extra.get("ticket") for p in items], self._closing))
         out: list[Any] = []
         for p, r in zip(items, self.pipe.sample(items, obs)):
             if isinstance(r, BaseException):
@@ -369,9 +383,9 @@ class Engine:
         """Write `out` (.wav/.flac, or muxed .mp4/.mkv) with the core's `write`; any thread."""
         self.pipe.write(item, audio, out, self.observers)
 
-    def curve(self, video_path: Path):
+    def curve(self, video_path: Path, ticket: Ticket | None = None):
         """The event curve (`Pipeline.curve`); device thread."""
-        res = self.pipe.curve(video_path)
+        res = self.pipe.curve(video_path, cancel=self.cancel_of(ticket), max_duration_s=self.config.max_duration_s or None)
         for stage, s in res.timings.items():
             self.observe_stage(stage, s)
         return res

@@ -6,6 +6,7 @@
     v2m_batch_size                            requests per sampler call
     v2m_queue_depth                           requests waiting for the device (tasks + prepared, not yet sampled)
     v2m_requests_in_flight                    admitted requests not finished
+    v2m_uploads_in_progress                   requests whose body is still arriving
     v2m_ready                                 1 once the model is loaded and warmed up
     v2m_gpu_memory_allocated_bytes{device}    where the torch backend runs on CUDA
 """
@@ -60,6 +61,7 @@ class Metrics:
                                 buckets=_LATENCY_BUCKETS, registry=r)
         self.batch = Histogram("v2m_batch_size", "requests sampled together in one call", buckets=_BATCH_BUCKETS, registry=r)
         self.in_flight = Gauge("v2m_requests_in_flight", "admitted requests not finished", registry=r)
+        self.uploading = Gauge("v2m_uploads_in_progress", "requests whose body is still arriving", registry=r)
         self.ready = Gauge("v2m_ready", "1 once the model is loaded and warmed up", registry=r)
         r.register(_Live(engine))
 
