@@ -587,11 +587,14 @@ def normalize(
     return x
 
 
-def prefetch(it: Iterator, depth: int = 2) -> Iterator:
-    """Run iterator `it` in a background thread (PyAV decodes without the GIL), `depth` items ahead."""
+def prefetch(it: Iterator, depth: int = 2, stop: threading.Event | None = None) -> Iterator:
+    """Run iterator `it` in a background thread (PyAV decodes without the GIL), `depth` items ahead.
+    `stop` is set when the consumer leaves; an `it` that consults it (a `VideoReader` made with
+    it as `cancel`) ends at once, and the thread is joined before this returns: none is left
+    inside FFmpeg (a thread still there at interpreter exit aborts the process)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
-    stop = threading.Event()
+    stop = stop or threading.Event()
 
     def work():
         try:

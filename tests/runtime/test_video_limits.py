@@ -12,6 +12,7 @@ of samples yielded (never the clock).
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -103,7 +104,10 @@ def test_cli_one_line_exit_2(gaps, tiny_bundle, tmp_path, capsys, which, args, w
 def test_max_duration_option_checked(gaps, tiny_bundle, capsys):
     assert main(["curve", str(gaps["honest"]), "--model", str(tiny_bundle), "--max-duration", "-1"]) == 2
     assert "--max-duration" in capsys.readouterr().err
-    out = gaps["honest"].parent / "batch"
+    out = gaps["honest"].parent / "batch"  # batch mode: each too-long video fails alone, with its line
     assert main(["generate", str(gaps["honest"]), str(gaps["lying"]), "-o", str(out), "--model", str(tiny_bundle),
-                 "--max-duration", "60"]) == 2
-    assert "batch mode" in capsys.readouterr().err
+                 "--max-duration", "60", "--steps", "2", "--format", "wav", "-q"]) == 2
+    items = json.loads((out / "summary.json").read_text())["items"]
+    assert [i["status"] for i in items] == ["failed", "failed"]
+    assert "lasts 21600.0 s" in items[0]["reason"] and "frame at 21600.0 s" in items[1]["reason"]
+    assert not list(out.glob("*.wav"))
