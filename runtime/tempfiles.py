@@ -8,6 +8,7 @@ only once complete, so a failure never leaves a half-written output.
 - SIGTERM and SIGHUP (`kill`, `timeout`, `docker stop`, systemd, a closed
   terminal) are turned into `Terminated`, a `KeyboardInterrupt`, inside
   `signals_as_interrupts()`: the same unwinding as Ctrl-C, then exit 128 + signal.
+  Later signals are ignored while it unwinds.
 - SIGKILL (or a power cut) cannot be caught. The temporary file's name says who
   made it: `.{stem}.{host}.{pid}.{token}.v2m-tmp{suffix}`. The next v2m run that
   writes into that directory removes it when it is stale: made on this host by a
@@ -302,27 +303,37 @@ def clean_stale(directory: str | os.PathLike, force: bool = False) -> list[Path]
 
 
 @contextmanager
-def signals_as_interrupts(signums: tuple[str, ...] = ("SIGTERM", "SIGHUP")) -> Iterator[None]:
+def signals_as_interrupts(signums: tuple[str, ...] = ("SIGINT", "SIGTERM", "SIGHUP")) -> Iterator[None]:
     """Within the block, SIGTERM and SIGHUP raise `Terminated` in the main thread (a
-    `KeyboardInterrupt`: everything unwinds as for Ctrl-C). Later ones while unwinding
-    are ignored so the cleanup finishes. The previous handlers come back at the end.
-    Outside the main thread this does nothing (Python delivers signals there only)."""
+    `KeyboardInterrupt`: everything unwinds as for Ctrl-C), and SIGINT raises
+    `KeyboardInterrupt`. After the first, all of them are ignored, so a second signal
+    (a second Ctrl-C, `kill` twice, a closing terminal) cannot break the cleanup or
+    end the process by signal: it still exits 128 + the first signal. They stay
+    ignored after the block once one arrived (the process is on its way out);
+    otherwise the previous handlers come back. A signal ignored on entry (`nohup`, a
+    background job's SIGINT) stays ignored. Outside the main thread this does nothing
+    (Python delivers signals there only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous: dict[int, object] = {}
+    arrived: list[int] = []
 
     def handler(signum, frame):
         for s in previous:
             signal.signal(s, signal.SIG_IGN)
+        arrived.append(signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise Terminated(signum)
 
     for name in signums:
-        if hasattr(signal, name):
-            s = getattr(signal, name)
+        s = getattr(signal, name, None)
+        if s is not None and signal.getsignal(s) is not signal.SIG_IGN:
             previous[s] = signal.signal(s, handler)
     try:
         yield
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        if not arrived:
+            for s, h in previous.items():
+                signal.signal(s, h)
