@@ -315,6 +315,7 @@ def assign_outputs(jobs: list[Job], out_dir: str | Path, fmt: str = "mp4") -> No
             continue
         try:
             media.check_output_path(j.output, j.video)
+            tempfiles.check_name_length(_sidecar(j.output))  # written next to it, after the work
         except OutputError as e:
             j.fail(str(e))
 

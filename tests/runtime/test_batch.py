@@ -355,3 +355,13 @@ def test_duplicate_outputs_fail_after_the_first(capsys, tiny_bundle, short_video
     assert all("is also the output of jobs.jsonl line 1" in i["reason"] for i in data["items"][1:3])
     assert sorted(p.name for p in out.glob("*.*") if p.name != "summary.json" and not p.name.endswith(".v2m.json")) == \
         ["a.mp4", "same.wav"]
+
+
+def test_output_whose_sidecar_name_is_too_long_fails_up_front(short_video, tmp_path):
+    """Issue 22 item 11: the sidecar `NAME.v2m.json` is written after the work; a 250-byte output
+    name made it fail then."""
+    shutil.copy(short_video.path, tmp_path / "a.mp4")
+    jobs = _manifest_jobs(tmp_path, {"video": "a.mp4", "output": "x" * 246 + ".wav"},
+                          {"video": "a.mp4", "output": "y" * 240 + ".wav"})
+    assert [j.status for j in jobs] == ["failed", "pending"]
+    assert "limit of 255" in jobs[0].reason

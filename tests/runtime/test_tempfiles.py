@@ -161,3 +161,18 @@ def test_full_disk_in_seek_prints_no_callback_traceback(tmp_path, monkeypatch, c
     err = capfd.readouterr().err
     assert "Traceback" not in err and "cffi" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_onto_a_device_is_written_in_place(char_device):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from v2m.runtime.evaluate import _save_png
+
+    node = char_device("plot.png", 3)
+    fig = plt.figure()
+    _save_png(fig, node)
+    assert _is_char_device(node)
