@@ -92,13 +92,18 @@ def crossfade(n: int, rho: float) -> tuple[np.ndarray, np.ndarray]:
     is constant across the join; rho = 1 gives the raised cosine (fade_out + fade_in = 1),
     rho = 0 equal power. `rho` is clamped to [0, 1].
     """
-    return tuple(w.astype(np.float32) for w in _crossfade64(n, rho))
+    return tuple(w.astype(np.float32) for w in _weights(_odd(n), rho))
 
 
-def _crossfade64(n: int, rho: float) -> tuple[np.ndarray, np.ndarray]:
+def _odd(n: int) -> np.ndarray:
+    """The odd part o(t) = sin(pi t / 2) / 2 over n samples of t in (-1, 1), mid-sample."""
+    t = (np.arange(n, dtype=np.float64) + 0.5) * (2.0 / n) - 1.0
+    return 0.5 * np.sin(0.5 * np.pi * t)
+
+
+def _weights(odd: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray]:
+    """(fade_out, fade_in) = (e - o, e + o), e the even part that holds the level at `rho`."""
     rho = min(max(float(rho), 0.0), 1.0)
-    t = (np.arange(n, dtype=np.float64) + 0.5) * (2.0 / n) - 1.0  # -1 .. 1
-    odd = 0.5 * np.sin(0.5 * np.pi * t)
     even = np.sqrt(np.maximum(1.0 - 2.0 * (1.0 - rho) * odd**2, 0.0) / (2.0 * (1.0 + rho)))
     return even - odd, even + odd
 
@@ -106,6 +111,11 @@ def _crossfade64(n: int, rho: float) -> tuple[np.ndarray, np.ndarray]:
 def equal_power(n: int) -> tuple[np.ndarray, np.ndarray]:
     """(fade_out, fade_in) of uncorrelated signals: fade_out^2 + fade_in^2 = 1 (`crossfade(n, 0)`)."""
     return crossfade(n, 0.0)
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """sum(a * b) without BLAS (whose threads cost more than the sum on a busy machine)."""
+    return float(np.einsum("i,i->", a, b))
 
 
 def join_correlation(prev: np.ndarray, new: np.ndarray) -> float:
@@ -121,12 +131,13 @@ def join_correlation(prev: np.ndarray, new: np.ndarray) -> float:
     x, y = prev.astype(np.float64).reshape(-1, n), new.astype(np.float64).reshape(-1, n)
     xx, yy, xy = (x * x).sum(0), (y * y).sum(0), (x * y).sum(0)  # per sample, all channels
 
-    tau = _crossfade64(n, 1.0)[1]
-    target = float(np.dot(1 - tau, xx) + np.dot(tau, yy))
+    odd = _odd(n)
+    tau = _weights(odd, 1.0)[1]
+    target = float(_dot(1 - tau, xx) + _dot(tau, yy))
 
     def excess(rho: float) -> float:  # the join's energy over the target at this rho
-        w_out, w_in = _crossfade64(n, rho)
-        return float(np.dot(w_out**2, xx) + np.dot(w_in**2, yy) + 2 * np.dot(w_out * w_in, xy)) - target
+        w_out, w_in = _weights(odd, rho)
+        return float(_dot(w_out**2, xx) + _dot(w_in**2, yy) + 2 * _dot(w_out * w_in, xy)) - target
 
     if excess(1.0) >= -1e-9 * target:  # even equal gain is not quieter (identical signals): the most correlated fade
         return 1.0
