@@ -49,6 +49,7 @@ __all__ = [
     "collect_inputs",
     "read_manifest",
     "assign_outputs",
+    "refuse_output_clashes",
     "check_output_dir",
     "model_hash",
     "show",
@@ -263,7 +264,8 @@ def assign_outputs(jobs: list[Job], out_dir: str | Path, fmt: str = "mp4") -> No
 
     Folder inputs are named by their relative path (`a/clip.mp4` -> `a__clip.mp4`);
     file inputs by their stem, with parent folders prepended only on a clash;
-    a remaining clash gets `-2`, `-3`... Manifest `output` values are kept.
+    a remaining clash gets `-2`, `-3`... Manifest `output` values are kept; a job
+    whose output is another's output or any job's input fails (`refuse_output_clashes`).
     """
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -275,7 +277,7 @@ def assign_outputs(jobs: list[Job], out_dir: str | Path, fmt: str = "mp4") -> No
             if not j.output.suffix:
                 j.output = j.output.with_name(j.output.name + ext)
             j.output = j.output if j.output.is_absolute() else out_dir / j.output
-            taken.add(str(j.output).lower())
+            taken.add(_output_key(j.output))
     auto = [j for j in jobs if not j.explicit_output and j.status == "pending"]
     parts = {id(j): _name_parts(j) for j in auto}
     depth = {id(j): (len(parts[id(j)]) if j.root is not None else 1) for j in auto}
@@ -291,17 +293,64 @@ def assign_outputs(jobs: list[Job], out_dir: str | Path, fmt: str = "mp4") -> No
     for j in auto:
         base = "__".join(parts[id(j)][-depth[id(j)] :])
         name, k = base + ext, 2
-        while str(out_dir / name).lower() in taken:
+        while _output_key(out_dir / name) in taken:
             name, k = f"{base}-{k}{ext}", k + 1
-        taken.add(str(out_dir / name).lower())
+        taken.add(_output_key(out_dir / name))
         j.output = out_dir / name
+    refuse_output_clashes(jobs)
     for j in jobs:
         if j.status != "pending" or j.output is None:
             continue
         try:
             media.check_output_path(j.output, j.video)
+            tempfiles.check_name_length(_sidecar(j.output))  # written next to it, after the work
         except OutputError as e:
             j.fail(str(e))
+
+
+def _output_key(path: Path) -> str:
+    """A path as outputs are compared: absolute, links resolved, `..` folded, case-insensitive."""
+    return os.path.realpath(path).lower()
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def refuse_output_clashes(jobs: list[Job]) -> None:
+    """Fail, before any work, every pending job whose output would overwrite what another job
+    needs: another job's output (every line after the first that names it fails), or any job's
+    input (compared by real path and by file identity: links, `..`, another spelling)."""
+    inputs: dict[str, Job] = {}
+    input_ids: dict[tuple[int, int], Job] = {}
+    for j in jobs:
+        if str(j.video).startswith("<"):  # a bad manifest line: no input
+            continue
+        inputs.setdefault(os.path.realpath(j.video), j)
+        fid = _file_id(j.video)
+        if fid is not None:
+            input_ids.setdefault(fid, j)
+    claimed: dict[str, Job] = {}
+    for j in jobs:
+        if j.status != "pending" or j.output is None:
+            continue
+        key = _output_key(j.output)
+        reader = inputs.get(os.path.realpath(j.output)) or input_ids.get(_file_id(j.output) or (-1, -1))
+        if reader is not None and reader is not j:
+            j.fail(f"output {show(j.output)} is the input of {_job_name(reader)}; choose another output")
+        elif key in claimed:
+            j.fail(f"output {show(j.output)} is also the output of {_job_name(claimed[key])}; give each its own output")
+        else:
+            claimed[key] = j
+
+
+def _job_name(job: Job) -> str:
+    """A job as messages name it: its manifest line, else its input."""
+    return job.source or show(job.video)
 
 
 # --- sidecars ----------------------------------------------------------------------------

@@ -360,13 +360,13 @@ def _save_png(fig, out_png: Path) -> Path:
     """Save a figure atomically (temporary file, rename) and close it."""
     import matplotlib.pyplot as pyplot
 
-    tmp = out_png.with_name(f".{out_png.stem}.{os.getpid()}.tmp.png")
+    from .tempfiles import atomic_output
+
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, out_png)
+        with atomic_output(out_png) as tmp:  # a device is written in place, the umask's mode
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         pyplot.close(fig)
-        tmp.unlink(missing_ok=True)
     return out_png
 
 

@@ -26,7 +26,7 @@ from v2m.core.bundle import (
     has_encoder_weights,
     load_config,
 )
-from v2m.core.errors import BundleError
+from v2m.core.errors import BundleError, OutputError
 
 from . import dinov2 as dinov2_mod
 from . import dit as dit_mod
@@ -152,11 +152,13 @@ def init_bundle(
             weights for a seed: bundles are reproducible per device, not across.
     """
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is a file, not a folder; give a new or empty folder for the bundle")
+    if out.exists() and any(out.iterdir()):
         if not (out / "config.json").is_file():
-            raise BundleError(f"{out} exists and is not empty; choose another directory")
-        if load_config(out).preset != preset:
-            raise BundleError(f"{out} holds another bundle; pass --overwrite to replace it")
+            raise OutputError(f"{out} exists and is not empty; choose another directory")
+        if not overwrite:  # a bundle, even of this preset: its weights are not replaced silently
+            raise OutputError(f"{out} holds a bundle already; pass --overwrite to replace it, or choose another directory")
     cfg = bundle_config(preset, encoder)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)

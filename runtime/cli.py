@@ -7,15 +7,18 @@ hold. `--debug` shows tracebacks. Results go to stdout (one JSON object with
 `--json`), logs and the progress bar to stderr.
 
 Exit codes: 0 ok; 1 internal error (a bug: rerun with --debug); 2 bad input, option
-or usage (batch mode: some video failed on its input, see summary.json); 128 + N
-when ended by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), temporary files removed.
+or usage, a full disk (batch mode: some video failed on its input, see summary.json);
+128 + N when ended by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), temporary files
+removed; 141 when stdout's reader went away (`| head`: 128 + SIGPIPE, no message).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -42,13 +45,15 @@ from .sampler import SOLVERS
 log = logging.getLogger("v2m.cli")
 
 EXIT_USER_ERROR = EXIT_USAGE  # the old name
+EXIT_PIPE = 141  # 128 + SIGPIPE: stdout closed by its reader (`| head`), as a shell reports coreutils
 
 EXIT_CODES_HELP = """exit codes:
   0        success
   1        internal error: a bug (rerun with --debug for the traceback)
   2        bad input, option value or usage; unwritable output; a missing extra
            (batch mode: some videos failed on their input; see summary.json)
-  128+N    ended by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP); temporary files removed"""
+  128+N    ended by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP); temporary files removed;
+           141 (SIGPIPE): stdout was closed by its reader (`v2m ... --json | head`)"""
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -321,7 +326,7 @@ def cmd_generate_batch(args) -> int:
         if profiler is not None:
             try:
                 write_profile()  # what ran until the interrupt
-            except OSError as e:
+            except (OSError, V2MError) as e:
                 log.warning("could not write the profile of the interrupted run: %s", e)
         raise
     counts = {s: summary.count(s) for s in ("ok", "failed", "skipped")}
@@ -682,7 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--preset", default="tiny", choices=["tiny", "small", "full", *SAO_PRESET_NAMES], help="model size")
     i.add_argument("--seed", type=int, default=0, help="weight seed, in [0, 2^63)")
     i.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="weight precision on disk")
-    i.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    i.add_argument("--overwrite", action="store_true",
+                   help="replace an existing bundle (without it an existing non-empty folder is refused)")
     i.add_argument("--encoder", default="dinov2", choices=ENCODER_KINDS,
                    help="frame encoder: dinov2 (random weights), or weight-free cut / motion (default: dinov2)")
     i.add_argument("-o", "--output", required=True, help="the bundle directory to write")
@@ -838,6 +844,24 @@ def _missing_module(e: ImportError) -> str | None:
     return name if name in EXTRAS else None
 
 
+def _silence_stdout() -> bool:
+    """If stdout cannot take its buffered output (a closed pipe, a full disk), point it at
+    os.devnull so that the flush at exit cannot fail again (Python's documented recipe for
+    SIGPIPE); whether it was broken."""
+    try:
+        sys.stdout.flush()
+        return False
+    except OSError:
+        pass
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a real file descriptor (captured in tests)
+        pass
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -850,7 +874,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfiles.signals_as_interrupts():
         try:
             check_options(args)  # every option value, before any work
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe or a full disk on stdout fails here, not at exit
+            return code
+        except BrokenPipeError:  # `v2m ... | head`: the reader is gone; exit quietly, like coreutils
+            _silence_stdout()
+            return EXIT_PIPE
         except V2MError as e:
             if args.debug:
                 raise
@@ -866,6 +895,11 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - the promise is one line, never a traceback
             if args.debug:
                 raise
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # anywhere, stdout too
+                _silence_stdout()  # v2m's own files fail as OutputError, named: one without a name is stdout
+                where = "standard output" if e.filename is None else e.filename
+                print(f"v2m: error: {tempfiles.write_error(where, e)}", file=sys.stderr)
+                return EXIT_USAGE
             module = _missing_module(e) if isinstance(e, ImportError) else None
             if module is not None:  # an optional package this command needs
                 print(f"v2m: error: `v2m {args.command}` needs {module}, not installed here: "

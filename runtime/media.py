@@ -36,7 +36,7 @@ import numpy as np
 import soundfile as sf
 
 from v2m.core.errors import InputError, NumericalError, OutputError
-from v2m.core.tempfiles import atomic_output
+from v2m.core.tempfiles import atomic_output, check_name_length, is_special
 
 from . import video
 from .mux_plan import (
@@ -88,7 +88,8 @@ def check_output_path(path: str | os.PathLike, video_path: str | os.PathLike | N
 
     Raises:
         OutputError: unknown suffix, missing or read-only directory, a directory
-            given as the output, or the output is the input video.
+            given as the output, a name too long for its folder, or the output is the
+            input video.
     """
     p = Path(path)
     suffix = p.suffix.lower()
@@ -102,8 +103,10 @@ def check_output_path(path: str | os.PathLike, video_path: str | os.PathLike | N
     parent = p.parent
     if not parent.is_dir():
         raise OutputError(f"output directory {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory {parent} is not writable; choose another output path")
+    if not is_special(p):  # a device or FIFO is written in place, its folder untouched
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"output directory {parent} is not writable; choose another output path")
+        check_name_length(p)
     if p.is_dir():
         raise OutputError(f"output {p} is a directory; give a file name")
     if video_path is not None and _same_file(p, Path(video_path)):
@@ -182,26 +185,40 @@ def _quantize16(audio: np.ndarray) -> np.ndarray:
 
 
 class _CheckedFile:
-    """A file for libsndfile's virtual IO that keeps the first write error.
+    """A file for libsndfile's virtual IO that keeps the first I/O error.
 
-    soundfile calls `write` from a C callback, where an exception is only printed;
-    libsndfile then sees a short write (or none: FLAC carries on) and the file is
-    silently truncated. Here the error is kept and raised after `sf.write`.
+    soundfile calls `write`, `seek`, `tell` and `flush` from C callbacks, where an
+    exception is only printed (a traceback per call: a buffered file that cannot flush
+    onto a full disk fails in every later `seek`); libsndfile then sees a short write
+    (or none: FLAC carries on) and the file is silently truncated. Here the first error
+    is kept, every later call does nothing, and the error is raised after `sf.write`.
     """
 
     def __init__(self, f):
         self.f, self.error = f, None
 
-    def write(self, data) -> int:
+    def _call(self, name: str, *args):
         if self.error is not None:
             return 0
         try:
-            return self.f.write(data)
+            return getattr(self.f, name)(*args)
         except OSError as e:
             self.error = e
             return 0
 
-    def __getattr__(self, name):  # seek, tell, read, flush: the real file's
+    def write(self, data) -> int:
+        return self._call("write", data)
+
+    def seek(self, *args) -> int:
+        return self._call("seek", *args)
+
+    def tell(self) -> int:
+        return self._call("tell")
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def __getattr__(self, name):  # read, mode, name...: the real file's
         return getattr(self.f, name)
 
 

@@ -40,7 +40,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -122,17 +121,14 @@ def library_versions() -> dict[str, str | None]:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write JSON to `path` via a temporary file in the same directory and `os.replace`."""
+    """Write JSON to `path` atomically (`tempfiles.atomic_output`: the umask's mode, a device
+    written in place, a one-line `OutputError` on a full disk)."""
+    from v2m.core.tempfiles import atomic_output
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, allow_nan=True)
     return path
 
 
@@ -145,14 +141,18 @@ def check_report_paths(paths: dict[str, str | Path | None], taken: dict[str | Pa
 
     Raises:
         OutputError: a path is a folder, is below a file, is in a folder that is not
-            writable, is given twice, or is one of `taken`.
+            writable, is given twice, is one of `taken`, or its name is too long.
     """
+    from v2m.core.tempfiles import check_name_length, is_special
+
     taken_real = {os.path.realpath(k): v for k, v in (taken or {}).items()}
     seen: dict[str, str] = {}
     for flag, path in paths.items():
         if not path:
             continue
         p = Path(path)
+        if not is_special(p):
+            check_name_length(p)
         real = os.path.realpath(p)
         if p.is_dir():
             raise OutputError(f"{flag} {path} is a folder; give a file name in it, e.g. {p / 'report.json'}")
@@ -160,6 +160,9 @@ def check_report_paths(paths: dict[str, str | Path | None], taken: dict[str | Pa
             raise OutputError(f"{seen[real]} and {flag} both name {path}; give each its own file")
         if real in taken_real:
             raise OutputError(f"{flag} {path} is {taken_real[real]}; choose another file name")
+        seen[real] = flag
+        if is_special(p):  # a device or FIFO: written in place (see tempfiles)
+            continue
         parent = p.absolute().parent
         while not parent.exists() and parent != parent.parent:
             parent = parent.parent  # the folder that will hold the created folders
@@ -167,7 +170,6 @@ def check_report_paths(paths: dict[str, str | Path | None], taken: dict[str | Pa
             raise OutputError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
         if not os.access(parent, os.W_OK | os.X_OK):
             raise OutputError(f"{flag} {path}: the folder {parent} is not writable; choose another path")
-        seen[real] = flag
 
 
 @dataclass

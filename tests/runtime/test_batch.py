@@ -318,3 +318,52 @@ def test_batch_profile_written_when_interrupted(capsys, tiny_bundle, short_video
     (g,) = b["groups"]
     assert g["status"] == "interrupted" and g["B"] == 2 and len(g["step_ms"]) == 2
     assert any(e["name"].startswith("group 0") for e in _x_events(trace_path))
+
+
+def _manifest_jobs(tmp_path, *entries):
+    (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    jobs = batch.read_manifest(tmp_path / "jobs.jsonl")
+    batch.assign_outputs(jobs, tmp_path, "mp4")
+    return jobs
+
+
+def test_output_that_is_another_jobs_input_is_refused(short_video, tmp_path):
+    """Issue 22 item 1. Before: line 1 wrote over d.mp4, then line 2 generated from line 1's output."""
+    for name in ("a.mp4", "d.mp4"):
+        shutil.copy(short_video.path, tmp_path / name)
+    (tmp_path / "sub").mkdir()
+    jobs = _manifest_jobs(tmp_path, {"video": "a.mp4", "output": "d.mp4"}, {"video": "d.mp4"},
+                          {"video": "a.mp4", "output": "sub/../d.mp4"}, {"video": "d.mp4", "output": str(tmp_path / "a")})
+    assert [j.status for j in jobs] == ["failed", "pending", "failed", "failed"]
+    assert "is the input of jobs.jsonl line 2" in jobs[0].reason and "line 2" in jobs[2].reason
+    assert "is the input of jobs.jsonl line 1" in jobs[3].reason  # a.mp4 (the suffix is added)
+    os.link(tmp_path / "d.mp4", tmp_path / "hard.mp4")  # another name of the same file
+    jobs = _manifest_jobs(tmp_path, {"video": "a.mp4", "output": "hard.mp4"}, {"video": "d.mp4", "output": "e.mp4"})
+    assert [j.status for j in jobs] == ["failed", "pending"]
+
+
+def test_duplicate_outputs_fail_after_the_first(capsys, tiny_bundle, short_video, tmp_path):
+    """Issue 22 item 2. Before: both lines reported ok and one result was silently lost."""
+    shutil.copy(short_video.path, tmp_path / "a.mp4")
+    out = tmp_path / "out"
+    entries = [{"video": "a.mp4", "output": "same.wav", "seed": 1}, {"video": "a.mp4", "output": "./SAME.wav", "seed": 2},
+               {"video": "a.mp4", "seed": 3, "output": "x/../same.wav"}, {"video": "a.mp4", "seed": 4}]
+    (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    rc, stdout, err = _run(capsys, "generate", "--manifest", tmp_path / "jobs.jsonl", "-o", out, "--model", tiny_bundle,
+                           "--device", "cpu", "--steps", "2", "--quiet")
+    assert rc == 2 and "2 ok, 2 failed" in stdout, (stdout, err)
+    data, _ = _summary(out)
+    assert [i["status"] for i in data["items"]] == ["ok", "failed", "failed", "ok"]
+    assert all("is also the output of jobs.jsonl line 1" in i["reason"] for i in data["items"][1:3])
+    assert sorted(p.name for p in out.glob("*.*") if p.name != "summary.json" and not p.name.endswith(".v2m.json")) == \
+        ["a.mp4", "same.wav"]
+
+
+def test_output_whose_sidecar_name_is_too_long_fails_up_front(short_video, tmp_path):
+    """Issue 22 item 11: the sidecar `NAME.v2m.json` is written after the work; a 250-byte output
+    name made it fail then."""
+    shutil.copy(short_video.path, tmp_path / "a.mp4")
+    jobs = _manifest_jobs(tmp_path, {"video": "a.mp4", "output": "x" * 246 + ".wav"},
+                          {"video": "a.mp4", "output": "y" * 240 + ".wav"})
+    assert [j.status for j in jobs] == ["failed", "pending"]
+    assert "limit of 255" in jobs[0].reason
