@@ -360,7 +360,7 @@ def _save_png(fig, out_png: Path) -> Path:
     """Save a figure atomically (temporary file, rename) and close it."""
     import matplotlib.pyplot as pyplot
 
-    from .tempfiles import atomic_output
+    from v2m.core.tempfiles import atomic_output
 
     try:
         with atomic_output(out_png) as tmp:  # a device is written in place, the umask's mode
