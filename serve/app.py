@@ -83,6 +83,26 @@ class AppState:
         self.metrics = Metrics(lambda: self.engine)
         self._lock = threading.Lock()
 
+    def attach(self, eng: Engine) -> None:
+        """The engine is loaded and warmed up: feed its stages to the metrics, mark ready."""
+        eng.observe_stage = self.metrics.stage
+        eng.scheduler.on_batch = self.metrics.batch_size
+        self.engine, self.ready = eng, True
+        self.metrics.ready.set(1)
+
+    def load(self, load: Callable[[], Engine], on_load_error: Callable[[BaseException], None] | None) -> None:
+        """Build the engine (a startup thread); a failure is reported through /readyz and `on_load_error`."""
+        try:
+            eng = load()
+            self.attach(eng)
+            log.info("ready: %s", json.dumps(eng.describe()))
+        except BaseException as e:  # noqa: BLE001 - reported through /readyz and on_load_error
+            self.load_error = str(e) if isinstance(e, V2MError) else f"{type(e).__name__}: {e}"
+            if on_load_error is not None:
+                on_load_error(e)  # the CLI stops and prints it
+            else:
+                log.error("could not load the model: %s", self.load_error)
+
     def require_ready(self) -> Engine:
         if self.draining:
             raise ApiError(503, "the server is shutting down; retry on another instance", {"Retry-After": "5"})
@@ -316,52 +336,85 @@ def _multipart_doc(fields: dict[str, str]) -> dict[str, Any]:
 
 
 # --- the app -----------------------------------------------------------------------------
-def create_app(config: ServeConfig, load: Callable[[], Engine] | None = None, engine: Engine | None = None,
-               on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:
-    """The FastAPI app.
+class _Admission:
+    """One admitted request's holds (an upload slot, then a queue slot), its ticket and folder."""
 
-    Args:
-        config: limits, auth, folders.
-        load: builds and starts the engine (called in a thread at startup; /readyz says ready after).
-        engine: an engine already started (Ray Serve replicas); `load` is then not used.
-        on_load_error: called if `load` fails (the CLI stops the server with the error's line).
-    """
-    state = AppState(config)
+    def __init__(self, state: AppState, eng: Engine, join_batch: bool):
+        state.admit_upload()
+        self.state, self.eng = state, eng
+        self.ticket = Ticket()
+        if join_batch:
+            eng.expect(self.ticket)
+        self.workdir = eng.temp.new()
+        self.upload, self.queue = True, False
 
-    def loader():
-        try:
-            eng = load()
-            eng.observe_stage = state.metrics.stage
-            eng.scheduler.on_batch = state.metrics.batch_size
-            state.engine = eng
-            state.ready = True
-            state.metrics.ready.set(1)
-            log.info("ready: %s", json.dumps(eng.describe()))
-        except BaseException as e:  # noqa: BLE001 - reported through /readyz and on_load_error
-            state.load_error = str(e) if isinstance(e, V2MError) else f"{type(e).__name__}: {e}"
-            if on_load_error is not None:
-                on_load_error(e)  # the CLI stops and prints it
-            else:
-                log.error("could not load the model: %s", state.load_error)
+    def uploaded(self) -> None:
+        """The body has arrived: the upload slot becomes a queue slot (--max-queue)."""
+        self.upload = False
+        self.state.end_upload()
+        self.state.admit()
+        self.queue = True
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
-        if engine is None and load is not None:
-            threading.Thread(target=loader, name="v2m-load", daemon=True).start()
-        yield
-        state.draining = True
-        if state.engine is not None:
-            await asyncio.to_thread(state.engine.close)
+    def cleanup(self) -> None:
+        """Release what is held, abandon the ticket, remove the folder (idempotent)."""
+        if self.upload:
+            self.upload = False
+            self.state.end_upload()
+        if self.queue:
+            self.queue = False
+            self.state.release()
+        self.ticket.abandon()
+        self.eng.temp.remove(self.workdir)
+        self.eng.unexpect(self.ticket)
 
-    if engine is not None:
-        engine.observe_stage = state.metrics.stage
-        engine.scheduler.on_batch = state.metrics.batch_size
-        state.engine, state.ready = engine, True
-        state.metrics.ready.set(1)
 
-    app = FastAPI(title="v2m", version="0.1.0", lifespan=lifespan,
-                  description="Video-to-music generation (V2M-Zero). See docs/serving.md.")
-    app.state.v2m = state
+def _failure(request: Request, state: AppState, e: BaseException) -> Response:
+    """The JSON answer of a request that failed (or 499 for a client that went away)."""
+    if isinstance(e, ClientDisconnect):
+        log.info("%s: the client went away", request.url.path)
+        return Response(status_code=499)
+    if isinstance(e, asyncio.CancelledError):
+        if not state.draining:
+            raise e
+        # uvicorn cancels what outlasts --shutdown-grace: say so in JSON, not its plain-text 500
+        return _error(503, "the server shut down before the request finished; retry on another instance",
+                      {"Retry-After": "5"})
+    status, message = _status_of(e)
+    if status >= 500 and not isinstance(e, (ApiError, V2MError, Abandoned)):
+        log.exception("%s failed", request.url.path)
+    headers = e.headers if isinstance(e, ApiError) else ({"Retry-After": "5"} if status == 503 else None)
+    return _error(status, message, headers)
+
+
+def _authorize(config: ServeConfig, request: Request) -> None:
+    if config.api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    ok = scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), config.api_key.encode())
+    if not ok:
+        raise ApiError(401, "missing or wrong API key; send 'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
+
+
+async def _admitted(state: AppState, request: Request, handler, join_batch: bool):
+    """Auth, readiness, admission (--max-uploads while the body arrives, then --max-queue), the
+    form, then `handler(eng, ticket, workdir, fields, upload, cleanup)`; the request's folder is
+    removed when the response is done (or at once on failure)."""
+    config = state.config
+    _authorize(config, request)
+    adm = _Admission(state, state.require_ready(), join_batch)
+    try:
+        t0 = time.perf_counter()
+        fields, upload = await read_form(request, adm.workdir, config.max_upload_bytes, timeout_s=config.upload_timeout_s)
+        state.metrics.stage("upload", time.perf_counter() - t0)
+        adm.uploaded()
+        return await handler(adm.eng, adm.ticket, adm.workdir, fields, upload, adm.cleanup)
+    except BaseException as e:
+        adm.cleanup()
+        return _failure(request, state, e)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error the app answers is one JSON line with its status."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request, e: ApiError):
@@ -383,14 +436,8 @@ def create_app(config: ServeConfig, load: Callable[[], Engine] | None = None, en
         where = ".".join(str(x) for x in first.get("loc", ()))
         return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
-    def authorize(request: Request) -> None:
-        if config.api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        ok = scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), config.api_key.encode())
-        if not ok:
-            raise ApiError(401, "missing or wrong API key; send 'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
 
+def _add_status_routes(app: FastAPI, state: AppState) -> None:
     @app.get("/healthz", summary="the process is up")
     async def healthz():
         return {"status": "ok"}
@@ -402,58 +449,12 @@ def create_app(config: ServeConfig, load: Callable[[], Engine] | None = None, en
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics(request: Request):
-        authorize(request)
+        _authorize(state.config, request)
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    async def _admitted(request: Request, handler, join_batch: bool):
-        """Auth, readiness, admission (--max-uploads while the body arrives, then --max-queue);
-        a request directory removed when the response is done."""
-        authorize(request)
-        eng = state.require_ready()
-        state.admit_upload()
-        ticket = Ticket()
-        if join_batch:
-            eng.expect(ticket)
-        workdir = eng.temp.new()
-        held = {"upload": True, "queue": False}  # which count this request holds
 
-        def cleanup():
-            if held["upload"]:
-                held["upload"] = False
-                state.end_upload()
-            if held["queue"]:
-                held["queue"] = False
-                state.release()
-            ticket.abandon()
-            eng.temp.remove(workdir)
-            eng.unexpect(ticket)
-
-        try:
-            t0 = time.perf_counter()
-            fields, upload = await read_form(request, workdir, config.max_upload_bytes, timeout_s=config.upload_timeout_s)
-            state.metrics.stage("upload", time.perf_counter() - t0)
-            held["upload"] = False
-            state.end_upload()
-            state.admit()
-            held["queue"] = True
-            return await handler(eng, ticket, workdir, fields, upload, cleanup)
-        except ClientDisconnect:
-            log.info("%s: the client went away", request.url.path)
-            cleanup()
-            return Response(status_code=499)
-        except BaseException as e:
-            cleanup()
-            if isinstance(e, asyncio.CancelledError):
-                if not state.draining:
-                    raise
-                # uvicorn cancels what outlasts --shutdown-grace: say so in JSON, not its plain-text 500
-                return _error(503, "the server shut down before the request finished; retry on another instance",
-                              {"Retry-After": "5"})
-            status, message = _status_of(e)
-            if status >= 500 and not isinstance(e, (ApiError, V2MError, Abandoned)):
-                log.exception("%s failed", request.url.path)
-            headers = e.headers if isinstance(e, ApiError) else ({"Retry-After": "5"} if status == 503 else None)
-            return _error(status, message, headers)
+def _add_work_routes(app: FastAPI, state: AppState) -> None:
+    config = state.config
 
     @app.post("/v1/generate", summary="music for a video", openapi_extra=_multipart_doc(GENERATE_FIELDS),
               response_class=FileResponse,
@@ -479,7 +480,7 @@ def create_app(config: ServeConfig, load: Callable[[], Engine] | None = None, en
             return _CleanupFileResponse(out.path, media_type=media_type_of(fmt), headers=headers, cleanup=cleanup,
                                         filename=f"v2m-{out.seed}{suffix_of(fmt)}")
 
-        return await _admitted(request, handle, join_batch=True)
+        return await _admitted(state, request, handle, join_batch=True)
 
     @app.post("/v1/curve", summary="the event curve of a video (JSON)",
               openapi_extra=_multipart_doc({k: GENERATE_FIELDS[k] for k in ("video", "video_path")}))
@@ -496,8 +497,38 @@ def create_app(config: ServeConfig, load: Callable[[], Engine] | None = None, en
                 "timings": {k: round(v, 4) for k, v in res.timings.items()},
             }
 
-        return await _admitted(request, handle, join_batch=False)
+        return await _admitted(state, request, handle, join_batch=False)
 
+
+def create_app(config: ServeConfig, load: Callable[[], Engine] | None = None, engine: Engine | None = None,
+               on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:
+    """The FastAPI app.
+
+    Args:
+        config: limits, auth, folders.
+        load: builds and starts the engine (called in a thread at startup; /readyz says ready after).
+        engine: an engine already started (Ray Serve replicas); `load` is then not used.
+        on_load_error: called if `load` fails (the CLI stops the server with the error's line).
+    """
+    state = AppState(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if engine is None and load is not None:
+            threading.Thread(target=state.load, args=(load, on_load_error), name="v2m-load", daemon=True).start()
+        yield
+        state.draining = True
+        if state.engine is not None:
+            await asyncio.to_thread(state.engine.close)
+
+    if engine is not None:
+        state.attach(engine)
+    app = FastAPI(title="v2m", version="0.1.0", lifespan=lifespan,
+                  description="Video-to-music generation (V2M-Zero). See docs/serving.md.")
+    app.state.v2m = state
+    _install_error_handlers(app)
+    _add_status_routes(app, state)
+    _add_work_routes(app, state)
     app.add_middleware(_MetricsMiddleware, metrics=state.metrics)
     return app
 
