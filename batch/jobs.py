@@ -40,7 +40,7 @@ from typing import Any
 from v2m.core import tempfiles
 from v2m.core.errors import InputError, OutputError
 from v2m.runtime import media, sampler
-from v2m.runtime.request import Request
+from v2m.runtime.request import Request, check_seed, problem
 
 __all__ = [
     "Job",
@@ -220,8 +220,8 @@ def read_manifest(path: str | Path, prompt: str = "", seed: int | None = None) -
             job.fail(f"{where}: 'video' must be a non-empty string")
         elif not isinstance(p, str):
             job.fail(f"{where}: 'prompt' must be a string")
-        elif s is not None and (isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63):
-            job.fail(f"{where}: 'seed' must be an integer in [0, 2^63)")
+        elif (bad_seed := problem(check_seed, s)) is not None:
+            job.fail(f"{where}: {bad_seed}")
         elif out is not None and (not isinstance(out, str) or not out):
             job.fail(f"{where}: 'output' must be a non-empty string")
         else:

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from v2m.core.errors import InputError
 
-from .request import max_duration_problem
+from .request import check_seed, max_duration_problem, problem
 from .sampler import SamplerOptions
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "flag",
 ]
 
-MAX_SEED = 2**63 - 1
 MAX_CLIP_S = 600.0  # generated test clips (demo, bench): ten minutes is already a long wait
 MAX_BATCH = 1024
 KEEP_AUDIO_DB = (-60.0, 20.0)  # below -60 dB the original is inaudible under music
@@ -163,7 +162,7 @@ CHECKS: dict[str, Check] = {
     "solver": _sampler("solver"),
     "shift": _sampler("shift"),
     "curve_guidance": _sampler("curve_guidance"),
-    "seed": _int_in(0, MAX_SEED, "seed"),
+    "seed": lambda v: problem(check_seed, v),
     "device": _device,
     "keep_audio": _number_in(*KEEP_AUDIO_DB, "the original audio's level in dB"),
     "max_duration": max_duration_problem,

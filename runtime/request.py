@@ -20,12 +20,11 @@ from typing import Any
 
 from v2m.core.errors import InputError
 
-from .sampler import SamplerOptions
+from .sampler import SEED_LIMIT, SamplerOptions
 
 __all__ = ["Request", "KEEP_AUDIO_DB", "REENCODE_MODES", "SEED_LIMIT", "MAX_DURATION_S", "check_seed", "check_keep_audio",
-           "max_duration_problem"]
+           "max_duration_problem", "problem"]
 
-SEED_LIMIT = 2**63
 KEEP_AUDIO_DB = (-60.0, 20.0)  # below -60 dB the original is inaudible under music; +20 drowns it
 REENCODE_MODES = ("auto", "never")
 # The longest video a run takes unless told otherwise (a 2 KB file whose last frame sits hours
@@ -42,6 +41,15 @@ def check_seed(seed: Any, what: str = "seed") -> int | None:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
         raise InputError(f"{what} must be an integer in [0, 2^63), got {seed!r}")
     return int(seed)
+
+
+def problem(check, value: Any) -> str | None:
+    """What `check` (one of this module's `check_*`) says is wrong with `value`, or None (CLI tables)."""
+    try:
+        check(value)
+    except InputError as e:
+        return str(e)
+    return None
 
 
 def max_duration_problem(value: Any) -> str | None:

@@ -75,6 +75,7 @@ OBJECTIVE_SOLVERS = {
     "rectified_flow": ("euler", "pingpong"),
 }
 MAX_STEPS = 10000
+SEED_LIMIT = 2**63  # seeds are in [0, 2^63): `request.check_seed` is the edges' check
 
 X = TypeVar("X")
 
@@ -478,7 +479,7 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
 def resolve_seed(seed: int | None) -> int:
     """The given seed, or a fresh random one (reported back to the user so it can be replayed)."""
     if seed is not None:
-        if not 0 <= int(seed) < 2**63:
+        if not 0 <= int(seed) < SEED_LIMIT:
             raise ValueError(f"seed must be in [0, 2^63), got {seed}")
         return int(seed)
     import secrets
