@@ -81,7 +81,7 @@ def load(url: str, clip: Path, concurrency: int, n: int, steps: int) -> dict:
 
 def local_server(bundle: Path, work: Path, max_batch: int, wait_ms: float, threads: int):
     port = free_port()
-    cmd = [sys.executable, "-m", "v2m.runtime.cli", "serve", "--model", str(bundle), "--backend", "torch", "--device",
+    cmd = [sys.executable, "-m", "v2m.cli.main", "serve", "--model", str(bundle), "--backend", "torch", "--device",
            "cpu", "--port", str(port), "--quiet", "--max-batch", str(max_batch), "--batch-wait-ms", str(wait_ms),
            "--tmp-dir", str(work)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

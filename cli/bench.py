@@ -13,6 +13,8 @@ from pathlib import Path
 
 from v2m.core.errors import InputError
 
+from .common import add_runtime_args, load_pipeline
+
 log = logging.getLogger("v2m.cli")
 
 
@@ -25,9 +27,8 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def cmd_bench(args) -> int:
-    from . import synth
-    from .cli import _load_pipeline
-    from .profiler import Profiler, format_report
+    from v2m.runtime import synth
+    from v2m.runtime.profiler import Profiler, format_report
 
     with tempfile.TemporaryDirectory(prefix="v2m-bench-") as td:
         if args.video:
@@ -37,7 +38,7 @@ def cmd_bench(args) -> int:
         else:
             clip = Path(td) / "clip.mp4"
             synth.make_test_video(clip, duration_s=args.duration, size=args.size)
-        pipe = _load_pipeline(args)
+        pipe = load_pipeline(args)
         kw = dict(prompt=args.prompt, steps=args.steps)
         pipe.generate(clip, seed=0, profile_steps=False, **kw)  # warm-up: allocations, graph capture, compile
         prof = Profiler(device=pipe.backend.device, trace=bool(args.trace), clock=pipe.backend.step_clock())
@@ -49,7 +50,7 @@ def cmd_bench(args) -> int:
         report = prof.report(warmup_runs=1, video=str(args.video or f"synthetic {args.duration:g} s {args.size}"))
     print(format_report(report))
     if args.profile:
-        from .profiler import write_json_atomic
+        from v2m.runtime.profiler import write_json_atomic
 
         print(f"wrote profile report {write_json_atomic(args.profile, report)}")
     if args.trace:
@@ -60,7 +61,7 @@ def cmd_bench(args) -> int:
 def cmd_profile_plot(args) -> int:
     import json
 
-    from .profiler import plot_report
+    from v2m.runtime.profiler import plot_report
 
     path = Path(args.report)
     try:
@@ -73,7 +74,7 @@ def cmd_profile_plot(args) -> int:
     return 0
 
 
-def add_bench_parsers(sub, add_runtime_args) -> None:
+def register(sub) -> None:
     """Register `bench` and `profile-plot` (alias `plot`) on the CLI's subparsers."""
     b = sub.add_parser("bench", help="warm-up + N profiled generations; per-stage table with medians",
                        description="A warm-up generation, then N profiled ones; prints per-stage medians.",

@@ -26,7 +26,7 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def add_convert_parser(sub) -> None:
+def register(sub) -> None:
     """Register `convert` on the CLI's subparsers."""
     c = sub.add_parser("convert", help="convert a downloaded Stable Audio Open model to a v2m bundle",
                        description="Convert a Stable Audio Open model (stable-audio-tools or diffusers layout) to a "

@@ -9,7 +9,6 @@ commands, with one clear line if the extra is missing.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import logging
@@ -19,10 +18,12 @@ import socket
 
 from v2m.core.errors import BackendUnavailable, InputError
 
+from .common import add_runtime_args, load_pipeline, pipeline_options
+
 log = logging.getLogger("v2m.serve")
 
 
-def require(extra: str, *modules: str) -> None:
+def require_extra(extra: str, *modules: str) -> None:
     """One line naming the extra to install when a module of it is missing."""
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
@@ -30,7 +31,7 @@ def require(extra: str, *modules: str) -> None:
 
 
 def serve_config(args):
-    from .config import API_KEY_ENV, ServeConfig
+    from v2m.serve.config import API_KEY_ENV, ServeConfig
 
     return ServeConfig(
         host=args.host, port=args.port, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
@@ -39,19 +40,6 @@ def serve_config(args):
         max_upload_mb=args.max_upload_mb, max_prompt_chars=args.max_prompt_chars, allow_dir=args.allow_dir,
         tmp_dir=args.tmp_dir, shutdown_grace_s=args.shutdown_grace, warmup=not args.no_warmup,
     )
-
-
-def pipeline_options(args) -> dict:
-    """The runtime options of `_add_runtime_args`, as plain data (sent to Ray workers)."""
-    keys = ("model", "backend", "device", "precision", "fast", "compile", "kernels", "vae_precision", "engine_cache")
-    return {k: getattr(args, k, None) for k in keys}
-
-
-def load_pipeline(options: dict):
-    """`v2m.runtime.cli._load_pipeline` from `pipeline_options` data."""
-    from v2m.runtime.cli import _load_pipeline
-
-    return _load_pipeline(argparse.Namespace(**options))
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -87,25 +75,25 @@ def json_400_protocol():
 def cmd_serve(args) -> int:
     from v2m.core.bundle import load_config
 
-    require("serve", "fastapi", "uvicorn", "python_multipart", "prometheus_client")
+    require_extra("serve", "fastapi", "uvicorn", "python_multipart", "prometheus_client")
     config = serve_config(args)
     load_config(args.model)  # a missing or broken bundle: one line now, before listening
     if args.ray is not None:
-        require("ray", "ray")
-        from .ray_app import run_ray_serve
+        require_extra("ray", "ray")
+        from v2m.serve.ray_app import run_ray_serve
 
         return run_ray_serve(config, pipeline_options(args), address=args.ray or None, replicas=args.replicas,
                              replica_cpus=args.replica_cpus)
     sock = bind(config.host, config.port)
     import uvicorn
 
-    from .app import create_app
-    from .engine import Engine
+    from v2m.serve.app import create_app
+    from v2m.serve.engine import Engine
 
     failure: list[BaseException] = []
 
     def load():
-        eng = Engine(load_pipeline(pipeline_options(args)), config)
+        eng = Engine(load_pipeline(args), config)
         eng.start()
         return eng
 
@@ -139,8 +127,8 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def add_serve_parser(sub, add_runtime_args) -> None:
-    """Register `serve` on the CLI's subparsers (`add_runtime_args`: the CLI's --model/--backend/...)."""
+def register(sub) -> None:
+    """Add `serve` to the CLI's subparsers."""
     s = sub.add_parser("serve", help="HTTP service: POST /v1/generate, /v1/curve, /metrics (pip install 'v2m-runtime[serve]')",
                        description="Serve generation over HTTP: the model loaded once, concurrent requests batched.",
                        examples=["v2m serve --model tiny-bundle",

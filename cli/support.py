@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from v2m.core.errors import InputError
-
-from .request import check_seed, max_duration_problem, problem
-from .sampler import SamplerOptions
+from v2m.runtime.request import check_seed, max_duration_problem, problem
+from v2m.runtime.sampler import SamplerOptions
 
 __all__ = [
     "CHECKS",

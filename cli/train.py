@@ -87,7 +87,7 @@ def cmd_train_demo(args) -> int:
     return 0
 
 
-def add_train_parsers(sub) -> None:
+def register(sub) -> None:
     """Register `train {autoencoder,dit,demo}` on the CLI's subparsers."""
     t = sub.add_parser("train", help="train a model on synthetic music or your own (needs torch)",
                        description="Train the autoencoder and the DiT on synthetic music or a folder of yours "

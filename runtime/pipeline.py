@@ -47,6 +47,7 @@ from . import encoders as encoders_mod
 from . import media, sampler, video, windows
 from .backends import Backend, create_backend
 from .observers import STAGES, Observers, ProfilerObserver, StepCallback
+from .prefetch import prefetch
 from .prepared import CurveResult, GenerationResult, Prepared, Sampled
 from .request import Request
 from .text import PrecomputedText, TextEncoder, load_text_encoder
@@ -105,6 +106,30 @@ class Pipeline:
         log.info("loaded %s (preset %s) on %s", path, cfg.preset, be.describe())
         return cls(path, cfg, be, text, encoder)
 
+    @classmethod
+    def load(cls, model: str | Path, backend: str = "auto", device: str = "auto", precision: str | None = None,
+             **options: Any) -> Pipeline:
+        """`from_pretrained` with `auto` resolved the way the CLI and the server do it: backend and
+        device without importing a framework (the CUDA driver says whether there is a GPU, so a
+        torch-free install with onnxruntime-gpu or TensorRT uses it), precision fp16 on CUDA and
+        fp32 on a CPU; `--backend torch` without PyTorch is one line naming the extra.
+
+        Args:
+            model, backend, device, precision: as `from_pretrained` (None precision: the default).
+            options: `from_pretrained`'s other keywords (encoder, fast, compile, kernels, ...);
+                None values are left out.
+        """
+        from v2m.core.errors import require
+
+        from .backends import resolve_backend
+
+        if backend == "torch":
+            require("torch", what="--backend torch")
+        backend, device = resolve_backend(backend, model, device)
+        precision = precision or ("fp16" if str(device).startswith("cuda") else "fp32")
+        kw = {k: v for k, v in options.items() if v is not None}
+        return cls.from_pretrained(model, backend=backend, device=device, precision=precision, **kw)
+
     # --- building blocks ------------------------------------------------------------
     def _reader(self, video_path, stream: int | None, cancel=None, max_duration_s: float | None = None,
                 info=None) -> tuple[video.VideoReader, threading.Event]:
@@ -121,7 +146,7 @@ class Pipeline:
         both at the next frame or batch (`Cancelled`); the decode thread is joined before this returns.
         """
         enc = self.encoder_config
-        batches = video.prefetch(reader.sample(self.config.curve_fps, int(enc["input_size"]), batch_size=batch_size),
+        batches = prefetch(reader.sample(self.config.curve_fps, int(enc["input_size"]), batch_size=batch_size),
                                  stop=stop)
         feats = []
         t_start = time.perf_counter()

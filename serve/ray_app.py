@@ -44,9 +44,9 @@ class V2MDeployment:
     """A replica: a loaded, warmed-up engine behind the service's FastAPI app."""
 
     def __init__(self, config: ServeConfig, pipeline_options: dict):
-        from .cli import load_pipeline
+        from v2m.runtime.pipeline import Pipeline
 
-        self.engine = Engine(load_pipeline(pipeline_options), config)
+        self.engine = Engine(Pipeline.load(**pipeline_options), config)
         self.engine.start()
         self.engine.batch_fn = self._batch
         self._batched.set_max_batch_size(self.engine.max_batch)

@@ -20,7 +20,6 @@ must be on a filesystem every node sees.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import sys
 import time
@@ -33,10 +32,9 @@ import numpy as np
 from v2m import batch
 from v2m.batch import BatchOptions, BatchSummary, Job, show
 from v2m.core.errors import InputError
+from v2m.runtime.pipeline import Pipeline
 
-from .cli import check_ray_args, load_pipeline, pipeline_options, require
-
-__all__ = ["run_batch_ray", "plan_groups", "cmd_generate_ray"]
+__all__ = ["run_batch_ray", "plan_groups"]
 
 log = logging.getLogger("v2m.serve.ray")
 
@@ -46,7 +44,7 @@ class _Worker:
     through the local batch's own steps (`batch.prepare_item`, `Pipeline.sample`, `batch.complete`)."""
 
     def __init__(self, options: dict, opts: BatchOptions):
-        self.pipe = load_pipeline(options)
+        self.pipe = Pipeline.load(**options)
         self.opts = opts
         self.options = opts.request.options(self.pipe.config.sampler)
         self.model = batch.model_hash(self.pipe)
@@ -200,25 +198,3 @@ def run_batch_ray(jobs: list[Job], opts: BatchOptions, options: dict, address: s
         raise
     write_summary()
     return BatchSummary(jobs, summary_path, time.perf_counter() - t_start)
-
-
-def cmd_generate_ray(args, jobs: list[Job], out_dir: Path) -> int:
-    """The CLI's batch mode with --ray (jobs collected and named by `cmd_generate_batch`)."""
-    require("ray", "ray")
-    check_ray_args(args)
-    if args.profile or args.trace:
-        raise InputError("--profile and --trace are not available with --ray; profile a local run")
-    from v2m.runtime.cli import request_from_args
-
-    req = request_from_args(args)
-    if req.text_embeddings:
-        req = req.replace(text_embeddings=os.path.abspath(req.text_embeddings))
-    opts = BatchOptions(out_dir, format=args.format, batch_size=args.batch_size, request=req,
-                        overwrite=args.overwrite, progress=False)
-    summary = run_batch_ray(jobs, opts, pipeline_options(args), address=args.ray or None,
-                            actors=args.ray_actors, cpus=args.ray_cpus)
-    print(f"{summary.count('ok')} ok, {summary.count('failed')} failed, {summary.count('skipped')} skipped "
-          f"in {summary.wall_s:.1f} s (ray); summary in {show(summary.path)}")
-    from v2m.runtime.cli import batch_exit_code
-
-    return batch_exit_code(summary)  # as the local batch

@@ -27,13 +27,13 @@ import numpy as np
 import pytest
 from sampler_oracle import CASE_IDS, CASES, case_inputs, oracle_sample, rel_err
 
+from v2m.cli.main import main
 from v2m.core import contracts
 from v2m.core.bundle import load_config
 from v2m.core.contracts import CONTRACTS, GRAPH_NAMES
 from v2m.core.manifest import load_manifest, sha256_file
 from v2m.export.exporter import build_module, check_graph, export_bundle, export_graph
 from v2m.models.bundle import bundle_config, init_bundle
-from v2m.runtime.cli import main
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -2,7 +2,7 @@
 
 Each test runs a fresh interpreter whose `sitecustomize` puts a meta-path finder in
 front of every other, raising ImportError for those packages (as if they were not
-installed), then calls `v2m.runtime.cli.main`.
+installed), then calls `v2m.cli.main.main`.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def test_generate_without_torch(lean_bundle, blocker, short_video, tmp_path):
     out = tmp_path / "music.mp4"
     r = _python(blocker, f"""
         import json, sys
-        from v2m.runtime.cli import main
+        from v2m.cli.main import main
         rc = main(["generate", {str(short_video.path)!r}, "-o", {str(out)!r}, "--model", {str(lean_bundle)!r},
                    "--backend", "onnxruntime", "--device", "cpu", "--seed", "5", "--prompt", "warm synth pop"])
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r})
@@ -107,7 +107,7 @@ def test_auto_backend_without_torch_picks_onnxruntime(lean_bundle, blocker, shor
     out = tmp_path / "music.wav"
     r = _python(blocker, f"""
         import sys
-        from v2m.runtime.cli import main
+        from v2m.cli.main import main
         sys.exit(main(["generate", {str(short_video.path)!r}, "-o", {str(out)!r}, "--model", {str(lean_bundle)!r},
                        "--steps", "4", "--seed", "1", "-q"]))
     """, tmp_path)
@@ -197,7 +197,7 @@ def test_torch_commands_say_what_to_install(lean_bundle, blocker, short_video, t
     }
     r = _python(blocker, f"""
         import contextlib, io, json
-        from v2m.runtime.cli import main
+        from v2m.cli.main import main
         out = {{}}
         for name, argv in {cases!r}.items():
             err = io.StringIO()
@@ -221,7 +221,7 @@ def test_demo_without_torch(blocker, tmp_path):
     out = tmp_path / "demo.wav"
     r = _python(blocker, f"""
         import sys
-        from v2m.runtime.cli import main
+        from v2m.cli.main import main
         rc = main(["demo", "-o", {str(out)!r}, "--duration", "3"])
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r})
         print("loaded", loaded)

@@ -203,7 +203,7 @@ def test_a_model_without_the_curve_ignores_it(sao_bundle):
 
 
 def test_solvers_that_do_not_fit_are_one_line(sao_bundle, short_video, capsys, tmp_path):
-    from v2m.runtime.cli import main
+    from v2m.cli.main import main
 
     rc = main(["generate", str(short_video.path), "-o", str(tmp_path / "o.wav"), "-m", str(sao_bundle), "--solver",
                "heun", "--steps", "2"])

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from v2m.cli.main import main
 from v2m.core.bundle import SAO_PRESET_NAMES, BundleConfig, load_config
 from v2m.core.errors import BundleError, InputError, OutputError
 from v2m.families import sao as sao_rt
 from v2m.models.bundle import PRESET_NAMES, init_bundle, load_component
 from v2m.models.sao_bundle import SAO_PRESETS, convert
 from v2m.models.vae import OobleckDecoder
-from v2m.runtime.cli import main
 from v2m.runtime.text import load_text_encoder
 
 diffusers = pytest.importorskip("diffusers")

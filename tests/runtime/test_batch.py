@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 
 from v2m import batch
+from v2m.cli.main import main
 from v2m.runtime import media
-from v2m.runtime.cli import main
 from v2m.runtime.request import Request
 from v2m.runtime.synth import make_test_video
 
@@ -275,7 +275,7 @@ def test_batch_profile_failed_group_then_windows(windowed_bundle, short_video, m
 
 def test_batch_profile_bad_paths_fail_up_front(capsys, tiny_bundle, short_video, tmp_path, monkeypatch):
     """Report paths that cannot work end the command before the model is loaded: one line, exit 2."""
-    from v2m.runtime import cli
+    from v2m.cli import main as cli
 
     def no_model(args):
         raise AssertionError("the model was loaded before the report paths were checked")

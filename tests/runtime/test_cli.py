@@ -6,9 +6,9 @@ import av
 import numpy as np
 import pytest
 
+from v2m.cli.main import main
 from v2m.core.curves import curve_peaks
 from v2m.models.checkpoint import load_safetensors, save_safetensors
-from v2m.runtime.cli import main
 
 
 def _run(capsys, *argv):

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from v2m.runtime import cli
-from v2m.runtime.cli import main
+from v2m.cli import main as cli
+from v2m.cli.main import main
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX pipes, signals and /dev/full")
 
@@ -35,7 +35,7 @@ def music(tmp_path_factory) -> Path:
 
 
 def _v2m(args, stdout, helper: str = "") -> subprocess.CompletedProcess:
-    code = "import sys\n" + helper + "\nfrom v2m.runtime.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    code = "import sys\n" + helper + "\nfrom v2m.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], stdout=stdout, stderr=subprocess.PIPE,
                           text=True, timeout=120)
 
@@ -106,7 +106,7 @@ def test_second_signal_while_unwinding_in_process(monkeypatch, capsys, restore_s
 
 SECOND_SIGNAL = """
 import os, signal, time
-from v2m.runtime import cli
+from v2m.cli import info as cli
 def work(args):
     try:
         os.kill(os.getpid(), signal.SIGTERM)

@@ -12,8 +12,10 @@ import tempfile
 import numpy as np
 import pytest
 
-from v2m.runtime import cli, cli_support, pipeline, video
-from v2m.runtime.cli import main
+from v2m.cli import main as cli
+from v2m.cli import support as cli_support
+from v2m.cli.main import main
+from v2m.runtime import pipeline, video
 
 
 def _run(capsys, *argv):

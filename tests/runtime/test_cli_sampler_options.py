@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from v2m.runtime.cli import main
+from v2m.cli.main import main
 
 
 def _gen(tmp_path, bundle, video, *extra, out="o.wav"):

@@ -148,7 +148,7 @@ def test_request_is_validated_once_at_construction():
 def test_generate_opens_the_input_at_most_three_times(tiny_bundle, short_video, tmp_path, monkeypatch):
     """One `v2m generate clip.mp4 -o out.mp4`: the pre-check's probe and mux plan (one opening),
     the decode, the mux write. An audio output: two."""
-    from v2m.runtime.cli import main
+    from v2m.cli.main import main
 
     opened: list[str] = []
     real = av.open

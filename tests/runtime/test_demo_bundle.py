@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from v2m.runtime.cli import main
+from v2m.cli.main import main
 from v2m.runtime.demo import demo_bundle_path
 
 pytest.importorskip("torch")

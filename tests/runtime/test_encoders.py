@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
+from v2m.cli.main import main
 from v2m.core import curves
 from v2m.core.errors import InputError
 from v2m.runtime import encoders, video
-from v2m.runtime.cli import main
 
 RATE = 44100 / 3584
 

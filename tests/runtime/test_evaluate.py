@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
+from v2m.cli.main import main
 from v2m.eval import evaluate
 from v2m.eval.evaluate import EvalReport, evaluate_folder, scene_cut_hit
-from v2m.runtime.cli import main
 
 
 @pytest.mark.parametrize(

@@ -154,7 +154,7 @@ def test_selection_and_log(tiny_bundle, caplog):
 
 def test_cli_kernel_choice_errors_are_one_line(capsys, tiny_bundle, short_video, tmp_path):
     """Fast-path options without the fast path, or two fusions at once: one stderr line, exit 2, no output."""
-    from v2m.runtime.cli import main
+    from v2m.cli.main import main
 
     out = tmp_path / "o.wav"
     base = ["generate", str(short_video.path), "-m", str(tiny_bundle), "-o", str(out), "--device", "cpu", "--steps", "2"]

@@ -517,7 +517,7 @@ def test_keep_audio_level_must_be_finite(tmp_path, synth_video_audio):
 def test_cli_video_stream_decodes_and_muxes_one_stream(tmp_path, tiny_bundle, capsys):
     import json
 
-    from v2m.runtime.cli import main
+    from v2m.cli.main import main
 
     path = tmp_path / "two.mkv"
     _two_streams(path)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from v2m.cli.main import main
 from v2m.core import curves
 from v2m.runtime import music
-from v2m.runtime.cli import main
 
 SR = 44100
 RATE = SR / 3584

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from v2m.runtime.cli import main
+from v2m.cli.main import main
 
 STEPS = "2"
 

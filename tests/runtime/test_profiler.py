@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from v2m.cli.main import main
 from v2m.core.errors import OutputError
-from v2m.runtime.cli import main
 from v2m.runtime.profiler import (
     REPORT_SCHEMA,
     Profiler,
@@ -231,7 +231,7 @@ def test_check_report_paths(tmp_path):
 
 def test_cli_single_video_report_path_checked_first(capsys, tiny_bundle, short_video, tmp_path):
     """A report that would overwrite the output, or sits in a folder: one line, exit 2, nothing written."""
-    from v2m.runtime.cli import main
+    from v2m.cli.main import main
 
     out = tmp_path / "o.wav"
     base = ["generate", str(short_video.path), "-m", str(tiny_bundle), "-o", str(out), "--device", "cpu", "--steps", "2"]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from v2m.cli.main import main
 from v2m.core import tempfiles
-from v2m.runtime.cli import main
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 
@@ -42,7 +42,7 @@ def fsync_then_wait(path):
         time.sleep(120)  # the test signals us here
 
 tempfiles._fsync = fsync_then_wait
-from v2m.runtime.cli import main
+from v2m.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

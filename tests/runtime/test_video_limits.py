@@ -17,9 +17,9 @@ import threading
 
 import pytest
 
+from v2m.cli.main import main
 from v2m.core.errors import Cancelled, VideoTooLong
 from v2m.runtime import video
-from v2m.runtime.cli import main
 from v2m.runtime.synth import make_gap_video
 
 SIX_HOURS = 6 * 3600.0

@@ -70,7 +70,7 @@ def start_server(bundle: Path, tmp: Path, *extra: str, env: dict | None = None) 
     port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     log = tmp.parent / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "v2m.runtime.cli", "serve", "--model", str(bundle), "--backend", "torch",
+    cmd = [sys.executable, "-m", "v2m.cli.main", "serve", "--model", str(bundle), "--backend", "torch",
            "--device", "cpu", "--port", str(port), "--tmp-dir", str(tmp), "--quiet", *extra]
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,

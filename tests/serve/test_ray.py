@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from v2m.runtime.cli import main as cli_main
+from v2m.cli.main import main as cli_main
 from v2m.runtime.synth import make_test_video
 
 ray = pytest.importorskip("ray")

@@ -22,7 +22,7 @@ import pytest
 import soundfile as sf
 from _serve_util import free_port, httpx, start_server
 
-from v2m.runtime.cli import main as cli_main
+from v2m.cli.main import main as cli_main
 
 STEPS = 6
 TIMEOUT = httpx.Timeout(120.0)
@@ -410,7 +410,7 @@ def test_serve_refuses_a_bad_setup_in_one_line(tiny_bundle_copy, tmp_path, capsy
     assert len(err) == 3 and all(line.startswith("v2m: error:") for line in err), err
     dit = tiny_bundle_copy / "dit.safetensors"
     dit.write_bytes(dit.read_bytes()[:1000])  # found only when the weights load, after listening
-    proc = subprocess.run([sys.executable, "-m", "v2m.runtime.cli", "serve", "--model", str(tiny_bundle_copy),
+    proc = subprocess.run([sys.executable, "-m", "v2m.cli.main", "serve", "--model", str(tiny_bundle_copy),
                            "--port", str(free_port()), "--quiet"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

@@ -19,7 +19,7 @@ import time
 import pytest
 from _serve_util import httpx, start_server
 
-from v2m.runtime.cli import main as cli_main
+from v2m.cli.main import main as cli_main
 from v2m.runtime.synth import make_gap_video
 
 SIX_HOURS = 6 * 3600.0
@@ -148,7 +148,7 @@ def test_port_zero_stale_roots_bad_fields_and_malformed_http(tiny_bundle, clips,
     (dead / "req-x" / "upload").write_bytes(b"x" * 100)
     log = tmp_path / "server.log"
     with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "v2m.runtime.cli", "serve", "--model", str(tiny_bundle),
+        proc = subprocess.Popen([sys.executable, "-m", "v2m.cli.main", "serve", "--model", str(tiny_bundle),
                                  "--backend", "torch", "--device", "cpu", "--port", "0", "--tmp-dir", str(tmp),
                                  "--quiet", "--no-warmup", "--allow-dir", str(clips["one"].parent)],
                                 stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})

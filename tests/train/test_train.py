@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from v2m.cli.main import main  # noqa: E402
 from v2m.core import curves  # noqa: E402
-from v2m.runtime.cli import main  # noqa: E402
 from v2m.runtime.music import music_curve  # noqa: E402
 from v2m.train import autoencoder as ae  # noqa: E402
 from v2m.train import dit, synth_music  # noqa: E402

@@ -1,0 +1,53 @@
+"""`v2m info`: versions, devices, backends."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from v2m.runtime import __version__
+
+log = logging.getLogger("v2m.cli")
+
+
+
+def cmd_info(args) -> int:
+    import importlib.util
+    import platform
+
+    from v2m.runtime.backends import available_backends
+
+    info: dict = {"v2m": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    for mod in ("numpy", "av", "soundfile", "safetensors", "torch", "onnx", "onnxruntime", "tensorrt", "triton"):
+        if importlib.util.find_spec(mod) is None:
+            info[mod] = None
+            continue
+        try:
+            info[mod] = getattr(__import__(mod), "__version__", "?")
+        except Exception as e:  # noqa: BLE001 - a broken optional install is reported, not fatal
+            info[mod] = f"broken ({type(e).__name__})"
+    info["backends"] = available_backends()
+    devices = ["cpu"]
+    if info.get("torch"):
+        import torch
+
+        devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    if info.get("onnxruntime"):
+        import onnxruntime
+
+        info["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    info["devices"] = devices
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            print(f"{k:<22} {v if v is not None else '-'}")
+    return 0
+
+
+def register(sub) -> None:
+    """Add the command's parser to the CLI's subparsers."""
+    n = sub.add_parser("info", help="versions, devices, backends",
+                       examples=["v2m info", "v2m info --json"])
+    n.add_argument("--json", action="store_true", help="print as JSON")
+    n.set_defaults(func=cmd_info)
