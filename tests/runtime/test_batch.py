@@ -275,12 +275,12 @@ def test_batch_profile_failed_group_then_windows(windowed_bundle, short_video, m
 
 def test_batch_profile_bad_paths_fail_up_front(capsys, tiny_bundle, short_video, tmp_path, monkeypatch):
     """Report paths that cannot work end the command before the model is loaded: one line, exit 2."""
-    from v2m.cli import main as cli
+    from v2m.cli import batch as cli
 
     def no_model(args):
         raise AssertionError("the model was loaded before the report paths were checked")
 
-    monkeypatch.setattr(cli, "_load_pipeline", no_model)
+    monkeypatch.setattr(cli, "load_pipeline", no_model)
     (tmp_path / "afile").write_text("x")
     out = tmp_path / "out"
     base = ("generate", short_video.path, short_video.path, "-o", out, "--model", tiny_bundle, "--format", "wav")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from v2m.cli import main as cli
+from v2m.cli import info as cli
 from v2m.cli.main import main
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX pipes, signals and /dev/full")
