@@ -43,7 +43,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import media, sampler, tempfiles
+from . import jsonio, media, sampler, tempfiles
 from .errors import InputError, NumericalError, OutputError, V2MError
 
 __all__ = [
@@ -215,9 +215,9 @@ def read_manifest(path: str | Path, prompt: str = "", seed: int | None = None) -
         job = Job(Path(f"<{where}>"), prompt, seed, source=where)
         jobs.append(job)
         try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            job.fail(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
+            entry = jsonio.loads(line, where, InputError)
+        except InputError as e:
+            job.fail(str(e))
             continue
         if not isinstance(entry, dict):
             job.fail(f"{where}: expected a JSON object, got {type(entry).__name__}")

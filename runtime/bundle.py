@@ -156,6 +156,11 @@ class BundleConfig:
         missing = [k for k in ("preset", *COMPONENTS) if k not in d]
         if missing:
             raise BundleError(f"{where}: missing sections {missing}; is this a v2m bundle?")
+        family = d.get("family", "v2m")
+        if family not in FAMILIES:
+            raise BundleError(f"{where}: unknown model family {family!r}; this v2m knows {', '.join(FAMILIES)}")
+        if (family == "sao") != (d.get("sao") is not None):
+            raise BundleError(f"{where}: a 'sao' section goes with family 'sao' and only with it")
         validate_config(d, where)  # every value's type and range, one line naming the key
         try:
             sampler = _from_dict(SamplerConfig, d.pop("sampler", {}), f"{where} [sampler]")
@@ -165,10 +170,6 @@ class BundleConfig:
         except TypeError as e:
             raise BundleError(f"{where}: {e}") from None
         cfg.sampler, cfg.curve, cfg.audio = sampler, curve, audio
-        if cfg.family not in FAMILIES:
-            raise BundleError(f"{where}: unknown model family {cfg.family!r}; this v2m knows {', '.join(FAMILIES)}")
-        if (cfg.family == "sao") != (cfg.sao is not None):
-            raise BundleError(f"{where}: a 'sao' section goes with family 'sao' and only with it")
         if cfg.sao is not None:
             from .sao import SAOConfig
 
