@@ -21,7 +21,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from . import __version__, tempfiles
+from . import __version__, devices, tempfiles
+from .backends import BACKENDS, normalize_backend
 from .cli_support import ArgumentParser, StepProgress, UsageError, check_options
 from .encoders import ENCODER_KINDS
 from .errors import (
@@ -60,8 +61,9 @@ def _add_runtime_args(p: argparse.ArgumentParser, model_default: str | None = No
                         "trained demo bundle)" + (f" (default: {model_default})" if model_default else ""))
     p.add_argument("--encoder", default=None, choices=ENCODER_KINDS,
                    help="frame encoder of the event curve (default: the bundle's); cut and motion are weight-free")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
-                   help="inference engine; auto: TensorRT, then ONNX Runtime for an exported bundle, then PyTorch")
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], type=normalize_backend,
+                   help="inference engine (ort and trt name ONNX Runtime and TensorRT too); auto: TensorRT, then "
+                        "ONNX Runtime for an exported bundle, then PyTorch")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when PyTorch sees a GPU)")
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="compute precision (default: fp16 on CUDA, fp32 on CPU)")
@@ -92,6 +94,7 @@ def _load_pipeline(args):
     # backend and device auto resolved without importing a framework (the CUDA driver says
     # whether there is a GPU): a torch-free install with onnxruntime-gpu or TensorRT uses it
     args.backend, args.device = resolve_backend(args.backend, args.model, args.device)
+    devices.check_device(args.device)  # cuda asked for: a GPU must be visible, before anything loads
     return Pipeline.from_pretrained(
         args.model, backend=args.backend, device=args.device, precision=_precision(args),
         fast=getattr(args, "fast", None), compile=getattr(args, "compile", "none"),
@@ -234,16 +237,44 @@ def cmd_generate(args) -> int:
     return 0
 
 
+# `generate --json` key -> the option that sets it: the `replay` command line passes each
+REPLAY_OPTIONS = (("model", "--model"), ("seed", "--seed"), ("steps", "--steps"), ("cfg_scale", "--cfg-scale"),
+                  ("solver", "--solver"), ("shift", "--shift"), ("curve_guidance", "--curve-guidance"),
+                  ("negative_prompt", "--negative-prompt"), ("text_embeddings", "--text-embeddings"),
+                  ("encoder", "--encoder"), ("video_stream", "--video-stream"), ("keep_audio_db", "--keep-audio"),
+                  ("backend", "--backend"), ("device", "--device"), ("precision", "--precision"))
+
+
+def _replay(run: dict) -> str:
+    """The command line that regenerates `run` (a `generate --json` object): every setting explicit,
+    so a later change of the bundle's defaults does not change the result."""
+    import shlex
+
+    argv = ["v2m", "generate", run["video"], "-o", run["output"], "--prompt", run["prompt"]]
+    for key, opt in REPLAY_OPTIONS:
+        if run.get(key) is not None:
+            argv += [opt, str(run[key])]
+    if not run["use_curve"]:
+        argv.append("--no-curve")
+    return shlex.join(argv)
+
+
 def _result_json(args, video_path: Path, result, t_load: float) -> dict:
-    """`v2m generate --json`: what was written, from what, and where the time went."""
+    """`v2m generate --json`: what was written, from what, every setting that replays it, and where
+    the time went."""
     info = result.info
     timings = {k: round(v, 4) for k, v in result.timings.items()}
-    return {
+    run = {
         "output": str(args.output),
         "video": str(video_path),
         "video_stream": info.get("video_stream"),
+        "model": str(args.model),
+        "preset": info.get("preset"),
         "seed": result.seed,
         "prompt": result.prompt,
+        "negative_prompt": info.get("negative_prompt"),
+        "text_embeddings": args.text_embeddings,
+        "encoder": args.encoder,
         "duration_s": round(result.duration_s, 4),
         "sample_rate": result.sample_rate,
         "backend": info.get("backend"),
@@ -251,10 +282,17 @@ def _result_json(args, video_path: Path, result, t_load: float) -> dict:
         "precision": info.get("precision"),
         "steps": info.get("steps"),
         "cfg_scale": info.get("cfg_scale"),
+        "solver": info.get("solver"),
+        "shift": info.get("shift"),
+        "use_curve": info.get("use_curve"),
+        "curve_guidance": info.get("curve_guidance"),
+        "keep_audio_db": args.keep_audio,
         "video_lost_s": info.get("video_lost_s"),
         "timings": {"load": round(t_load, 4), **timings, "total": round(t_load + sum(result.timings.values()), 4)},
         "step_ms_median": round(sorted(result.step_ms)[len(result.step_ms) // 2], 3) if result.step_ms else None,
     }
+    run["replay"] = _replay(run)
+    return run
 
 
 def cmd_generate_batch(args) -> int:
@@ -369,27 +407,21 @@ def cmd_curve(args) -> int:
     from . import video
     from .music import AUDIO_SUFFIXES
 
+    if args.plot:
+        require("matplotlib", what="`v2m curve --plot`")  # before any work
     if Path(args.video).suffix.lower() in AUDIO_SUFFIXES:
         return cmd_music_curve(args)
     video.probe(args.video, args.video_stream)  # before loading the model
     pipe = _load_pipeline(args)
     res = pipe.curve(args.video, video_stream=args.video_stream)
     if args.json:
-        print(json.dumps({
-            "video": str(args.video),
-            "duration_s": res.duration_s,
-            "curve_fps": res.curve_fps,
-            "latent_rate": res.latent_rate,
-            "frames": res.num_frames,
-            "impl": res.curve_impl,
-            "curve": [round(float(v), 6) for v in res.curve],
-        }))
+        print(json.dumps({"video": str(args.video), **res.to_json()}))
     else:
         from .curves import curve_peaks
 
         peaks = curve_peaks(res.curve, 5)
-        print(f"{args.video}: {res.duration_s:.2f} s, {res.num_frames} frames at {res.curve_fps:.3f} fps, "
-              f"curve of {res.curve.size} latent frames ({res.curve_impl})")
+        print(f"{args.video}: {res.duration_s:.2f} s of {res.video_fps:g} fps video; {res.num_frames} frames "
+              f"sampled at {res.curve_fps:.3f} fps give a curve of {res.curve.size} latent frames ({res.curve_impl})")
         print("strongest events at: " + ", ".join(f"{i / res.latent_rate:.2f} s" for i in peaks))
     if args.plot:
         from .evaluate import plot_curve
@@ -413,8 +445,9 @@ def cmd_music_curve(args) -> int:
     enc = MusicEncoder(sr)
     if args.json:
         print(json.dumps({
-            "audio": str(args.video), "duration_s": duration, "curve_fps": enc.fps, "latent_rate": cfg.latent_rate,
-            "frames": int(audio.shape[1] // enc.hop + 1), "impl": "numpy", "encoder": "music",
+            "audio": str(args.video), "duration_s": duration, "feature_fps": enc.fps,
+            "feature_frames": int(audio.shape[1] // enc.hop + 1), "latent_rate": cfg.latent_rate,
+            "latent_frames": int(curve.size), "impl": "numpy", "encoder": "music",
             "curve": [round(float(v), 6) for v in curve],
         }))
     else:
@@ -430,20 +463,31 @@ def cmd_music_curve(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    from .evaluate import evaluate_folder, format_side_by_side, require_eval
-
-    require_eval("scenedetect")  # one line if the [eval] extra is missing, before any work: cuts for every measure
-    sch = not args.no_curves  # SCH alone needs librosa; without it the curve measures still run
+def _eval_extras(args) -> tuple[bool, bool]:
+    """What `v2m eval` can measure here, checked before any work: (Scene Cut Hit, cuts). SCH needs
+    librosa (beats) and scenedetect (cuts); cut hits need scenedetect; curve correlation and
+    flatness need no extra. --no-curves (SCH alone) without them is an error; otherwise one warning
+    names what is n/a."""
     if args.no_curves:
-        require_eval("librosa")
-    else:
+        require("librosa", "scenedetect", what="`v2m eval --no-curves` (Scene Cut Hit)", extra="eval")
+        return True, True
+    missing = []
+    for module in ("librosa", "scenedetect"):
         try:
-            require_eval("librosa")
+            require(module, what="`v2m eval`")
         except V2MError:
-            sch = False
-            log.warning("librosa is not installed: Scene Cut Hit is n/a (pip install 'v2m-runtime[eval]'); "
-                        "curve correlation, cut hits and flatness need no extra")
+            missing.append(module)
+    if missing:
+        na = "Scene Cut Hit" + (" and cut hits" if "scenedetect" in missing else "")
+        log.warning("`v2m eval`: %s not installed, so %s %s n/a (%s); curve correlation and flatness need no extra",
+                    " and ".join(missing), na, "are" if "and" in na else "is", install_hint(missing[0], "eval"))
+    return not missing, "scenedetect" not in missing
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_folder, format_side_by_side
+
+    sch, have_cuts = _eval_extras(args)
     curve_fn = music_fn = None
     rate = 44100 / 3584
     if not args.no_curves:
@@ -454,7 +498,7 @@ def cmd_eval(args) -> int:
         curve_fn = lambda video: pipe.curve(video).curve
         music_fn = lambda audio, sr, n: music_curve(audio, sr, n, rate, kernel)
     kw = dict(tolerance=args.tolerance, curve_fn=curve_fn, music_fn=music_fn, latent_rate=rate,
-              cut_tolerance=args.cut_tolerance, sch=sch)
+              cut_tolerance=args.cut_tolerance, sch=sch, cuts_fn=None if have_cuts else lambda video: [])
     report = evaluate_folder(args.outputs, args.videos, **kw)
     if args.baseline:
         base = evaluate_folder(args.baseline, args.videos, **kw)
@@ -497,12 +541,56 @@ def cmd_info(args) -> int:
 
         info["onnxruntime_providers"] = onnxruntime.get_available_providers()
     info["devices"] = devices
+    if args.model is not None:
+        info["model"] = _bundle_info(args.model)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         for k, v in info.items():
-            print(f"{k:<22} {v if v is not None else '-'}")
+            if isinstance(v, dict) and k == "model":
+                print("model")
+                for mk, mv in v.items():
+                    print(f"  {mk:<20} {_readable(mv)}")
+            else:
+                print(f"{k:<22} {_readable(v)}")
     return 0
+
+
+def _readable(v) -> str:
+    """A value of `v2m info` as a person reads it: lists comma-separated, {name: available} as the
+    available names, None as -."""
+    if v is None:
+        return "-"
+    if isinstance(v, dict) and all(isinstance(x, bool) for x in v.values()):
+        return ", ".join(k for k, ok in v.items() if ok) or "none"
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_readable(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return ", ".join(str(x) for x in v) or "none"
+    return str(v)
+
+
+def _bundle_info(model: str) -> dict:
+    """`v2m info --model BUNDLE`: what the bundle is and the sampler defaults `generate` uses."""
+    from .bundle import load_config
+    from .demo import resolve_model
+
+    path = resolve_model(model)
+    cfg = load_config(path)
+    s = cfg.sampler
+    exported = None
+    if (path / "manifest.json").is_file():
+        from .manifest import load_manifest
+
+        exported = load_manifest(path).precisions
+    return {
+        "path": str(path), "preset": cfg.preset, "family": cfg.family,
+        "encoder": cfg.encoder.get("kind", "dinov2"), "text": cfg.text.get("kind", "builtin"),
+        "weights": (path / "dit.safetensors").is_file(), "onnx_graphs": exported,
+        "steps": s.steps, "cfg_scale": s.cfg_scale, "solver": s.solver, "shift": s.shift,
+        "curve_guidance": s.curve_guidance, "max_seconds": round(cfg.max_seconds, 2),
+        "latent_rate": round(cfg.latent_rate, 4), "sample_rate": cfg.audio.sample_rate,
+    }
 
 
 # Irregular cuts for the demo clip, in seconds (scaled to --duration): not on any beat grid.
@@ -530,6 +618,7 @@ def cmd_demo(args) -> int:
     if args.plot:
         from .profiler import check_report_paths
 
+        require("matplotlib", what="`v2m demo --plot`")  # before any work, not after the generation
         check_report_paths({"--plot": args.plot}, {args.output: "the output"})
     if args.preset:
         require("torch", what="`v2m demo --preset` (it makes a random-weight PyTorch bundle)")
@@ -563,8 +652,8 @@ def cmd_demo(args) -> int:
                                      cuts=tuple(c * args.duration / 10.0 for c in DEMO_CUTS))
         t_setup = time.perf_counter() - t0
         print(f"demo: {what}")
-        print(f"demo: test video {clip if keep else 'clip.mp4'} ({args.duration:.1f} s, scene cuts at "
-              f"{', '.join(f'{c:.2f}' for c in cuts) or 'none'} s)")
+        kept = f"test video {clip}" if keep else "a temporary test video (--workdir DIR keeps it)"
+        print(f"demo: {kept}, {args.duration:.1f} s, scene cuts at {', '.join(f'{c:.2f}' for c in cuts) or 'none'} s")
 
         pipe = _load_pipeline(args)
         progress = StepProgress(pipe.sampler_options().steps)
@@ -670,9 +759,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also save the video curve, the output's music curve (with and without the curve) and "
                         "the cuts (matplotlib; a second generation with --no-curve) (default: none)")
     d.add_argument("--seed", type=int, default=0, help="noise seed, in [0, 2^63)")
-    d.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
-                   help="inference engine; auto: ONNX Runtime on a CPU for the demo bundle (it ships its "
-                        "graphs), else PyTorch")
+    d.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], type=normalize_backend,
+                   help="inference engine (ort: ONNX Runtime); auto: ONNX Runtime on a CPU for the demo bundle "
+                        "(it ships its graphs), else PyTorch")
     d.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     d.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="compute precision (default: fp16 on CUDA, fp32 on CPU)")
@@ -710,21 +799,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None,
                    help="noise seed, in [0, 2^63) (default: a random one, printed so the result can be replayed)")
     g.add_argument("--steps", type=int, default=None,
-                   help="sampler steps, in [1, 10000] (default: the bundle's, 96)")
+                   help="sampler steps, in [1, 10000] (default: the bundle's; `v2m info --model BUNDLE` shows it)")
     g.add_argument("--cfg-scale", type=float, default=None,
-                   help="classifier-free guidance weight on the prompt, finite (default: the bundle's)")
+                   help="classifier-free guidance weight on the prompt, in [0, 100] (default: the bundle's)")
     g.add_argument("--negative-prompt", default=None, metavar="TEXT",
                    help="what the music should not be: the unconditional branch of guidance uses this prompt "
                         "(default: zero embeddings with the prompt's mask)")
     g.add_argument("--solver", default=None, choices=["euler", "heun"],
-                   help="euler, or heun (trapezoidal rule, two model evaluations a step) (default: the bundle's, euler)")
+                   help="euler, or heun (trapezoidal rule, two model evaluations a step) (default: the bundle's)")
     g.add_argument("--shift", type=float, default=None, metavar="S",
-                   help="SD3 timestep shift S > 0: S > 1 spends more steps near noise (default: the bundle's, 1)")
+                   help="SD3 timestep shift S in [0.01, 100]: S > 1 spends more steps near noise (default: the bundle's)")
     g.add_argument("--no-curve", action="store_true",
                    help="text-only baseline: the event curve is zeros in every branch (the paper's appendix)")
     g.add_argument("--curve-guidance", type=float, default=None, metavar="W",
                    help="extra guidance on the curve: the prediction with the curve against the one without it; "
-                        "costs a third model batch (default: the bundle's, 0 = off)")
+                        "costs a third model batch; in [0, 100], 0 = off (default: the bundle's)")
     g.add_argument("--keep-audio", type=float, default=None, metavar="LEVEL_DB",
                    help="mix the original audio under the music at this level in dB, in [-60, 20] "
                         "(default: music only)")
@@ -735,7 +824,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when the output container cannot hold the video's codec: auto re-encodes the picture "
                         "as H.264 (CRF 18, logged), never refuses before any work and names containers that can")
     g.add_argument("--json", action="store_true",
-                   help="print the result (output, seed, duration, timings...) as one JSON object on stdout")
+                   help="print the result as one JSON object on stdout: output, timings, and every setting that "
+                        "replays the run (model, seed, steps, guidance, solver, ..., and the `replay` command line)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no timing table")
     g.add_argument("--manifest", default=None,
                    help="JSONL, one {video, prompt, seed, output} per line (batch mode) (default: none)")
@@ -780,8 +870,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="SCH, curve correlation, cut hits and flatness of generated music vs its videos",
                        description="Measure generated outputs against their source videos: Scene Cut Hit "
-                                   "(needs the [eval] extra's librosa), curve correlation, cut hits and "
-                                   "spectral flatness; --baseline puts a --no-curve run beside it.",
+                                   "(needs the [eval] extra: librosa for beats, scenedetect for cuts), cut hits "
+                                   "(scenedetect), curve correlation and spectral flatness (no extra); --baseline "
+                                   "puts a --no-curve run beside it.",
                        examples=["v2m eval out/ --videos videos/",
                                  "v2m eval out/ --videos videos/ --baseline base/",
                                  "v2m eval out/ --videos videos/ --tolerance 0.25 --json"])
@@ -798,8 +889,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.set_defaults(func=cmd_eval)
 
-    n = sub.add_parser("info", help="versions, devices, backends",
-                       examples=["v2m info", "v2m info --json"])
+    n = sub.add_parser("info", help="versions, devices, backends; a bundle's sampler defaults",
+                       examples=["v2m info", "v2m info --model demo", "v2m info --json"])
+    n.add_argument("--model", "-m", default=None,
+                   help="also describe this bundle (or `demo`): preset, encoder, and the sampler defaults "
+                        "`v2m generate` uses when no option overrides them (default: none)")
     n.add_argument("--json", action="store_true", help="print as JSON")
     n.set_defaults(func=cmd_info)
 

@@ -40,13 +40,25 @@ STAGES = ("decode", "encode", "curve", "text", "sampler", "vae", "write")
 
 @dataclass
 class CurveResult:
-    curve: np.ndarray  # [L] float32
+    curve: np.ndarray  # [L] float32, at latent_rate
     duration_s: float
-    num_frames: int  # frames sampled at curve_fps
+    num_frames: int  # video frames sampled at curve_fps (not the video's own frame count)
     curve_fps: float
     latent_rate: float
     curve_impl: str  # "numpy" or "triton"
     timings: dict[str, float] = field(default_factory=dict)
+    video_fps: float | None = None  # the video's own average frame rate
+
+    def to_json(self) -> dict:
+        """The curve as `v2m curve --json` and the server's /v1/curve give it, every count named
+        with its rate: the video's frames per second, the frames sampled from it for the curve
+        (at curve_fps), and the curve's length in latent frames (at latent_rate)."""
+        return {
+            "duration_s": self.duration_s, "video_fps": self.video_fps, "curve_fps": self.curve_fps,
+            "sampled_frames": self.num_frames, "latent_rate": self.latent_rate,
+            "latent_frames": int(self.curve.size), "impl": self.curve_impl,
+            "curve": [round(float(v), 6) for v in self.curve],
+        }
 
 
 @dataclass
@@ -155,7 +167,7 @@ class Pipeline:
     def from_pretrained(
         cls,
         path: str | Path,
-        backend: str = "torch",
+        backend: str = "auto",
         device: str = "cpu",
         precision: str = "fp32",
         encoder: str | None = None,
@@ -165,7 +177,8 @@ class Pipeline:
 
         Args:
             path: bundle directory (`v2m init-model`, or an exported one from `v2m export`).
-            backend: torch, onnxruntime, tensorrt or auto.
+            backend: torch, onnxruntime (or ort), tensorrt (or trt), or auto (as the CLI: TensorRT
+                for an exported bundle on a GPU, PyTorch for a bundle with weights, else ONNX Runtime).
             device: cpu, cuda, cuda:N or auto.
             precision: fp32, fp16 or bf16 (the backend's compute precision).
             encoder: the frame encoder of the curve: None (the bundle's), or a weight-free one,
@@ -253,7 +266,8 @@ class Pipeline:
         features, reader = self.encode_video(video_path, timings, video_stream=video_stream)
         with _timed(timings, "curve"):
             c, impl = self.compute_curve(features, reader.duration_s)
-        return CurveResult(c, reader.duration_s, int(features.shape[0]), self.config.curve_fps, self.config.latent_rate, impl, timings)
+        return CurveResult(c, reader.duration_s, int(features.shape[0]), self.config.curve_fps, self.config.latent_rate, impl,
+                           timings, video_fps=reader.info.fps)
 
     def encode_text(self, prompt: str, text_embeddings: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
         enc = PrecomputedText(text_embeddings, dim=self.config.text_dim) if text_embeddings else self.text_encoder

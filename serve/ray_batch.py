@@ -183,6 +183,7 @@ def run_batch_ray(jobs: list[Job], opts: BatchOptions, options: dict, address: s
     import ray
 
     from v2m.runtime.bundle import load_config
+    from v2m.runtime.demo import resolve_model
 
     t_start = time.perf_counter()
     out_dir = batch.check_output_dir(opts.out_dir)
@@ -190,6 +191,7 @@ def run_batch_ray(jobs: list[Job], opts: BatchOptions, options: dict, address: s
         batch.assign_outputs(jobs, out_dir, opts.format)
     if opts.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {opts.batch_size}")
+    options = {**options, "model": str(resolve_model(options["model"]))}  # `demo` as every command reads it
     cfg = load_config(options["model"])
     steps = int(opts.steps or cfg.sampler.steps)
     cfg_scale = float(cfg.sampler.cfg_scale if opts.cfg_scale is None else opts.cfg_scale)
