@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import __version__, devices, tempfiles
 from .backends import BACKENDS, normalize_backend
+from .cli_output import bundle_info, eval_extras, readable, replay_command
 from .cli_support import ArgumentParser, StepProgress, UsageError, check_options
 from .encoders import ENCODER_KINDS
 from .errors import (
@@ -237,28 +238,6 @@ def cmd_generate(args) -> int:
     return 0
 
 
-# `generate --json` key -> the option that sets it: the `replay` command line passes each
-REPLAY_OPTIONS = (("model", "--model"), ("seed", "--seed"), ("steps", "--steps"), ("cfg_scale", "--cfg-scale"),
-                  ("solver", "--solver"), ("shift", "--shift"), ("curve_guidance", "--curve-guidance"),
-                  ("negative_prompt", "--negative-prompt"), ("text_embeddings", "--text-embeddings"),
-                  ("encoder", "--encoder"), ("video_stream", "--video-stream"), ("keep_audio_db", "--keep-audio"),
-                  ("backend", "--backend"), ("device", "--device"), ("precision", "--precision"))
-
-
-def _replay(run: dict) -> str:
-    """The command line that regenerates `run` (a `generate --json` object): every setting explicit,
-    so a later change of the bundle's defaults does not change the result."""
-    import shlex
-
-    argv = ["v2m", "generate", run["video"], "-o", run["output"], "--prompt", run["prompt"]]
-    for key, opt in REPLAY_OPTIONS:
-        if run.get(key) is not None:
-            argv += [opt, str(run[key])]
-    if not run["use_curve"]:
-        argv.append("--no-curve")
-    return shlex.join(argv)
-
-
 def _result_json(args, video_path: Path, result, t_load: float) -> dict:
     """`v2m generate --json`: what was written, from what, every setting that replays it, and where
     the time went."""
@@ -291,7 +270,7 @@ def _result_json(args, video_path: Path, result, t_load: float) -> dict:
         "timings": {"load": round(t_load, 4), **timings, "total": round(t_load + sum(result.timings.values()), 4)},
         "step_ms_median": round(sorted(result.step_ms)[len(result.step_ms) // 2], 3) if result.step_ms else None,
     }
-    run["replay"] = _replay(run)
+    run["replay"] = replay_command(run)
     return run
 
 
@@ -463,31 +442,10 @@ def cmd_music_curve(args) -> int:
     return 0
 
 
-def _eval_extras(args) -> tuple[bool, bool]:
-    """What `v2m eval` can measure here, checked before any work: (Scene Cut Hit, cuts). SCH needs
-    librosa (beats) and scenedetect (cuts); cut hits need scenedetect; curve correlation and
-    flatness need no extra. --no-curves (SCH alone) without them is an error; otherwise one warning
-    names what is n/a."""
-    if args.no_curves:
-        require("librosa", "scenedetect", what="`v2m eval --no-curves` (Scene Cut Hit)", extra="eval")
-        return True, True
-    missing = []
-    for module in ("librosa", "scenedetect"):
-        try:
-            require(module, what="`v2m eval`")
-        except V2MError:
-            missing.append(module)
-    if missing:
-        na = "Scene Cut Hit" + (" and cut hits" if "scenedetect" in missing else "")
-        log.warning("`v2m eval`: %s not installed, so %s %s n/a (%s); curve correlation and flatness need no extra",
-                    " and ".join(missing), na, "are" if "and" in na else "is", install_hint(missing[0], "eval"))
-    return not missing, "scenedetect" not in missing
-
-
 def cmd_eval(args) -> int:
     from .evaluate import evaluate_folder, format_side_by_side
 
-    sch, have_cuts = _eval_extras(args)
+    sch, have_cuts = eval_extras(args.no_curves)
     curve_fn = music_fn = None
     rate = 44100 / 3584
     if not args.no_curves:
@@ -542,7 +500,7 @@ def cmd_info(args) -> int:
         info["onnxruntime_providers"] = onnxruntime.get_available_providers()
     info["devices"] = devices
     if args.model is not None:
-        info["model"] = _bundle_info(args.model)
+        info["model"] = bundle_info(args.model)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -550,47 +508,10 @@ def cmd_info(args) -> int:
             if isinstance(v, dict) and k == "model":
                 print("model")
                 for mk, mv in v.items():
-                    print(f"  {mk:<20} {_readable(mv)}")
+                    print(f"  {mk:<20} {readable(mv)}")
             else:
-                print(f"{k:<22} {_readable(v)}")
+                print(f"{k:<22} {readable(v)}")
     return 0
-
-
-def _readable(v) -> str:
-    """A value of `v2m info` as a person reads it: lists comma-separated, {name: available} as the
-    available names, None as -."""
-    if v is None:
-        return "-"
-    if isinstance(v, dict) and all(isinstance(x, bool) for x in v.values()):
-        return ", ".join(k for k, ok in v.items() if ok) or "none"
-    if isinstance(v, dict):
-        return ", ".join(f"{k} {_readable(x)}" for k, x in v.items())
-    if isinstance(v, (list, tuple)):
-        return ", ".join(str(x) for x in v) or "none"
-    return str(v)
-
-
-def _bundle_info(model: str) -> dict:
-    """`v2m info --model BUNDLE`: what the bundle is and the sampler defaults `generate` uses."""
-    from .bundle import load_config
-    from .demo import resolve_model
-
-    path = resolve_model(model)
-    cfg = load_config(path)
-    s = cfg.sampler
-    exported = None
-    if (path / "manifest.json").is_file():
-        from .manifest import load_manifest
-
-        exported = load_manifest(path).precisions
-    return {
-        "path": str(path), "preset": cfg.preset, "family": cfg.family,
-        "encoder": cfg.encoder.get("kind", "dinov2"), "text": cfg.text.get("kind", "builtin"),
-        "weights": (path / "dit.safetensors").is_file(), "onnx_graphs": exported,
-        "steps": s.steps, "cfg_scale": s.cfg_scale, "solver": s.solver, "shift": s.shift,
-        "curve_guidance": s.curve_guidance, "max_seconds": round(cfg.max_seconds, 2),
-        "latent_rate": round(cfg.latent_rate, 4), "sample_rate": cfg.audio.sample_rate,
-    }
 
 
 # Irregular cuts for the demo clip, in seconds (scaled to --duration): not on any beat grid.
