@@ -161,7 +161,7 @@ class BundleConfig:
             raise BundleError(f"{where}: unknown model family {family!r}; this v2m knows {', '.join(FAMILIES)}")
         if (family == "sao") != (d.get("sao") is not None):
             raise BundleError(f"{where}: a 'sao' section goes with family 'sao' and only with it")
-        validate_config(d, where)  # every value's type and range, one line naming the key
+        validate_config(d, where, asdict(AudioConfig()))  # every value's type and range, one line naming the key
         try:
             sampler = _from_dict(SamplerConfig, d.pop("sampler", {}), f"{where} [sampler]")
             curve = _from_dict(CurveConfig, d.pop("curve", {}), f"{where} [curve]")

@@ -44,6 +44,12 @@ class Rule(NamedTuple):
 
 
 # --- checks ----------------------------------------------------------------------------------
+def _show(v: Any) -> str:
+    """A value for a one-line message: its repr, cut short (a config may hold megabytes)."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -55,7 +61,7 @@ def _is_num(v: Any) -> bool:
 def integer(lo: int, hi: int) -> Check:
     def check(v: Any) -> str | None:
         if not _is_int(v) or not lo <= v <= hi:
-            return f"must be an integer in [{lo}, {hi}], got {v!r}"
+            return f"must be an integer in [{lo}, {hi}], got {_show(v)}"
         return None
 
     return check
@@ -64,27 +70,27 @@ def integer(lo: int, hi: int) -> Check:
 def number(lo: float, hi: float, lo_open: bool = False) -> Check:
     def check(v: Any) -> str | None:
         if not _is_num(v) or not math.isfinite(v) or not (lo < v if lo_open else lo <= v) or v > hi:
-            return f"must be a number in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {v!r}"
+            return f"must be a number in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {_show(v)}"
         return None
 
     return check
 
 
 def boolean(v: Any) -> str | None:
-    return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
+    return None if isinstance(v, bool) else f"must be true or false, got {_show(v)}"
 
 
 def string(v: Any) -> str | None:
-    return None if isinstance(v, str) and v else f"must be a non-empty string, got {v!r}"
+    return None if isinstance(v, str) and v else f"must be a non-empty string, got {_show(v)}"
 
 
 def obj(v: Any) -> str | None:
-    return None if isinstance(v, dict) else f"must be a JSON object, got {v!r}"
+    return None if isinstance(v, dict) else f"must be a JSON object, got {_show(v)}"
 
 
 def choice(*values: str) -> Check:
     def check(v: Any) -> str | None:
-        return None if v in values else f"must be one of {', '.join(values)}, got {v!r}"
+        return None if v in values else f"must be one of {', '.join(values)}, got {_show(v)}"
 
     return check
 
@@ -95,7 +101,7 @@ def optional(inner: Check) -> Check:
 
 
 def odd(inner: Check) -> Check:
-    return lambda v: inner(v) or (None if v % 2 else f"must be odd, got {v!r}")
+    return lambda v: inner(v) or (None if v % 2 else f"must be odd, got {_show(v)}")
 
 
 def list_of(item: Check, lo_len: int, hi_len: int) -> Check:
@@ -104,7 +110,7 @@ def list_of(item: Check, lo_len: int, hi_len: int) -> Check:
     def check(v: Any) -> str | None:
         if not isinstance(v, (list, tuple)) or not lo_len <= len(v) <= hi_len:
             n = f"{lo_len}" if lo_len == hi_len else f"{lo_len} to {hi_len}"
-            return f"must be a list of {n} values, got {v!r}"
+            return f"must be a list of {n} values, got {_show(v)}"
         for i, x in enumerate(v):
             problem = item(x)
             if problem:
@@ -221,8 +227,11 @@ def _check_table(d: dict, table: dict[str, Rule], key: str, where: str) -> None:
             raise BundleError(f"{where}: {key}.{name} {problem}")
 
 
-def validate_config(data: dict[str, Any], where: str) -> None:
+def validate_config(data: dict[str, Any], where: str, audio_defaults: dict[str, Any]) -> None:
     """Check every section's values' types and ranges (BundleError naming the key and `where`).
+
+    Args:
+        audio_defaults: the `audio` section's defaults (`AudioConfig`'s), for the rules across keys.
 
     Unknown keys are left to the sections' own readers, which name them."""
     family = data.get("family", "v2m")
@@ -231,7 +240,7 @@ def validate_config(data: dict[str, Any], where: str) -> None:
         if d is None and section in ("sampler", "curve", "audio", "sao"):
             continue  # defaults (sao: only with family "sao", checked by the reader)
         if not isinstance(d, dict):
-            raise BundleError(f"{where}: section {section!r} must be a JSON object, got {d!r}")
+            raise BundleError(f"{where}: section {section!r} must be a JSON object, got {_show(d)}")
         if "kind" in d and string(d["kind"]):
             raise BundleError(f"{where}: {section}.kind {string(d['kind'])}")
         table = pick(d, family)
@@ -241,13 +250,12 @@ def validate_config(data: dict[str, Any], where: str) -> None:
         for (sec, name), nested in NESTED.items():
             if sec == section and isinstance(d.get(name), dict):
                 _check_table(d[name], nested, f"{section}.{name}", where)
-    _check_geometry(data, where)
+    _check_geometry(data, where, {**audio_defaults, **(data.get("audio") or {})})
 
 
-def _check_geometry(data: dict[str, Any], where: str) -> None:
+def _check_geometry(data: dict[str, Any], where: str, audio: dict[str, Any]) -> None:
     """Rules across keys: the latent rate, and the VAE's hop against the audio section's."""
-    audio, vae = data.get("audio") or {}, data["vae"]
-    rate, hop = audio.get("sample_rate", 44100), audio.get("hop_length", 3584)
+    rate, hop, vae = audio["sample_rate"], audio["hop_length"], data["vae"]
     if not LATENT_RATES[0] <= rate / hop <= LATENT_RATES[1]:
         raise BundleError(f"{where}: audio.sample_rate / audio.hop_length = {rate / hop:g} latent frames a second, "
                           f"outside [{LATENT_RATES[0]:g}, {LATENT_RATES[1]:g}]")

@@ -77,6 +77,13 @@ def test_demo_bundle_passes():
     assert load_config(demo_bundle_path()).sampler.steps == 32
 
 
+def test_a_huge_value_is_cut_short_in_the_message(tiny_bundle_copy):
+    _edit(tiny_bundle_copy, "dit.width", "x" * 1_000_000)
+    with pytest.raises(BundleError, match=r"dit\.width must be an integer") as e:
+        load_config(tiny_bundle_copy)
+    assert len(str(e.value)) < 300
+
+
 def test_hop_must_match_the_vae(tiny_bundle_copy):
     _edit(tiny_bundle_copy, "audio.hop_length", 2048)
     with pytest.raises(BundleError, match=r"audio\.hop_length 2048 is not the product of vae\.strides"):
