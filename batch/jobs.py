@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from v2m.core import tempfiles
+from v2m.core import jsonio, tempfiles
 from v2m.core.errors import InputError, OutputError
 from v2m.runtime import media, sampler
 from v2m.runtime.request import Request, check_seed, problem
@@ -204,9 +204,9 @@ def read_manifest(path: str | Path, prompt: str = "", seed: int | None = None) -
         job = Job(Path(f"<{where}>"), prompt, seed, source=where)
         jobs.append(job)
         try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            job.fail(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
+            entry = jsonio.loads(line, where, InputError)
+        except InputError as e:
+            job.fail(str(e))
             continue
         if not isinstance(entry, dict):
             job.fail(f"{where}: expected a JSON object, got {type(entry).__name__}")

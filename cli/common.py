@@ -7,6 +7,7 @@ import argparse
 import logging
 
 from v2m.core.bundle import ENCODER_KINDS
+from v2m.runtime.backends import BACKENDS, normalize_backend
 from v2m.runtime.request import MAX_DURATION_S, Request
 
 log = logging.getLogger("v2m.cli")
@@ -19,8 +20,9 @@ def add_runtime_args(p: argparse.ArgumentParser, model_default: str | None = Non
                         "trained demo bundle)" + (f" (default: {model_default})" if model_default else ""))
     p.add_argument("--encoder", default=None, choices=ENCODER_KINDS,
                    help="frame encoder of the event curve (default: the bundle's); cut and motion are weight-free")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
-                   help="inference engine; auto: TensorRT, then ONNX Runtime for an exported bundle, then PyTorch")
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], type=normalize_backend,
+                   help="inference engine (ort and trt name ONNX Runtime and TensorRT too); auto: TensorRT, then "
+                        "ONNX Runtime for an exported bundle, then PyTorch")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when PyTorch sees a GPU)")
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="compute precision (default: fp16 on CUDA, fp32 on CPU)")

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from v2m.core.errors import require
+
 from .common import add_runtime_args, load_pipeline, max_duration
 
 log = logging.getLogger("v2m.cli")
@@ -17,6 +19,8 @@ def cmd_curve(args) -> int:
     from v2m.runtime import video
     from v2m.runtime.music import AUDIO_SUFFIXES
 
+    if args.plot:
+        require("matplotlib", what="`v2m curve --plot`")  # before any work
     if Path(args.video).suffix.lower() in AUDIO_SUFFIXES:
         return cmd_music_curve(args)
     info = video.probe(args.video, args.video_stream)  # before loading the model
@@ -24,21 +28,13 @@ def cmd_curve(args) -> int:
     pipe = load_pipeline(args)
     res = pipe.curve(args.video, video_stream=args.video_stream, max_duration_s=max_duration(args))
     if args.json:
-        print(json.dumps({
-            "video": str(args.video),
-            "duration_s": res.duration_s,
-            "curve_fps": res.curve_fps,
-            "latent_rate": res.latent_rate,
-            "frames": res.num_frames,
-            "impl": res.curve_impl,
-            "curve": [round(float(v), 6) for v in res.curve],
-        }))
+        print(json.dumps({"video": str(args.video), **res.to_json()}))
     else:
         from v2m.core.curves import curve_peaks
 
         peaks = curve_peaks(res.curve, 5)
-        print(f"{args.video}: {res.duration_s:.2f} s, {res.num_frames} frames at {res.curve_fps:.3f} fps, "
-              f"curve of {res.curve.size} latent frames ({res.curve_impl})")
+        print(f"{args.video}: {res.duration_s:.2f} s of {res.video_fps:g} fps video; {res.num_frames} frames "
+              f"sampled at {res.curve_fps:.3f} fps give a curve of {res.curve.size} latent frames ({res.curve_impl})")
         print("strongest events at: " + ", ".join(f"{i / res.latent_rate:.2f} s" for i in peaks))
     if args.plot:
         from v2m.eval.evaluate import plot_curve
@@ -62,8 +58,9 @@ def cmd_music_curve(args) -> int:
     enc = MusicEncoder(sr)
     if args.json:
         print(json.dumps({
-            "audio": str(args.video), "duration_s": duration, "curve_fps": enc.fps, "latent_rate": cfg.latent_rate,
-            "frames": int(audio.shape[1] // enc.hop + 1), "impl": "numpy", "encoder": "music",
+            "audio": str(args.video), "duration_s": duration, "feature_fps": enc.fps,
+            "feature_frames": int(audio.shape[1] // enc.hop + 1), "latent_rate": cfg.latent_rate,
+            "latent_frames": int(curve.size), "impl": "numpy", "encoder": "music",
             "curve": [round(float(v), 6) for v in curve],
         }))
     else:

@@ -11,6 +11,7 @@ from pathlib import Path
 from v2m.core import tempfiles
 from v2m.core.bundle import ENCODER_KINDS
 from v2m.core.errors import InputError, require
+from v2m.runtime.backends import BACKENDS, normalize_backend
 from v2m.runtime.request import Request
 
 from .common import format_timings, load_pipeline
@@ -43,6 +44,7 @@ def cmd_demo(args) -> int:
     if args.plot:
         from v2m.runtime.profiler import check_report_paths
 
+        require("matplotlib", what="`v2m demo --plot`")  # before any work, not after the generation
         check_report_paths({"--plot": args.plot}, {args.output: "the output"})
     if args.preset:
         require("torch", what="`v2m demo --preset` (it makes a random-weight PyTorch bundle)")
@@ -76,8 +78,8 @@ def cmd_demo(args) -> int:
                                      cuts=tuple(c * args.duration / 10.0 for c in DEMO_CUTS))
         t_setup = time.perf_counter() - t0
         print(f"demo: {what}")
-        print(f"demo: test video {clip if keep else 'clip.mp4'} ({args.duration:.1f} s, scene cuts at "
-              f"{', '.join(f'{c:.2f}' for c in cuts) or 'none'} s)")
+        kept = f"test video {clip}" if keep else "a temporary test video (--workdir DIR keeps it)"
+        print(f"demo: {kept}, {args.duration:.1f} s, scene cuts at {', '.join(f'{c:.2f}' for c in cuts) or 'none'} s")
 
         pipe = load_pipeline(args)
         progress = StepProgress(pipe.sampler_options().steps)
@@ -134,9 +136,9 @@ def register(sub) -> None:
                    help="also save the video curve, the output's music curve (with and without the curve) and "
                         "the cuts (matplotlib; a second generation with --no-curve) (default: none)")
     d.add_argument("--seed", type=int, default=0, help="noise seed, in [0, 2^63)")
-    d.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
-                   help="inference engine; auto: ONNX Runtime on a CPU for the demo bundle (it ships its "
-                        "graphs), else PyTorch")
+    d.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], type=normalize_backend,
+                   help="inference engine (ort: ONNX Runtime); auto: ONNX Runtime on a CPU for the demo bundle "
+                        "(it ships its graphs), else PyTorch")
     d.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     d.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="compute precision (default: fp16 on CUDA, fp32 on CPU)")

@@ -5,28 +5,17 @@ from __future__ import annotations
 import json
 import logging
 
-from v2m.core.errors import V2MError
-
 from .common import add_runtime_args, load_pipeline
+from .output import eval_extras
 
 log = logging.getLogger("v2m.cli")
 
 
 
 def cmd_eval(args) -> int:
-    from v2m.eval.evaluate import evaluate_folder, format_side_by_side, require_eval
+    from v2m.eval.evaluate import evaluate_folder, format_side_by_side
 
-    require_eval("scenedetect")  # one line if the [eval] extra is missing, before any work: cuts for every measure
-    sch = not args.no_curves  # SCH alone needs librosa; without it the curve measures still run
-    if args.no_curves:
-        require_eval("librosa")
-    else:
-        try:
-            require_eval("librosa")
-        except V2MError:
-            sch = False
-            log.warning("librosa is not installed: Scene Cut Hit is n/a (pip install 'v2m-runtime[eval]'); "
-                        "curve correlation, cut hits and flatness need no extra")
+    sch, have_cuts = eval_extras(args.no_curves)
     curve_fn = music_fn = None
     rate = 44100 / 3584
     if not args.no_curves:
@@ -37,7 +26,7 @@ def cmd_eval(args) -> int:
         curve_fn = lambda video: pipe.curve(video).curve
         music_fn = lambda audio, sr, n: music_curve(audio, sr, n, rate, kernel)
     kw = dict(tolerance=args.tolerance, curve_fn=curve_fn, music_fn=music_fn, latent_rate=rate,
-              cut_tolerance=args.cut_tolerance, sch=sch)
+              cut_tolerance=args.cut_tolerance, sch=sch, cuts_fn=None if have_cuts else lambda video: [])
     report = evaluate_folder(args.outputs, args.videos, **kw)
     if args.baseline:
         base = evaluate_folder(args.baseline, args.videos, **kw)
@@ -58,8 +47,9 @@ def register(sub) -> None:
     """Add the command's parser to the CLI's subparsers."""
     e = sub.add_parser("eval", help="SCH, curve correlation, cut hits and flatness of generated music vs its videos",
                        description="Measure generated outputs against their source videos: Scene Cut Hit "
-                                   "(needs the [eval] extra's librosa), curve correlation, cut hits and "
-                                   "spectral flatness; --baseline puts a --no-curve run beside it.",
+                                   "(needs the [eval] extra: librosa for beats, scenedetect for cuts), cut hits "
+                                   "(scenedetect), curve correlation and spectral flatness (no extra); --baseline "
+                                   "puts a --no-curve run beside it.",
                        examples=["v2m eval out/ --videos videos/",
                                  "v2m eval out/ --videos videos/ --baseline base/",
                                  "v2m eval out/ --videos videos/ --tolerance 0.25 --json"])

@@ -14,6 +14,7 @@ from v2m.runtime.sampler import SOLVERS
 
 from .batch import cmd_generate_batch
 from .common import add_runtime_args, format_timings, load_pipeline, max_duration, request_from_args
+from .output import replay_command
 from .serve import add_ray_args
 from .support import StepProgress
 
@@ -93,15 +94,21 @@ def cmd_generate(args) -> int:
 
 
 def _result_json(args, video_path: Path, result, t_load: float) -> dict:
-    """`v2m generate --json`: what was written, from what, and where the time went."""
+    """`v2m generate --json`: what was written, from what, every setting that replays it, and where
+    the time went."""
     info = result.info
     timings = {k: round(v, 4) for k, v in result.timings.items()}
-    return {
+    run = {
         "output": str(args.output),
         "video": str(video_path),
         "video_stream": info.get("video_stream"),
+        "model": str(args.model),
+        "preset": info.get("preset"),
         "seed": result.seed,
         "prompt": result.prompt,
+        "negative_prompt": info.get("negative_prompt"),
+        "text_embeddings": args.text_embeddings,
+        "encoder": args.encoder,
         "duration_s": round(result.duration_s, 4),
         "sample_rate": result.sample_rate,
         "backend": info.get("backend"),
@@ -109,10 +116,17 @@ def _result_json(args, video_path: Path, result, t_load: float) -> dict:
         "precision": info.get("precision"),
         "steps": info.get("steps"),
         "cfg_scale": info.get("cfg_scale"),
+        "solver": info.get("solver"),
+        "shift": info.get("shift"),
+        "use_curve": info.get("use_curve"),
+        "curve_guidance": info.get("curve_guidance"),
+        "keep_audio_db": args.keep_audio,
         "video_lost_s": info.get("video_lost_s"),
         "timings": {"load": round(t_load, 4), **timings, "total": round(t_load + sum(result.timings.values()), 4)},
         "step_ms_median": round(sorted(result.step_ms)[len(result.step_ms) // 2], 3) if result.step_ms else None,
     }
+    run["replay"] = replay_command(run)
+    return run
 
 
 def register(sub) -> None:
@@ -134,9 +148,9 @@ def register(sub) -> None:
     g.add_argument("--seed", type=int, default=None,
                    help="noise seed, in [0, 2^63) (default: a random one, printed so the result can be replayed)")
     g.add_argument("--steps", type=int, default=None,
-                   help="sampler steps, in [1, 10000] (default: the bundle's, 96)")
+                   help="sampler steps, in [1, 10000] (default: the bundle's; `v2m info --model BUNDLE` shows it)")
     g.add_argument("--cfg-scale", type=float, default=None,
-                   help="classifier-free guidance weight on the prompt, finite (default: the bundle's)")
+                   help="classifier-free guidance weight on the prompt, in [0, 100] (default: the bundle's)")
     g.add_argument("--negative-prompt", default=None, metavar="TEXT",
                    help="what the music should not be: the unconditional branch of guidance uses this prompt "
                         "(default: zero embeddings with the prompt's mask)")
@@ -144,12 +158,12 @@ def register(sub) -> None:
                    help="euler, or heun (trapezoidal rule, two model evaluations a step); a Stable Audio Open "
                         "bundle: dpmpp-2m, dpmpp-2m-sde (SAO 1.0), pingpong, euler (SAO Small) (default: the bundle's)")
     g.add_argument("--shift", type=float, default=None, metavar="S",
-                   help="SD3 timestep shift S > 0: S > 1 spends more steps near noise (default: the bundle's, 1)")
+                   help="SD3 timestep shift S in [0.01, 100]: S > 1 spends more steps near noise (default: the bundle's)")
     g.add_argument("--no-curve", action="store_true",
                    help="text-only baseline: the event curve is zeros in every branch (the paper's appendix)")
     g.add_argument("--curve-guidance", type=float, default=None, metavar="W",
                    help="extra guidance on the curve: the prediction with the curve against the one without it; "
-                        "costs a third model batch (default: the bundle's, 0 = off)")
+                        "costs a third model batch; in [0, 100], 0 = off (default: the bundle's)")
     g.add_argument("--keep-audio", type=float, default=None, metavar="LEVEL_DB",
                    help="mix the original audio under the music at this level in dB, in [-60, 20] "
                         "(default: music only)")
@@ -163,7 +177,8 @@ def register(sub) -> None:
                    help="refuse a video longer than this, from its header before decoding and from its frames' "
                         "times while decoding; 0: no limit (default: 14400, four hours; one video only)")
     g.add_argument("--json", action="store_true",
-                   help="print the result (output, seed, duration, timings...) as one JSON object on stdout")
+                   help="print the result as one JSON object on stdout: output, timings, and every setting that "
+                        "replays the run (model, seed, steps, guidance, solver, ..., and the `replay` command line)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no timing table")
     g.add_argument("--manifest", default=None,
                    help="JSONL, one {video, prompt, seed, output} per line (batch mode) (default: none)")

@@ -7,6 +7,8 @@ import logging
 
 from v2m.runtime import __version__
 
+from .output import bundle_info, readable
+
 log = logging.getLogger("v2m.cli")
 
 
@@ -37,17 +39,27 @@ def cmd_info(args) -> int:
 
         info["onnxruntime_providers"] = onnxruntime.get_available_providers()
     info["devices"] = devices
+    if args.model is not None:
+        info["model"] = bundle_info(args.model)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         for k, v in info.items():
-            print(f"{k:<22} {v if v is not None else '-'}")
+            if isinstance(v, dict) and k == "model":
+                print("model")
+                for mk, mv in v.items():
+                    print(f"  {mk:<20} {readable(mv)}")
+            else:
+                print(f"{k:<22} {readable(v)}")
     return 0
 
 
 def register(sub) -> None:
     """Add the command's parser to the CLI's subparsers."""
-    n = sub.add_parser("info", help="versions, devices, backends",
-                       examples=["v2m info", "v2m info --json"])
+    n = sub.add_parser("info", help="versions, devices, backends; a bundle's sampler defaults",
+                       examples=["v2m info", "v2m info --model demo", "v2m info --json"])
+    n.add_argument("--model", "-m", default=None,
+                   help="also describe this bundle (or `demo`): preset, encoder, and the sampler defaults "
+                        "`v2m generate` uses when no option overrides them (default: none)")
     n.add_argument("--json", action="store_true", help="print as JSON")
     n.set_defaults(func=cmd_info)

@@ -74,9 +74,11 @@ def json_400_protocol():
 
 def cmd_serve(args) -> int:
     from v2m.core.bundle import load_config
+    from v2m.runtime.demo import resolve_model
 
     require_extra("serve", "fastapi", "uvicorn", "python_multipart", "prometheus_client")
     config = serve_config(args)
+    args.model = str(resolve_model(args.model))  # `demo`: the installed demo bundle, as every command
     load_config(args.model)  # a missing or broken bundle: one line now, before listening
     if args.ray is not None:
         require_extra("ray", "ray")
@@ -183,7 +185,11 @@ def add_ray_args(g) -> None:
 
 
 def check_ray_args(args) -> None:
-    if args.ray_actors is not None and args.ray_actors < 1:
-        raise InputError("--ray-actors must be >= 1")
-    if args.ray_cpus is not None and not args.ray_cpus > 0:
-        raise InputError("--ray-cpus must be > 0")
+    """--ray-actors and --ray-cpus by the CLI's rules (`cli_support.CHECKS`; the CLI ran them already)."""
+    from .support import CHECKS, flag
+
+    for dest in ("ray_actors", "ray_cpus"):
+        value = getattr(args, dest, None)
+        problem = None if value is None else CHECKS[dest](value)
+        if problem:
+            raise InputError(f"{flag(dest)}: {problem}")

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from v2m.core import devices
 from v2m.core.errors import InputError
 from v2m.runtime.request import check_seed, max_duration_problem, problem
 from v2m.runtime.sampler import SamplerOptions
@@ -41,6 +42,9 @@ MAX_BATCH = 1024
 KEEP_AUDIO_DB = (-60.0, 20.0)  # below -60 dB the original is inaudible under music
 # --max-duration: generate/curve refuse longer videos (a feature film fits; a 3 KB file whose
 # last frame sits hours later, which would decode and sample for hours, does not): see `request`.
+MAX_CUDA_DEVICES = 1024  # cuda:N; more than any node holds (a 20-digit N overflowed torch's parser)
+MAX_WORKERS = 4096  # --ray-actors, --replicas
+MAX_WORKER_CPUS = 1024.0  # --ray-cpus, --replica-cpus: CPUs one Ray actor or replica asks for
 
 
 class UsageError(Exception):
@@ -123,9 +127,18 @@ def _number_in(lo: float, hi: float, what: str, lo_open: bool = False) -> Check:
 
 
 def _device(value: str) -> str | None:
-    if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
+    """Syntax and index range; the index against the GPUs the CUDA driver shows, where it shows any
+    (a machine without one is told so where a backend needs the GPU: `devices.check_device`)."""
+    m = re.fullmatch(r"cuda:(\d+)", value)
+    if value not in ("auto", "cpu", "cuda") and not m:
+        return f"device must be cpu, cuda, cuda:N or auto, got {value!r}"
+    if m is None:
         return None
-    return f"device must be cpu, cuda, cuda:N or auto, got {value!r}"
+    index, visible = int(m.group(1)), devices.cuda_device_count()
+    if index >= MAX_CUDA_DEVICES or 0 < visible <= index:
+        shown = f"cuda:0 .. cuda:{visible - 1}" if visible else f"N below {MAX_CUDA_DEVICES}"
+        return f"device index {m.group(1)[:24]} is out of range ({shown})"
+    return None
 
 
 def _existing_file(value: str) -> str | None:
@@ -179,6 +192,11 @@ CHECKS: dict[str, Check] = {
     "clips": _int_in(1, 1_000_000, "clips"),
     "clip_seconds": _number_in(0.0, MAX_CLIP_S, "clip length in seconds", lo_open=True),
     "threads": _int_in(1, 1024, "threads"),
+    # Ray (generate --ray, serve --ray): checked before Ray starts
+    "ray_actors": _int_in(1, MAX_WORKERS, "actors"),
+    "ray_cpus": _number_in(0.0, MAX_WORKER_CPUS, "CPUs per actor", lo_open=True),
+    "replicas": _int_in(1, MAX_WORKERS, "replicas"),
+    "replica_cpus": _number_in(0.0, MAX_WORKER_CPUS, "CPUs per replica", lo_open=True),
 }
 
 

@@ -22,7 +22,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import jsonio
+from .config_schema import validate_config
 from .errors import BundleError, InputError
+from .model_size import check_model_size
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -264,6 +267,12 @@ class BundleConfig:
         missing = [k for k in ("preset", *COMPONENTS) if k not in d]
         if missing:
             raise BundleError(f"{where}: missing sections {missing}; is this a v2m bundle?")
+        family = d.get("family", "v2m")
+        if family not in FAMILIES:
+            raise BundleError(f"{where}: unknown model family {family!r}; this v2m knows {', '.join(FAMILIES)}")
+        if (family == "sao") != (d.get("sao") is not None):
+            raise BundleError(f"{where}: a 'sao' section goes with family 'sao' and only with it")
+        validate_config(d, where, asdict(AudioConfig()))  # every value's type and range, one line naming the key
         try:
             sampler = _from_dict(SamplerConfig, d.pop("sampler", {}), f"{where} [sampler]")
             curve = _from_dict(CurveConfig, d.pop("curve", {}), f"{where} [curve]")
@@ -272,12 +281,6 @@ class BundleConfig:
         except TypeError as e:
             raise BundleError(f"{where}: {e}") from None
         cfg.sampler, cfg.curve, cfg.audio = sampler, curve, audio
-        if cfg.curve.kernel < 1 or cfg.curve.kernel % 2 == 0:
-            raise BundleError(f"{where}: curve.kernel must be odd, got {cfg.curve.kernel}")
-        if cfg.family not in FAMILIES:
-            raise BundleError(f"{where}: unknown model family {cfg.family!r}; this v2m knows {', '.join(FAMILIES)}")
-        if (cfg.family == "sao") != (cfg.sao is not None):
-            raise BundleError(f"{where}: a 'sao' section goes with family 'sao' and only with it")
         if cfg.sao is not None:
             SAOConfig.from_dict(cfg.sao, where)  # validated now: one line, before any model loads
         return cfg
@@ -291,7 +294,10 @@ class BundleConfig:
 
 
 def load_config(directory: str | Path) -> BundleConfig:
-    """Read `<directory>/config.json`, with a one-line error for every way it can be wrong."""
+    """Read `<directory>/config.json`, with a one-line error for every way it can be wrong:
+    unreadable or too deeply nested JSON, a value of the wrong type or range
+    (`v2m.core.config_schema`), models too big for this machine or not matching their
+    weight files (`v2m.core.model_size`). Nothing is built or allocated before."""
     directory = Path(directory)
     if not directory.exists():
         raise BundleError(f"model bundle {str(directory)!r} does not exist; create one with `v2m init-model` or point --model at a bundle directory")
@@ -300,10 +306,9 @@ def load_config(directory: str | Path) -> BundleConfig:
     path = directory / "config.json"
     if not path.is_file():
         raise BundleError(f"{path}: missing; {str(directory)!r} is not a v2m bundle (create one with `v2m init-model`)")
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path}: not valid JSON ({e})") from None
+    data = jsonio.load_file(path, BundleError)
     if not isinstance(data, dict):
         raise BundleError(f"{path}: expected a JSON object")
-    return BundleConfig.from_dict(data, where=str(path))
+    cfg = BundleConfig.from_dict(data, where=str(path))
+    check_model_size(cfg, directory, str(path))
+    return cfg

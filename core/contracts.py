@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bundle import BundleConfig, text_max_tokens
+from .sampler_limits import MAX_STEPS
 
 __all__ = [
     "TensorSpec",
@@ -183,7 +184,6 @@ def _fill(kind: str, shape: Shape, rng: np.random.Generator, values: dict[str, i
 
 
 # --- the graphs ----------------------------------------------------------------------------
-MAX_STEPS = 10000  # v2m.runtime.sampler.MAX_STEPS (not imported: keep this module import-light)
 MAX_STAGES = 2 * MAX_STEPS  # Heun evaluates twice a step
 MAX_VIDEOS = 4  # videos per sampler call an engine is built for
 MAX_BRANCHES = 3  # cond, uncond, nocurve (curve guidance)

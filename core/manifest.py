@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import jsonio
 from .bundle import BundleConfig
 from .errors import BundleError
 
@@ -208,10 +209,7 @@ def load_manifest(bundle_dir: str | Path) -> Manifest:
             f"{bundle_dir} is not an exported bundle (no {MANIFEST_NAME}); "
             f"run `v2m export {bundle_dir} -o OUT` and point --model at OUT, or use --backend torch"
         )
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path}: not valid JSON ({e}); re-export with `v2m export`") from None
+    data = jsonio.load_file(path, BundleError, hint="; re-export with `v2m export`")
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise BundleError(f"{path}: format {got!r} is not {MANIFEST_FORMAT!r}; re-export with this v2m")

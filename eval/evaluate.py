@@ -15,7 +15,8 @@
 
 Videos without cuts are reported as n/a and left out of the means. librosa and
 scenedetect are the `[eval]` extra, imported only here and only when needed;
-tests inject cuts and beats instead. The curve measures need no extra.
+tests inject cuts and beats instead. SCH needs both (beats and cuts), cut hits
+scenedetect (cuts); curve correlation and flatness need no extra.
 
 ```python
 from v2m.eval.evaluate import evaluate_folder
@@ -64,14 +65,14 @@ class MissingExtra(V2MError):
     """An optional dependency of `v2m eval` is not installed."""
 
 
-def require_eval(module: str):
-    """Import `module` or raise one line telling the user to install the [eval] extra."""
+def require_eval(module: str, what: str = "`v2m eval`"):
+    """Import `module` or raise one line naming `what` needs it and the [eval] extra to install."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise MissingExtra(f"`v2m eval` needs {module}: pip install 'v2m-runtime[eval]'") from None
+        raise MissingExtra(f"{what} needs {module}: pip install 'v2m-runtime[eval]'") from None
 
 
 def scene_cut_hit(cuts: Sequence[float], beats: Sequence[float], tolerance: float = 0.5) -> tuple[int, int]:
@@ -131,6 +132,8 @@ def median_flatness(audio: np.ndarray) -> float:
 def detect_cuts(video: str | Path, threshold: float = 27.0) -> list[float]:
     """Scene cut times (s) by PySceneDetect's ContentDetector: the start of every scene but the first."""
     sd = require_eval("scenedetect")
+    # PySceneDetect logs every video at INFO on its own logger: shown with -v, as v2m's own
+    logging.getLogger("pyscenedetect").setLevel(max(log.getEffectiveLevel(), logging.INFO))
     scenes = sd.detect(str(video), sd.ContentDetector(threshold=threshold))
     return [float(start.seconds if hasattr(type(start), "seconds") else start.get_seconds()) for start, _ in scenes[1:]]
 
@@ -372,7 +375,7 @@ def _save_png(fig, out_png: Path) -> Path:
 
 def _pyplot(out_png: str | Path):
     """matplotlib.pyplot (Agg) and the checked output path."""
-    mpl = require_eval("matplotlib")
+    mpl = require_eval("matplotlib", "--plot")
     mpl.use("Agg")
     import matplotlib.pyplot as pyplot
 

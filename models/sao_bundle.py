@@ -22,7 +22,6 @@ directory); without it the bundle has none and runs text-only.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from v2m.core import jsonio
 from v2m.core.bundle import (
     DEFAULT_SAMPLER,
     AudioConfig,
@@ -115,12 +115,9 @@ def detect_layout(src: Path) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{path}: missing") from None
-    except (OSError, ValueError) as e:
-        raise BundleError(f"{path}: unreadable JSON ({e})") from None
+    if not path.is_file():
+        raise BundleError(f"{path}: missing")
+    d = jsonio.load_file(path, BundleError)
     if not isinstance(d, dict):
         raise BundleError(f"{path}: expected a JSON object")
     return d

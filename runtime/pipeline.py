@@ -78,7 +78,7 @@ class Pipeline:
     def from_pretrained(
         cls,
         path: str | Path,
-        backend: str = "torch",
+        backend: str = "auto",
         device: str = "cpu",
         precision: str = "fp32",
         encoder: str | None = None,
@@ -88,7 +88,8 @@ class Pipeline:
 
         Args:
             path: bundle directory (`v2m init-model`, or an exported one from `v2m export`), or "demo".
-            backend: torch, onnxruntime, tensorrt or auto.
+            backend: torch, onnxruntime (or ort), tensorrt (or trt), or auto (as the CLI: TensorRT
+                for an exported bundle on a GPU, PyTorch for a bundle with weights, else ONNX Runtime).
             device: cpu, cuda, cuda:N or auto.
             precision: fp32, fp16 or bf16 (the backend's compute precision).
             encoder: the frame encoder of the curve: None (the bundle's), or a weight-free one,
@@ -119,6 +120,7 @@ class Pipeline:
             options: `from_pretrained`'s other keywords (encoder, fast, compile, kernels, ...);
                 None values are left out.
         """
+        from v2m.core import devices
         from v2m.core.errors import require
 
         from .backends import resolve_backend
@@ -126,6 +128,7 @@ class Pipeline:
         if backend == "torch":
             require("torch", what="--backend torch")
         backend, device = resolve_backend(backend, model, device)
+        devices.check_device(device)  # cuda asked for: a GPU must be visible, before anything loads
         precision = precision or ("fp16" if str(device).startswith("cuda") else "fp32")
         kw = {k: v for k, v in options.items() if v is not None}
         return cls.from_pretrained(model, backend=backend, device=device, precision=precision, **kw)
@@ -212,7 +215,7 @@ class Pipeline:
         with obs.stage("curve", [holder]):
             c, impl = self.compute_curve(features, reader.duration_s)
         return CurveResult(c, reader.duration_s, int(features.shape[0]), self.config.curve_fps, self.config.latent_rate,
-                           impl, holder.timings)
+                           impl, holder.timings, video_fps=reader.info.fps)
 
     def encode_text(self, prompt: str, text_embeddings: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
         enc = PrecomputedText(text_embeddings, dim=self.config.text_dim) if text_embeddings else self.text_encoder

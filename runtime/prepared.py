@@ -84,13 +84,25 @@ class Sampled:
 
 @dataclass
 class CurveResult:
-    curve: np.ndarray  # [L] float32
+    curve: np.ndarray  # [L] float32, at latent_rate
     duration_s: float
-    num_frames: int  # frames sampled at curve_fps
+    num_frames: int  # video frames sampled at curve_fps (not the video's own frame count)
     curve_fps: float
     latent_rate: float
     curve_impl: str  # "numpy" or "triton"
     timings: dict[str, float] = field(default_factory=dict)
+    video_fps: float | None = None  # the video's own average frame rate
+
+    def to_json(self) -> dict:
+        """The curve as `v2m curve --json` and the server's /v1/curve give it, every count named
+        with its rate: the video's frames per second, the frames sampled from it for the curve
+        (at curve_fps), and the curve's length in latent frames (at latent_rate)."""
+        return {
+            "duration_s": self.duration_s, "video_fps": self.video_fps, "curve_fps": self.curve_fps,
+            "sampled_frames": self.num_frames, "latent_rate": self.latent_rate,
+            "latent_frames": int(self.curve.size), "impl": self.curve_impl,
+            "curve": [round(float(v), 6) for v in self.curve],
+        }
 
 
 @dataclass

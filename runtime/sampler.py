@@ -39,10 +39,21 @@ from typing import TypeVar
 
 import numpy as np
 
+from v2m.core.sampler_limits import (
+    MAX_GUIDANCE,
+    MAX_SHIFT,
+    MAX_STEPS,
+    OBJECTIVE_SOLVERS,
+    SEED_LIMIT,
+    SOLVERS,
+)
+
 __all__ = [
     "SOLVERS",
     "OBJECTIVE_SOLVERS",
     "MAX_STEPS",
+    "MAX_GUIDANCE",
+    "MAX_SHIFT",
     "COEF_COLUMNS",
     "SamplerOptions",
     "Branch",
@@ -65,17 +76,6 @@ __all__ = [
     "resolve_seed",
 ]
 
-# Rectified-flow solvers of v2m's own DiT (t: 0 noise -> 1 data) and the sigma-space solvers of
-# Stable Audio Open models (`sigma_table`): which fit a bundle is `solvers_for(objective)`.
-SOLVERS = ("euler", "heun", "dpmpp-2m", "dpmpp-2m-sde", "pingpong")
-OBJECTIVE_SOLVERS = {
-    "v2m": ("euler", "heun"),  # v2m's rectified flow in t
-    "v": ("dpmpp-2m", "dpmpp-2m-sde"),  # v-diffusion (SAO 1.0)
-    "rf_denoiser": ("pingpong", "euler"),  # rectified flow in sigma (SAO Small)
-    "rectified_flow": ("euler", "pingpong"),
-}
-MAX_STEPS = 10000
-SEED_LIMIT = 2**63  # seeds are in [0, 2^63): `request.check_seed` is the edges' check
 
 X = TypeVar("X")
 
@@ -87,13 +87,13 @@ class SamplerOptions:
 
     Args:
         steps: solver steps in [1, 10000] (Heun evaluates the model twice a step).
-        cfg_scale: classifier-free guidance weight on the text (finite).
+        cfg_scale: classifier-free guidance weight on the text, in [0, 100] (MAX_GUIDANCE).
         solver: "euler" or "heun" (explicit trapezoidal rule on every interval).
-        shift: SD3's timestep shift S > 0 on the uniform grid (1 = none; > 1 spends more
-            steps near noise).
+        shift: SD3's timestep shift S on the uniform grid, in [0.01, 100] (1 = none; > 1 spends
+            more steps near noise).
         use_curve: False is the text-only baseline: the curve is zeros in every branch.
         curve_guidance: extra guidance weight on the curve: the prediction with the curve
-            against the one without it (0 = off; finite).
+            against the one without it (0 = off), in [0, 100].
     """
 
     steps: int = 96
@@ -106,12 +106,12 @@ class SamplerOptions:
     def __post_init__(self):
         if isinstance(self.steps, bool) or not isinstance(self.steps, (int, np.integer)) or not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps must be an integer in [1, {MAX_STEPS}], got {self.steps!r}")
-        for name in ("cfg_scale", "curve_guidance", "shift"):
+        for name, lo, hi in (("cfg_scale", 0.0, MAX_GUIDANCE), ("curve_guidance", 0.0, MAX_GUIDANCE),
+                             ("shift", 1 / MAX_SHIFT, MAX_SHIFT)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-        if self.shift <= 0:
-            raise ValueError(f"shift must be > 0, got {self.shift!r}")
+            if (isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer))
+                    or not math.isfinite(v) or not lo <= v <= hi):
+                raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {v!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.curve_guidance and not self.use_curve:

@@ -491,11 +491,7 @@ def _add_work_routes(app: FastAPI, state: AppState) -> None:
                 raise ApiError(422, f"unknown fields {sorted(fields)}; /v1/curve takes only the video")
             res = await _result_or_abandon(eng.run_device(eng.curve, video, ticket), request, config.timeout_s, ticket)
             cleanup()
-            return {
-                "duration_s": res.duration_s, "curve_fps": res.curve_fps, "latent_rate": res.latent_rate,
-                "frames": res.num_frames, "impl": res.curve_impl, "curve": [round(float(v), 6) for v in res.curve],
-                "timings": {k: round(v, 4) for k, v in res.timings.items()},
-            }
+            return {**res.to_json(), "timings": {k: round(v, 4) for k, v in res.timings.items()}}
 
         return await _admitted(state, request, handle, join_batch=False)
 

@@ -133,6 +133,7 @@ def run_batch_ray(jobs: list[Job], opts: BatchOptions, options: dict, address: s
     import ray
 
     from v2m.core.bundle import load_config
+    from v2m.runtime.demo import resolve_model
 
     t_start = time.perf_counter()
     out_dir = batch.check_output_dir(opts.out_dir)
@@ -140,6 +141,7 @@ def run_batch_ray(jobs: list[Job], opts: BatchOptions, options: dict, address: s
         batch.assign_outputs(jobs, out_dir, opts.format)
     if opts.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {opts.batch_size}")
+    options = {**options, "model": str(resolve_model(options["model"]))}  # `demo` as every command reads it
     sopts = opts.request.options(load_config(options["model"]).sampler)
     steps, cfg_scale = sopts.steps, sopts.cfg_scale
     info = SimpleNamespace(bundle_dir=Path(options["model"]), describe={

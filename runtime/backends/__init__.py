@@ -20,11 +20,20 @@ from v2m.core.errors import BackendUnavailable
 
 from .base import Backend
 
-__all__ = ["Backend", "BACKENDS", "create_backend", "resolve_backend", "available_backends"]
+__all__ = ["Backend", "BACKENDS", "BACKEND_ALIASES", "normalize_backend", "create_backend", "resolve_backend",
+           "available_backends"]
 
 log = logging.getLogger("v2m.backend")
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
+# the names of the extras that install them (`pip install 'v2m-runtime[ort]'`), accepted as backend names
+BACKEND_ALIASES = {"ort": "onnxruntime", "trt": "tensorrt"}
+
+
+def normalize_backend(name: str) -> str:
+    """A backend name as the API and the CLI take it: case-insensitive, `ort` and `trt` for their engines."""
+    name = str(name).strip().lower()
+    return BACKEND_ALIASES.get(name, name)
 
 
 def _has(mod: str) -> bool:
@@ -134,6 +143,7 @@ def resolve_backend(name: str, bundle_dir: str | Path, device: str) -> tuple[str
     from ..demo import resolve_model
 
     bundle_dir = resolve_model(bundle_dir)  # `demo`: the installed demo bundle
+    name = normalize_backend(name)
     kind, _ = devices.parse_device(device)
     if name not in (*BACKENDS, "auto"):
         raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or auto")

@@ -1,7 +1,6 @@
 """Oobleck VAE decoder: parity with diffusers, the foreign layouts, lengths, strict loading."""
 
 import json
-import time
 
 import pytest
 import torch
@@ -210,14 +209,12 @@ def test_presets_and_config_round_trip():
 
 @torch.no_grad()
 def test_tiny_preset_five_seconds():
+    """Five seconds of audio from the tiny preset: shape and finiteness. How fast is bench's question
+    (`python bench/bench_vae.py --preset tiny --device cpu --lengths 62`); no test reads the clock."""
     model = OobleckDecoder.from_config(PRESETS["tiny"].to_dict()).eval()
     z = _latents(16, 62, b=1)  # 5 s at 12.3 latent frames/s
-    model(z[..., :4])  # warm-up
-    t0 = time.perf_counter()
     audio = model(z)
-    elapsed = time.perf_counter() - t0
     assert audio.shape == (1, 2, 62 * 3584) and torch.isfinite(audio).all()
-    assert elapsed < 5.0, f"tiny VAE took {elapsed:.2f} s for 5 s of audio"  # ~0.15 s on 2 cores
 
 
 def _native_checkpoint(tmp_path, state):

@@ -63,6 +63,19 @@ GENERATE_BAD = [
     (["--reencode", "sometimes"], "--reencode"),
     (["--backend", "cuda"], "--backend"),
     (["--no-such-option"], "--no-such-option"),
+    # issue 22, item 15: bounded guidance and shift (no numpy warnings, no square wave), device index, Ray
+    (["--cfg-scale", "1e308"], "--cfg-scale"),
+    (["--cfg-scale", "1e30"], "--cfg-scale"),
+    (["--cfg-scale", "-1"], "--cfg-scale"),
+    (["--curve-guidance", "1e30"], "--curve-guidance"),
+    (["--shift", "1e-308"], "--shift"),
+    (["--shift", "1e9"], "--shift"),
+    (["--device", "cuda:99999999999999999999"], "--device"),
+    (["--ray-cpus", "inf"], "--ray-cpus"),
+    (["--ray-cpus", "nan"], "--ray-cpus"),
+    (["--ray-cpus", "0"], "--ray-cpus"),
+    (["--ray-actors", "0"], "--ray-actors"),
+    (["--backend", "ortx"], "--backend"),
 ]
 
 
@@ -94,6 +107,8 @@ OTHER_BAD = [
     (["eval", "{d}", "--videos", "{d}", "--tolerance", "0"], "--tolerance"),
     (["eval", "{d}", "--videos", "{d}", "--tolerance", "nan"], "--tolerance"),
     (["frobnicate"], "frobnicate"),
+    (["serve", "--model", "{d}", "--replica-cpus", "inf"], "--replica-cpus"),
+    (["serve", "--model", "{d}", "--replicas", "0"], "--replicas"),
 ]
 
 

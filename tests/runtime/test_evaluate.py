@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -61,11 +62,11 @@ def test_eval_cli_errors(capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err
     assert rc != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
-    def missing(module):
-        raise evaluate.MissingExtra(f"`v2m eval` needs {module}: pip install 'v2m-runtime[eval]'")
-
-    monkeypatch.setattr(evaluate, "require_eval", missing)
-    rc = main(["eval", str(tmp_path), "--videos", str(tmp_path)])
+    # Scene Cut Hit alone (--no-curves) without the [eval] extra: one line before any work
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name in ("librosa", "scenedetect") else real(name, *a, **k))
+    rc = main(["eval", str(tmp_path), "--videos", str(tmp_path), "--no-curves"])
     err = capsys.readouterr().err
     assert rc != 0 and err.strip().count("\n") == 0 and "pip install 'v2m-runtime[eval]'" in err
 

@@ -59,24 +59,22 @@ def test_groups_by_key_in_arrival_order_up_to_max_batch():
 
 
 def test_a_lone_request_never_waits_and_the_window_is_bounded():
+    """No assertion reads the clock: a result's timeout (10 s) is the bound, a third of the 30 s
+    window a lone request would wait for if it waited."""
     sched, groups = _scheduler(max_batch=8, wait_s=30.0)
     sched.start()
-    t0 = time.perf_counter()
-    assert sched.enqueue(_item(13), expected=False).result(10) == (0, 1)
-    assert time.perf_counter() - t0 < 5  # nobody else admitted: no 30 s wait
+    assert sched.enqueue(_item(13), expected=False).result(10) == (0, 1)  # nobody else admitted: no wait
     sched.stop(5)
 
     sched, groups = _scheduler(max_batch=8, wait_s=0.5)
     sched.start()
     sched.expect(2)  # two more admitted (uploading): the head waits for them, at most 0.5 s
-    t0 = time.perf_counter()
     f1 = sched.enqueue(_item(13, seed=1))
     time.sleep(0.1)
     f2 = sched.enqueue(_item(13, seed=2))
     assert f1.result(10) == (1, 2) and f2.result(10) == (2, 2)
     f3 = sched.enqueue(_item(13, seed=3), expected=False)  # the third never came: one still expected
     assert f3.result(10) == (3, 1)
-    assert time.perf_counter() - t0 < 5
     sched.stop(5)
 
 

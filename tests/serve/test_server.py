@@ -184,7 +184,8 @@ def test_curve_endpoint_matches_the_cli(server, clips, tiny_bundle, capsys):
     assert cli_main(["curve", str(clips["onehalf"]), "--model", str(tiny_bundle), "--backend", "torch", "--device", "cpu", "--json"]) == 0
     want = json.loads(capsys.readouterr().out)
     got = r.json()
-    assert got["curve"] == want["curve"] and got["frames"] == want["frames"]
+    assert got["curve"] == want["curve"] and got["sampled_frames"] == want["sampled_frames"]
+    assert got["video_fps"] == want["video_fps"] and got["latent_frames"] == want["latent_frames"]
     assert_survived(server)
 
 
