@@ -43,7 +43,7 @@ from v2m.core.bundle import BundleConfig, load_config
 from v2m.core.errors import InputError, NumericalError
 
 from . import encoders as encoders_mod
-from . import media, sampler, video, windows
+from . import loops, media, sampler, video, windows
 from .backends import Backend, create_backend
 from .observers import STAGES, Observers, ProfilerObserver, StepCallback
 from .prepared import CurveResult, GenerationResult, Prepared, Sampled
@@ -272,7 +272,7 @@ class Pipeline:
         return self.backend.max_batch(plan.guidance.size)
 
     # --- the three stages -----------------------------------------------------------
-    def prepare(self, video_path: str | Path, request: Request | None = None, *,
+    def prepare(self, video_path: str | Path | None, request: Request | None = None, *,
                 observers: Observers | None = None, source: media.Source | None = None) -> Prepared:
         """One video's conditioning: the probe, the event curve and the prompt embeddings.
 
@@ -283,19 +283,28 @@ class Pipeline:
         req = request or Request()
         obs = observers or Observers()
         cfg = self.config
+        if (video_path is None) != (req.duration is not None):
+            raise InputError("give a video, or a duration (--duration) for music without a video, not both"
+                             if video_path is not None else "music without a video needs a duration (--duration SECONDS)")
         p = Prepared(request=req, options=req.options(cfg.sampler), seed=sampler.resolve_seed(req.seed),
-                     video=Path(video_path), info=None, duration_s=0.0, curve=np.zeros(0, np.float32),
+                     video=None if video_path is None else Path(video_path), info=None, duration_s=0.0, curve=np.zeros(0, np.float32),
                      curve_frames=0, curve_impl="none", emb=np.zeros((0, 0), np.float32), mask=np.zeros(0, np.float32))
         self._encode_request(p, obs)
         p.source = source
-        if cfg.has_curve_channel:
+        if video_path is None:
+            self._prepare_without_video(p, obs)
+        elif cfg.has_curve_channel:
             reader = video.VideoReader(video_path, req.video_stream, None if source is None else source.info)
             p.info = reader.info
             features = self._features(reader, obs, [p])
             p.packet_log = reader.packet_log
             p.duration_s, p.curve_frames, p.lost_s = reader.duration_s, int(features.shape[0]), reader.damage.lost_s
             with obs.stage("curve", [p]):
-                p.curve, p.curve_impl = self.compute_curve(features, reader.duration_s)
+                p.dissim = curves_mod.dissimilarity(_host(features))  # kept: a variant may edit the curve
+                if req.curve_edit() is None:
+                    p.curve, p.curve_impl = self.compute_curve(features, reader.duration_s)
+                else:
+                    p.curve, p.curve_impl = self._edited_curve(p), "numpy"
             del features
         else:  # the model takes no curve: the video only sets the duration
             p.info = source.info if source is not None else video.probe(video_path, req.video_stream)
@@ -303,10 +312,31 @@ class Pipeline:
             p.curve = np.zeros(curves_mod.latent_length(p.duration_s, cfg.latent_rate), np.float32)
             log.info("this model has no curve channel: the video sets the duration only")
         p.windowed = p.length > cfg.sampler.max_frames
+        if req.loop:
+            loops.margin(p.length, cfg.sampler.max_frames)  # too long to loop: fails here
         if p.windowed:
             log.info("video is %.1f s, longer than the %.1f s the model was trained on; generating it in "
                      "overlapping windows", p.duration_s, cfg.max_seconds)
         return p
+
+    def _prepare_without_video(self, p: Prepared, obs: Observers) -> None:
+        """Music of `request.duration` seconds: the curve is flat (all-zero dissimilarities at the
+        curve rate) unless the request edits it (hits, a given curve)."""
+        cfg = self.config
+        p.duration_s = float(p.request.duration)
+        p.dissim = np.zeros(max(1, round(p.duration_s * cfg.curve_fps)))
+        with obs.stage("curve", [p]):
+            if cfg.has_curve_channel:
+                p.curve, p.curve_impl = self._edited_curve(p), "numpy"
+            else:
+                p.curve = np.zeros(curves_mod.latent_length(p.duration_s, cfg.latent_rate), np.float32)
+
+    def _edited_curve(self, p: Prepared) -> np.ndarray:
+        """The curve of `p.dissim` with `p.request`'s edits (numpy: the one curve definition)."""
+        cfg = self.config
+        length = curves_mod.latent_length(p.duration_s, cfg.latent_rate)
+        return curves_mod.curve_from_dissimilarity(p.dissim, length, cfg.curve_fps, cfg.latent_rate, cfg.curve.kernel,
+                                                   p.request.curve_edit())
 
     def _encode_request(self, p: Prepared, obs: Observers) -> None:
         """The prompt embeddings of `p.request` (and a plan check: a solver that does not fit fails here)."""
@@ -321,8 +351,14 @@ class Pipeline:
         req = prepared.request.replace(**changes)
         if req.video_stream != prepared.request.video_stream:
             raise InputError("a variant reuses the prepared video stream; prepare the video again for another stream")
+        if req.duration != prepared.request.duration:
+            raise InputError("a variant keeps the prepared duration; prepare again for another length")
         p = dataclasses.replace(prepared, request=req, options=req.options(self.config.sampler),
                                 seed=sampler.resolve_seed(req.seed), timings={}, info_extra={})
+        if req.curve_edit() != prepared.request.curve_edit() and p.dissim is not None and self.config.has_curve_channel:
+            p.curve, p.curve_impl = self._edited_curve(p), "numpy"  # the kept dissimilarities, edited anew
+        if req.loop:
+            loops.margin(p.length, self.config.sampler.max_frames)
         text_fields = ("prompt", "negative_prompt", "text_embeddings")
         if any(getattr(req, k) != getattr(prepared.request, k) for k in text_fields):
             self._encode_request(p, observers or Observers())
@@ -359,17 +395,25 @@ class Pipeline:
         length = group[0].length
         seeds = [p.seed for p in group]
         has_neg = group[0].neg is not None
+        # A loop: L + m frames, the last m the circular continuation of the first (curve and noise), folded back
+        m = loops.margin(length, self.config.sampler.max_frames) if group[0].request.loop else 0
         obs.begin("sample", group)
         try:
             with obs.stage("text", group):  # the conditioner, where the model has one
                 cond = self.conditioning(
-                    np.stack([p.curve for p in group]), np.stack([p.emb for p in group]), np.stack([p.mask for p in group]),
-                    np.stack([p.neg for p in group]) if has_neg else None,
+                    loops.extend(np.stack([p.curve for p in group]), m), np.stack([p.emb for p in group]),
+                    np.stack([p.mask for p in group]), np.stack([p.neg for p in group]) if has_neg else None,
                     np.stack([p.neg_mask for p in group]) if has_neg else None, [p.duration_s for p in group],
                 )
-            noise = np.concatenate([self.initial_noise(s, length) for s in seeds])  # each video from its own seed
+            noise = np.concatenate([self.initial_noise(s, length + m) for s in seeds])  # each video from its own seed
+            stage_noise = self.stage_noise(seeds, plan, length + m)
+            if m:
+                noise = loops.wrap(noise, length, m)
+                stage_noise = None if stage_noise is None else loops.wrap(stage_noise, length, m)
             with obs.stage("sampler", group, self.backend.synchronize):
-                latents = self.sample_latents(noise, cond, plan, obs.step, self.stage_noise(seeds, plan, length))
+                latents = self.sample_latents(noise, cond, plan, obs.step, stage_noise)
+            if m:
+                latents = loops.fold(latents, length, m)
         except Exception as e:  # noqa: BLE001 - every item of the group gets it
             obs.end("sample", 0.0, group, e)
             return [e] * len(group)
@@ -417,7 +461,14 @@ class Pipeline:
         crossfaded), fitted to the video's duration (`media.finalize_audio`)."""
         obs = observers or Observers()
         cfg = self.config
-        if sampled.windows is None:
+        loop = prepared.request.loop
+        if sampled.windows is None and loop:  # decoded with circular context on both sides, cropped
+            pad = min(loops.PAD, prepared.length)
+            with obs.stage("vae", [prepared], self.backend.synchronize):
+                audio = self.backend.decode(loops.circular_pad(sampled.latents, pad)[None])[0]
+            hop = cfg.audio.hop_length
+            audio = audio[:, pad * hop : (pad + prepared.length) * hop]
+        elif sampled.windows is None:
             with obs.stage("vae", [prepared], self.backend.synchronize):
                 audio = self.backend.decode(sampled.latents[None])[0]
         else:
@@ -430,7 +481,8 @@ class Pipeline:
                     audio = np.zeros((a.shape[0], prepared.length * hop), dtype=np.float32)
                 windows.overlap_add(audio, a[:, : (w.keep_end - w.start) * hop], w.start * hop, w.fade_in * hop,
                                     w.fade_out * hop)
-        return media.finalize_audio(audio, prepared.duration_s, cfg.audio.sample_rate, cfg.audio.fade_out_s)
+        fade = 0.0 if loop else cfg.audio.fade_out_s  # a loop's end runs into its start, not into silence
+        return media.finalize_audio(audio, prepared.duration_s, cfg.audio.sample_rate, fade)
 
     def write(self, prepared: Prepared, audio: np.ndarray, output: str | Path,
               observers: Observers | None = None) -> Path:
@@ -560,6 +612,11 @@ class _Timings:
     """A stage-time holder for observers outside a `Prepared` (`curve`, `encode_video`)."""
 
     timings: dict[str, float]
+
+
+def _host(features) -> np.ndarray:
+    """Features as a host numpy array (a device tensor is copied)."""
+    return features if isinstance(features, np.ndarray) else features.float().cpu().numpy()
 
 
 def _checked(s: Sampled) -> Sampled | BaseException:
