@@ -35,6 +35,7 @@ from v2m.core.errors import (
 )
 
 from . import __version__
+from .cli_creator import CREATOR_EXAMPLES, check_creator_args, creator_args, creator_json, creator_request_fields
 from .cli_support import ArgumentParser, StepProgress, UsageError, check_options
 from .request import Request
 from .sampler import SOLVERS
@@ -113,6 +114,7 @@ def request_from_args(args, **overrides) -> Request:
         "video_stream": getattr(args, "video_stream", None), "keep_audio_db": getattr(args, "keep_audio", None),
         "reencode": getattr(args, "reencode", "auto"),
         "text_embeddings": None if getattr(args, "text_embeddings", None) is None else str(args.text_embeddings),
+        **creator_request_fields(args),
     }
     return Request(**{**fields, **overrides})
 
@@ -181,6 +183,9 @@ def _progress_total(pipe, duration_s: float, args) -> int:
 
 
 def cmd_generate(args) -> int:
+    check_creator_args(args)
+    if args.duration is not None or args.candidates != 1:
+        return cmd_generate_creator(args)
     if args.manifest or len(args.inputs) != 1 or Path(args.inputs[0]).is_dir() or getattr(args, "ray", None) is not None:
         return cmd_generate_batch(args)
     req = request_from_args(args)  # every option checked before any work
@@ -222,6 +227,38 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_generate_creator(args) -> int:
+    """One video (or none: --duration), sampled once or as --candidates N: prepare, then
+    `cli_creator.write_creator_outputs`."""
+    from .cli_creator import write_creator_outputs
+
+    req = request_from_args(args)
+    video_path = Path(args.inputs[0]) if args.inputs else None
+    source = None
+    if video_path is not None:
+        source = _check_video_job(video_path, Path(args.output), args)
+    else:
+        tempfiles.clean_stale(Path(args.output).parent)
+    t0 = time.perf_counter()
+    pipe = _load_pipeline(args)
+    t_load = time.perf_counter() - t0
+    p = pipe.prepare(video_path, req, source=source)
+    out = write_creator_outputs(pipe, p, args)
+    result = {"output": str(args.output), "video": None if video_path is None else str(video_path),
+              "prompt": req.prompt, "duration_s": round(p.duration_s, 4), "sample_rate": pipe.config.audio.sample_rate,
+              "backend": pipe.backend.describe().get("backend"), **out, **creator_json(req),
+              "timings": {"load": round(t_load, 4), "total": round(time.perf_counter() - t0, 4)}}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"wrote {args.output} ({p.duration_s:.2f} s, seed {result['seed']}"
+              + (f", curve correlation {result['score']}" if "score" in result else "") + ")")
+        for row in result.get("candidates", []):
+            print(f"  seed {row['seed']}: score {row['score']}" + (f" -> {row['output']}" if row["output"] else "")
+                  + ("  (best)" if row["best"] else ""))
+    return 0
+
+
 def _result_json(args, video_path: Path, result, t_load: float) -> dict:
     """`v2m generate --json`: what was written, from what, and where the time went."""
     info = result.info
@@ -242,6 +279,7 @@ def _result_json(args, video_path: Path, result, t_load: float) -> dict:
         "video_lost_s": info.get("video_lost_s"),
         "timings": {"load": round(t_load, 4), **timings, "total": round(t_load + sum(result.timings.values()), 4)},
         "step_ms_median": round(sorted(result.step_ms)[len(result.step_ms) // 2], 3) if result.step_ms else None,
+        **creator_json(result.prepared.request),
     }
 
 
@@ -684,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "batch mode (-o is then a folder).",
                        examples=["v2m generate clip.mp4 -o clip_music.mp4 --model tiny-bundle --prompt 'warm synth pop' --seed 7",
                                  "v2m generate clip.mkv -o music.wav --model tiny-onnx --backend onnxruntime --json",
-                                 "v2m generate videos/ -o out/ --model tiny-bundle --batch-size 16"])
+                                 "v2m generate videos/ -o out/ --model tiny-bundle --batch-size 16", *CREATOR_EXAMPLES])
     g.add_argument("inputs", nargs="*", help="input video; or several videos / a folder (batch mode, -o is a folder)")
     g.add_argument("-o", "--output", required=True,
                    help=".mp4/.mov/.mkv/.m4v (muxed) or .wav/.flac (audio only); a folder in batch mode")
@@ -735,6 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--trace", default=None, metavar="TRACE.json",
                    help="write a Chrome trace (chrome://tracing, Perfetto); in batch mode one trace of the "
                         "whole run (default: none)")
+    creator_args(g)
     g.set_defaults(func=cmd_generate)
 
     from v2m.serve.cli import add_ray_args, add_serve_parser

@@ -10,7 +10,14 @@ import pytest
 
 from v2m.core import curves
 from v2m.core.errors import InputError
-from v2m.runtime.curve_edit import CurveEdit, parse_hit, parse_range, read_curve, read_hits, timecode_seconds
+from v2m.runtime.curve_edit import (
+    CurveEdit,
+    parse_hit,
+    parse_range,
+    read_curve,
+    read_hits,
+    timecode_seconds,
+)
 from v2m.runtime.request import Request
 
 
