@@ -35,7 +35,14 @@ from v2m.core.errors import (
 )
 
 from . import __version__
-from .cli_creator import CREATOR_EXAMPLES, check_creator_args, creator_args, creator_json, creator_request_fields
+from .cli_creator import (
+    CREATOR_EXAMPLES,
+    check_creator_args,
+    creator_args,
+    creator_json,
+    creator_request_fields,
+    curve_edit_args,
+)
 from .cli_support import ArgumentParser, StepProgress, UsageError, check_options
 from .request import Request
 from .sampler import SOLVERS
@@ -228,35 +235,10 @@ def cmd_generate(args) -> int:
 
 
 def cmd_generate_creator(args) -> int:
-    """One video (or none: --duration), sampled once or as --candidates N: prepare, then
-    `cli_creator.write_creator_outputs`."""
-    from .cli_creator import write_creator_outputs
+    """One video (or none: --duration), sampled once or as --candidates N (`cli_creator.run_creator`)."""
+    from .cli_creator import run_creator
 
-    req = request_from_args(args)
-    video_path = Path(args.inputs[0]) if args.inputs else None
-    source = None
-    if video_path is not None:
-        source = _check_video_job(video_path, Path(args.output), args)
-    else:
-        tempfiles.clean_stale(Path(args.output).parent)
-    t0 = time.perf_counter()
-    pipe = _load_pipeline(args)
-    t_load = time.perf_counter() - t0
-    p = pipe.prepare(video_path, req, source=source)
-    out = write_creator_outputs(pipe, p, args)
-    result = {"output": str(args.output), "video": None if video_path is None else str(video_path),
-              "prompt": req.prompt, "duration_s": round(p.duration_s, 4), "sample_rate": pipe.config.audio.sample_rate,
-              "backend": pipe.backend.describe().get("backend"), **out, **creator_json(req),
-              "timings": {"load": round(t_load, 4), "total": round(time.perf_counter() - t0, 4)}}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"wrote {args.output} ({p.duration_s:.2f} s, seed {result['seed']}"
-              + (f", curve correlation {result['score']}" if "score" in result else "") + ")")
-        for row in result.get("candidates", []):
-            print(f"  seed {row['seed']}: score {row['score']}" + (f" -> {row['output']}" if row["output"] else "")
-                  + ("  (best)" if row["best"] else ""))
-    return 0
+    return run_creator(args, request_from_args(args), _load_pipeline, _check_video_job)
 
 
 def _result_json(args, video_path: Path, result, t_load: float) -> dict:
@@ -395,8 +377,11 @@ def cmd_curve(args) -> int:
     if Path(args.video).suffix.lower() in AUDIO_SUFFIXES:
         return cmd_music_curve(args)
     video.probe(args.video, args.video_stream)  # before loading the model
+    from .cli_creator import curve_edit_of
+
+    edit = curve_edit_of(args)  # files read and values checked before the model loads
     pipe = _load_pipeline(args)
-    res = pipe.curve(args.video, video_stream=args.video_stream)
+    res = pipe.curve(args.video, video_stream=args.video_stream, edit=edit)
     if args.json:
         print(json.dumps({
             "video": str(args.video),
@@ -793,7 +778,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "frame rate, in the conventions of --model.",
                        examples=["v2m curve clip.mp4 --model tiny-bundle --json > curve.json",
                                  "v2m curve clip.mp4 --encoder motion --plot curve.png",
-                                 "v2m curve music.wav --json"])
+                                 "v2m curve music.wav --json",
+                                 "v2m curve clip.mp4 --hit 4.5:2 --suppress 1-2 --plot edited.png"])
     c.add_argument("video", help="a video, or an audio file (its music event curve)")
     _add_runtime_args(c, model_default="demo")
     c.add_argument("--video-stream", type=int, default=None, metavar="N",
@@ -801,6 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the curve as one JSON object")
     c.add_argument("--plot", default=None, metavar="PNG",
                    help="save the curve with cuts and thumbnails (matplotlib) (default: none)")
+    curve_edit_args(c.add_argument_group("curve edits (the curve `v2m generate` would use with the same options)"))
     c.set_defaults(func=cmd_curve)
 
     e = sub.add_parser("eval", help="SCH, curve correlation, cut hits and flatness of generated music vs its videos",

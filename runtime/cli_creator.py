@@ -6,10 +6,17 @@ and every value checked before any work)."""
 from __future__ import annotations
 
 import argparse
+import json
+import time
+from pathlib import Path
 
+from v2m.core import tempfiles
+from v2m.core.errors import InputError
+
+from . import media
 from .curve_edit import parse_hit, parse_range, read_curve, read_hits
 
-__all__ = ["creator_args", "creator_request_fields", "CREATOR_EXAMPLES"]
+__all__ = ["run_creator", "creator_args", "curve_edit_args", "curve_edit_of", "creator_request_fields", "CREATOR_EXAMPLES"]
 
 CREATOR_EXAMPLES = [
     "v2m generate clip.mp4 -o out.mp4 --hit 12.5 --hit 20:2 --suppress 3-5   # accents at 12.5 s and 20 s",
@@ -22,6 +29,21 @@ CREATOR_EXAMPLES = [
 def creator_args(g: argparse.ArgumentParser) -> None:
     """Add the creator options to `v2m generate`."""
     c = g.add_argument_group("curve edits, candidates, loops, music without a video")
+    curve_edit_args(c)
+    c.add_argument("--candidates", type=int, default=1, metavar="N",
+                   help="sample N seeds (seed .. seed+N-1) in one batch, write the one whose music follows the curve "
+                        "best (curve correlation, as `v2m eval`) (default: 1)")
+    c.add_argument("--keep-candidates", action="store_true",
+                   help="with --candidates: also write every candidate as NAME-seedS.EXT; scores in --json")
+    c.add_argument("--loop", action="store_true",
+                   help="music whose end flows into its start (curve and latents treated as circular, no fade-out)")
+    c.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="music without a video: this many seconds, in (0, 3600], exactly (a flat curve unless "
+                        "--hit/--hits/--curve-file shape it); give no input video and a .wav/.flac output")
+
+
+def curve_edit_args(c) -> None:
+    """--hit, --hits, --curve-file, --curve-mix, --suppress (`v2m generate` and `v2m curve`)."""
     c.add_argument("--hit", action="append", default=[], metavar="TIME[:WEIGHT]",
                    help="an accent the music should hit at TIME seconds (weight 1: as strong as the clip's "
                         "strongest change); repeatable, e.g. --hit 12.5 --hit 20:2")
@@ -35,16 +57,18 @@ def creator_args(g: argparse.ArgumentParser) -> None:
                    help="the --curve-file's share in [0, 1] (default: 1, it replaces the video's curve)")
     c.add_argument("--suppress", action="append", default=[], metavar="A-B",
                    help="flatten the curve from A to B seconds (no accents there); repeatable")
-    c.add_argument("--candidates", type=int, default=1, metavar="N",
-                   help="sample N seeds (seed .. seed+N-1) in one batch, write the one whose music follows the curve "
-                        "best (curve correlation, as `v2m eval`) (default: 1)")
-    c.add_argument("--keep-candidates", action="store_true",
-                   help="with --candidates: also write every candidate as NAME-seedS.EXT; scores in --json")
-    c.add_argument("--loop", action="store_true",
-                   help="music whose end flows into its start (curve and latents treated as circular, no fade-out)")
-    c.add_argument("--duration", type=float, default=None, metavar="SECONDS",
-                   help="music without a video: this many seconds, in (0, 3600], exactly (a flat curve unless "
-                        "--hit/--hits/--curve-file shape it); give no input video and a .wav/.flac output")
+
+
+def curve_edit_of(args):
+    """The `CurveEdit` of the command line's curve options, or None (files read, values checked)."""
+    from .curve_edit import CurveEdit
+
+    f = creator_request_fields(args)
+    mix = 1.0 if f["curve_mix"] is None else f["curve_mix"]
+    if f["curve_mix"] is not None and not f.get("curve_points"):
+        raise InputError("--curve-mix needs --curve-file")
+    edit = CurveEdit(hits=f["hits"], points=f.get("curve_points", ()), mix=mix, suppress=f["suppress"])
+    return edit if edit else None
 
 
 def creator_request_fields(args) -> dict:
@@ -62,10 +86,6 @@ def creator_request_fields(args) -> dict:
 
 def check_creator_args(args) -> None:
     """What the creator options need of the command line, before any work."""
-    from v2m.core.errors import InputError
-
-    from . import media
-
     if args.keep_candidates and args.candidates < 2:
         raise InputError("--keep-candidates needs --candidates N with N >= 2")
     if args.duration is not None:
@@ -79,8 +99,6 @@ def check_creator_args(args) -> None:
 
 def candidate_path(output, seed: int):
     """out.mp4 -> out-seed7.mp4."""
-    from pathlib import Path
-
     o = Path(output)
     return o.with_name(f"{o.stem}-seed{seed}{o.suffix}")
 
@@ -113,3 +131,32 @@ def creator_json(req) -> dict:
     """The creator fields of a `--json` result."""
     edit = req.curve_edit()
     return {"loop": req.loop, "curve_edit": None if edit is None else edit.to_json()}
+
+
+def run_creator(args, req, load_pipeline, check_video_job) -> int:
+    """`v2m generate` of one video (or none: --duration), sampled once or as --candidates N:
+    the checks, `Pipeline.prepare`, `write_creator_outputs`, the result line or JSON."""
+    video_path = Path(args.inputs[0]) if args.inputs else None
+    source = None
+    if video_path is not None:
+        source = check_video_job(video_path, Path(args.output), args)
+    else:
+        tempfiles.clean_stale(Path(args.output).parent)
+    t0 = time.perf_counter()
+    pipe = load_pipeline(args)
+    t_load = time.perf_counter() - t0
+    p = pipe.prepare(video_path, req, source=source)
+    out = write_creator_outputs(pipe, p, args)
+    result = {"output": str(args.output), "video": None if video_path is None else str(video_path),
+              "prompt": req.prompt, "duration_s": round(p.duration_s, 4), "sample_rate": pipe.config.audio.sample_rate,
+              "backend": pipe.backend.describe().get("backend"), **out, **creator_json(req),
+              "timings": {"load": round(t_load, 4), "total": round(time.perf_counter() - t0, 4)}}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"wrote {args.output} ({p.duration_s:.2f} s, seed {result['seed']}"
+              + (f", curve correlation {result['score']}" if "score" in result else "") + ")")
+        for row in result.get("candidates", []):
+            print(f"  seed {row['seed']}: score {row['score']}" + (f" -> {row['output']}" if row["output"] else "")
+                  + ("  (best)" if row["best"] else ""))
+    return 0

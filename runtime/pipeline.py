@@ -144,10 +144,13 @@ class Pipeline:
         obs = Observers([ProfilerObserver(profiler) if profiler is not None else None])
         return self._features(reader, obs, [holder], batch_size), reader
 
-    def compute_curve(self, features, duration_s: float) -> tuple[np.ndarray, str]:
-        """Event curve from features: the Triton kernel for CUDA tensors, else the numpy reference."""
+    def compute_curve(self, features, duration_s: float, edit=None) -> tuple[np.ndarray, str]:
+        """Event curve from features: the Triton kernel for CUDA tensors, else the numpy reference
+        (always with an `edit`, a `curve_edit.CurveEdit`)."""
         length = curves_mod.latent_length(duration_s, self.config.latent_rate)
         fps, rate, k = self.config.curve_fps, self.config.latent_rate, self.config.curve.kernel
+        if edit is not None:
+            return curves_mod.event_curve(_host(features), length, fps, rate, k, edit), "numpy"
         if not isinstance(features, np.ndarray) and features.device.type == "cuda":
             from v2m.kernels import event_curve as kernel
 
@@ -165,14 +168,14 @@ class Pipeline:
             features = features.cpu().numpy()
         return curves_mod.event_curve(np.asarray(features), length, fps, rate, k), "numpy"
 
-    def curve(self, video_path: str | Path, video_stream: int | None = None) -> CurveResult:
-        """The event curve of a video, at the latent frame rate."""
+    def curve(self, video_path: str | Path, video_stream: int | None = None, edit=None) -> CurveResult:
+        """The event curve of a video, at the latent frame rate (`edit`: a `curve_edit.CurveEdit`)."""
         holder = _Timings({})
         obs = Observers()
         reader = video.VideoReader(video_path, video_stream)
         features = self._features(reader, obs, [holder])
         with obs.stage("curve", [holder]):
-            c, impl = self.compute_curve(features, reader.duration_s)
+            c, impl = self.compute_curve(features, reader.duration_s, edit)
         return CurveResult(c, reader.duration_s, int(features.shape[0]), self.config.curve_fps, self.config.latent_rate,
                            impl, holder.timings)
 
@@ -301,10 +304,7 @@ class Pipeline:
             p.duration_s, p.curve_frames, p.lost_s = reader.duration_s, int(features.shape[0]), reader.damage.lost_s
             with obs.stage("curve", [p]):
                 p.dissim = curves_mod.dissimilarity(_host(features))  # kept: a variant may edit the curve
-                if req.curve_edit() is None:
-                    p.curve, p.curve_impl = self.compute_curve(features, reader.duration_s)
-                else:
-                    p.curve, p.curve_impl = self._edited_curve(p), "numpy"
+                p.curve, p.curve_impl = self.compute_curve(features, reader.duration_s, req.curve_edit())
             del features
         else:  # the model takes no curve: the video only sets the duration
             p.info = source.info if source is not None else video.probe(video_path, req.video_stream)
@@ -324,12 +324,9 @@ class Pipeline:
         curve rate) unless the request edits it (hits, a given curve)."""
         cfg = self.config
         p.duration_s = float(p.request.duration)
-        p.dissim = np.zeros(max(1, round(p.duration_s * cfg.curve_fps)))
-        with obs.stage("curve", [p]):
-            if cfg.has_curve_channel:
-                p.curve, p.curve_impl = self._edited_curve(p), "numpy"
-            else:
-                p.curve = np.zeros(curves_mod.latent_length(p.duration_s, cfg.latent_rate), np.float32)
+        p.dissim = np.zeros(max(1, round(p.duration_s * cfg.curve_fps)) if cfg.has_curve_channel else 0)
+        with obs.stage("curve", [p]):  # no curve channel: an empty d is a flat curve, edits or not
+            p.curve, p.curve_impl = self._edited_curve(p), "numpy"
 
     def _edited_curve(self, p: Prepared) -> np.ndarray:
         """The curve of `p.dissim` with `p.request`'s edits (numpy: the one curve definition)."""
@@ -462,15 +459,11 @@ class Pipeline:
         obs = observers or Observers()
         cfg = self.config
         loop = prepared.request.loop
-        if sampled.windows is None and loop:  # decoded with circular context on both sides, cropped
-            pad = min(loops.PAD, prepared.length)
+        if sampled.windows is None:  # a loop: decoded with circular context on both sides, cropped
+            pad, hop = (min(loops.PAD, prepared.length) if loop else 0), cfg.audio.hop_length
             with obs.stage("vae", [prepared], self.backend.synchronize):
                 audio = self.backend.decode(loops.circular_pad(sampled.latents, pad)[None])[0]
-            hop = cfg.audio.hop_length
-            audio = audio[:, pad * hop : (pad + prepared.length) * hop]
-        elif sampled.windows is None:
-            with obs.stage("vae", [prepared], self.backend.synchronize):
-                audio = self.backend.decode(sampled.latents[None])[0]
+            audio = audio[:, pad * hop : (pad + prepared.length) * hop] if loop else audio
         else:
             hop = cfg.audio.hop_length
             audio = None

@@ -135,3 +135,19 @@ def test_a_hit_moves_the_music_curves_peak_there(demo_pipe, make_video):
         peaks.append(curves.curve_peaks(mc, 1)[0] / cfg.latent_rate)
     assert abs(peaks[0] - 6.0) > 0.5, peaks
     assert abs(peaks[1] - 6.0) <= 0.5, peaks
+
+
+def test_cli_curve_shows_the_edited_curve(synth_video, tmp_path, capsys):
+    """`v2m curve --hit --suppress --json`: the curve `generate` would use (same request fields)."""
+    from v2m.runtime.cli import main
+
+    args = ["curve", str(synth_video.path), "--model", "demo", "--backend", "onnxruntime", "--json"]
+    assert main(args) == 0
+    plain = np.array(json.loads(capsys.readouterr().out)["curve"])
+    assert main([*args, "--hit", "4.4:3", "--suppress", "1-3"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    edited = np.array(res["curve"])
+    rate = res["latent_rate"]
+    assert abs(np.argmax(edited) / rate - 4.4) < 0.2 and abs(np.argmax(plain) / rate - 4.4) > 0.3
+    assert main([*args, "--curve-mix", "0.5"]) == 2  # a mix without a curve file
+    assert "--curve-file" in capsys.readouterr().err
