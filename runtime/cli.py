@@ -37,6 +37,7 @@ from v2m.core.errors import (
 from . import __version__
 from .cli_creator import (
     CREATOR_EXAMPLES,
+    add_prompt_parser,
     check_creator_args,
     creator_args,
     creator_json,
@@ -712,7 +713,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", required=True,
                    help=".mp4/.mov/.mkv/.m4v (muxed) or .wav/.flac (audio only); a folder in batch mode")
     _add_runtime_args(g)
-    g.add_argument("--prompt", default="", help="text prompt (style, instruments, mood) (default: empty)")
+    g.add_argument("--prompt", default="",
+                   help="text prompt (style, instruments, mood); 'auto': written from the video (`v2m prompt`) "
+                        "(default: empty)")
     g.add_argument("--text-embeddings", default=None,
                    help="safetensors with precomputed 'embeddings' [S, E], used instead of the prompt (default: none)")
     g.add_argument("--seed", type=int, default=None,
@@ -772,6 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parser(sub)
     add_serve_parser(sub, _add_runtime_args)
     add_train_parsers(sub)
+    add_prompt_parser(sub)
 
     c = sub.add_parser("curve", help="print the event curve of a video, or of music (.wav, .flac, .mp3, ...)",
                        description="Print the event curve (when the video, or the music, changes) at the latent "

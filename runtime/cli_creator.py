@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from v2m.core.errors import InputError
 from . import media
 from .curve_edit import parse_hit, parse_range, read_curve, read_hits
 
-__all__ = ["run_creator", "creator_args", "curve_edit_args", "curve_edit_of", "creator_request_fields", "CREATOR_EXAMPLES"]
+log = logging.getLogger("v2m.cli")
+
+__all__ = ["add_prompt_parser", "cmd_prompt", "run_creator", "creator_args", "curve_edit_args", "curve_edit_of", "creator_request_fields", "CREATOR_EXAMPLES"]
 
 CREATOR_EXAMPLES = [
     "v2m generate clip.mp4 -o out.mp4 --hit 12.5 --hit 20:2 --suppress 3-5   # accents at 12.5 s and 20 s",
@@ -81,7 +84,39 @@ def creator_request_fields(args) -> dict:
            "curve_mix": getattr(args, "curve_mix", None)}
     if getattr(args, "curve_file", None):
         out["curve_points"] = read_curve(args.curve_file)
+    if getattr(args, "prompt", None) == "auto" and len(getattr(args, "inputs", None) or []) == 1:
+        from .describe import auto_prompt
+
+        out["prompt"], _ = auto_prompt(args.inputs[0], getattr(args, "video_stream", None))
+        log.info("prompt from the video: %s", out["prompt"])
     return out
+
+
+def add_prompt_parser(sub) -> None:
+    """`v2m prompt VIDEO`: the weight-free describer's prompt (and what it measured)."""
+    p = sub.add_parser("prompt", help="write a music prompt from what the video looks like (no model needed)",
+                       description="Describe a video in the words of the bundle's captions: pace (cuts per minute, "
+                                   "motion) -> tempo and drums, brightness and colour -> mood and pad. Cached by "
+                                   "content in $XDG_CACHE_HOME/v2m/prompts/ (~/.cache/v2m/prompts/). "
+                                   "`v2m generate --prompt auto` uses it.",
+                       examples=["v2m prompt clip.mp4", "v2m prompt clip.mp4 --json",
+                                 "v2m generate clip.mp4 -o out.mp4 --model demo --prompt auto"])
+    p.add_argument("video", help="the video to describe")
+    p.add_argument("--video-stream", type=int, default=None, metavar="N", help="the container's stream N")
+    p.add_argument("--no-cache", action="store_true", help="describe again and write no cache entry")
+    p.add_argument("--json", action="store_true", help="print {prompt, traits} as one JSON object")
+    p.set_defaults(func=cmd_prompt)
+
+
+def cmd_prompt(args) -> int:
+    from .describe import auto_prompt
+
+    prompt, traits = auto_prompt(args.video, args.video_stream, use_cache=not args.no_cache)
+    if args.json:
+        print(json.dumps({"video": str(args.video), "prompt": prompt, "traits": traits.to_json()}))
+    else:
+        print(prompt)
+    return 0
 
 
 def check_creator_args(args) -> None:
@@ -93,6 +128,8 @@ def check_creator_args(args) -> None:
             raise InputError("--duration makes music without a video; give no input video (the video sets the length)")
         if media.check_output_path(args.output) == "video":
             raise InputError(f"{args.output}: music without a video is audio; write .wav or .flac")
+    if args.prompt == "auto" and (args.manifest or len(args.inputs) != 1):
+        raise InputError("--prompt auto describes one input video (for many: `v2m prompt VIDEO` each, or a manifest)")
     if args.candidates != 1 and (args.manifest or len(args.inputs) > 1):
         raise InputError("--candidates works on one video (or --duration); batch mode writes one result per video")
 
