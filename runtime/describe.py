@@ -22,7 +22,7 @@ the video: v2m writes only what it is asked to write.
 
 ```python
 from v2m.runtime.describe import auto_prompt
-prompt, traits = auto_prompt("clip.mp4")     # "fast 142 bpm major groove, backbeat drums, ..."
+prompt, traits = auto_prompt("clip.mp4")     # "medium 100 bpm minor groove, half time drums, ..."
 ```
 """
 
