@@ -100,10 +100,14 @@ def add_prompt_parser(sub) -> None:
                                    "content in $XDG_CACHE_HOME/v2m/prompts/ (~/.cache/v2m/prompts/). "
                                    "`v2m generate --prompt auto` uses it.",
                        examples=["v2m prompt clip.mp4", "v2m prompt clip.mp4 --json",
+                                 "v2m prompt clip.mp4 --llm models/my-local-lm",
                                  "v2m generate clip.mp4 -o out.mp4 --model demo --prompt auto"])
     p.add_argument("video", help="the video to describe")
     p.add_argument("--video-stream", type=int, default=None, metavar="N", help="the container's stream N")
     p.add_argument("--no-cache", action="store_true", help="describe again and write no cache entry")
+    p.add_argument("--llm", default=None, metavar="DIR",
+                   help="a local causal LM (save_pretrained folder) that writes the prompt from what was measured "
+                        "(nothing is downloaded) (default: none, the describer's own words)")
     p.add_argument("--json", action="store_true", help="print {prompt, traits} as one JSON object")
     p.set_defaults(func=cmd_prompt)
 
@@ -111,7 +115,7 @@ def add_prompt_parser(sub) -> None:
 def cmd_prompt(args) -> int:
     from .describe import auto_prompt
 
-    prompt, traits = auto_prompt(args.video, args.video_stream, use_cache=not args.no_cache)
+    prompt, traits = auto_prompt(args.video, args.video_stream, use_cache=not args.no_cache, llm=args.llm)
     if args.json:
         print(json.dumps({"video": str(args.video), "prompt": prompt, "traits": traits.to_json()}))
     else:

@@ -126,11 +126,16 @@ def _content_key(path, video_stream: int | None) -> str:
     return f"{h.hexdigest()}-s{video_stream if video_stream is not None else 'd'}-v{DESCRIBER_VERSION}"
 
 
-def auto_prompt(path, video_stream: int | None = None, use_cache: bool = True) -> tuple[str, VideoTraits]:
+def auto_prompt(path, video_stream: int | None = None, use_cache: bool = True,
+                llm: str | os.PathLike | None = None) -> tuple[str, VideoTraits]:
     """(prompt, traits) of a video, from the cache when its content was described before.
+    With `llm` (a local causal LM directory) the prompt is its summary (`describe_models.summarize`).
     A cache that cannot be read or written is skipped (logged), never an error."""
     video.probe(path, video_stream)  # a missing or broken video: one line, before hashing it
-    entry = cache_dir() / f"{_content_key(path, video_stream)}.json" if use_cache else None
+    key = _content_key(path, video_stream)
+    if llm is not None:
+        key += "-llm" + hashlib.sha256(str(Path(llm).resolve()).encode()).hexdigest()[:16]
+    entry = cache_dir() / f"{key}.json" if use_cache else None
     if entry is not None and entry.is_file():
         try:
             data = json.loads(entry.read_text())
@@ -138,7 +143,12 @@ def auto_prompt(path, video_stream: int | None = None, use_cache: bool = True) -
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.info("prompt cache entry %s unreadable (%s); describing again", entry, e)
     traits = describe_video(path, video_stream)
-    prompt = prompt_from_traits(traits)
+    if llm is None:
+        prompt = prompt_from_traits(traits)
+    else:
+        from .describe_models import summarize
+
+        prompt = summarize(llm, traits)
     if entry is not None:
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
