@@ -36,7 +36,6 @@ from v2m.core.errors import (
 
 from . import __version__
 from .cli_creator import (
-    CREATOR_EXAMPLES,
     add_prompt_parser,
     check_creator_args,
     creator_args,
@@ -708,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "batch mode (-o is then a folder).",
                        examples=["v2m generate clip.mp4 -o clip_music.mp4 --model tiny-bundle --prompt 'warm synth pop' --seed 7",
                                  "v2m generate clip.mkv -o music.wav --model tiny-onnx --backend onnxruntime --json",
-                                 "v2m generate videos/ -o out/ --model tiny-bundle --batch-size 16", *CREATOR_EXAMPLES])
+                                 "v2m generate videos/ -o out/ --model tiny-bundle --batch-size 16"])
     g.add_argument("inputs", nargs="*", help="input video; or several videos / a folder (batch mode, -o is a folder)")
     g.add_argument("-o", "--output", required=True,
                    help=".mp4/.mov/.mkv/.m4v (muxed) or .wav/.flac (audio only); a folder in batch mode")
@@ -782,7 +781,6 @@ def build_parser() -> argparse.ArgumentParser:
                                    "frame rate, in the conventions of --model.",
                        examples=["v2m curve clip.mp4 --model tiny-bundle --json > curve.json",
                                  "v2m curve clip.mp4 --encoder motion --plot curve.png",
-                                 "v2m curve music.wav --json",
                                  "v2m curve clip.mp4 --hit 4.5:2 --suppress 1-2 --plot edited.png"])
     c.add_argument("video", help="a video, or an audio file (its music event curve)")
     _add_runtime_args(c, model_default="demo")

@@ -19,14 +19,8 @@ from .curve_edit import parse_hit, parse_range, read_curve, read_hits
 
 log = logging.getLogger("v2m.cli")
 
-__all__ = ["add_prompt_parser", "cmd_prompt", "run_creator", "creator_args", "curve_edit_args", "curve_edit_of", "creator_request_fields", "CREATOR_EXAMPLES"]
+__all__ = ["add_prompt_parser", "cmd_prompt", "run_creator", "creator_args", "curve_edit_args", "curve_edit_of", "creator_request_fields"]
 
-CREATOR_EXAMPLES = [
-    "v2m generate clip.mp4 -o out.mp4 --hit 12.5 --hit 20:2 --suppress 3-5   # accents at 12.5 s and 20 s",
-    "v2m generate clip.mp4 -o out.mp4 --hits markers.edl --curve-file curve.csv --curve-mix 0.5",
-    "v2m generate clip.mp4 -o best.mp4 --candidates 4 --keep-candidates --json   # seeds S..S+3, the best kept",
-    "v2m generate --duration 30 --prompt 'slow ambient pads' --loop -o loop.wav   # no video: a 30 s loop",
-]
 
 
 def creator_args(g: argparse.ArgumentParser) -> None:
@@ -35,31 +29,36 @@ def creator_args(g: argparse.ArgumentParser) -> None:
     curve_edit_args(c)
     c.add_argument("--candidates", type=int, default=1, metavar="N",
                    help="sample N seeds (seed .. seed+N-1) in one batch, write the one whose music follows the curve "
-                        "best (curve correlation, as `v2m eval`) (default: 1)")
+                        "best (curve correlation, as `v2m eval`), e.g. --candidates 4 (default: 1)")
     c.add_argument("--keep-candidates", action="store_true",
-                   help="with --candidates: also write every candidate as NAME-seedS.EXT; scores in --json")
+                   help="with --candidates: also write every candidate as NAME-seedS.EXT (out-seed7.mp4, ...); "
+                        "scores in --json (default: only the best)")
     c.add_argument("--loop", action="store_true",
-                   help="music whose end flows into its start (curve and latents treated as circular, no fade-out)")
+                   help="music whose end flows into its start (curve and latents treated as circular, no fade-out), "
+                        "e.g. --duration 30 --loop -o loop.wav (default: off)")
     c.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                    help="music without a video: this many seconds, in (0, 3600], exactly (a flat curve unless "
-                        "--hit/--hits/--curve-file shape it); give no input video and a .wav/.flac output")
+                        "--hit/--hits/--curve-file shape it); give no input video and a .wav/.flac output, e.g. "
+                        "v2m generate --duration 30 --prompt 'slow ambient' -o music.wav (default: the video's)")
 
 
 def curve_edit_args(c) -> None:
     """--hit, --hits, --curve-file, --curve-mix, --suppress (`v2m generate` and `v2m curve`)."""
     c.add_argument("--hit", action="append", default=[], metavar="TIME[:WEIGHT]",
                    help="an accent the music should hit at TIME seconds (weight 1: as strong as the clip's "
-                        "strongest change); repeatable, e.g. --hit 12.5 --hit 20:2")
+                        "strongest change); repeatable, e.g. --hit 12.5 --hit 20:2 (default: none)")
     c.add_argument("--hits", default=None, metavar="FILE",
                    help="hit points from a file: CSV (time[,weight] per row), JSON ([12.5, [20, 2], ...]) or an "
-                        "EDL / marker export (each event's record-in timecode, 25 fps frames) (default: none)")
+                        "EDL / marker export (each event's record-in timecode, 25 fps frames), e.g. --hits markers.edl "
+                        "(default: none)")
     c.add_argument("--curve-file", default=None, metavar="FILE",
                    help="a curve (JSON [[time, value], ...] or CSV time,value; a `v2m curve --json` result too) that "
-                        "replaces the video's, or with --curve-mix is blended in (default: none)")
+                        "replaces the video's, or with --curve-mix is blended in, e.g. --curve-file curve.csv (default: none)")
     c.add_argument("--curve-mix", type=float, default=None, metavar="W",
-                   help="the --curve-file's share in [0, 1] (default: 1, it replaces the video's curve)")
+                   help="the --curve-file's share in [0, 1], e.g. --curve-mix 0.5 (default: 1, it replaces the video's curve)")
     c.add_argument("--suppress", action="append", default=[], metavar="A-B",
-                   help="flatten the curve from A to B seconds (no accents there); repeatable")
+                   help="flatten the curve from A to B seconds (no accents there); repeatable, e.g. --suppress 3-5.5 "
+                        "(default: none)")
 
 
 def curve_edit_of(args):
@@ -99,16 +98,15 @@ def add_prompt_parser(sub) -> None:
                                    "motion) -> tempo and drums, brightness and colour -> mood and pad. Cached by "
                                    "content in $XDG_CACHE_HOME/v2m/prompts/ (~/.cache/v2m/prompts/). "
                                    "`v2m generate --prompt auto` uses it.",
-                       examples=["v2m prompt clip.mp4", "v2m prompt clip.mp4 --json",
-                                 "v2m prompt clip.mp4 --llm models/my-local-lm",
+                       examples=["v2m prompt clip.mp4 --json", "v2m prompt clip.mp4 --llm models/my-local-lm",
                                  "v2m generate clip.mp4 -o out.mp4 --model demo --prompt auto"])
     p.add_argument("video", help="the video to describe")
-    p.add_argument("--video-stream", type=int, default=None, metavar="N", help="the container's stream N")
-    p.add_argument("--no-cache", action="store_true", help="describe again and write no cache entry")
+    p.add_argument("--video-stream", type=int, default=None, metavar="N", help="the container's stream N (default: the default stream)")
+    p.add_argument("--no-cache", action="store_true", help="describe again and write no cache entry (default: use the cache)")
     p.add_argument("--llm", default=None, metavar="DIR",
                    help="a local causal LM (save_pretrained folder) that writes the prompt from what was measured "
                         "(nothing is downloaded) (default: none, the describer's own words)")
-    p.add_argument("--json", action="store_true", help="print {prompt, traits} as one JSON object")
+    p.add_argument("--json", action="store_true", help="print {prompt, traits} as one JSON object (default: the prompt alone)")
     p.set_defaults(func=cmd_prompt)
 
 
