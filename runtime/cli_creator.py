@@ -113,7 +113,13 @@ def add_prompt_parser(sub) -> None:
 def cmd_prompt(args) -> int:
     from .describe import auto_prompt
 
-    prompt, traits = auto_prompt(args.video, args.video_stream, use_cache=not args.no_cache, llm=args.llm)
+    writer, key = None, ""
+    if args.llm is not None:  # the model stage: a local causal LM writes the prompt
+        from .describe_models import summarize
+
+        writer, key = (lambda traits: summarize(args.llm, traits)), f"llm:{Path(args.llm).resolve()}"
+    prompt, traits = auto_prompt(args.video, args.video_stream, use_cache=not args.no_cache, writer=writer,
+                                 writer_key=key)
     if args.json:
         print(json.dumps({"video": str(args.video), "prompt": prompt, "traits": traits.to_json()}))
     else:

@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -127,14 +128,17 @@ def _content_key(path, video_stream: int | None) -> str:
 
 
 def auto_prompt(path, video_stream: int | None = None, use_cache: bool = True,
-                llm: str | os.PathLike | None = None) -> tuple[str, VideoTraits]:
+                writer: Callable[[VideoTraits], str] | None = None, writer_key: str = "") -> tuple[str, VideoTraits]:
     """(prompt, traits) of a video, from the cache when its content was described before.
-    With `llm` (a local causal LM directory) the prompt is its summary (`describe_models.summarize`).
+
+    Args:
+        writer: what turns the traits into the prompt (default `prompt_from_traits`; a model
+            stage such as `describe_models.summarize`), `writer_key` naming it in the cache key.
     A cache that cannot be read or written is skipped (logged), never an error."""
     video.probe(path, video_stream)  # a missing or broken video: one line, before hashing it
     key = _content_key(path, video_stream)
-    if llm is not None:
-        key += "-llm" + hashlib.sha256(str(Path(llm).resolve()).encode()).hexdigest()[:16]
+    if writer is not None:
+        key += "-w" + hashlib.sha256(writer_key.encode()).hexdigest()[:16]
     entry = cache_dir() / f"{key}.json" if use_cache else None
     if entry is not None and entry.is_file():
         try:
@@ -143,12 +147,7 @@ def auto_prompt(path, video_stream: int | None = None, use_cache: bool = True,
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.info("prompt cache entry %s unreadable (%s); describing again", entry, e)
     traits = describe_video(path, video_stream)
-    if llm is None:
-        prompt = prompt_from_traits(traits)
-    else:
-        from .describe_models import summarize
-
-        prompt = summarize(llm, traits)
+    prompt = (writer or prompt_from_traits)(traits)
     if entry is not None:
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
