@@ -146,3 +146,18 @@ def test_cli_keep_candidates(tmp_path, short_video, capsys):
     assert sf.read(out)[0].tolist() == sf.read(tmp_path / f"best-seed{best['seed']}.wav")[0].tolist()
     rc = main(["generate", str(short_video.path), "-o", str(out), "--model", "demo", "--keep-candidates"])
     assert rc == 2
+
+
+def test_batch_redoes_an_output_when_its_hits_change(tmp_path, short_video, capsys):
+    """The batch sidecar's key holds the curve edits and loop: the same hits skip, other hits redo."""
+    def run(*extra):
+        rc = main(["generate", str(short_video.path.parent), "-o",
+                   str(tmp_path / "out"), "--model", "demo", "--backend", "onnxruntime", "--steps", "2", "--seed", "1",
+                   "--format", "wav", "--quiet", "--json", *extra])
+        assert rc == 0, capsys.readouterr().err
+        return json.loads(capsys.readouterr().out)
+
+    assert run("--hit", "1:2")["ok"] == 1
+    assert run("--hit", "1:2")["skipped"] == 1
+    assert run("--hit", "1.5")["ok"] == 1
+    assert run("--hit", "1.5", "--loop")["ok"] == 1
