@@ -383,6 +383,7 @@ def _input_key(job: Job, opts: BatchOptions, model: str, sopts: sampler.SamplerO
     extra = {k: v for k, v in (("solver", sopts.solver), ("shift", sopts.shift), ("use_curve", sopts.use_curve),
                                ("curve_guidance", sopts.curve_guidance), ("negative_prompt", opts.request.negative_prompt))
              if v != {"solver": "euler", "shift": 1.0, "use_curve": True, "curve_guidance": 0.0}.get(k)}
+    extra.update(_creator_key(opts.request))
     return {**({"sampler": extra} if extra else {}),
         "video": show(os.path.realpath(job.video)),
         "size": st.st_size,
@@ -395,6 +396,13 @@ def _input_key(job: Job, opts: BatchOptions, model: str, sopts: sampler.SamplerO
         "text_embeddings": _sha256(Path(opts.request.text_embeddings)) if opts.request.text_embeddings else None,
         "model": model,
     }
+
+
+def _creator_key(req) -> dict[str, Any]:
+    """The curve edits and loop of the request, as JSON values, where given (older sidecars still verify)."""
+    out = {k: [list(x) for x in getattr(req, k)] for k in ("hits", "curve_points", "suppress") if getattr(req, k)}
+    return {**out, **({"curve_mix": req.curve_mix} if req.curve_mix is not None else {}),
+            **({"loop": True} if req.loop else {})}
 
 
 def _sidecar(output: Path) -> Path:

@@ -10,6 +10,8 @@ from v2m.core.bundle import ENCODER_KINDS
 from v2m.runtime.backends import BACKENDS, normalize_backend
 from v2m.runtime.request import MAX_DURATION_S, Request
 
+from .creator import creator_request_fields
+
 log = logging.getLogger("v2m.cli")
 
 
@@ -48,6 +50,7 @@ def request_from_args(args, **overrides) -> Request:
         "video_stream": getattr(args, "video_stream", None), "keep_audio_db": getattr(args, "keep_audio", None),
         "reencode": getattr(args, "reencode", "auto"),
         "text_embeddings": None if getattr(args, "text_embeddings", None) is None else str(args.text_embeddings),
+        **creator_request_fields(args),
     }
     return Request(**{**fields, **overrides})
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from v2m.core.errors import require
 
 from .common import add_runtime_args, load_pipeline, max_duration
+from .creator import curve_edit_args, curve_edit_of
 
 log = logging.getLogger("v2m.cli")
 
@@ -25,8 +26,9 @@ def cmd_curve(args) -> int:
         return cmd_music_curve(args)
     info = video.probe(args.video, args.video_stream)  # before loading the model
     video.check_duration(info.duration_s, max_duration(args), Path(args.video).name)
+    edit = curve_edit_of(args)  # files read and values checked before the model loads
     pipe = load_pipeline(args)
-    res = pipe.curve(args.video, video_stream=args.video_stream, max_duration_s=max_duration(args))
+    res = pipe.curve(args.video, video_stream=args.video_stream, max_duration_s=max_duration(args), edit=edit)
     if args.json:
         print(json.dumps({"video": str(args.video), **res.to_json()}))
     else:
@@ -83,7 +85,7 @@ def register(sub) -> None:
                                    "frame rate, in the conventions of --model.",
                        examples=["v2m curve clip.mp4 --model tiny-bundle --json > curve.json",
                                  "v2m curve clip.mp4 --encoder motion --plot curve.png",
-                                 "v2m curve music.wav --json"])
+                                 "v2m curve clip.mp4 --hit 4.5:2 --suppress 1-2 --plot edited.png"])
     c.add_argument("video", help="a video, or an audio file (its music event curve)")
     add_runtime_args(c, model_default="demo")
     c.add_argument("--video-stream", type=int, default=None, metavar="N",
@@ -94,4 +96,5 @@ def register(sub) -> None:
     c.add_argument("--json", action="store_true", help="print the curve as one JSON object")
     c.add_argument("--plot", default=None, metavar="PNG",
                    help="save the curve with cuts and thumbnails (matplotlib) (default: none)")
+    curve_edit_args(c.add_argument_group("curve edits (the curve `v2m generate` would use with the same options)"))
     c.set_defaults(func=cmd_curve)

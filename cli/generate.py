@@ -14,6 +14,7 @@ from v2m.runtime.sampler import SOLVERS
 
 from .batch import cmd_generate_batch
 from .common import add_runtime_args, format_timings, load_pipeline, max_duration, request_from_args
+from .creator import check_creator_args, creator_args, creator_json, run_creator
 from .output import replay_command
 from .serve import add_ray_args
 from .support import StepProgress
@@ -51,6 +52,9 @@ def _progress_total(pipe, duration_s: float, args) -> int:
 
 
 def cmd_generate(args) -> int:
+    check_creator_args(args)
+    if args.duration is not None or args.candidates != 1:
+        return cmd_generate_creator(args)
     if args.manifest or len(args.inputs) != 1 or Path(args.inputs[0]).is_dir() or getattr(args, "ray", None) is not None:
         return cmd_generate_batch(args)
     req = request_from_args(args)  # every option checked before any work
@@ -93,6 +97,11 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_generate_creator(args) -> int:
+    """One video (or none: --duration), sampled once or as --candidates N (`creator.run_creator`)."""
+    return run_creator(args, request_from_args(args), load_pipeline, _check_video_job)
+
+
 def _result_json(args, video_path: Path, result, t_load: float) -> dict:
     """`v2m generate --json`: what was written, from what, every setting that replays it, and where
     the time went."""
@@ -124,6 +133,7 @@ def _result_json(args, video_path: Path, result, t_load: float) -> dict:
         "video_lost_s": info.get("video_lost_s"),
         "timings": {"load": round(t_load, 4), **timings, "total": round(t_load + sum(result.timings.values()), 4)},
         "step_ms_median": round(sorted(result.step_ms)[len(result.step_ms) // 2], 3) if result.step_ms else None,
+        **creator_json(result.prepared.request),
     }
     run["replay"] = replay_command(run)
     return run
@@ -142,7 +152,9 @@ def register(sub) -> None:
     g.add_argument("-o", "--output", required=True,
                    help=".mp4/.mov/.mkv/.m4v (muxed) or .wav/.flac (audio only); a folder in batch mode")
     add_runtime_args(g)
-    g.add_argument("--prompt", default="", help="text prompt (style, instruments, mood) (default: empty)")
+    g.add_argument("--prompt", default="",
+                   help="text prompt (style, instruments, mood); 'auto': written from the video (`v2m prompt`) "
+                        "(default: empty)")
     g.add_argument("--text-embeddings", default=None,
                    help="safetensors with precomputed 'embeddings' [S, E], used instead of the prompt (default: none)")
     g.add_argument("--seed", type=int, default=None,
@@ -192,6 +204,7 @@ def register(sub) -> None:
     g.add_argument("--trace", default=None, metavar="TRACE.json",
                    help="write a Chrome trace (chrome://tracing, Perfetto); in batch mode one trace of the "
                         "whole run (default: none)")
+    creator_args(g)
     g.set_defaults(func=cmd_generate)
 
     add_ray_args(g)

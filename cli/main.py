@@ -55,7 +55,8 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 
-COMMANDS = ("demo", "init_model", "generate", "curve", "eval", "info", "export", "serve", "bench", "convert", "train")
+COMMANDS = ("demo", "init_model", "generate", "curve", "eval", "info", "export", "serve", "bench", "convert", "train",
+            "prompt")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ any of them changes every generated piece of music):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -39,6 +40,7 @@ __all__ = [
     "span_mean",
     "hann_smooth",
     "event_curve",
+    "curve_from_dissimilarity",
     "latent_length",
     "curve_peaks",
 ]
@@ -129,7 +131,8 @@ def hann_smooth(x: np.ndarray, kernel: int = 31) -> np.ndarray:
 
 
 def event_curve(
-    features: np.ndarray, length: int, fps: float, latent_rate: float, kernel: int = 31
+    features: np.ndarray, length: int, fps: float, latent_rate: float, kernel: int = 31,
+    edit: Callable[[np.ndarray, float], np.ndarray] | None = None,
 ) -> np.ndarray:
     """The event curve of one video.
 
@@ -139,6 +142,8 @@ def event_curve(
         fps: rate at which the features were sampled.
         latent_rate: latent frames per second (44100 / 3584 for every preset).
         kernel: odd Hann window length.
+        edit: optional `edit(d, fps) -> d'` applied to the raw dissimilarities before
+            standardization (hit points, a given curve, suppressed ranges: `v2m.runtime.curve_edit`).
 
     Returns:
         float32 [length].
@@ -147,7 +152,21 @@ def event_curve(
         raise ValueError(f"length must be >= 1, got {length}")
     if len(features) == 0:
         return np.zeros(length, dtype=np.float32)
-    z = standardize(dissimilarity(features))
+    return curve_from_dissimilarity(dissimilarity(features), length, fps, latent_rate, kernel, edit)
+
+
+def curve_from_dissimilarity(
+    d: np.ndarray, length: int, fps: float, latent_rate: float, kernel: int = 31,
+    edit: Callable[[np.ndarray, float], np.ndarray] | None = None,
+) -> np.ndarray:
+    """`event_curve` from the raw dissimilarities d [T] (sample i at i / fps): edit, standardize,
+    resample, smooth. float32 [length]. An empty d is a flat curve (edits still apply)."""
+    d = np.asarray(d, dtype=np.float64)
+    if edit is not None:
+        d = np.asarray(edit(d, fps), dtype=np.float64)
+    if d.size == 0:
+        return np.zeros(length, dtype=np.float32)
+    z = standardize(d)
     return hann_smooth(resample(z, fps, length, latent_rate), kernel).astype(np.float32)
 
 

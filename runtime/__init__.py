@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "Pipeline", "GenerationResult"]
+__all__ = ["__version__", "Pipeline", "GenerationResult", "Request"]
 
 
 def __getattr__(name: str):
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from . import pipeline
 
         return getattr(pipeline, name)
+    if name == "Request":
+        from .request import Request
+
+        return Request
     raise AttributeError(f"module 'v2m.runtime' has no attribute {name!r}")

@@ -38,18 +38,18 @@ from typing import Any
 
 import numpy as np
 
-from v2m import families
 from v2m.core import curves as curves_mod
 from v2m.core.bundle import BundleConfig, load_config
-from v2m.core.errors import InputError, NumericalError
+from v2m.core.errors import InputError
 
 from . import encoders as encoders_mod
-from . import media, sampler, video, windows
+from . import loops, media, sampler, video, windows
 from .backends import Backend, create_backend
 from .observers import STAGES, Observers, ProfilerObserver, StepCallback
 from .prefetch import prefetch
 from .prepared import CurveResult, GenerationResult, Prepared, Sampled
 from .request import Request
+from .sampling import SamplingStage
 from .text import PrecomputedText, TextEncoder, load_text_encoder
 from .timeline import timeline_of
 
@@ -57,10 +57,9 @@ __all__ = ["Pipeline", "GenerationResult", "CurveResult", "Prepared", "Sampled",
 
 log = logging.getLogger("v2m.pipeline")
 
-NAN_MESSAGE = "the sampler produced NaN/Inf latents; nothing was written (try --precision fp32)"
 
 
-class Pipeline:
+class Pipeline(SamplingStage):
     """A loaded bundle on one backend. Build with `Pipeline.from_pretrained`."""
 
     def __init__(self, bundle_dir: Path, config: BundleConfig, backend: Backend, text_encoder: TextEncoder,
@@ -184,10 +183,13 @@ class Pipeline:
         obs = Observers([ProfilerObserver(profiler) if profiler is not None else None])
         return self._features(reader, stop, obs, [holder], cancel, batch_size), reader
 
-    def compute_curve(self, features, duration_s: float) -> tuple[np.ndarray, str]:
-        """Event curve from features: the Triton kernel for CUDA tensors, else the numpy reference."""
+    def compute_curve(self, features, duration_s: float, edit=None) -> tuple[np.ndarray, str]:
+        """Event curve from features: the Triton kernel for CUDA tensors, else the numpy reference
+        (always with an `edit`, a `curve_edit.CurveEdit`)."""
         length = curves_mod.latent_length(duration_s, self.config.latent_rate)
         fps, rate, k = self.config.curve_fps, self.config.latent_rate, self.config.curve.kernel
+        if edit is not None:
+            return curves_mod.event_curve(_host(features), length, fps, rate, k, edit), "numpy"
         if not isinstance(features, np.ndarray) and features.device.type == "cuda":
             from v2m.kernels import event_curve as kernel
 
@@ -206,14 +208,15 @@ class Pipeline:
         return curves_mod.event_curve(np.asarray(features), length, fps, rate, k), "numpy"
 
     def curve(self, video_path: str | Path, video_stream: int | None = None, cancel=None,
-              max_duration_s: float | None = None) -> CurveResult:
-        """The event curve of a video, at the latent frame rate (`cancel`, `max_duration_s`: see `prepare`)."""
+              max_duration_s: float | None = None, edit=None) -> CurveResult:
+        """The event curve of a video, at the latent frame rate (`cancel`, `max_duration_s`: see
+        `prepare`; `edit`: a `curve_edit.CurveEdit`)."""
         holder = _Timings({})
         obs = Observers()
         reader, stop = self._reader(video_path, video_stream, cancel, max_duration_s)
         features = self._features(reader, stop, obs, [holder], cancel)
         with obs.stage("curve", [holder]):
-            c, impl = self.compute_curve(features, reader.duration_s)
+            c, impl = self.compute_curve(features, reader.duration_s, edit)
         return CurveResult(c, reader.duration_s, int(features.shape[0]), self.config.curve_fps, self.config.latent_rate,
                            impl, holder.timings, video_fps=reader.info.fps)
 
@@ -244,76 +247,13 @@ class Pipeline:
                       curve_guidance=curve_guidance)
         return req.options(self.config.sampler)
 
-    def plan(self, opts: sampler.SamplerOptions, has_negative: bool = False) -> sampler.Plan:
-        """The sampler plan (guidance branches and weights, solver table) of `opts` for this bundle:
-        its family's time grid or noise schedule and model convention (`v2m.families`). A solver
-        that does not fit the model is an InputError."""
-        fam = families.of(self.config)
-        try:
-            return sampler.Plan.make(opts, self.config.sampler.uncond_keeps_curve, has_negative,
-                                     sigmas=fam.sigmas(self.config), objective=fam.objective(self.config))
-        except ValueError as e:
-            raise InputError(f"{e} (this is a {fam.kind(self.config)} model)") from None
 
-    def sampling_length(self, length: int) -> int:
-        """Latent frames a generation of `length` is sampled at: a fixed-length model (Stable Audio
-        Open) generates its own length and the result is cropped; windows take longer videos."""
-        return families.of(self.config).sampling_length(self.config, length)
 
-    def initial_noise(self, seed: int, length: int) -> np.ndarray:
-        """The seeded initial noise [1, C, L'] of a video of `length` latent frames (L' = `sampling_length`)."""
-        return sampler.initial_noise(seed, (1, self.config.latent_channels, self.sampling_length(length)))
 
-    def stage_noise(self, seeds: list[int], plan: sampler.Plan, length: int) -> np.ndarray | None:
-        """Per-stage noise [K, B, C, L'] of a noise-injecting solver (None for the others)."""
-        if not plan.table.stochastic:
-            return None
-        k = plan.table.coef.shape[0]
-        return sampler.stage_noise(seeds, k, (self.config.latent_channels, self.sampling_length(length)))
 
-    def conditioning(
-        self, curve: np.ndarray, emb: np.ndarray, mask: np.ndarray, neg: np.ndarray | None, neg_mask: np.ndarray | None,
-        seconds_total: float | list[float],
-    ) -> sampler.Conditioning:
-        """The sampler's conditioning of B videos: curves [B, L], prompt embeddings [B, S, E] and mask.
-
-        V2M-Zero: as given. Stable Audio Open: the conditioner turns the T5 tokens and the
-        seconds values (the clip's duration, `seconds_total`) into cross-attention tokens and
-        the global embedding; the negative prompt gets the same seconds. `seconds_total`: one
-        value, or one per video.
-        """
-        curve = np.ascontiguousarray(curve[:, None, :], dtype=np.float32)  # (B, 1, L)
-        totals = np.broadcast_to(np.asarray(seconds_total, dtype=np.float64), (emb.shape[0],))
-        sec = families.of(self.config).seconds(self.config, totals)  # (B, K), or None: no conditioner
-        if sec is None:
-            return sampler.Conditioning(curve, emb, mask, neg, neg_mask)
-        cross, glob = self.backend.condition(emb, mask, sec)
-        ones = np.ones(cross.shape[:2], np.float32)
-        neg_cross = None
-        if neg is not None:
-            neg_cross, _ = self.backend.condition(neg, neg_mask, sec)
-        return sampler.Conditioning(curve, cross, ones, neg_cross, None if neg is None else ones, global_cond=glob)
-
-    def sample_latents(
-        self, noise: np.ndarray, cond: sampler.Conditioning, plan: sampler.Plan, on_step=None,
-        stage_noise: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """One backend call: latents [B, C, L] for B videos of one latent length L (the curves')
-        from their noise [B, C, L'] (`initial_noise`; L' > L for a fixed-length model: the curves
-        are padded with zeros and the latents cropped). Not checked for NaN (`sample` is)."""
-        length, n = cond.curve.shape[-1], noise.shape[-1]
-        if n > length:
-            pad = np.zeros((*cond.curve.shape[:2], n - length), np.float32)
-            cond = dataclasses.replace(cond, curve=np.concatenate([cond.curve, pad], axis=-1))
-        x0 = noise if plan.table.x0_scale == 1.0 else (noise * np.float32(plan.table.x0_scale))
-        return self.backend.sample(x0, cond, plan, on_step, stage_noise)[:, :, :length]
-
-    def max_batch(self, plan: sampler.Plan) -> int | None:
-        """Videos one backend call may take under `plan` (None: unbounded)."""
-        return self.backend.max_batch(plan.guidance.size)
 
     # --- the three stages -----------------------------------------------------------
-    def prepare(self, video_path: str | Path, request: Request | None = None, *,
+    def prepare(self, video_path: str | Path | None, request: Request | None = None, *,
                 observers: Observers | None = None, source: media.Source | None = None, cancel=None,
                 max_duration_s: float | None = None) -> Prepared:
         """One video's conditioning: the probe, the event curve and the prompt embeddings.
@@ -327,12 +267,17 @@ class Pipeline:
         req = request or Request()
         obs = observers or Observers()
         cfg = self.config
+        if (video_path is None) != (req.duration is not None):
+            raise InputError("give a video, or a duration (--duration) for music without a video, not both"
+                             if video_path is not None else "music without a video needs a duration (--duration SECONDS)")
         p = Prepared(request=req, options=req.options(cfg.sampler), seed=sampler.resolve_seed(req.seed),
-                     video=Path(video_path), info=None, duration_s=0.0, curve=np.zeros(0, np.float32),
+                     video=None if video_path is None else Path(video_path), info=None, duration_s=0.0, curve=np.zeros(0, np.float32),
                      curve_frames=0, curve_impl="none", emb=np.zeros((0, 0), np.float32), mask=np.zeros(0, np.float32))
         self._encode_request(p, obs)
         p.source = source
-        if cfg.has_curve_channel:
+        if video_path is None:
+            self._prepare_without_video(p, obs)
+        elif cfg.has_curve_channel:
             reader, stop = self._reader(video_path, req.video_stream, cancel, max_duration_s,
                                         None if source is None else source.info)
             p.info = reader.info
@@ -340,7 +285,8 @@ class Pipeline:
             p.packet_log = reader.packet_log
             p.duration_s, p.curve_frames, p.lost_s = reader.duration_s, int(features.shape[0]), reader.damage.lost_s
             with obs.stage("curve", [p]):
-                p.curve, p.curve_impl = self.compute_curve(features, reader.duration_s)
+                p.dissim = curves_mod.dissimilarity(_host(features))  # kept: a variant may edit the curve
+                p.curve, p.curve_impl = self.compute_curve(features, reader.duration_s, req.curve_edit())
             del features
         else:  # the model takes no curve: the video only sets the duration
             p.info = source.info if source is not None else video.probe(video_path, req.video_stream)
@@ -349,10 +295,28 @@ class Pipeline:
             p.curve = np.zeros(curves_mod.latent_length(p.duration_s, cfg.latent_rate), np.float32)
             log.info("this model has no curve channel: the video sets the duration only")
         p.windowed = p.length > cfg.sampler.max_frames
+        if req.loop:
+            loops.margin(p.length, cfg.sampler.max_frames)  # too long to loop: fails here
         if p.windowed:
             log.info("video is %.1f s, longer than the %.1f s the model was trained on; generating it in "
                      "overlapping windows", p.duration_s, cfg.max_seconds)
         return p
+
+    def _prepare_without_video(self, p: Prepared, obs: Observers) -> None:
+        """Music of `request.duration` seconds: the curve is flat (all-zero dissimilarities at the
+        curve rate) unless the request edits it (hits, a given curve)."""
+        cfg = self.config
+        p.duration_s = float(p.request.duration)
+        p.dissim = np.zeros(max(1, round(p.duration_s * cfg.curve_fps)) if cfg.has_curve_channel else 0)
+        with obs.stage("curve", [p]):  # no curve channel: an empty d is a flat curve, edits or not
+            p.curve, p.curve_impl = self._edited_curve(p), "numpy"
+
+    def _edited_curve(self, p: Prepared) -> np.ndarray:
+        """The curve of `p.dissim` with `p.request`'s edits (numpy: the one curve definition)."""
+        cfg = self.config
+        length = curves_mod.latent_length(p.duration_s, cfg.latent_rate)
+        return curves_mod.curve_from_dissimilarity(p.dissim, length, cfg.curve_fps, cfg.latent_rate, cfg.curve.kernel,
+                                                   p.request.curve_edit())
 
     def _encode_request(self, p: Prepared, obs: Observers) -> None:
         """The prompt embeddings of `p.request` (and a plan check: a solver that does not fit fails here)."""
@@ -367,8 +331,14 @@ class Pipeline:
         req = prepared.request.replace(**changes)
         if req.video_stream != prepared.request.video_stream:
             raise InputError("a variant reuses the prepared video stream; prepare the video again for another stream")
+        if req.duration != prepared.request.duration:
+            raise InputError("a variant keeps the prepared duration; prepare again for another length")
         p = dataclasses.replace(prepared, request=req, options=req.options(self.config.sampler),
                                 seed=sampler.resolve_seed(req.seed), timings={}, info_extra={})
+        if req.curve_edit() != prepared.request.curve_edit() and p.dissim is not None and self.config.has_curve_channel:
+            p.curve, p.curve_impl = self._edited_curve(p), "numpy"  # the kept dissimilarities, edited anew
+        if req.loop:
+            loops.margin(p.length, self.config.sampler.max_frames)
         text_fields = ("prompt", "negative_prompt", "text_embeddings")
         if any(getattr(req, k) != getattr(prepared.request, k) for k in text_fields):
             self._encode_request(p, observers or Observers())
@@ -376,96 +346,19 @@ class Pipeline:
             self.plan(p.options, p.neg is not None)
         return p
 
-    def sample(self, items: Sequence[Prepared], observers: Observers | None = None) -> list[Sampled | BaseException]:
-        """Latents for every item, in order: a `Sampled`, or the exception that failed it.
 
-        Compatible items (`Prepared.group_key`) are sampled together in chunks of at most the
-        engine's batch, in input order; a windowed item alone. An exception that is not about
-        one item (a cancelled group, an interrupt) propagates.
-        """
-        obs = observers or Observers()
-        out: list[Sampled | BaseException | None] = [None] * len(items)
-        groups: dict[tuple, list[int]] = {}
-        for i, p in enumerate(items):
-            groups.setdefault(p.group_key(), []).append(i)
-        for idx in groups.values():
-            first = items[idx[0]]
-            plan = self.plan(first.options, first.neg is not None)
-            size = self.max_batch(plan) or len(idx)
-            for k in range(0, len(idx), size):
-                chunk = idx[k : k + size]
-                group = [items[i] for i in chunk]
-                run = self._sample_windows if first.windowed else self._sample_group
-                for i, r in zip(chunk, run(group, plan, obs)):
-                    out[i] = r
-        return out  # type: ignore[return-value]
-
-    def _sample_group(self, group: list[Prepared], plan: sampler.Plan, obs: Observers) -> list[Sampled | BaseException]:
-        """B items of one latent length in one backend call, each from its own seed's noise."""
-        length = group[0].length
-        seeds = [p.seed for p in group]
-        has_neg = group[0].neg is not None
-        obs.begin("sample", group)
-        try:
-            with obs.stage("text", group):  # the conditioner, where the model has one
-                cond = self.conditioning(
-                    np.stack([p.curve for p in group]), np.stack([p.emb for p in group]), np.stack([p.mask for p in group]),
-                    np.stack([p.neg for p in group]) if has_neg else None,
-                    np.stack([p.neg_mask for p in group]) if has_neg else None, [p.duration_s for p in group],
-                )
-            noise = np.concatenate([self.initial_noise(s, length) for s in seeds])  # each video from its own seed
-            with obs.stage("sampler", group, self.backend.synchronize):
-                latents = self.sample_latents(noise, cond, plan, obs.step, self.stage_noise(seeds, plan, length))
-        except Exception as e:  # noqa: BLE001 - every item of the group gets it
-            obs.end("sample", 0.0, group, e)
-            return [e] * len(group)
-        obs.end("sample", 0.0, group)
-        return [_checked(Sampled(latents[i], None, len(group))) for i in range(len(group))]
-
-    def _sample_windows(self, group: list[Prepared], plan: sampler.Plan, obs: Observers) -> list[Sampled | BaseException]:
-        """A video longer than `max_frames`, alone, in overlapping windows (see `windows`).
-
-        Each window gets its slice of the whole-video curve and noise, so the result depends
-        only on the seed; `render` decodes each window's own latents and crossfades them.
-        """
-        (p,) = group
-        cfg = self.config
-        length = p.length
-        plan_w = windows.plan_windows(
-            length, cfg.sampler.max_frames, windows.overlap_frames(cfg.sampler.max_frames, cfg.sampler.window_overlap)
-        )
-        log.info("%d windows of %d latent frames over %d", len(plan_w), cfg.sampler.max_frames, length)
-        obs.begin("sample", group)
-        try:
-            with obs.stage("text", group):
-                cond = self.conditioning(p.curve[None], p.emb[None], p.mask[None],
-                                         None if p.neg is None else p.neg[None],
-                                         None if p.neg_mask is None else p.neg_mask[None], cfg.max_seconds)
-            noise = self.initial_noise(p.seed, length)
-            stage_noise = self.stage_noise([p.seed], plan, length)
-            latents = np.zeros_like(noise)
-            parts = []
-            for w in plan_w:
-                part = dataclasses.replace(cond, curve=np.ascontiguousarray(cond.curve[:, :, w.start : w.end]))
-                sn = None if stage_noise is None else np.ascontiguousarray(stage_noise[..., w.start : w.end])
-                with obs.stage("sampler", group, self.backend.synchronize):
-                    lat = self.sample_latents(np.ascontiguousarray(noise[:, :, w.start : w.end]), part, plan, obs.step, sn)
-                latents[:, :, w.start : w.end] = lat
-                parts.append((w, lat[0]))
-        except Exception as e:  # noqa: BLE001
-            obs.end("sample", 0.0, group, e)
-            return [e]
-        obs.end("sample", 0.0, group)
-        return [_checked(Sampled(latents[0], parts, 1))]
 
     def render(self, prepared: Prepared, sampled: Sampled, observers: Observers | None = None) -> np.ndarray:
         """Audio [2, N] of one sampled item: the VAE decode (window by window for a long video,
         crossfaded), fitted to the video's duration (`media.finalize_audio`)."""
         obs = observers or Observers()
         cfg = self.config
-        if sampled.windows is None:
+        loop = prepared.request.loop
+        if sampled.windows is None:  # a loop: decoded with circular context on both sides, cropped
+            pad, hop = (min(loops.PAD, prepared.length) if loop else 0), cfg.audio.hop_length
             with obs.stage("vae", [prepared], self.backend.synchronize):
-                audio = self.backend.decode(sampled.latents[None])[0]
+                audio = self.backend.decode(loops.circular_pad(sampled.latents, pad)[None])[0]
+            audio = audio[:, pad * hop : (pad + prepared.length) * hop] if loop else audio
         else:
             hop = cfg.audio.hop_length
             audio = None
@@ -476,7 +369,8 @@ class Pipeline:
                     audio = np.zeros((a.shape[0], prepared.length * hop), dtype=np.float32)
                 windows.overlap_add(audio, a[:, : (w.keep_end - w.start) * hop], w.start * hop, w.fade_in * hop,
                                     w.fade_out * hop)
-        return media.finalize_audio(audio, prepared.duration_s, cfg.audio.sample_rate, cfg.audio.fade_out_s)
+        fade = 0.0 if loop else cfg.audio.fade_out_s  # a loop's end runs into its start, not into silence
+        return media.finalize_audio(audio, prepared.duration_s, cfg.audio.sample_rate, fade)
 
     def write(self, prepared: Prepared, audio: np.ndarray, output: str | Path,
               observers: Observers | None = None) -> Path:
@@ -610,6 +504,8 @@ class _Timings:
     timings: dict[str, float]
 
 
-def _checked(s: Sampled) -> Sampled | BaseException:
-    """The item's latents, or a NumericalError when they hold NaN/Inf (its companions go on)."""
-    return s if np.isfinite(s.latents).all() else NumericalError(NAN_MESSAGE)
+def _host(features) -> np.ndarray:
+    """Features as a host numpy array (a device tensor is copied)."""
+    return features if isinstance(features, np.ndarray) else features.float().cpu().numpy()
+
+

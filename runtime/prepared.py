@@ -50,6 +50,7 @@ class Prepared:
     packet_log: Any = None  # the decode pass's packets (`VideoReader.packet_log`), for the mux
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     info_extra: dict[str, Any] = field(default_factory=dict)  # callers' own notes (batch size...)
+    dissim: np.ndarray | None = None  # [T] raw dissimilarities at the curve rate (variants re-edit the curve)
 
     @property
     def length(self) -> int:
@@ -63,7 +64,7 @@ class Prepared:
         o = self.options
         neg = None if self.neg is None else self.neg.shape[0]
         return (self.length, self.mask.shape[-1], neg, o.steps, o.cfg_scale, o.solver, o.shift, o.use_curve,
-                o.curve_guidance)
+                o.curve_guidance, self.request.loop)
 
 
 @dataclass(eq=False)

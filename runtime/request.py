@@ -20,6 +20,7 @@ from typing import Any
 
 from v2m.core.errors import InputError
 
+from .curve_edit import CurveEdit
 from .sampler import SEED_LIMIT, SamplerOptions
 
 __all__ = ["Request", "KEEP_AUDIO_DB", "REENCODE_MODES", "SEED_LIMIT", "MAX_DURATION_S", "check_seed", "check_keep_audio",
@@ -86,6 +87,12 @@ class Request:
         reencode: "auto" (re-encode the picture as H.264 when the output container cannot
             hold its codec) or "never" (refuse instead).
         text_embeddings: a safetensors file of precomputed prompt embeddings, instead of the prompt.
+        hits: hit points, (time s, weight) pairs: accents added to the curve (`curve_edit`).
+        curve_points: a given curve, (time s, value) pairs; `curve_mix` its share (1: replaces).
+        suppress: (start s, end s) ranges of the curve flattened.
+        loop: music whose end flows into its start (curve and latents treated as circular).
+        duration: seconds of music without a video (text-only; the curve is flat unless edited),
+            in (0, 3600]; None with a video (its duration).
     """
 
     prompt: str = ""
@@ -101,6 +108,12 @@ class Request:
     keep_audio_db: float | None = None
     reencode: str = "auto"
     text_embeddings: str | None = None
+    hits: tuple[tuple[float, float], ...] = ()
+    curve_points: tuple[tuple[float, float], ...] = ()
+    curve_mix: float | None = None
+    suppress: tuple[tuple[float, float], ...] = ()
+    loop: bool = False
+    duration: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.prompt, str):
@@ -119,6 +132,7 @@ class Request:
         if self.negative_prompt is not None and self.text_embeddings:
             raise InputError("a negative prompt needs the bundle's text encoder; it cannot be combined with "
                              "precomputed text embeddings")
+        self._check_creator_fields()
         # The sampler values that are given, checked by the sampler's own rule (the bundle's
         # defaults fill the others when the request is resolved).
         given = {k: getattr(self, k) for k in SAMPLER_FIELDS if getattr(self, k) is not None}
@@ -126,6 +140,28 @@ class Request:
             SamplerOptions(**given)
         except ValueError as e:
             raise InputError(str(e)) from None
+
+    def _check_creator_fields(self) -> None:
+        """The curve edits, loop and duration (lists given as lists become tuples)."""
+        for name in ("hits", "curve_points", "suppress"):
+            v = getattr(self, name)
+            if not isinstance(v, (tuple, list)) or any(not isinstance(x, (tuple, list)) or len(x) != 2 for x in v):
+                raise InputError(f"{name} must be a list of pairs, got {v!r}")
+            object.__setattr__(self, name, tuple((x[0], x[1]) for x in v))
+        if self.curve_mix is not None and not self.curve_points:
+            raise InputError("a curve mix needs a given curve (--curve-file)")
+        self.curve_edit()  # checked by its own rule
+        if not isinstance(self.loop, bool):
+            raise InputError(f"loop must be true or false, got {self.loop!r}")
+        d = self.duration
+        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or not (math.isfinite(d) and 0 < d <= 3600)):
+            raise InputError(f"duration must be seconds in (0, 3600], got {d!r}")
+
+    def curve_edit(self) -> CurveEdit | None:
+        """The curve's edits (hits, a given curve, suppressed ranges), or None when there are none."""
+        e = CurveEdit(hits=self.hits, points=self.curve_points, mix=1.0 if self.curve_mix is None else self.curve_mix,
+                      suppress=self.suppress)
+        return e if e else None
 
     def replace(self, **changes: Any) -> Request:
         """A copy with `changes` (validated again)."""

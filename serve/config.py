@@ -7,12 +7,14 @@ constructor, as the CLI's are) and an output format, raising `InputError` (HTTP 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from v2m.core.errors import InputError
+from v2m.runtime import curve_edit
 from v2m.runtime.request import Request, max_duration_problem
 
 __all__ = ["ServeConfig", "FORMATS", "GENERATE_FIELDS", "parse_generate_fields", "suffix_of", "media_type_of",
@@ -44,6 +46,11 @@ GENERATE_FIELDS = {
     "curve_guidance": "extra guidance weight on the event curve, in [0, 100] (0 = off; default: the bundle's)",
     "format": "output: mp4 or mkv (the uploaded video with the music), wav or flac (audio only)",
     "keep_audio": "mp4/mkv: mix the original audio under the music at this level, dB",
+    "hits": "hit points, comma-separated TIME[:WEIGHT] in seconds (e.g. '2.5, 8:2'): accents on the curve",
+    "curve": "a curve as JSON: [[time, value], ...] or {\"times\": [...], \"values\": [...]}",
+    "curve_mix": "the given curve's share in [0, 1] (default 1: it replaces the video's)",
+    "suppress": "ranges of the curve flattened, comma-separated START-END in seconds (e.g. '3-5, 9-10')",
+    "loop": "true: music whose end flows into its start",
 }
 
 
@@ -184,6 +191,26 @@ def parse_generate_fields(fields: dict[str, str], max_prompt_chars: int) -> tupl
         shift=_float("shift", f("shift")) if "shift" in fields else None,
         use_curve=_bool("use_curve", f("use_curve")) if "use_curve" in fields else True,
         curve_guidance=_float("curve_guidance", f("curve_guidance")) if "curve_guidance" in fields else None,
-        keep_audio_db=keep,
+        keep_audio_db=keep, **_creator_fields(fields),
     )
     return req, fmt
+
+
+def _creator_fields(fields: dict[str, str]) -> dict:
+    """The curve edits and loop of a form (`v2m.runtime.curve_edit`'s parsers, checked by `Request`)."""
+    out: dict = {}
+    if fields.get("hits", "").strip():
+        out["hits"] = curve_edit.parse_hits(fields["hits"])
+    if fields.get("suppress", "").strip():
+        out["suppress"] = curve_edit.parse_ranges(fields["suppress"])
+    if fields.get("curve", "").strip():
+        try:
+            data = json.loads(fields["curve"])
+        except json.JSONDecodeError as e:
+            raise InputError(f"curve must be JSON ({e})") from None
+        out["curve_points"] = curve_edit.parse_curve_json(data)
+    if "curve_mix" in fields:
+        out["curve_mix"] = _float("curve_mix", fields["curve_mix"])
+    if "loop" in fields:
+        out["loop"] = _bool("loop", fields["loop"])
+    return out
