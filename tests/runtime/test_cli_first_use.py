@@ -56,7 +56,7 @@ def test_serve_model_demo_resolves(capsys, monkeypatch):
     import v2m.cli.serve as serve_cli
 
     ran = []
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self: ran.append(self.config.app))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, **kw: ran.append(self.config.app))
     monkeypatch.setattr(serve_cli.signal, "signal", lambda *a: None)
     rc, out, err = _run(capsys, "serve", "--model", "demo", "--port", "8123", "--no-warmup")
     assert rc == 0 and ran and "v2m serve: http://127.0.0.1:8123" in out, err
