@@ -17,6 +17,29 @@ log = logging.getLogger("v2m.cli")
 
 
 
+def _jobs(args, out_dir: Path) -> list:
+    """The batch's jobs, named, with what can fail before the model loads failed already."""
+    from v2m import batch
+
+    if args.manifest and args.inputs:
+        raise InputError("give either input videos or --manifest, not both")
+    if not args.manifest and not args.inputs:
+        raise InputError("give input videos, a folder, or --manifest")
+    if args.video_stream is not None:
+        raise InputError("--video-stream picks a stream of one video; in batch mode each video uses its default stream")
+    if out_dir.suffix.lower() in (".mp4", ".mov", ".mkv", ".m4v", ".wav", ".flac") and not out_dir.is_dir():
+        raise InputError(f"with several inputs -o is a folder, not {batch.show(out_dir)}")
+    if args.manifest:
+        jobs = batch.read_manifest(args.manifest, prompt=args.prompt, seed=args.seed)
+    else:
+        jobs = batch.collect_inputs(args.inputs, out_dir, prompt=args.prompt, seed=args.seed)
+    batch.check_output_dir(out_dir)  # before loading the model
+    batch.assign_outputs(jobs, out_dir, args.format)
+    if args.reencode == "never" and args.format == "mp4":
+        _refuse_reencodes(jobs)
+    return jobs
+
+
 def cmd_generate_batch(args) -> int:
     """Batch mode: a folder, several videos or --manifest; -o is a folder. Exit 2 when a video
     failed on its input (or output), 1 when one failed from a bug; 0 when none failed.
@@ -28,26 +51,9 @@ def cmd_generate_batch(args) -> int:
     from v2m import batch
 
     req = request_from_args(args, seed=None, prompt="")  # checked before any work; jobs set prompt and seed
-    if args.manifest and args.inputs:
-        raise InputError("give either input videos or --manifest, not both")
-    if not args.manifest and not args.inputs:
-        raise InputError("give input videos, a folder, or --manifest")
-    if args.video_stream is not None:
-        raise InputError("--video-stream picks a stream of one video; in batch mode each video uses its default stream")
     out_dir = Path(args.output)
-    if out_dir.suffix.lower() in (".mp4", ".mov", ".mkv", ".m4v", ".wav", ".flac") and not out_dir.is_dir():
-        raise InputError(f"with several inputs -o is a folder, not {batch.show(out_dir)}")
-    if args.manifest:
-        jobs = batch.read_manifest(args.manifest, prompt=args.prompt, seed=args.seed)
-    else:
-        jobs = batch.collect_inputs(args.inputs, out_dir, prompt=args.prompt, seed=args.seed)
-    batch.check_output_dir(out_dir)  # before loading the model
-    batch.assign_outputs(jobs, out_dir, args.format)
-    if args.reencode == "never" and args.format == "mp4":
-        _refuse_reencodes(jobs)
+    jobs = _jobs(args, out_dir)
     if getattr(args, "ray", None) is not None:  # the same jobs on a Ray cluster (v2m.serve.ray_batch)
-
-
         return _generate_ray(args, jobs, out_dir)
     profiling = bool(args.profile or args.trace)
     if profiling:  # before loading the model: a long run must not end in an unwritable report

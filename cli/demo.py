@@ -23,23 +23,10 @@ log = logging.getLogger("v2m.cli")
 DEMO_CUTS = (1.7, 3.9, 5.4, 8.1)
 
 
-def cmd_demo(args) -> int:
-    import os
-    import tempfile
+def _check(args, out: Path) -> None:
+    """Everything about the options that can fail before any work."""
+    from v2m.runtime import media
 
-    from v2m.core.curves import curve_peaks
-    from v2m.runtime import media, synth
-    from v2m.runtime.music import music_curve
-
-    # Before torch is imported: idle OpenMP threads sleep instead of spinning. The demo model
-    # is small, so a step is many tiny parallel regions; on a busy CPU a spinning thread
-    # waits out whole time slices (measured on a loaded 2-core machine: 484 ms a sampler
-    # step spinning, 11 ms sleeping). An OMP_WAIT_POLICY already set is left alone.
-    if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        log.info("demo: OMP_WAIT_POLICY=PASSIVE")
-
-    out = Path(args.output)
     media.check_output_path(out)  # a video (muxed) or .wav/.flac (the music alone)
     if args.plot:
         from v2m.runtime.profiler import check_report_paths
@@ -52,27 +39,63 @@ def cmd_demo(args) -> int:
             raise InputError("`v2m demo --preset` makes a PyTorch bundle; run it with --backend torch (or auto)")
     elif args.backend == "torch":
         require("torch", what="`v2m demo --backend torch`")
+
+
+def _bundle(args, work: Path) -> str:
+    """Point `args.model` at the demo's bundle (a random one of --preset, made in `work`); what it is."""
+    if not args.preset:
+        return f"trained bundle {args.model}" + (" (installed with v2m; docs/demo-model.md)" if args.model == "demo" else "")
+    bundle = work / f"{args.preset}-bundle"  # a random-weight bundle: every stage with real shapes, structured noise out
+    if not (bundle / "config.json").is_file():
+        import torch
+
+        from v2m.models.bundle import init_bundle
+
+        init_bundle(args.preset, bundle, seed=0, dtype=torch.float32)
+    args.model = str(bundle)
+    return f"{args.preset} bundle with RANDOM weights (the music is noise until you load a trained checkpoint)"
+
+
+def _plot(args, result, base, cuts, rate: float, kernel: int) -> None:
+    """The figure of docs/demo-model.md: the video curve, the music curves with and without it, the cuts."""
+    from v2m.eval.evaluate import curve_correlation, plot_alignment
+    from v2m.runtime.music import music_curve
+
+    music = music_curve(result.audio, result.sample_rate, result.curve.size, rate, kernel)
+    base_music = music_curve(base.audio, base.sample_rate, result.curve.size, rate, kernel)
+    r, r0 = curve_correlation(music, result.curve), curve_correlation(base_music, result.curve)
+    path = plot_alignment(result.curve, {f"music event curve of the output (r = {r:.2f})": music,
+                                         f"the same without the curve, --no-curve (r = {r0:.2f})": base_music},
+                          cuts, rate, args.plot,
+                          title=f"v2m demo: {Path(args.model).name} bundle, {args.duration:g} s test video, seed {args.seed}")
+    print(f"wrote {path}")
+
+
+def cmd_demo(args) -> int:
+    import os
+    import tempfile
+
+    from v2m.core.curves import curve_peaks
+    from v2m.runtime import synth
+    from v2m.runtime.music import music_curve
+
+    # Before torch is imported: idle OpenMP threads sleep instead of spinning. The demo model
+    # is small, so a step is many tiny parallel regions; on a busy CPU a spinning thread
+    # waits out whole time slices (measured on a loaded 2-core machine: 484 ms a sampler
+    # step spinning, 11 ms sleeping). An OMP_WAIT_POLICY already set is left alone.
+    if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        log.info("demo: OMP_WAIT_POLICY=PASSIVE")
+    out = Path(args.output)
+    _check(args, out)
     tempfiles.clean_stale(out.parent)
-    # The work folder (bundle, test clip) is removed at the end unless --workdir keeps it.
-    keep = args.workdir is not None
+    keep = args.workdir is not None  # the work folder (bundle, test clip) is removed unless --workdir keeps it
     base = None
     with nullcontext(args.workdir) if keep else tempfile.TemporaryDirectory(prefix="v2m-demo-") as workdir:
         work = Path(workdir)
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        if args.preset:  # a random-weight bundle: every stage with real shapes, structured noise out
-            bundle = work / f"{args.preset}-bundle"
-            if not (bundle / "config.json").is_file():
-                import torch
-
-                from v2m.models.bundle import init_bundle
-
-                init_bundle(args.preset, bundle, seed=0, dtype=torch.float32)
-            args.model = str(bundle)
-            what = f"{args.preset} bundle with RANDOM weights (the music is noise until you load a trained checkpoint)"
-        else:
-            what = f"trained bundle {args.model}" + (" (installed with v2m; docs/demo-model.md)"
-                                                     if args.model == "demo" else "")
+        what = _bundle(args, work)
         clip = work / "clip.mp4"
         cuts = synth.make_test_video(clip, duration_s=args.duration,
                                      cuts=tuple(c * args.duration / 10.0 for c in DEMO_CUTS))
@@ -80,7 +103,6 @@ def cmd_demo(args) -> int:
         print(f"demo: {what}")
         kept = f"test video {clip}" if keep else "a temporary test video (--workdir DIR keeps it)"
         print(f"demo: {kept}, {args.duration:.1f} s, scene cuts at {', '.join(f'{c:.2f}' for c in cuts) or 'none'} s")
-
         pipe = load_pipeline(args)
         progress = StepProgress(pipe.sampler_options().steps)
         try:
@@ -88,7 +110,7 @@ def cmd_demo(args) -> int:
         finally:
             progress.close()
         pipe.write(result.prepared, result.audio, out)
-        if args.plot:  # the figure of docs/demo-model.md: the same video and seed again, without the curve
+        if args.plot:  # the same video and seed again, without the curve
             base = pipe.generate(clip, prepared=result.prepared, profile_steps=False,
                                  request=result.prepared.request.replace(seed=result.seed, use_curve=False))
     rate, kernel = pipe.config.latent_rate, pipe.config.curve.kernel
@@ -99,16 +121,7 @@ def cmd_demo(args) -> int:
           f"on {result.info['device']}, setup {t_setup:.2f} s)")
     print(format_timings(result.timings, result.step_ms))
     if base is not None:
-        from v2m.eval.evaluate import curve_correlation, plot_alignment
-
-        base_music = music_curve(base.audio, base.sample_rate, result.curve.size, rate, kernel)
-        r, r0 = curve_correlation(music, result.curve), curve_correlation(base_music, result.curve)
-        path = plot_alignment(result.curve, {f"music event curve of the output (r = {r:.2f})": music,
-                                             f"the same without the curve, --no-curve (r = {r0:.2f})": base_music},
-                              cuts, rate, args.plot,
-                              title=f"v2m demo: {Path(args.model).name} bundle, {args.duration:g} s test video, "
-                                    f"seed {args.seed}")
-        print(f"wrote {path}")
+        _plot(args, result, base, cuts, rate, kernel)
     return 0
 
 
