@@ -108,3 +108,19 @@ def windowed_bundle(tiny_bundle, tmp_path_factory) -> Path:
     cfg["sampler"]["max_frames"] = 16
     (bundle / "config.json").write_text(json.dumps(cfg))
     return bundle
+
+
+SIX_HOURS = 6 * 3600.0
+
+
+@pytest.fixture(scope="session")
+def gaps(tmp_path_factory):
+    """Two 24-frame .mkv files whose last frame sits 6 h later: one whose header says so
+    ("honest"), one whose header hides it ("lying")."""
+    from v2m.runtime.synth import make_gap_video
+
+    d = tmp_path_factory.mktemp("gaps")
+    honest, lying = d / "gap.mkv", d / "gap-live.mkv"
+    make_gap_video(honest, SIX_HOURS)
+    make_gap_video(lying, SIX_HOURS, honest_header=False)
+    return {"honest": honest, "lying": lying}

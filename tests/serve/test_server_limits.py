@@ -16,13 +16,12 @@ import sys
 import threading
 import time
 
-import pytest
 from _serve_util import httpx, start_server
 
 from v2m.cli.main import main as cli_main
-from v2m.runtime.synth import make_gap_video
 
-SIX_HOURS = 6 * 3600.0
+SIX_HOURS = 6 * 3600.0  # the gap videos' last frame (the `gaps` fixture)
+
 TIMEOUT = httpx.Timeout(120.0)
 
 
@@ -45,15 +44,6 @@ def wait_metric(srv, name: str, value: float, timeout: float = 30.0) -> None:
     while srv.metrics().get(name, 0) != value:
         assert time.monotonic() < deadline, f"{name} never reached {value}: {srv.metrics().get(name)}"
         time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def gaps(tmp_path_factory):
-    d = tmp_path_factory.mktemp("gaps")
-    honest, lying = d / "gap.mkv", d / "gap-live.mkv"
-    make_gap_video(honest, SIX_HOURS)
-    make_gap_video(lying, SIX_HOURS, honest_header=False)
-    return {"honest": honest, "lying": lying}
 
 
 # --- item 4: a video whose last frame sits 6 h later ------------------------------------------
