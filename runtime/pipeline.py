@@ -198,19 +198,21 @@ class Pipeline:
         enc = self.encoder_config
         size = int(enc["input_size"])
         reader = video.VideoReader(video_path, video_stream)
-        batches = _prefetch(reader.sample(self.config.curve_fps, size, batch_size=batch_size))
+        # each distinct frame once (a video slower than curve_fps repeats frames), with its repeat counts
+        batches = _prefetch(reader.sample_runs(self.config.curve_fps, size, batch_size=batch_size))
         feats = []
         t_enc = 0.0
         t_start = time.perf_counter()
         if self.frame_encoder is not None:
             self.frame_encoder.reset()
-        for frames in batches:
+        for frames, counts in batches:
             t0 = time.perf_counter()
             with profiler.range("encode") if profiler is not None else nullcontext():
-                if self.frame_encoder is not None:
-                    feats.append(self.frame_encoder.encode(frames))
-                else:
-                    feats.append(self.backend.encode_frames(video.normalize(frames, enc["mean"], enc["std"])))
+                if self.frame_encoder is not None:  # compares consecutive samples: it sees every one
+                    feats.append(self.frame_encoder.encode(video.repeat_runs(frames, counts)))
+                else:  # per frame: encoded once, its features repeated
+                    x = video.normalize(frames, enc["mean"], enc["std"])
+                    feats.append(video.repeat_runs(self.backend.encode_frames(x), counts))
             t_enc += time.perf_counter() - t0
         self.backend.synchronize()
         total = time.perf_counter() - t_start
