@@ -15,7 +15,8 @@ Variants (what `TorchBackend` / `TorchFastBackend` do):
 
 Each variant runs at every precision of `--precisions` (default fp16 and fp32 on
 CUDA, where fp32 convolutions use TF32 tensor cores as PyTorch allows by default).
-One JSON line per (variant, chunk, precision, L) in `<out>/vae.jsonl`: ms (median, p10,
+On CPU the variants are timed round-robin (`harness.time_interleaved`). One JSON line per
+(variant, chunk, precision, L) in `<out>/vae.jsonl`: ms (median, p10,
 p90), audio seconds decoded per second, achieved GFLOP/s (`OobleckConfig.flops`, the
 overlap's extra work not counted), peak GPU memory above the weights, and the
 error against an fp32 whole decode of the same latents (max |diff|, SNR dB).
@@ -124,16 +125,23 @@ def main() -> None:
                 use_triton_snake(models["triton"])
             z = z32.to(dtype)
             runs = [(v, c) for v in variants for c in (chunks if v.startswith("chunked") else [None])]
-            for v, chunk in runs:
-                m = models["triton" if "triton" in v else "plain" if v == "whole-plain" else "torch"]
-                fn = fn_for(v, m, z, chunk)
+            fns = {(v, c): fn_for(v, models["triton" if "triton" in v else "plain" if v == "whole-plain" else "torch"],
+                                  z, c) for v, c in runs}
+            if not cuda:  # round-robin: load from other processes on a shared CPU hits every variant alike
+                with torch.inference_mode():
+                    cpu_times = harness.time_interleaved(fns, warmup=args.warmup, iters=args.iters)
+            for (v, chunk), fn in fns.items():
                 if cuda:
                     torch.cuda.synchronize()
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats(device)
                     base_mb = torch.cuda.memory_allocated(device) / 2**20
                 with torch.inference_mode():
-                    st = harness.summarize(harness.time_fn(fn, warmup=args.warmup, iters=args.iters, device=str(device)))
+                    if cuda:
+                        st = harness.summarize(harness.time_fn(fn, warmup=args.warmup, iters=args.iters,
+                                                               device=str(device)))
+                    else:
+                        st = harness.summarize(cpu_times[(v, chunk)])
                     out = fn().double()
                 err = (out - ref).abs().max().item()
                 snr = harness.snr_db(ref, out)

@@ -57,8 +57,10 @@ def test_bench_encoder_and_vae_rows(tmp_path):
                 "--iters", "2", "--warmup", "1", "--threads", "1", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["variant"]: r for r in map(json.loads, (tmp_path / "vae.jsonl").read_text().splitlines())}
-    assert set(rows) == {"whole", "chunked"}
+    assert set(rows) == {"whole-plain", "whole", "chunked"}
     assert rows["whole"]["max_abs_diff_vs_fp32"] == 0.0 and rows["whole"]["precision"] == "fp32"
+    assert rows["whole-plain"]["max_abs_diff_vs_fp32"] == 0.0  # the out-of-place Snake: the same bits
+    assert all(r["gflops"] > 0 and r["ms_p10"] <= r["ms"] <= r["ms_p90"] for r in rows.values())
     assert rows["chunked"]["snr_db_vs_fp32"] > 60  # the chunk seams are exact up to float rounding
     assert rows["whole"]["audio_s"] == pytest.approx(20 * 3584 / 44100)
 
