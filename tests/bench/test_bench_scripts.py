@@ -107,3 +107,23 @@ def test_bench_alignment_rows(tmp_path):
             assert r.get(key) is not None or key == "met", (key, r)
     assert rows[1]["met"] is not None and set(rows[1]["met"]) == {"corr", "corr_gain", "cut_hits", "cut_hits_gain", "flatness"}
     assert "curve, guidance 0" in proc.stdout
+
+
+def test_bench_roofline_rows(tmp_path):
+    proc = _run("bench_roofline.py", "--presets", "tiny,demo", "--duration", "2", "--steps", "2", "--step-calls", "2",
+                "--iters", "1", "--warmup", "0", "--frames", "2", "--generate-iters", "1", "--matmul-n", "128",
+                "--threads", "1", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "roofline.jsonl").read_text().splitlines()]
+    peaks = {r["library"]: r for r in rows if r["bench"] == "roofline_peak"}
+    assert set(peaks) == {"torch", "numpy", "onnxruntime"} and all(p["gflops"] > 0 for p in peaks.values())
+    found = {(r["preset"], r["component"], r["backend"]) for r in rows if r["bench"] == "roofline"}
+    backends = {"torch", "onnxruntime-fp32"}  # no int8 column: these bundles have no int8 graphs
+    assert found == ({("tiny", c, b) for c in ("dit_step", "vae", "encoder", "generate") for b in backends}
+                     | {("demo", c, b) for c in ("dit_step", "vae", "generate") for b in backends})  # demo: weight-free encoder
+    for r in rows:
+        assert r["device"] and r["commit"] and r["torch"] and r["onnxruntime"] and r["date"]
+        if r["bench"] == "roofline":
+            lib = "torch" if r["backend"] == "torch" else "onnxruntime"
+            assert r["ms_p10"] <= r["ms"] <= r["ms_p90"] and r["gflops"] > 0 and r["L"] == 25
+            assert r["of_peak"] == pytest.approx(r["gflops"] / peaks[lib]["gflops"])
