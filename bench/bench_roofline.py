@@ -48,7 +48,7 @@ SETTLE_S = 0.3  # before each timed call: the other library's idle worker thread
 
 
 # --- the peak -------------------------------------------------------------------------------
-def matmul_peaks(threads: int, n: int, iters: int) -> dict[str, dict]:
+def matmul_peaks(threads: int, n: int, iters: int, clock: str = "wall") -> dict[str, dict]:
     """fp32 (n x n) @ (n x n) through torch, numpy and ONNX Runtime, timed round-robin."""
     import onnxruntime as ort
     import torch
@@ -67,7 +67,7 @@ def matmul_peaks(threads: int, n: int, iters: int) -> dict[str, dict]:
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     fns = {"torch": lambda: torch.mm(ta, tb), "numpy": lambda: a @ b,
            "onnxruntime": lambda: sess.run(None, {"A": a, "B": b})}
-    times = harness.time_interleaved(fns, warmup=1, iters=iters, settle_s=SETTLE_S)
+    times = harness.time_interleaved(fns, warmup=1, iters=iters, settle_s=SETTLE_S, clock=clock)
     flops = 2.0 * n**3
     return {lib: {**harness.summarize(ts), "gflops": flops / (np.median(ts) * 1e-3) / 1e9} for lib, ts in times.items()}
 
@@ -163,12 +163,12 @@ def generate_flops(cfg, length: int, steps: int, frames: int) -> float:
     return total
 
 
-def _row(preset, component, backend, st, flops, peaks, extras, env, threads):
+def _row(preset, component, backend, st, flops, peaks, extras, env, threads, clock):
     gflops = flops / (st["median"] * 1e-3) / 1e9
     lib = "torch" if backend == "torch" else "onnxruntime"
     return {
         "bench": "roofline", "preset": preset, "component": component, "backend": backend, "precision": "fp32"
-        if not backend.endswith("int8") else "int8", "threads": threads,
+        if not backend.endswith("int8") else "int8", "threads": threads, "clock": clock,
         "ms": st["median"], "ms_p10": st["p10"], "ms_p90": st["p90"], "n": st["n"], "gflops": gflops,
         "peak_gflops": peaks[lib]["gflops"], "of_peak": gflops / peaks[lib]["gflops"],
         "of_best_peak": gflops / max(p["gflops"] for p in peaks.values()),
@@ -186,19 +186,22 @@ def bench_preset(preset, args, work, clip, peaks, env, threads, out) -> list[dic
     length = latent_length(args.duration, cfg.latent_rate)
     rows = []
     for comp, (fns, flops, extras) in component_fns(pipes, length, args.step_calls, args.frames).items():
-        times = harness.time_interleaved(fns, warmup=args.warmup, iters=args.iters, settle_s=SETTLE_S)
+        times = harness.time_interleaved(fns, warmup=args.warmup, iters=args.iters, settle_s=SETTLE_S,
+                                         clock=args.clock)
         per_call = args.step_calls if comp == "dit_step" else 1
         for backend, ts in times.items():
             st = harness.summarize(np.asarray(ts) / per_call)
-            rows.append(_row(preset, comp, backend, st, flops / per_call, peaks, {"L": length, **extras}, env, threads))
+            rows.append(_row(preset, comp, backend, st, flops / per_call, peaks, {"L": length, **extras}, env, threads,
+                             args.clock))
     if args.generate:
         fns = {k: (lambda p=p: p.generate(clip, prompt="warm synth pop", seed=0, steps=args.steps)) for k, p in pipes.items()}
-        times = harness.time_interleaved(fns, warmup=args.generate_warmup, iters=args.generate_iters, settle_s=SETTLE_S)
+        times = harness.time_interleaved(fns, warmup=args.generate_warmup, iters=args.generate_iters,
+                                         settle_s=SETTLE_S, clock=args.clock)
         frames = video.num_samples(args.duration, cfg.curve_fps)
         flops = generate_flops(cfg, length, args.steps, frames)
         for backend, ts in times.items():
             rows.append(_row(preset, "generate", backend, harness.summarize(ts), flops, peaks,
-                             {"L": length, "steps": args.steps, "clip_s": args.duration}, env, threads))
+                             {"L": length, "steps": args.steps, "clip_s": args.duration}, env, threads, args.clock))
     for r in rows:
         harness.append_result("roofline", r, out)
     return rows
@@ -218,6 +221,8 @@ def main() -> None:
     ap.add_argument("--generate-warmup", type=int, default=0, help="the component rows already warmed the pipelines")
     ap.add_argument("--matmul-n", type=int, default=MATMUL_N, help="size of the peak matmul (n^3)")
     ap.add_argument("--threads", type=int, default=None, help="torch and ORT threads (default: usable cores)")
+    ap.add_argument("--clock", default="wall", choices=sorted(harness.CLOCKS),
+                    help="wall time, or this process's CPU time (steadier on a shared machine; use --threads 1)")
     ap.add_argument("--workdir", default=None, help="reuse bundles and the clip here")
     ap.add_argument("--out", default=None, help="results directory (default bench/results)")
     args = ap.parse_args()
@@ -231,10 +236,10 @@ def main() -> None:
     out = Path(args.out) if args.out else None
     env = harness.environment("cpu")
 
-    peaks = matmul_peaks(threads, args.matmul_n, max(3, args.iters))
+    peaks = matmul_peaks(threads, args.matmul_n, max(3, args.iters), args.clock)
     for lib, p in peaks.items():
         harness.append_result("roofline", {"bench": "roofline_peak", "library": lib, "n": args.matmul_n,
-                                           "threads": threads, "ms": p["median"], "ms_p10": p["p10"],
+                                           "threads": threads, "clock": args.clock, "ms": p["median"], "ms_p10": p["p10"],
                                            "ms_p90": p["p90"], "gflops": p["gflops"], **env}, out)
     clip = work / f"clip-{args.duration:g}s.mp4"
     if args.generate and not clip.is_file():
@@ -245,7 +250,7 @@ def main() -> None:
     for preset in args.presets.split(","):
         rows += bench_preset(preset, args, work, clip, peaks, env, threads, out)
 
-    print(f"\n{env['device']}, {threads} threads; fp32 {args.matmul_n}^3 matmul peak: "
+    print(f"\n{env['device']}, {threads} threads, {args.clock} clock; fp32 {args.matmul_n}^3 matmul peak: "
           + ", ".join(f"{lib} {p['gflops']:.1f}" for lib, p in peaks.items()) + " GFLOP/s")
     print(f"{'preset':<6} {'component':<9} {'backend':<17} {'median':>10} {'p10':>10} {'p90':>10} {'GFLOP/s':>8} {'of peak':>7}")
     for r in rows:

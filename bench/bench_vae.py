@@ -77,6 +77,8 @@ def main() -> None:
                     help="latent frames per chunk for the chunked variants; a comma list sweeps")
     ap.add_argument("--variants", default=None,
                     help="default: whole,chunked,whole+triton,chunked+triton on CUDA; whole-plain,whole,chunked on CPU")
+    ap.add_argument("--clock", default="wall", choices=sorted(harness.CLOCKS),
+                    help="CPU: wall time, or this process's CPU time (steadier on a shared machine; use --threads 1)")
     harness.add_torch_args(ap, warmup=2, iters=10)
     args = ap.parse_args()
     device, cuda, env, versions = harness.torch_session(args, "bench_vae", "--preset tiny")
@@ -129,7 +131,7 @@ def main() -> None:
                                   z, c) for v, c in runs}
             if not cuda:  # round-robin: load from other processes on a shared CPU hits every variant alike
                 with torch.inference_mode():
-                    cpu_times = harness.time_interleaved(fns, warmup=args.warmup, iters=args.iters)
+                    cpu_times = harness.time_interleaved(fns, warmup=args.warmup, iters=args.iters, clock=args.clock)
             for (v, chunk), fn in fns.items():
                 if cuda:
                     torch.cuda.synchronize()
@@ -150,7 +152,7 @@ def main() -> None:
                     "bench": "vae", "device": env["device"], "preset": args.preset, "precision": precision,
                     "weights": str(args.bundle) if args.bundle else "random",
                     "variant": v, "L": length, "audio_s": audio_s, "chunk": chunk,
-                    "threads": torch.get_num_threads(), "gflops": cfg.flops(length) / (st["median"] * 1e-3) / 1e9,
+                    "threads": torch.get_num_threads(), "clock": "cuda" if cuda else args.clock, "gflops": cfg.flops(length) / (st["median"] * 1e-3) / 1e9,
                     "ms": st["median"], "ms_p10": st["p10"], "ms_p90": st["p90"], "iters": st["n"],
                     "audio_s_per_s": audio_s / (st["median"] / 1e3),
                     "peak_gpu_mb_above_base": torch.cuda.max_memory_allocated(device) / 2**20 - base_mb if cuda else None,
