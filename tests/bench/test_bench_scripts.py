@@ -127,3 +127,14 @@ def test_bench_roofline_rows(tmp_path):
             lib = "torch" if r["backend"] == "torch" else "onnxruntime"
             assert r["ms_p10"] <= r["ms"] <= r["ms_p90"] and r["gflops"] > 0 and r["L"] == 25
             assert r["of_peak"] == pytest.approx(r["gflops"] / peaks[lib]["gflops"])
+
+
+def test_bench_frame_dedup_rows(tmp_path):
+    proc = _run("bench_frame_dedup.py", "--preset", "tiny", "--duration", "2", "--iters", "1", "--warmup", "0",
+                "--threads", "1", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["variant"]: r for r in map(json.loads, (tmp_path / "frame_dedup.jsonl").read_text().splitlines())}
+    assert set(rows) == {"repeat", "dedup"}
+    assert rows["repeat"]["frames_encoded"] == rows["repeat"]["samples"] == rows["dedup"]["samples"] == 25
+    assert rows["dedup"]["frames_encoded"] == 16  # 2 s at 8 fps
+    assert all(r["features_identical"] and r["commit"] and r["device"] and r["ms"] > 0 for r in rows.values())
