@@ -4,16 +4,21 @@
     python bench/bench_vae.py --preset tiny --device cpu --lengths 62
 
 Variants (what `TorchBackend` / `TorchFastBackend` do):
-- whole:          one decoder call over all L latent frames
-- chunked:        `chunked_decode` (128-frame chunks with receptive-field overlap,
-                  assembled on the host: bounded device memory, the copy included)
+- whole-plain:    one decoder call with the out-of-place Snake and residual adds (the
+                  decode before the in-place rewrite: five full-size temporaries per Snake)
+- whole:          one decoder call over all L latent frames (in-place Snake)
+- chunked:        `OobleckDecoder.decode_chunked` (`--chunk` latent frames per chunk, a
+                  comma list sweeps several, with receptive-field overlap, written into one
+                  host output: a bounded working set, the copy included)
 - whole+triton, chunked+triton: the same with the fused Snake kernel
                   (`use_triton_snake`, CUDA only)
 
 Each variant runs at every precision of `--precisions` (default fp16 and fp32 on
 CUDA, where fp32 convolutions use TF32 tensor cores as PyTorch allows by default).
-One JSON line per (variant, precision, L) in `<out>/vae.jsonl`: ms (median, p10,
-p90), audio seconds decoded per second, peak GPU memory above the weights, and the
+On CPU the variants are timed round-robin (`harness.time_interleaved`). One JSON line per
+(variant, chunk, precision, L) in `<out>/vae.jsonl`: ms (median, p10,
+p90), audio seconds decoded per second, achieved GFLOP/s (`OobleckConfig.flops`, the
+overlap's extra work not counted), peak GPU memory above the weights, and the
 error against an fp32 whole decode of the same latents (max |diff|, SNR dB).
 
 Why fp32 is measured too: a decoder amplifies relative errors of its input and
@@ -39,9 +44,26 @@ import harness  # noqa: E402
 from v2m.models import vae as vae_mod  # noqa: E402
 from v2m.models.bundle import bundle_config, randomize_weights  # noqa: E402
 from v2m.runtime.backends.torch_backend import DTYPES  # noqa: E402
-from v2m.runtime.backends.torch_fast import chunked_decode  # noqa: E402
 
 SAMPLE_RATE = 44100
+
+
+def out_of_place(vae: torch.nn.Module) -> torch.nn.Module:
+    """The decoder as it ran before the in-place rewrite: every Snake and residual add out of
+    place (the same ops and bits; only the temporaries differ). Modules patched in place."""
+
+    def snake(self, x):
+        return x + (torch.exp(self.beta) + 1e-9).reciprocal() * torch.sin(torch.exp(self.alpha) * x).pow(2)
+
+    def residual(self, x):
+        return x + self.conv2(self.snake2(self.conv1(self.snake1(x))))
+
+    for mod in vae.modules():
+        if isinstance(mod, vae_mod.Snake1d):
+            mod.forward = snake.__get__(mod)
+        elif isinstance(mod, vae_mod.ResidualUnit):
+            mod.forward = residual.__get__(mod)
+    return vae
 
 
 def main() -> None:
@@ -51,13 +73,18 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--precisions", default=None, help="default: fp16,fp32 on CUDA; fp32 on CPU")
     ap.add_argument("--lengths", default="394", help="latent frames L (394 = 32 s)")
-    ap.add_argument("--chunk", type=int, default=128, help="latent frames per chunk for the chunked variants")
-    ap.add_argument("--variants", default=None, help="default: whole,chunked,whole+triton,chunked+triton on CUDA; whole,chunked on CPU")
+    ap.add_argument("--chunk", default=str(vae_mod.DECODE_CHUNK),
+                    help="latent frames per chunk for the chunked variants; a comma list sweeps")
+    ap.add_argument("--variants", default=None,
+                    help="default: whole,chunked,whole+triton,chunked+triton on CUDA; whole-plain,whole,chunked on CPU")
+    ap.add_argument("--clock", default="wall", choices=sorted(harness.CLOCKS),
+                    help="CPU: wall time, or this process's CPU time (steadier on a shared machine; use --threads 1)")
     harness.add_torch_args(ap, warmup=2, iters=10)
     args = ap.parse_args()
     device, cuda, env, versions = harness.torch_session(args, "bench_vae", "--preset tiny")
     precisions = (args.precisions or ("fp16,fp32" if cuda else "fp32")).split(",")
-    variants = (args.variants or ("whole,chunked,whole+triton,chunked+triton" if cuda else "whole,chunked")).split(",")
+    variants = (args.variants or ("whole,chunked,whole+triton,chunked+triton" if cuda else "whole-plain,whole,chunked")).split(",")
+    chunks = [int(c) for c in str(args.chunk).split(",")]
     if not cuda and any("triton" in v for v in variants):
         raise SystemExit("bench_vae: the triton variants need CUDA")
     if args.bundle:
@@ -77,9 +104,9 @@ def main() -> None:
         randomize_weights(vae32, torch.Generator(device=device).manual_seed(0))
     vae32.eval()
 
-    def fn_for(v: str, m: torch.nn.Module, z: torch.Tensor):
+    def fn_for(v: str, m: torch.nn.Module, z: torch.Tensor, chunk: int):
         if v.startswith("chunked"):
-            return lambda: chunked_decode(m, z, args.chunk)
+            return lambda: m.decode_chunked(z, chunk)
         return lambda: m(z).float().cpu()
 
     rows = []
@@ -91,22 +118,32 @@ def main() -> None:
         for precision in precisions:
             dtype = DTYPES[precision]
             models = {"torch": copy.deepcopy(vae32).to(dtype)}
+            if "whole-plain" in variants:
+                models["plain"] = out_of_place(copy.deepcopy(models["torch"]))
             if any("triton" in v for v in variants):
                 from v2m.runtime.backends.torch_fused import use_triton_snake
 
                 models["triton"] = copy.deepcopy(models["torch"])
                 use_triton_snake(models["triton"])
             z = z32.to(dtype)
-            for v in variants:
-                m = models["triton" if "triton" in v else "torch"]
-                fn = fn_for(v, m, z)
+            runs = [(v, c) for v in variants for c in (chunks if v.startswith("chunked") else [None])]
+            fns = {(v, c): fn_for(v, models["triton" if "triton" in v else "plain" if v == "whole-plain" else "torch"],
+                                  z, c) for v, c in runs}
+            if not cuda:  # round-robin: load from other processes on a shared CPU hits every variant alike
+                with torch.inference_mode():
+                    cpu_times = harness.time_interleaved(fns, warmup=args.warmup, iters=args.iters, clock=args.clock)
+            for (v, chunk), fn in fns.items():
                 if cuda:
                     torch.cuda.synchronize()
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats(device)
                     base_mb = torch.cuda.memory_allocated(device) / 2**20
                 with torch.inference_mode():
-                    st = harness.summarize(harness.time_fn(fn, warmup=args.warmup, iters=args.iters, device=str(device)))
+                    if cuda:
+                        st = harness.summarize(harness.time_fn(fn, warmup=args.warmup, iters=args.iters,
+                                                               device=str(device)))
+                    else:
+                        st = harness.summarize(cpu_times[(v, chunk)])
                     out = fn().double()
                 err = (out - ref).abs().max().item()
                 snr = harness.snr_db(ref, out)
@@ -114,7 +151,8 @@ def main() -> None:
                 row = {
                     "bench": "vae", "device": env["device"], "preset": args.preset, "precision": precision,
                     "weights": str(args.bundle) if args.bundle else "random",
-                    "variant": v, "L": length, "audio_s": audio_s, "chunk": args.chunk if v.startswith("chunked") else None,
+                    "variant": v, "L": length, "audio_s": audio_s, "chunk": chunk,
+                    "threads": torch.get_num_threads(), "clock": "cuda" if cuda else args.clock, "gflops": cfg.flops(length) / (st["median"] * 1e-3) / 1e9,
                     "ms": st["median"], "ms_p10": st["p10"], "ms_p90": st["p90"], "iters": st["n"],
                     "audio_s_per_s": audio_s / (st["median"] / 1e3),
                     "peak_gpu_mb_above_base": torch.cuda.max_memory_allocated(device) / 2**20 - base_mb if cuda else None,
@@ -127,12 +165,13 @@ def main() -> None:
             del models
 
     print(f"\nOobleck VAE ({args.preset}), {env['device']}; SNR against an fp32 whole decode")
-    print(f"{'variant':<16} {'prec':<5} {'L':>5} {'ms':>9} {'p10':>9} {'p90':>9} {'audio s/s':>9} {'peak MB':>8} {'SNR dB':>7}")
+    print(f"{'variant':<16} {'chunk':>5} {'prec':<5} {'L':>5} {'ms':>9} {'p10':>9} {'p90':>9} {'audio s/s':>9} "
+          f"{'GFLOP/s':>8} {'peak MB':>8} {'SNR dB':>7}")
     for r in rows:
         mem = f"{r['peak_gpu_mb_above_base']:.0f}" if r["peak_gpu_mb_above_base"] is not None else "-"
         snr = f"{r['snr_db_vs_fp32']:.1f}" if r["snr_db_vs_fp32"] < 300 else "exact"
-        print(f"{r['variant']:<16} {r['precision']:<5} {r['L']:>5} {r['ms']:>9.2f} {r['ms_p10']:>9.2f} {r['ms_p90']:>9.2f} "
-              f"{r['audio_s_per_s']:>9.1f} {mem:>8} {snr:>7}")
+        print(f"{r['variant']:<16} {r['chunk'] or '-':>5} {r['precision']:<5} {r['L']:>5} {r['ms']:>9.2f} "
+              f"{r['ms_p10']:>9.2f} {r['ms_p90']:>9.2f} {r['audio_s_per_s']:>9.1f} {r['gflops']:>8.1f} {mem:>8} {snr:>7}")
 
 
 if __name__ == "__main__":

@@ -158,6 +158,33 @@ def time_fn(
     return times
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_interleaved(
+    fns: dict[Any, Callable[[], Any]], *, warmup: int = 1, iters: int = 5, settle_s: float = 0.0, clock: str = "wall"
+) -> dict[Any, list[float]]:
+    """Milliseconds per call of each of `fns`, timed round-robin on the host (one call of
+    each per round, `warmup` untimed rounds first), so load from other processes on a shared
+    machine hits every variant alike. `settle_s` pauses before each call (idle OpenMP/ORT
+    worker threads of the previous library stop spinning).
+
+    clock "wall" (perf_counter) or "cpu" (process_time: this process's user + system time,
+    all threads; page faults included, time spent waiting for a core on a loaded machine
+    not; with one thread per library it is the work done, comparable across a busy run)."""
+    now = CLOCKS[clock]
+    times: dict[Any, list[float]] = {k: [] for k in fns}
+    for r in range(warmup + iters):
+        for k, fn in fns.items():
+            if settle_s:
+                time.sleep(settle_s)
+            t0 = now()
+            fn()
+            if r >= warmup:
+                times[k].append((now() - t0) * 1e3)
+    return times
+
+
 def append_result(name: str, row: dict[str, Any], results_dir: Path | None = None) -> Path:
     """Append one JSON line to `bench/results/<name>.jsonl` and log it."""
     results_dir = Path(results_dir or os.environ.get("V2M_BENCH_RESULTS", RESULTS_DIR))

@@ -14,26 +14,16 @@ log = logging.getLogger("v2m.cli")
 
 
 def cmd_info(args) -> int:
-    import importlib.util
     import platform
 
+    from v2m.core.devices import cuda_device_names
     from v2m.runtime.backends import available_backends
+    from v2m.runtime.versions import library_versions
 
     info: dict = {"v2m": __version__, "python": platform.python_version(), "platform": platform.platform()}
-    for mod in ("numpy", "av", "soundfile", "safetensors", "torch", "onnx", "onnxruntime", "tensorrt", "triton"):
-        if importlib.util.find_spec(mod) is None:
-            info[mod] = None
-            continue
-        try:
-            info[mod] = getattr(__import__(mod), "__version__", "?")
-        except Exception as e:  # noqa: BLE001 - a broken optional install is reported, not fatal
-            info[mod] = f"broken ({type(e).__name__})"
+    info.update(library_versions())  # from package metadata: torch, onnx, triton are not imported
     info["backends"] = available_backends()
-    devices = ["cpu"]
-    if info.get("torch"):
-        import torch
-
-        devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    devices = ["cpu"] + [f"cuda:{i} ({name})" for i, name in enumerate(cuda_device_names())]
     if info.get("onnxruntime"):
         import onnxruntime
 

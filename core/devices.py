@@ -14,7 +14,7 @@ import logging
 
 from .errors import InputError
 
-__all__ = ["parse_device", "cuda_device_count", "check_device"]
+__all__ = ["parse_device", "cuda_device_count", "cuda_device_names", "check_device"]
 
 log = logging.getLogger("v2m.devices")
 
@@ -31,8 +31,8 @@ def parse_device(device: str) -> tuple[str, int | None]:
 
 
 @functools.lru_cache(maxsize=1)
-def cuda_device_count() -> int:
-    """GPUs the CUDA driver exposes to this process (0 without a driver)."""
+def _driver():
+    """The initialized CUDA driver library, or None (no driver, or cuInit failed)."""
     for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
         try:
             lib = ctypes.CDLL(name)
@@ -40,10 +40,21 @@ def cuda_device_count() -> int:
         except OSError:
             continue
     else:
+        return None
+    try:
+        return lib if lib.cuInit(0) == 0 else None
+    except (AttributeError, OSError) as e:
+        log.debug("CUDA driver init failed: %s", e)
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_device_count() -> int:
+    """GPUs the CUDA driver exposes to this process (0 without a driver)."""
+    lib = _driver()
+    if lib is None:
         return 0
     try:
-        if lib.cuInit(0) != 0:
-            return 0
         count = ctypes.c_int(0)
         if lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
             return 0
@@ -51,6 +62,20 @@ def cuda_device_count() -> int:
     except (AttributeError, OSError) as e:
         log.debug("CUDA driver query failed: %s", e)
         return 0
+
+
+def cuda_device_names() -> list[str]:
+    """Names of the GPUs `cuda_device_count` counts, in CUDA order ("?" where the driver
+    does not say), without torch: `v2m info` lists devices from these."""
+    lib, names = _driver(), []
+    for i in range(cuda_device_count()):
+        dev, buf = ctypes.c_int(0), ctypes.create_string_buffer(256)
+        try:
+            ok = lib.cuDeviceGet(ctypes.byref(dev), i) == 0 and lib.cuDeviceGetName(buf, 256, dev) == 0
+        except (AttributeError, OSError):
+            ok = False
+        names.append(buf.value.decode(errors="replace") if ok else "?")
+    return names
 
 
 def check_device(device: str) -> str:

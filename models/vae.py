@@ -58,6 +58,7 @@ __all__ = [
     "ResidualUnit",
     "DecoderBlock",
     "OobleckDecoder",
+    "DECODE_CHUNK",
     "fold_weight_norm",
     "convert_diffusers_state_dict",
     "convert_stable_audio_state_dict",
@@ -109,6 +110,36 @@ class OobleckConfig:
         """Latent frames per second (44100 / 3584 = 12.305)."""
         return self.sample_rate / self.hop_length
 
+    @property
+    def receptive_field(self) -> int:
+        """Latent frames each side that can influence an output sample of the decoder.
+
+        conv1 (k=7): 3 frames; per upsampling block at input rate r (samples per latent
+        frame): the transposed conv (k=2s) reaches 2 input samples, the residual units
+        (k=7, dilations 1, 3, 9) 3 * 13 output samples; conv2 (k=7): 3 samples.
+        """
+        r, rate = 3.0, 1
+        for s in reversed(self.strides):
+            r += 2.0 / rate
+            rate *= s
+            r += 3 * (1 + 3 + 9) / rate
+        r += 3 / rate
+        return math.ceil(r)
+
+    def flops(self, length: int) -> float:
+        """Forward FLOPs (2 per MAC) of decoding `length` latent frames (convolutions only;
+        Snake is elementwise), for roofline figures."""
+        mults = (1, *self.channel_multiples)
+        n, frames = len(self.strides), float(length)
+        macs = self.latent_channels * self.channels * mults[-1] * 7 * frames  # conv1
+        for i, s in enumerate(reversed(self.strides)):
+            c_in, c_out = self.channels * mults[n - i], self.channels * mults[n - i - 1]
+            macs += c_in * c_out * 2 * s * frames  # transposed conv: each input sample feeds 2s outputs
+            frames *= s
+            macs += 3 * (c_out * c_out * 7 + c_out * c_out) * frames  # three residual units
+        macs += self.channels * self.audio_channels * 7 * frames  # conv2
+        return 2.0 * macs
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -140,7 +171,20 @@ def config_from_diffusers(d: Mapping) -> OobleckConfig:
         raise BundleError(f"diffusers VAE config is malformed: {e}") from None
 
 
+# Latent frames per chunk of `OobleckDecoder.decode_chunked` (about 5 s of audio): bounds
+# the working set of a decode whatever the clip's length. bench/bench_vae.py's
+# chunk sweep picked it on a 2-core CPU (docs/h23b.md).
+DECODE_CHUNK = 64
+
+
 # --- modules, leaves up ------------------------------------------------------------------
+def _keeps_graph(x: torch.Tensor, param: torch.Tensor) -> bool:
+    """True where in-place ops are not allowed: autograd records the op, or a tracer
+    (ONNX export) does, whose graph keeps the reference's out-of-place ops."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or param.requires_grad)
+    return grad or torch.jit.is_tracing()
+
+
 class Snake1d(nn.Module):
     """SnakeBeta with log-scale alpha, beta of shape (1, C, 1), as diffusers' `Snake1d`."""
 
@@ -151,9 +195,14 @@ class Snake1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha = torch.exp(self.alpha)
-        beta = torch.exp(self.beta)
-        # Same op order as the reference, so float32 results agree bit for bit.
-        return x + (beta + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
+        inv_beta = (torch.exp(self.beta) + 1e-9).reciprocal()
+        if _keeps_graph(x, self.alpha):
+            # Same op order as the reference, so float32 results agree bit for bit.
+            return x + inv_beta * torch.sin(alpha * x).pow(2)
+        # Inference: the same ops, in place in one output buffer instead of five full-size
+        # temporaries (fresh pages are what a long CPU decode spent its time faulting in).
+        # Products and sums commute bit for bit, so the result is identical.
+        return torch.mul(x, alpha).sin_().pow_(2).mul_(inv_beta).add_(x)
 
 
 class ResidualUnit(nn.Module):
@@ -168,7 +217,8 @@ class ResidualUnit(nn.Module):
         self.conv2 = nn.Conv1d(dim, dim, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(self.snake2(self.conv1(self.snake1(x))))
+        y = self.conv2(self.snake2(self.conv1(self.snake1(x))))
+        return x + y if _keeps_graph(x, self.conv2.weight) else y.add_(x)  # y + x == x + y, bit for bit
 
 
 class DecoderBlock(nn.Module):
@@ -228,6 +278,33 @@ class OobleckDecoder(nn.Module):
         if self.tail:
             audio = F.pad(audio, (0, self.tail), mode="replicate")  # (B, audio_channels, L * hop)
         return audio
+
+    @torch.inference_mode()
+    def decode_chunked(self, latents: torch.Tensor, chunk: int = DECODE_CHUNK,
+                       overlap: int | None = None) -> torch.Tensor:
+        """Decode latents (B, C, L) -> host audio (B, A, L * hop), `chunk` latent frames at a time.
+
+        Each chunk [a, e) is decoded with `overlap` frames of context each side (default
+        the receptive field; clipped at the clip's edges) and only its own [a*hop, e*hop)
+        samples are kept, written into one preallocated output: with overlap >= the
+        receptive field this equals one whole decode up to float rounding. Working memory
+        is bounded by one chunk, on CPU and on a GPU alike, so a long clip neither faults in
+        fresh pages for every activation nor grows device memory. The output is float32
+        (float64 stays float64). chunk <= 0 decodes the whole clip at once.
+        """
+        b, _, length = latents.shape
+        out_dtype = torch.promote_types(latents.dtype, torch.float32)  # fp16/bf16 -> fp32; fp64 stays
+        if chunk <= 0 or chunk >= length:
+            return self(latents).to(out_dtype).cpu()
+        hop = self.hop_length
+        pad = self.cfg.receptive_field if overlap is None else int(overlap)
+        out = torch.empty(b, self.cfg.audio_channels, length * hop, dtype=out_dtype)
+        for a in range(0, length, chunk):
+            e = min(a + chunk, length)
+            a0, e0 = max(0, a - pad), min(length, e + pad)
+            audio = self(latents[:, :, a0:e0])  # (B, A, (e0 - a0) * hop)
+            out[:, :, a * hop : e * hop] = audio[:, :, (a - a0) * hop : (e - a0) * hop]
+        return out
 
     # --- loading foreign layouts ------------------------------------------------------
     @classmethod

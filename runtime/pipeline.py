@@ -148,21 +148,23 @@ class Pipeline(SamplingStage):
         both at the next frame or batch (`Cancelled`); the decode thread is joined before this returns.
         """
         enc = self.encoder_config
-        batches = prefetch(reader.sample(self.config.curve_fps, int(enc["input_size"]), batch_size=batch_size),
-                                 stop=stop)
+        # each distinct frame once (a video slower than curve_fps repeats frames), with its repeat counts
+        batches = prefetch(reader.sample_runs(self.config.curve_fps, int(enc["input_size"]), batch_size=batch_size),
+                           stop=stop)
         feats = []
         t_start = time.perf_counter()
         t_enc = 0.0
         if self.frame_encoder is not None:
             self.frame_encoder.reset()
-        for frames in batches:
+        for frames, counts in batches:
             video.check_cancel(cancel)
             t0 = time.perf_counter()
             with obs.stage("encode", items):
-                if self.frame_encoder is not None:
-                    feats.append(self.frame_encoder.encode(frames))
-                else:
-                    feats.append(self.backend.encode_frames(video.normalize(frames, enc["mean"], enc["std"])))
+                if self.frame_encoder is not None:  # compares consecutive samples: it sees every one
+                    feats.append(self.frame_encoder.encode(video.repeat_runs(frames, counts)))
+                else:  # per frame: encoded once, its features repeated
+                    x = video.normalize(frames, enc["mean"], enc["std"])
+                    feats.append(video.repeat_runs(self.backend.encode_frames(x), counts))
             t_enc += time.perf_counter() - t0
         self.backend.synchronize()
         obs.record("decode", max(time.perf_counter() - t_start - t_enc, 0.0), items)  # decode not hidden by encode

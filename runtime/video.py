@@ -57,6 +57,7 @@ __all__ = [
     "packets",
     "num_samples",
     "probe",
+    "repeat_runs",
     "select_video_stream",
     "video_duration",
     "normalize",
@@ -436,11 +437,7 @@ class VideoReader:
             size: (width, height) of the output frames, or one int for a square.
             batch_size: frames per yielded batch (the last batch may be smaller).
         """
-        if not fps > 0:
-            raise ValueError(f"fps must be positive, got {fps}")
-        width, height = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        if width < 1 or height < 1 or batch_size < 1:
-            raise ValueError(f"bad size {size} or batch_size {batch_size}")
+        width, height = self._check_sample_args(fps, size, batch_size)
         self.duration_s = self.num_samples = self.frames_decoded = None
 
         batch = np.empty((batch_size, height, width, 3), dtype=np.uint8)
@@ -457,6 +454,57 @@ class VideoReader:
                 batch, n = np.empty_like(batch), 0
         if n:
             yield batch[:n]
+
+    def sample_runs(
+        self, fps: float, size: tuple[int, int] | int, batch_size: int = 32, max_samples: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Like `sample`, but each source frame once: yield (frames [n, H, W, 3] uint8, counts [n]).
+
+        A video slower than `fps` shows one frame at several consecutive sample times; here it
+        comes once with `counts[i]`, the number of consecutive samples that show it, so a
+        per-frame encoder runs once per distinct frame and `repeat_runs` expands its output
+        to one row per sample (exactly `sample`'s rows). A batch holds at most `batch_size`
+        frames and `max_samples` samples (default 8 * batch_size, so a long still shot does
+        not expand into an unbounded batch; a run longer than that is split across batches).
+        """
+        width, height = self._check_sample_args(fps, size, batch_size)
+        max_samples = max_samples or 8 * batch_size
+        frames = np.empty((batch_size, height, width, 3), dtype=np.uint8)
+        counts = np.zeros(batch_size, dtype=np.int64)
+        n = total = 0
+        for rgb, count in self._runs(fps, width, height):
+            while count:
+                take = min(count, max_samples - total)
+                frames[n], counts[n] = rgb, take
+                n, total, count = n + 1, total + take, count - take
+                if n == batch_size or total == max_samples:
+                    check_cancel(self.cancel)
+                    yield frames[:n], counts[:n]
+                    frames, counts, n, total = np.empty_like(frames), np.zeros_like(counts), 0, 0
+        if n:
+            yield frames[:n], counts[:n]
+
+    def _runs(self, fps: float, width: int, height: int) -> Iterator[tuple[np.ndarray, int]]:
+        """(upright RGB frame, consecutive samples showing it) for each distinct picked frame."""
+        self.duration_s = self.num_samples = self.frames_decoded = None
+        current, count = None, 0
+        for frame in self._pick(fps):
+            if frame is current:
+                count += 1
+                continue
+            if current is not None:
+                yield self._convert(current, width, height), count
+            current, count = frame, 1
+        if current is not None:
+            yield self._convert(current, width, height), count
+
+    def _check_sample_args(self, fps: float, size: tuple[int, int] | int, batch_size: int) -> tuple[int, int]:
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        width, height = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if width < 1 or height < 1 or batch_size < 1:
+            raise ValueError(f"bad size {size} or batch_size {batch_size}")
+        return width, height
 
     def _pick(self, fps: float) -> Iterator[av.VideoFrame]:
         """The frame on screen at each t_k = k / fps; sets duration_s and num_samples at the end."""
@@ -567,6 +615,16 @@ class VideoReader:
         if k:
             rgb = np.rot90(rgb, k)  # counter-clockwise, as the display matrix says
         return rgb
+
+
+def repeat_runs(rows, counts: np.ndarray):
+    """Row i of `rows` (numpy array or torch tensor, [n, ...]) repeated counts[i] times:
+    per-distinct-frame results of `VideoReader.sample_runs` -> one row per sample."""
+    if isinstance(rows, np.ndarray):
+        return np.repeat(rows, counts, axis=0)
+    import torch  # device features of the torch backend; torch is already loaded then
+
+    return torch.repeat_interleave(rows, torch.as_tensor(counts, device=rows.device), dim=0)
 
 
 def normalize(

@@ -34,8 +34,8 @@ What it does on top of the eager backend:
   alternatives; with "triton" the VAE's Snake activations are fused too
   (`torch_fused.use_triton_snake`). The default (`torch`, no compile) stays until a GPU run of
   `bench/bench_dit.py` shows which is faster. `path` and the log name the choice.
-- **Chunked VAE decode** over latent frames with receptive-field overlap and exact
-  stitching, so long clips decode in bounded memory.
+- **Chunked VAE decode** (`OobleckDecoder.decode_chunked`, which the eager backend runs
+  too) in its own precision and chunk size.
 - **Frame encoding** from pinned host memory with non-blocking copies, so the
   DINOv2 batches overlap the background video decode; the position embeddings are
   baked for the input size on the first batch (no interpolation per batch).
@@ -44,7 +44,6 @@ What it does on top of the eager backend:
 from __future__ import annotations
 
 import logging
-import math
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -67,8 +66,6 @@ __all__ = [
     "FastSampler",
     "TorchFastBackend",
     "solver_graph_step",
-    "vae_receptive_field",
-    "chunked_decode",
     "COMPILE_CHOICES",
     "KERNEL_CHOICES",
 ]
@@ -328,47 +325,6 @@ class FastSampler:
         return d.clone()
 
 
-# --- VAE: chunked decode -----------------------------------------------------------------
-def vae_receptive_field(cfg) -> int:
-    """Latent frames each side that can influence an output sample of an Oobleck decoder.
-
-    conv1 (k=7): 3 frames; per upsampling block at input rate r (samples per latent
-    frame): the transposed conv (k=2s) reaches 2 input samples, the residual units
-    (k=7, dilations 1, 3, 9) 3 * 13 output samples; conv2 (k=7): 3 samples.
-    """
-    r, rate = 3.0, 1
-    for s in reversed(cfg.strides):
-        r += 2.0 / rate
-        rate *= s
-        r += 3 * (1 + 3 + 9) / rate
-    r += 3 / rate
-    return math.ceil(r)
-
-
-@torch.inference_mode()
-def chunked_decode(vae: nn.Module, z: torch.Tensor, chunk: int, overlap: int | None = None) -> torch.Tensor:
-    """Decode latents (B, C, L) -> audio (B, A, L * hop) `chunk` latent frames at a time.
-
-    Each chunk [a, b) is decoded with `overlap` frames of context each side (clipped
-    at the clip edges) and only its own [a*hop, b*hop) samples are kept: with overlap
-    >= the receptive field this equals one full decode up to float rounding. The
-    output is assembled on the host, so device memory is bounded by one chunk.
-    """
-    b, _, length = z.shape
-    out_dtype = torch.promote_types(z.dtype, torch.float32)  # fp16/bf16 -> fp32; fp64 stays
-    if chunk <= 0 or chunk >= length:
-        return vae(z).to(out_dtype).cpu()
-    hop = vae.hop_length
-    pad = vae_receptive_field(vae.cfg) if overlap is None else int(overlap)
-    out = torch.empty(b, vae.cfg.audio_channels, length * hop, dtype=out_dtype)
-    for a in range(0, length, chunk):
-        e = min(a + chunk, length)
-        a0, e0 = max(0, a - pad), min(length, e + pad)
-        audio = vae(z[:, :, a0:e0])  # (B, A, (e0 - a0) * hop)
-        out[:, :, a * hop : e * hop] = audio[:, :, (a - a0) * hop : (e - a0) * hop].to(out_dtype).cpu()
-    return out
-
-
 # --- the backend --------------------------------------------------------------------------
 class TorchFastBackend(TorchBackend):
     """TorchBackend with the fast sampler, chunked VAE decode and pinned frame uploads."""
@@ -422,8 +378,7 @@ class TorchFastBackend(TorchBackend):
     @torch.inference_mode()
     def decode(self, latents: np.ndarray) -> np.ndarray:
         z = torch.from_numpy(np.ascontiguousarray(latents)).to(self.torch_device, self.vae_dtype)
-        audio = chunked_decode(self.vae, z, self.fast_config.vae_chunk, self.fast_config.vae_overlap)
-        return audio.float().numpy()
+        return self.vae.decode_chunked(z, self.fast_config.vae_chunk, self.fast_config.vae_overlap).float().numpy()
 
     def describe(self):
         d = super().describe()

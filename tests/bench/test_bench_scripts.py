@@ -57,8 +57,10 @@ def test_bench_encoder_and_vae_rows(tmp_path):
                 "--iters", "2", "--warmup", "1", "--threads", "1", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["variant"]: r for r in map(json.loads, (tmp_path / "vae.jsonl").read_text().splitlines())}
-    assert set(rows) == {"whole", "chunked"}
+    assert set(rows) == {"whole-plain", "whole", "chunked"}
     assert rows["whole"]["max_abs_diff_vs_fp32"] == 0.0 and rows["whole"]["precision"] == "fp32"
+    assert rows["whole-plain"]["max_abs_diff_vs_fp32"] == 0.0  # the out-of-place Snake: the same bits
+    assert all(r["gflops"] > 0 and r["ms_p10"] <= r["ms"] <= r["ms_p90"] for r in rows.values())
     assert rows["chunked"]["snr_db_vs_fp32"] > 60  # the chunk seams are exact up to float rounding
     assert rows["whole"]["audio_s"] == pytest.approx(20 * 3584 / 44100)
 
@@ -129,3 +131,34 @@ def test_bench_alignment_rows(tmp_path):
             assert r.get(key) is not None or key == "met", (key, r)
     assert rows[1]["met"] is not None and set(rows[1]["met"]) == {"corr", "corr_gain", "cut_hits", "cut_hits_gain", "flatness"}
     assert "curve, guidance 0" in proc.stdout
+
+
+def test_bench_roofline_rows(tmp_path):
+    proc = _run("bench_roofline.py", "--presets", "tiny,demo", "--duration", "2", "--steps", "2", "--step-calls", "2",
+                "--iters", "1", "--warmup", "0", "--frames", "2", "--generate-iters", "1", "--matmul-n", "128",
+                "--threads", "1", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "roofline.jsonl").read_text().splitlines()]
+    peaks = {r["library"]: r for r in rows if r["bench"] == "roofline_peak"}
+    assert set(peaks) == {"torch", "numpy", "onnxruntime"} and all(p["gflops"] > 0 for p in peaks.values())
+    found = {(r["preset"], r["component"], r["backend"]) for r in rows if r["bench"] == "roofline"}
+    backends = {"torch", "onnxruntime-fp32"}  # no int8 column: these bundles have no int8 graphs
+    assert found == ({("tiny", c, b) for c in ("dit_step", "vae", "encoder", "generate") for b in backends}
+                     | {("demo", c, b) for c in ("dit_step", "vae", "generate") for b in backends})  # demo: weight-free encoder
+    for r in rows:
+        assert r["device"] and r["commit"] and r["torch"] and r["onnxruntime"] and r["date"]
+        if r["bench"] == "roofline":
+            lib = "torch" if r["backend"] == "torch" else "onnxruntime"
+            assert r["ms_p10"] <= r["ms"] <= r["ms_p90"] and r["gflops"] > 0 and r["L"] == 25
+            assert r["of_peak"] == pytest.approx(r["gflops"] / peaks[lib]["gflops"])
+
+
+def test_bench_frame_dedup_rows(tmp_path):
+    proc = _run("bench_frame_dedup.py", "--preset", "tiny", "--duration", "2", "--iters", "1", "--warmup", "0",
+                "--threads", "1", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["variant"]: r for r in map(json.loads, (tmp_path / "frame_dedup.jsonl").read_text().splitlines())}
+    assert set(rows) == {"repeat", "dedup"}
+    assert rows["repeat"]["frames_encoded"] == rows["repeat"]["samples"] == rows["dedup"]["samples"] == 25
+    assert rows["dedup"]["frames_encoded"] == 16  # 2 s at 8 fps
+    assert all(r["features_identical"] and r["commit"] and r["device"] and r["ms"] > 0 for r in rows.values())

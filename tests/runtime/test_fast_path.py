@@ -8,8 +8,6 @@ import torch
 from sampler_oracle import oracle_sample, rel_err
 
 from v2m.core.bundle import load_config
-from v2m.models.bundle import bundle_config, load_component
-from v2m.models.vae import OobleckConfig, OobleckDecoder
 from v2m.runtime import sampler
 from v2m.runtime.backends import create_backend
 from v2m.runtime.backends.torch_backend import TorchBackend
@@ -17,8 +15,6 @@ from v2m.runtime.backends.torch_fast import (
     FastConfig,
     FastSampler,
     TorchFastBackend,
-    chunked_decode,
-    vae_receptive_field,
 )
 from v2m.runtime.backends.torch_step import DiTStepModel
 
@@ -183,44 +179,6 @@ def test_pipeline_fast_equals_eager(tiny_bundle, short_video):
                         cfg_scale=o.cfg_scale, curve_guidance=o.curve_guidance)
     assert rel_err(b.latents, ref[0]) < 1e-4
     np.testing.assert_allclose(a.audio, b.audio, atol=1e-4)
-
-
-# --- chunked VAE decode ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_vae(tiny_bundle):
-    return load_component(tiny_bundle, "vae", bundle_config("tiny"))
-
-
-@pytest.mark.parametrize("length,chunk", [(29, 10), (12, 5)])
-def test_chunked_decode_equals_full(tiny_vae, length, chunk):
-    z = torch.randn(1, tiny_vae.cfg.latent_channels, length, generator=torch.Generator().manual_seed(length))
-    with torch.inference_mode():
-        full = tiny_vae(z)
-    got = chunked_decode(tiny_vae, z, chunk)
-    assert got.shape == full.shape
-    # fp32: within the rounding of the full decode itself (~1e-4 from fp64 at |audio| ~ 0.6)
-    torch.testing.assert_close(got, full, atol=1e-4, rtol=0)
-
-
-@pytest.mark.parametrize("length,chunk", [(23, 8)])
-def test_chunked_decode_exact_in_fp64(tiny_bundle, length, chunk):
-    vae = load_component(tiny_bundle, "vae", bundle_config("tiny"), dtype=torch.float64)
-    z = torch.randn(1, vae.cfg.latent_channels, length, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    with torch.inference_mode():
-        full = vae(z)
-    torch.testing.assert_close(chunked_decode(vae, z, chunk).double(), full, atol=1e-7, rtol=0)
-
-
-def test_chunk_overlap_too_small_differs(tiny_vae):
-    z = torch.randn(1, tiny_vae.cfg.latent_channels, 30, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        full = tiny_vae(z)
-    assert not torch.allclose(chunked_decode(tiny_vae, z, 7, overlap=0), full, atol=1e-5)
-
-
-def test_receptive_field():
-    assert vae_receptive_field(OobleckConfig()) == 11
-    assert vae_receptive_field(OobleckDecoder(OobleckConfig(latent_channels=4, channels=2)).cfg) == 11
 
 
 # --- GPU only ----------------------------------------------------------------------------------
