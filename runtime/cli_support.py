@@ -176,6 +176,12 @@ CHECKS: dict[str, Check] = {
     "clips": _int_in(1, 1_000_000, "clips"),
     "clip_seconds": _number_in(0.0, MAX_CLIP_S, "clip length in seconds", lo_open=True),
     "threads": _int_in(1, 1024, "threads"),
+    "lr": _number_in(0.0, 1.0, "learning rate", lo_open=True),
+    "lora_rank": _int_in(0, 4096, "LoRA rank"),
+    "grad_accum": _int_in(1, 4096, "gradient accumulation"),
+    "clips_per_file": _int_in(1, 10_000, "clips per file"),
+    "eval_interval": _int_in(1, 10_000_000, "eval interval"),
+    "workers": _int_in(1, 64, "workers"),
 }
 
 

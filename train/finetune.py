@@ -1,0 +1,316 @@
+"""`v2m train finetune`: V2M-Zero's zero-pair fine-tune of a bundle on music alone, one readable loop.
+
+    v2m train finetune --base BUNDLE --audio FOLDER -o RUN [--steps N --batch-size B --lr LR --lora-rank R]
+    torchrun --nproc-per-node N -m v2m.train.finetune --base BUNDLE --audio FOLDER -o RUN ...   # DDP
+
+The paper (V2M-Zero) makes its model by fine-tuning a pretrained text-to-music DiT with one
+added input channel, the music event curve of the training music itself; at inference the
+video's curve takes its place. Here, for any family a bundle holds (v2m's DiT; Stable Audio
+Open 1.0, v-diffusion; SAO Small, rectified flow):
+
+1. prepare (`finetune_data`): latents (the bundle's VAE encoder), music curves (the bundle's
+   curve conventions) and text embeddings (once per caption), cached by content.
+2. the loop, nanoGPT's shape: the objective of the bundle's own sampler
+   (`v2m.runtime.sampler.training_pair`: input, time and target at a level from
+   `training_levels`); curve dropout (zeros: exactly what `--no-curve` feeds) and text
+   dropout (zero embeddings with the prompt's mask: the "null" branch of CFG); full
+   fine-tune or LoRA; AdamW, warm-up + cosine, gradient accumulation and clipping, EMA;
+   a fixed validation batch (loss with and without the curve); checkpoints that resume
+   exactly (every random draw of step s comes from (seed, s)); losses.png.
+3. RUN/bundle: an ordinary bundle (EMA weights, LoRA merged, fp16 by default).
+
+Under torchrun every rank draws the same global batch of step s and takes its slice, so the
+global batch, and the loss curve up to float rounding, is the same for any number of
+processes; DDP averages the gradients (gloo on CPU, NCCL on CUDA). Rank 0 prepares the data
+(the others wait), writes checkpoints, losses and the bundle.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from v2m.runtime.errors import InputError
+from v2m.runtime.sampler import training_levels, training_pair
+
+from . import common
+from .finetune_data import DataSettings, prepare
+from .finetune_model import Base, add_lora, merge_lora, text_key, write_bundle
+
+__all__ = ["FinetuneConfig", "finetune", "main"]
+
+log = logging.getLogger("v2m.train.finetune")
+
+
+@dataclass
+class FinetuneConfig:
+    steps: int = 2000
+    batch_size: int = 8  # the global batch: the same for any number of processes
+    grad_accum: int = 1  # micro-batches a step (each process): batch_size / (processes * grad_accum) each
+    lr: float = 1e-4
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    lora_rank: int = 0  # 0 = full fine-tune
+    lora_alpha: float | None = None  # default: the rank (scale 1)
+    curve_dropout: float = 0.1
+    text_dropout: float = 0.1
+    clip_seconds: float | None = None  # v2m family (SAO: its fixed length); default 10 s
+    clips_per_file: int = 4
+    eval_interval: int = 100
+    eval_clips: int = 4
+    checkpoint_interval: int = 100
+    dtype: str = "fp16"  # of the written bundle
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Text:
+    """The bundle's text encoder with the content key its cached embeddings go by."""
+
+    def __init__(self, base: Base):
+        from v2m.runtime.text import load_text_encoder
+
+        self.enc = load_text_encoder(base.bundle, base.cfg.text, base.cfg.text_dim)
+        self.key = text_key(base.bundle, base.cfg)
+
+    def encode(self, caption: str):
+        return self.enc.encode(caption)
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world size), initializing the process group under torchrun."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _batch(data, idx, rng, tc: FinetuneConfig, objective: str, seconds_names):
+    """Everything random of one global batch from `rng` (numpy): tensors in batch order."""
+    from v2m.runtime.sao import seconds_values
+
+    b = len(idx)
+    keep_curve = (rng.random(b) >= tc.curve_dropout).astype(np.float32)
+    keep_text = (rng.random(b) >= tc.text_dropout).astype(np.float32)
+    levels = training_levels(objective, rng, b)
+    t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
+    cid = data.caption_ids[idx]
+    seconds = np.stack([seconds_values(seconds_names, float(s)) for s in data.seconds[idx]]) if seconds_names \
+        else np.zeros((b, 0), np.float32)
+    return {"x": t(data.latents[idx]), "curve": t(data.curves[idx][:, None, :] * keep_curve[:, None, None]),
+            "text": t(data.text[cid] * keep_text[:, None, None]), "mask": t(data.text_mask[cid]),
+            "seconds": t(seconds), "levels": levels}
+
+
+def _loss(model, objective: str, batch: dict, noise: torch.Tensor, sl: slice = slice(None)) -> torch.Tensor:
+    """MSE between the model's output and the objective's target, on the rows `sl` of the batch."""
+    pair = training_pair(batch["levels"][sl], objective)
+    col = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)[:, None, None]
+    x, n = batch["x"][sl], noise[sl]
+    x_in = col(pair.in_data) * x + col(pair.in_noise) * n
+    target = col(pair.out_data) * x + col(pair.out_noise) * n
+    out = model(x_in, torch.as_tensor(pair.t_model, dtype=torch.float32), batch["text"][sl], batch["mask"][sl],
+                batch["curve"][sl], batch["seconds"][sl])
+    return F.mse_loss(out.float(), target)
+
+
+def _clip_frames(base: Base, tc: FinetuneConfig) -> int:
+    if base.clip_frames is not None:
+        return base.clip_frames
+    return max(4, round((tc.clip_seconds or 10.0) * base.cfg.latent_rate))
+
+
+def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, threads: int | None = None,
+             workers: int = 2, cache: str | Path | None = None, progress: bool = True,
+             stop_at: int | None = None) -> Path:
+    """Fine-tune (or resume) in `out_dir`; returns RUN/bundle (or the checkpoint when `stop_at` stops early)."""
+    rank, world = _dist()
+    base_dir, audio = Path(base_dir), Path(audio)
+    per_rank = tc.batch_size // (world * tc.grad_accum)
+    if per_rank < 1 or tc.batch_size % (world * tc.grad_accum):
+        raise InputError(f"--batch-size {tc.batch_size} must be a multiple of processes x --grad-accum "
+                         f"({world} x {tc.grad_accum})")
+    if not audio.is_dir():
+        raise InputError(f"--audio {audio}: no such folder")
+    if not (base_dir / "vae_encoder.safetensors").is_file():
+        from v2m.runtime.errors import BundleError
+
+        raise BundleError(f"{base_dir}: no VAE encoder (vae_encoder.safetensors), so music cannot be encoded to its "
+                          "latents; use a bundle made by `v2m init-model` or `v2m convert` (which carry it)")
+    out = common.check_workdir(out_dir, "finetune") if rank == 0 else Path(out_dir)
+    common.set_threads(threads)
+    t_start, cpu_start = time.perf_counter(), common.cpu_seconds()
+    base = Base(base_dir)
+    run = {"kind": "finetune", "seed": seed, "train": tc.to_dict(), "base": str(base_dir.resolve()),
+           "audio": str(audio.resolve()), "world": world}
+    import hashlib
+
+    enc_sha = hashlib.sha256((base_dir / "vae_encoder.safetensors").read_bytes()).hexdigest()[:16]
+    frames = _clip_frames(base, tc)
+    settings = DataSettings(base.cfg.audio.sample_rate, base.cfg.audio.hop_length, frames, base.cfg.latent_rate,
+                            base.cfg.curve.kernel, tc.clips_per_file, seed, enc_sha)
+    cache = Path(cache) if cache else out / "cache"
+    if rank == 0:  # prepare once; the other ranks read the finished cache
+        from v2m.runtime.music import AUDIO_SUFFIXES
+
+        files = sum(p.suffix.lower() in AUDIO_SUFFIXES for p in audio.iterdir()) if audio.is_dir() else 0
+        bar = common.Progress(files, 0, "prepare", enabled=progress, every=20)
+        data = prepare(audio, base_dir, cache, settings, _Text(base), workers, torch.get_num_threads(), bar.update)
+        bar.close()
+    _barrier(world)
+    if rank:
+        data = prepare(audio, base_dir, cache, settings, _Text(base), 1, torch.get_num_threads())
+    t_prep = time.perf_counter() - t_start
+
+    n = len(data.seconds)
+    n_eval = min(tc.eval_clips, max(1, n // 10))
+    eval_idx, train_idx = np.arange(n_eval), (np.arange(n_eval, n) if n > n_eval else np.arange(n))
+    torch.manual_seed(seed)
+    if tc.lora_rank:
+        trainable = add_lora(base.dit, tc.lora_rank, tc.lora_alpha, seed)
+    else:
+        trainable = sum(p.numel() for p in base.dit.parameters())
+    ema = copy.deepcopy(base.dit).requires_grad_(False)
+    params = [p for p in base.dit.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.99))
+    ckpt_path = out / "ckpt.pt"
+    states = {"model": base.dit, "ema": ema, "opt": opt}
+    step0, losses = common.resume(ckpt_path, run, states)
+    model = base
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(base)
+    if rank == 0:
+        (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+        log.info("finetune %s (%s, objective %s%s): %d clips of %d latent frames (%d held out), %d files skipped, "
+                 "%.2f M trainable parameters, %d process(es)", base_dir, base.family, base.objective,
+                 ", curve channel added" if base.added_curve else "", n, frames, n_eval, len(data.skipped),
+                 trainable / 1e6, world)
+
+    # The fixed validation batch: held-out clips, curve and text kept, fixed levels and noise.
+    vtc = FinetuneConfig(**{**tc.to_dict(), "curve_dropout": 0.0, "text_dropout": 0.0})
+    vb = _batch(data, eval_idx, common.step_rng(seed, 0, stream=7), vtc, base.objective, base_seconds(base))
+    vnoise = torch.randn(vb["x"].shape, generator=common.step_generator(seed, 0, stream=7))
+
+    bar = common.Progress(tc.steps, step0, "finetune", enabled=progress and rank == 0)
+    end = tc.steps if stop_at is None else min(stop_at, tc.steps)
+    for step in range(step0, end):
+        lr = common.cosine_lr(step, tc.steps, tc.lr, tc.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        rng = common.step_rng(seed, step)
+        idx = rng.choice(train_idx, size=tc.batch_size)
+        batch = _batch(data, idx, rng, tc, base.objective, base_seconds(base))
+        noise = torch.randn(batch["x"].shape, generator=common.step_generator(seed, step))
+        opt.zero_grad(set_to_none=True)
+        total = torch.zeros(())
+        for m in range(tc.grad_accum):  # this rank's rows of micro-batch m of the global batch
+            lo = (m * world + rank) * per_rank
+            sync = m + 1 == tc.grad_accum or world == 1
+            ctx = model.no_sync() if not sync else _nullcontext()
+            with ctx:
+                loss = _loss(model, base.objective, batch, noise, slice(lo, lo + per_rank)) / tc.grad_accum
+                loss.backward()
+            total += loss.detach()
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(total)
+            total /= world
+        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+        opt.step()
+        common.ema_update(ema, base.dit, min(tc.ema, (1 + step) / (10 + step)))
+        losses.add(step, {"loss": total.item()})
+        bar.update(step, f"loss {total.item():.4f}")
+
+        last = step + 1 == tc.steps
+        if rank == 0 and ((step + 1) % tc.eval_interval == 0 or last):
+            losses.add(step, _validate(base, ema, vb, vnoise), "eval")
+        if rank == 0 and ((step + 1) % tc.checkpoint_interval == 0 or last or step + 1 == end):
+            common.checkpoint(ckpt_path, run, states, step + 1, losses)
+            losses.save(out, f"finetune of {base_dir.name} ({base.objective}, seed {seed})")
+    bar.close()
+    result = ckpt_path
+    if rank == 0 and end == tc.steps:
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[tc.dtype]
+        result = write_bundle(out / "bundle", base, merge_lora(ema), base.cfg.curve.kernel, dtype,
+                              {"seed": str(seed), "base": base_dir.name})
+    if rank == 0:
+        timing = common.record_timing(out, time.perf_counter() - t_start, common.cpu_seconds() - cpu_start,
+                                      prepare_wall_s=round(t_prep, 1), threads=torch.get_num_threads(),
+                                      steps=[step0, end], processes=world)
+        report = {"data": {"clips": n, "files": len(set(data.files)), "captions": len(data.captions),
+                           "held_out_clips": int(n_eval), "clip_frames": frames, "skipped": data.skipped,
+                           "cache": str(cache)},
+                  "model": {"family": base.family, "objective": base.objective, "curve_channel_added": base.added_curve,
+                            "trainable_parameters": int(trainable), "lora_rank": tc.lora_rank},
+                  "curve_encoder": settings.curve_encoder, "timing": timing,
+                  "final_eval": {k: v[-1][1] for k, v in losses.eval.items()}}
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _barrier(world)
+    return Path(result)
+
+
+def base_seconds(base: Base) -> list[str]:
+    return base.seconds_names if base.family == "sao" else []
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+@torch.no_grad()
+def _validate(base: Base, ema, vb: dict, vnoise: torch.Tensor) -> dict[str, float]:
+    """The EMA model's loss on the fixed validation batch, with its curves and without (zeros)."""
+    trained = base.dit
+    base.dit = ema
+    try:
+        val = {"loss": _loss(base, base.objective, vb, vnoise).item()}
+        val["loss_no_curve"] = _loss(base, base.objective, {**vb, "curve": torch.zeros_like(vb["curve"])}, vnoise).item()
+    finally:
+        base.dit = trained
+    log.info("eval loss %.4f (without the curve %.4f)", val["loss"], val["loss_no_curve"])
+    return val
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m v2m.train.finetune` / torchrun: the CLI's `train finetune` options."""
+    import sys
+
+    from v2m.runtime.cli import main as cli_main
+
+    return cli_main(["train", "finetune", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
