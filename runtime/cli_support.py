@@ -84,8 +84,8 @@ Check = Callable[[Any], "str | None"]
 
 
 def flag(dest: str) -> str:
-    """The command-line spelling of an option's dest: cfg_scale -> --cfg-scale."""
-    return "--" + dest.replace("_", "-")
+    """The command-line spelling of an option's dest: cfg_scale -> --cfg-scale (train_steps: --steps)."""
+    return {"train_steps": "--steps"}.get(dest) or "--" + dest.replace("_", "-")
 
 
 def _sampler(field: str) -> Check:

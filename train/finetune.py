@@ -164,7 +164,7 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
     t_start, cpu_start = time.perf_counter(), common.cpu_seconds()
     base = Base(base_dir)
     run = {"kind": "finetune", "seed": seed, "train": tc.to_dict(), "base": str(base_dir.resolve()),
-           "audio": str(audio.resolve()), "world": world}
+           "audio": str(audio.resolve())}  # not the process count: a run may resume on another
     import hashlib
 
     enc_sha = hashlib.sha256((base_dir / "vae_encoder.safetensors").read_bytes()).hexdigest()[:16]
