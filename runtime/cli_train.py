@@ -113,10 +113,10 @@ def _add_finetune_parser(ts) -> None:
                       description="V2M-Zero's zero-pair fine-tune: the bundle's DiT learns to follow the music event "
                                   "curve of the training music (a zero-initialized curve channel is added where the "
                                   "model has none); the result is an ordinary bundle at OUTPUT/bundle. Runs under "
-                                  "torchrun for DDP (python -m v2m.train.finetune takes the same options).",
+                                  "torchrun for DDP: `torchrun --nproc-per-node N -m v2m.train.finetune` takes the same options.",
                       examples=["v2m train finetune --base sao-small-bundle --audio my_music/ -o runs/ft",
                                 "v2m train finetune --base demo-like-bundle --audio my_music/ -o runs/ft --lora-rank 16",
-                                "torchrun --nproc-per-node 2 -m v2m.train.finetune --base B --audio A -o runs/ft"])
+                                "v2m train finetune --base sao-bundle --audio my_music/ -o runs/ft --cache /shared/v2m-cache"])
     f.add_argument("-o", "--output", required=True, help="the run directory (resumes when rerun)")
     f.add_argument("--base", required=True, metavar="BUNDLE", help="the bundle to fine-tune (with a vae_encoder component)")
     f.add_argument("--audio", required=True, metavar="FOLDER",
