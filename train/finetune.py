@@ -95,8 +95,10 @@ def _dist() -> tuple[int, int]:
         return 0, 1
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if not dist.is_initialized():  # a long timeout: the other ranks wait while rank 0 prepares the data
+        from datetime import timedelta
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(hours=12))
     return dist.get_rank(), dist.get_world_size()
 
 
