@@ -72,6 +72,7 @@ class SamplerConfig:
 class CurveConfig:
     fps: float | None = None  # sampling rate of frames for the curve; None = latent rate
     kernel: int = 31  # Hann window (odd)
+    music: str = "logmel"  # the music encoder of the training curves (`v2m.runtime.music_encoders`)
 
 
 @dataclass
@@ -163,6 +164,10 @@ class BundleConfig:
         cfg.sampler, cfg.curve, cfg.audio = sampler, curve, audio
         if cfg.curve.kernel < 1 or cfg.curve.kernel % 2 == 0:
             raise BundleError(f"{where}: curve.kernel must be odd, got {cfg.curve.kernel}")
+        from .music_encoders import MUSIC_ENCODERS
+
+        if cfg.curve.music not in MUSIC_ENCODERS:
+            raise BundleError(f"{where}: curve.music must be one of {', '.join(MUSIC_ENCODERS)}, got {cfg.curve.music!r}")
         if cfg.family not in FAMILIES:
             raise BundleError(f"{where}: unknown model family {cfg.family!r}; this v2m knows {', '.join(FAMILIES)}")
         if (cfg.family == "sao") != (cfg.sao is not None):

@@ -404,17 +404,20 @@ def cmd_music_curve(args) -> int:
     from .bundle import load_config
     from .curves import curve_peaks, latent_length
     from .demo import resolve_model
-    from .music import MusicEncoder, load_audio, music_curve
+    from .music import load_audio
+    from .music_encoders import music_curve, music_encoder
 
     cfg = load_config(resolve_model(args.model))
     audio, sr = load_audio(args.video)
     duration = audio.shape[1] / sr
-    curve = music_curve(audio, sr, latent_length(duration, cfg.latent_rate), cfg.latent_rate, cfg.curve.kernel)
-    enc = MusicEncoder(sr)
+    enc = music_encoder(cfg.curve.music, sr)  # the encoder the bundle's training curves came from
+    curve = music_curve(cfg.curve.music, audio, sr, latent_length(duration, cfg.latent_rate), cfg.latent_rate,
+                        cfg.curve.kernel, encoder=enc)
     if args.json:
         print(json.dumps({
             "audio": str(args.video), "duration_s": duration, "curve_fps": enc.fps, "latent_rate": cfg.latent_rate,
-            "frames": int(audio.shape[1] // enc.hop + 1), "impl": "numpy", "encoder": "music",
+            "frames": int(audio.shape[1] // enc.hop + 1) if hasattr(enc, "hop") else int(audio.shape[1] * enc.fps / sr) + 1,
+            "impl": "numpy", "encoder": "music", "music_encoder": cfg.curve.music,
             "curve": [round(float(v), 6) for v in curve],
         }))
     else:

@@ -100,7 +100,8 @@ def cmd_train_finetune(args) -> int:
     tc = FinetuneConfig(steps=args.train_steps or defaults.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                         lr=args.lr, warmup=min(defaults.warmup, max(1, (args.train_steps or defaults.steps) // 10)),
                         lora_rank=args.lora_rank, clip_seconds=args.clip_seconds, clips_per_file=args.clips_per_file,
-                        eval_interval=args.eval_interval, checkpoint_interval=args.eval_interval, dtype=args.dtype)
+                        eval_interval=args.eval_interval, checkpoint_interval=args.eval_interval, dtype=args.dtype,
+                        curve_encoder=args.curve_encoder)
     path = finetune(args.output, base, args.audio, tc, seed=args.seed, threads=args.threads, workers=args.workers,
                     cache=args.cache, progress=not args.quiet)
     if path.name == "bundle":
@@ -133,6 +134,9 @@ def _add_finetune_parser(ts) -> None:
     f.add_argument("--cache", default=None, metavar="DIR", help="the prepared-data cache (default: OUTPUT/cache; "
                    "content-keyed, may be shared between runs and nodes)")
     f.add_argument("--workers", type=int, default=2, help="prepare worker processes")
+    f.add_argument("--curve-encoder", default="logmel", choices=["logmel", "basic-pitch"],
+                   help="the music encoder of the training curves, recorded in the bundle (basic-pitch: "
+                        "pip install --no-deps basic-pitch)")
     f.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="the written bundle's weights")
     f.add_argument("--seed", type=int, default=0, help="seed of the clips and the run, in [0, 2^63)")
     f.add_argument("--threads", type=int, default=2, help="torch threads, >= 1")

@@ -71,6 +71,7 @@ class FinetuneConfig:
     eval_clips: int = 4
     checkpoint_interval: int = 100
     dtype: str = "fp16"  # of the written bundle
+    curve_encoder: str = "logmel"  # the music encoder of the curves (`v2m.runtime.music_encoders`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -161,6 +162,10 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
 
         raise BundleError(f"{base_dir}: no VAE encoder (vae_encoder.safetensors), so music cannot be encoded to its "
                           "latents; use a bundle made by `v2m init-model` or `v2m convert` (which carry it)")
+    if tc.curve_encoder == "basic-pitch":
+        from v2m.runtime.music_encoders import basic_pitch_model
+
+        basic_pitch_model()  # one line if its model is missing, before any work
     out = common.check_workdir(out_dir, "finetune") if rank == 0 else Path(out_dir)
     common.set_threads(threads)
     t_start, cpu_start = time.perf_counter(), common.cpu_seconds()
@@ -172,7 +177,7 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
     enc_sha = hashlib.sha256((base_dir / "vae_encoder.safetensors").read_bytes()).hexdigest()[:16]
     frames = _clip_frames(base, tc)
     settings = DataSettings(base.cfg.audio.sample_rate, base.cfg.audio.hop_length, frames, base.cfg.latent_rate,
-                            base.cfg.curve.kernel, tc.clips_per_file, seed, enc_sha)
+                            base.cfg.curve.kernel, tc.clips_per_file, seed, enc_sha, tc.curve_encoder)
     cache = Path(cache) if cache else out / "cache"
     if rank == 0:  # prepare once; the other ranks read the finished cache
         from v2m.runtime.music import AUDIO_SUFFIXES
@@ -262,7 +267,7 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
     if rank == 0 and end == tc.steps:
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[tc.dtype]
         result = write_bundle(out / "bundle", base, merge_lora(ema), base.cfg.curve.kernel, dtype,
-                              {"seed": str(seed), "base": base_dir.name})
+                              {"seed": str(seed), "base": base_dir.name}, music=tc.curve_encoder)
     if rank == 0:
         timing = common.record_timing(out, time.perf_counter() - t_start, common.cpu_seconds() - cpu_start,
                                       prepare_wall_s=round(t_prep, 1), threads=torch.get_num_threads(),

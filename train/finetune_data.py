@@ -11,8 +11,9 @@ with silence, whose true length is its `seconds_total` (SAO's seconds conditioni
 
 `prepare` runs in worker processes (at most `workers`), one file a task, and writes per file
 `CACHE/clips/<key>.npz`: latents [K, C, L] (the VAE encoder's posterior mean), music curves
-[K, L] (`v2m.runtime.music.music_curve` of the clip's audio in the bundle's curve conventions:
-what `v2m curve music.wav` computes), seconds [K]. The key hashes the file's bytes and every
+[K, L] (`v2m.runtime.music_encoders.music_curve` of the clip's audio with the chosen music
+encoder, in the bundle's curve conventions: what `v2m curve music.wav -m RUN/bundle` computes),
+seconds [K]. The key hashes the file's bytes and every
 setting the result depends on (encoder weights, clip length, rate, kernel, seed), so a rerun
 skips what is done and a shared cache serves any run of the same settings. Text embeddings are
 made once per caption (`CACHE/text/<sha>.npz`). An unreadable file is skipped and named.
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from v2m.runtime import music
+from v2m.runtime import music, music_encoders
 from v2m.runtime.errors import InputError
 
 __all__ = ["DataSettings", "Prepared", "read_captions", "tag_caption", "prepare", "load_cache"]
@@ -49,7 +50,7 @@ class DataSettings:
     clips_per_file: int
     seed: int
     encoder_sha: str  # the VAE encoder weights'
-    curve_encoder: str = "music-logmel"  # `v2m.runtime.music.MusicEncoder`
+    curve_encoder: str = "logmel"  # `v2m.runtime.music_encoders`: logmel or basic-pitch
 
     def key(self, content_sha: str) -> str:
         blob = json.dumps({"file": content_sha, **asdict(self)}, sort_keys=True).encode()
@@ -122,7 +123,8 @@ def tag_caption(path: Path) -> str:
 
 
 # --- the worker ---------------------------------------------------------------------------------
-_ENCODER = None
+_ENCODER = None  # the VAE encoder of a worker process
+_MUSIC = {}  # its music encoders by kind (a pretrained one loads once)
 
 
 def _init_worker(bundle: str, sample_rate: int, threads: int) -> None:
@@ -133,6 +135,7 @@ def _init_worker(bundle: str, sample_rate: int, threads: int) -> None:
 
     torch.set_num_threads(threads)
     _ENCODER = load_vae_encoder(bundle, sample_rate)
+    _MUSIC.clear()
 
 
 def _clip_offsets(total: int, size: int, count: int, seed: int, content_sha: str) -> list[int]:
@@ -167,7 +170,10 @@ def _prepare_file(task: tuple) -> tuple[str, str, str | None]:
         with torch.no_grad():
             z = _ENCODER.encode(torch.from_numpy(np.ascontiguousarray(clip))[None])[0, :, : s.clip_frames]
         lat.append(z.numpy())
-        crv.append(music.music_curve(clip, s.sample_rate, s.clip_frames, s.latent_rate, s.kernel))
+        if s.curve_encoder not in _MUSIC:
+            _MUSIC[s.curve_encoder] = music_encoders.music_encoder(s.curve_encoder, s.sample_rate)
+        crv.append(music_encoders.music_curve(s.curve_encoder, clip, s.sample_rate, s.clip_frames, s.latent_rate,
+                                              s.kernel, encoder=_MUSIC[s.curve_encoder]))
         sec.append(n / s.sample_rate)
         offs.append(off)
     tmp = out_dir / f".{key}.{os.getpid()}.tmp.npz"

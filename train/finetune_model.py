@@ -136,7 +136,8 @@ def text_key(bundle: Path, cfg: BundleConfig) -> str:
 _NOT_COPIED = {"dit.safetensors", "config.json", "manifest.json", "onnx"}
 
 
-def write_bundle(out: Path, base: Base, dit: nn.Module, kernel: int, dtype: torch.dtype, meta: dict) -> Path:
+def write_bundle(out: Path, base: Base, dit: nn.Module, kernel: int, dtype: torch.dtype, meta: dict,
+                 music: str = "logmel") -> Path:
     """An ordinary bundle: the base's files, this DiT (LoRA merged, `dtype`), its config; written beside
     `out` and renamed (never half-written). The base's exported graphs are not copied (other weights)."""
     out = Path(out)
@@ -153,7 +154,7 @@ def write_bundle(out: Path, base: Base, dit: nn.Module, kernel: int, dtype: torc
         d = base.cfg.to_dict()
         d["dit"] = dit.cfg.to_dict()
         d["preset"] = "finetuned"
-        d["curve"] = {**d["curve"], "kernel": int(kernel)}
+        d["curve"] = {**d["curve"], "kernel": int(kernel), "music": music}  # `v2m curve music.wav` reads it
         BundleConfig.from_dict(d).save(tmp)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)

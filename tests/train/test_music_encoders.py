@@ -1,0 +1,71 @@
+"""Music encoders of the curves: Basic Pitch's activations where they should be, and `v2m curve music.wav`
+reproducing a fine-tune's cached curves with the encoder its bundle records."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from v2m.runtime.cli import main
+from v2m.runtime.media import write_audio
+
+SR = 44100
+
+
+def _has_basic_pitch() -> bool:
+    from v2m.runtime.errors import InputError
+    from v2m.runtime.music_encoders import basic_pitch_model
+
+    try:
+        basic_pitch_model()
+        return True
+    except InputError:
+        return False
+
+
+needs_bp = pytest.mark.skipif(not _has_basic_pitch(), reason="basic-pitch (nmp.onnx) is not installed")
+
+
+@needs_bp
+def test_basic_pitch_finds_the_notes():
+    from v2m.runtime.music_encoders import BasicPitchEncoder
+
+    t = np.arange(int(5.0 * SR)) / SR
+    a = 0.3 * np.sin(2 * np.pi * np.where(t < 3.0, 220.0, 440.0) * t)  # A3, then A4 at 3 s
+    act = BasicPitchEncoder(SR).activations(np.stack([a, a]).astype(np.float32))
+    n22 = int(5.0 * 22050)
+    assert act["note"].shape == (int(np.floor(n22 * 86 / 22050)), 88) and act["contour"].shape[1] == 264
+    fps = 86
+    keys = act["note"].argmax(axis=1)  # key k is 27.5 * 2^(k / 12) Hz: A3 = 36, A4 = 48
+    assert np.mean(keys[int(0.5 * fps) : int(2.5 * fps)] == 36) > 0.9
+    assert np.mean(keys[int(3.5 * fps) : int(4.8 * fps)] == 48) > 0.9  # past the first window: the join is right
+
+
+@pytest.mark.parametrize("kind", ["logmel", pytest.param("basic-pitch", marks=needs_bp)])
+def test_v2m_curve_reproduces_the_training_curves(kind, tmp_path, capsys):
+    from v2m.models.bundle import init_bundle
+    from v2m.runtime.bundle import load_config
+    from v2m.train.finetune import FinetuneConfig, finetune
+
+    base = init_bundle("tiny", tmp_path / "base", encoder="cut")
+    cfg = load_config(base)
+    music = tmp_path / "music"
+    music.mkdir()
+    n = 12 * cfg.audio.hop_length  # one clip of 12 latent frames exactly: its curve is the file's
+    rng = np.random.default_rng(0)
+    a = (0.2 * np.sin(2 * np.pi * 330 * np.arange(n) / SR) * (np.arange(n) > n // 2)
+         + 0.01 * rng.standard_normal(n)).astype(np.float32)
+    write_audio(music / "clip.wav", np.stack([a, a]), SR)
+    tc = FinetuneConfig(steps=1, batch_size=1, warmup=1, clip_seconds=12 / cfg.latent_rate, clips_per_file=1,
+                        eval_interval=1, checkpoint_interval=1, eval_clips=1, curve_encoder=kind)
+    bundle = finetune(tmp_path / "run", base, music, tc, workers=1, progress=False)
+    assert load_config(bundle).curve.music == kind
+    (entry,) = (tmp_path / "run" / "cache" / "clips").glob("*.npz")
+    cached = np.load(entry)["curves"][0]
+    capsys.readouterr()
+    assert main(["curve", str(music / "clip.wav"), "-m", str(bundle), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["music_encoder"] == kind
+    np.testing.assert_allclose(shown["curve"], cached, atol=2e-6)
