@@ -101,9 +101,9 @@ def cmd_train_finetune(args) -> int:
                         lr=args.lr, warmup=min(defaults.warmup, max(1, (args.train_steps or defaults.steps) // 10)),
                         lora_rank=args.lora_rank, clip_seconds=args.clip_seconds, clips_per_file=args.clips_per_file,
                         eval_interval=args.eval_interval, checkpoint_interval=args.eval_interval, dtype=args.dtype,
-                        curve_encoder=args.curve_encoder)
+                        curve_encoder=args.curve_encoder, activation_checkpointing=args.activation_checkpointing)
     path = finetune(args.output, base, args.audio, tc, seed=args.seed, threads=args.threads, workers=args.workers,
-                    cache=args.cache, progress=not args.quiet)
+                    cache=args.cache, progress=not args.quiet, device=args.device)
     if path.name == "bundle":
         print(f"wrote bundle {path} (losses in {path.parent / 'losses.png'}, report in {path.parent / 'report.json'})")
     return 0
@@ -138,6 +138,10 @@ def _add_finetune_parser(ts) -> None:
                    help="the music encoder of the training curves, recorded in the bundle (basic-pitch: "
                         "pip install --no-deps basic-pitch)")
     f.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="the written bundle's weights")
+    f.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA: bf16 autocast; under torchrun "
+                   "each process takes its LOCAL_RANK GPU)")
+    f.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each transformer block's activations in backward (less memory)")
     f.add_argument("--seed", type=int, default=0, help="seed of the clips and the run, in [0, 2^63)")
     f.add_argument("--threads", type=int, default=2, help="torch threads, >= 1")
     f.add_argument("--quiet", "-q", action="store_true", help="no progress bars")

@@ -27,7 +27,9 @@ processes; DDP averages the gradients (gloo on CPU, NCCL on CUDA). Rank 0 prepar
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import json
 import logging
 import os
@@ -72,6 +74,7 @@ class FinetuneConfig:
     checkpoint_interval: int = 100
     dtype: str = "fp16"  # of the written bundle
     curve_encoder: str = "logmel"  # the music encoder of the curves (`v2m.runtime.music_encoders`)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (big models)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,15 +130,16 @@ def _batch(data, idx, rng, tc: FinetuneConfig, objective: str, seconds_names):
             "seconds": t(seconds), "levels": levels}
 
 
-def _loss(model, objective: str, batch: dict, noise: torch.Tensor, sl: slice = slice(None)) -> torch.Tensor:
+def _loss(model, objective: str, batch: dict, noise: torch.Tensor, sl: slice = slice(None),
+          device: torch.device | str = "cpu") -> torch.Tensor:
     """MSE between the model's output and the objective's target, on the rows `sl` of the batch."""
     pair = training_pair(batch["levels"][sl], objective)
-    col = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)[:, None, None]
-    x, n = batch["x"][sl], noise[sl]
+    on = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32).to(device)
+    col = lambda a: on(a)[:, None, None]
+    x, n = batch["x"][sl].to(device), noise[sl].to(device)
     x_in = col(pair.in_data) * x + col(pair.in_noise) * n
     target = col(pair.out_data) * x + col(pair.out_noise) * n
-    out = model(x_in, torch.as_tensor(pair.t_model, dtype=torch.float32), batch["text"][sl], batch["mask"][sl],
-                batch["curve"][sl], batch["seconds"][sl])
+    out = model(x_in, on(pair.t_model), *(batch[k][sl].to(device) for k in ("text", "mask", "curve", "seconds")))
     return F.mse_loss(out.float(), target)
 
 
@@ -145,12 +149,8 @@ def _clip_frames(base: Base, tc: FinetuneConfig) -> int:
     return max(4, round((tc.clip_seconds or 10.0) * base.cfg.latent_rate))
 
 
-def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, threads: int | None = None,
-             workers: int = 2, cache: str | Path | None = None, progress: bool = True,
-             stop_at: int | None = None) -> Path:
-    """Fine-tune (or resume) in `out_dir`; returns RUN/bundle (or the checkpoint when `stop_at` stops early)."""
-    rank, world = _dist()
-    base_dir, audio = Path(base_dir), Path(audio)
+def _check_inputs(base_dir: Path, audio: Path, tc: FinetuneConfig, world: int) -> int:
+    """Everything knowable before work, one line each; returns the rows a process runs per micro-batch."""
     per_rank = tc.batch_size // (world * tc.grad_accum)
     if per_rank < 1 or tc.batch_size % (world * tc.grad_accum):
         raise InputError(f"--batch-size {tc.batch_size} must be a multiple of processes x --grad-accum "
@@ -165,49 +165,97 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
     if tc.curve_encoder == "basic-pitch":
         from v2m.runtime.music_encoders import basic_pitch_model
 
-        basic_pitch_model()  # one line if its model is missing, before any work
-    out = common.check_workdir(out_dir, "finetune") if rank == 0 else Path(out_dir)
-    common.set_threads(threads)
-    t_start, cpu_start = time.perf_counter(), common.cpu_seconds()
-    base = Base(base_dir)
-    run = {"kind": "finetune", "seed": seed, "train": tc.to_dict(), "base": str(base_dir.resolve()),
-           "audio": str(audio.resolve())}  # not the process count: a run may resume on another
+        basic_pitch_model()  # one line if its model is missing
+    return per_rank
+
+
+def _prepare_data(base: Base, audio: Path, cache: Path, tc: FinetuneConfig, seed: int, workers: int,
+                  rank: int, world: int, progress: bool):
+    """Rank 0 fills the cache (workers); the other ranks then read it. Returns (data, settings)."""
     import hashlib
 
-    enc_sha = hashlib.sha256((base_dir / "vae_encoder.safetensors").read_bytes()).hexdigest()[:16]
-    frames = _clip_frames(base, tc)
-    settings = DataSettings(base.cfg.audio.sample_rate, base.cfg.audio.hop_length, frames, base.cfg.latent_rate,
-                            base.cfg.curve.kernel, tc.clips_per_file, seed, enc_sha, tc.curve_encoder)
-    cache = Path(cache) if cache else out / "cache"
-    if rank == 0:  # prepare once; the other ranks read the finished cache
-        from v2m.runtime.music import AUDIO_SUFFIXES
+    from v2m.runtime.music import AUDIO_SUFFIXES
 
-        files = sum(p.suffix.lower() in AUDIO_SUFFIXES for p in audio.iterdir()) if audio.is_dir() else 0
+    enc_sha = hashlib.sha256((base.bundle / "vae_encoder.safetensors").read_bytes()).hexdigest()[:16]
+    cfg = base.cfg
+    settings = DataSettings(cfg.audio.sample_rate, cfg.audio.hop_length, _clip_frames(base, tc), cfg.latent_rate,
+                            cfg.curve.kernel, tc.clips_per_file, seed, enc_sha, tc.curve_encoder)
+    data = None
+    if rank == 0:
+        files = sum(p.suffix.lower() in AUDIO_SUFFIXES for p in audio.iterdir())
         bar = common.Progress(files, 0, "prepare", enabled=progress, every=20)
-        data = prepare(audio, base_dir, cache, settings, _Text(base), workers, torch.get_num_threads(), bar.update)
+        data = prepare(audio, base.bundle, cache, settings, _Text(base), workers, torch.get_num_threads(), bar.update)
         bar.close()
     _barrier(world)
     if rank:
-        data = prepare(audio, base_dir, cache, settings, _Text(base), 1, torch.get_num_threads())
-    t_prep = time.perf_counter() - t_start
+        data = prepare(audio, base.bundle, cache, settings, _Text(base), 1, torch.get_num_threads())
+    return data, settings
 
-    n = len(data.seconds)
-    n_eval = min(tc.eval_clips, max(1, n // 10))
-    eval_idx, train_idx = np.arange(n_eval), (np.arange(n_eval, n) if n > n_eval else np.arange(n))
+
+def _make_trainable(base: Base, tc: FinetuneConfig, seed: int):
+    """LoRA (or not), the EMA copy, AdamW (decay on matrices). Returns (trainable count, ema, params, opt)."""
     torch.manual_seed(seed)
     if tc.lora_rank:
         trainable = add_lora(base.dit, tc.lora_rank, tc.lora_alpha, seed)
     else:
         trainable = sum(p.numel() for p in base.dit.parameters())
     ema = copy.deepcopy(base.dit).requires_grad_(False)
+    if tc.activation_checkpointing:  # after the EMA copy: the EMA never runs backward
+        _checkpoint_blocks(base.dit)
     params = [p for p in base.dit.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": tc.weight_decay},
+                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                            lr=tc.lr, betas=(0.9, 0.99))
+    return trainable, ema, params, opt
+
+
+def _checkpoint_blocks(dit: torch.nn.Module) -> None:
+    """Activation checkpointing per transformer block: its activations are recomputed in backward.
+    The forward is rebound on the instance, so parameter names (and checkpoints) stay the same."""
+    from torch.utils.checkpoint import checkpoint
+
+    for blk in dit.blocks:
+        blk.forward = functools.partial(checkpoint, blk.forward, use_reentrant=False)
+
+
+def _device(name: str, world: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda" and world > 1:  # one GPU a process
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, threads: int | None = None,
+             workers: int = 2, cache: str | Path | None = None, progress: bool = True,
+             stop_at: int | None = None, device: str = "cpu") -> Path:
+    """Fine-tune (or resume) in `out_dir`; returns RUN/bundle (or the checkpoint when `stop_at` stops early)."""
+    rank, world = _dist()
+    base_dir, audio = Path(base_dir), Path(audio)
+    per_rank = _check_inputs(base_dir, audio, tc, world)
+    out = common.check_workdir(out_dir, "finetune") if rank == 0 else Path(out_dir)
+    common.set_threads(threads)
+    t_start, cpu_start = time.perf_counter(), common.cpu_seconds()
+    base = Base(base_dir)
+    run = {"kind": "finetune", "seed": seed, "train": tc.to_dict(), "base": str(base_dir.resolve()),
+           "audio": str(audio.resolve())}  # not the process count or device: a run may resume on others
+    cache = Path(cache) if cache else out / "cache"
+    data, settings = _prepare_data(base, audio, cache, tc, seed, workers, rank, world, progress)
+    t_prep = time.perf_counter() - t_start
+    n = len(data.seconds)
+    n_eval = min(tc.eval_clips, max(1, n // 10))
+    eval_idx, train_idx = np.arange(n_eval), (np.arange(n_eval, n) if n > n_eval else np.arange(n))
+
+    trainable, ema, params, opt = _make_trainable(base, tc, seed)
     ckpt_path = out / "ckpt.pt"
     states = {"model": base.dit, "ema": ema, "opt": opt}
     step0, losses = common.resume(ckpt_path, run, states)
+    dev = _device(device, world)
+    base.to(dev)
+    ema.to(dev)
     model = base
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -216,9 +264,11 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
     if rank == 0:
         (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
         log.info("finetune %s (%s, objective %s%s): %d clips of %d latent frames (%d held out), %d files skipped, "
-                 "%.2f M trainable parameters, %d process(es)", base_dir, base.family, base.objective,
-                 ", curve channel added" if base.added_curve else "", n, frames, n_eval, len(data.skipped),
-                 trainable / 1e6, world)
+                 "%.2f M trainable parameters, %d process(es) on %s", base_dir, base.family, base.objective,
+                 ", curve channel added" if base.added_curve else "", n, settings.clip_frames, n_eval,
+                 len(data.skipped), trainable / 1e6, world, dev)
+    # bf16 autocast on CUDA (the weights and the optimizer stay fp32); fp32 on the CPU
+    autocast = lambda: torch.autocast("cuda", torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
 
     # The fixed validation batch: held-out clips, curve and text kept, fixed levels and noise.
     vtc = FinetuneConfig(**{**tc.to_dict(), "curve_dropout": 0.0, "text_dropout": 0.0})
@@ -231,18 +281,17 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
         lr = common.cosine_lr(step, tc.steps, tc.lr, tc.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
-        rng = common.step_rng(seed, step)
-        idx = rng.choice(train_idx, size=tc.batch_size)
-        batch = _batch(data, idx, rng, tc, base.objective, base_seconds(base))
+        rng = common.step_rng(seed, step)  # everything random of step s comes from (seed, s)
+        batch = _batch(data, rng.choice(train_idx, size=tc.batch_size), rng, tc, base.objective, base_seconds(base))
         noise = torch.randn(batch["x"].shape, generator=common.step_generator(seed, step))
         opt.zero_grad(set_to_none=True)
-        total = torch.zeros(())
-        for m in range(tc.grad_accum):  # this rank's rows of micro-batch m of the global batch
-            lo = (m * world + rank) * per_rank
+        total = torch.zeros((), device=dev)
+        for m in range(tc.grad_accum):  # this process's rows of micro-batch m of the global batch
+            rows = slice((m * world + rank) * per_rank, (m * world + rank + 1) * per_rank)
             sync = m + 1 == tc.grad_accum or world == 1
-            ctx = model.no_sync() if not sync else _nullcontext()
-            with ctx:
-                loss = _loss(model, base.objective, batch, noise, slice(lo, lo + per_rank)) / tc.grad_accum
+            with contextlib.nullcontext() if sync else model.no_sync():  # DDP reduces at the last backward
+                with autocast():
+                    loss = _loss(model, base.objective, batch, noise, rows, dev) / tc.grad_accum
                 loss.backward()
             total += loss.detach()
         if world > 1:
@@ -258,7 +307,8 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
 
         last = step + 1 == tc.steps
         if rank == 0 and ((step + 1) % tc.eval_interval == 0 or last):
-            losses.add(step, _validate(base, ema, vb, vnoise), "eval")
+            with autocast():
+                losses.add(step, _validate(base, ema, vb, vnoise, dev), "eval")
         if rank == 0 and ((step + 1) % tc.checkpoint_interval == 0 or last or step + 1 == end):
             common.checkpoint(ckpt_path, run, states, step + 1, losses)
             losses.save(out, f"finetune of {base_dir.name} ({base.objective}, seed {seed})")
@@ -266,44 +316,43 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
     result = ckpt_path
     if rank == 0 and end == tc.steps:
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[tc.dtype]
-        result = write_bundle(out / "bundle", base, merge_lora(ema), base.cfg.curve.kernel, dtype,
+        result = write_bundle(out / "bundle", base, merge_lora(ema.cpu()), base.cfg.curve.kernel, dtype,
                               {"seed": str(seed), "base": base_dir.name}, music=tc.curve_encoder)
     if rank == 0:
         timing = common.record_timing(out, time.perf_counter() - t_start, common.cpu_seconds() - cpu_start,
                                       prepare_wall_s=round(t_prep, 1), threads=torch.get_num_threads(),
-                                      steps=[step0, end], processes=world)
-        report = {"data": {"clips": n, "files": len(set(data.files)), "captions": len(data.captions),
-                           "held_out_clips": int(n_eval), "clip_frames": frames, "skipped": data.skipped,
-                           "cache": str(cache)},
-                  "model": {"family": base.family, "objective": base.objective, "curve_channel_added": base.added_curve,
-                            "trainable_parameters": int(trainable), "lora_rank": tc.lora_rank},
-                  "curve_encoder": settings.curve_encoder, "timing": timing,
-                  "final_eval": {k: v[-1][1] for k, v in losses.eval.items()}}
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+                                      steps=[step0, end], processes=world, device=str(dev))
+        _report(out, data, settings, base, tc, trainable, n_eval, cache, timing, losses)
     _barrier(world)
     return Path(result)
+
+
+def _report(out: Path, data, settings, base: Base, tc: FinetuneConfig, trainable: int, n_eval: int, cache: Path,
+            timing: dict, losses) -> None:
+    """RUN/report.json: the data summary (skipped files and why), the model, the times, the last validation."""
+    report = {"data": {"clips": len(data.seconds), "files": len(set(data.files)), "captions": len(data.captions),
+                       "held_out_clips": int(n_eval), "clip_frames": settings.clip_frames, "skipped": data.skipped,
+                       "cache": str(cache)},
+              "model": {"family": base.family, "objective": base.objective, "curve_channel_added": base.added_curve,
+                        "trainable_parameters": int(trainable), "lora_rank": tc.lora_rank},
+              "curve_encoder": settings.curve_encoder, "timing": timing,
+              "final_eval": {k: v[-1][1] for k, v in losses.eval.items()}}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def base_seconds(base: Base) -> list[str]:
     return base.seconds_names if base.family == "sao" else []
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 @torch.no_grad()
-def _validate(base: Base, ema, vb: dict, vnoise: torch.Tensor) -> dict[str, float]:
+def _validate(base: Base, ema, vb: dict, vnoise: torch.Tensor, device="cpu") -> dict[str, float]:
     """The EMA model's loss on the fixed validation batch, with its curves and without (zeros)."""
     trained = base.dit
     base.dit = ema
     try:
-        val = {"loss": _loss(base, base.objective, vb, vnoise).item()}
-        val["loss_no_curve"] = _loss(base, base.objective, {**vb, "curve": torch.zeros_like(vb["curve"])}, vnoise).item()
+        val = {"loss": _loss(base, base.objective, vb, vnoise, device=device).item()}
+        no_curve = {**vb, "curve": torch.zeros_like(vb["curve"])}  # exactly what --no-curve feeds
+        val["loss_no_curve"] = _loss(base, base.objective, no_curve, vnoise, device=device).item()
     finally:
         base.dit = trained
     log.info("eval loss %.4f (without the curve %.4f)", val["loss"], val["loss_no_curve"])

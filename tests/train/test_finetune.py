@@ -210,3 +210,17 @@ def test_two_processes_follow_one(music, base, cache, tmp_path):
     np.testing.assert_allclose([v for _, v in ddp["train"]["loss"]], [v for _, v in one["train"]["loss"]], rtol=1e-5)
     assert json.loads((tmp_path / "ddp" / "report.json").read_text())["timing"]["runs"][0]["processes"] == 2
     assert (tmp_path / "ddp" / "bundle" / "dit.safetensors").is_file()
+
+
+def test_activation_checkpointing_keeps_the_run(music, base, cache, tmp_path):
+    """Recomputing the blocks' activations in backward changes memory, not the weights."""
+    from v2m.train.common import load_checkpoint
+    from v2m.train.finetune import finetune
+
+    for name, ac in (("plain", False), ("ckpt", True)):
+        finetune(tmp_path / name, base, music, _tc(steps=2, activation_checkpointing=ac), workers=1, cache=cache,
+                 progress=False)
+    a, b = (load_checkpoint(tmp_path / r / "ckpt.pt")["model"] for r in ("plain", "ckpt"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
