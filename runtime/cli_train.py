@@ -101,7 +101,8 @@ def cmd_train_finetune(args) -> int:
                         lr=args.lr, warmup=min(defaults.warmup, max(1, (args.train_steps or defaults.steps) // 10)),
                         lora_rank=args.lora_rank, clip_seconds=args.clip_seconds, clips_per_file=args.clips_per_file,
                         eval_interval=args.eval_interval, checkpoint_interval=args.eval_interval, dtype=args.dtype,
-                        curve_encoder=args.curve_encoder, activation_checkpointing=args.activation_checkpointing)
+                        curve_encoder=args.curve_encoder, activation_checkpointing=args.activation_checkpointing,
+                        fsdp=args.fsdp)
     path = finetune(args.output, base, args.audio, tc, seed=args.seed, threads=args.threads, workers=args.workers,
                     cache=args.cache, progress=not args.quiet, device=args.device)
     if path.name == "bundle":
@@ -142,6 +143,8 @@ def _add_finetune_parser(ts) -> None:
                    "each process takes its LOCAL_RANK GPU)")
     f.add_argument("--activation-checkpointing", action="store_true",
                    help="recompute each transformer block's activations in backward (less memory)")
+    f.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the DiT, its EMA and the optimizer state over the processes (FSDP2)")
     f.add_argument("--seed", type=int, default=0, help="seed of the clips and the run, in [0, 2^63)")
     f.add_argument("--threads", type=int, default=2, help="torch threads, >= 1")
     f.add_argument("--quiet", "-q", action="store_true", help="no progress bars")

@@ -75,6 +75,7 @@ class FinetuneConfig:
     dtype: str = "fp16"  # of the written bundle
     curve_encoder: str = "logmel"  # the music encoder of the curves (`v2m.runtime.music_encoders`)
     activation_checkpointing: bool = False  # recompute each block's activations in backward (big models)
+    fsdp: bool = False  # under torchrun: shard the DiT, its EMA and the optimizer state (FSDP2)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -192,21 +193,29 @@ def _prepare_data(base: Base, audio: Path, cache: Path, tc: FinetuneConfig, seed
     return data, settings
 
 
-def _make_trainable(base: Base, tc: FinetuneConfig, seed: int):
-    """LoRA (or not), the EMA copy, AdamW (decay on matrices). Returns (trainable count, ema, params, opt)."""
+def _make_trainable(base: Base, tc: FinetuneConfig, seed: int, dev: torch.device, fsdp: bool):
+    """LoRA (or not), the model on `dev`, the EMA copy, FSDP2 shards, AdamW (decay on matrices).
+    Returns (trainable count, ema, params, opt, template: an unsharded EMA to gather into, or None)."""
     torch.manual_seed(seed)
     if tc.lora_rank:
         trainable = add_lora(base.dit, tc.lora_rank, tc.lora_alpha, seed)
     else:
         trainable = sum(p.numel() for p in base.dit.parameters())
+    base.to(dev)
     ema = copy.deepcopy(base.dit).requires_grad_(False)
     if tc.activation_checkpointing:  # after the EMA copy: the EMA never runs backward
         _checkpoint_blocks(base.dit)
+    template = None
+    if fsdp:
+        from .finetune_fsdp import shard
+
+        template = copy.deepcopy(ema).cpu()
+        shard(base.dit, ema)
     params = [p for p in base.dit.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": tc.weight_decay},
                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
                             lr=tc.lr, betas=(0.9, 0.99))
-    return trainable, ema, params, opt
+    return trainable, ema, params, opt, template
 
 
 def _checkpoint_blocks(dit: torch.nn.Module) -> None:
@@ -240,8 +249,9 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
     common.set_threads(threads)
     t_start, cpu_start = time.perf_counter(), common.cpu_seconds()
     base = Base(base_dir)
-    run = {"kind": "finetune", "seed": seed, "train": tc.to_dict(), "base": str(base_dir.resolve()),
-           "audio": str(audio.resolve())}  # not the process count or device: a run may resume on others
+    # Not the process count, device, sharding or recomputation: a run may resume under other ones.
+    train = {k: v for k, v in tc.to_dict().items() if k not in ("fsdp", "activation_checkpointing")}
+    run = {"kind": "finetune", "seed": seed, "train": train, "base": str(base_dir.resolve()), "audio": str(audio.resolve())}
     cache = Path(cache) if cache else out / "cache"
     data, settings = _prepare_data(base, audio, cache, tc, seed, workers, rank, world, progress)
     t_prep = time.perf_counter() - t_start
@@ -249,15 +259,18 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
     n_eval = min(tc.eval_clips, max(1, n // 10))
     eval_idx, train_idx = np.arange(n_eval), (np.arange(n_eval, n) if n > n_eval else np.arange(n))
 
-    trainable, ema, params, opt = _make_trainable(base, tc, seed)
+    dev = _device(device, world)
+    fsdp = tc.fsdp and world > 1
+    trainable, ema, params, opt, template = _make_trainable(base, tc, seed, dev, fsdp)
     ckpt_path = out / "ckpt.pt"
     states = {"model": base.dit, "ema": ema, "opt": opt}
+    if fsdp:  # checkpoints hold full state dicts, gathered by every process
+        from .finetune_fsdp import FullState, Snapshot
+
+        states = {"model": FullState(base.dit), "ema": FullState(ema), "opt": FullState(base.dit, opt)}
     step0, losses = common.resume(ckpt_path, run, states)
-    dev = _device(device, world)
-    base.to(dev)
-    ema.to(dev)
     model = base
-    if world > 1:
+    if world > 1 and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(base)
@@ -306,22 +319,30 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
         bar.update(step, f"loss {total.item():.4f}")
 
         last = step + 1 == tc.steps
-        if rank == 0 and ((step + 1) % tc.eval_interval == 0 or last):
+        if (step + 1) % tc.eval_interval == 0 or last:  # every process (a sharded forward is collective)
             with autocast():
                 losses.add(step, _validate(base, ema, vb, vnoise, dev), "eval")
-        if rank == 0 and ((step + 1) % tc.checkpoint_interval == 0 or last or step + 1 == end):
-            common.checkpoint(ckpt_path, run, states, step + 1, losses)
-            losses.save(out, f"finetune of {base_dir.name} ({base.objective}, seed {seed})")
+        if (step + 1) % tc.checkpoint_interval == 0 or last or step + 1 == end:
+            snap = {k: Snapshot(v.state_dict()) for k, v in states.items()} if fsdp else states
+            if rank == 0:
+                common.checkpoint(ckpt_path, run, snap, step + 1, losses)
+                losses.save(out, f"finetune of {base_dir.name} ({base.objective}, seed {seed})")
     bar.close()
     result = ckpt_path
-    if rank == 0 and end == tc.steps:
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[tc.dtype]
-        result = write_bundle(out / "bundle", base, merge_lora(ema.cpu()), base.cfg.curve.kernel, dtype,
-                              {"seed": str(seed), "base": base_dir.name}, music=tc.curve_encoder)
+    if end == tc.steps:
+        final = ema.cpu() if not fsdp else template
+        if fsdp:
+            full = states["ema"].state_dict()  # every process gathers; rank 0 gets the tensors and writes
+            if rank == 0:
+                template.load_state_dict(full)
+        if rank == 0:
+            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[tc.dtype]
+            result = write_bundle(out / "bundle", base, merge_lora(final), base.cfg.curve.kernel, dtype,
+                                  {"seed": str(seed), "base": base_dir.name}, music=tc.curve_encoder)
     if rank == 0:
         timing = common.record_timing(out, time.perf_counter() - t_start, common.cpu_seconds() - cpu_start,
                                       prepare_wall_s=round(t_prep, 1), threads=torch.get_num_threads(),
-                                      steps=[step0, end], processes=world, device=str(dev))
+                                      steps=[step0, end], processes=world, device=str(dev), fsdp=fsdp)
         _report(out, data, settings, base, tc, trainable, n_eval, cache, timing, losses)
     _barrier(world)
     return Path(result)

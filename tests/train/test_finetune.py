@@ -185,7 +185,8 @@ def test_bad_options_and_bases_are_one_line(music, base, tmp_path, capsys):
 
 
 def test_two_processes_follow_one(music, base, cache, tmp_path):
-    """torchrun with 2 CPU processes (gloo) and 1 process, same global batch: the same loss curve."""
+    """torchrun with 2 CPU processes (gloo; DDP, and FSDP2 with --fsdp) and 1 process, same global batch:
+    the same loss curve."""
     import os
     import subprocess
     import sys
@@ -194,9 +195,9 @@ def test_two_processes_follow_one(music, base, cache, tmp_path):
             "--clips-per-file", "2", "--eval-interval", "3", "--workers", "1", "--cache", str(cache), "--threads", "1",
             "-q"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for n, run in ((2, "ddp"), (1, "one")):
+    for n, run, extra in ((2, "ddp", []), (2, "fsdp", ["--fsdp"]), (1, "one", [])):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
-               "-m", "v2m.train.finetune", "-o", str(tmp_path / run), *args]
+               "-m", "v2m.train.finetune", "-o", str(tmp_path / run), *args, *extra]
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                              start_new_session=True)  # its own process group: a hang is killed whole
         try:
@@ -206,8 +207,11 @@ def test_two_processes_follow_one(music, base, cache, tmp_path):
             p.communicate()
             raise
         assert p.returncode == 0, err[-2000:]
-    ddp, one = (json.loads((tmp_path / r / "losses.json").read_text()) for r in ("ddp", "one"))
-    np.testing.assert_allclose([v for _, v in ddp["train"]["loss"]], [v for _, v in one["train"]["loss"]], rtol=1e-5)
+    ddp, fsdp, one = (json.loads((tmp_path / r / "losses.json").read_text()) for r in ("ddp", "fsdp", "one"))
+    for got in (ddp, fsdp):
+        np.testing.assert_allclose([v for _, v in got["train"]["loss"]], [v for _, v in one["train"]["loss"]], rtol=1e-5)
+        np.testing.assert_allclose([v for _, v in got["eval"]["loss"]], [v for _, v in one["eval"]["loss"]], rtol=1e-5)
+    assert json.loads((tmp_path / "fsdp" / "report.json").read_text())["timing"]["runs"][0]["fsdp"]
     assert json.loads((tmp_path / "ddp" / "report.json").read_text())["timing"]["runs"][0]["processes"] == 2
     assert (tmp_path / "ddp" / "bundle" / "dit.safetensors").is_file()
 
