@@ -182,6 +182,7 @@ CHECKS: dict[str, Check] = {
     "clips_per_file": _int_in(1, 10_000, "clips per file"),
     "eval_interval": _int_in(1, 10_000_000, "eval interval"),
     "workers": _int_in(1, 64, "workers"),
+    "eval_generate": _int_in(0, 64, "generated validation clips"),
 }
 
 

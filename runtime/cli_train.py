@@ -102,7 +102,7 @@ def cmd_train_finetune(args) -> int:
                         lora_rank=args.lora_rank, clip_seconds=args.clip_seconds, clips_per_file=args.clips_per_file,
                         eval_interval=args.eval_interval, checkpoint_interval=args.eval_interval, dtype=args.dtype,
                         curve_encoder=args.curve_encoder, activation_checkpointing=args.activation_checkpointing,
-                        fsdp=args.fsdp)
+                        fsdp=args.fsdp, eval_generate=args.eval_generate)
     path = finetune(args.output, base, args.audio, tc, seed=args.seed, threads=args.threads, workers=args.workers,
                     cache=args.cache, progress=not args.quiet, device=args.device)
     if path.name == "bundle":
@@ -132,6 +132,8 @@ def _add_finetune_parser(ts) -> None:
                    help="clip length of a v2m-family base (default: 10; Stable Audio Open: the model's own)")
     f.add_argument("--clips-per-file", type=int, default=4, help="clips at seeded offsets per file")
     f.add_argument("--eval-interval", type=int, default=100, help="steps between validation and checkpoints")
+    f.add_argument("--eval-generate", type=int, default=2, metavar="N",
+                   help="held-out clips generated at each validation, their curve correlation logged; 0 = off")
     f.add_argument("--cache", default=None, metavar="DIR", help="the prepared-data cache (default: OUTPUT/cache; "
                    "content-keyed, may be shared between runs and nodes)")
     f.add_argument("--workers", type=int, default=2, help="prepare worker processes")

@@ -15,7 +15,8 @@ Open 1.0, v-diffusion; SAO Small, rectified flow):
    `training_levels`); curve dropout (zeros: exactly what `--no-curve` feeds) and text
    dropout (zero embeddings with the prompt's mask: the "null" branch of CFG); full
    fine-tune or LoRA; AdamW, warm-up + cosine, gradient accumulation and clipping, EMA;
-   a fixed validation batch (loss with and without the curve); checkpoints that resume
+   a fixed validation batch (loss with and without the curve, and the curve correlation of a few
+   clips generated with and without it: `finetune_eval`); checkpoints that resume
    exactly (every random draw of step s comes from (seed, s)); losses.png.
 3. RUN/bundle: an ordinary bundle (EMA weights, LoRA merged, fp16 by default).
 
@@ -46,6 +47,7 @@ from v2m.runtime.sampler import training_levels, training_pair
 
 from . import common
 from .finetune_data import DataSettings, prepare
+from .finetune_eval import generated_curve_correlation
 from .finetune_model import Base, add_lora, merge_lora, text_key, write_bundle
 
 __all__ = ["FinetuneConfig", "finetune", "main"]
@@ -76,6 +78,8 @@ class FinetuneConfig:
     curve_encoder: str = "logmel"  # the music encoder of the curves (`v2m.runtime.music_encoders`)
     activation_checkpointing: bool = False  # recompute each block's activations in backward (big models)
     fsdp: bool = False  # under torchrun: shard the DiT, its EMA and the optimizer state (FSDP2)
+    eval_generate: int = 2  # held-out clips generated at each validation (curve correlation; 0 = off)
+    eval_steps: int = 8  # solver steps of those generations
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -321,7 +325,13 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
         last = step + 1 == tc.steps
         if (step + 1) % tc.eval_interval == 0 or last:  # every process (a sharded forward is collective)
             with autocast():
-                losses.add(step, _validate(base, ema, vb, vnoise, dev), "eval")
+                val = _validate(base, ema, vb, vnoise, dev)
+                if tc.eval_generate:
+                    val.update(generated_curve_correlation(base, ema, vb, tc.eval_generate, tc.eval_steps,
+                                                           tc.curve_encoder, seed, dev))
+                    log.info("generated clips' curve correlation %.3f (without the curve %.3f)", val["curve_corr"],
+                             val["curve_corr_no_curve"])
+            losses.add(step, val, "eval")
         if (step + 1) % tc.checkpoint_interval == 0 or last or step + 1 == end:
             snap = {k: Snapshot(v.state_dict()) for k, v in states.items()} if fsdp else states
             if rank == 0:

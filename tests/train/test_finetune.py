@@ -75,6 +75,7 @@ def test_cli_end_to_end_then_generate(music, base, cache, tmp_path, short_video)
     report = json.loads((run / "report.json").read_text())
     assert list(report["data"]["skipped"]) == ["broken.mp3"] and report["data"]["files"] == 3
     assert (run / "losses.png").is_file() and (run / "bundle" / "dit.safetensors").is_file()
+    assert {"loss", "loss_no_curve", "curve_corr", "curve_corr_no_curve"} <= set(report["final_eval"])
     from safetensors import safe_open
 
     with safe_open(str(run / "bundle" / "dit.safetensors"), "pt") as f:
