@@ -30,9 +30,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=20000)
     p.add_argument("--kernel", type=int, default=15)
     p.add_argument("--json", default=None)
+    p.add_argument("--hf", default=None, metavar="DIR", help="also a Hugging Face audio-model directory")
     a = p.parse_args(argv)
     rate = SAMPLE_RATE / 3584
-    encs = {k: music_encoder(k, SAMPLE_RATE) for k in MUSIC_ENCODERS}
+    encs = {k: music_encoder(k, SAMPLE_RATE, a.hf) for k in MUSIC_ENCODERS if k != "hf" or a.hf}
     rows = {k: {"hits": 0, "events": 0, "corr": [], "seconds": 0.0} for k in encs}
     for i in range(a.clips):
         clip = make_clip(a.seed, i, a.seconds)

@@ -405,12 +405,13 @@ def cmd_music_curve(args) -> int:
     from .curves import curve_peaks, latent_length
     from .demo import resolve_model
     from .music import load_audio
-    from .music_encoders import music_curve, music_encoder
+    from .music_encoders import HF_DIR, music_curve, music_encoder
 
-    cfg = load_config(resolve_model(args.model))
+    bundle = resolve_model(args.model)
+    cfg = load_config(bundle)
     audio, sr = load_audio(args.video)
     duration = audio.shape[1] / sr
-    enc = music_encoder(cfg.curve.music, sr)  # the encoder the bundle's training curves came from
+    enc = music_encoder(cfg.curve.music, sr, Path(bundle) / HF_DIR)  # what the bundle's training curves came from
     curve = music_curve(cfg.curve.music, audio, sr, latent_length(duration, cfg.latent_rate), cfg.latent_rate,
                         cfg.curve.kernel, encoder=enc)
     if args.json:

@@ -137,9 +137,9 @@ def _add_finetune_parser(ts) -> None:
     f.add_argument("--cache", default=None, metavar="DIR", help="the prepared-data cache (default: OUTPUT/cache; "
                    "content-keyed, may be shared between runs and nodes)")
     f.add_argument("--workers", type=int, default=2, help="prepare worker processes")
-    f.add_argument("--curve-encoder", default="logmel", choices=["logmel", "basic-pitch"],
-                   help="the music encoder of the training curves, recorded in the bundle (basic-pitch: "
-                        "pip install --no-deps basic-pitch)")
+    f.add_argument("--curve-encoder", default="logmel", metavar="ENCODER",
+                   help="the music encoder of the training curves, recorded in the bundle: logmel, basic-pitch "
+                        "(pip install --no-deps basic-pitch) or a Hugging Face audio-model directory (copied in)")
     f.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="the written bundle's weights")
     f.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA: bf16 autocast; under torchrun "
                    "each process takes its LOCAL_RANK GPU)")

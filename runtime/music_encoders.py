@@ -12,6 +12,10 @@ the pretrained one, ONNX Runtime; no torch):
   `basic_pitch.inference.run_inference` cuts and joins them; the note and onset activations
   (88 piano keys each, 22050 / 256 = 86.13 frames/s) averaged over `pool_s` and a constant
   column appended (silence is not a zero vector), as the log-mel features are.
+- "hf": a local Hugging Face audio-encoder directory (any `AutoModel` with an
+  `AutoFeatureExtractor`, e.g. wav2vec 2.0, HuBERT, MERT; transformers and torch, offline),
+  its last hidden states pooled the same way. The fine-tune copies the directory into the
+  bundle (`music_encoder/`), so the bundle alone reproduces its curves. Its license is the model's.
 
 `music_curve(kind, audio, sr, length, latent_rate, kernel)` is what the fine-tune's prepare
 stage and `v2m curve music.wav` both call, so a bundle's curves are reproducible from its config.
@@ -28,9 +32,11 @@ import numpy as np
 from . import curves, music
 from .errors import InputError
 
-__all__ = ["MUSIC_ENCODERS", "BasicPitchEncoder", "basic_pitch_model", "music_encoder", "music_curve"]
+__all__ = ["MUSIC_ENCODERS", "BasicPitchEncoder", "HFAudioEncoder", "basic_pitch_model", "music_encoder",
+           "music_curve"]
 
-MUSIC_ENCODERS = ("logmel", "basic-pitch")
+MUSIC_ENCODERS = ("logmel", "basic-pitch", "hf")
+HF_DIR = "music_encoder"  # a bundle's copy of its Hugging Face music encoder
 BP_RATE, BP_HOP, BP_WINDOW, BP_OVERLAP = 22050, 256, 2 * 22050 - 256, 30  # Basic Pitch's constants
 
 
@@ -98,11 +104,57 @@ class BasicPitchEncoder:
         return np.concatenate([pooled, np.full((pooled.shape[0], 1), 0.1)], axis=1).astype(np.float32)
 
 
-def music_encoder(kind: str, sample_rate: int):
+class HFAudioEncoder:
+    """A Hugging Face audio encoder's last hidden states: `encode(audio [C, N]) -> [T, D + 1]`; `fps` is
+    set by `encode` (frames over the clip's duration: the model's own hop, whatever its conv stack)."""
+
+    kind = "hf"
+
+    def __init__(self, directory: str | Path, sample_rate: int = 44100, pool_s: float = 0.5):
+        from .errors import require
+
+        require("transformers", what="a Hugging Face music encoder", extra="train")
+        import torch
+        from transformers import AutoFeatureExtractor, AutoModel
+
+        d = Path(directory)
+        if not (d / "config.json").is_file():
+            raise InputError(f"{d}: not a Hugging Face model directory (no config.json)")
+        try:
+            self.extractor = AutoFeatureExtractor.from_pretrained(str(d), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(d), local_files_only=True).eval()
+        except (OSError, ValueError) as e:
+            raise InputError(f"{d}: cannot load it as an audio encoder ({str(e).splitlines()[0]})") from None
+        self.torch = torch
+        self.rate = int(getattr(self.extractor, "sampling_rate", 16000))
+        self.sample_rate, self.pool_s = int(sample_rate), float(pool_s)
+        self.fps = 50.0  # until the first clip says otherwise
+
+    def encode(self, audio: np.ndarray) -> np.ndarray:
+        from .media import _resample
+
+        x = np.asarray(audio, np.float32)
+        x = x[None] if x.ndim == 1 else x
+        stereo = np.repeat(x, 2, axis=0) if x.shape[0] == 1 else x[:2]
+        mono = _resample(np.ascontiguousarray(stereo), self.sample_rate, self.rate).mean(axis=0)
+        inputs = self.extractor(mono, sampling_rate=self.rate, return_tensors="pt")
+        with self.torch.no_grad():
+            h = self.model(**inputs).last_hidden_state[0].float().numpy()  # (T, D)
+        self.fps = h.shape[0] * self.rate / max(1, mono.shape[0])
+        pooled = music.box_mean(h, max(1, int(round(self.pool_s * self.fps))))
+        return np.concatenate([pooled, np.full((pooled.shape[0], 1), 0.1)], axis=1).astype(np.float32)
+
+
+def music_encoder(kind: str, sample_rate: int, directory: str | Path | None = None):
+    """The music encoder `kind` at `sample_rate`; "hf" loads `directory` (a bundle's `music_encoder/`)."""
     if kind == "logmel":
         return music.MusicEncoder(sample_rate)
     if kind == "basic-pitch":
         return BasicPitchEncoder(sample_rate)
+    if kind == "hf":
+        if directory is None:
+            raise InputError("the hf music encoder needs its directory")
+        return HFAudioEncoder(directory, sample_rate)
     raise InputError(f"unknown music encoder {kind!r}; choose one of {', '.join(MUSIC_ENCODERS)}")
 
 

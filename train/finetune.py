@@ -75,7 +75,7 @@ class FinetuneConfig:
     eval_clips: int = 4
     checkpoint_interval: int = 100
     dtype: str = "fp16"  # of the written bundle
-    curve_encoder: str = "logmel"  # the music encoder of the curves (`v2m.runtime.music_encoders`)
+    curve_encoder: str = "logmel"  # logmel, basic-pitch or a Hugging Face model directory (`runtime.music_encoders`)
     activation_checkpointing: bool = False  # recompute each block's activations in backward (big models)
     fsdp: bool = False  # under torchrun: shard the DiT, its EMA and the optimizer state (FSDP2)
     eval_generate: int = 2  # held-out clips generated at each validation (curve correlation; 0 = off)
@@ -171,6 +171,9 @@ def _check_inputs(base_dir: Path, audio: Path, tc: FinetuneConfig, world: int) -
         from v2m.runtime.music_encoders import basic_pitch_model
 
         basic_pitch_model()  # one line if its model is missing
+    elif tc.curve_encoder != "logmel" and not (Path(tc.curve_encoder) / "config.json").is_file():
+        raise InputError(f"--curve-encoder {tc.curve_encoder}: not logmel, basic-pitch or a Hugging Face model "
+                         "directory (config.json)")
     return per_rank
 
 
@@ -183,8 +186,9 @@ def _prepare_data(base: Base, audio: Path, cache: Path, tc: FinetuneConfig, seed
 
     enc_sha = hashlib.sha256((base.bundle / "vae_encoder.safetensors").read_bytes()).hexdigest()[:16]
     cfg = base.cfg
+    kind, hf_dir = _music_kind(tc)
     settings = DataSettings(cfg.audio.sample_rate, cfg.audio.hop_length, _clip_frames(base, tc), cfg.latent_rate,
-                            cfg.curve.kernel, tc.clips_per_file, seed, enc_sha, tc.curve_encoder)
+                            cfg.curve.kernel, tc.clips_per_file, seed, enc_sha, kind, hf_dir)
     data = None
     if rank == 0:
         files = sum(p.suffix.lower() in AUDIO_SUFFIXES for p in audio.iterdir())
@@ -195,6 +199,13 @@ def _prepare_data(base: Base, audio: Path, cache: Path, tc: FinetuneConfig, seed
     if rank:
         data = prepare(audio, base.bundle, cache, settings, _Text(base), 1, torch.get_num_threads())
     return data, settings
+
+
+def _music_kind(tc: FinetuneConfig) -> tuple[str, str]:
+    """(music encoder kind, its Hugging Face directory or "") of `--curve-encoder`."""
+    if tc.curve_encoder in ("logmel", "basic-pitch"):
+        return tc.curve_encoder, ""
+    return "hf", str(Path(tc.curve_encoder).resolve())
 
 
 def _make_trainable(base: Base, tc: FinetuneConfig, seed: int, dev: torch.device, fsdp: bool):
@@ -328,7 +339,7 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
                 val = _validate(base, ema, vb, vnoise, dev)
                 if tc.eval_generate:
                     val.update(generated_curve_correlation(base, ema, vb, tc.eval_generate, tc.eval_steps,
-                                                           tc.curve_encoder, seed, dev))
+                                                           _music_kind(tc), seed, dev))
                     log.info("generated clips' curve correlation %.3f (without the curve %.3f)", val["curve_corr"],
                              val["curve_corr_no_curve"])
             losses.add(step, val, "eval")
@@ -348,7 +359,7 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
         if rank == 0:
             dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[tc.dtype]
             result = write_bundle(out / "bundle", base, merge_lora(final), base.cfg.curve.kernel, dtype,
-                                  {"seed": str(seed), "base": base_dir.name}, music=tc.curve_encoder)
+                                  {"seed": str(seed), "base": base_dir.name}, music=_music_kind(tc))
     if rank == 0:
         timing = common.record_timing(out, time.perf_counter() - t_start, common.cpu_seconds() - cpu_start,
                                       prepare_wall_s=round(t_prep, 1), threads=torch.get_num_threads(),

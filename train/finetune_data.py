@@ -50,7 +50,8 @@ class DataSettings:
     clips_per_file: int
     seed: int
     encoder_sha: str  # the VAE encoder weights'
-    curve_encoder: str = "logmel"  # `v2m.runtime.music_encoders`: logmel or basic-pitch
+    curve_encoder: str = "logmel"  # `v2m.runtime.music_encoders`: logmel, basic-pitch or hf
+    curve_encoder_dir: str = ""  # hf: the model directory
 
     def key(self, content_sha: str) -> str:
         blob = json.dumps({"file": content_sha, **asdict(self)}, sort_keys=True).encode()
@@ -171,7 +172,8 @@ def _prepare_file(task: tuple) -> tuple[str, str, str | None]:
             z = _ENCODER.encode(torch.from_numpy(np.ascontiguousarray(clip))[None])[0, :, : s.clip_frames]
         lat.append(z.numpy())
         if s.curve_encoder not in _MUSIC:
-            _MUSIC[s.curve_encoder] = music_encoders.music_encoder(s.curve_encoder, s.sample_rate)
+            _MUSIC[s.curve_encoder] = music_encoders.music_encoder(s.curve_encoder, s.sample_rate,
+                                                                   s.curve_encoder_dir or None)
         crv.append(music_encoders.music_curve(s.curve_encoder, clip, s.sample_rate, s.clip_frames, s.latent_rate,
                                               s.kernel, encoder=_MUSIC[s.curve_encoder]))
         sec.append(n / s.sample_rate)

@@ -55,15 +55,16 @@ def _sample(model, table: sampler.SolverTable, shape, seed: int, cond: tuple, de
 
 
 @torch.no_grad()
-def generated_curve_correlation(base, ema, vb: dict, clips: int, steps: int, music: str, seed: int,
+def generated_curve_correlation(base, ema, vb: dict, clips: int, steps: int, music: tuple[str, str], seed: int,
                                 device="cpu") -> dict[str, float]:
-    """Mean correlation of the generated music's curve with the conditioning curve, with and without it."""
+    """`music`: the music encoder's kind and Hugging Face directory (or "")."""
     from v2m.models.bundle import load_component
     from v2m.runtime.evaluate import curve_correlation
-    from v2m.runtime.music_encoders import music_curve
+    from v2m.runtime.music_encoders import music_curve, music_encoder
 
     cfg = base.cfg
     vae = load_component(base.bundle, "vae", cfg).to(device)
+    enc = music_encoder(music[0], cfg.audio.sample_rate, music[1] or None)
     rows = slice(0, min(clips, vb["x"].shape[0]))
     curve = vb["curve"][rows]
     table = _plan(base, steps).table
@@ -76,7 +77,8 @@ def generated_curve_correlation(base, ema, vb: dict, clips: int, steps: int, mus
             audio = vae(z).float().cpu().numpy()
             corrs = []
             for a, target in zip(audio, curve[:, 0].numpy()):
-                got = music_curve(music, a, cfg.audio.sample_rate, target.size, cfg.latent_rate, cfg.curve.kernel)
+                got = music_curve(music[0], a, cfg.audio.sample_rate, target.size, cfg.latent_rate, cfg.curve.kernel,
+                                  encoder=enc)
                 r = curve_correlation(got, target)
                 corrs.append(0.0 if r is None else r)
             out[name] = float(np.mean(corrs))

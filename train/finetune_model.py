@@ -133,11 +133,11 @@ def text_key(bundle: Path, cfg: BundleConfig) -> str:
     return h.hexdigest()[:12]
 
 
-_NOT_COPIED = {"dit.safetensors", "config.json", "manifest.json", "onnx"}
+_NOT_COPIED = {"dit.safetensors", "config.json", "manifest.json", "onnx", "music_encoder"}
 
 
 def write_bundle(out: Path, base: Base, dit: nn.Module, kernel: int, dtype: torch.dtype, meta: dict,
-                 music: str = "logmel") -> Path:
+                 music: tuple[str, str] = ("logmel", "")) -> Path:
     """An ordinary bundle: the base's files, this DiT (LoRA merged, `dtype`), its config; written beside
     `out` and renamed (never half-written). The base's exported graphs are not copied (other weights)."""
     out = Path(out)
@@ -154,7 +154,11 @@ def write_bundle(out: Path, base: Base, dit: nn.Module, kernel: int, dtype: torc
         d = base.cfg.to_dict()
         d["dit"] = dit.cfg.to_dict()
         d["preset"] = "finetuned"
-        d["curve"] = {**d["curve"], "kernel": int(kernel), "music": music}  # `v2m curve music.wav` reads it
+        d["curve"] = {**d["curve"], "kernel": int(kernel), "music": music[0]}  # `v2m curve music.wav` reads it
+        if music[1]:  # a Hugging Face music encoder travels with the bundle
+            from v2m.runtime.music_encoders import HF_DIR
+
+            shutil.copytree(music[1], tmp / HF_DIR)
         BundleConfig.from_dict(d).save(tmp)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
