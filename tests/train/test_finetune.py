@@ -155,7 +155,7 @@ def test_lora_merges_into_a_plain_bundle(music, base, cache, tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["sao-small-tiny", "sao-tiny"])
-def test_stable_audio_open_gets_a_curve_channel(preset, music, tmp_path):
+def test_stable_audio_open_gets_a_curve_channel(preset, music, tmp_path, short_video):
     from v2m.models.bundle import init_bundle, load_component
     from v2m.runtime.bundle import load_config
     from v2m.train.finetune import finetune
@@ -168,6 +168,9 @@ def test_stable_audio_open_gets_a_curve_channel(preset, music, tmp_path):
     assert report["model"]["curve_channel_added"]
     assert report["model"]["objective"] == ("rf_denoiser" if preset == "sao-small-tiny" else "v")
     load_component(bundle, "dit")  # strict load of the widened DiT
+    out = tmp_path / "out.wav"
+    assert main(["generate", str(short_video.path), "-o", str(out), "-m", str(bundle), "--steps", "2"]) == 0
+    assert out.is_file()
 
 
 def test_bad_options_and_bases_are_one_line(music, base, tmp_path, capsys):
