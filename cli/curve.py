@@ -51,19 +51,22 @@ def cmd_music_curve(args) -> int:
     from v2m.core.bundle import load_config
     from v2m.core.curves import curve_peaks, latent_length
     from v2m.runtime.demo import resolve_model
-    from v2m.runtime.music import MusicEncoder, load_audio, music_curve
+    from v2m.runtime.music import load_audio
+    from v2m.runtime.music_encoders import HF_DIR, music_curve, music_encoder
 
-    cfg = load_config(resolve_model(args.model))
+    bundle = resolve_model(args.model)
+    cfg = load_config(bundle)
     audio, sr = load_audio(args.video)
     duration = audio.shape[1] / sr
-    curve = music_curve(audio, sr, latent_length(duration, cfg.latent_rate), cfg.latent_rate, cfg.curve.kernel)
-    enc = MusicEncoder(sr)
+    enc = music_encoder(cfg.curve.music, sr, Path(bundle) / HF_DIR)  # what the bundle's training curves came from
+    curve = music_curve(cfg.curve.music, audio, sr, latent_length(duration, cfg.latent_rate), cfg.latent_rate,
+                        cfg.curve.kernel, encoder=enc)
     if args.json:
+        frames = int(audio.shape[1] // enc.hop + 1) if hasattr(enc, "hop") else int(audio.shape[1] * enc.fps / sr) + 1
         print(json.dumps({
-            "audio": str(args.video), "duration_s": duration, "feature_fps": enc.fps,
-            "feature_frames": int(audio.shape[1] // enc.hop + 1), "latent_rate": cfg.latent_rate,
-            "latent_frames": int(curve.size), "impl": "numpy", "encoder": "music",
-            "curve": [round(float(v), 6) for v in curve],
+            "audio": str(args.video), "duration_s": duration, "feature_fps": enc.fps, "feature_frames": frames,
+            "latent_rate": cfg.latent_rate, "latent_frames": int(curve.size), "impl": "numpy", "encoder": "music",
+            "music_encoder": cfg.curve.music, "curve": [round(float(v), 6) for v in curve],
         }))
     else:
         peaks = curve_peaks(curve, 5)

@@ -90,8 +90,8 @@ Check = Callable[[Any], "str | None"]
 
 
 def flag(dest: str) -> str:
-    """The command-line spelling of an option's dest: cfg_scale -> --cfg-scale."""
-    return "--" + dest.replace("_", "-")
+    """The command-line spelling of an option's dest: cfg_scale -> --cfg-scale (train_steps: --steps)."""
+    return {"train_steps": "--steps"}.get(dest) or "--" + dest.replace("_", "-")
 
 
 def _sampler(field: str) -> Check:
@@ -197,6 +197,13 @@ CHECKS: dict[str, Check] = {
     "ray_cpus": _number_in(0.0, MAX_WORKER_CPUS, "CPUs per actor", lo_open=True),
     "replicas": _int_in(1, MAX_WORKERS, "replicas"),
     "replica_cpus": _number_in(0.0, MAX_WORKER_CPUS, "CPUs per replica", lo_open=True),
+    "lr": _number_in(0.0, 1.0, "learning rate", lo_open=True),
+    "lora_rank": _int_in(0, 4096, "LoRA rank"),
+    "grad_accum": _int_in(1, 4096, "gradient accumulation"),
+    "clips_per_file": _int_in(1, 10_000, "clips per file"),
+    "eval_interval": _int_in(1, 10_000_000, "eval interval"),
+    "workers": _int_in(1, 64, "workers"),
+    "eval_generate": _int_in(0, 64, "generated validation clips"),
 }
 
 

@@ -87,6 +87,71 @@ def cmd_train_demo(args) -> int:
     return 0
 
 
+def cmd_train_finetune(args) -> int:
+    _prepare_torch(args.threads)
+    from v2m.core.bundle import load_config
+    from v2m.runtime.demo import resolve_model
+    from v2m.train.finetune import FinetuneConfig, finetune
+
+    base = resolve_model(args.base)
+    load_config(base)  # a bad bundle is one line before any work
+    defaults = FinetuneConfig()
+    tc = FinetuneConfig(steps=args.train_steps or defaults.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                        lr=args.lr, warmup=min(defaults.warmup, max(1, (args.train_steps or defaults.steps) // 10)),
+                        lora_rank=args.lora_rank, clip_seconds=args.clip_seconds, clips_per_file=args.clips_per_file,
+                        eval_interval=args.eval_interval, checkpoint_interval=args.eval_interval, dtype=args.dtype,
+                        curve_encoder=args.curve_encoder, activation_checkpointing=args.activation_checkpointing,
+                        fsdp=args.fsdp, eval_generate=args.eval_generate)
+    path = finetune(args.output, base, args.audio, tc, seed=args.seed, threads=args.threads, workers=args.workers,
+                    cache=args.cache, progress=not args.quiet, device=args.device)
+    if path.name == "bundle":
+        print(f"wrote bundle {path} (losses in {path.parent / 'losses.png'}, report in {path.parent / 'report.json'})")
+    return 0
+
+
+def _add_finetune_parser(ts) -> None:
+    f = ts.add_parser("finetune", help="fine-tune a bundle on your music with music event curves (V2M-Zero)",
+                      description="V2M-Zero's zero-pair fine-tune: the bundle's DiT learns to follow the music event "
+                                  "curve of the training music (a zero-initialized curve channel is added where the "
+                                  "model has none); the result is an ordinary bundle at OUTPUT/bundle. Runs under "
+                                  "torchrun for DDP: `torchrun --nproc-per-node N -m v2m.train.finetune` takes the same options.",
+                      examples=["v2m train finetune --base sao-small-bundle --audio my_music/ -o runs/ft",
+                                "v2m train finetune --base demo-like-bundle --audio my_music/ -o runs/ft --lora-rank 16",
+                                "v2m train finetune --base sao-bundle --audio my_music/ -o runs/ft --cache /shared/v2m-cache"])
+    f.add_argument("-o", "--output", required=True, help="the run directory (resumes when rerun)")
+    f.add_argument("--base", required=True, metavar="BUNDLE", help="the bundle to fine-tune (with a vae_encoder component)")
+    f.add_argument("--audio", required=True, metavar="FOLDER",
+                   help="audio files (+ optional captions.jsonl / captions.tsv; else tags, else file names)")
+    f.add_argument("--steps", dest="train_steps", metavar="N", type=int, default=2000, help="optimizer steps")
+    f.add_argument("--batch-size", type=int, default=8, help="the global batch (any number of processes)")
+    f.add_argument("--grad-accum", type=int, default=1, help="micro-batches a step")
+    f.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (warm-up, then cosine)")
+    f.add_argument("--lora-rank", type=int, default=0, help="LoRA rank on attention and MLP projections; 0 = full fine-tune")
+    f.add_argument("--clip-seconds", type=float, default=None,
+                   help="clip length of a v2m-family base (default: 10; Stable Audio Open: the model's own)")
+    f.add_argument("--clips-per-file", type=int, default=4, help="clips at seeded offsets per file")
+    f.add_argument("--eval-interval", type=int, default=100, help="steps between validation and checkpoints")
+    f.add_argument("--eval-generate", type=int, default=2, metavar="N",
+                   help="held-out clips generated at each validation, their curve correlation logged; 0 = off")
+    f.add_argument("--cache", default=None, metavar="DIR", help="the prepared-data cache (default: OUTPUT/cache; "
+                   "content-keyed, may be shared between runs and nodes)")
+    f.add_argument("--workers", type=int, default=2, help="prepare worker processes")
+    f.add_argument("--curve-encoder", default="logmel", metavar="ENCODER",
+                   help="the music encoder of the training curves, recorded in the bundle: logmel, basic-pitch "
+                        "(pip install --no-deps basic-pitch) or a Hugging Face audio-model directory (copied in)")
+    f.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="the written bundle's weights")
+    f.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA: bf16 autocast; under torchrun "
+                   "each process takes its LOCAL_RANK GPU)")
+    f.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each transformer block's activations in backward (less memory)")
+    f.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the DiT, its EMA and the optimizer state over the processes (FSDP2)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the clips and the run, in [0, 2^63)")
+    f.add_argument("--threads", type=int, default=2, help="torch threads, >= 1")
+    f.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    f.set_defaults(func=cmd_train_finetune)
+
+
 def register(sub) -> None:
     """Register `train {autoencoder,dit,demo}` on the CLI's subparsers."""
     t = sub.add_parser("train", help="train a model on synthetic music or your own (needs torch)",
@@ -135,3 +200,4 @@ def register(sub) -> None:
     m.add_argument("--overwrite", action="store_true", help="replace an existing bundle at -o")
     m.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     m.set_defaults(func=cmd_train_demo)
+    _add_finetune_parser(ts)

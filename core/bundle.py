@@ -180,6 +180,7 @@ class SamplerConfig:
 class CurveConfig:
     fps: float | None = None  # sampling rate of frames for the curve; None = latent rate
     kernel: int = 31  # Hann window (odd)
+    music: str = "logmel"  # the music encoder of the training curves (`v2m.runtime.music_encoders`)
 
 
 @dataclass

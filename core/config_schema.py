@@ -187,7 +187,9 @@ SAMPLER = {
     # windows crossfade over up to a third of a window: fewer than 8 frames leaves no room
     "max_frames": Rule(integer(8, 65536)), "window_overlap": Rule(number(0.0, 65536.0)),
 }
-CURVE = {"fps": Rule(optional(number(0.0, MAX_CURVE_FPS, lo_open=True))), "kernel": Rule(odd(integer(1, 1001)))}
+MUSIC_ENCODERS = ("logmel", "basic-pitch", "hf")  # `curve.music`: the music encoders of the training curves
+CURVE = {"fps": Rule(optional(number(0.0, MAX_CURVE_FPS, lo_open=True))), "kernel": Rule(odd(integer(1, 1001))),
+         "music": Rule(choice(*MUSIC_ENCODERS))}
 AUDIO = {
     "sample_rate": Rule(RATE), "channels": Rule(integer(1, 16)), "hop_length": Rule(integer(1, 1 << 20)),
     "fade_out_s": Rule(number(0.0, 10.0)),

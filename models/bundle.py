@@ -92,6 +92,10 @@ def build_component(cfg: BundleConfig, name: str) -> nn.Module:
         return t5.T5Encoder(t5.T5Config.from_dict(cfg.text["config"]))
     if name == "vae":
         return vae_mod.OobleckDecoder(vae_mod.OobleckConfig.from_dict(cfg.vae))
+    if name == "vae_encoder":  # optional (training): a random bundle's is as wide as its decoder
+        from .vae_encoder import OobleckEncoder
+
+        return OobleckEncoder(vae_mod.OobleckConfig.from_dict(cfg.vae))
     if name == "encoder":
         if cfg.encoder.get("kind") == "none":
             raise BundleError("this bundle has no frame encoder (converted without --encoder): it runs text-only")
@@ -131,6 +135,29 @@ def _calibrate_vae(vae: nn.Module, generator: torch.Generator, channels: int, ta
     if rms > 0 and math.isfinite(rms):
         last = [m for m in vae.modules() if isinstance(m, nn.Conv1d) and not isinstance(m, nn.ConvTranspose1d)][-1]
         last.weight.mul_(target_rms / rms)
+
+
+@torch.no_grad()
+def _calibrate_encoder(enc: nn.Module, generator: torch.Generator) -> None:
+    """Scale the last conv so audio of RMS 0.1 encodes to latents of RMS about 1 (the decoder's
+    calibration's other side: a random encoder's gain compounds as the decoder's does)."""
+    hop = math.prod(enc.cfg.strides)
+    x = 0.1 * torch.randn(1, enc.cfg.audio_channels, 8 * hop, generator=generator, device=enc.conv2.weight.device)
+    rms = enc.encode(x).pow(2).mean().sqrt().item()
+    if rms > 0 and math.isfinite(rms):
+        enc.conv2.weight.mul_(1.0 / rms)
+        enc.conv2.bias.mul_(1.0 / rms)
+
+
+def _init_vae_encoder(cfg: BundleConfig, out: Path, gen: torch.Generator, device, dtype, meta: dict) -> None:
+    """The optional `vae_encoder` component (what `v2m train finetune` encodes music with), from its
+    own generator so the other components' weights for a seed stay what they were."""
+    with device:
+        enc = build_component(cfg, "vae_encoder")
+    randomize_weights(enc, gen)
+    _calibrate_encoder(enc, gen)
+    state = {k: v.to(dtype).cpu() for k, v in enc.state_dict().items()}
+    save_safetensors(state, out / "vae_encoder.safetensors", metadata={**meta, "component": "vae_encoder"})
 
 
 def init_bundle(
@@ -182,6 +209,7 @@ def init_bundle(
         del module
         save_safetensors(state, out / f"{name}.safetensors", metadata={**meta, "component": name})
         log.info("wrote %s (%.1fM parameters)", out / f"{name}.safetensors", sum(v.numel() for v in state.values()) / 1e6)
+    _init_vae_encoder(cfg, out, torch.Generator(device=device).manual_seed(seed + 2), device, dtype, meta)
     if sao:  # the T5 weights went with the components; its tokenizer is generated
         t5.make_tokenizer(out / cfg.text["tokenizer"], t5.T5Config.from_dict(cfg.text["config"]).vocab_size)
         cfg.save(out)

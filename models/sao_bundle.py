@@ -189,6 +189,11 @@ def _from_stable_audio(src: Path, t5_dir: Path | None) -> tuple[dict, dict]:
     cond_sd = sao_cond.convert_stable_audio_state_dict(sd, cond_cfg, prompt=(model["diffusion"]["cross_attention_cond_ids"][0]))
     parts = {"dit": (dit_cfg, dit_sd), "cond": (cond_cfg, cond_sd), "vae": (vae_cfg, vae_native),
              "text": (text_model, tokenizer, max_tokens)}
+    if any(".encoder.layers." in k for k in sd if k.startswith("pretransform.")):  # for `v2m train finetune`
+        from .vae_encoder import convert_stable_audio_encoder
+
+        parts["vae_encoder"] = convert_stable_audio_encoder(
+            {k: v for k, v in sd.items() if k.startswith("pretransform.")}, scale=scale)
     meta = {"objective": objective, "latent_frames": frames, "source": "stable-audio-tools", "where": str(path)}
     return parts, meta
 
@@ -226,6 +231,13 @@ def _from_diffusers(src: Path, t5_dir: Path | None) -> tuple[dict, dict]:
         log.warning("scheduler %s is unknown; the bundle defaults to %s", name, DEFAULT_SAMPLER["v"])
     parts = {"dit": (dit_cfg, dit_sd), "cond": (cond_cfg, cond_sd), "vae": (vae.cfg, vae.state_dict()),
              "text": (text_model, tokenizer, max_tokens)}
+    vae_weights = next((src / "vae" / f for f in vae_mod._WEIGHT_FILES if (src / "vae" / f).is_file()), None)
+    if vae_weights is not None:  # the encoder beside the decoder, for `v2m train finetune`
+        from .vae_encoder import convert_diffusers_encoder
+
+        raw = load_safetensors(vae_weights)
+        if any(k.startswith("encoder.") for k in raw):
+            parts["vae_encoder"] = convert_diffusers_encoder(raw)
     meta = {"objective": "v", "latent_frames": int(_read_json(tdir / "config.json").get("sample_size", 1024)),
             "source": "diffusers", "where": str(src), "sampler": sampler,
             "sigma_min": float(sched.get("sigma_min", 0.3)), "sigma_max": float(sched.get("sigma_max", 500.0))}
@@ -305,6 +317,8 @@ def convert(
         save_safetensors(cond_sd, tmp / "cond.safetensors", metadata={**md, "component": "cond"})
         save_safetensors(vae_sd, tmp / "vae.safetensors", metadata={**md, "component": "vae"})
         save_safetensors(text_model.state_dict(), tmp / "text.safetensors", metadata={**md, "component": "text"})
+        if "vae_encoder" in parts:
+            save_safetensors(parts["vae_encoder"], tmp / "vae_encoder.safetensors", metadata={**md, "component": "vae_encoder"})
         if enc is not None:
             save_safetensors(enc.state_dict(), tmp / "encoder.safetensors", metadata={**md, "component": "encoder"})
         shutil.copyfile(tokenizer, tmp / "tokenizer.json")

@@ -74,6 +74,9 @@ __all__ = [
     "sample_loop",
     "initial_noise",
     "resolve_seed",
+    "TrainingPair",
+    "training_levels",
+    "training_pair",
 ]
 
 
@@ -487,3 +490,61 @@ def resolve_seed(seed: int | None) -> int:
     return secrets.randbelow(2**31)
 
 
+
+
+# --- the training objective: what the solvers above integrate ----------------------------------
+@dataclass(frozen=True)
+class TrainingPair:
+    """Per-example coefficients of one training example (float64 [B] each), at noise level `level`:
+
+        model input  = in_data * x_data + in_noise * noise      (what the model is fed, c_in applied)
+        model time   = t_model                                   (its timestep input)
+        target       = out_data * x_data + out_noise * noise     (the output the sampler expects)
+    """
+
+    t_model: np.ndarray
+    in_data: np.ndarray
+    in_noise: np.ndarray
+    out_data: np.ndarray
+    out_noise: np.ndarray
+
+
+def training_pair(level: np.ndarray, objective: str) -> TrainingPair:
+    """The training example of each objective at its sampler's noise variable `level` [B].
+
+    The one definition training shares with the sampler's conventions (above and `v2m.families.sao`):
+
+    "v2m"          level = t in [0, 1] (0 noise, 1 data): x_t = t x1 + (1 - t) n, time t,
+                   target v = x1 - n (an Euler step of `solver_table` to t = 1 lands on x1).
+    "rf_denoiser", "rectified_flow"
+                   level = sigma in [0, 1] (1 noise): x = (1 - sigma) x0 + sigma n, time sigma,
+                   target v = n - x0 (`sigma_table`: denoised = x - sigma v).
+    "v"            level = sigma > 0 (k-diffusion): x = x0 + sigma n, input c_in x, time
+                   atan(sigma) 2 / pi, target the output whose denoised c_skip x + c_out out = x0,
+                   i.e. (n - sigma x0) / sqrt(sigma^2 + 1) = cos(phi) n - sin(phi) x0 (the v of
+                   stable-audio-tools at phi = t pi / 2).
+    """
+    from v2m.families.sao import model_time, v_scalings
+
+    s = np.asarray(level, dtype=np.float64)
+    if objective == "v2m":
+        return TrainingPair(s, s, 1.0 - s, np.ones_like(s), -np.ones_like(s))
+    if objective in ("rf_denoiser", "rectified_flow"):
+        return TrainingPair(model_time(s, objective), 1.0 - s, s, -np.ones_like(s), np.ones_like(s))
+    if objective == "v":
+        _, _, c_in = v_scalings(s)
+        return TrainingPair(model_time(s, objective), c_in, c_in * s, -s * c_in, c_in)
+    raise ValueError(f"unknown objective {objective!r}")
+
+
+def training_levels(objective: str, rng: np.random.Generator, n: int) -> np.ndarray:
+    """Noise levels [n] (float64) drawn as each family trains: v2m and rectified flow at
+    logit-normal t (resp. sigma), SD3's and stable-audio-tools' choice for flows; v-diffusion at
+    uniform phi = t pi / 2 in model time (stable-audio-tools' default), sigma = tan(phi)."""
+    z = rng.standard_normal(n)
+    if objective in ("v2m", "rf_denoiser", "rectified_flow"):
+        return 1.0 / (1.0 + np.exp(-z))
+    if objective == "v":
+        t = np.clip(rng.random(n), 1e-4, 1 - 1e-4)
+        return np.tan(t * math.pi / 2)
+    raise ValueError(f"unknown objective {objective!r}")

@@ -114,6 +114,16 @@ def test_converted_components_equal_diffusers(folders, parts, layout):
 
 
 @torch.no_grad()
+def test_diffusers_bundle_carries_the_vae_encoder(folders, parts):
+    from v2m.models.vae_encoder import load_vae_encoder
+
+    enc = load_vae_encoder(folders["df_bundle"])
+    audio = 0.3 * torch.randn(1, 2, 2048 * 3, generator=torch.Generator().manual_seed(0))
+    want = parts["vae"].encode(audio).latent_dist.mean
+    assert rel_err(enc.encode(audio), want) <= REL
+
+
+@torch.no_grad()
 def test_both_layouts_give_the_same_bundle_weights(folders):
     for name in ("dit", "cond", "vae", "text"):
         a, b = (load_component(folders[k], name).state_dict() for k in ("sat_bundle", "df_bundle"))
