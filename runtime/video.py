@@ -33,7 +33,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -41,6 +41,8 @@ import av
 import numpy as np
 
 from v2m.core.errors import Cancelled, InputError, VideoTooLong
+
+from .demux import DecodeLog, decode_frames, error_text, packets
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -68,8 +70,6 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _EPS = 1e-6  # seconds; absorbs pts rounding so a frame exactly at t_k is taken
-_RESYNC_MAX_S = 5.0  # after damage, this long without a keyframe and any clean frame resumes
-_MAX_DEMUX_ERRORS = 64  # demuxer errors in a row before the rest of a file is given up
 # AVStream dispositions (libavformat/avformat.h); ints, so any PyAV version reads them.
 _DEFAULT, _ATTACHED_PIC, _TIMED_THUMBNAILS, _STILL_IMAGE = 0x1, 0x400, 0x800, 0x100000
 # Image codecs: a stream of one of these with a single picture is a still image.
@@ -147,12 +147,6 @@ def open_video(p: str | Path) -> av.container.InputContainer:
         ) from e
 
 
-def error_text(e: BaseException) -> str:
-    """The error's text on one line."""
-    msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
-    return " ".join(str(msg).split())
-
-
 def frame_rotation(frame: av.VideoFrame) -> int:
     """The frame's display rotation snapped to 0/90/180/270 (counter-clockwise)."""
     deg = frame.rotation or 0
@@ -222,94 +216,6 @@ def select_video_stream(container: av.container.InputContainer, index: int | Non
         raise InputError(f"{name} holds only a cover picture, no video; pass a video file")
     marked = [s for s in real if int(s.disposition) & _DEFAULT]
     return max(marked or real, key=lambda s: (_area(s), -s.index))
-
-
-@dataclass
-class DecodeLog:
-    """What reading a stream met: packets skipped for damage, and the packets' time span."""
-
-    errors: int = 0  # packets the demuxer or decoder refused, and frames flagged corrupt
-    first_error: str | None = None
-    start_s: Fraction | None = None  # earliest packet time (pts, else dts), seconds (exact)
-    end_s: Fraction | None = None  # latest packet time + duration
-    gaps: list[tuple[float, float]] = field(default_factory=list)  # (from, to) s, held over
-    # every packet with data, in file order: (pts, dts, duration), for `Timeline` (the mux)
-    records: list[tuple[int | None, int | None, int]] = field(default_factory=list)
-
-    @property
-    def lost_s(self) -> float:
-        """Seconds of video replaced by the last good frame."""
-        return sum(b - a for a, b in self.gaps)
-
-    def note_error(self, e: BaseException | None = None) -> None:
-        self.errors += 1
-        if self.first_error is None:
-            self.first_error = error_text(e) if e is not None else "corrupt frame"
-
-    def note_packet(self, packet: av.Packet, default_dur: Fraction) -> None:
-        if packet.size:
-            self.records.append((packet.pts, packet.dts, packet.duration or 0))
-        ts = packet.pts if packet.pts is not None else packet.dts
-        if ts is None or packet.time_base is None or not packet.size:
-            return
-        t = ts * packet.time_base
-        end = t + (packet.duration * packet.time_base if packet.duration else default_dur)
-        self.start_s = t if self.start_s is None else min(self.start_s, t)
-        self.end_s = end if self.end_s is None else max(self.end_s, end)
-
-
-def packets(container: av.container.InputContainer, stream, log: DecodeLog | None = None) -> Iterator[av.Packet]:
-    """Every packet of `stream` in file order, the demuxer's final empty one included.
-
-    A demuxer error is counted in `log` and reading resumes after it (the demuxer
-    looks for the next readable packet); after many in a row the rest is given up.
-    """
-    default_dur = 1 / Fraction(stream.average_rate) if stream.average_rate else Fraction(0)
-    in_row = 0
-    while True:
-        try:
-            for packet in container.demux(stream):
-                in_row = 0
-                if log is not None:
-                    log.note_packet(packet, default_dur)
-                yield packet
-            return
-        except av.FFmpegError as e:
-            in_row += 1
-            if log is not None:
-                log.note_error(e)
-            if in_row >= _MAX_DEMUX_ERRORS:
-                logger.warning("%s: the demuxer gave up (%s); using what was read", Path(container.name).name, error_text(e))
-                return
-
-
-def decode_frames(container, stream, log: DecodeLog) -> Iterator[tuple[av.VideoFrame, bool]]:
-    """Decoded frames that do not depend on damaged data, in presentation order, each with
-    whether damage was skipped just before it.
-
-    A packet the decoder refuses (or a frame it flags corrupt) is skipped; frames resume
-    at the next keyframe, or at any clean frame once `_RESYNC_MAX_S` passed without one.
-    """
-    damaged, last_time = False, None
-    for packet in packets(container, stream, log):
-        try:
-            frames = packet.decode()
-        except av.FFmpegError as e:
-            log.note_error(e)
-            damaged = True
-            continue
-        for frame in frames:
-            if frame.is_corrupt:
-                log.note_error()
-                damaged = True
-                continue
-            t = frame.time
-            if damaged and not frame.key_frame:
-                waited = t is not None and last_time is not None and t - last_time > _RESYNC_MAX_S
-                if not waited:
-                    continue
-            yield frame, damaged
-            damaged, last_time = False, t if t is not None else last_time
 
 
 def _check_still(container, stream, path: Path) -> None:

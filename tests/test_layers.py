@@ -2,7 +2,8 @@
 
 Layers, bottom up: core < families < models < kernels < runtime < export < (batch, serve, eval,
 train) < cli. A module may import its own layer or any layer below it, at module level or
-inside a function alike (a lazy import is still a dependency). The oracle is the source
+inside a function alike (a lazy import is still a dependency); only a module's
+`if __name__ == "__main__":` block, an entry point that nothing imports, may call the CLI. The oracle is the source
 itself: every `import` statement of every module, read with `ast`.
 """
 
@@ -37,7 +38,10 @@ def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
     """The v2m modules `name` imports (a package's __init__ importing its own modules excluded)."""
     base = name if path.stem == "__init__" else name.rsplit(".", 1)[0]
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    main_block = lambda n: isinstance(n, ast.If) and ast.unparse(n.test).replace("'", '"') == '__name__ == "__main__"'
+    tree.body = [n for n in tree.body if not main_block(n)]  # a program's entry point: nothing imports it
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 parts = base.split(".")[: len(base.split(".")) - node.level + 1]

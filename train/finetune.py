@@ -401,14 +401,9 @@ def _validate(base: Base, ema, vb: dict, vnoise: torch.Tensor, device="cpu") -> 
     return val
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m v2m.train.finetune` / torchrun: the CLI's `train finetune` options."""
+if __name__ == "__main__":  # `python -m v2m.train.finetune` / torchrun: the CLI's `train finetune` options
     import sys
 
-    from v2m.cli.main import main as cli_main
+    from v2m.cli.main import main as cli_main  # an entry point, not a dependency: nothing imports it from here
 
-    return cli_main(["train", "finetune", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli_main(["train", "finetune", *sys.argv[1:]]))
