@@ -52,6 +52,7 @@ from v2m.runtime.errors import BundleError, OutputError, V2MError
 from v2m.runtime.manifest import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
+    ONNX_OPSET,
     config_sections_digest,
     sha256_file,
     write_manifest,
@@ -78,7 +79,6 @@ __all__ = [
 
 log = logging.getLogger("v2m.export")
 
-ONNX_OPSET = 17  # LayerNormalization is a single op from 17 on (TensorRT maps it to INormalizationLayer)
 EXPORTER = "torch.onnx.export (TorchScript tracer, dynamo=False)"
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB per serialized model
 

@@ -75,6 +75,12 @@ def _add_runtime_args(p: argparse.ArgumentParser, model_default: str | None = No
                    help="torch fast path: VAE decoder precision (fp32: exact Snake phases) (default: --precision's)")
     p.add_argument("--engine-cache", default=None, metavar="DIR",
                    help="tensorrt backend: where engines are built and found (default: BUNDLE/engines)")
+    _add_threads_arg(p)
+
+
+def _add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of the model's operators, >= 1 (default: the physical cores this process may use)")
 
 
 def _precision(args) -> str:
@@ -91,12 +97,13 @@ def _load_pipeline(args):
         require("torch", what="--backend torch")
     # backend and device auto resolved without importing a framework (the CUDA driver says
     # whether there is a GPU): a torch-free install with onnxruntime-gpu or TensorRT uses it
-    args.backend, args.device = resolve_backend(args.backend, args.model, args.device)
+    args.backend, args.device = resolve_backend(args.backend, args.model, args.device, args.precision)
     return Pipeline.from_pretrained(
         args.model, backend=args.backend, device=args.device, precision=_precision(args),
         fast=getattr(args, "fast", None), compile=getattr(args, "compile", "none"),
         kernels=getattr(args, "kernels", "torch"), engine_cache=getattr(args, "engine_cache", None),
         vae_precision=getattr(args, "vae_precision", None), encoder=getattr(args, "encoder", None),
+        threads=getattr(args, "threads", None),
     )
 
 
@@ -676,6 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     d.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="compute precision (default: fp16 on CUDA, fp32 on CPU)")
+    _add_threads_arg(d)
     d.set_defaults(func=cmd_demo)
 
     i = sub.add_parser("init-model", help="write a random-weight bundle of a preset",

@@ -40,7 +40,7 @@ def serve_config(args):
 
 def pipeline_options(args) -> dict:
     """The runtime options of `_add_runtime_args`, as plain data (sent to Ray workers)."""
-    keys = ("model", "backend", "device", "precision", "fast", "compile", "kernels", "vae_precision", "engine_cache")
+    keys = ("model", "backend", "device", "precision", "fast", "compile", "kernels", "vae_precision", "engine_cache", "threads")
     return {k: getattr(args, k, None) for k in keys}
 
 

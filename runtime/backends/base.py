@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,7 @@ import numpy as np
 from ..errors import InputError
 from ..sampler import Conditioning, Plan, branch_batch, global_batch
 
-__all__ = ["Backend", "StepHook", "EngineCall", "runtime_graphs"]
+__all__ = ["Backend", "StepHook", "EngineCall", "runtime_graphs", "default_threads"]
 
 log = logging.getLogger("v2m.backend")
 
@@ -117,3 +119,20 @@ def runtime_graphs(cfg) -> tuple[str, ...]:
     from v2m.export.contracts import graph_names
 
     return tuple(n for n in graph_names(cfg) if n != "t5")
+
+
+def default_threads() -> int:
+    """The CPU threads an engine uses by default: the physical cores this process may run on
+    (SMT siblings share one core's vector units; more threads than cores only contend)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))  # the CPUs this process may use (containers, taskset)
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        try:
+            siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip()
+        except OSError:
+            siblings = str(cpu)
+        cores.add(siblings)
+    return max(1, len(cores))

@@ -28,7 +28,6 @@ islands, the same graphs TensorRT builds from).
 from __future__ import annotations
 
 import logging
-import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from ..bundle import BundleConfig
 from ..errors import BackendUnavailable, BundleError
 from ..manifest import Manifest, load_manifest
 from ..sampler import Conditioning, Plan, SolverTable, sample_loop
-from .base import Backend, EngineCall, runtime_graphs
+from .base import Backend, EngineCall, default_threads, runtime_graphs
 
 __all__ = ["OrtBackend", "parse_device", "StageRing"]
 
@@ -56,13 +55,6 @@ def parse_device(device: str) -> tuple[str, int]:
     if kind != "cuda" or (idx and not idx.isdigit()):
         raise BackendUnavailable(f"device {device!r} is not one of cpu, cuda, cuda:N")
     return "cuda", int(idx or 0)
-
-
-def _cpu_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))  # the CPUs this process may use (containers)
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class StageRing:
@@ -179,7 +171,7 @@ class OrtBackend(Backend):
         self.manifest: Manifest = load_manifest(self.bundle_dir)
         self.graphs = runtime_graphs(cfg)
         self.manifest.verify(self.cfg, self.graphs, precision)
-        self.threads = threads or _cpu_threads()
+        self.threads = threads or default_threads()
         self.cuda_graphs = self.device_type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
         if self.cuda_graphs and self.device_type != "cuda":
             raise BackendUnavailable("ONNX Runtime CUDA graphs need --device cuda")
