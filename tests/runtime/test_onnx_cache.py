@@ -158,3 +158,36 @@ def test_threads_option_is_checked(capsys):
     rc = main(["generate", "x.mp4", "-o", "o.wav", "--model", "m", "--threads", "0"])
     err = capsys.readouterr().err
     assert rc == 2 and "threads" in err
+
+
+_DECODE_RSS = """
+import sys, resource, numpy as np
+from v2m.runtime.backends.ort_backend import OrtBackend
+from v2m.runtime.bundle import load_config
+be = OrtBackend(sys.argv[1], load_config(sys.argv[1]), threads=1)
+if sys.argv[2] == "held":  # the oracle: ONNX Runtime's default run options keep the arena
+    import onnxruntime as ort
+    be.decode_options = ort.RunOptions()
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+be.decode(np.zeros((1, be.cfg.latent_channels, 8), np.float32))
+before = rss()
+be.decode(np.zeros((1, be.cfg.latent_channels, 300), np.float32))
+print(before, rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="reads RSS from /proc")
+def test_decode_gives_the_arena_back(tiny_bundle, cache):
+    """After a long decode the VAE's arena is shrunk: RSS falls back near where it was, where
+    ONNX Runtime's default keeps the whole peak."""
+    entry = create_backend("onnxruntime", tiny_bundle, load_config(tiny_bundle), device="cpu").bundle_dir
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    got = {}
+    for mode in ("held", "shrink"):
+        out = subprocess.run([sys.executable, "-c", _DECODE_RSS, str(entry), mode], env=env, text=True,
+                             capture_output=True, timeout=300, check=True).stdout
+        got[mode] = [float(v) for v in out.split()]
+    before, after, peak = got["shrink"]
+    held_before, held_after, held_peak = got["held"]
+    assert held_after - held_before > 0.5 * (held_peak - held_before) > 50, got  # the oracle holds its peak
+    assert after - before < 0.25 * (peak - before), got
