@@ -63,8 +63,9 @@ def _add_runtime_args(p: argparse.ArgumentParser, model_default: str | None = No
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
                    help="inference engine; auto: TensorRT, then ONNX Runtime for an exported bundle, then PyTorch")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when PyTorch sees a GPU)")
-    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
-                   help="compute precision (default: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "int8"],
+                   help="compute precision (default: fp16 on CUDA, fp32 on CPU); int8: ONNX Runtime on a CPU, "
+                        "the DiT step and frame encoder quantized, refused below its accuracy gate")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                    help="torch backend: fast path (CUDA-graphed sampler step, chunked VAE) (default: on for CUDA + fp16)")
     p.add_argument("--compile", default="none", choices=["none", "inductor"], help="torch fast path: torch.compile the DiT backbone")
@@ -615,9 +616,9 @@ def cmd_export(args) -> int:
     from v2m.export.exporter import export_bundle
 
     precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
-    bad = [p for p in precisions if p not in ("fp32", "fp16", "bf16")]
+    bad = [p for p in precisions if p not in ("fp32", "fp16", "bf16", "int8")]
     if bad or not precisions:
-        raise InputError(f"--precision {args.precision!r}: give fp32, fp16 and/or bf16, comma-separated")
+        raise InputError(f"--precision {args.precision!r}: give fp32, fp16, bf16 and/or int8, comma-separated")
     res = export_bundle(
         args.bundle, args.output, opset=args.opset, check=not args.no_check, with_weights=args.with_weights,
         on_check=lambda r: print(r.line(), flush=True), precisions=precisions,

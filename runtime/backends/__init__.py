@@ -43,6 +43,17 @@ def _is_exported(bundle_dir: Path) -> bool:
     return (bundle_dir / "manifest.json").is_file()
 
 
+def _has_graphs(bundle_dir: Path, precision: str) -> bool:
+    """Whether the bundle's manifest lists a graph set of `precision` (a bundle with weights
+    that lacks it gets one from the ONNX cache)."""
+    import json
+
+    try:
+        return precision in json.loads((bundle_dir / "manifest.json").read_text()).get("graphs", {})
+    except (OSError, ValueError, AttributeError):
+        return _is_exported(bundle_dir)  # a broken manifest: the backend says what is wrong
+
+
 def create_backend(
     name: str,
     bundle_dir: str | Path,
@@ -73,6 +84,9 @@ def create_backend(
     bundle_dir = Path(bundle_dir)
     name, device = resolve_backend(name, bundle_dir, device, precision)
     threads = threads or default_threads()
+    if precision == "int8" and (name != "onnxruntime" or device != "cpu"):
+        raise BackendUnavailable(f"int8 runs on ONNX Runtime on a CPU (got {name} on {device}); use --backend auto "
+                                 "--device cpu, or another precision")
     if name == "torch":
         if not _has("torch"):
             raise BackendUnavailable("the torch backend needs PyTorch (pip install torch); or export the bundle and use --backend onnxruntime")
@@ -84,7 +98,7 @@ def create_backend(
         from .ort_backend import OrtBackend
 
         graphs = bundle_dir
-        if not _is_exported(bundle_dir):
+        if not _has_graphs(bundle_dir, precision) and (bundle_dir / "dit.safetensors").is_file():
             from .base import runtime_graphs
             from .onnx_cache import cached_export
 

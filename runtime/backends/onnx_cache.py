@@ -168,11 +168,15 @@ def _export_into(bundle_dir: Path, entry: Path, precision: str, names: tuple[str
     log.warning("exporting %s to ONNX (%s) on first use into %s ...", bundle_dir, precision, entry)
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide a shared cache's entries
     try:
         try:
             export_bundle(bundle_dir, tmp, names=names, precisions=(precision,))
         except V2MError as e:
-            raise BackendUnavailable(f"exporting {bundle_dir} to ONNX failed ({e}); use --backend torch") from None
+            other = "--precision fp32" if precision == "int8" else "--backend torch"
+            raise BackendUnavailable(f"exporting {bundle_dir} to ONNX ({precision}) failed: {e}; use {other}") from None
         try:
             os.rename(tmp, entry)
         except OSError:

@@ -44,7 +44,7 @@ __all__ = ["OrtBackend", "parse_device", "StageRing"]
 
 log = logging.getLogger("v2m.backend.ort")
 
-_NP = {"fp32": np.float32, "fp16": np.float16}
+_NP = {"fp32": np.float32, "fp16": np.float16, "int8": np.float32}  # int8 graphs take fp32
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -152,12 +152,15 @@ class OrtBackend(Backend):
         self.device_type, self.device_id = parse_device(device)
         self.device = self.device_type if self.device_type == "cpu" else f"cuda:{self.device_id}"
         available = ort.get_available_providers()
-        if precision not in ("fp32", "fp16", "bf16"):
-            raise BackendUnavailable(f"precision {precision!r} is not one of fp32, fp16, bf16")
-        if self.device_type == "cpu" and precision != "fp32":
+        if precision not in ("fp32", "fp16", "bf16", "int8"):
+            raise BackendUnavailable(f"precision {precision!r} is not one of fp32, fp16, bf16, int8")
+        if self.device_type == "cpu" and precision not in ("fp32", "int8"):
             raise BackendUnavailable(
-                f"the onnxruntime backend runs the exported fp32 graphs on CPU; use --precision fp32 (got {precision})"
+                f"the onnxruntime backend runs the exported fp32 or int8 graphs on CPU; use --precision fp32 or int8 "
+                f"(got {precision})"
             )
+        if self.device_type == "cuda" and precision == "int8":
+            raise BackendUnavailable("int8 graphs run on the CPU (ONNX Runtime's dynamic quantization); use --device cpu")
         if self.device_type == "cuda" and "CUDAExecutionProvider" not in available:
             raise BackendUnavailable(
                 f"--device {device} asked for, but this onnxruntime has no CUDA provider ({', '.join(available)}); "
@@ -321,11 +324,17 @@ class OrtBackend(Backend):
                 opts.add_run_config_entry("gpu_graph_id", str(sh.graph_base + phase))
             step.run_with_iobinding(sh.bindings[phase], opts)
             calls[0] += 1
+            self._x_now = sh.bufs[names["x_out"]]
             return names["x_out"], names["d"]
 
         final = sample_loop(stage, "X0", "D0", plan.steps, plan.table.stages, on_step)
         self._last_k = sh.bufs["K0"]
         return np.array(sh.bufs[final].numpy(), dtype=np.float32, copy=True)
+
+    def latents_now(self) -> np.ndarray:
+        """The sampler's state after the last stage run (read in an `on_step` hook: the state
+        after that step; waits for the device). The int8 gate compares trajectories with it."""
+        return np.array(self._x_now.numpy(), dtype=np.float32, copy=True)
 
     def condition(self, text, text_mask, seconds):
         if "cond" not in self.sessions:
