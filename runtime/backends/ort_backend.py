@@ -181,6 +181,10 @@ class OrtBackend(Backend):
         if self.device_type == "cpu":
             so.intra_op_num_threads = self.threads
             so.inter_op_num_threads = 1
+            # Idle workers sleep instead of spinning: on a shared 2-core machine (load ~12) the demo
+            # DiT step took 33 ms with 2 threads not spinning, 56-88 ms with 1, 105-119 ms with 2
+            # spinning (ORT's default); docs/h23a.md.
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = self.manifest.graph_path(name, self.precision)
         try:
             sess = ort.InferenceSession(str(path), so, providers=self._providers(name))

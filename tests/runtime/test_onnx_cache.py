@@ -125,7 +125,10 @@ def test_threads_reach_both_engines(tiny_bundle, cache):
     try:
         be = create_backend("onnxruntime", tiny_bundle, cfg, device="cpu", threads=1)
         assert be.threads == 1
-        assert all(s.get_session_options().intra_op_num_threads == 1 for s in be.sessions.values())
+        for s in be.sessions.values():
+            opts = s.get_session_options()
+            assert opts.intra_op_num_threads == 1
+            assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"  # idle threads sleep
         create_backend("torch", tiny_bundle, cfg, device="cpu", threads=1)
         assert torch.get_num_threads() == 1
     finally:
