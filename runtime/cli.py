@@ -61,7 +61,9 @@ def _add_runtime_args(p: argparse.ArgumentParser, model_default: str | None = No
     p.add_argument("--encoder", default=None, choices=ENCODER_KINDS,
                    help="frame encoder of the event curve (default: the bundle's); cut and motion are weight-free")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
-                   help="inference engine; auto: TensorRT, then ONNX Runtime for an exported bundle, then PyTorch")
+                   help="inference engine; auto: TensorRT on a GPU for an exported bundle; on a CPU ONNX Runtime for "
+                        "every bundle (one without graphs exported on first use into $V2M_CACHE_DIR, default "
+                        "~/.cache/v2m/onnx); else PyTorch")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when PyTorch sees a GPU)")
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "int8"],
                    help="compute precision (default: fp16 on CUDA, fp32 on CPU); int8: ONNX Runtime on a CPU, "
@@ -81,7 +83,8 @@ def _add_runtime_args(p: argparse.ArgumentParser, model_default: str | None = No
 
 def _add_threads_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads of the model's operators, >= 1 (default: the physical cores this process may use)")
+                   help="CPU threads of the model's operators, >= 1 (default: OMP_NUM_THREADS if set, else the "
+                        "physical cores this process may use)")
 
 
 def _precision(args) -> str:
@@ -91,14 +94,16 @@ def _precision(args) -> str:
 
 
 def _load_pipeline(args):
-    from .backends import resolve_backend
+    from .backends import resolve_backend, torch_options_asked
     from .pipeline import Pipeline
 
     if args.backend == "torch":
         require("torch", what="--backend torch")
     # backend and device auto resolved without importing a framework (the CUDA driver says
     # whether there is a GPU): a torch-free install with onnxruntime-gpu or TensorRT uses it
-    args.backend, args.device = resolve_backend(args.backend, args.model, args.device, args.precision)
+    torch_options = torch_options_asked(getattr(args, "fast", None), getattr(args, "compile", "none"),
+                                        getattr(args, "kernels", "torch"), getattr(args, "vae_precision", None))
+    args.backend, args.device = resolve_backend(args.backend, args.model, args.device, args.precision, torch_options)
     return Pipeline.from_pretrained(
         args.model, backend=args.backend, device=args.device, precision=_precision(args),
         fast=getattr(args, "fast", None), compile=getattr(args, "compile", "none"),
@@ -821,7 +826,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer")
     x.add_argument("--precision", default="fp32", metavar="P[,P]",
                    help="graph sets to write, comma-separated: fp32 (ONNX Runtime on CPU), fp16, bf16 (strongly typed "
-                        "graphs with fp32 islands for TensorRT and ONNX Runtime's CUDA provider) (default: fp32)")
+                        "graphs with fp32 islands for TensorRT and ONNX Runtime's CUDA provider), int8 (ONNX Runtime on "
+                        "CPU, with fp32; refused below its accuracy gate) (default: fp32)")
     x.add_argument("--with-weights", action="store_true",
                    help="copy the .safetensors too (the torch backend can then run it)")
     x.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")

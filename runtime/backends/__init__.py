@@ -20,7 +20,8 @@ from ..bundle import BundleConfig
 from ..errors import BackendUnavailable
 from .base import Backend, default_threads
 
-__all__ = ["Backend", "BACKENDS", "create_backend", "resolve_backend", "available_backends", "default_threads"]
+__all__ = ["Backend", "BACKENDS", "create_backend", "resolve_backend", "available_backends", "default_threads",
+           "torch_options_asked"]
 
 log = logging.getLogger("v2m.backend")
 
@@ -82,7 +83,8 @@ def create_backend(
             wide; ONNX Runtime: intra-op threads of each session); None = `default_threads()`.
     """
     bundle_dir = Path(bundle_dir)
-    name, device = resolve_backend(name, bundle_dir, device, precision)
+    asked = torch_options_asked(fast, compile, kernels, vae_precision)
+    name, device = resolve_backend(name, bundle_dir, device, precision, torch_options=asked)
     threads = threads or default_threads()
     if precision == "int8" and (name != "onnxruntime" or device != "cpu"):
         raise BackendUnavailable(f"int8 runs on ONNX Runtime on a CPU (got {name} on {device}); use --backend auto "
@@ -114,6 +116,12 @@ def create_backend(
 
 
 _FAST_DEFAULTS = {"compile": "none", "kernels": "torch", "vae_precision": None}
+
+
+def torch_options_asked(fast: bool | None = None, compile: str = "none", kernels: str = "torch",
+                        vae_precision: str | None = None) -> bool:
+    """Whether options only the torch backend has were asked for (backend auto then stays on torch)."""
+    return bool(fast) or compile != "none" or kernels != "torch" or vae_precision is not None
 
 
 def _torch_backend(bundle_dir, cfg, device, precision, fast, fast_options: dict, threads: int) -> Backend:
@@ -168,7 +176,8 @@ def _cpu_ort_ok(precision: str | None) -> tuple[bool, str]:
     return True, ""
 
 
-def resolve_backend(name: str, bundle_dir: str | Path, device: str, precision: str | None = None) -> tuple[str, str]:
+def resolve_backend(name: str, bundle_dir: str | Path, device: str, precision: str | None = None,
+                    torch_options: bool = False) -> tuple[str, str]:
     """(backend, device) with "auto" resolved, without importing torch, onnxruntime's CUDA
     libraries or TensorRT: a GPU is what the CUDA driver reports.
 
@@ -176,8 +185,9 @@ def resolve_backend(name: str, bundle_dir: str | Path, device: str, precision: s
     exported bundle, and for a bundle with weights when this install can export it (on
     first use, into `onnx_cache`); else torch for a bundle with weights; else ONNX Runtime
     for an exported bundle; else torch. `precision` (None: the default) keeps auto off ONNX
-    Runtime on a CPU for precisions it does not run there. Device auto: cuda when a GPU is
-    visible and the backend can use it.
+    Runtime on a CPU for precisions it does not run there, `torch_options` (the torch fast
+    path's options were asked for) on torch. Device auto: cuda when a GPU is visible and the
+    backend can use it.
     """
     from ..demo import resolve_model
 
@@ -191,6 +201,8 @@ def resolve_backend(name: str, bundle_dir: str | Path, device: str, precision: s
         exported = _is_exported(bundle_dir)
         weights = (bundle_dir / "dit.safetensors").is_file()
         ort_ok, why_not = _cpu_ort_ok(precision)
+        if torch_options:
+            ort_ok, why_not = False, "torch fast-path options asked for"
         if not gpu and have["onnxruntime"] and weights and not exported and ort_ok:
             from .onnx_cache import can_export
 

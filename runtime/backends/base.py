@@ -122,8 +122,12 @@ def runtime_graphs(cfg) -> tuple[str, ...]:
 
 
 def default_threads() -> int:
-    """The CPU threads an engine uses by default: the physical cores this process may run on
+    """The CPU threads an engine uses by default: OMP_NUM_THREADS when set (the standard
+    variable, honoured for both engines), else the physical cores this process may run on
     (SMT siblings share one core's vector units; more threads than cores only contend)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
     try:
         cpus = sorted(os.sched_getaffinity(0))  # the CPUs this process may use (containers, taskset)
     except AttributeError:  # not Linux

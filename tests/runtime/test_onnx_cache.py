@@ -104,7 +104,10 @@ def test_cannot_export_falls_back_to_torch(tiny_bundle, cache, monkeypatch, capl
     assert any("not ONNX Runtime" in r.message and "onnx is not installed" in r.message for r in caplog.records)
     assert resolve_backend("torch", tiny_bundle, "cpu") == ("torch", "cpu")  # --backend torch still forces it
     assert resolve_backend("auto", tiny_bundle, "cpu", "bf16") == ("torch", "cpu")  # ORT CPU has no bf16
-    assert not cache.exists()
+    monkeypatch.setattr(onnx_cache, "can_export", lambda: None)  # this install can export
+    assert resolve_backend("auto", tiny_bundle, "cpu")[0] == "onnxruntime"
+    assert resolve_backend("auto", tiny_bundle, "cpu", torch_options=True)[0] == "torch"  # --fast, --compile, ...
+    assert not cache.exists()  # resolving exports nothing
 
 
 def test_explicit_onnxruntime_without_exporter_is_one_line(tiny_bundle, cache, monkeypatch, short_video, tmp_path,
@@ -136,6 +139,9 @@ def test_threads_reach_both_engines(tiny_bundle, cache):
 
 
 def test_default_threads_counts_physical_cores(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3  # the standard variable wins
+    monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert default_threads() == 1
     # an oracle independent of the sysfs reader: lscpu-style (core, socket) pairs from /proc/cpuinfo
@@ -143,6 +149,7 @@ def test_default_threads_counts_physical_cores(monkeypatch):
     if not info.is_file() or "core id" not in info.read_text():
         pytest.skip("no core ids in /proc/cpuinfo")
     monkeypatch.undo()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cores, phys = set(), None
     allowed = os.sched_getaffinity(0)
     cpu = None
@@ -164,7 +171,7 @@ def test_threads_option_is_checked(capsys):
 
 
 _DECODE_RSS = """
-import sys, resource, numpy as np
+import sys, numpy as np
 from v2m.runtime.backends.ort_backend import OrtBackend
 from v2m.runtime.bundle import load_config
 be = OrtBackend(sys.argv[1], load_config(sys.argv[1]), threads=1)
@@ -175,7 +182,7 @@ rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 be.decode(np.zeros((1, be.cfg.latent_channels, 8), np.float32))
 before = rss()
 be.decode(np.zeros((1, be.cfg.latent_channels, 300), np.float32))
-print(before, rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(before, rss())
 """
 
 
@@ -190,7 +197,7 @@ def test_decode_gives_the_arena_back(tiny_bundle, cache):
         out = subprocess.run([sys.executable, "-c", _DECODE_RSS, str(entry), mode], env=env, text=True,
                              capture_output=True, timeout=300, check=True).stdout
         got[mode] = [float(v) for v in out.split()]
-    before, after, peak = got["shrink"]
-    held_before, held_after, held_peak = got["held"]
-    assert held_after - held_before > 0.5 * (held_peak - held_before) > 50, got  # the oracle holds its peak
-    assert after - before < 0.25 * (peak - before), got
+    held = got["held"][1] - got["held"][0]
+    kept = got["shrink"][1] - got["shrink"][0]
+    assert held > 50, got  # the oracle keeps its activations' arena
+    assert kept < 0.25 * held, got
