@@ -165,7 +165,7 @@ def _export_into(bundle_dir: Path, entry: Path, precision: str, names: tuple[str
 
     if entry.exists():  # not complete: what a killed process left (a rename is all or nothing)
         shutil.rmtree(entry, ignore_errors=True)
-    log.warning("exporting %s to ONNX (%s) on first use into %s ...", bundle_dir, precision, entry)
+    log.info("exporting %s to ONNX (%s) on first use into %s ...", bundle_dir, precision, entry)
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
     umask = os.umask(0)
@@ -185,4 +185,5 @@ def _export_into(bundle_dir: Path, entry: Path, precision: str, names: tuple[str
             log.info("another process installed %s first; using it", entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.warning("exported %s in %.1f s (cached: later runs start at once)", bundle_dir, time.perf_counter() - t0)
+    log.warning("%s has no ONNX graphs: exported them (%s) on first use in %.1f s into the cache %s; later runs "
+                "start at once", bundle_dir, precision, time.perf_counter() - t0, entry)

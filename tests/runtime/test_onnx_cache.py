@@ -91,7 +91,7 @@ def test_concurrent_first_use_makes_one_entry(tiny_bundle, cache):
     assert all(p.returncode == 0 for p in procs), outs
     [entry] = _entries(cache)
     assert {out.split()[1] for out, _ in outs} == {str(entry)}
-    assert sum(err.count("exporting") for _, err in outs) == 1, outs  # the other waited on the lock
+    assert sum(err.count("exported them") for _, err in outs) == 1, outs  # the other waited on the lock
     man = load_manifest(entry)
     man.verify(load_config(tiny_bundle), None, "fp32")
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]
