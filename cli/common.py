@@ -23,11 +23,13 @@ def add_runtime_args(p: argparse.ArgumentParser, model_default: str | None = Non
     p.add_argument("--encoder", default=None, choices=ENCODER_KINDS,
                    help="frame encoder of the event curve (default: the bundle's); cut and motion are weight-free")
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], type=normalize_backend,
-                   help="inference engine (ort and trt name ONNX Runtime and TensorRT too); auto: TensorRT, then "
-                        "ONNX Runtime for an exported bundle, then PyTorch")
+                   help="inference engine (ort and trt name ONNX Runtime and TensorRT too); auto: TensorRT on a GPU "
+                        "for an exported bundle; on a CPU ONNX Runtime for every bundle (one without graphs exported "
+                        "on first use into $V2M_CACHE_DIR, default ~/.cache/v2m/onnx); else PyTorch")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when PyTorch sees a GPU)")
-    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
-                   help="compute precision (default: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "int8"],
+                   help="compute precision (default: fp16 on CUDA, fp32 on CPU); int8: ONNX Runtime on a CPU, "
+                        "the DiT step and frame encoder quantized, refused below its accuracy gate")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                    help="torch backend: fast path (CUDA-graphed sampler step, chunked VAE) (default: on for CUDA + fp16)")
     p.add_argument("--compile", default="none", choices=["none", "inductor"], help="torch fast path: torch.compile the DiT backbone")
@@ -38,6 +40,13 @@ def add_runtime_args(p: argparse.ArgumentParser, model_default: str | None = Non
                    help="torch fast path: VAE decoder precision (fp32: exact Snake phases) (default: --precision's)")
     p.add_argument("--engine-cache", default=None, metavar="DIR",
                    help="tensorrt backend: where engines are built and found (default: BUNDLE/engines)")
+    add_threads_arg(p)
+
+
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of the model's operators, >= 1 (default: OMP_NUM_THREADS if set, else the "
+                        "physical cores this process may use)")
 
 
 def request_from_args(args, **overrides) -> Request:
@@ -77,7 +86,7 @@ def format_timings(timings: dict[str, float], step_ms: list[float] | None = None
 
 
 RUNTIME_OPTIONS = ("model", "backend", "device", "precision", "encoder", "fast", "compile", "kernels", "vae_precision",
-                   "engine_cache")
+                   "engine_cache", "threads")
 
 
 def pipeline_options(args) -> dict:
@@ -87,8 +96,10 @@ def pipeline_options(args) -> dict:
 
 def load_pipeline(args):
     """The command line's pipeline (`Pipeline.load`: auto backend, device and precision resolved)."""
+    from v2m.export import enable_first_use_export
     from v2m.runtime.pipeline import Pipeline
 
+    enable_first_use_export()  # auto on a CPU: ONNX Runtime for any bundle, its graphs exported on first use
     return Pipeline.load(**pipeline_options(args))
 
 

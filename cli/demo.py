@@ -14,7 +14,7 @@ from v2m.core.errors import InputError, require
 from v2m.runtime.backends import BACKENDS, normalize_backend
 from v2m.runtime.request import Request
 
-from .common import format_timings, load_pipeline
+from .common import add_threads_arg, format_timings, load_pipeline
 from .support import StepProgress
 
 log = logging.getLogger("v2m.cli")
@@ -155,4 +155,5 @@ def register(sub) -> None:
     d.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     d.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="compute precision (default: fp16 on CUDA, fp32 on CPU)")
+    add_threads_arg(d)
     d.set_defaults(func=cmd_demo)

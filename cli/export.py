@@ -20,9 +20,9 @@ def cmd_export(args) -> int:
     from v2m.export.exporter import export_bundle
 
     precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
-    bad = [p for p in precisions if p not in ("fp32", "fp16", "bf16")]
+    bad = [p for p in precisions if p not in ("fp32", "fp16", "bf16", "int8")]
     if bad or not precisions:
-        raise InputError(f"--precision {args.precision!r}: give fp32, fp16 and/or bf16, comma-separated")
+        raise InputError(f"--precision {args.precision!r}: give fp32, fp16, bf16 and/or int8, comma-separated")
     res = export_bundle(
         args.bundle, args.output, opset=args.opset, check=not args.no_check, with_weights=args.with_weights,
         on_check=lambda r: print(r.line(), flush=True), precisions=precisions,
@@ -56,7 +56,8 @@ def register(sub) -> None:
     x.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer")
     x.add_argument("--precision", default="fp32", metavar="P[,P]",
                    help="graph sets to write, comma-separated: fp32 (ONNX Runtime on CPU), fp16, bf16 (strongly typed "
-                        "graphs with fp32 islands for TensorRT and ONNX Runtime's CUDA provider) (default: fp32)")
+                        "graphs with fp32 islands for TensorRT and ONNX Runtime's CUDA provider), int8 (ONNX Runtime on "
+                        "CPU, with fp32; refused below its accuracy gate) (default: fp32)")
     x.add_argument("--with-weights", action="store_true",
                    help="copy the .safetensors too (the torch backend can then run it)")
     x.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")

@@ -39,6 +39,7 @@ from .errors import BundleError
 __all__ = [
     "MANIFEST_FORMAT",
     "MANIFEST_NAME",
+    "ONNX_OPSET",
     "GRAPH_SECTIONS",
     "GraphInfo",
     "Manifest",
@@ -51,6 +52,7 @@ __all__ = [
 MANIFEST_FORMAT = "v2m-onnx/2"
 MANIFEST_NAME = "manifest.json"
 GRAPH_SECTIONS = ("dit", "vae", "encoder")  # the config sections baked into the graphs
+ONNX_OPSET = 17  # LayerNormalization is a single op from 17 on (TensorRT maps it to INormalizationLayer)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

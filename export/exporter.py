@@ -52,6 +52,7 @@ from v2m.core.errors import BundleError, OutputError, V2MError
 from v2m.core.manifest import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
+    ONNX_OPSET,
     config_sections_digest,
     sha256_file,
     write_manifest,
@@ -80,7 +81,6 @@ __all__ = [
 
 log = logging.getLogger("v2m.export")
 
-ONNX_OPSET = 17  # LayerNormalization is a single op from 17 on (TensorRT maps it to INormalizationLayer)
 EXPORTER = "torch.onnx.export (TorchScript tracer, dynamo=False)"
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB per serialized model
 
@@ -346,6 +346,29 @@ def check_graph(
     return results
 
 
+def _add_int8(out: Path, cfg: BundleConfig, data: dict[str, Any], seconds: dict[str, float]) -> None:
+    """Quantize the fp32 set into the int8 set, measure it against fp32 (`quantize.measure`) and
+    record the figures in the manifest; below the gate, refuse with them and leave no manifest."""
+    from .quantize import gate_failure, measure, quantize_graphs
+
+    t0 = time.perf_counter()
+    data["graphs"]["int8"] = quantize_graphs(out, data["graphs"]["fp32"])
+    write_manifest(out, data)
+    figures = measure(out, cfg)
+    seconds["int8_quantize_and_gate"] = time.perf_counter() - t0
+    failure = gate_failure(figures)
+    log.info("int8 gate: min step cosine %.4f, audio SNR %.1f dB%s", figures["min_step_cosine"],
+             figures["audio_snr_db"], f", encoder cosine {figures['min_encoder_cosine']:.4f}"
+             if "min_encoder_cosine" in figures else "")
+    if failure:
+        (out / MANIFEST_NAME).unlink(missing_ok=True)
+        shutil.rmtree(out / "onnx" / "int8", ignore_errors=True)
+        raise ExportError(f"int8 graphs refused by the accuracy gate ({failure}, against fp32 from the same seed); "
+                          "no manifest was written; use fp32")
+    data["quantization"] = {"int8": figures}
+    write_manifest(out, data)
+
+
 @dataclass
 class ExportResult:
     out_dir: Path
@@ -434,9 +457,12 @@ def export_bundle(
     cfg = load_config(src)
     if opset < 17:
         raise V2MError(f"opset {opset} is too old: LayerNormalization needs opset 17 or newer")
-    bad = [p for p in precisions if p not in PRECISIONS]
+    bad = [p for p in precisions if p not in (*PRECISIONS, "int8")]
     if bad or not precisions:
-        raise V2MError(f"--precision {','.join(bad) or '(none)'}: choose from {', '.join(PRECISIONS)} (comma-separated)")
+        raise V2MError(f"--precision {','.join(bad) or '(none)'}: choose from {', '.join(PRECISIONS)}, int8 "
+                       "(comma-separated)")
+    int8 = "int8" in precisions  # quantized from the fp32 set, which it needs beside it
+    precisions = tuple(p for p in dict.fromkeys(("fp32", *precisions) if int8 else precisions) if p != "int8")
     contracts = contracts_for(cfg)
     names = tuple(contracts) if names is None else names
     unknown = [n for n in names if n not in contracts]
@@ -497,7 +523,7 @@ def export_bundle(
                 "check": [asdict(r) | {"ok": r.ok} for r in results],
             }
             paths[f"{precision}/{name}"] = path
-    manifest = write_manifest(out, {
+    data = {
         "format": MANIFEST_FORMAT,
         "opset": opset,
         "config_sections": config_sections_digest(cfg),
@@ -511,7 +537,10 @@ def export_bundle(
         "graphs": graphs,
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
+    }
+    manifest = write_manifest(out, data)
+    if int8:
+        _add_int8(out, cfg, data, seconds)
     seconds["total"] = time.perf_counter() - t_start
     log.info("exported %s to %s in %.1f s", src, out, seconds["total"])
     return ExportResult(out, manifest, paths, checks, seconds)

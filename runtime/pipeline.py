@@ -122,11 +122,13 @@ class Pipeline(SamplingStage):
         from v2m.core import devices
         from v2m.core.errors import require
 
-        from .backends import resolve_backend
+        from .backends import resolve_backend, torch_options_asked
 
         if backend == "torch":
             require("torch", what="--backend torch")
-        backend, device = resolve_backend(backend, model, device)
+        torch_options = torch_options_asked(options.get("fast"), options.get("compile") or "none",
+                                            options.get("kernels") or "torch", options.get("vae_precision"))
+        backend, device = resolve_backend(backend, model, device, precision, torch_options)
         devices.check_device(device)  # cuda asked for: a GPU must be visible, before anything loads
         precision = precision or ("fp16" if str(device).startswith("cuda") else "fp32")
         kw = {k: v for k, v in options.items() if v is not None}

@@ -25,6 +25,7 @@ from ray import serve
 from .app import create_app
 from .config import ServeConfig
 from .engine import Engine
+from .options import load_pipeline
 
 __all__ = ["V2MDeployment", "app", "build_app", "run_ray_serve"]
 
@@ -44,9 +45,7 @@ class V2MDeployment:
     """A replica: a loaded, warmed-up engine behind the service's FastAPI app."""
 
     def __init__(self, config: ServeConfig, pipeline_options: dict):
-        from v2m.runtime.pipeline import Pipeline
-
-        self.engine = Engine(Pipeline.load(**pipeline_options), config)
+        self.engine = Engine(load_pipeline(pipeline_options), config)
         self.engine.start()
         self.engine.batch_fn = self._batch
         self._batched.set_max_batch_size(self.engine.max_batch)

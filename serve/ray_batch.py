@@ -32,7 +32,8 @@ import numpy as np
 from v2m import batch
 from v2m.batch import BatchOptions, BatchSummary, Job, show
 from v2m.core.errors import InputError
-from v2m.runtime.pipeline import Pipeline
+
+from .options import load_pipeline
 
 __all__ = ["run_batch_ray", "plan_groups"]
 
@@ -44,7 +45,7 @@ class _Worker:
     through the local batch's own steps (`batch.prepare_item`, `Pipeline.sample`, `batch.complete`)."""
 
     def __init__(self, options: dict, opts: BatchOptions):
-        self.pipe = Pipeline.load(**options)
+        self.pipe = load_pipeline(options)
         self.opts = opts
         self.options = opts.request.options(self.pipe.config.sampler)
         self.model = batch.model_hash(self.pipe)

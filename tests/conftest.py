@@ -28,6 +28,20 @@ except ImportError:
     pass
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _onnx_cache_dir(tmp_path_factory):
+    """The ONNX graph cache (`--backend auto` exports a bundle on first use) in a session
+    folder, never the user's ~/.cache; CLI subprocesses inherit it. Bundles of the same
+    content (init-model with one seed) share entries across tests, as in real use."""
+    old = os.environ.get("V2M_CACHE_DIR")
+    os.environ["V2M_CACHE_DIR"] = str(tmp_path_factory.mktemp("onnx-cache"))
+    yield
+    if old is None:
+        os.environ.pop("V2M_CACHE_DIR", None)
+    else:
+        os.environ["V2M_CACHE_DIR"] = old
+
+
 @dataclass(frozen=True)
 class SynthVideo:
     """A generated clip and what it was made with."""

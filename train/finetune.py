@@ -50,7 +50,7 @@ from .finetune_data import DataSettings, prepare
 from .finetune_eval import generated_curve_correlation
 from .finetune_model import Base, add_lora, merge_lora, text_key, write_bundle
 
-__all__ = ["FinetuneConfig", "finetune", "main"]
+__all__ = ["FinetuneConfig", "finetune"]
 
 log = logging.getLogger("v2m.train.finetune")
 
@@ -404,6 +404,8 @@ def _validate(base: Base, ema, vb: dict, vnoise: torch.Tensor, device="cpu") -> 
 if __name__ == "__main__":  # `python -m v2m.train.finetune` / torchrun: the CLI's `train finetune` options
     import sys
 
-    from v2m.cli.main import main as cli_main  # an entry point, not a dependency: nothing imports it from here
+    from v2m.cli.main import (
+        main as cli_main,  # an entry point, not a dependency: nothing imports it from here
+    )
 
     raise SystemExit(cli_main(["train", "finetune", *sys.argv[1:]]))

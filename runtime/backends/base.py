@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,7 @@ from v2m.core.errors import InputError
 
 from ..sampler import Conditioning, Plan, branch_batch, global_batch
 
-__all__ = ["Backend", "StepHook", "EngineCall", "runtime_graphs"]
+__all__ = ["Backend", "StepHook", "EngineCall", "runtime_graphs", "default_threads"]
 
 log = logging.getLogger("v2m.backend")
 
@@ -118,3 +120,24 @@ def runtime_graphs(cfg) -> tuple[str, ...]:
     from v2m.families import graph_names
 
     return tuple(n for n in graph_names(cfg) if n != "t5")
+
+
+def default_threads() -> int:
+    """The CPU threads an engine uses by default: OMP_NUM_THREADS when set (the standard
+    variable, honoured for both engines), else the physical cores this process may run on
+    (SMT siblings share one core's vector units; more threads than cores only contend)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        cpus = sorted(os.sched_getaffinity(0))  # the CPUs this process may use (containers, taskset)
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        try:
+            siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip()
+        except OSError:
+            siblings = str(cpu)
+        cores.add(siblings)
+    return max(1, len(cores))

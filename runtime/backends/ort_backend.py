@@ -28,8 +28,6 @@ islands, the same graphs TensorRT builds from).
 from __future__ import annotations
 
 import logging
-import os
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +37,23 @@ from v2m.core.bundle import BundleConfig
 from v2m.core.errors import BackendUnavailable, BundleError
 from v2m.core.manifest import Manifest, load_manifest
 
-from ..sampler import Conditioning, Plan, SolverTable, sample_loop
-from .base import Backend, EngineCall, runtime_graphs
+from ..sampler import Conditioning, Plan, SolverTable
+from .base import Backend, EngineCall, default_threads, runtime_graphs
+from .engine_sampler import (
+    BUFFERS,
+    ShapeCache,
+    StageRing,
+    run_steps,
+    shape_key,
+    step_bindings,
+    text_feeds,
+)
 
-__all__ = ["OrtBackend", "parse_device", "StageRing"]
+__all__ = ["OrtBackend", "parse_device", "StageRing"]  # StageRing: engine_sampler's
 
 log = logging.getLogger("v2m.backend.ort")
 
-_NP = {"fp32": np.float32, "fp16": np.float16}
+_NP = {"fp32": np.float32, "fp16": np.float16, "int8": np.float32}  # int8 graphs take fp32
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -59,60 +66,20 @@ def parse_device(device: str) -> tuple[str, int]:
     return "cuda", int(idx or 0)
 
 
-def _cpu_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))  # the CPUs this process may use (containers)
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-class StageRing:
-    """Which buffers stage call n of a solver with `stages` stages a step reads and writes.
-
-    x: X0/X1 hold the step's base (alternating each step), XE the scratch of a step's
-    non-final stages; d and k alternate every stage call. No output aliases an input,
-    and the pattern repeats every 2 x stages calls: call n uses binding `n % period`,
-    which is what a captured graph is keyed by.
-    """
-
-    def __init__(self, stages: int):
-        self.stages = stages
-        self.period = 2 * stages
-
-    def binding(self, n: int) -> dict[str, str]:
-        step, s = divmod(n, self.stages)
-        base = "X0" if step % 2 == 0 else "X1"
-        last = s == self.stages - 1
-        return {
-            "x": base,
-            "x_eval": base if s == 0 else "XE",
-            "d_prev": "D0" if n % 2 == 0 else "D1",
-            "k": "K0" if n % 2 == 0 else "K1",
-            "x_out": ("X1" if base == "X0" else "X0") if last else "XE",
-            "d": "D1" if n % 2 == 0 else "D0",
-            "k_next": "K1" if n % 2 == 0 else "K0",
-        }
-
-
-STATE = ("x", "x_eval", "d_prev", "k", "x_out", "d", "k_next")
-TABLES = ("coef", "noise", "weights", "curve")
-
-
 class _Shape:
     """Per-(shape, solver table) device buffers the step graph reads, bound by name; stable
     addresses so captured graphs stay valid across generations (inputs are updated in place).
 
-    The step's inputs are its state (the ring), its tables (coef, noise, weights, curve) and
-    the hoisted tensors: the `text` graph's outputs (per generation) and the `schedule`
-    graph's (per solver table), whatever the model family calls them.
+    The step's inputs are its state (`engine_sampler.StageRing`), its tables (coef, noise,
+    weights, curve) and the hoisted tensors: the `text` graph's outputs (per generation) and
+    the `schedule` graph's (per solver table), whatever the model family calls them.
     """
 
     def __init__(self, backend: OrtBackend, call: EngineCall, table: SolverTable, text_feeds: dict[str, np.ndarray]):
         put, empty = backend._put, backend._empty
         b, c, n = call.b, call.c, call.n
-        x = lambda: empty((b, c, n), np.float32)
-        self.bufs = {"X0": x(), "X1": x(), "XE": x(), "D0": x(), "D1": x(),
-                     "K0": empty((1,), np.int64), "K1": empty((1,), np.int64)}
+        self.bufs = {name: empty((b, c, n), np.float32) if kind == "x" else empty((1,), np.int64)
+                     for name, kind in BUFFERS.items()}
         self.tables = {"coef": put(np.ascontiguousarray(table.coef, dtype=np.float32)),
                        "noise": empty((call.n_noise, b, c, n), np.float32),
                        "weights": empty((call.g,), np.float32), "curve": empty((call.g * b, 1, n), np.float32)}
@@ -123,22 +90,14 @@ class _Shape:
         self.graph_base: int | None = None  # first gpu_graph_id of this shape's captured bindings
         self.bindings: list = []
         step = backend.sessions["step"]
-        fixed = {**self.tables, **self.text_out, **self.sched_out}
-        for phase in range(self.ring.period):
-            names = self.ring.binding(phase)
+        io_names = [i.name for i in step.get_inputs()], [o.name for o in step.get_outputs()]
+        for ins, outs in step_bindings(self.ring, *io_names, self.bufs, {**self.tables, **self.text_out, **self.sched_out}):
             io = step.io_binding()
-            for name in step_inputs(step):
-                value = self.bufs[names[name]] if name in STATE else fixed.get(name)
-                if value is None:
-                    raise BundleError(f"the exported step graph takes {name!r}, which no other graph makes; re-export")
+            for name, value in ins.items():
                 io.bind_ortvalue_input(name, value)
-            for name in ("x_out", "d", "k_next"):
-                io.bind_ortvalue_output(name, self.bufs[names[name]])
+            for name, value in outs.items():
+                io.bind_ortvalue_output(name, value)
             self.bindings.append(io)
-
-
-def step_inputs(session) -> list[str]:
-    return [i.name for i in session.get_inputs()]
 
 
 class OrtBackend(Backend):
@@ -161,12 +120,15 @@ class OrtBackend(Backend):
         self.device_type, self.device_id = parse_device(device)
         self.device = self.device_type if self.device_type == "cpu" else f"cuda:{self.device_id}"
         available = ort.get_available_providers()
-        if precision not in ("fp32", "fp16", "bf16"):
-            raise BackendUnavailable(f"precision {precision!r} is not one of fp32, fp16, bf16")
-        if self.device_type == "cpu" and precision != "fp32":
+        if precision not in ("fp32", "fp16", "bf16", "int8"):
+            raise BackendUnavailable(f"precision {precision!r} is not one of fp32, fp16, bf16, int8")
+        if self.device_type == "cpu" and precision not in ("fp32", "int8"):
             raise BackendUnavailable(
-                f"the onnxruntime backend runs the exported fp32 graphs on CPU; use --precision fp32 (got {precision})"
+                f"the onnxruntime backend runs the exported fp32 or int8 graphs on CPU; use --precision fp32 or int8 "
+                f"(got {precision})"
             )
+        if self.device_type == "cuda" and precision == "int8":
+            raise BackendUnavailable("int8 graphs run on the CPU (ONNX Runtime's dynamic quantization); use --device cpu")
         if self.device_type == "cuda" and "CUDAExecutionProvider" not in available:
             raise BackendUnavailable(
                 f"--device {device} asked for, but this onnxruntime has no CUDA provider ({', '.join(available)}); "
@@ -180,7 +142,7 @@ class OrtBackend(Backend):
         self.manifest: Manifest = load_manifest(self.bundle_dir)
         self.graphs = runtime_graphs(cfg)
         self.manifest.verify(self.cfg, self.graphs, precision)
-        self.threads = threads or _cpu_threads()
+        self.threads = threads or default_threads()
         self.cuda_graphs = self.device_type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
         if self.cuda_graphs and self.device_type != "cuda":
             raise BackendUnavailable("ONNX Runtime CUDA graphs need --device cuda")
@@ -189,8 +151,15 @@ class OrtBackend(Backend):
         self.run_options = ort.RunOptions()
         # no wait for the device after each run: the host only waits when it reads a result
         self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        # The VAE's activations grow with the clip (a 600 s decode: ~1.6 GB): give its arena's
+        # free chunks back after each decode instead of holding the peak for the process's life.
+        # Measured on a shared 2-core EPYC, demo VAE, 20 s clip, first call of a fresh process,
+        # medians of 3: RSS after 356 -> 92 MiB at the same speed (5.6 vs 6.3 s); the arena off
+        # instead cost 1.5x (9.3 s) and kept more (docs/h23a.md).
+        self.decode_options = ort.RunOptions()
+        self.decode_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.max_shapes = max_shapes
-        self._shapes: OrderedDict[tuple, _Shape] = OrderedDict()
+        self._shapes = ShapeCache(max_shapes)
         self._next_graph_id = 0
         self._last_k: ort.OrtValue | None = None
         log.info("onnxruntime %s: %s on %s, %s graphs%s", ort.__version__, ", ".join(self.providers), self.device,
@@ -213,6 +182,10 @@ class OrtBackend(Backend):
         if self.device_type == "cpu":
             so.intra_op_num_threads = self.threads
             so.inter_op_num_threads = 1
+            # Idle workers sleep instead of spinning: on a shared 2-core machine (load ~12) the demo
+            # DiT step took 33 ms with 2 threads not spinning, 56-88 ms with 1, 105-119 ms with 2
+            # spinning (ORT's default); docs/h23a.md.
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = self.manifest.graph_path(name, self.precision)
         try:
             sess = ort.InferenceSession(str(path), so, providers=self._providers(name))
@@ -248,7 +221,8 @@ class OrtBackend(Backend):
         return self.sessions["encoder"].run(["features"], {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        return self.sessions["vae"].run(["audio"], {"latents": np.ascontiguousarray(latents, dtype=np.float32)})[0]
+        feeds = {"latents": np.ascontiguousarray(latents, dtype=np.float32)}
+        return self.sessions["vae"].run(["audio"], feeds, self.decode_options)[0]
 
     def max_batch(self, guidance_size: int) -> int:
         prof = self.manifest.graph("step", self.precision).profile_shapes()
@@ -274,29 +248,14 @@ class OrtBackend(Backend):
             return outputs
         return dict(zip(names, io.get_outputs()))
 
-    def _text_feeds(self, call: EngineCall) -> dict[str, np.ndarray]:
-        """The text graph's inputs from the branch batch, by name (v2m: text, text_mask; SAO: text, global_cond)."""
-        have = {"text": call.text, "text_mask": call.mask, "global_cond": call.global_cond}
-        want = [i.name for i in self.sessions["text"].get_inputs()]
-        missing = [k for k in want if have.get(k) is None]
-        if missing:
-            raise BundleError(f"the exported text graph takes {missing}, which this generation does not have")
-        return {k: have[k] for k in want}
-
     def _shape(self, call: EngineCall, table: SolverTable) -> _Shape:
-        key = (call.b, call.c, call.n, call.s, call.g, table.key, call.n_noise)
-        feeds = self._text_feeds(call)
-        if key in self._shapes:
-            self._shapes.move_to_end(key)
-            sh = self._shapes[key]
+        feeds = text_feeds(call, [i.name for i in self.sessions["text"].get_inputs()])
+        sh, made = self._shapes.get_or_make(shape_key(call, table), lambda: _Shape(self, call, table, feeds))
+        if not made:
             self._run_to_device("text", feeds, sh.text_out)  # once per generation, into the step's inputs
-            return sh
-        sh = self._shapes[key] = _Shape(self, call, table, feeds)
-        if self.cuda_graphs:  # ids are never reused: a captured graph stays with its id
+        elif self.cuda_graphs:  # ids are never reused: a captured graph stays with its id
             sh.graph_base = self._next_graph_id
             self._next_graph_id += sh.ring.period
-        while len(self._shapes) > self.max_shapes:
-            self._shapes.popitem(last=False)
         return sh
 
     def sample(self, noise, cond: Conditioning, plan: Plan, on_step=None, stage_noise=None):
@@ -308,25 +267,26 @@ class OrtBackend(Backend):
         sh.bufs["X0"].update_inplace(np.ascontiguousarray(noise, dtype=np.float32))
         sh.bufs["D0"].update_inplace(np.zeros(noise.shape, np.float32))
         sh.bufs["K0"].update_inplace(np.zeros(1, np.int64))
-        step = self.sessions["step"]
-        calls = [0]
+        step, ring = self.sessions["step"], sh.ring
 
-        def stage(x_base, x_eval, d_prev):
-            phase = calls[0] % sh.ring.period
-            names = sh.ring.binding(calls[0])
-            assert (x_base, x_eval, d_prev) == (names["x"], names["x_eval"], names["d_prev"])  # the ring's contract
-            opts = self.run_options
-            if sh.graph_base is not None:
-                opts = ort.RunOptions()
-                opts.add_run_config_entry("disable_synchronize_execution_providers", "1")
-                opts.add_run_config_entry("gpu_graph_id", str(sh.graph_base + phase))
-            step.run_with_iobinding(sh.bindings[phase], opts)
-            calls[0] += 1
-            return names["x_out"], names["d"]
+        def run_step(p: int) -> None:  # the stages of phase-step p, each binding its own captured graph
+            for phase in range(p * ring.stages, (p + 1) * ring.stages):
+                opts = self.run_options
+                if sh.graph_base is not None:
+                    opts = ort.RunOptions()
+                    opts.add_run_config_entry("disable_synchronize_execution_providers", "1")
+                    opts.add_run_config_entry("gpu_graph_id", str(sh.graph_base + phase))
+                step.run_with_iobinding(sh.bindings[phase], opts)
+            self._x_now = sh.bufs[ring.binding((p + 1) * ring.stages - 1)["x_out"]]
 
-        final = sample_loop(stage, "X0", "D0", plan.steps, plan.table.stages, on_step)
+        final = run_steps(ring, plan.steps, run_step, on_step)
         self._last_k = sh.bufs["K0"]
         return np.array(sh.bufs[final].numpy(), dtype=np.float32, copy=True)
+
+    def latents_now(self) -> np.ndarray:
+        """The sampler's state after the last stage run (read in an `on_step` hook: the state
+        after that step; waits for the device). The int8 gate compares trajectories with it."""
+        return np.array(self._x_now.numpy(), dtype=np.float32, copy=True)
 
     def condition(self, text, text_mask, seconds):
         if "cond" not in self.sessions:

@@ -11,28 +11,28 @@ are logged and rebuilt) on the backend's own GPU (cuda:N), and deserializes the 
 engines. Per call: set input shapes, set tensor addresses, `execute_async_v3` on one
 stream.
 
-The sampler is `v2m.runtime.sampler.sample_loop` over the exported `step` graph (the one
-guided-stage definition): the `text` engine writes the text keys/values once per
-generation and the `schedule` engine the modulations of every stage once per solver
-table, straight into the buffers the step reads. A solver step is its stages' engine
-launches plus small device-to-device copies that route the state (x, d and the stage
-index k live on the device; a stage writes fresh buffers and the copies move them back),
-so every step reads and writes the same addresses.
+The sampler is `engine_sampler.run_steps` (`v2m.runtime.sampler.sample_loop`) over the
+exported `step` graph (the one guided-stage definition): the `text` engine writes the text
+keys/values once per generation and the `schedule` engine the modulations of every stage
+once per solver table, straight into the buffers the step reads. The state (x, d and the
+stage index k) rotates through `engine_sampler.StageRing`'s buffers on the device, the
+routing the ONNX Runtime backend uses too: no copies, and the pattern repeats every two
+steps.
 
-CUDA graphs (on by default): that one step is captured once per (shape, solver table,
-guidance size) and replayed `steps` times: one `cudaGraphLaunch` a step, no host sync
-and no host-to-device copy inside the loop; the per-step hook (progress, timing events)
-still runs between steps. As TensorRT documents, each context is enqueued once after its
-shapes change and before capture. If capture fails (an engine with layers that need the
-host), the backend logs it and runs uncaptured. Shapes and their graphs live in a small
-LRU; buffers are allocated for the shape that runs, not the profile's maximum.
+CUDA graphs (on by default): a solver step is captured once per (shape, solver table,
+guidance size) and ring parity (two graphs: even and odd steps) and replayed: one
+`cudaGraphLaunch` a step, no host sync and no host-to-device copy inside the loop; the
+per-step hook (progress, timing events) still runs between steps. As TensorRT documents,
+each context is enqueued once after its shapes change and before capture. If capture
+fails (an engine with layers that need the host), the backend logs it and runs
+uncaptured. Shapes and their graphs live in a small LRU; buffers are allocated for the
+shape that runs, not the profile's maximum.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +41,17 @@ from v2m.core.bundle import BundleConfig
 from v2m.core.errors import BackendUnavailable, InputError
 from v2m.core.manifest import GraphInfo, load_manifest
 
-from ..sampler import Conditioning, Plan, SolverTable, sample_loop, solver_step
+from ..sampler import Conditioning, Plan, SolverTable
 from .base import Backend, EngineCall
+from .engine_sampler import (
+    BUFFERS,
+    ShapeCache,
+    StageRing,
+    run_steps,
+    shape_key,
+    step_bindings,
+    text_feeds,
+)
 
 __all__ = ["TensorRTBackend"]
 
@@ -183,27 +192,21 @@ def _nbytes(shape, dtype: str) -> int:
     return math.prod(shape) * _ITEMSIZE[dtype]
 
 
-STATE = ("x", "x_eval", "d_prev", "k", "x_out", "d", "k_next")
-
-
 class _Shape:
-    """Device buffers of one (shape, solver table, guidance size, noise rows), and its graph.
+    """Device buffers of one (shape, solver table, guidance size, noise rows), and its graphs.
 
-    x: X (the step's base), XE (the next stage's x_eval), XO (a stage's x_out); d: D, DO;
-    k: K, KO. A stage reads (X, X or XE, D, K) and writes (XO, DO, KO); copies then route
-    XO -> XE, DO -> D, KO -> K, and after the last stage XE -> X. The step's other inputs,
-    by name: the tables (coef, noise, weights, curve) and the hoisted tensors, the `text`
-    engine's outputs (per generation) and the `schedule` engine's (per solver table),
-    whatever the model family calls them; their shapes are what the engines report.
+    The state: `engine_sampler.StageRing`'s buffers (X0, X1, XE, D0, D1, K0, K1). The step's
+    other inputs, by name: the tables (coef, noise, weights, curve) and the hoisted tensors,
+    the `text` engine's outputs (per generation) and the `schedule` engine's (per solver
+    table), whatever the model family calls them; their shapes are what the engines report.
     """
 
     def __init__(self, be: TensorRTBackend, call: EngineCall, table: SolverTable, text_feeds: dict[str, np.ndarray]):
         cuda, step = be.cuda, be.engines["step"]
         b, c, n = call.b, call.c, call.n
         k = len(table.t_model)
-        self.state_bytes = _nbytes((b, c, n), "float32")
-        self.buf = {name: cuda.malloc(self.state_bytes) for name in ("X", "XE", "XO", "D", "DO")}
-        self.buf["K"], self.buf["KO"] = cuda.malloc(8), cuda.malloc(8)
+        self.buf = {name: cuda.malloc(_nbytes((b, c, n), "float32") if kind == "x" else 8)
+                    for name, kind in BUFFERS.items()}
         self.shapes = {"x": (b, c, n), "x_eval": (b, c, n), "d_prev": (b, c, n), "k": (1,), "coef": (k, 7),
                        "noise": (call.n_noise, b, c, n), "weights": (call.g,), "curve": (call.g * b, 1, n)}
         for name in ("coef", "noise", "weights", "curve"):
@@ -223,12 +226,11 @@ class _Shape:
         cuda.upload(self.buf["t_model"], np.asarray(table.t_model, dtype=np.float32))
         self._alloc_outputs(sched, cuda)
         sched.run({name: self.buf[name] for name in (*sched.inputs, *sched.outputs)})
-        missing = [name for name in step.inputs if name not in STATE and name not in self.buf]
-        if missing:
-            raise BackendUnavailable(f"the step engine takes {missing}, which no other engine makes; re-export and rebuild")
+        self.ring = StageRing(table.stages)
+        self.bindings = [{**ins, **outs} for ins, outs in
+                         step_bindings(self.ring, step.inputs, step.outputs, self.buf, self.buf, "step engine")]
         self.step_inputs = {name: self.shapes[name] for name in step.inputs}
-        self.stages, self.cuda = table.stages, cuda
-        self.graph = None  # the captured solver step
+        self.graphs: list | None = None  # the captured solver steps, even and odd
 
     def _alloc_outputs(self, eng: _Engine, cuda) -> None:
         for name in eng.outputs:
@@ -236,10 +238,13 @@ class _Shape:
             self.shapes[name] = shape
             self.buf[name] = cuda.malloc(_nbytes(shape, eng.dtypes[name]))
 
+    def drop_graphs(self, cuda) -> None:
+        for graph in self.graphs or ():
+            cuda.destroy(graph)
+        self.graphs = None
+
     def close(self, cuda) -> None:
-        if self.graph is not None:
-            cuda.destroy(self.graph)
-            self.graph = None
+        self.drop_graphs(cuda)
         for ptr in self.buf.values():
             cuda.free(ptr)
 
@@ -284,7 +289,7 @@ class TensorRTBackend(Backend):
         """Everything but TensorRT itself (tests drive the loop with emulated engines and device)."""
         self.engines, self.cuda = engines, cuda
         self.cuda_graphs, self.max_shapes = cuda_graphs, max_shapes
-        self._shapes: OrderedDict[tuple, _Shape] = OrderedDict()
+        self._shapes = ShapeCache(max_shapes, self._drop)
         self._current: _Shape | None = None  # whose shapes the step context holds
 
     # --- stages ---------------------------------------------------------------------------------
@@ -328,89 +333,68 @@ class TensorRTBackend(Backend):
         branches = self.engines["text"].max_shapes["text"][0]  # G*B rows at most
         return max(1, min(mx["x"][0], branches // max(1, guidance_size)))
 
-    def _text_feeds(self, call: EngineCall) -> dict[str, np.ndarray]:
-        """The text engine's inputs from the branch batch, by name (v2m: text, text_mask; SAO: text, global_cond)."""
-        have = {"text": call.text, "text_mask": call.mask, "global_cond": call.global_cond}
-        missing = [k for k in self.engines["text"].inputs if have.get(k) is None]
-        if missing:
-            raise BackendUnavailable(f"the text engine takes {missing}, which this generation does not have")
-        return {k: have[k] for k in self.engines["text"].inputs}
+    def _drop(self, old: _Shape) -> None:
+        if old is self._current:
+            self._current = None
+        old.close(self.cuda)
 
-    def _shape(self, call: EngineCall, table: SolverTable, feeds: dict[str, np.ndarray]) -> _Shape:
-        key = (call.b, call.c, call.n, call.s, call.g, table.key, call.n_noise)
-        if key in self._shapes:
-            self._shapes.move_to_end(key)
-            return self._shapes[key]
-        sh = self._shapes[key] = _Shape(self, call, table, feeds)
-        while len(self._shapes) > self.max_shapes:
-            _, old = self._shapes.popitem(last=False)
-            if old is self._current:
-                self._current = None
-            old.close(self.cuda)
-        return sh
+    def _enqueue_step(self, sh: _Shape, p: int) -> None:
+        """The stages of ring phase-step p (0: even steps, 1: odd) on the stream."""
+        step = self.engines["step"]
+        for phase in range(p * sh.ring.stages, (p + 1) * sh.ring.stages):
+            step.run(sh.bindings[phase])
 
-    def _enqueue_step(self, sh: _Shape) -> None:
-        """One solver step on the device: `sampler.solver_step` over the step engine's stages."""
-        step, cuda, buf = self.engines["step"], self.cuda, sh.buf
-        fixed = {name: buf[name] for name in step.inputs if name not in STATE}
-
-        def stage(x_base, x_eval, d_prev):
-            step.run({**fixed, "x": buf[x_base], "x_eval": buf[x_eval], "d_prev": buf[d_prev], "k": buf["K"],
-                      "x_out": buf["XO"], "d": buf["DO"], "k_next": buf["KO"]})
-            cuda.copy(buf["XE"], buf["XO"], sh.state_bytes)
-            cuda.copy(buf["D"], buf["DO"], sh.state_bytes)
-            cuda.copy(buf["K"], buf["KO"], 8)
-            return "XE", "D"
-
-        x, _ = solver_step(stage, "X", "D", sh.stages)
-        cuda.copy(buf["X"], buf[x], sh.state_bytes)
+    def _capture(self, sh: _Shape) -> None:
+        """Enqueue once after the shape change (TensorRT's rule), then capture both phase-steps."""
+        cuda = self.cuda
+        cuda.upload(sh.buf["K0"], np.zeros(1, np.int64))  # a valid stage index for the warm-up
+        self._enqueue_step(sh, 0)  # the warm-up enqueue; its results are overwritten before the loop
+        cuda.sync()
+        graphs: list = []
+        try:
+            for p in (0, 1):
+                graphs.append(cuda.capture(lambda p=p: self._enqueue_step(sh, p)))
+            sh.graphs = graphs
+        except BackendUnavailable as e:
+            for graph in graphs:
+                cuda.destroy(graph)
+            log.warning("TensorRT: CUDA graph capture failed (%s); running the solver steps uncaptured", e)
+            self.cuda_graphs = False
 
     def sample(self, noise, cond: Conditioning, plan: Plan, on_step=None, stage_noise=None):
         call = EngineCall(self, noise, cond, plan, stage_noise, "the engine's profile")
         b, c, n = noise.shape
-        feeds = self._text_feeds(call)
-        sh = self._shape(call, plan.table, feeds)
-        cuda, buf = self.cuda, sh.buf
         text = self.engines["text"]
+        feeds = text_feeds(call, text.inputs, "text engine")
+        sh, _ = self._shapes.get_or_make(shape_key(call, plan.table), lambda: _Shape(self, call, plan.table, feeds))
+        cuda, buf = self.cuda, sh.buf
         text.set_shapes(sh.text_feeds)
         for name, a in feeds.items():
             cuda.upload(buf[name], a)
         text.run({name: buf[name] for name in (*text.inputs, *text.outputs)})  # once per generation
-        step = self.engines["step"]
         if self._current is not sh:  # TensorRT's rule: after a shape change, enqueue once, recapture
-            step.set_shapes(sh.step_inputs)
+            self.engines["step"].set_shapes(sh.step_inputs)
             for other in self._shapes.values():
-                if other.graph is not None:
-                    cuda.destroy(other.graph)
-                    other.graph = None
+                other.drop_graphs(cuda)
             self._current = sh
             if self.cuda_graphs:
-                cuda.upload(buf["K"], np.zeros(1, np.int64))  # a valid stage index for the warm-up
-                self._enqueue_step(sh)  # the warm-up enqueue; its results are overwritten below
-                cuda.sync()
-                try:
-                    sh.graph = cuda.capture(lambda: self._enqueue_step(sh))
-                except BackendUnavailable as e:
-                    log.warning("TensorRT: CUDA graph capture failed (%s); running the solver steps uncaptured", e)
-                    self.cuda_graphs = False
-        # the inputs of this generation, into the buffers the graph reads
+                self._capture(sh)
+        # the inputs of this generation, into the buffers the graphs read
         cuda.upload(buf["curve"], call.curve)
         cuda.upload(buf["weights"], np.asarray(plan.guidance.weights, dtype=np.float32))
         cuda.upload(buf["noise"], call.noise)
-        cuda.upload(buf["X"], np.ascontiguousarray(noise, dtype=np.float32))
-        cuda.upload(buf["D"], np.zeros((b, c, n), np.float32))
-        cuda.upload(buf["K"], np.zeros(1, np.int64))
+        cuda.upload(buf["X0"], np.ascontiguousarray(noise, dtype=np.float32))
+        cuda.upload(buf["D0"], np.zeros((b, c, n), np.float32))
+        cuda.upload(buf["K0"], np.zeros(1, np.int64))
 
-        def one_step(x, d):
-            if sh.graph is not None:
-                cuda.launch(sh.graph)
+        def run_step(p: int) -> None:
+            if sh.graphs is not None:
+                cuda.launch(sh.graphs[p])
             else:
-                self._enqueue_step(sh)
-            return x, d
+                self._enqueue_step(sh, p)
 
-        # the sampler's loop with one captured solver step as its unit: no host sync inside
-        sample_loop(lambda xb, xe, dp: one_step(xb, dp), "X", "D", plan.steps, 1, on_step)
-        return cuda.download(buf["X"], (b, c, n))
+        final = run_steps(sh.ring, plan.steps, run_step, on_step)  # no host sync inside
+        return cuda.download(buf[final], (b, c, n))
 
     def step_clock(self):
         from ..clocks import StepClock

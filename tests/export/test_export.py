@@ -322,9 +322,13 @@ def test_runtime_settings_may_change_after_export(lean_copy, short_video, tmp_pa
     assert rc == 0, err
 
 
-def test_not_exported_bundle(tiny, short_video, tmp_path, capsys):
-    line = _one_line_error(*_generate(capsys, tiny[0], short_video.path, tmp=tmp_path)[::2])
-    assert "not an exported bundle" in line and "v2m export" in line
+def test_not_exported_bundle_is_exported_into_the_cache(tiny, short_video, tmp_path, capsys, monkeypatch):
+    """--backend onnxruntime on a PyTorch bundle exports it on first use into the ONNX cache
+    (tests/runtime/test_onnx_cache.py covers the cache; a lean install refuses in one line there)."""
+    monkeypatch.setenv("V2M_CACHE_DIR", str(tmp_path / "cache"))
+    rc, out, err = _generate(capsys, tiny[0], short_video.path, tmp=tmp_path)
+    assert rc == 0 and "backend onnxruntime" in out, err
+    assert (tmp_path / "cache").is_dir()
 
 
 def test_malformed_manifest(lean_copy, short_video, tmp_path, capsys):

@@ -130,14 +130,14 @@ def test_nan_audio_writes_nothing(capsys, tiny_bundle, short_video, tmp_path, mo
 
     monkeypatch.setattr(TorchBackend, "decode", nan_decode)
     for out in (tmp_path / "o.mp4", tmp_path / "o.wav"):
-        rc, _, err = _gen(capsys, tiny_bundle, short_video.path, out)
+        rc, _, err = _gen(capsys, tiny_bundle, short_video.path, out, "--backend", "torch")  # the patched one
         lines = err.strip().splitlines()
         assert rc != 0 and len(lines) == 1 and "NaN" in lines[0] and "Traceback" not in err
         assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no temp files either
     # Batch mode: recorded as failed, nothing written for it.
     rc = main(["generate", str(short_video.path), str(short_video.path), "-o", str(tmp_path / "b"), "--model",
-               str(tiny_bundle), "--device", "cpu", "--steps", STEPS, "--format", "wav"])
+               str(tiny_bundle), "--device", "cpu", "--backend", "torch", "--steps", STEPS, "--format", "wav"])
     _, err = capsys.readouterr()
     assert rc == 2 and "NaN" in err  # a failed video that is not a bug: exit 2
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["summary.json"]
@@ -147,6 +147,6 @@ def test_nan_latents_write_nothing(capsys, tiny_bundle, short_video, tmp_path, m
     from v2m.runtime.backends.torch_backend import TorchBackend
 
     monkeypatch.setattr(TorchBackend, "sample", lambda self, noise, *a, **k: np.full_like(noise, np.inf))
-    rc, _, err = _gen(capsys, tiny_bundle, short_video.path, tmp_path / "o.mp4")
+    rc, _, err = _gen(capsys, tiny_bundle, short_video.path, tmp_path / "o.mp4", "--backend", "torch")
     assert rc != 0 and len(err.strip().splitlines()) == 1 and "NaN/Inf latents" in err
     assert not (tmp_path / "o.mp4").exists()

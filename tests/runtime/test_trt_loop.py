@@ -1,11 +1,11 @@
-"""The TensorRT backend's sampler (device-side stage routing, one captured solver step per
-shape, recapture after a shape change, capture failure) on an emulated device, against the
+"""The TensorRT backend's sampler (the shared ring routing, one captured solver step per
+shape and ring parity, recapture after a shape change, capture failure) on an emulated device, against the
 independent plain-loop oracle: no TensorRT or GPU needed, so CI checks its control flow.
 
 The fakes keep device memory in one byte array addressed like real pointers. Each fake
 engine runs the exported fp32 ONNX graph of the tiny bundle (ONNX Runtime, CPU) on the
 tensors at the addresses it is given, so what is checked is the backend's own work: the
-buffers, the copies between stages, the capture and replay. "Capture" records the engine
+buffers, the routing between stages, the capture and replay. "Capture" records the engine
 runs and copies instead of executing them, as stream capture does; a launch replays them.
 """
 
@@ -28,7 +28,7 @@ class FakeCuda:
         self.top = 256
         self.capturing = None
         self.fail_capture = fail_capture
-        self.launches = self.captures = self.destroyed = 0
+        self.launches = self.captures = self.destroyed = self.copies = 0
         self.freed = []
 
     def malloc(self, nbytes):
@@ -57,6 +57,8 @@ class FakeCuda:
             op()
 
     def copy(self, dst, src, nbytes):
+        self.copies += 1
+
         def op():
             self.mem[dst : dst + nbytes] = self.mem[src : src + nbytes].copy()
 
@@ -170,7 +172,16 @@ def test_loop_matches_oracle(exported, oracle_dit, case, graphs):
     assert seen == list(range(opts["steps"]))
     stages = 2 if case["solver"] == "heun" else 1
     assert be.engines["step"].runs == opts["steps"] * stages + (stages if graphs else 0)  # + the warm-up step
-    assert be.cuda.captures == (1 if graphs else 0) and be.cuda.launches == (opts["steps"] if graphs else 0)
+    assert be.cuda.captures == (2 if graphs else 0) and be.cuda.launches == (opts["steps"] if graphs else 0)
+    assert be.cuda.copies == 0  # the ring routes the state: no device-to-device copy
+
+
+def test_step_names_nothing_makes_are_one_line(exported):
+    from v2m.core.errors import BundleError
+    from v2m.runtime.backends.engine_sampler import StageRing, step_bindings
+
+    with pytest.raises(BundleError, match="takes \\['mystery'\\]"):
+        step_bindings(StageRing(1), ["x", "mystery"], ["x_out", "d", "k_next"], {}, {}, "step engine")
 
 
 def test_one_graph_reused_then_recaptured_after_a_shape_change(exported):
@@ -179,12 +190,12 @@ def test_one_graph_reused_then_recaptured_after_a_shape_change(exported):
     plan = _plan(opts, cond)
     x1 = be.sample(noise, cond, plan)
     x2 = be.sample(noise, cond, plan)
-    assert np.array_equal(x1, x2) and be.cuda.captures == 1 and be.cuda.launches == 2 * opts["steps"]
+    assert np.array_equal(x1, x2) and be.cuda.captures == 2 and be.cuda.launches == 2 * opts["steps"]
     short = case_inputs(be.cfg, dict(solver="heun", shift=1.0), b=1, length=7, seed=1)
-    be.sample(short[0], short[1], plan)  # another shape: the first shape's graph is dropped
-    assert be.cuda.destroyed == 1 and be.cuda.captures == 2
+    be.sample(short[0], short[1], plan)  # another shape: the first shape's graphs (even, odd) are dropped
+    assert be.cuda.destroyed == 2 and be.cuda.captures == 4
     x4 = be.sample(noise, cond, plan)  # back: recaptured (TensorRT's rule), same answer
-    assert np.array_equal(x1, x4) and be.cuda.captures == 3
+    assert np.array_equal(x1, x4) and be.cuda.captures == 6
 
 
 def test_capture_failure_falls_back_with_a_warning(exported, oracle_dit, caplog):

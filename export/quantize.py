@@ -1,0 +1,126 @@
+"""int8 graphs for ONNX Runtime on a CPU, gated by a measured accuracy check.
+
+`v2m export --precision int8` (and `--precision int8` at run time, through the ONNX cache)
+quantizes the fp32 `step` and `encoder` graphs with ONNX Runtime's dynamic quantization
+(`onnxruntime.quantization.quantize_dynamic`: MatMul weights int8 per tensor, activations
+uint8 per call; VNNI/AVX-512 kernels on x86). The other graphs (text, schedule, vae) stay
+fp32: the int8 set's manifest entries point at the fp32 files. The VAE is left in fp32
+because its output is the audio itself: a convolutional decoder with Snake activations
+quantizes poorly, and its SNR is what the gate measures.
+
+The gate (`measure`), recorded in the manifest under `quantization`:
+- the sampler run twice from one seed (seeded curve, text and noise; `GATE_STEPS` steps,
+  CFG), fp32 and int8 graphs; per step the cosine between the two runs' updates
+  x_{i+1} - x_i (the velocity times the step size);
+- the SNR of the int8 run's audio against the fp32 run's, both decoded by the fp32 VAE;
+- the frame encoder's feature cosine (min over a seeded batch of frames).
+Below `GATE` the int8 export is refused with the figures (one line).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from v2m.core.bundle import BundleConfig
+from v2m.core.manifest import sha256_file
+
+__all__ = ["INT8_GRAPHS", "GATE", "GATE_STEPS", "quantize_graphs", "measure", "gate_failure"]
+
+log = logging.getLogger("v2m.export.int8")
+
+INT8_GRAPHS = ("step", "encoder")
+GATE_STEPS = 8
+# The figures an int8 set must reach: every step's update within ~11 degrees of fp32's, the
+# audio 25 dB above its difference to fp32's (issue 23's target), the frame features within ~8 degrees.
+GATE = {"min_step_cosine": 0.98, "min_audio_snr_db": 25.0, "min_encoder_cosine": 0.99}
+
+
+def quantize_graphs(out: Path, fp32: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Write onnx/int8/{step,encoder}.onnx from the fp32 graphs; the int8 set's manifest entries."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    (out / "onnx" / "int8").mkdir(parents=True, exist_ok=True)
+    graphs = {}
+    for name, entry in fp32.items():
+        graphs[name] = dict(entry, precision="int8", check=[])
+        if name not in INT8_GRAPHS:
+            continue  # runs in fp32: the same file
+        dst = out / "onnx" / "int8" / f"{name}.onnx"
+        t0 = time.perf_counter()
+        quiet = logging.getLogger()  # quantize_dynamic logs a pre-processing hint on the root logger
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(str(out / entry["file"]), str(dst), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+        finally:
+            quiet.setLevel(level)
+        graphs[name].update(file=dst.relative_to(out).as_posix(), sha256=sha256_file(dst), data_file=None,
+                            data_sha256=None, quantization="dynamic int8 MatMul/Gemm (weights QInt8, activations QUInt8)")
+        log.info("quantized %s to int8 in %.1f s", name, time.perf_counter() - t0)
+    return graphs
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+
+
+def _snr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    noise = float(np.sum((ref.astype(np.float64) - got) ** 2))
+    return float(10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / max(noise, 1e-30)))
+
+
+def _trajectory(backend, noise, cond, plan) -> list[np.ndarray]:
+    """The sampler's state after each step (the backend's `latents_now`)."""
+    states = [noise]
+    backend.sample(noise, cond, plan, on_step=lambda i: states.append(backend.latents_now()))
+    return states
+
+
+def measure(out: Path, cfg: BundleConfig, seed: int = 0, length: int = 64) -> dict[str, Any]:
+    """The gate's figures for the int8 set of the exported bundle `out` against its fp32 set."""
+    from v2m.core.bundle import text_max_tokens
+    from v2m.runtime import sampler
+    from v2m.runtime.backends.ort_backend import OrtBackend
+
+    ref, q = (OrtBackend(out, cfg, device="cpu", precision=p) for p in ("fp32", "int8"))
+    rng = np.random.default_rng(seed)
+    s = text_max_tokens(cfg.text)
+    mask = np.ones((1, s), np.float32)
+    mask[:, s // 2:] = 0
+    cond = sampler.Conditioning(rng.random((1, 1, length), dtype=np.float32),
+                                rng.standard_normal((1, s, cfg.text_dim), dtype=np.float32), mask)
+    plan = sampler.Plan.make(sampler.SamplerOptions(steps=GATE_STEPS, cfg_scale=4.5))
+    noise = sampler.initial_noise(seed, (1, cfg.latent_channels, length)) * plan.table.x0_scale
+    a, b = _trajectory(ref, noise, cond, plan), _trajectory(q, noise, cond, plan)
+    cosines = [_cosine(a[i + 1] - a[i], b[i + 1] - b[i]) for i in range(len(a) - 1)]
+    snr = _snr_db(ref.decode(a[-1]), ref.decode(b[-1]))
+    figures: dict[str, Any] = {"seed": seed, "steps": GATE_STEPS, "length": length,
+                               "step_cosine": [round(c, 6) for c in cosines], "min_step_cosine": min(cosines),
+                               "latent_snr_db": _snr_db(a[-1], b[-1]), "audio_snr_db": snr}
+    if "encoder" in ref.sessions:
+        size = int(cfg.encoder.get("input_size", 224))
+        pixels = rng.standard_normal((4, 3, size, size), dtype=np.float32)
+        fr, fq = ref.encode_frames(pixels), q.encode_frames(pixels)
+        figures["min_encoder_cosine"] = min(_cosine(x, y) for x, y in zip(fr, fq))
+    figures["gate"] = dict(GATE)
+    return figures
+
+
+def gate_failure(figures: dict[str, Any]) -> str | None:
+    """None when the figures pass `GATE`, else what fell short (one line)."""
+    short = []
+    if figures["min_step_cosine"] < GATE["min_step_cosine"]:
+        short.append(f"step cosine {figures['min_step_cosine']:.4f} < {GATE['min_step_cosine']}")
+    if figures["audio_snr_db"] < GATE["min_audio_snr_db"]:
+        short.append(f"audio SNR {figures['audio_snr_db']:.1f} dB < {GATE['min_audio_snr_db']} dB")
+    enc = figures.get("min_encoder_cosine")
+    if enc is not None and enc < GATE["min_encoder_cosine"]:
+        short.append(f"encoder cosine {enc:.4f} < {GATE['min_encoder_cosine']}")
+    return "; ".join(short) or None
