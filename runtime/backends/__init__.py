@@ -217,7 +217,7 @@ def resolve_backend(name: str, bundle_dir: str | Path, device: str, precision: s
             from .onnx_cache import can_export
 
             missing = can_export()
-            why_not = f"the bundle has no ONNX graphs and {missing} is not installed to export them" if missing else ""
+            why_not = f"the bundle has no ONNX graphs and this process cannot export them: {missing}" if missing else ""
             ort_ok = not missing
         if exported and gpu and have["tensorrt"]:
             name = "tensorrt"

@@ -20,8 +20,8 @@ pytest.importorskip("torch")
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from v2m.cli.main import main
-from v2m.core.bundle import load_config
+from v2m.cli.main import main  # noqa: E402
+from v2m.core.bundle import load_config  # noqa: E402
 from v2m.core.manifest import load_manifest
 from v2m.runtime import Pipeline  # noqa: E402
 from v2m.runtime.backends import create_backend, default_threads, onnx_cache, resolve_backend  # noqa: E402
@@ -29,9 +29,25 @@ from v2m.runtime.backends import create_backend, default_threads, onnx_cache, re
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
+    """A private cache with the exporter registered (as the CLI, the server and Ray register it)."""
+    from v2m.export import enable_first_use_export
+
     root = tmp_path / "cache"
     monkeypatch.setenv(onnx_cache.CACHE_ENV, str(root))
+    monkeypatch.setattr(onnx_cache, "_exporter", [])
+    enable_first_use_export()
     return root
+
+
+def test_without_a_registered_exporter_auto_stays_on_torch(tiny_bundle, tmp_path, monkeypatch, caplog):
+    """The runtime never imports the exporter: a process that did not hand it over runs a bundle
+    without graphs on PyTorch, and says why."""
+    monkeypatch.setenv(onnx_cache.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(onnx_cache, "_exporter", [])
+    with caplog.at_level(logging.INFO, logger="v2m.backend"):
+        pipe = Pipeline.from_pretrained(tiny_bundle, backend="auto", device="cpu")
+    assert pipe.backend.name == "torch" and "enable_first_use_export" in caplog.text
+    assert not (tmp_path / "cache").exists()
 
 
 def _entries(root: Path) -> list[Path]:
@@ -78,6 +94,8 @@ import logging, sys
 logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
 from v2m.runtime.backends import create_backend
 from v2m.core.bundle import load_config
+from v2m.export import enable_first_use_export
+enable_first_use_export()
 be = create_backend("auto", sys.argv[1], load_config(sys.argv[1]), device="cpu")
 print(be.name, be.bundle_dir)
 """
@@ -101,7 +119,7 @@ def test_cannot_export_falls_back_to_torch(tiny_bundle, cache, monkeypatch, capl
     monkeypatch.setattr(onnx_cache, "can_export", lambda: "onnx")
     with caplog.at_level(logging.INFO, logger="v2m.backend"):
         assert resolve_backend("auto", tiny_bundle, "cpu") == ("torch", "cpu")
-    assert any("not ONNX Runtime" in r.message and "onnx is not installed" in r.message for r in caplog.records)
+    assert any("not ONNX Runtime" in r.message and "cannot export them: onnx" in r.message for r in caplog.records)
     assert resolve_backend("torch", tiny_bundle, "cpu") == ("torch", "cpu")  # --backend torch still forces it
     assert resolve_backend("auto", tiny_bundle, "cpu", "bf16") == ("torch", "cpu")  # ORT CPU has no bf16
     monkeypatch.setattr(onnx_cache, "can_export", lambda: None)  # this install can export
