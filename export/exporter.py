@@ -455,14 +455,7 @@ def export_bundle(
     t_start = time.perf_counter()
     src = Path(bundle_dir)
     cfg = load_config(src)
-    if opset < 17:
-        raise V2MError(f"opset {opset} is too old: LayerNormalization needs opset 17 or newer")
-    bad = [p for p in precisions if p not in (*PRECISIONS, "int8")]
-    if bad or not precisions:
-        raise V2MError(f"--precision {','.join(bad) or '(none)'}: choose from {', '.join(PRECISIONS)}, int8 "
-                       "(comma-separated)")
-    int8 = "int8" in precisions  # quantized from the fp32 set, which it needs beside it
-    precisions = tuple(p for p in dict.fromkeys(("fp32", *precisions) if int8 else precisions) if p != "int8")
+    int8, precisions = _check_precisions(opset, precisions)
     contracts = contracts_for(cfg)
     names = tuple(contracts) if names is None else names
     unknown = [n for n in names if n not in contracts]
@@ -485,43 +478,9 @@ def export_bundle(
             path, data = export_graph(module, contract, cfg, out / "onnx" / precision, opset, external_data, precision)
             seconds[f"{precision}/{name}_export"] = time.perf_counter() - t0
             del module
-            results: list[CheckResult] = []
-            if check and precision == "bf16":
-                log.info("check %s bf16: skipped (numpy and ONNX Runtime's CPU provider have no bfloat16 inputs); "
-                         "the graph passed onnx.checker", name)
-            elif check:
-                t0 = time.perf_counter()
-                ref = build_module(src, name, cfg, "fp32")
-                results = check_graph(ref, contract, cfg, path, precision=precision)
-                del ref
-                seconds[f"{precision}/{name}_check"] = time.perf_counter() - t0
-                for r in results:
-                    if on_check is not None:
-                        on_check(r)
-                    log.info("check %s", r.line())
-                checks += results
-                bad_checks = [r for r in results if not r.ok]
-                if bad_checks:
-                    r = max(bad_checks, key=lambda r: r.max_abs / max(r.atol + r.rtol * r.ref_max, 1e-30))
-                    raise ExportError(
-                        f"exported {precision} {name} graph differs from PyTorch: {r.output} at shape {r.shape} has "
-                        f"max abs error {r.max_abs:.3e} > {r.atol:g} + {r.rtol:g} x {r.ref_max:.3g}; no manifest was written"
-                    )
-            profile = contract.profile(cfg)
-            dt = ONNX_DTYPE[precision]
-            graphs[precision][name] = {
-                "file": path.relative_to(out).as_posix(),
-                "sha256": sha256_file(path),
-                "data_file": data.relative_to(out).as_posix() if data else None,
-                "data_sha256": sha256_file(data) if data else None,
-                "precision": precision,
-                "inputs": [{"name": s.name, "dtype": s.resolve_dtype(dt), "dims": list(s.dims)} for s in contract.inputs],
-                "outputs": [{"name": s.name, "dtype": s.resolve_dtype(dt), "dims": list(s.dims)} for s in contract.outputs],
-                "dynamic_axes": {k: {str(i): d for i, d in v.items()} for k, v in contract.dynamic_axes(cfg).items()},
-                "profile": {k: {"min": list(v[0]), "opt": list(v[1]), "max": list(v[2])} for k, v in profile.items()},
-                "tolerance": {"atol": contract.tolerance[0], "rtol": contract.tolerance[1]},
-                "check": [asdict(r) | {"ok": r.ok} for r in results],
-            }
+            results = _checked(src, name, cfg, contract, path, precision, on_check, seconds) if check else []
+            checks += results
+            graphs[precision][name] = _graph_entry(out, path, data, precision, contract, cfg, results)
             paths[f"{precision}/{name}"] = path
     data = {
         "format": MANIFEST_FORMAT,
@@ -544,3 +503,61 @@ def export_bundle(
     seconds["total"] = time.perf_counter() - t_start
     log.info("exported %s to %s in %.1f s", src, out, seconds["total"])
     return ExportResult(out, manifest, paths, checks, seconds)
+
+
+def _check_precisions(opset: int, precisions: tuple[str, ...]) -> tuple[bool, tuple[str, ...]]:
+    """(int8 asked for, the float graph sets to export: int8 is quantized from fp32, made beside it)."""
+    if opset < 17:
+        raise V2MError(f"opset {opset} is too old: LayerNormalization needs opset 17 or newer")
+    bad = [p for p in precisions if p not in (*PRECISIONS, "int8")]
+    if bad or not precisions:
+        raise V2MError(f"--precision {','.join(bad) or '(none)'}: choose from {', '.join(PRECISIONS)}, int8 "
+                       "(comma-separated)")
+    int8 = "int8" in precisions
+    return int8, tuple(p for p in dict.fromkeys(("fp32", *precisions) if int8 else precisions) if p != "int8")
+
+
+def _checked(src: Path, name: str, cfg: BundleConfig, contract: ExportContract, path: Path, precision: str,
+             on_check: Callable[[CheckResult], None] | None, seconds: dict[str, float]) -> list[CheckResult]:
+    """The graph against PyTorch in ONNX Runtime (`check_graph`); ExportError past the tolerance."""
+    if precision == "bf16":
+        log.info("check %s bf16: skipped (numpy and ONNX Runtime's CPU provider have no bfloat16 inputs); "
+                 "the graph passed onnx.checker", name)
+        return []
+    t0 = time.perf_counter()
+    ref = build_module(src, name, cfg, "fp32")
+    results = check_graph(ref, contract, cfg, path, precision=precision)
+    del ref
+    seconds[f"{precision}/{name}_check"] = time.perf_counter() - t0
+    for r in results:
+        if on_check is not None:
+            on_check(r)
+        log.info("check %s", r.line())
+    bad_checks = [r for r in results if not r.ok]
+    if bad_checks:
+        r = max(bad_checks, key=lambda r: r.max_abs / max(r.atol + r.rtol * r.ref_max, 1e-30))
+        raise ExportError(
+            f"exported {precision} {name} graph differs from PyTorch: {r.output} at shape {r.shape} has "
+            f"max abs error {r.max_abs:.3e} > {r.atol:g} + {r.rtol:g} x {r.ref_max:.3g}; no manifest was written"
+        )
+    return results
+
+
+def _graph_entry(out: Path, path: Path, data: Path | None, precision: str, contract: ExportContract,
+                 cfg: BundleConfig, results: list[CheckResult]) -> dict[str, Any]:
+    """One graph's manifest entry: files and hashes, I/O, dynamic axes, profile, tolerance, checks."""
+    profile = contract.profile(cfg)
+    dt = ONNX_DTYPE[precision]
+    return {
+        "file": path.relative_to(out).as_posix(),
+        "sha256": sha256_file(path),
+        "data_file": data.relative_to(out).as_posix() if data else None,
+        "data_sha256": sha256_file(data) if data else None,
+        "precision": precision,
+        "inputs": [{"name": s.name, "dtype": s.resolve_dtype(dt), "dims": list(s.dims)} for s in contract.inputs],
+        "outputs": [{"name": s.name, "dtype": s.resolve_dtype(dt), "dims": list(s.dims)} for s in contract.outputs],
+        "dynamic_axes": {k: {str(i): d for i, d in v.items()} for k, v in contract.dynamic_axes(cfg).items()},
+        "profile": {k: {"min": list(v[0]), "opt": list(v[1]), "max": list(v[2])} for k, v in profile.items()},
+        "tolerance": {"atol": contract.tolerance[0], "rtol": contract.tolerance[1]},
+        "check": [asdict(r) | {"ok": r.ok} for r in results],
+    }

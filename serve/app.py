@@ -157,13 +157,77 @@ class _CleanupFileResponse(FileResponse):
 
 
 # --- the body ----------------------------------------------------------------------------
-async def read_form(request: Request, workdir: Path, max_bytes: int, video_field: bool = True,
-                    timeout_s: float | None = None) -> tuple[dict[str, str], Path | None]:
-    """Stream a multipart/form-data body: text fields, and the `video` file part into `workdir`.
-    The whole body must arrive within `timeout_s` (None: no limit).
+class _Form:
+    """python-multipart callbacks that collect text fields and stream the `video` part to a file."""
 
-    Raises ApiError (400, 408, 413, 415, 422) and starlette's ClientDisconnect (aborted upload).
-    """
+    def __init__(self, workdir: Path, video_field: bool):
+        self.workdir, self.video_field = workdir, video_field
+        self.fields: dict[str, str] = {}
+        self.video: Path | None = None
+        self.video_file = None
+        self.part: dict[str, Any] = {}
+
+    def callbacks(self) -> dict[str, Callable]:
+        return {"on_part_begin": self.begin, "on_part_data": self.data, "on_part_end": self.end,
+                "on_header_field": self.header_field, "on_header_value": self.header_value,
+                "on_header_end": self.header_end, "on_headers_finished": self.headers_finished}
+
+    def begin(self):
+        self.part = {"headers": {}, "name": None, "buf": bytearray(), "file": None, "hname": b"", "hvalue": b""}
+
+    def header_field(self, data, start, end):
+        self.part["hname"] += data[start:end]
+
+    def header_value(self, data, start, end):
+        self.part["hvalue"] += data[start:end]
+
+    def header_end(self):
+        self.part["headers"][self.part["hname"].lower()] = self.part["hvalue"]
+        self.part["hname"], self.part["hvalue"] = b"", b""
+
+    def headers_finished(self):
+        part = self.part
+        disp, opts = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        name = opts.get(b"name")
+        if disp != b"form-data" or name is None:
+            raise ApiError(400, "a multipart part without Content-Disposition: form-data; name=...")
+        name = part["name"] = name.decode("utf-8", "replace")
+        if b"filename" not in opts:
+            if name in self.fields:
+                raise ApiError(422, f"field {name[:40]!r} given twice")
+            return
+        if name != "video" or not self.video_field:
+            raise ApiError(422, f"unexpected file part {name[:40]!r}; send the video as the 'video' part")
+        if self.video is not None:
+            raise ApiError(422, "more than one 'video' part")
+        ctype = part["headers"].get(b"content-type", b"application/octet-stream").decode("latin-1").strip().lower()
+        if not ctype.startswith(VIDEO_PART_TYPES):
+            raise ApiError(415, f"the 'video' part is {ctype}; send a video file (video/* or application/octet-stream)")
+        self.video = self.workdir / UPLOAD_NAME
+        part["file"] = self.video_file = open(self.video, "wb")  # noqa: SIM115 - closed in `end` or by read_form
+
+    def data(self, data, start, end):
+        part = self.part
+        if part["file"] is not None:
+            part["file"].write(data[start:end])
+            return
+        if len(part["buf"]) + (end - start) > MAX_FIELD_BYTES:
+            raise ApiError(422, f"field {part['name'][:40]!r} is longer than {MAX_FIELD_BYTES // 1024} KB")
+        part["buf"] += data[start:end]
+
+    def end(self):
+        part = self.part
+        if part["file"] is not None:
+            part["file"].close()
+            return
+        try:
+            self.fields[part["name"]] = part["buf"].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(422, f"field {part['name'][:40]!r} is not UTF-8 text") from None
+
+
+def _check_form_headers(request: Request, max_bytes: int) -> bytes:
+    """The multipart boundary; 415, 400 or 413 (a declared length past the limit) before any byte is read."""
     kind, params = parse_options_header(request.headers.get("content-type", ""))
     if kind != b"multipart/form-data":
         raise ApiError(415, f"send multipart/form-data (a 'video' file part and text fields), not {kind.decode('latin-1') or 'no content type'}")
@@ -173,67 +237,18 @@ async def read_form(request: Request, workdir: Path, max_bytes: int, video_field
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
         raise ApiError(413, f"the upload is {int(length)} bytes; the limit is {max_bytes} bytes ({max_bytes / 2**20:g} MB)")
+    return boundary
 
-    fields: dict[str, str] = {}
-    video: dict[str, Any] = {"path": None, "file": None}
-    part: dict[str, Any] = {}
 
-    def on_part_begin():
-        part.clear()
-        part.update(headers={}, name=None, buf=bytearray(), file=None, hname=b"", hvalue=b"")
+async def read_form(request: Request, workdir: Path, max_bytes: int, video_field: bool = True,
+                    timeout_s: float | None = None) -> tuple[dict[str, str], Path | None]:
+    """Stream a multipart/form-data body: text fields, and the `video` file part into `workdir`.
+    The whole body must arrive within `timeout_s` (None: no limit).
 
-    def on_header_field(data, start, end):
-        part["hname"] += data[start:end]
-
-    def on_header_value(data, start, end):
-        part["hvalue"] += data[start:end]
-
-    def on_header_end():
-        part["headers"][part["hname"].lower()] = part["hvalue"]
-        part["hname"], part["hvalue"] = b"", b""
-
-    def on_headers_finished():
-        disp, opts = parse_options_header(part["headers"].get(b"content-disposition", b""))
-        name = opts.get(b"name")
-        if disp != b"form-data" or name is None:
-            raise ApiError(400, "a multipart part without Content-Disposition: form-data; name=...")
-        name = name.decode("utf-8", "replace")
-        part["name"] = name
-        if b"filename" in opts:
-            if name != "video" or not video_field:
-                raise ApiError(422, f"unexpected file part {name[:40]!r}; send the video as the 'video' part")
-            if video["path"] is not None:
-                raise ApiError(422, "more than one 'video' part")
-            ctype = part["headers"].get(b"content-type", b"application/octet-stream").decode("latin-1").strip().lower()
-            if not ctype.startswith(VIDEO_PART_TYPES):
-                raise ApiError(415, f"the 'video' part is {ctype}; send a video file (video/* or application/octet-stream)")
-            video["path"] = workdir / UPLOAD_NAME
-            part["file"] = video["file"] = open(video["path"], "wb")  # noqa: SIM115 - closed below
-        elif name in fields:
-            raise ApiError(422, f"field {name[:40]!r} given twice")
-
-    def on_part_data(data, start, end):
-        if part["file"] is not None:
-            part["file"].write(data[start:end])
-            return
-        if len(part["buf"]) + (end - start) > MAX_FIELD_BYTES:
-            raise ApiError(422, f"field {part['name'][:40]!r} is longer than {MAX_FIELD_BYTES // 1024} KB")
-        part["buf"] += data[start:end]
-
-    def on_part_end():
-        if part["file"] is not None:
-            part["file"].close()
-            return
-        try:
-            fields[part["name"]] = part["buf"].decode("utf-8")
-        except UnicodeDecodeError:
-            raise ApiError(422, f"field {part['name'][:40]!r} is not UTF-8 text") from None
-
-    parser = MultipartParser(boundary, {
-        "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_part_end": on_part_end,
-        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_headers_finished": on_headers_finished,
-    })
+    Raises ApiError (400, 408, 413, 415, 422) and starlette's ClientDisconnect (aborted upload).
+    """
+    form = _Form(workdir, video_field)
+    parser = MultipartParser(_check_form_headers(request, max_bytes), form.callbacks())
     received = 0
 
     async def pump() -> None:
@@ -250,16 +265,14 @@ async def read_form(request: Request, workdir: Path, max_bytes: int, video_field
     except asyncio.TimeoutError:  # TimeoutError since 3.11; a distinct class on 3.10
         raise ApiError(408, f"the upload took longer than the server's limit of {timeout_s:g} s "
                             f"({received} bytes arrived); send it faster or in full", {"Connection": "close"}) from None
-    except ApiError:
-        raise
-    except ClientDisconnect:
+    except (ApiError, ClientDisconnect):
         raise
     except Exception as e:  # noqa: BLE001 - python-multipart's parse errors
         raise ApiError(400, f"malformed multipart body ({type(e).__name__}: {str(e)[:80]})") from None
     finally:
-        if video["file"] is not None:
-            video["file"].close()
-    return fields, video["path"]
+        if form.video_file is not None:
+            form.video_file.close()
+    return form.fields, form.video
 
 
 def _resolve_video(config: ServeConfig, fields: dict[str, str], upload: Path | None) -> Path:

@@ -308,6 +308,32 @@ def _flow_loss(model: Conditioned, x1, curve, ids, drop_text, gen: torch.Generat
     return F.mse_loss(model(xt, curve, t, ids, drop_text), x1 - x0)
 
 
+def _make_model(dit_cfg, tc: DiTTrainConfig, seed: int):
+    """The model (zero-initialized output layers), its EMA copy and AdamW (no decay on norms,
+    biases and embeddings)."""
+    torch.manual_seed(seed)
+    model = Conditioned(dit_cfg, tc.vocab_size)
+    model.dit.init_weights(torch.Generator().manual_seed(seed), zero_init=True)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=tc.lr, betas=(0.9, 0.99))
+    return model, ema, opt
+
+
+@torch.no_grad()
+def _validate(ema, vb, vgen: torch.Generator, seed: int) -> dict[str, float]:
+    """The EMA model's loss on the fixed validation batch, with and without the curve (same noise)."""
+    vgen.manual_seed(seed)
+    val = {"loss": _flow_loss(ema, *vb[:4], vgen).item()}
+    zero = (vb[0], torch.zeros_like(vb[1]), *vb[2:4])
+    vgen.manual_seed(seed)
+    val["loss_no_curve"] = _flow_loss(ema, *zero, vgen).item()
+    return val
+
+
 # --- the loop --------------------------------------------------------------------------------------
 def train_dit(
     out_dir: str | Path,
@@ -345,16 +371,8 @@ def train_dit(
     n_eval = min(tc.eval_clips, max(1, n // 10))
     train_idx, eval_idx = np.arange(n_eval, n), np.arange(n_eval)  # the first clips are held out
 
-    torch.manual_seed(seed)
     dit_cfg = DIT_PRESETS[tc.model]
-    model = Conditioned(dit_cfg, tc.vocab_size)
-    model.dit.init_weights(torch.Generator().manual_seed(seed), zero_init=True)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=tc.lr, betas=(0.9, 0.99))
+    model, ema, opt = _make_model(dit_cfg, tc, seed)
     ckpt_path = out / "ckpt.pt"
     states = {"model": model, "ema": ema, "opt": opt}
     step0, losses = common.resume(ckpt_path, run, states)
@@ -388,12 +406,7 @@ def train_dit(
 
         last = step + 1 == tc.steps
         if (step + 1) % tc.eval_interval == 0 or last:
-            with torch.no_grad():
-                vgen.manual_seed(seed)
-                val = {"loss": _flow_loss(ema, *vb[:4], vgen).item()}
-                zero = (vb[0], torch.zeros_like(vb[1]), *vb[2:4])
-                vgen.manual_seed(seed)
-                val["loss_no_curve"] = _flow_loss(ema, *zero, vgen).item()
+            val = _validate(ema, vb, vgen, seed)
             losses.add(step, val, "eval")
             log.info("step %d: eval loss %.4f (without the curve %.4f)", step + 1, val["loss"], val["loss_no_curve"])
         if (step + 1) % tc.checkpoint_interval == 0 or last or step + 1 == end:

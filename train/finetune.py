@@ -312,23 +312,8 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
         rng = common.step_rng(seed, step)  # everything random of step s comes from (seed, s)
         batch = _batch(data, rng.choice(train_idx, size=tc.batch_size), rng, tc, base.objective, base_seconds(base))
         noise = torch.randn(batch["x"].shape, generator=common.step_generator(seed, step))
-        opt.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=dev)
-        for m in range(tc.grad_accum):  # this process's rows of micro-batch m of the global batch
-            rows = slice((m * world + rank) * per_rank, (m * world + rank + 1) * per_rank)
-            sync = m + 1 == tc.grad_accum or world == 1
-            with contextlib.nullcontext() if sync else model.no_sync():  # DDP reduces at the last backward
-                with autocast():
-                    loss = _loss(model, base.objective, batch, noise, rows, dev) / tc.grad_accum
-                loss.backward()
-            total += loss.detach()
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(total)
-            total /= world
-        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-        opt.step()
+        total = _optimizer_step(model, base.objective, batch, noise, tc, rank, world, per_rank, dev, autocast, params,
+                                opt)
         common.ema_update(ema, base.dit, min(tc.ema, (1 + step) / (10 + step)))
         losses.add(step, {"loss": total.item()})
         bar.update(step, f"loss {total.item():.4f}")
@@ -349,17 +334,8 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
                 common.checkpoint(ckpt_path, run, snap, step + 1, losses)
                 losses.save(out, f"finetune of {base_dir.name} ({base.objective}, seed {seed})")
     bar.close()
-    result = ckpt_path
-    if end == tc.steps:
-        final = ema.cpu() if not fsdp else template
-        if fsdp:
-            full = states["ema"].state_dict()  # every process gathers; rank 0 gets the tensors and writes
-            if rank == 0:
-                template.load_state_dict(full)
-        if rank == 0:
-            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[tc.dtype]
-            result = write_bundle(out / "bundle", base, merge_lora(final), base.cfg.curve.kernel, dtype,
-                                  {"seed": str(seed), "base": base_dir.name}, music=_music_kind(tc))
+    result = (_write_result(out, base, base_dir, tc, seed, ema, template, states, fsdp, rank) if end == tc.steps
+              else None) or ckpt_path
     if rank == 0:
         timing = common.record_timing(out, time.perf_counter() - t_start, common.cpu_seconds() - cpu_start,
                                       prepare_wall_s=round(t_prep, 1), threads=torch.get_num_threads(),
@@ -367,6 +343,46 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
         _report(out, data, settings, base, tc, trainable, n_eval, cache, timing, losses)
     _barrier(world)
     return Path(result)
+
+
+def _optimizer_step(model, objective: str, batch, noise, tc: FinetuneConfig, rank: int, world: int, per_rank: int,
+                    dev, autocast, params, opt) -> torch.Tensor:
+    """One step over the global batch: this process's rows of each micro-batch, gradients reduced
+    across processes (DDP at the last backward), clipped; the mean loss over every process."""
+    opt.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=dev)
+    for m in range(tc.grad_accum):  # this process's rows of micro-batch m of the global batch
+        rows = slice((m * world + rank) * per_rank, (m * world + rank + 1) * per_rank)
+        sync = m + 1 == tc.grad_accum or world == 1
+        with contextlib.nullcontext() if sync else model.no_sync():  # DDP reduces at the last backward
+            with autocast():
+                loss = _loss(model, objective, batch, noise, rows, dev) / tc.grad_accum
+            loss.backward()
+        total += loss.detach()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(total)
+        total /= world
+    torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+    opt.step()
+    return total
+
+
+def _write_result(out: Path, base: Base, base_dir: Path, tc: FinetuneConfig, seed: int, ema, template, states,
+                  fsdp: bool, rank: int) -> Path | None:
+    """The finished run's bundle (the EMA weights, LoRA merged) at RUN/bundle, written by rank 0
+    (None on the other processes)."""
+    final = ema.cpu() if not fsdp else template
+    if fsdp:
+        full = states["ema"].state_dict()  # every process gathers; rank 0 gets the tensors and writes
+        if rank == 0:
+            template.load_state_dict(full)
+    if rank != 0:
+        return None
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[tc.dtype]
+    return write_bundle(out / "bundle", base, merge_lora(final), base.cfg.curve.kernel, dtype,
+                        {"seed": str(seed), "base": base_dir.name}, music=_music_kind(tc))
 
 
 def _report(out: Path, data, settings, base: Base, tc: FinetuneConfig, trainable: int, n_eval: int, cache: Path,
