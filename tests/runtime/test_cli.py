@@ -57,7 +57,7 @@ def test_init_model(capsys, tmp_path):
     rc, out, _ = _run(capsys, "init-model", "--preset", "tiny", "--seed", "1", "-o", tmp_path / "b")
     assert rc == 0 and (tmp_path / "b" / "config.json").is_file()
     assert {p.name for p in (tmp_path / "b").glob("*.safetensors")} == {
-        "dit.safetensors", "vae.safetensors", "encoder.safetensors", "text.safetensors"}
+        "dit.safetensors", "vae.safetensors", "vae_encoder.safetensors", "encoder.safetensors", "text.safetensors"}
 
 
 def _bad_inputs(tmp_path, synth_video_audio):
