@@ -42,6 +42,17 @@ def _onnx_cache_dir(tmp_path_factory):
         os.environ["V2M_CACHE_DIR"] = old
 
 
+@pytest.fixture(autouse=True)
+def _first_use_export_per_test():
+    """The exporter handed to the runtime's ONNX cache (`v2m.export.enable_first_use_export`,
+    which every CLI command calls) is process state: cleared after each test, so a Python-API
+    test's `backend="auto"` does not depend on which tests ran before it."""
+    yield
+    from v2m.runtime.backends import onnx_cache
+
+    onnx_cache._exporter.clear()
+
+
 @dataclass(frozen=True)
 class SynthVideo:
     """A generated clip and what it was made with."""

@@ -166,7 +166,7 @@ def test_cli_kernel_choice_errors_are_one_line(capsys, tiny_bundle, short_video,
 def test_pipeline_fast_equals_eager(tiny_bundle, short_video):
     from v2m.runtime import Pipeline
 
-    a = Pipeline.from_pretrained(tiny_bundle, device="cpu", precision="fp32").generate(short_video.path, "x", seed=2, steps=6)
+    a = Pipeline.from_pretrained(tiny_bundle, backend="torch", device="cpu", precision="fp32").generate(short_video.path, "x", seed=2, steps=6)
     pf = Pipeline.from_pretrained(tiny_bundle, device="cpu", precision="fp32", fast=True)
     b = pf.generate(short_video.path, "x", seed=2, steps=6)
     assert b.info["sampler_path"] == "static_eager" and len(b.step_ms) == 6
