@@ -171,6 +171,8 @@ def run_batch_ray(jobs: list[Job], opts: BatchOptions, options: dict, address: s
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     n, per = _actor_resources(actors, cpus)
+    if options.get("threads") is None:  # an actor's CPU threads are its CPUs (--ray-cpus), as documented
+        options = {**options, "threads": max(1, int(per["num_cpus"]))}
     log.info("ray: %d actor(s), %s each, over %d videos", n, per, len(todo))
     try:
         if todo:

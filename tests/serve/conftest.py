@@ -15,12 +15,19 @@ def one_thread():
     """One CPU thread here and in every server the tests start (OMP_NUM_THREADS=1, _serve_util):
     the thread count changes CPU numerics, and the bit-identical checks compare across
     processes; on a loaded 2-core box, two spinning OpenMP threads also run 10-50x slower."""
+    import os
+
     import torch
 
-    before = torch.get_num_threads()
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # the backends' default thread count (`backends.default_threads`) too
     yield
     torch.set_num_threads(before)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
 
 
 @pytest.fixture(scope="session")
