@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 
+import pytest
 from _serve_util import httpx, start_server
 
 from v2m.cli.main import main as cli_main
