@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from oobleck_ref import diffusers_vae  # noqa: E402
 
 from v2m.core.errors import BundleError
 from v2m.models.checkpoint import save_safetensors
@@ -38,23 +39,6 @@ HOP3584 = dict(encoder_hidden_size=4, channel_multiples=[1, 2, 2, 3, 4], downsam
 RTOL_SCALE = 1e-5
 
 
-def _diffusers_vae(config: dict, seed: int = 0):
-    """A diffusers AutoencoderOobleck with every parameter random, g included (so the
-    fold is exercised: at init g = ||v|| and the fold would be the identity)."""
-    torch.manual_seed(seed)
-    vae = diffusers.AutoencoderOobleck(**config).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in vae.named_parameters():
-            if name.endswith("weight_g"):
-                p.mul_(0.5 + torch.rand(p.shape, generator=g))
-            elif name.endswith(("alpha", "beta")):
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return vae
-
-
 def _latents(c: int, n: int, b: int = 2, seed: int = 3) -> torch.Tensor:
     return torch.randn(b, c, n, generator=torch.Generator().manual_seed(seed))
 
@@ -85,7 +69,7 @@ def _ours_from(vae) -> OobleckDecoder:
 @pytest.mark.parametrize("config,tail", [(SMALL, 0), (HOP3584, 8)], ids=["even-strides", "hop3584"])
 @torch.no_grad()
 def test_parity_with_diffusers(config, tail):
-    vae = _diffusers_vae(config)
+    vae = diffusers_vae(config)
     ours = _ours_from(vae)
     assert ours.tail == tail
     z = _latents(config["decoder_input_channels"], 5)
@@ -99,7 +83,7 @@ def test_parity_with_diffusers(config, tail):
 
 @torch.no_grad()
 def test_from_pretrained_diffusers_directory(tmp_path):
-    vae = _diffusers_vae(HOP3584, seed=5)
+    vae = diffusers_vae(HOP3584, seed=5)
     vae.save_pretrained(tmp_path / "vae")
     assert (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").is_file()
     ours = OobleckDecoder.from_pretrained(tmp_path)  # a pipeline directory with a vae/ folder
@@ -156,7 +140,7 @@ def _to_stable_audio(vae, parametrized: bool) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("parametrized", [False, True], ids=["weight_g_v", "parametrizations"])
 @torch.no_grad()
 def test_stable_audio_layout(parametrized):
-    vae = _diffusers_vae(HOP3584, seed=7)
+    vae = diffusers_vae(HOP3584, seed=7)
     sd = _to_stable_audio(vae, parametrized)
     assert "pretransform.model.decoder.layers.1.layers.2.layers.1.weight_v" in sd or parametrized
     native = convert_stable_audio_state_dict(sd)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from oobleck_ref import diffusers_vae  # noqa: E402
 
 from v2m.core.errors import BundleError
 from v2m.models.vae_encoder import (
@@ -23,22 +24,6 @@ CONFIGS = [
 ]
 
 
-def _diffusers_vae(config: dict, seed: int = 0):
-    """Every parameter random, g included, so the weight-norm fold is exercised."""
-    torch.manual_seed(seed)
-    vae = diffusers.AutoencoderOobleck(**config).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in vae.named_parameters():
-            if name.endswith("weight_g"):
-                p.mul_(0.5 + torch.rand(p.shape, generator=g))
-            elif name.endswith(("alpha", "beta")):
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return vae
-
-
 def _ours(sd, config) -> OobleckEncoder:
     native = convert_diffusers_encoder(sd)
     model = OobleckEncoder(infer_encoder_config(native))
@@ -48,7 +33,7 @@ def _ours(sd, config) -> OobleckEncoder:
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_parity_with_diffusers_encode(config):
-    vae = _diffusers_vae(config)
+    vae = diffusers_vae(config)
     hop = 1
     for s in config["downsampling_ratios"]:
         hop *= s
@@ -93,7 +78,7 @@ def _to_stable_audio(vae) -> dict[str, torch.Tensor]:
 
 def test_stable_audio_layout_and_scale():
     config = CONFIGS[0]
-    vae = _diffusers_vae(config, seed=5)
+    vae = diffusers_vae(config, seed=5)
     sd = _to_stable_audio(vae)
     audio = 0.3 * torch.randn(1, 2, 24 * 4, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
