@@ -105,15 +105,14 @@ def git_commit() -> str:
 
 
 def library_versions() -> dict[str, str | None]:
-    import importlib.metadata as md
+    """The versions a report records (`versions.library_versions`, from package metadata), the
+    Python version, v2m's, and CUDA's when torch is already loaded and sees a GPU."""
+    from .versions import library_version
+    from .versions import library_versions as versions
 
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for dist, mod in (("numpy", "numpy"), ("av", "av"), ("torch", "torch"), ("onnxruntime", "onnxruntime"),
-                      ("triton", "triton"), ("tensorrt", "tensorrt"), ("v2m-runtime", None)):
-        try:
-            out[mod or "v2m"] = md.version(dist)
-        except md.PackageNotFoundError:
-            out[mod or "v2m"] = None
+    out: dict[str, str | None] = {"python": platform.python_version(),
+                                  **versions(("numpy", "av", "torch", "onnxruntime", "triton", "tensorrt"))}
+    out["v2m"] = library_version("v2m", ("v2m-runtime",))
     torch = _torch()
     if torch is not None and torch.cuda.is_available():
         out["cuda"] = torch.version.cuda

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -188,29 +191,29 @@ def test_bad_options_and_bases_are_one_line(music, base, tmp_path, capsys):
     shutil.rmtree(tmp_path / "x", ignore_errors=True)
 
 
+def _torchrun(n: int, args: list[str], env: dict, cwd) -> None:
+    """`torchrun --standalone --nproc-per-node n ARGS`, in its own process group (a hang is killed whole)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n), *args]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                         start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, 9)
+        p.communicate()
+        raise
+    assert p.returncode == 0, err[-2000:]
+
+
 def test_two_processes_follow_one(music, base, cache, tmp_path):
     """torchrun with 2 CPU processes (gloo; DDP, and FSDP2 with --fsdp) and 1 process, same global batch:
     the same loss curve."""
-    import os
-    import subprocess
-    import sys
-
     args = ["--base", str(base), "--audio", str(music), "--steps", "3", "--batch-size", "4", "--clip-seconds", "1",
             "--clips-per-file", "2", "--eval-interval", "3", "--workers", "1", "--cache", str(cache), "--threads", "1",
             "-q"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for n, run, extra in ((2, "ddp", []), (2, "fsdp", ["--fsdp"]), (1, "one", [])):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
-               "-m", "v2m.train.finetune", "-o", str(tmp_path / run), *args, *extra]
-        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                             start_new_session=True)  # its own process group: a hang is killed whole
-        try:
-            _, err = p.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, 9)
-            p.communicate()
-            raise
-        assert p.returncode == 0, err[-2000:]
+        _torchrun(n, ["-m", "v2m.train.finetune", "-o", str(tmp_path / run), *args, *extra], env, tmp_path)
     ddp, fsdp, one = (json.loads((tmp_path / r / "losses.json").read_text()) for r in ("ddp", "fsdp", "one"))
     for got in (ddp, fsdp):
         np.testing.assert_allclose([v for _, v in got["train"]["loss"]], [v for _, v in one["train"]["loss"]], rtol=1e-5)
@@ -249,27 +252,13 @@ finetune(out, Path(base), Path(music), tc, workers=1, cache=cache, progress=Fals
 def test_a_sharded_run_resumes_in_one_process(music, base, cache, tmp_path):
     """FSDP2 over 2 processes for 2 steps, then 1 process without sharding for the rest: the weights of
     a 1-process run throughout (float tolerance), since checkpoints hold full state dicts."""
-    import os
-    import subprocess
-    import sys
-
     from v2m.train.common import load_checkpoint
 
     script = tmp_path / "run.py"
     script.write_text(RESUME_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for n, out, fsdp, stop in ((2, "split", "1", "2"), (1, "split", "0", "-"), (1, "whole", "0", "-")):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n), str(script),
-               str(tmp_path / out), str(base), str(music), str(cache), fsdp, stop]
-        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                             start_new_session=True)
-        try:
-            _, err = p.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, 9)
-            p.communicate()
-            raise
-        assert p.returncode == 0, err[-2000:]
+        _torchrun(n, [str(script), str(tmp_path / out), str(base), str(music), str(cache), fsdp, stop], env, tmp_path)
     a, b = (load_checkpoint(tmp_path / r / "ckpt.pt") for r in ("split", "whole"))
     assert a["step"] == b["step"] == 4
     np.testing.assert_allclose([v for _, v in a["losses"]["train"]["loss"]],
