@@ -181,6 +181,9 @@ class CurveConfig:
     fps: float | None = None  # sampling rate of frames for the curve; None = latent rate
     kernel: int = 31  # Hann window (odd)
     music: str = "logmel"  # the music encoder of the training curves (`v2m.runtime.music_encoders`)
+    # the least std the video curve's standardization divides by (`v2m.core.curves`, convention 2);
+    # 0 (bundles written before it) keeps the unfloored convention
+    std_floor: float = 0.0
 
 
 @dataclass

@@ -189,7 +189,7 @@ SAMPLER = {
 }
 MUSIC_ENCODERS = ("logmel", "basic-pitch", "hf")  # `curve.music`: the music encoders of the training curves
 CURVE = {"fps": Rule(optional(number(0.0, MAX_CURVE_FPS, lo_open=True))), "kernel": Rule(odd(integer(1, 1001))),
-         "music": Rule(choice(*MUSIC_ENCODERS))}
+         "music": Rule(choice(*MUSIC_ENCODERS)), "std_floor": Rule(number(0.0, 1.0e3))}
 AUDIO = {
     "sample_rate": Rule(RATE), "channels": Rule(integer(1, 16)), "hop_length": Rule(integer(1, 1 << 20)),
     "fade_out_s": Rule(number(0.0, 10.0)),

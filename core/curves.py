@@ -7,7 +7,11 @@ any of them changes every generated piece of music):
 
 1. d[0] = 0; d[i] = 1 - cos(f[i], f[i-1]), the cosine denominator floored at
    1e-8 (so a zero feature vector gives d = 1, not NaN).
-2. z = (d - mean(d)) / std(d) with the population std; z = 0 if std < 1e-6.
+2. z = (d - mean(d)) / max(std(d), std_floor) with the population std; z = 0 if that
+   denominator is below 1e-6. `std_floor` is the bundle's `curve.std_floor` (0 in bundles
+   written before it existed, which keep the unfloored convention): a video with no event,
+   whose d is compression noise or a steady pan, then stays near 0 instead of being blown
+   up to unit variance. The floor is per frame encoder, in d's units (`STD_FLOORS`).
 3. Sample i sits at time i / fps, latent frame j at time j / latent_rate. Going to
    the latent rate (`resample`):
    - fps <= latent_rate (upsampling): z linearly interpolated at the latent times,
@@ -34,6 +38,7 @@ import numpy as np
 __all__ = [
     "COS_EPS",
     "STD_EPS",
+    "STD_FLOORS",
     "dissimilarity",
     "standardize",
     "resample",
@@ -47,6 +52,11 @@ __all__ = [
 
 COS_EPS = 1e-8  # floor of ||a|| * ||b|| in the cosine
 STD_EPS = 1e-6  # below this std the curve is flat (a still video)
+# `curve.std_floor` that new bundles get, per frame encoder, measured (docs/curve-floor.md): a
+# noisy still clip's d has std ~5e-5 and a steady pan's ~4e-4 under the cut encoder, a hard
+# cut's d is 0.05-0.4. The motion encoder's d is noisy on every clip (std 0.14-0.23 on still,
+# pan and cut clips alike), so no floor separates them; DINOv2 was not measured (no weights).
+STD_FLOORS = {"cut": 0.005}
 
 
 def latent_length(duration_s: float, latent_rate: float) -> int:
@@ -72,10 +82,10 @@ def dissimilarity(features: np.ndarray) -> np.ndarray:
     return d
 
 
-def standardize(d: np.ndarray) -> np.ndarray:
-    """(d - mean) / std with population std; all zeros if std < 1e-6."""
+def standardize(d: np.ndarray, std_floor: float = 0.0) -> np.ndarray:
+    """(d - mean) / max(std, std_floor) with population std; all zeros if that is below 1e-6."""
     d = np.asarray(d, dtype=np.float64)
-    std = d.std()
+    std = max(float(d.std()), float(std_floor)) if d.size else 0.0
     if not np.isfinite(std) or std < STD_EPS:
         return np.zeros_like(d)
     return (d - d.mean()) / std
@@ -132,7 +142,7 @@ def hann_smooth(x: np.ndarray, kernel: int = 31) -> np.ndarray:
 
 def event_curve(
     features: np.ndarray, length: int, fps: float, latent_rate: float, kernel: int = 31,
-    edit: Callable[[np.ndarray, float], np.ndarray] | None = None,
+    edit: Callable[[np.ndarray, float], np.ndarray] | None = None, std_floor: float = 0.0,
 ) -> np.ndarray:
     """The event curve of one video.
 
@@ -144,6 +154,7 @@ def event_curve(
         kernel: odd Hann window length.
         edit: optional `edit(d, fps) -> d'` applied to the raw dissimilarities before
             standardization (hit points, a given curve, suppressed ranges: `v2m.runtime.curve_edit`).
+        std_floor: the least std the standardization divides by (convention 2; 0: none).
 
     Returns:
         float32 [length].
@@ -152,12 +163,12 @@ def event_curve(
         raise ValueError(f"length must be >= 1, got {length}")
     if len(features) == 0:
         return np.zeros(length, dtype=np.float32)
-    return curve_from_dissimilarity(dissimilarity(features), length, fps, latent_rate, kernel, edit)
+    return curve_from_dissimilarity(dissimilarity(features), length, fps, latent_rate, kernel, edit, std_floor)
 
 
 def curve_from_dissimilarity(
     d: np.ndarray, length: int, fps: float, latent_rate: float, kernel: int = 31,
-    edit: Callable[[np.ndarray, float], np.ndarray] | None = None,
+    edit: Callable[[np.ndarray, float], np.ndarray] | None = None, std_floor: float = 0.0,
 ) -> np.ndarray:
     """`event_curve` from the raw dissimilarities d [T] (sample i at i / fps): edit, standardize,
     resample, smooth. float32 [length]. An empty d is a flat curve (edits still apply)."""
@@ -166,7 +177,7 @@ def curve_from_dissimilarity(
         d = np.asarray(edit(d, fps), dtype=np.float64)
     if d.size == 0:
         return np.zeros(length, dtype=np.float32)
-    z = standardize(d)
+    z = standardize(d, std_floor)
     return hann_smooth(resample(z, fps, length, latent_rate), kernel).astype(np.float32)
 
 

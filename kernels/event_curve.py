@@ -151,6 +151,7 @@ if triton is not None:
         out_batch_stride,
         src_per_dst: tl.float64,
         n_taps,
+        std_floor,
         K: tl.constexpr,
         SPAN: tl.constexpr,
         BLOCK_T: tl.constexpr,
@@ -159,8 +160,8 @@ if triton is not None:
     ):
         """out[b, j] = sum_k w[k] * r(clamp(j + k - K // 2, 0, L_b - 1)) for j < L_b, else 0.
 
-        z = (d - mean(d)) / std(d) over the row's T_b frames (population std,
-        z = 0 when std < 1e-6), q = src_per_dst = fps / latent_rate. Without SPAN
+        z = (d - mean(d)) / max(std(d), std_floor) over the row's T_b frames (population
+        std, z = 0 when that is < 1e-6), q = src_per_dst = fps / latent_rate. Without SPAN
         (q <= 1): r(m) = z linearly interpolated at source position p = m q (p in
         fp64, i0 = min(floor(p), T_b - 1), i1 = min(i0 + 1, T_b - 1)), which is
         numpy.interp of z (frame i at i / fps) at latent time m / latent_rate,
@@ -193,7 +194,7 @@ if triton is not None:
             mask = offs_t < n_frames
             dev = tl.where(mask, tl.load(d_row + offs_t, mask=mask, other=0.0) - mean, 0.0)
             acc += dev * dev
-        std = tl.sqrt_rn(tl.div_rn(tl.sum(acc, axis=0), count))
+        std = tl.maximum(tl.sqrt_rn(tl.div_rn(tl.sum(acc, axis=0), count)), std_floor)
         inv_std = tl.where(
             std >= 1e-6, tl.div_rn(1.0, tl.maximum(std, 1e-6)), 0.0
         )  # still video: flat
@@ -280,6 +281,7 @@ def event_curves(
     latent_rate: float,
     kernel: int = 31,
     max_length: int | None = None,
+    std_floor: float = 0.0,
 ):
     """Event curves of a padded batch of videos, two Triton launches.
 
@@ -292,6 +294,7 @@ def event_curves(
         latent_rate: latent frames per second.
         kernel: odd Hann window length.
         max_length: columns of the output; default max(out_lengths) (one host read).
+        std_floor: the least std the standardization divides by (`v2m.core.curves`, convention 2).
 
     Returns:
         fp32 [B, L_max] tensor on the features' device; row b equals
@@ -348,6 +351,7 @@ def event_curves(
         out.stride(0),
         float(fps) / float(latent_rate),
         _span_taps(fps, latent_rate),
+        float(std_floor),
         K=kernel,
         SPAN=float(fps) > float(latent_rate),
         BLOCK_T=1024,
@@ -366,6 +370,7 @@ def event_curves_torch(
     latent_rate: float,
     kernel: int = 31,
     max_length: int | None = None,
+    std_floor: float = 0.0,
 ):
     """The same batched curves as `event_curves`, in plain PyTorch ops (fp32 math, any device).
 
@@ -403,7 +408,7 @@ def event_curves_torch(
 
     count = lengths.clamp_min(1).float()[:, None]  # (B, 1)
     mean = d.sum(1, keepdim=True) / count
-    std = (torch.where(valid, d - mean, 0.0).square().sum(1, keepdim=True) / count).sqrt()
+    std = (torch.where(valid, d - mean, 0.0).square().sum(1, keepdim=True) / count).sqrt().clamp_min(float(std_floor))
     inv_std = torch.where(std >= _curves.STD_EPS, 1.0 / std.clamp_min(_curves.STD_EPS), 0.0)
     z = (d - mean) * inv_std  # (B, T)
 
@@ -453,6 +458,7 @@ def event_curves_reference(
     latent_rate: float,
     kernel: int = 31,
     max_length: int | None = None,
+    std_floor: float = 0.0,
 ) -> np.ndarray:
     """`v2m.core.curves.event_curve` looped over a batch (features cast to float64).
 
@@ -467,6 +473,6 @@ def event_curves_reference(
         n_out = int(out_lens[b])
         if n_out < 1:
             continue
-        curve = _curves.event_curve(f[b, : int(lens[b])], n_out, fps, latent_rate, kernel)
+        curve = _curves.event_curve(f[b, : int(lens[b])], n_out, fps, latent_rate, kernel, std_floor=std_floor)
         out[b, : min(n_out, l_max)] = curve[:l_max]
     return out

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from v2m import families
+from v2m.core import curves
 from v2m.core.bundle import (
     AudioConfig,
     BundleConfig,
@@ -75,7 +76,7 @@ def bundle_config(preset: str, encoder: str = "dinov2") -> BundleConfig:
         encoder=enc,
         text=text_mod.PRESETS[text_p].to_dict(),
         sampler=SamplerConfig(),
-        curve=CurveConfig(),
+        curve=CurveConfig(std_floor=curves.STD_FLOORS.get(enc.get("kind"), 0.0)),
         audio=AudioConfig(hop_length=vae_cfg.hop_length),
     )
 

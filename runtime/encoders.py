@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from v2m.core import curves
 from v2m.core.bundle import (
     ENCODER_KINDS,
     WEIGHT_FREE,
@@ -52,6 +53,7 @@ __all__ = [
     "ENCODER_KINDS",
     "WEIGHT_FREE",
     "frame_encoder_config",
+    "curve_std_floor",
     "FrameEncoder",
     "CutEncoder",
     "MotionEncoder",
@@ -220,6 +222,17 @@ def make_frame_encoder(cfg: dict[str, Any]) -> FrameEncoder:
         return MotionEncoder(**settings)
     raise BundleError(f"frame encoder {kind!r} has weights and runs in the backend; weight-free ones: "
                       f"{', '.join(WEIGHT_FREE)}")
+
+
+def curve_std_floor(cfg: BundleConfig, encoder_cfg: dict[str, Any]) -> float:
+    """The std floor of the video curve's standardization (`v2m.core.curves`, convention 2): the
+    bundle's `curve.std_floor` for its own frame encoder. Another encoder (`--encoder`, or the cut
+    encoder of a bundle without one) gets its measured `curves.STD_FLOORS` value, but only in a
+    bundle that uses floors at all (std_floor > 0); older bundles keep the unfloored convention."""
+    floor = float(cfg.curve.std_floor)
+    if floor <= 0.0 or encoder_cfg.get("kind") == cfg.encoder.get("kind"):
+        return floor
+    return float(curves.STD_FLOORS.get(encoder_cfg.get("kind"), 0.0))
 
 
 def frame_encoder_config(cfg: BundleConfig, kind: str | None) -> dict[str, Any]:

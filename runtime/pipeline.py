@@ -70,6 +70,7 @@ class Pipeline(SamplingStage):
         self.text_encoder = text_encoder
         # The frame encoder that makes the curve: the bundle's, or a weight-free one asked for.
         self.encoder_config = encoders_mod.frame_encoder_config(config, encoder)
+        self.curve_std_floor = encoders_mod.curve_std_floor(config, self.encoder_config)
         self.frame_encoder = (encoders_mod.make_frame_encoder(self.encoder_config)
                               if encoders_mod.is_weight_free(self.encoder_config) else None)
 
@@ -192,8 +193,9 @@ class Pipeline(SamplingStage):
         (always with an `edit`, a `curve_edit.CurveEdit`)."""
         length = curves_mod.latent_length(duration_s, self.config.latent_rate)
         fps, rate, k = self.config.curve_fps, self.config.latent_rate, self.config.curve.kernel
+        floor = self.curve_std_floor
         if edit is not None:
-            return curves_mod.event_curve(_host(features), length, fps, rate, k, edit), "numpy"
+            return curves_mod.event_curve(_host(features), length, fps, rate, k, edit, floor), "numpy"
         if not isinstance(features, np.ndarray) and features.device.type == "cuda":
             from v2m.kernels import event_curve as kernel
 
@@ -202,14 +204,15 @@ class Pipeline(SamplingStage):
 
                 with torch.cuda.device(features.device):  # Triton launches on the current device (cuda:N)
                     t = torch.tensor([features.shape[0]], device=features.device)
-                    out = kernel.event_curves(features[None], t, torch.tensor([length], device=features.device), fps, rate, k)
+                    out = kernel.event_curves(features[None], t, torch.tensor([length], device=features.device), fps, rate, k,
+                                              std_floor=floor)
                 log.debug("event curve: triton kernel")
                 return out[0, :length].cpu().numpy(), "triton"
             features = features.cpu().numpy()
             log.info("event curve: numpy reference (triton not available)")
         elif not isinstance(features, np.ndarray):
             features = features.cpu().numpy()
-        return curves_mod.event_curve(np.asarray(features), length, fps, rate, k), "numpy"
+        return curves_mod.event_curve(np.asarray(features), length, fps, rate, k, std_floor=floor), "numpy"
 
     def curve(self, video_path: str | Path, video_stream: int | None = None, cancel=None,
               max_duration_s: float | None = None, edit=None) -> CurveResult:

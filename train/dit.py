@@ -462,7 +462,7 @@ def write_bundle(
         encoder=encoder_config(encoder),
         text={"kind": "builtin", "vocab_size": tc.vocab_size, "max_tokens": tc.max_tokens},
         sampler=sampler or SamplerConfig(),
-        curve=CurveConfig(fps=None, kernel=tc.kernel),
+        curve=CurveConfig(fps=None, kernel=tc.kernel, std_floor=curves.STD_FLOORS.get(encoder, 0.0)),
         audio=AudioConfig(hop_length=vae_cfg.hop_length),
     )
     cfg.save(out)

@@ -77,12 +77,12 @@ def batch(feats: list[np.ndarray], dtype=torch.float32, pad_value: float = 0.0):
     return out, torch.tensor([f.shape[0] for f in feats])
 
 
-def check(features, lengths, out_lengths, device, kernel=31, fps=FPS, max_length=None, what=""):
+def check(features, lengths, out_lengths, device, kernel=31, fps=FPS, max_length=None, what="", std_floor=0.0):
     """Kernel and torch twin vs the reference on the same (rounded) input."""
     atol, rtol = TOL[features.dtype]
     out_lengths = torch.as_tensor(out_lengths)
     expected = ec.event_curves_reference(
-        features, lengths, out_lengths, fps, LATENT_RATE, kernel, max_length=max_length
+        features, lengths, out_lengths, fps, LATENT_RATE, kernel, max_length=max_length, std_floor=std_floor
     )
     args = (
         features.to(device),
@@ -92,11 +92,11 @@ def check(features, lengths, out_lengths, device, kernel=31, fps=FPS, max_length
         LATENT_RATE,
         kernel,
     )
-    got = ec.event_curves(*args, max_length=max_length)
+    got = ec.event_curves(*args, max_length=max_length, std_floor=std_floor)
     assert got.dtype == torch.float32 and got.device.type == torch.device(device).type
     assert_curves_close(got, expected, atol, rtol, f"triton {what}")
     assert_curves_close(
-        ec.event_curves_torch(*args, max_length=max_length), expected, atol, rtol, f"torch {what}"
+        ec.event_curves_torch(*args, max_length=max_length, std_floor=std_floor), expected, atol, rtol, f"torch {what}"
     )
     return got, expected
 
@@ -197,6 +197,19 @@ def test_below_std_floor_is_flat(device):
     assert curves.dissimilarity(features[0].double().numpy()).std() < 5e-7
     got, _ = check(features, lengths, [latent_len(200)], device, what="below floor")
     assert (got.cpu() == 0).all()
+
+
+def test_std_floor(device):
+    """Convention 2 (a bundle's curve.std_floor) on a ragged batch: a nearly still row under the
+    floor and a row with cuts above it, odd shapes."""
+    still, cuts = still_video(211, 33, 0.03), video_features(137, 33, seed=5)
+    features, lengths = batch([still, cuts])
+    floor = 0.005
+    assert curves.dissimilarity(still).std() < floor < curves.dissimilarity(cuts).std()
+    got, _ = check(features, lengths, [latent_len(211), latent_len(137)], device, std_floor=floor, what="floor")
+    unfloored, _ = check(features, lengths, [latent_len(211), latent_len(137)], device, what="no floor")
+    assert got[0].abs().max() < 0.1 < unfloored[0].abs().max()  # no events from noise
+    assert_curves_close(got[1], unfloored[1].cpu().numpy(), 0.0, 0.0, "above the floor: unchanged")
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 0), (2, 0, 4), (0, 3, 4)], ids=["D0", "T0", "B0"])
@@ -303,7 +316,7 @@ diff = triton.compile(ASTSource(
     attrs={(i,): aligned for i in (0, 1, 4, 5, 6, 8)}), target=target, options={"num_warps": 4})
 smooth_sig = {"D_ptr": "*fp32", "W_ptr": "*fp32", "OUT_ptr": "*fp32", "LEN_ptr": "*i64",
               "OUT_LEN_ptr": "*i64", "T_max": "i32", "L_max": "i32", "d_batch_stride": "i32",
-              "out_batch_stride": "i32", "src_per_dst": "fp64", "n_taps": "i32", "K": "constexpr",
+              "out_batch_stride": "i32", "src_per_dst": "fp64", "n_taps": "i32", "std_floor": "fp32", "K": "constexpr",
               "SPAN": "constexpr", "BLOCK_T": "constexpr", "BLOCK_L": "constexpr", "BLOCK_K": "constexpr"}
 for span in (False, True):  # linear interpolation (fps <= latent rate) and the span mean
     smooth = triton.compile(ASTSource(

@@ -32,6 +32,36 @@ def test_standardize_flat_below_floor():
     np.testing.assert_array_equal(curves.standardize(np.array([0.0, 1e-7, 0.0])), 0.0)
 
 
+def test_standardize_std_floor_against_a_plain_loop():
+    """Convention 2: divide by max(std, floor). Oracle: the population std by a Python loop."""
+    rng = np.random.default_rng(3)
+    for d, floor in ((rng.normal(0.0, 1e-4, 50), 0.005), (rng.normal(0.0, 0.2, 50), 0.005), (rng.normal(0, 1e-4, 9), 0.0)):
+        values = [float(v) for v in d]
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+        expected = [(v - mean) / max(std, floor) for v in values]
+        np.testing.assert_allclose(curves.standardize(d, floor), expected, rtol=1e-12, atol=1e-15)
+    # noise below the floor stays small; a curve above it is the unfloored one exactly
+    assert np.abs(curves.standardize(rng.normal(0.0, 5e-5, 240), 0.005)).max() < 0.1
+    big = rng.normal(0.0, 0.2, 240)
+    np.testing.assert_array_equal(curves.standardize(big, 0.005), curves.standardize(big))
+
+
+def test_std_floor_of_bundles():
+    """Old bundles (no curve.std_floor) keep convention 1; new cut-encoder bundles get the measured floor;
+    another encoder than the bundle's own gets its own measured floor, only in a bundle that uses floors."""
+    from v2m.core.bundle import load_config
+    from v2m.runtime.demo import demo_bundle_path
+    from v2m.runtime.encoders import curve_std_floor, frame_encoder_config
+
+    cfg = load_config(demo_bundle_path())
+    assert cfg.encoder["kind"] == "cut" and cfg.curve.std_floor == curves.STD_FLOORS["cut"] > 0
+    assert curve_std_floor(cfg, frame_encoder_config(cfg, None)) == curves.STD_FLOORS["cut"]
+    assert curve_std_floor(cfg, frame_encoder_config(cfg, "motion")) == 0.0  # not measured for motion
+    old = type(cfg).from_dict({**cfg.to_dict(), "curve": {"fps": None, "kernel": 15}})
+    assert old.curve.std_floor == 0.0 and curve_std_floor(old, frame_encoder_config(old, None)) == 0.0
+
+
 def test_resample_is_time_based_and_clamped():
     z = np.array([0.0, 1.0])  # samples at 0 s and 0.5 s (fps 2)
     out = curves.resample(z, fps=2.0, length=4, latent_rate=4.0)  # latent frames at 0, .25, .5, .75 s

@@ -147,3 +147,35 @@ def test_package_data_ships_every_bundle_file():
     data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["v2m.runtime"]
     files = [f"demo_bundle/{p.relative_to(bundle).as_posix()}" for p in bundle.rglob("*") if p.is_file()]
     assert files and all(any(fnmatch.fnmatch(f, g) for g in data) for f in files), (files, data)
+
+
+def _noisy_still_video(path, seconds: float = 6.0, fps: int = 24) -> None:
+    """A fixed textured frame plus sensor-like noise (std 4 of 255), H.264: a clip with no event."""
+    av = pytest.importorskip("av")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:96, 0:128]
+    base = np.stack([(xx * 1.5) % 256, (yy * 2) % 256, (xx + yy) % 256], -1).astype(np.float32)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = 128, 96, "yuv420p"
+        for _ in range(int(seconds * fps)):
+            frame = np.clip(base + rng.normal(0.0, 4.0, base.shape), 0, 255).astype(np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def test_no_events_from_noise(demo_pipe, tmp_path):
+    """Curve convention 2 (the demo's curve.std_floor): a still clip's noise is not blown up to unit
+    variance. Without the floor (convention 1) the same clip's curve has spurious peaks."""
+    video = tmp_path / "still.mp4"
+    _noisy_still_video(video)
+    floored = demo_pipe.curve(video).curve
+    assert demo_pipe.curve_std_floor > 0 and np.abs(floored).max() < 0.1
+    old = demo_pipe.curve_std_floor
+    try:
+        demo_pipe.curve_std_floor = 0.0
+        assert np.abs(demo_pipe.curve(video).curve).max() > 0.5
+    finally:
+        demo_pipe.curve_std_floor = old
