@@ -44,6 +44,8 @@ __all__ = [
     "AETrainConfig",
     "AE_TRAIN_PRESETS",
     "STFTEncoder",
+    "OobleckPosterior",
+    "bundle_vae_encoder",
     "Autoencoder",
     "mrstft_loss",
     "kl_loss",
@@ -63,9 +65,18 @@ class AutoencoderConfig:
     decoder_channels: int = 16  # Oobleck width of the last block; widest block = 16x
     encoder_hidden: int = 128
     encoder_fft: int = 1024  # encoder STFT size; its hop is HOP / 8 (8 frames per latent frame)
+    # "stft": the cheap STFT-conv encoder, used only to make training latents; "oobleck": Stable
+    # Audio's encoder (`v2m.models.vae_encoder`), written into bundles as their `vae_encoder`
+    # component so `v2m train finetune` can encode music with them
+    encoder: str = "stft"
+    encoder_channels: int = 8  # "oobleck": width of its first block (x 1, 2, 4, 8, 16 as the decoder)
 
     def decoder_config(self) -> OobleckConfig:
         return OobleckConfig(latent_channels=self.latent_channels, channels=self.decoder_channels)
+
+    def encoder_config(self) -> OobleckConfig:
+        """The "oobleck" encoder's config: the decoder's strides, its own width."""
+        return OobleckConfig(latent_channels=self.latent_channels, channels=self.encoder_channels)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,6 +87,7 @@ AE_PRESETS: dict[str, AutoencoderConfig] = {
     "demo": AutoencoderConfig(),
     # For tests: a few thousand parameters, one step in well under a second.
     "tiny": AutoencoderConfig(latent_channels=4, decoder_channels=2, encoder_hidden=16, encoder_fft=512),
+    "tiny-oobleck": AutoencoderConfig(latent_channels=4, decoder_channels=2, encoder="oobleck", encoder_channels=2),
 }
 
 
@@ -138,11 +150,32 @@ class STFTEncoder(nn.Module):
         return mean, logvar.clamp(-12.0, 6.0)
 
 
+class OobleckPosterior(nn.Module):
+    """Stable Audio's Oobleck encoder as a posterior: audio [B, 2, L * HOP] -> mean, log-variance
+    [B, C, L] each, with stable-audio-tools' VAE bottleneck std = softplus(scale) + 1e-4."""
+
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        from v2m.models.vae_encoder import OobleckEncoder
+
+        self.net = OobleckEncoder(cfg.encoder_config())
+
+    def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, scale = self.net(audio).chunk(2, dim=1)  # (B, C, L) each
+        std = F.softplus(scale) + 1e-4
+        return mean, (2.0 * torch.log(std)).clamp(-12.0, 6.0)
+
+
+ENCODERS = {"stft": STFTEncoder, "oobleck": OobleckPosterior}
+
+
 class Autoencoder(nn.Module):
     def __init__(self, cfg: AutoencoderConfig):
         super().__init__()
+        if cfg.encoder not in ENCODERS:
+            raise common.InputError(f"autoencoder encoder {cfg.encoder!r}: choose one of {', '.join(ENCODERS)}")
         self.cfg = cfg
-        self.encoder = STFTEncoder(cfg)
+        self.encoder = ENCODERS[cfg.encoder](cfg)
         self.decoder = OobleckDecoder(cfg.decoder_config())
 
     def forward(self, audio: torch.Tensor, generator: torch.Generator | None = None):
@@ -283,6 +316,27 @@ def train_autoencoder(
     save_safetensors(model.decoder.state_dict(), out / "decoder.safetensors", metadata=meta)
     save_safetensors(model.encoder.state_dict(), out / "encoder.safetensors", metadata={**meta, "component": "vae-encoder"})
     return out / "decoder.safetensors"
+
+
+def bundle_vae_encoder(run_dir: str | Path, scale: np.ndarray) -> dict[str, torch.Tensor] | None:
+    """The `vae_encoder` component of a bundle made from this run (`v2m.models.vae_encoder`'s
+    native keys), or None for an "stft" encoder. The DiT samples z / scale, so the posterior
+    mean rows of the last conv are divided by the per-channel latent scale: the bundle's
+    encoder gives the DiT's latents, as stable-audio-tools folds its pretransform scale."""
+    from v2m.models.checkpoint import load_safetensors
+
+    run_dir = Path(run_dir)
+    cfg = AutoencoderConfig(**json.loads((run_dir / "run.json").read_text())["model"])
+    if cfg.encoder != "oobleck":
+        return None
+    sd = {k.removeprefix("net."): v for k, v in load_safetensors(run_dir / "encoder.safetensors").items()}
+    c = cfg.latent_channels
+    s = torch.from_numpy(np.asarray(scale, dtype=np.float32))
+    sd["conv2.weight"] = sd["conv2.weight"].clone()
+    sd["conv2.bias"] = sd["conv2.bias"].clone()
+    sd["conv2.weight"][:c] /= s[:, None, None]
+    sd["conv2.bias"][:c] /= s
+    return sd
 
 
 def check_autoencoder_run(run_dir: str | Path) -> Path:

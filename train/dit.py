@@ -50,7 +50,7 @@ from v2m.runtime.music import music_curve
 from v2m.runtime.text import PAD_ID, tokenize
 
 from . import common
-from .autoencoder import HOP, check_autoencoder_run, load_autoencoder
+from .autoencoder import HOP, bundle_vae_encoder, check_autoencoder_run, load_autoencoder
 from .data import SAMPLE_RATE, Source
 
 __all__ = [
@@ -453,6 +453,9 @@ def write_bundle(
     cast = lambda sd: {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     save_safetensors(cast(model.dit.state_dict()), out / "dit.safetensors", {**meta, "component": "dit"})
     save_safetensors(cast(vae), out / "vae.safetensors", {**meta, "component": "vae"})
+    vae_encoder = bundle_vae_encoder(ae_dir, scale)
+    if vae_encoder is not None:  # what `v2m train finetune` encodes music with
+        save_safetensors(cast(vae_encoder), out / "vae_encoder.safetensors", {**meta, "component": "vae_encoder"})
     save_safetensors(cast({"embedding.weight": model.text.embedding.weight.detach()}), out / "text.safetensors",
                      {**meta, "component": "text"})
     cfg = BundleConfig(

@@ -219,3 +219,33 @@ def test_resume_refuses_other_settings_and_times_add_up(ae_run, tmp_path):
     timing = json.loads((ae_run / "timing.json").read_text())
     assert [r["steps"] for r in timing["runs"]] == [[0, 6], [6, 6]]
     assert timing["wall_s"] == pytest.approx(sum(r["wall_s"] for r in timing["runs"]), abs=0.11)
+
+
+def test_oobleck_autoencoder_bundle_carries_its_encoder(tmp_path, short_video):
+    """An "oobleck" autoencoder run writes the bundle's `vae_encoder`: the bundle's encoder gives the
+    DiT's latents (the run's posterior mean over the latent scale, computed here from the run's own
+    modules), and `v2m train finetune` takes the bundle as its base."""
+    from v2m.models.vae_encoder import load_vae_encoder
+
+    ae_dir = tmp_path / "ae"
+    ae.train_autoencoder(ae_dir, SynthSource(0, 4, 2.0), ae.AE_PRESETS["tiny-oobleck"], ae.AE_TRAIN_PRESETS["tiny"],
+                         seed=0, threads=2, progress=False)
+    bundle = _dit_run(tmp_path / "run", ae_dir, steps=2)
+    _, scale = dit.load_trained(tmp_path / "run")
+    assert (bundle / "vae_encoder.safetensors").is_file()
+    audio = torch.from_numpy(SynthSource(5, 1, 2.0).clip(0)[0][:, : 7 * 3584].copy())[None]
+    with torch.no_grad():
+        mean, _ = ae.load_autoencoder(ae_dir).encoder(audio)  # (1, 4, 7)
+        got = load_vae_encoder(bundle, 44100).encode(audio)
+    assert got.shape == (1, 4, 7)
+    torch.testing.assert_close(got, mean / torch.from_numpy(scale)[None, :, None], atol=1e-5, rtol=1e-4)
+
+    music = tmp_path / "music"
+    music.mkdir()
+    import soundfile as sf
+
+    sf.write(music / "a.wav", SynthSource(9, 1, 3.0).clip(0)[0].T, 44100)
+    rc = main(["train", "finetune", "--base", str(bundle), "--audio", str(music), "-o", str(tmp_path / "ft"),
+               "--steps", "2", "--batch-size", "2", "--clip-seconds", "1", "--clips-per-file", "2", "--workers", "1",
+               "--eval-interval", "2", "-q"])
+    assert rc == 0 and (tmp_path / "ft" / "bundle" / "dit.safetensors").is_file()
