@@ -9,8 +9,8 @@ from v2m.serve.config import GENERATE_FIELDS, parse_generate_fields
 
 
 def test_creator_fields_reach_the_request():
-    req, _ = parse_generate_fields({"hits": "2.5, 8:2", "suppress": "3-5", "curve": "[[0, 0], [4, 1]]",
-                                    "curve_mix": "0.5", "loop": "true"}, 100)
+    req = parse_generate_fields({"hits": "2.5, 8:2", "suppress": "3-5", "curve": "[[0, 0], [4, 1]]",
+                                 "curve_mix": "0.5", "loop": "true"}, 100).request
     assert req.hits == ((2.5, 1.0), (8.0, 2.0)) and req.suppress == ((3.0, 5.0),)
     assert req.curve_points == ((0.0, 0.0), (4.0, 1.0)) and req.curve_mix == 0.5 and req.loop is True
     assert {"hits", "curve", "curve_mix", "suppress", "loop"} <= set(GENERATE_FIELDS)
