@@ -513,9 +513,11 @@ class Engine:
         self.write(best, audio, out)
         if keep and rows is not None:
             out = self._zip(ranked, rows, out, workdir, fmt)
-        if best is not head:
-            head.timings["write"] = best.timings.get("write", 0.0)
-        return Output(out, best.seed, best.duration_s, bsize, head.timings, best.request.prompt, rows)
+        timings: dict[str, float] = {}  # the request's: every candidate's sampler, vae and write shares added
+        for p in items:
+            for stage, sec in p.timings.items():
+                timings[stage] = timings.get(stage, 0.0) + sec
+        return Output(out, best.seed, best.duration_s, bsize, timings, best.request.prompt, rows)
 
     def _zip(self, ranked, rows: list[dict], best_file: Path, workdir: Path, fmt: str) -> Path:
         """`workdir/candidates.zip`: every candidate as v2m-<seed>.<ext> (stored: audio and video are
