@@ -10,7 +10,9 @@ pipe.write(ranked[0].prepared, ranked[0].audio, "best.mp4")
 The video is decoded once (`Pipeline.prepare`); the N variants differ only by seed and go to
 `Pipeline.sample` in one call, so the engine samples them as one batch of B = N where its
 batch allows (the CPU cost is N generations' sampling and decoding; the decode of the video,
-the curve and the prompt are paid once).
+the curve and the prompt are paid once). A batching engine (`v2m serve`) takes the same
+variants (`candidate_variants`) into its own queue, where they are sampled as one group, and
+ranks what comes back (`rank`).
 """
 
 from __future__ import annotations
