@@ -3,7 +3,8 @@ body, scores in X-V2M-Candidates, every file in a zip), music without a video (`
 prompt=auto, each with its bad values refused at the edge.
 
 Oracles: the music curve of the returned audio correlated with the video's conditioning curve
-by hand (`music_curve` + `curve_correlation`, not the server's ranking), the sample count
+by hand (`music_curve` + `curve_correlation`, not the server's ranking), `rank_candidates` run
+in this process on the same seeds, the sample count
 round(d * 44100), and the weight-free describer run in this process without its cache.
 """
 
@@ -104,9 +105,14 @@ def test_candidates_best_body_and_scores(server, clips, demo_pipe):
     (best,) = [row for row in rows if row["best"]]
     assert best["score"] == max(row["score"] for row in rows)
     assert r.headers["x-v2m-seed"] == str(best["seed"]) and r.headers["x-v2m-batch-size"] == "3"  # one batch
-    curve = demo_pipe.prepare(clips["onehalf"], Request(prompt=PROMPT, seed=20, steps=STEPS)).curve
+    p = demo_pipe.prepare(clips["onehalf"], Request(prompt=PROMPT, seed=20, steps=STEPS))
     audio, _ = sf.read(io.BytesIO(r.content), dtype="int16")
-    assert _score(demo_pipe, audio, curve) == pytest.approx(best["score"], abs=2e-3)
+    assert _score(demo_pipe, audio, p.curve) == pytest.approx(best["score"], abs=2e-3)
+    # the CLI's ranking in this process (same seeds, one batch, one thread): the same scores
+    from v2m.eval.candidates import rank_candidates
+
+    local = {c.seed: c.score for c in rank_candidates(demo_pipe, p, 3)}
+    assert {row["seed"]: row["score"] for row in rows} == pytest.approx(local, abs=1e-5)
     assert_survived(server)
 
 
