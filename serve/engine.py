@@ -506,7 +506,7 @@ class Engine:
             head.timings["score"] = time.perf_counter() - t0
             self.observe_stage("score", head.timings["score"])
             best, audio = ranked[0].prepared, ranked[0].audio
-            bsize = results[items.index(best)][1]
+            bsize = next(r[1] for p, r in zip(items, results) if p is best)
             rows = [{"seed": c.seed, "score": None if c.score is None else round(c.score, 6), "best": c is ranked[0]}
                     for c in sorted(ranked, key=lambda c: c.seed)]
         out = workdir / f"output{FORMATS[fmt][0]}"
@@ -525,13 +525,13 @@ class Engine:
         suffix = FORMATS[fmt][0]
         path = workdir / "candidates.zip"
         with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-            for c in ranked:
+            for c in ranked:  # the best is written already
                 name = f"v2m-{c.seed}{suffix}"
                 f = best_file if c is ranked[0] else workdir / name
-                if f is not best_file:
+                if c is not ranked[0]:
                     self.write(c.prepared, c.audio, f)
                 z.write(f, name)
-                f.unlink()
+                f.unlink()  # one copy on disk at a time
             for row in rows:
                 row["file"] = f"v2m-{row['seed']}{suffix}"
             z.writestr(CANDIDATES_JSON, json.dumps(rows, indent=1))
