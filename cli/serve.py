@@ -37,7 +37,8 @@ def serve_config(args):
         host=args.host, port=args.port, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout,
         max_uploads=args.max_uploads, upload_timeout_s=args.upload_timeout, max_duration_s=args.max_duration,
-        max_upload_mb=args.max_upload_mb, max_prompt_chars=args.max_prompt_chars, allow_dir=args.allow_dir,
+        max_upload_mb=args.max_upload_mb, max_prompt_chars=args.max_prompt_chars,
+        max_candidates=args.max_candidates, allow_dir=args.allow_dir,
         tmp_dir=args.tmp_dir, shutdown_grace_s=args.shutdown_grace, warmup=not args.no_warmup,
     )
 
@@ -154,9 +155,13 @@ def register(sub) -> None:
     s.add_argument("--timeout", type=float, default=600.0, help="seconds per request after its upload; 504 past it")
     s.add_argument("--max-duration", type=float, default=600.0, metavar="SECONDS",
                    help="longest video, from its header before decoding and from its frames' times while "
-                        "decoding; 413 past it; 0: no limit (default 600)")
+                        "decoding; 413 past it; also the longest `duration` (music without a video), 422 past it; "
+                        "0: no limit (default 600)")
     s.add_argument("--max-upload-mb", type=float, default=200.0, help="largest request body; 413 past it (default 200)")
     s.add_argument("--max-prompt-chars", type=int, default=2000, help="longest prompt; 422 past it (default 2000)")
+    s.add_argument("--max-candidates", type=int, default=8, metavar="N",
+                   help="most candidates one request may ask for (form field candidates), at most 64; 422 past it "
+                        "(default 8)")
     s.add_argument("--allow-dir", default=None, metavar="DIR",
                    help="let requests name a file under DIR (video_path) instead of uploading it (default: never)")
     s.add_argument("--tmp-dir", default=None, metavar="DIR", help="where per-request temporary folders go (default: the system's temporary directory)")

@@ -1,6 +1,7 @@
 """The HTTP service: a thin FastAPI layer over an `Engine`.
 
-    POST /v1/generate   multipart: a video (or video_path under --allow-dir) + parameters -> the file
+    POST /v1/generate   multipart: a video (or video_path under --allow-dir; or none with `duration`)
+                        + parameters -> the file (with keep_candidates: a zip of every candidate's)
     POST /v1/curve      multipart: a video -> the event curve as JSON
     GET  /healthz       the process is up
     GET  /readyz        the model is loaded and warmed up (503 while loading or shutting down)
@@ -43,8 +44,9 @@ from starlette.requests import ClientDisconnect
 
 from v2m.core.errors import Cancelled, InputError, V2MError, VideoTooLong
 
-from .config import GENERATE_FIELDS, ServeConfig, media_type_of, parse_generate_fields, suffix_of
-from .engine import Abandoned, Engine, Ticket
+from .config import (GENERATE_FIELDS, ZIP_MEDIA_TYPE, GenerateForm, ServeConfig, header_safe, media_type_of,
+                     parse_generate_fields, suffix_of)
+from .engine import Abandoned, Engine, Output, Ticket
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 
 __all__ = ["create_app", "ApiError", "AppState"]
@@ -275,15 +277,19 @@ async def read_form(request: Request, workdir: Path, max_bytes: int, video_field
     return form.fields, form.video
 
 
-def _resolve_video(config: ServeConfig, fields: dict[str, str], upload: Path | None) -> Path:
-    """The uploaded file, or `video_path` resolved inside --allow-dir."""
+def _resolve_video(config: ServeConfig, fields: dict[str, str], upload: Path | None,
+                   optional: bool = False) -> Path | None:
+    """The uploaded file, or `video_path` resolved inside --allow-dir; None when neither was sent
+    and the video is `optional` (music without a video)."""
     rel = fields.pop("video_path", None)
     if upload is not None and rel is not None:
         raise ApiError(422, "send either a 'video' upload or 'video_path', not both")
     if upload is not None:
         return upload
     if rel is None:
-        raise ApiError(422, "missing the 'video' file part")
+        if optional:
+            return None
+        raise ApiError(422, "missing the 'video' file part (for music without a video, send 'duration' instead)")
     if config.allow_dir is None:
         raise ApiError(403, "server-side paths are disabled on this server; upload the video instead")
     if "\0" in rel:
@@ -466,32 +472,47 @@ def _add_status_routes(app: FastAPI, state: AppState) -> None:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+def _generate_headers(eng: Engine, out: Output, form: GenerateForm) -> dict[str, str]:
+    timings = {k: round(v, 4) for k, v in out.timings.items()}
+    headers = {
+        "X-V2M-Seed": str(out.seed),
+        "X-V2M-Model": eng.model_name,
+        "X-V2M-Batch-Size": str(out.batch_size),
+        "X-V2M-Duration": f"{out.duration_s:.4f}",
+        "X-V2M-Timings": json.dumps(timings, separators=(",", ":")),
+        "Server-Timing": ", ".join(f"{k};dur={v * 1e3:.1f}" for k, v in timings.items()),
+    }
+    if out.candidates is not None:
+        headers["X-V2M-Candidates"] = json.dumps(out.candidates, separators=(",", ":"))
+    if form.auto_prompt:
+        headers["X-V2M-Prompt"] = header_safe(out.prompt)
+    return headers
+
+
 def _add_work_routes(app: FastAPI, state: AppState) -> None:
     config = state.config
 
-    @app.post("/v1/generate", summary="music for a video", openapi_extra=_multipart_doc(GENERATE_FIELDS),
-              response_class=FileResponse,
-              responses={200: {"description": "the file; headers X-V2M-Seed, X-V2M-Model, X-V2M-Batch-Size, "
-                                              "X-V2M-Timings (JSON seconds per stage) and Server-Timing",
-                               "content": {"video/mp4": {}, "video/x-matroska": {}, "audio/wav": {}, "audio/flac": {}}}})
+    @app.post("/v1/generate", summary="music for a video (or of a set length without one)",
+              openapi_extra=_multipart_doc(GENERATE_FIELDS), response_class=FileResponse,
+              responses={200: {"description": "the file (with keep_candidates a zip of every candidate's); headers "
+                                              "X-V2M-Seed, X-V2M-Model, X-V2M-Batch-Size, X-V2M-Timings (JSON seconds "
+                                              "per stage), Server-Timing, X-V2M-Candidates (JSON, with candidates), "
+                                              "X-V2M-Prompt (prompt=auto, percent-encoded where not printable ASCII)",
+                               "content": {"video/mp4": {}, "video/x-matroska": {}, "audio/wav": {}, "audio/flac": {},
+                                           ZIP_MEDIA_TYPE: {}}}})
     async def generate(request: Request):
         async def handle(eng: Engine, ticket, workdir, fields, upload, cleanup):
-            video = _resolve_video(config, fields, upload)
-            req, fmt = parse_generate_fields(fields, config.max_prompt_chars)
-            req.options(eng.pipe.config.sampler)  # the bundle's defaults fill in: a bad combination is a 422 now
-            out = await _result_or_abandon(eng.generate(ticket, video, req, workdir, fmt), request, config.timeout_s,
-                                           ticket)
-            timings = {k: round(v, 4) for k, v in out.timings.items()}
-            headers = {
-                "X-V2M-Seed": str(out.seed),
-                "X-V2M-Model": eng.model_name,
-                "X-V2M-Batch-Size": str(out.batch_size),
-                "X-V2M-Duration": f"{out.duration_s:.4f}",
-                "X-V2M-Timings": json.dumps(timings, separators=(",", ":")),
-                "Server-Timing": ", ".join(f"{k};dur={v * 1e3:.1f}" for k, v in timings.items()),
-            }
-            return _CleanupFileResponse(out.path, media_type=media_type_of(fmt), headers=headers, cleanup=cleanup,
-                                        filename=f"v2m-{out.seed}{suffix_of(fmt)}")
+            video = _resolve_video(config, fields, upload, optional="duration" in fields)
+            form = parse_generate_fields(fields, config.max_prompt_chars, has_video=video is not None,
+                                         max_candidates=config.max_candidates, max_duration_s=config.max_duration_s)
+            form.request.options(eng.pipe.config.sampler)  # the bundle's defaults fill in: a bad combination is a 422 now
+            work = eng.generate(ticket, video, form.request, workdir, form.fmt, candidates=form.candidates,
+                                keep_candidates=form.keep_candidates, auto_prompt=form.auto_prompt)
+            out = await _result_or_abandon(work, request, config.timeout_s, ticket)
+            name = f"v2m-{out.seed}-candidates.zip" if form.keep_candidates else f"v2m-{out.seed}{suffix_of(form.fmt)}"
+            media = ZIP_MEDIA_TYPE if form.keep_candidates else media_type_of(form.fmt)
+            return _CleanupFileResponse(out.path, media_type=media, headers=_generate_headers(eng, out, form),
+                                        cleanup=cleanup, filename=name)
 
         return await _admitted(state, request, handle, join_batch=True)
 

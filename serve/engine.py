@@ -20,6 +20,11 @@ out = await engine.generate(ticket, "clip.mp4", request, workdir)   # -> Output 
 - Generation is the engine core's (`Pipeline.prepare / sample / render / write`); this module
   adds the device thread, the batching policy and cancellation (an observer that stops a
   group's sampling once every request in it was abandoned).
+- Candidates: one prepared video and its seed variants (`eval.candidates.candidate_variants`)
+  go to the batcher together, so they are sampled as one group where `max_batch` allows (with
+  compatible requests too); what comes back is ranked by `eval.candidates.rank`.
+- prompt=auto: the prompt is written from the video by `video_prompt`, the one function the
+  server calls for it, on the device thread before `prepare`.
 - Everything a request writes lives in its own temporary directory (`TempDirs`).
 
 No web framework, torch or Ray is imported here.
@@ -29,11 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import shutil
 import tempfile
 import threading
 import time
+import zipfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from v2m.core import tempfiles
+from v2m.eval.candidates import candidate_variants, rank
 from v2m.runtime import video
 from v2m.runtime.observers import Observer, Observers, StageMetrics
 from v2m.runtime.prepared import Prepared
@@ -50,9 +58,24 @@ from v2m.runtime.request import Request
 
 from .config import DEFAULT_MAX_BATCH, FORMATS, ServeConfig
 
-__all__ = ["Engine", "Output", "Ticket", "TempDirs", "Scheduler", "group_key"]
+__all__ = ["Engine", "Output", "Ticket", "TempDirs", "Scheduler", "group_key", "video_prompt", "CANDIDATES_JSON"]
 
 log = logging.getLogger("v2m.serve")
+
+CANDIDATES_JSON = "candidates.json"  # keep_candidates: the zip's table of seeds, scores and files
+
+
+def video_prompt(video_path: Path, video_stream: int | None = None, max_duration_s: float | None = None) -> str:
+    """The prompt written from a video (prompt=auto): `runtime.describe.auto_prompt`, the weight-free
+    describer, cached by content. The one place the server writes a prompt from a video: a model
+    stage (`auto_prompt`'s `writer`) plugs in here. A video past `max_duration_s` is refused from
+    its header (`VideoTooLong`) before it is hashed or decoded."""
+    from v2m.runtime.describe import auto_prompt
+
+    info = video.probe(video_path, video_stream)
+    video.check_duration(info.duration_s, max_duration_s, Path(video_path).name)
+    prompt, _ = auto_prompt(video_path, video_stream)
+    return prompt
 
 
 # --- requests --------------------------------------------------------------------------
@@ -94,11 +117,17 @@ class _Cancel(Observer):
 
 @dataclass
 class Output:
+    """A finished request: its file (with keep_candidates a zip of every candidate's), the seed
+    written, the prompt used, and with candidates one row per seed: {"seed", "score", "best"}
+    (and "file" in the zip)."""
+
     path: Path
     seed: int
     duration_s: float
     batch_size: int
     timings: dict[str, float]
+    prompt: str = ""
+    candidates: list[dict] | None = None
 
 
 class TempDirs:
@@ -195,15 +224,21 @@ class Scheduler:
     def enqueue(self, item: Prepared, expected: bool = True) -> concurrent.futures.Future:
         """Queue a prepared item for batched sampling; the future gives `run_group`'s result for it.
         `expected`: it was announced with `expect()` (which this undoes)."""
-        fut: concurrent.futures.Future = concurrent.futures.Future()
+        return self.enqueue_many([item], expected)[0]
+
+    def enqueue_many(self, items: list[Prepared], expected: bool = True) -> list[concurrent.futures.Future]:
+        """`enqueue` of one request's items (its candidates) at once, so that no group is formed
+        between them; `expected` undoes the request's one `expect()`."""
+        futs: list[concurrent.futures.Future] = [concurrent.futures.Future() for _ in items]
         with self._cv:
             if expected:
                 self._incoming -= 1
             if self._stop:
                 raise RuntimeError("the server is shutting down")
-            self._ready.append(_Entry(item, fut, group_key(item), time.perf_counter()))
+            now = time.perf_counter()
+            self._ready.extend(_Entry(item, fut, group_key(item), now) for item, fut in zip(items, futs))
             self._cv.notify_all()
-        return fut
+        return futs
 
     def _next(self):
         """Under the lock: a task, a group to run, or how long to wait (None: until notified)."""
@@ -429,32 +464,99 @@ class Engine:
             ticket.expected = False
             self.scheduler.expect(-1)
 
-    async def generate(self, ticket: Ticket, video_path: Path, req: Request, workdir: Path, fmt: str = "mp4") -> Output:
-        """The whole request: prepare, batched sampling and rendering, write `workdir/output.<fmt>`."""
+    async def generate(self, ticket: Ticket, video_path: Path | None, req: Request, workdir: Path, fmt: str = "mp4", *,
+                       candidates: int = 1, keep_candidates: bool = False, auto_prompt: bool = False) -> Output:
+        """The whole request: (the prompt from the video,) prepare, batched sampling and rendering
+        of its `candidates` seeds, ranking, write `workdir/output.<fmt>` (the best; with
+        `keep_candidates` `workdir/candidates.zip` of all). `video_path` None: music of `req.duration`."""
         t_queued = time.perf_counter()
         try:
-            item = await self.run_device(self._timed_prepare, ticket, video_path, req, t_queued)
-            if self.batch_fn == self._local_batch:
-                fut = self.scheduler.enqueue(item, expected=ticket.expected)
-                ticket.expected = False
-                audio, bsize = await asyncio.wrap_future(fut)
-            else:
-                self.unexpect(ticket)
-                audio, bsize = await self.batch_fn(item)
+            items = await self.run_device(self._timed_prepare, ticket, video_path, req, t_queued, candidates,
+                                          auto_prompt)
+            results = await self._sampled(ticket, items)
         finally:
             self.unexpect(ticket)
-        out = workdir / f"output{FORMATS[fmt][0]}"
-        write = asyncio.get_running_loop().run_in_executor(None, self.write, item, audio, out)
+        write = asyncio.get_running_loop().run_in_executor(None, self._finish, items, results, workdir, fmt,
+                                                           keep_candidates)
         try:
-            await asyncio.shield(write)
+            return await asyncio.shield(write)
         except asyncio.CancelledError:
             await asyncio.wait({write})  # the file is closed before the caller removes its directory
             raise
-        return Output(out, item.seed, item.duration_s, bsize, item.timings)
 
-    def _timed_prepare(self, ticket: Ticket, video_path: Path, req: Request, t_queued: float) -> Prepared:
+    async def _sampled(self, ticket: Ticket, items: list[Prepared]) -> list[tuple[np.ndarray, int]]:
+        """(audio, batch size) of each item, from the local batcher (all queued at once) or Ray's."""
+        if self.batch_fn == self._local_batch:
+            futs = self.scheduler.enqueue_many(items, expected=ticket.expected)
+            ticket.expected = False
+            return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futs)))
+        self.unexpect(ticket)
+        return list(await asyncio.gather(*(self.batch_fn(p) for p in items)))
+
+    def _finish(self, items: list[Prepared], results: list, workdir: Path, fmt: str, keep: bool) -> Output:
+        """Rank the candidates (one: nothing to rank), write the best (and with `keep` a zip of all)."""
+        head = items[0]
+        audios = [audio for audio, _ in results]
+        rows = None
+        if len(items) == 1:
+            best, audio, bsize = head, audios[0], results[0][1]
+        else:
+            t0 = time.perf_counter()
+            ranked = rank(self.pipe, items, audios)
+            head.timings["score"] = time.perf_counter() - t0
+            self.observe_stage("score", head.timings["score"])
+            best, audio = ranked[0].prepared, ranked[0].audio
+            bsize = next(r[1] for p, r in zip(items, results) if p is best)
+            rows = [{"seed": c.seed, "score": None if c.score is None else round(c.score, 6), "best": c is ranked[0]}
+                    for c in sorted(ranked, key=lambda c: c.seed)]
+        out = workdir / f"output{FORMATS[fmt][0]}"
+        self.write(best, audio, out)
+        if keep and rows is not None:
+            out = self._zip(ranked, rows, out, workdir, fmt)
+        timings: dict[str, float] = {}  # the request's: every candidate's sampler, vae and write shares added
+        for p in items:
+            for stage, sec in p.timings.items():
+                timings[stage] = timings.get(stage, 0.0) + sec
+        return Output(out, best.seed, best.duration_s, bsize, timings, best.request.prompt, rows)
+
+    def _zip(self, ranked, rows: list[dict], best_file: Path, workdir: Path, fmt: str) -> Path:
+        """`workdir/candidates.zip`: every candidate as v2m-<seed>.<ext> (stored: audio and video are
+        compressed already) and `CANDIDATES_JSON` (the rows, each with its file)."""
+        suffix = FORMATS[fmt][0]
+        path = workdir / "candidates.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+            for c in ranked:  # the best is written already
+                name = f"v2m-{c.seed}{suffix}"
+                f = best_file if c is ranked[0] else workdir / name
+                if c is not ranked[0]:
+                    self.write(c.prepared, c.audio, f)
+                z.write(f, name)
+                f.unlink()  # one copy on disk at a time
+            for row in rows:
+                row["file"] = f"v2m-{row['seed']}{suffix}"
+            z.writestr(CANDIDATES_JSON, json.dumps(rows, indent=1))
+        return path
+
+    def _timed_prepare(self, ticket: Ticket, video_path: Path | None, req: Request, t_queued: float,
+                       candidates: int = 1, auto_prompt: bool = False) -> list[Prepared]:
+        """(prompt=auto: the prompt from the video,) `prepare`, then the candidates' variants; device thread."""
         wait = time.perf_counter() - t_queued
         self.observe_stage("queue", wait)
+        described = None
+        if auto_prompt:
+            if ticket is not None and ticket.abandoned:
+                raise Abandoned()
+            t0 = time.perf_counter()
+            req = req.replace(prompt=video_prompt(video_path, req.video_stream, self.config.max_duration_s or None))
+            described = time.perf_counter() - t0
+            self.observe_stage("describe", described)
         item = self.prepare(ticket, video_path, req)
         item.timings["queue"] = wait
-        return item
+        if described is not None:
+            item.timings["describe"] = described
+        if candidates == 1:
+            return [item]
+        items = candidate_variants(self.pipe, item, candidates, self.observers)
+        for p in items[1:]:
+            p.info_extra["ticket"] = ticket
+        return items

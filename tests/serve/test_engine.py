@@ -91,7 +91,8 @@ def test_stop_fails_what_is_queued():
 
 
 def test_fields_defaults_and_errors():
-    req, fmt = parse_generate_fields({"prompt": "x", "seed": "7", "shift": "2.5", "use_curve": "no"}, 100)
+    form = parse_generate_fields({"prompt": "x", "seed": "7", "shift": "2.5", "use_curve": "no"}, 100)
+    req, fmt = form.request, form.fmt
     assert req.options(SamplerConfig()) == SamplerOptions(steps=96, cfg_scale=4.0, shift=2.5, use_curve=False)
     assert (req.seed, fmt, suffix_of(fmt)) == (7, "mp4", ".mp4")
     for fields, words in [({"steps": "0"}, "steps"), ({"steps": "1.5"}, "steps"), ({"cfg_scale": "inf"}, "cfg_scale"),

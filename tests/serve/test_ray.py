@@ -111,6 +111,14 @@ def test_ray_serve_answers(ray_local, folder, tiny_bundle, tmp_path):
         snr = 300.0 if err == 0 else 10 * np.log10(np.sum(want.astype(np.float64) ** 2) / err)
         assert snr >= 50.0  # Ray Serve batching (here B=1) and the replica's threads: equal up to rounding
         assert "v2m_batch_size_count" in httpx.get(f"{url}/metrics", timeout=30).text
+        # candidates through Ray Serve's batcher: each seed variant is one `@serve.batch` call
+        with open(folder / "a.mp4", "rb") as f:
+            r = httpx.post(f"{url}/v1/generate", data={"seed": "4", "steps": "2", "format": "wav", "candidates": "3"},
+                           files={"video": ("a.mp4", f, "video/mp4")}, timeout=120)
+        assert r.status_code == 200, r.text
+        rows = json.loads(r.headers["x-v2m-candidates"])
+        assert [row["seed"] for row in rows] == [4, 5, 6] and sum(row["best"] for row in rows) == 1
+        assert 1 <= int(r.headers["x-v2m-batch-size"]) <= 3
     finally:
         serve.shutdown()
     assert not [p for p in tmp_path.glob("v2m-serve-*/*")]

@@ -191,7 +191,8 @@ def test_port_in_use_is_one_line_exit_2(tiny_bundle, capsys):
 
 
 def test_serve_limit_options_checked(tiny_bundle, capsys):
-    for opt, value in [("--max-uploads", "0"), ("--upload-timeout", "0"), ("--max-duration", "-5")]:
+    for opt, value in [("--max-uploads", "0"), ("--upload-timeout", "0"), ("--max-duration", "-5"),
+                       ("--max-candidates", "0"), ("--max-candidates", "65")]:
         assert cli_main(["serve", "--model", str(tiny_bundle), opt, value]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and opt in err[0], err
