@@ -30,6 +30,7 @@ import json
 import logging
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,9 @@ def _export(graph: SentenceGraph, path: Path, max_tokens: int) -> None:
     ids = torch.ones(2, max_tokens, dtype=torch.int64)
     mask = torch.ones(2, max_tokens, dtype=torch.int64)
     mask[1, max_tokens // 2:] = 0
-    with torch.no_grad(), _quiet_tracer():
+    with torch.no_grad(), _quiet_tracer(), warnings.catch_warnings():
+        # the mask's advanced indexing: its indices come from arange, never negative; the graph is checked after
+        warnings.filterwarnings("ignore", message=r"Exporting aten::index operator")
         torch.onnx.export(graph, (ids, mask), str(path), dynamo=False, opset_version=ONNX_OPSET,
                           input_names=["input_ids", "attention_mask"], output_names=["tokens", "pooled"],
                           dynamic_axes={"input_ids": {0: "B", 1: "S"}, "attention_mask": {0: "B", 1: "S"},
