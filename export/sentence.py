@@ -254,6 +254,7 @@ def build_text_component(source: str | Path, text_dir: str | Path, max_tokens: i
         shutil.copy2(model_dir / "tokenizer.json", final / "tokenizer.json")
         manifest = {
             "format": TEXT_FORMAT, "kind": "sentence", **provenance, "dim": int(conf.hidden_size),
+            "max_positions": int(conf.max_position_embeddings),
             "pooling": "mean over the attention mask (sentence-transformers' Pooling), not normalized",
             "graph": {"file": "encoder.onnx", "sha256": sha256_file(final / "encoder.onnx"), "precision": chosen,
                       "inputs": ["input_ids", "attention_mask"], "outputs": ["tokens", "pooled"], "opset": ONNX_OPSET},

@@ -88,6 +88,10 @@ class SentenceTextEncoder:
         if self.max_tokens < 2 + self.pooled_token:
             raise BundleError(f"text.max_tokens {self.max_tokens} leaves no room for a word ([CLS] and [SEP]"
                               f"{' and the pooled token' if self.pooled_token else ''}); use 8 or more")
+        limit = int(man.get("max_positions", self.max_tokens))
+        if self.max_tokens > limit:
+            raise BundleError(f"text.max_tokens {self.max_tokens} is more than this encoder's {limit} positions; "
+                              f"set it to {limit} or fewer in {Path(bundle_dir) / 'config.json'}")
         graph = _verified(text_dir, man["graph"], "graph")
         tok = _verified(text_dir, man["tokenizer"], "tokenizer")
         self.tokenizer = PaddedTokenizer(tok, self.max_tokens - self.pooled_token, pad_token="[PAD]",

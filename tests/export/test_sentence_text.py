@@ -133,6 +133,8 @@ def test_changed_graph_is_refused(sentence_bundle, tmp_path):
     cfg = load_config(b)
     with pytest.raises(BundleError, match="sha256"):
         load_text_encoder(b, cfg.text, cfg.text_dim)
+    with pytest.raises(BundleError, match="64 positions"):  # the tiny BERT's max_position_embeddings
+        load_text_encoder(b, dict(cfg.text, max_tokens=65), cfg.text_dim)
 
 
 def test_width_mismatch_is_one_line_before_any_work(tmp_path, capsys):
