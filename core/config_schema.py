@@ -179,6 +179,7 @@ TEXTS = {  # text.kind -> its table ("builtin" when kind is absent)
     "hf": {"kind": Rule(string), "path": Rule(string, True), "max_tokens": Rule(TOKENS)},
     "t5": {"kind": Rule(string), "config": Rule(obj, True), "max_tokens": Rule(TOKENS),
            "tokenizer": Rule(string, True), "file": Rule(string)},
+    "sentence": {"kind": Rule(string), "dir": Rule(string), "max_tokens": Rule(TOKENS), "pooled_token": Rule(boolean)},
 }
 SAMPLER = {
     "steps": Rule(integer(1, MAX_STEPS)), "cfg_scale": Rule(number(0.0, MAX_GUIDANCE)),

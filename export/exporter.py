@@ -407,6 +407,13 @@ def _prepare_out(src: Path, out: Path, cfg: BundleConfig, with_weights: bool) ->
     if kind == "t5":  # the t5 graph encodes prompts; the lean runtime needs only its tokenizer
         tok = cfg.text.get("tokenizer", "tokenizer.json")
         shutil.copy2(src / tok, out / tok)
+    elif kind == "sentence":  # already an ONNX graph with its tokenizer (`v2m.export.sentence`)
+        text_dir = cfg.text.get("dir", "text")
+        if not (src / text_dir).is_dir():
+            raise BundleError(f"{src / text_dir}: missing; the bundle is incomplete")
+        if (src / text_dir).resolve() != (out / text_dir).resolve():
+            shutil.rmtree(out / text_dir, ignore_errors=True)
+            shutil.copytree(src / text_dir, out / text_dir)
     elif (src / text_file).is_file():
         shutil.copy2(src / text_file, out / text_file)
     elif kind != "hf":

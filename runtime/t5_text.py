@@ -5,9 +5,8 @@ path is `v2m.models.t5.T5TextEncoder`; this module is the lean runtime's: the
 tokenizer is the `tokenizers` library reading the bundle's `tokenizer.json` (never
 transformers, never a download), the encoder is `onnx/t5.onnx` (`v2m.families.sao`).
 
-Tokenization follows transformers' T5 tokenizer with `padding="max_length",
-truncation=True`: the post-processor's `</s>` is kept when a prompt is cut, padding
-is `<pad>` to exactly `max_tokens`, the mask is 1 on real tokens.
+Tokenization is `v2m.runtime.tokenizer.PaddedTokenizer` with T5's `<pad>`: transformers'
+T5 tokenizer with `padding="max_length", truncation=True`.
 """
 
 from __future__ import annotations
@@ -19,43 +18,18 @@ import numpy as np
 
 from v2m.core.errors import BackendUnavailable, BundleError
 
+from .tokenizer import PaddedTokenizer
+
 __all__ = ["T5Tokenizer", "OnnxT5TextEncoder", "load_t5_text_encoder"]
 
 log = logging.getLogger("v2m.text")
 
 
-class T5Tokenizer:
+class T5Tokenizer(PaddedTokenizer):
     """prompts -> (input_ids [B, S] int64, attention_mask [B, S] int64), S = max_tokens."""
 
     def __init__(self, path: str | Path, max_tokens: int):
-        path = Path(path)
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        if not path.is_file():
-            raise BundleError(f"{path}: tokenizer file is missing (a T5 tokenizer.json is needed)")
-        try:
-            from tokenizers import Tokenizer
-        except ImportError:
-            raise BackendUnavailable("T5 prompts need the tokenizers package: pip install 'v2m-runtime[sao]'") from None
-        try:
-            tok = Tokenizer.from_file(str(path))
-        except Exception as e:  # noqa: BLE001 - the Rust error types are not importable
-            raise BundleError(f"{path}: not a readable tokenizer.json ({str(e).splitlines()[0] if str(e) else e!r})") from None
-        pad_id = tok.token_to_id("<pad>")
-        if pad_id is None:
-            raise BundleError(f"{path}: the tokenizer has no <pad> token; is it a T5 tokenizer?")
-        tok.enable_truncation(max_length=max_tokens)
-        tok.enable_padding(length=max_tokens, pad_id=pad_id, pad_token="<pad>")
-        self.tokenizer, self.max_tokens, self.path = tok, int(max_tokens), path
-
-    def __call__(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        encs = self.tokenizer.encode_batch(list(prompts))
-        for p, e in zip(prompts, encs):
-            if e.overflowing:
-                log.warning("prompt %r is longer than %d tokens; the rest is cut", p[:40], self.max_tokens)
-        ids = np.asarray([e.ids for e in encs], dtype=np.int64)  # (B, S)
-        mask = np.asarray([e.attention_mask for e in encs], dtype=np.int64)  # (B, S)
-        return ids, mask
+        super().__init__(path, max_tokens, pad_token="<pad>", what="a T5", extra="sao")
 
 
 class OnnxT5TextEncoder:

@@ -10,6 +10,8 @@ Three implementations, chosen by the bundle's `text` config:
   transformers, see `v2m.models.text`).
 - `t5`: Stable Audio Open's T5 from the bundle (`v2m.runtime.t5_text`: torch weights, or
   the exported ONNX graph and a `tokenizers` tokenizer without torch).
+- `sentence`: a BERT-family sentence encoder (all-MiniLM-L6-v2) stored in the bundle as an
+  ONNX graph and a tokenizer.json (`v2m.runtime.sentence_text`), ONNX Runtime on every backend.
 
 The unconditional branch of CFG is zeros of the same shape with the same mask.
 """
@@ -152,4 +154,9 @@ def load_text_encoder(bundle_dir: str | Path, text_cfg: dict, text_dim: int, dev
         from .t5_text import load_t5_text_encoder
 
         return load_t5_text_encoder(bundle_dir, text_cfg, text_dim, device)
-    raise BundleError(f"{bundle_dir / 'config.json'}: unknown text encoder kind {kind!r} (builtin, precomputed, hf or t5)")
+    if kind == "sentence":
+        from .sentence_text import SentenceTextEncoder
+
+        return SentenceTextEncoder(bundle_dir, text_cfg, text_dim)
+    raise BundleError(f"{bundle_dir / 'config.json'}: unknown text encoder kind {kind!r} "
+                      "(builtin, precomputed, hf, t5 or sentence)")
