@@ -142,10 +142,12 @@ def _write_json(path: Path, data) -> None:
         log.info("prompt cache %s not written (%s)", path, e)
 
 
-def _cached(key: dict, run: Callable[[], object], use_cache: bool):
-    """`run()`, or its earlier result under the same key (JSON) in the stage cache."""
+def _cached(key_of: Callable[[], dict], run: Callable[[], object], use_cache: bool):
+    """`run()`, or its earlier result under the key `key_of()` (JSON) in the stage cache; with
+    `use_cache` False neither the key (model fingerprints) nor the result is computed or written."""
     if not use_cache:
         return run()
+    key = key_of()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     entry = cache_dir() / "stages" / f"{key['stage']}-{digest}.json"
     try:
@@ -252,26 +254,26 @@ def write_prompt(video_path, models: PromptModels | None = None, video_stream: i
     describer, traits = auto_prompt(video_path, video_stream, use_cache, content_hash=digest)
     details = {"traits": traits.to_json(), "describer_prompt": describer, "transcript": None, "captions": None,
                "summary_input": None, "written_by": "describer", "models": models.to_json()}
-    base = {"video": digest, "stream": video_stream}
+
+    def key(stage: str, model_dir, **extra) -> Callable[[], dict]:  # computed only when the cache is used
+        return lambda: {"video": digest, "stream": video_stream, "stage": stage, "v": STAGE_VERSIONS[stage],
+                        "model": model_fingerprint(model_dir), **extra}
+
     if models.whisper:
         from .transcribe import transcribe_video
 
-        key = {**base, "stage": "transcript", "v": STAGE_VERSIONS["transcript"], "model": model_fingerprint(models.whisper)}
-        details["transcript"] = _cached(key, lambda: transcribe_video(video_path, models.whisper, info.has_audio),
-                                        use_cache)
+        details["transcript"] = _cached(key("transcript", models.whisper),
+                                        lambda: transcribe_video(video_path, models.whisper, info.has_audio), use_cache)
     if models.captioner:
         from .captions import caption_video
 
-        key = {**base, "stage": "captions", "v": STAGE_VERSIONS["captions"], "frames": models.frames,
-               "model": model_fingerprint(models.captioner)}
-        details["captions"] = _cached(key, lambda: caption_video(video_path, models.captioner, models.frames,
-                                                                 video_stream), use_cache)
+        details["captions"] = _cached(key("captions", models.captioner, frames=models.frames),
+                                      lambda: caption_video(video_path, models.captioner, models.frames, video_stream),
+                                      use_cache)
     if models.lm:
-        text = summary_input(traits, details["transcript"] or "", details["captions"] or ())
-        key = {"stage": "summary", "v": STAGE_VERSIONS["summary"], "model": model_fingerprint(models.lm),
-               "input": hashlib.sha256(text.encode()).hexdigest()}
-        details["summary_input"] = text
-        answer = _cached(key, lambda: lm_answer(models.lm, text), use_cache)
+        text = details["summary_input"] = summary_input(traits, details["transcript"] or "", details["captions"] or ())
+        answer = _cached(key("summary", models.lm, input=hashlib.sha256(text.encode()).hexdigest()),
+                         lambda: lm_answer(models.lm, text), use_cache)
         if answer:
             return answer, {**details, "written_by": "lm"}
         log.info("the LM gave an empty prompt; using the describer's")

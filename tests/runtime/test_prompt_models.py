@@ -161,11 +161,12 @@ def test_stage_results_are_cached_by_content(tmp_path, short_video, models, monk
         dm.write_prompt(short_video.path, dm.PromptModels(captioner=str(tiny_captioner(d, seed=1)), frames=2))
     with pytest.raises(AssertionError, match="ran again"):  # another frame count: another key
         dm.write_prompt(short_video.path, dm.PromptModels(captioner=str(d), frames=3))
-    entries = sorted(p.name for p in (tmp_path / "cache" / "v2m" / "prompts" / "stages").iterdir())
     monkeypatch.undo()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    dm.write_prompt(short_video.path, dm.PromptModels(captioner=str(d), frames=3), use_cache=False)
-    assert sorted(p.name for p in (tmp_path / "cache" / "v2m" / "prompts" / "stages").iterdir()) == entries
+    before = sorted((tmp_path / "cache").rglob("*"))
+    d2 = tiny_captioner(tmp_path / "captioner2", seed=2)
+    dm.write_prompt(short_video.path, dm.PromptModels(captioner=str(d2), frames=3), use_cache=False)
+    assert sorted((tmp_path / "cache").rglob("*")) == before  # --no-cache: nothing written
 
 
 def test_bad_model_folders(tmp_path, short_video):
@@ -228,6 +229,9 @@ def test_cli_prompt_with_models_and_bad_folders(tmp_path, short_video, models, c
         assert main(["prompt", str(short_video.path), *bad]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and ("save_pretrained" in err or "--frames" in err), err
+    from v2m.cli.support import CHECKS
+
+    assert CHECKS["frames"](dm.MAX_FRAMES) is None and CHECKS["frames"](dm.MAX_FRAMES + 1)  # one limit
 
 
 def test_generate_checks_the_model_folders_first(tmp_path, short_video, capsys):
@@ -252,3 +256,19 @@ def test_generate_prompt_auto_with_models(tmp_path, short_video, models, capsys)
     assert rc == 0, capsys.readouterr().err
     want = dm.write_prompt(short_video.path, dm.PromptModels(captioner=str(models["captioner"]), lm=str(d), frames=2))
     assert json.loads(capsys.readouterr().out)["prompt"] == want[0] and want[0].startswith("warm warm")
+
+
+def test_an_instruct_lm_gets_its_chat_template(tmp_path):
+    d = tiny_lm(tmp_path / "chat")
+    tok = transformers.AutoTokenizer.from_pretrained(d)
+    tok.chat_template = "{% for m in messages %}[USER] {{ m['content'] }}{% endfor %} [ASSISTANT] music"
+    tok.save_pretrained(d)
+    templated = tok.apply_chat_template([{"role": "user", "content": "slow warm pad"}], add_generation_prompt=True,
+                                        tokenize=False)
+    assert templated == "[USER] slow warm pad [ASSISTANT] music"
+    lm = transformers.AutoModelForCausalLM.from_pretrained(d).eval()
+    ids = tok(templated, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = lm.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    want = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    assert dm.lm_answer(d, "slow warm pad", max_new_tokens=5) == want != dm.lm_answer(d, "fast bpm video", max_new_tokens=5)
