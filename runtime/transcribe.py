@@ -147,6 +147,6 @@ def transcribe_video(path, model_dir, has_audio: bool | None = None) -> str:
     windows = audio_windows(path)
     first = next(windows, None) if has_audio is not False else None
     if first is None:
-        log.info("%s has no audio track: the transcript is empty", Path(path).name)
+        log.info("%s has no audio track (or an empty one): the transcript is empty", Path(path).name)
         return ""
     return transcribe(model_dir, itertools.chain([first], windows))
