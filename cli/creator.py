@@ -18,7 +18,7 @@ from v2m.runtime.curve_edit import parse_hit, parse_range, read_curve, read_hits
 
 log = logging.getLogger("v2m.cli")
 
-__all__ = ["add_prompt_parser", "cmd_prompt", "run_creator", "creator_args", "curve_edit_args", "curve_edit_of", "creator_request_fields"]
+__all__ = ["add_prompt_parser", "cmd_prompt", "prompt_model_args", "prompt_models_of", "run_creator", "creator_args", "curve_edit_args", "curve_edit_of", "creator_request_fields"]
 
 
 
@@ -39,6 +39,7 @@ def creator_args(g: argparse.ArgumentParser) -> None:
                    help="music without a video: this many seconds, in (0, 3600], exactly (a flat curve unless "
                         "--hit/--hits/--curve-file shape it); give no input video and a .wav/.flac output, e.g. "
                         "v2m generate --duration 30 --prompt 'slow ambient' -o music.wav (default: the video's)")
+    prompt_model_args(g.add_argument_group("models of --prompt auto (local folders; see `v2m prompt`)"))
 
 
 def curve_edit_args(c) -> None:
@@ -83,44 +84,68 @@ def creator_request_fields(args) -> dict:
     if getattr(args, "curve_file", None):
         out["curve_points"] = read_curve(args.curve_file)
     if getattr(args, "prompt", None) == "auto" and len(getattr(args, "inputs", None) or []) == 1:
-        from v2m.runtime.describe import auto_prompt
+        from v2m.runtime.describe_models import write_prompt
 
-        out["prompt"], _ = auto_prompt(args.inputs[0], getattr(args, "video_stream", None))
+        out["prompt"], _ = write_prompt(args.inputs[0], prompt_models_of(args), getattr(args, "video_stream", None))
         log.info("prompt from the video: %s", out["prompt"])
     return out
 
 
+def prompt_model_args(p) -> None:
+    """--whisper, --captioner, --lm, --frames (`v2m prompt` and `v2m generate --prompt auto`)."""
+    p.add_argument("--whisper", default=None, metavar="DIR",
+                   help="a local Whisper folder (save_pretrained, or CTranslate2 with faster-whisper installed) that "
+                        "transcribes the video's speech for the prompt (default: none)")
+    p.add_argument("--captioner", default=None, metavar="DIR",
+                   help="a local image-to-text folder (BLIP, GIT, VisionEncoderDecoder) that captions --frames frames "
+                        "for the prompt (default: none)")
+    p.add_argument("--lm", "--llm", dest="lm", default=None, metavar="DIR",
+                   help="a local causal LM folder that writes the prompt from what was measured, said and seen "
+                        "(default: none, the describer's own words)")
+    p.add_argument("--frames", type=int, default=None, metavar="K",
+                   help="with --captioner: caption K evenly spaced frames, in [1, 64] (default: 8)")
+
+
+def prompt_models_of(args):
+    """The `PromptModels` of the command line (every folder checked), or None when none is named."""
+    from v2m.runtime.describe_models import PromptModels
+
+    dirs = {k: getattr(args, k, None) for k in ("whisper", "captioner", "lm")}
+    frames = getattr(args, "frames", None)
+    if frames is not None and dirs["captioner"] is None:
+        raise InputError("--frames sets how many frames --captioner captions; give --captioner DIR too")
+    if not any(dirs.values()):
+        return None
+    return PromptModels(**dirs, frames=8 if frames is None else frames)
+
+
 def add_prompt_parser(sub) -> None:
-    """`v2m prompt VIDEO`: the weight-free describer's prompt (and what it measured)."""
-    p = sub.add_parser("prompt", help="write a music prompt from what the video looks like (no model needed)",
+    """`v2m prompt VIDEO`: the describer's prompt, or the model stages' (and what they found)."""
+    p = sub.add_parser("prompt", help="write a music prompt from the video (no model needed; local models optional)",
                        description="Describe a video in the words of the bundle's captions: pace (cuts per minute, "
-                                   "motion) -> tempo and drums, brightness and colour -> mood and pad. Cached by "
-                                   "content in $XDG_CACHE_HOME/v2m/prompts/ (~/.cache/v2m/prompts/). "
-                                   "`v2m generate --prompt auto` uses it.",
-                       examples=["v2m prompt clip.mp4 --json", "v2m prompt clip.mp4 --llm models/my-local-lm",
+                                   "motion) -> tempo and drums, brightness and colour -> mood and pad. With local "
+                                   "models: a Whisper transcript, frame captions and an LM that writes the prompt "
+                                   "from all of it. Cached by content in $XDG_CACHE_HOME/v2m/prompts/ "
+                                   "(~/.cache/v2m/prompts/). `v2m generate --prompt auto` uses it.",
+                       examples=["v2m prompt clip.mp4 --json",
+                                 "v2m prompt clip.mp4 --whisper models/whisper --captioner models/blip --lm models/lm",
                                  "v2m generate clip.mp4 -o out.mp4 --model demo --prompt auto"])
     p.add_argument("video", help="the video to describe")
     p.add_argument("--video-stream", type=int, default=None, metavar="N", help="the container's stream N (default: the default stream)")
     p.add_argument("--no-cache", action="store_true", help="describe again and write no cache entry (default: use the cache)")
-    p.add_argument("--llm", default=None, metavar="DIR",
-                   help="a local causal LM (save_pretrained folder) that writes the prompt from what was measured "
-                        "(nothing is downloaded) (default: none, the describer's own words)")
-    p.add_argument("--json", action="store_true", help="print {prompt, traits} as one JSON object (default: the prompt alone)")
+    prompt_model_args(p)
+    p.add_argument("--json", action="store_true",
+                   help="print {prompt, traits, transcript, captions, ...} as one JSON object (default: the prompt alone)")
     p.set_defaults(func=cmd_prompt)
 
 
 def cmd_prompt(args) -> int:
-    from v2m.runtime.describe import auto_prompt
+    from v2m.runtime.describe_models import write_prompt
 
-    writer, key = None, ""
-    if args.llm is not None:  # the model stage: a local causal LM writes the prompt
-        from v2m.runtime.describe_models import summarize
-
-        writer, key = (lambda traits: summarize(args.llm, traits)), f"llm:{Path(args.llm).resolve()}"
-    prompt, traits = auto_prompt(args.video, args.video_stream, use_cache=not args.no_cache, writer=writer,
-                                 writer_key=key)
+    models = prompt_models_of(args)  # every folder checked before any work
+    prompt, details = write_prompt(args.video, models, args.video_stream, use_cache=not args.no_cache)
     if args.json:
-        print(json.dumps({"video": str(args.video), "prompt": prompt, "traits": traits.to_json()}))
+        print(json.dumps({"video": str(args.video), "prompt": prompt, **details}))
     else:
         print(prompt)
     return 0
@@ -137,6 +162,10 @@ def check_creator_args(args) -> None:
             raise InputError(f"{args.output}: music without a video is audio; write .wav or .flac")
     if args.prompt == "auto" and (args.manifest or len(args.inputs) != 1):
         raise InputError("--prompt auto describes one input video (for many: `v2m prompt VIDEO` each, or a manifest)")
+    named = [f"--{k}" for k in ("whisper", "captioner", "lm", "frames") if getattr(args, k, None) is not None]
+    if named and args.prompt != "auto":
+        raise InputError(f"{named[0]} is a model of the prompt written from the video; add --prompt auto")
+    prompt_models_of(args)  # the model folders, checked before any work
     if args.candidates != 1 and (args.manifest or len(args.inputs) > 1):
         raise InputError("--candidates works on one video (or --duration); batch mode writes one result per video")
 

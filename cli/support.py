@@ -204,6 +204,7 @@ CHECKS: dict[str, Check] = {
     "eval_interval": _int_in(1, 10_000_000, "eval interval"),
     "workers": _int_in(1, 64, "workers"),
     "eval_generate": _int_in(0, 64, "generated validation clips"),
+    "frames": _int_in(1, 64, "frames to caption"),  # describe_models.MAX_FRAMES (PromptModels checks it too)
 }
 
 

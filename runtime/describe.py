@@ -41,7 +41,7 @@ import numpy as np
 from . import video
 
 __all__ = ["VideoTraits", "measure_frames", "describe_video", "prompt_from_traits", "auto_prompt", "cache_dir",
-           "DESCRIBER_VERSION"]
+           "file_sha256", "DESCRIBER_VERSION"]
 
 log = logging.getLogger("v2m.describe")
 
@@ -119,24 +119,28 @@ def cache_dir() -> Path:
     return Path(base) / "v2m" / "prompts"
 
 
-def _content_key(path, video_stream: int | None) -> str:
+def file_sha256(path) -> str:
+    """The hex sha256 of a file's bytes (the cache keys' content part)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return f"{h.hexdigest()}-s{video_stream if video_stream is not None else 'd'}-v{DESCRIBER_VERSION}"
+    return h.hexdigest()
 
 
 def auto_prompt(path, video_stream: int | None = None, use_cache: bool = True,
-                writer: Callable[[VideoTraits], str] | None = None, writer_key: str = "") -> tuple[str, VideoTraits]:
+                writer: Callable[[VideoTraits], str] | None = None, writer_key: str = "",
+                content_hash: str | None = None) -> tuple[str, VideoTraits]:
     """(prompt, traits) of a video, from the cache when its content was described before.
 
     Args:
         writer: what turns the traits into the prompt (default `prompt_from_traits`; a model
             stage such as `describe_models.summarize`), `writer_key` naming it in the cache key.
+        content_hash: the video's `file_sha256`, when the caller has it (not read again).
     A cache that cannot be read or written is skipped (logged), never an error."""
     video.probe(path, video_stream)  # a missing or broken video: one line, before hashing it
-    key = _content_key(path, video_stream)
+    digest = content_hash or file_sha256(path)
+    key = f"{digest}-s{video_stream if video_stream is not None else 'd'}-v{DESCRIBER_VERSION}"
     if writer is not None:
         key += "-w" + hashlib.sha256(writer_key.encode()).hexdigest()[:16]
     entry = cache_dir() / f"{key}.json" if use_cache else None

@@ -12,29 +12,10 @@ from v2m.runtime.describe import VideoTraits, prompt_from_traits
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
-WORDS = ["[UNK]", "[EOS]", "slow", "fast", "groove", "bpm", "warm", "pad", "music", "video", "the", "a", ",", "."]
+
+from tiny_prompt_models import tiny_lm as _tiny_lm  # noqa: E402
+
 TRAITS = VideoTraits(6.0, 2, 20.0, 0.03, 0.5, 0.1, 0.4)
-
-
-def _tiny_lm(path, favourite: str | None = None):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", eos_token="[EOS]",
-                                               pad_token="[EOS]")
-    cfg = transformers.GPT2Config(vocab_size=len(WORDS), n_positions=256, n_embd=16, n_layer=1, n_head=2,
-                                  eos_token_id=1, bos_token_id=1, pad_token_id=1)
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(cfg)
-    if favourite is not None:  # every next token is `favourite`: logits = W h, h = ln_f(...) ~ 1 + noise
-        with torch.no_grad():
-            model.lm_head.weight.zero_()  # (tied to the input embeddings: the answer ignores the input)
-            model.transformer.ln_f.bias.fill_(1.0)
-            model.lm_head.weight[WORDS.index(favourite)].fill_(10.0)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def test_summarize_loads_a_local_model_offline(tmp_path):
