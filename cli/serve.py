@@ -19,6 +19,7 @@ import socket
 from v2m.core.errors import BackendUnavailable, InputError
 
 from .common import add_runtime_args, load_pipeline, pipeline_options
+from .creator import prompt_model_args, prompt_models_of
 
 log = logging.getLogger("v2m.serve")
 
@@ -40,6 +41,7 @@ def serve_config(args):
         max_upload_mb=args.max_upload_mb, max_prompt_chars=args.max_prompt_chars,
         max_candidates=args.max_candidates, allow_dir=args.allow_dir,
         tmp_dir=args.tmp_dir, shutdown_grace_s=args.shutdown_grace, warmup=not args.no_warmup,
+        prompt_models=prompt_models_of(args),  # every folder checked before the model loads
     )
 
 
@@ -159,6 +161,7 @@ def register(sub) -> None:
                         "0: no limit (default 600)")
     s.add_argument("--max-upload-mb", type=float, default=200.0, help="largest request body; 413 past it (default 200)")
     s.add_argument("--max-prompt-chars", type=int, default=2000, help="longest prompt; 422 past it (default 2000)")
+    prompt_model_args(s.add_argument_group("models of prompt=auto (local folders; see `v2m prompt`)"))
     s.add_argument("--max-candidates", type=int, default=8, metavar="N",
                    help="most candidates one request may ask for (form field candidates), at most 64; 422 past it "
                         "(default 8)")

@@ -13,6 +13,7 @@ import math
 import os
 import urllib.parse
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from v2m.core.errors import InputError
@@ -88,6 +89,8 @@ class ServeConfig:
         tmp_dir: where per-request temporary directories are made (default: the system's).
         shutdown_grace_s: on SIGTERM, how long in-flight requests may take to finish.
         warmup: run one short generation after loading, before /readyz says ready.
+        prompt_models: the model stages of prompt=auto (`runtime.describe_models.PromptModels`:
+            a Whisper transcript, frame captions, an LM summary); None: the weight-free describer.
     """
 
     host: str = "127.0.0.1"
@@ -107,6 +110,7 @@ class ServeConfig:
     tmp_dir: str | None = None
     shutdown_grace_s: float = 30.0
     warmup: bool = True
+    prompt_models: Any = None
 
     def __post_init__(self):
         checks = [

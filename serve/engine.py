@@ -65,16 +65,18 @@ log = logging.getLogger("v2m.serve")
 CANDIDATES_JSON = "candidates.json"  # keep_candidates: the zip's table of seeds, scores and files
 
 
-def video_prompt(video_path: Path, video_stream: int | None = None, max_duration_s: float | None = None) -> str:
-    """The prompt written from a video (prompt=auto): `runtime.describe.auto_prompt`, the weight-free
-    describer, cached by content. The one place the server writes a prompt from a video: a model
-    stage (`auto_prompt`'s `writer`) plugs in here. A video past `max_duration_s` is refused from
-    its header (`VideoTooLong`) before it is hashed or decoded."""
-    from v2m.runtime.describe import auto_prompt
+def video_prompt(video_path: Path, video_stream: int | None = None, max_duration_s: float | None = None,
+                 models=None) -> str:
+    """The prompt written from a video (prompt=auto): `runtime.describe_models.write_prompt`, the
+    weight-free describer and the model stages the server was started with (`models`, a
+    `PromptModels`: `v2m serve --whisper/--captioner/--lm`), each cached by content. The one place
+    the server writes a prompt from a video. A video past `max_duration_s` is refused from its
+    header (`VideoTooLong`) before it is hashed or decoded."""
+    from v2m.runtime.describe_models import write_prompt
 
     info = video.probe(video_path, video_stream)
     video.check_duration(info.duration_s, max_duration_s, Path(video_path).name)
-    prompt, _ = auto_prompt(video_path, video_stream)
+    prompt, _ = write_prompt(video_path, models, video_stream)
     return prompt
 
 
@@ -547,7 +549,8 @@ class Engine:
             if ticket is not None and ticket.abandoned:
                 raise Abandoned()
             t0 = time.perf_counter()
-            req = req.replace(prompt=video_prompt(video_path, req.video_stream, self.config.max_duration_s or None))
+            req = req.replace(prompt=video_prompt(video_path, req.video_stream, self.config.max_duration_s or None,
+                                                  self.config.prompt_models))
             described = time.perf_counter() - t0
             self.observe_stage("describe", described)
         item = self.prepare(ticket, video_path, req)

@@ -102,8 +102,14 @@ def build_app(args: dict[str, str] | None = None):
                "precision": args.pop("precision", None)}
     replicas = int(args.pop("replicas", 0)) or None
     replica_cpus = float(args.pop("replica_cpus", 1))
-    types = {f: t for f, t in ServeConfig.__annotations__.items()}
+    models = {k: args.pop(k) for k in ("whisper", "captioner", "lm", "frames") if k in args}
+    types = {f: t for f, t in ServeConfig.__annotations__.items() if f != "prompt_models"}
     kwargs: dict[str, Any] = {}
+    if models:  # prompt=auto's model stages: whisper=DIR captioner=DIR lm=DIR frames=K
+        from v2m.runtime.describe_models import PromptModels
+
+        kwargs["prompt_models"] = PromptModels(**{k: v for k, v in models.items() if k != "frames"},
+                                               frames=int(models.get("frames", 8)))
     for k, v in args.items():
         if k not in types:
             raise ValueError(f"unknown option {k!r}; expected model, backend, device, precision, replicas, "

@@ -73,7 +73,10 @@ def start_server(bundle: Path, tmp: Path, *extra: str, env: dict | None = None) 
     cmd = [sys.executable, "-m", "v2m.cli.main", "serve", "--model", str(bundle), "--backend", "torch",
            "--device", "cpu", "--port", str(port), "--tmp-dir", str(tmp), "--quiet", *extra]
     with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
+        # cwd outside the checkout, as an installed `v2m serve` runs: `python -m` puts its cwd first on
+        # sys.path, where the checkout's top-level folders (kernels/, models/) would shadow PyPI
+        # packages of those names (transformers imports HF's `kernels`)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=tmp.parent,
                                 env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     srv = Server(f"http://127.0.0.1:{port}", port, tmp, proc, log)
     deadline = time.monotonic() + READY_TIMEOUT_S

@@ -185,3 +185,32 @@ def test_bad_creator_values_are_one_line_422(server, fields, video, words):
     assert_error(r, 422, words)
     assert_survived(server)
 
+
+
+def test_prompt_auto_runs_the_servers_model_stages(demo_bundle, paced, tmp_path):
+    """`v2m serve --lm DIR`: prompt=auto goes through the LM stage. The tiny LM is rigged to answer
+    "warm warm ..." whatever it reads, so the header shows the stage ran (the describer never says that)."""
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("transformers")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+    from tiny_prompt_models import tiny_lm
+
+    lm = tiny_lm(tmp_path / "warm-lm", favourite="warm")
+    srv = start_server(demo_bundle, tmp_path / "tmp", "--lm", str(lm), "--batch-wait-ms", "0",
+                       env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    try:
+        r = post(srv, paced[1], {"prompt": "auto", "steps": "2", "seed": "1", "format": "wav"})
+        assert r.status_code == 200, r.text[:300]
+        assert urllib.parse.unquote(r.headers["x-v2m-prompt"]).startswith("warm warm")
+    finally:
+        assert srv.stop() == 0, srv.log.read_text()[-2000:]
+
+
+def test_serve_refuses_a_bad_model_folder(tmp_path, capsys):
+    from v2m.cli.main import main
+
+    rc = main(["serve", "--model", "demo", "--lm", str(tmp_path / "nowhere"), "--port", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not a local model directory" in err[0], err
