@@ -40,7 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from v2m.core.errors import InputError, V2MError
+from v2m.core.errors import InputError
+
+from .measures import MissingExtra, require_eval  # noqa: F401 (their home was here)
 
 __all__ = [
     "scene_cut_hit",
@@ -64,20 +66,6 @@ log = logging.getLogger("v2m.evaluate")
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".m4v", ".webm", ".avi"}
 OUTPUT_SUFFIXES = {".wav", ".flac", ".mp4", ".mov", ".mkv", ".m4v"}
-
-
-class MissingExtra(V2MError):
-    """An optional dependency of `v2m eval` is not installed."""
-
-
-def require_eval(module: str, what: str = "`v2m eval`"):
-    """Import `module` or raise one line naming `what` needs it and the [eval] extra to install."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingExtra(f"{what} needs {module}: pip install 'v2m-runtime[eval]'") from None
 
 
 def scene_cut_hit(cuts: Sequence[float], beats: Sequence[float], tolerance: float = 0.5) -> tuple[int, int]:

@@ -38,7 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
+from v2m.core.errors import V2MError
+
 __all__ = [
+    "MissingExtra",
+    "require_eval",
     "BeatAlignment",
     "beat_alignment",
     "beat_summary",
@@ -137,9 +141,21 @@ def motion_beats(curve: np.ndarray, latent_rate: float, min_distance: int = 4, t
     return peaks[keep] / latent_rate
 
 
-def _librosa():
-    from .evaluate import require_eval
+class MissingExtra(V2MError):
+    """An optional dependency of `v2m eval` is not installed."""
 
+
+def require_eval(module: str, what: str = "`v2m eval`"):
+    """Import `module` or raise one line naming `what` needs it and the [eval] extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f"{what} needs {module}: pip install 'v2m-runtime[eval]'") from None
+
+
+def _librosa():
     return require_eval("librosa")
 
 
