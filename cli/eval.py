@@ -56,8 +56,7 @@ def register(sub) -> None:
                                    "(scenedetect), curve correlation and spectral flatness (no extra), BCS/BHS against "
                                    "the video's motion beats (librosa), stereo measures; --reference adds a Frechet "
                                    "distance, --baseline puts a --no-curve run beside it.",
-                       examples=["v2m eval out/ --videos videos/",
-                                 "v2m eval out/ --videos videos/ --baseline base/",
+                       examples=["v2m eval out/ --videos videos/ --baseline base/",
                                  "v2m eval out/ --videos videos/ --reference corpus/",
                                  "v2m eval out/ --videos videos/ --tolerance 0.25 --json"])
     e.add_argument("outputs", help="folder of generated audio or muxed videos")
