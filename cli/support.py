@@ -187,6 +187,7 @@ CHECKS: dict[str, Check] = {
     "opset": _opset,
     "tolerance": _number_in(0.0, 10.0, "tolerance in seconds", lo_open=True),
     "cut_tolerance": _number_in(0.0, 10.0, "tolerance in seconds", lo_open=True),
+    "beat_tolerance": _number_in(0.0, 10.0, "tolerance in seconds", lo_open=True),
     # v2m train
     "train_steps": _int_in(1, 10_000_000, "training steps"),
     "clips": _int_in(1, 1_000_000, "clips"),

@@ -6,7 +6,10 @@ from anything tuned on). `alignment_check` generates music for each with the
 curve, without it (`use_curve=False`, the `--no-curve` baseline) and, if asked,
 with curve guidance, and measures what `v2m eval` measures
 (`v2m.eval.evaluate`): curve correlation, cut hits within 0.25 s, median
-spectral flatness. The demo recipe, `bench/bench_alignment.py` and the CI check
+spectral flatness; with `beats`, BCS, BHS and F1 against the video's motion beats
+(`v2m.eval.measures`, needs librosa); left/right correlation and the mono mix's level;
+given reference music, the Frechet distance of each variant's outputs to it. The
+prompts are one of `PROMPT_SETS`: caption-like (the default), none, or free words. The demo recipe, `bench/bench_alignment.py` and the CI check
 of the shipped bundle all call it.
 
 ```python
@@ -27,9 +30,9 @@ import numpy as np
 from v2m.runtime import synth
 from v2m.runtime.music import music_curve
 
-from . import evaluate
+from . import evaluate, measures
 
-__all__ = ["PROMPTS", "make_cut_videos", "alignment_check", "score_output"]
+__all__ = ["PROMPTS", "FREE_PROMPTS", "PROMPT_SETS", "make_cut_videos", "alignment_check", "score_output"]
 
 log = logging.getLogger("v2m.alignment")
 
@@ -40,6 +43,14 @@ PROMPTS = (
     "slow 90 bpm minor groove, half time drums, warm pad, bass",
     "medium 110 bpm major groove, sparse drums, bright pad, bass",
 )
+# Prompts in words absent from every caption (tests/runtime/test_prompt_following.py checks the words).
+FREE_PROMPTS = (
+    "calm sleepy lullaby",
+    "frantic energetic techno",
+    "shimmering glassy bells",
+    "deep rumbling tuba",
+)
+PROMPT_SETS = {"caption": PROMPTS, "none": ("",), "free": FREE_PROMPTS}
 
 
 def make_cut_videos(folder: str | Path, count: int, seed: int, duration: tuple[float, float] = (8.0, 12.0),
@@ -65,19 +76,27 @@ def make_cut_videos(folder: str | Path, count: int, seed: int, duration: tuple[f
 
 
 def score_output(audio: np.ndarray, sample_rate: int, video_curve: np.ndarray, cuts: list[float],
-                 latent_rate: float, kernel: int, cut_tolerance: float = 0.25) -> dict[str, float | None]:
-    """Curve correlation, cut-hit rate and median flatness of one output against its video."""
+                 latent_rate: float, kernel: int, cut_tolerance: float = 0.25,
+                 motion: np.ndarray | None = None, beat_tolerance: float = 0.1) -> dict[str, float | None]:
+    """Curve correlation, cut-hit rate, median flatness and the stereo measures of one output
+    [C, N] against its video; BCS and BHS too given the video's motion beat times `motion`."""
     music = music_curve(audio, sample_rate, video_curve.size, latent_rate, kernel)
     hits, n = evaluate.cut_hits(music, cuts, latent_rate, cut_tolerance)
-    return {"corr": evaluate.curve_correlation(music, video_curve), "cut_hits": hits / n if n else None,
-            "flatness": evaluate.median_flatness(audio)}
+    out = {"corr": evaluate.curve_correlation(music, video_curve), "cut_hits": hits / n if n else None,
+           "flatness": evaluate.median_flatness(audio), **measures.stereo_measures(audio)}
+    if motion is not None:
+        b = measures.beat_alignment(measures.music_beats(audio, sample_rate), motion, beat_tolerance)
+        out.update(bcs=b.bcs, bhs=b.bhs)
+    return out
 
 
 def _summary(rows: list[dict]) -> dict[str, float | None]:
+    """Means over videos (flatness: the median); the F1 of the mean BCS and BHS."""
     out: dict[str, float | None] = {}
-    for k in ("corr", "cut_hits", "flatness"):
-        vals = [r[k] for r in rows if r[k] is not None]
+    for k in ("corr", "cut_hits", "flatness", "lr_corr", "mono_db", "bcs", "bhs"):
+        vals = [r[k] for r in rows if r.get(k) is not None]
         out[k] = (float(np.median(vals)) if k == "flatness" else float(np.mean(vals))) if vals else None
+    out["beat_f1"] = measures.beat_summary([measures.BeatAlignment(0, 0, 0, out["bcs"], out["bhs"])])["beat_f1"]
     return out
 
 
@@ -90,6 +109,9 @@ def alignment_check(
     backend: str = "torch",
     steps: int | None = None,
     pipeline=None,
+    prompts: str = "caption",
+    beats: bool = False,
+    reference: list[tuple[np.ndarray, int]] | None = None,
 ) -> dict[str, Any]:
     """Generate for `count` held-out cut videos with and without the curve; return the figures.
 
@@ -98,30 +120,47 @@ def alignment_check(
         workdir: where the videos are written (reused when present).
         curve_guidance: also generate with this curve-guidance weight (the variant "guided").
         pipeline: an already loaded `Pipeline` (then bundle and backend are not used).
+        prompts: a key of `PROMPT_SETS` ("caption", "none", "free"); video i gets prompt i mod n.
+        beats: also BCS, BHS and F1 against each video's motion beats (needs librosa).
+        reference: (audio, sample rate) pieces: each variant's Frechet distance to them.
 
     Returns:
-        {"videos": n, "curve": {corr, cut_hits, flatness}, "no_curve": {...}[, "guided": {...}],
-         "per_video": [...]}; corr and cut_hits are means, flatness the median over videos.
+        {"videos": n, "prompts": ..., "curve": {corr, cut_hits, flatness, lr_corr, mono_db[, bcs, bhs,
+         beat_f1][, frechet]}, "no_curve": {...}[, "guided": {...}], "per_video": [...]}; means over
+        videos, flatness the median.
     """
     from v2m.runtime.pipeline import Pipeline
     from v2m.runtime.request import Request
 
+    if prompts not in PROMPT_SETS:
+        raise ValueError(f"prompts must be one of {', '.join(PROMPT_SETS)}, got {prompts!r}")
+    texts = PROMPT_SETS[prompts]
     pipe = pipeline or Pipeline.from_pretrained(bundle, backend=backend, device="cpu", precision="fp32")
     cfg = pipe.config
     variants: dict[str, dict] = {"curve": {}, "no_curve": {"use_curve": False}}
     if curve_guidance is not None:  # 0 too: the curve without the bundle's default guidance
         variants["guided"] = {"curve_guidance": curve_guidance}
     rows: dict[str, list[dict]] = {k: [] for k in variants}
+    audios: dict[str, list[tuple[np.ndarray, int]]] = {k: [] for k in variants}
     per_video = []
     for i, (path, cuts) in enumerate(make_cut_videos(Path(workdir) / "videos", count, seed)):
-        prepared = pipe.prepare(path, Request(prompt=PROMPTS[i % len(PROMPTS)], seed=seed + i, steps=steps))
+        prepared = pipe.prepare(path, Request(prompt=texts[i % len(texts)], seed=seed + i, steps=steps))
         video_curve = prepared.curve  # decoded and encoded once for every variant
-        entry: dict[str, Any] = {"video": path.name, "cuts": cuts}
+        motion = (measures.motion_beats(measures.motion_curve(path, cfg.latent_rate, cfg.curve.kernel), cfg.latent_rate)
+                  if beats else None)
+        entry: dict[str, Any] = {"video": path.name, "cuts": cuts, "prompt": prepared.request.prompt}
         for name, kw in variants.items():
             res = pipe.generate(path, prepared=prepared, request=prepared.request.replace(**kw), profile_steps=False)
-            score = score_output(res.audio, res.sample_rate, video_curve, cuts, cfg.latent_rate, cfg.curve.kernel)
+            score = score_output(res.audio, res.sample_rate, video_curve, cuts, cfg.latent_rate, cfg.curve.kernel,
+                                 motion=motion)
             rows[name].append(score)
             entry[name] = score
+            if reference:
+                audios[name].append((res.audio, res.sample_rate))
         per_video.append(entry)
         log.info("alignment %s: %s", path.name, {k: entry[k] for k in variants})
-    return {"videos": count, "seed": seed, **{k: _summary(v) for k, v in rows.items()}, "per_video": per_video}
+    summary = {k: _summary(v) for k, v in rows.items()}
+    if reference:
+        for name in variants:
+            summary[name]["frechet"] = measures.set_frechet(audios[name], reference)
+    return {"videos": count, "seed": seed, "prompts": prompts, **summary, "per_video": per_video}

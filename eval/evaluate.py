@@ -12,6 +12,10 @@
   changes most: its onsets of events.
 - Spectral flatness: the median over the output's frames (`music.spectral_flatness`);
   near 0 for tonal music, 1 for white noise.
+- Beat alignment, stereo and a Frechet distance (`v2m.eval.measures`): BCS and BHS of
+  the output's beats against the video's motion beats (given `motion_fn`), left/right
+  correlation and the mono mix's level (dB), and, given `reference`, the Frechet distance
+  between the outputs and a folder of reference music over weight-free frame features.
 
 Videos without cuts are reported as n/a and left out of the means. librosa and
 scenedetect are the `[eval]` extra, imported only here and only when needed;
@@ -36,7 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from v2m.core.errors import InputError, V2MError
+from v2m.core.errors import InputError
+
+from .measures import MissingExtra, require_eval  # noqa: F401 (their home was here)
 
 __all__ = [
     "scene_cut_hit",
@@ -52,6 +58,7 @@ __all__ = [
     "VideoScore",
     "EvalReport",
     "evaluate_folder",
+    "reference_files",
     "require_eval",
 ]
 
@@ -59,20 +66,6 @@ log = logging.getLogger("v2m.evaluate")
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".m4v", ".webm", ".avi"}
 OUTPUT_SUFFIXES = {".wav", ".flac", ".mp4", ".mov", ".mkv", ".m4v"}
-
-
-class MissingExtra(V2MError):
-    """An optional dependency of `v2m eval` is not installed."""
-
-
-def require_eval(module: str, what: str = "`v2m eval`"):
-    """Import `module` or raise one line naming `what` needs it and the [eval] extra to install."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingExtra(f"{what} needs {module}: pip install 'v2m-runtime[eval]'") from None
 
 
 def scene_cut_hit(cuts: Sequence[float], beats: Sequence[float], tolerance: float = 0.5) -> tuple[int, int]:
@@ -203,6 +196,11 @@ class VideoScore:
     cut_hits: int | None = None  # cuts with a strong music-curve peak within cut_tolerance
     cut_hit_rate: float | None = None  # cut_hits / cuts (None: no cuts or not measured)
     flatness: float | None = None  # median spectral flatness of the output
+    motion_beats: int | None = None  # motion beats of the video (None: not measured)
+    bcs: float | None = None  # beat coverage: music beats / motion beats
+    bhs: float | None = None  # beat hit: motion beats with a music beat within beat_tolerance / motion beats
+    lr_corr: float | None = None  # Pearson's r of the output's left and right channels
+    mono_db: float | None = None  # the mono mix's level against the channels (dB)
 
 
 def _mean(values) -> float | None:
@@ -215,20 +213,30 @@ class EvalReport:
     tolerance: float
     videos: list[VideoScore] = field(default_factory=list)
     cut_tolerance: float = 0.25
+    beat_tolerance: float = 0.1
+    frechet: float | None = None  # against `reference` (None: no reference)
+    reference: str | None = None
 
     @property
     def mean(self) -> float | None:
         return _mean(v.sch for v in self.videos)
 
     def means(self) -> dict[str, float | None]:
-        """Mean SCH, curve correlation and cut-hit rate; median flatness (over videos)."""
+        """Mean SCH, curve correlation and cut-hit rate; median flatness (over videos); mean BCS,
+        BHS and the F1 of the two means; mean stereo measures; the Frechet distance."""
+        from .measures import BeatAlignment, beat_summary
+
         flat = [v.flatness for v in self.videos if v.flatness is not None]
+        beats = beat_summary([BeatAlignment(0, 0, 0, v.bcs, v.bhs) for v in self.videos])
         return {"sch": self.mean, "corr": _mean(v.corr for v in self.videos),
                 "cut_hits": _mean(v.cut_hit_rate for v in self.videos),
-                "flatness": float(np.median(flat)) if flat else None}
+                "flatness": float(np.median(flat)) if flat else None, **beats,
+                "lr_corr": _mean(v.lr_corr for v in self.videos), "mono_db": _mean(v.mono_db for v in self.videos),
+                "frechet": self.frechet}
 
     def to_json(self) -> str:
-        return json.dumps({"tolerance": self.tolerance, "cut_tolerance": self.cut_tolerance, "mean_sch": self.mean,
+        return json.dumps({"tolerance": self.tolerance, "cut_tolerance": self.cut_tolerance,
+                           "beat_tolerance": self.beat_tolerance, "reference": self.reference, "mean_sch": self.mean,
                            "means": self.means(), "videos": [asdict(v) for v in self.videos]}, indent=2)
 
     def table(self) -> str:
@@ -245,7 +253,19 @@ class EvalReport:
         tail = f" {_fmt(m['corr']):>6} {_fmt(m['cut_hits']):>6} {_fmt(m['flatness']):>6}" if curves else ""
         lines.append(f"{'mean':<{w}} {'':>5} {'':>5} {'':>6} {_fmt(self.mean):>6}{tail}  (tolerance {self.tolerance:g} s"
                      + (f", cut hits {self.cut_tolerance:g} s; flatness: median" if curves else "") + ")")
-        return "\n".join(lines)
+        return "\n".join(lines + self._paper_lines())
+
+    def _paper_lines(self) -> list[str]:
+        """Beat alignment, stereo and Frechet lines under the table (only what was measured)."""
+        m, out = self.means(), []
+        if m["bcs"] is not None:
+            out.append(f"beat alignment (+-{self.beat_tolerance:g} s, motion beats): BCS {_fmt(m['bcs'])}  "
+                       f"BHS {_fmt(m['bhs'])}  F1 {_fmt(m['beat_f1'])}")
+        if m["mono_db"] is not None:
+            out.append(f"stereo: left/right r {_fmt(m['lr_corr'])}  mono mix {m['mono_db']:+.1f} dB")
+        if self.frechet is not None:
+            out.append(f"Frechet distance to {self.reference}: {self.frechet:.3f} (log-mel + chroma)")
+        return out
 
 
 def _fmt(v: float | None) -> str:
@@ -256,7 +276,9 @@ def format_side_by_side(with_curve: EvalReport, baseline: EvalReport) -> str:
     """The means of two reports (generated with the curve, and with --no-curve) side by side."""
     a, b = with_curve.means(), baseline.means()
     rows = [("curve correlation", "corr"), (f"cut hits (+-{with_curve.cut_tolerance:g} s)", "cut_hits"),
-            (f"SCH (+-{with_curve.tolerance:g} s)", "sch"), ("spectral flatness (median)", "flatness")]
+            (f"SCH (+-{with_curve.tolerance:g} s)", "sch"), ("spectral flatness (median)", "flatness"),
+            ("BCS (motion beats)", "bcs"), (f"BHS (+-{with_curve.beat_tolerance:g} s)", "bhs"), ("beat F1", "beat_f1"),
+            ("left/right r", "lr_corr"), ("mono mix (dB)", "mono_db"), ("Frechet distance", "frechet")]
     w = max(len(r[0]) for r in rows)
     lines = [f"{'measure':<{w}}  {'with curve':>10}  {'--no-curve':>10}  {'difference':>10}",
              f"{'videos':<{w}}  {len(with_curve.videos):>10}  {len(baseline.videos):>10}"]
@@ -277,6 +299,9 @@ def evaluate_folder(
     latent_rate: float = 44100 / 3584,
     cut_tolerance: float = 0.25,
     sch: bool = True,
+    motion_fn: Callable[[Path], Sequence[float]] | None = None,
+    beat_tolerance: float = 0.1,
+    reference: str | Path | None = None,
 ) -> EvalReport:
     """SCH (and, given `curve_fn`, the curve measures) of every output in `outputs` against its
     source in `videos`.
@@ -287,34 +312,88 @@ def evaluate_folder(
         tolerance: seconds, for SCH.
         cuts_fn, beats_fn: injected detectors (default: PySceneDetect, librosa).
         curve_fn: video -> its event curve [L] at `latent_rate` (the bundle's conventions);
-            None skips curve correlation, cut hits and flatness.
+            None skips curve correlation, cut hits, flatness and the stereo measures.
         music_fn: (audio [N], sample rate, L) -> the music curve [L] (the same conventions).
         cut_tolerance: seconds, for cut hits.
         sch: False skips Scene Cut Hit (no beat tracking: librosa not needed); SCH is then n/a.
+        motion_fn: video -> its motion beat times (`measures.motion_beats`); with `sch`, BCS and
+            BHS of the output's beats against them, within `beat_tolerance` seconds.
+        reference: a folder of reference music (audio files or videos with sound): the Frechet
+            distance of the outputs to it (`measures.set_frechet`).
     """
-    if tolerance < 0 or cut_tolerance < 0:
-        raise InputError(f"tolerances must be >= 0, got {tolerance}, {cut_tolerance}")
+    if tolerance < 0 or cut_tolerance < 0 or beat_tolerance < 0:
+        raise InputError(f"tolerances must be >= 0, got {tolerance}, {cut_tolerance}, {beat_tolerance}")
     if curve_fn is not None and music_fn is None:
         raise ValueError("curve_fn needs music_fn (the music curve in the same conventions)")
+    refs = reference_files(reference) if reference is not None else None
     cuts_fn = cuts_fn or detect_cuts
     beats_fn = beats_fn or detect_beats
-    report = EvalReport(tolerance, cut_tolerance=cut_tolerance)
+    report = EvalReport(tolerance, cut_tolerance=cut_tolerance, beat_tolerance=beat_tolerance,
+                        reference=None if reference is None else str(reference))
+    generated = []
     for out, src in match_outputs(outputs, videos):
         cuts = [float(c) for c in cuts_fn(src)]
         beats = [float(b) for b in beats_fn(out)] if sch else []
         hits, total = scene_cut_hit(cuts, beats, tolerance)
         score = VideoScore(str(src.relative_to(Path(videos))), out.name, cuts, len(beats), hits,
                            hits / total if total and sch else None)
-        if curve_fn is not None:
-            video_curve = np.asarray(curve_fn(src))
-            audio, sr = _load_audio(out)
-            music = music_fn(audio, sr, video_curve.size)
-            score.corr = curve_correlation(music, video_curve)
-            h, n = cut_hits(music, cuts, latent_rate, cut_tolerance)
-            score.cut_hits, score.cut_hit_rate = (h, h / n) if n else (None, None)
-            score.flatness = median_flatness(audio)
+        if motion_fn is not None and sch:
+            _beat_scores(score, beats, motion_fn(src), beat_tolerance)
+        if curve_fn is not None or refs is not None:
+            audio, sr = _load_channels(out)
+            if curve_fn is not None:
+                _curve_scores(score, audio, sr, np.asarray(curve_fn(src)), music_fn, cuts, latent_rate, cut_tolerance)
+            if refs is not None:
+                generated.append((audio, sr))
         report.videos.append(score)
+    if refs is not None:
+        from .measures import set_frechet
+
+        report.frechet = set_frechet(generated, [_load_channels(f) for f in refs])
     return report
+
+
+def _beat_scores(score: VideoScore, beats: Sequence[float], motion: Sequence[float], tolerance: float) -> None:
+    from .measures import beat_alignment
+
+    b = beat_alignment(beats, motion, tolerance)
+    score.motion_beats, score.bcs, score.bhs = b.motion, b.bcs, b.bhs
+
+
+def _curve_scores(score: VideoScore, audio: np.ndarray, sr: int, video_curve: np.ndarray, music_fn, cuts: list[float],
+                  latent_rate: float, cut_tolerance: float) -> None:
+    """Curve correlation, cut hits, flatness and the stereo measures of one output [C, N]."""
+    from .measures import stereo_measures
+
+    mono = audio.mean(axis=0)
+    music = music_fn(mono, sr, video_curve.size)
+    score.corr = curve_correlation(music, video_curve)
+    h, n = cut_hits(music, cuts, latent_rate, cut_tolerance)
+    score.cut_hits, score.cut_hit_rate = (h, h / n) if n else (None, None)
+    score.flatness = median_flatness(mono)
+    st = stereo_measures(audio)
+    score.lr_corr, score.mono_db = st["lr_corr"], st["mono_db"]
+
+
+def _load_channels(path: Path) -> tuple[np.ndarray, int]:
+    """float32 [C, N] and the rate of an audio file or a video's first audio stream."""
+    from v2m.runtime.music import load_audio
+
+    return load_audio(path)
+
+
+def reference_files(folder: str | Path) -> list[Path]:
+    """The music of a `--reference` folder (audio files and videos, by suffix), sorted; InputError if none."""
+    from v2m.runtime.music import AUDIO_SUFFIXES
+
+    d = Path(folder)
+    if not d.is_dir():
+        raise InputError(f"--reference folder {d} does not exist; give a folder of reference music")
+    files = [f for f in sorted(d.rglob("*")) if f.is_file() and not f.name.startswith(".")
+             and f.suffix.lower() in AUDIO_SUFFIXES | OUTPUT_SUFFIXES]
+    if not files:
+        raise InputError(f"--reference folder {d} holds no audio or video files")
+    return files
 
 
 def plot_curve(

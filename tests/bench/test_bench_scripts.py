@@ -118,19 +118,27 @@ def test_gpu_suite_script_parses_and_refuses_unknown_stages(tmp_path):
 
 
 def test_bench_alignment_rows(tmp_path):
-    """One held-out video, few steps: a row per variant with the figures, targets and verdicts."""
+    """One held-out video, few steps: a row per variant and prompt set with the figures, targets and
+    verdicts (the caption rows keep their names), then a prompt-following row."""
     proc = _run("bench_alignment.py", "--videos", "1", "--steps", "4", "--curve-guidance", "0", "--out", str(tmp_path),
-                "--workdir", str(tmp_path / "videos"))
+                "--workdir", str(tmp_path / "videos"), "--prompts", "caption,free", "--reference-clips", "2",
+                "--prompt-videos", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "alignment.jsonl").read_text().splitlines()]
     # the bundle's default (the demo bundle's curve guidance 1), then the asked-for weight 0
-    assert [r["variant"] for r in rows] == ["--no-curve", "curve (bundle: guidance 1)", "curve, guidance 0"]
-    assert [r["curve_guidance"] for r in rows] == [None, 1.0, 0.0]
-    for r in rows:
-        for key in ("corr", "cut_hits", "flatness", "targets", "videos", "steps", "commit", "device", "torch", "numpy"):
+    caption = ["--no-curve", "curve (bundle: guidance 1)", "curve, guidance 0"]
+    assert [r["variant"] for r in rows] == [*caption, *(v + " [free words]" for v in caption), "prompt following"]
+    assert [r["curve_guidance"] for r in rows[:3]] == [None, 1.0, 0.0]
+    for r in rows[:6]:
+        for key in ("corr", "cut_hits", "flatness", "targets", "videos", "steps", "commit", "device", "torch", "numpy",
+                    "lr_corr", "mono_db", "frechet", "frechet_floor", "prompts"):
             assert r.get(key) is not None or key == "met", (key, r)
+        assert "bcs" in r and "bhs" in r and "beat_f1" in r and r["frechet"] >= 0
     assert rows[1]["met"] is not None and set(rows[1]["met"]) == {"corr", "corr_gain", "cut_hits", "cut_hits_gain", "flatness"}
-    assert "curve, guidance 0" in proc.stdout
+    assert rows[4]["met"] is None  # targets are judged on the caption prompts only
+    pf = rows[-1]
+    assert 0 <= pf["fraction"] <= 1 and set(pf["by_kind"]) == {"caption", "free"} and len(pf["pairs"]) == 8
+    assert "curve, guidance 0" in proc.stdout and "prompt following" in proc.stdout
 
 
 def test_bench_roofline_rows(tmp_path):

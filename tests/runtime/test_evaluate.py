@@ -167,3 +167,42 @@ def test_curve_measures_of_a_folder(tmp_path, make_video):
     data = json.loads(rep.to_json())
     assert data["means"]["cut_hits"] == 1.0 and data["videos"][0]["corr"] == pytest.approx(v.corr)
     assert "corr" in rep.table() and "cuthit" in rep.table()
+
+
+def test_beat_stereo_and_frechet_measures_of_a_folder(tmp_path, make_video):
+    """Injected beats and motion beats give known BCS/BHS; anti-correlated channels cancel in the
+    mono mix; music like the reference is closer to it (Frechet) than other music."""
+    import soundfile as sf
+
+    vids, outs, near, far = (tmp_path / d for d in ("videos", "out", "near", "far"))
+    for d in (vids, outs, near, far):
+        d.mkdir()
+    make_video("v.mp4", duration_s=3.0, cuts=(1.5,)).rename(vids / "clip.mp4")
+    mono = _chords([1.5], duration=3.0)
+    sf.write(outs / "clip.wav", np.stack([mono, -mono], axis=1), 22050)  # (N, 2): right = -left
+    sf.write(near / "ref.wav", _chords([1.0, 2.0], duration=3.0), 22050)
+    sf.write(far / "ref.flac", (0.2 * np.random.default_rng(1).standard_normal(3 * 22050)).astype(np.float32), 22050)
+    kw = dict(cuts_fn=lambda v: [1.5], beats_fn=lambda o: [0.5, 1.0, 1.5], motion_fn=lambda v: [0.55, 1.25],
+              beat_tolerance=0.1, curve_fn=lambda v: np.linspace(0, 1, 37),
+              music_fn=lambda a, sr, n: np.linspace(0, 1, n))
+    rep = evaluate_folder(outs, vids, reference=near, **kw)
+    v = rep.videos[0]
+    assert (v.motion_beats, v.bcs, v.bhs) == (2, 1.5, 0.5)  # 0.55 hit by 0.5; 1.25 is 0.25 from any beat
+    assert v.lr_corr == pytest.approx(-1.0) and v.mono_db < -60  # 16-bit rounding leaves -85 dB
+    m = rep.means()
+    assert m["beat_f1"] == pytest.approx(2 * 1.5 * 0.5 / 2.0) and m["frechet"] == rep.frechet
+    assert 0 <= rep.frechet < evaluate_folder(outs, vids, reference=far, **kw).frechet
+    data = json.loads(rep.to_json())
+    assert data["means"]["bcs"] == 1.5 and data["reference"] == str(near) and data["videos"][0]["bhs"] == 0.5
+    assert "BCS 1.500" in rep.table() and "Frechet distance" in rep.table() and "mono mix" in rep.table()
+    assert "beat F1" in evaluate.format_side_by_side(rep, rep)
+
+
+def test_eval_cli_reference_errors(capsys, tmp_path):
+    """A missing or empty --reference folder: one line, exit 2, before the model loads."""
+    (tmp_path / "empty").mkdir()
+    for ref in ("nope", "empty"):
+        rc = main(["eval", str(tmp_path), "--videos", str(tmp_path), "--reference", str(tmp_path / ref),
+                   "--model", str(tmp_path / "no-such-bundle")])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "--reference" in err, err
