@@ -249,3 +249,15 @@ def test_oobleck_autoencoder_bundle_carries_its_encoder(tmp_path, short_video):
                "--steps", "2", "--batch-size", "2", "--clip-seconds", "1", "--clips-per-file", "2", "--workers", "1",
                "--eval-interval", "2", "-q"])
     assert rc == 0 and (tmp_path / "ft" / "bundle" / "dit.safetensors").is_file()
+
+
+def test_mid_side_loss_sees_the_phase_between_channels():
+    """Per-channel STFT magnitudes cannot tell a right channel from its negative; the sum-and-difference
+    loss can: identical stereo 0; flipping one channel's sign costs the mid's whole energy (spectral
+    convergence 1 plus the log gap), while the per-channel loss stays 0."""
+    t = torch.arange(8192) / 44100.0
+    x = torch.stack([torch.sin(2 * torch.pi * 440 * t), 0.8 * torch.sin(2 * torch.pi * 440 * t)])[None]
+    flipped = x * torch.tensor([1.0, -1.0])[None, :, None]
+    assert float(ae.mid_side_loss(x, x)) == pytest.approx(0.0, abs=1e-6)
+    assert float(ae.mrstft_loss(flipped, x)) == pytest.approx(0.0, abs=1e-5)
+    assert float(ae.mid_side_loss(flipped, x)) > 1.0
