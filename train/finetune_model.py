@@ -130,6 +130,11 @@ def text_key(bundle: Path, cfg: BundleConfig) -> str:
     h = hashlib.sha256(json.dumps(cfg.text, sort_keys=True).encode())
     if f.is_file():
         h.update(hashlib.sha256(f.read_bytes()).digest())
+    folder = bundle / cfg.text["dir"] if "dir" in cfg.text else None  # a sentence encoder: its graph and tokenizer
+    if folder is not None and folder.is_dir():
+        for g in sorted(folder.rglob("*")):
+            if g.is_file():
+                h.update(g.name.encode() + hashlib.sha256(g.read_bytes()).digest())
     return h.hexdigest()[:12]
 
 
@@ -146,8 +151,12 @@ def write_bundle(out: Path, base: Base, dit: nn.Module, kernel: int, dtype: torc
     try:
         tmp.mkdir(parents=True)
         for f in base.bundle.iterdir():
-            if f.name not in _NOT_COPIED and f.is_file():
+            if f.name in _NOT_COPIED or f.name.startswith("."):
+                continue
+            if f.is_file():
                 shutil.copy2(f, tmp / f.name)
+            elif f.is_dir():  # a component folder (the sentence text encoder's graph and tokenizer)
+                shutil.copytree(f, tmp / f.name)
         state = {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in dit.state_dict().items()}
         save_safetensors(state, tmp / "dit.safetensors", metadata={"format": "v2m", "component": "dit",
                                                                   "weights": "finetuned", **meta})
