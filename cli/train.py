@@ -78,9 +78,9 @@ def cmd_train_dit(args) -> int:
 
 def cmd_train_demo(args) -> int:
     _prepare_torch(args.threads)
-    from v2m.train.recipe import RECIPES, run_recipe
-
     from dataclasses import replace
+
+    from v2m.train.recipe import RECIPES, run_recipe
 
     recipe = RECIPES[args.recipe]
     if args.corpus is not None:

@@ -271,12 +271,14 @@ def _segment_notes(arr: Arrangement, notes: Notes, seg: Segment, end: float, rng
 
 
 def _segment_drums(arr: Arrangement, seg: Segment, end: float, crash: bool, rng) -> list[tuple]:
+    """The segment's drum pattern; `crash`: a crash cymbal and a kick mark its start (every event
+    has one, drums or not: without it the music curve found 39% of the events, 20 clips)."""
+    msgs = [(seg.start, 1, "on", 9, CRASH, 120), (seg.start, 1, "on", 9, KICK, 110)] if crash else []
     if seg.drums is None:
-        return []
+        return msgs
     steps, beats, hits = DRUM_STYLES[seg.drums]
     spq = 60.0 / arr.bpm
     step_s = spq / steps
-    msgs = [(seg.start, 1, "on", 9, CRASH, 110)] if crash else []
     # steps count from the clip's first beat (the excerpt starts on a beat), so a pattern stays in time
     k0, k1 = math.ceil(seg.start / step_s - 1e-9), math.ceil(end / step_s - 1e-9)
     for k in range(k0, k1):
@@ -295,13 +297,13 @@ def performance(arr: Arrangement, notes: Notes) -> list[tuple]:
     for k in range(notes.parts):
         msgs += [(0.0, -1, "cc", k, 10, arr.pans[k]), (0.0, -1, "cc", k, 91, arr.reverb)]
     ends = [s.start for s in arr.segments[1:]] + [arr.duration_s]
-    kinds = [None] + [k for _, k in arr.events]  # the event that starts each segment
+    kinds = [None] + [k for _, k in arr.events]  # the event that starts each segment (None: the first)
     prev = None
     for seg, end, kind in zip(arr.segments, ends, kinds):
         if prev is None or seg.programs != prev.programs:
             msgs += [(seg.start, -1, "prog", k, p, 0) for k, p in enumerate(seg.programs)]
         msgs += _segment_notes(arr, notes, seg, end, rng)
-        msgs += _segment_drums(arr, seg, end, kind in ("drums", "section"), rng)  # drums in, new section: a crash
+        msgs += _segment_drums(arr, seg, end, kind is not None, rng)
         prev = seg
     return sorted(msgs, key=lambda m: (m[0], m[1], m[3], m[4]))
 
