@@ -14,7 +14,9 @@ import logging
 import os
 
 from v2m.core.bundle import WEIGHT_FREE
-from v2m.core.errors import require
+from v2m.core.errors import InputError, require
+
+CORPORA = ("synth", "scores", "mix")  # v2m.train.data.CORPORA (not imported: it would import numpy-heavy train)
 
 log = logging.getLogger("v2m.cli")
 
@@ -33,6 +35,13 @@ def _prepare_torch(threads: int) -> None:
         log.info("training with OMP_WAIT_POLICY=PASSIVE, %d threads", threads)
 
 
+def _source(args, open_source):
+    if args.audio and (args.corpus != "synth" or args.midi):
+        raise InputError("--audio is your own music; it does not combine with --corpus or --midi")
+    return open_source(args.audio or args.corpus, seed=args.seed, count=args.clips, duration_s=args.clip_seconds,
+                       midi_folder=args.midi)
+
+
 def cmd_train_autoencoder(args) -> int:
     _prepare_torch(args.threads)
     from dataclasses import replace
@@ -40,7 +49,7 @@ def cmd_train_autoencoder(args) -> int:
     from v2m.train.autoencoder import AE_PRESETS, AE_TRAIN_PRESETS, train_autoencoder
     from v2m.train.data import open_source
 
-    source = open_source(args.audio or "synth", seed=args.seed, count=args.clips, duration_s=args.clip_seconds)
+    source = _source(args, open_source)
     tc = AE_TRAIN_PRESETS[args.preset]
     if args.train_steps:
         tc = replace(tc, steps=args.train_steps)
@@ -57,7 +66,7 @@ def cmd_train_dit(args) -> int:
     from v2m.train.data import open_source
     from v2m.train.dit import DIT_TRAIN_PRESETS, train_dit
 
-    source = open_source(args.audio or "synth", seed=args.seed, count=args.clips, duration_s=args.clip_seconds)
+    source = _source(args, open_source)
     tc = DIT_TRAIN_PRESETS[args.preset]
     if args.train_steps:
         tc = replace(tc, steps=args.train_steps)
@@ -69,10 +78,17 @@ def cmd_train_dit(args) -> int:
 
 def cmd_train_demo(args) -> int:
     _prepare_torch(args.threads)
+    from dataclasses import replace
+
     from v2m.train.recipe import RECIPES, run_recipe
 
-    report = run_recipe(args.work, args.output, RECIPES[args.recipe], seed=args.seed, threads=args.threads,
-                        progress=not args.quiet, overwrite=args.overwrite)
+    recipe = RECIPES[args.recipe]
+    if args.corpus is not None:
+        recipe = replace(recipe, corpus=args.corpus)
+    if args.midi and recipe.corpus == "synth":
+        raise InputError("--midi plays through the score corpus: add --corpus scores or --corpus mix")
+    report = run_recipe(args.work, args.output, recipe, seed=args.seed, threads=args.threads,
+                        progress=not args.quiet, overwrite=args.overwrite, midi_folder=args.midi)
     for name, s in report["stages"].items():
         print(f"{name:<12} {s['wall_s'] / 60:7.1f} min wall {s['cpu_s'] / 60:7.1f} min CPU")
     t = report["total"]
@@ -168,7 +184,12 @@ def register(sub) -> None:
                        help="your own music: audio files + captions.jsonl or captions.tsv (default: the synthetic corpus)")
         p.add_argument("--preset", default="demo", choices=presets, help="model and training sizes (default: demo)")
         p.add_argument("--steps", dest="train_steps", metavar="N", type=int, default=None, help="training steps (default: the preset's)")
-        p.add_argument("--clips", type=int, default=800, help="synthetic clips, >= 1 (default: 800)")
+        p.add_argument("--corpus", default="synth", choices=CORPORA,
+                       help="generated training music: synth (drums, bass, pads), scores (music21 scores played by "
+                            "General MIDI instruments in FluidSynth), mix (both) (default: synth)")
+        p.add_argument("--midi", default=None, metavar="FOLDER",
+                       help="with --corpus scores or mix: your MIDI files instead of the music21 corpus")
+        p.add_argument("--clips", type=int, default=800, help="generated clips, >= 1 (default: 800)")
         p.add_argument("--clip-seconds", type=float, default=12.0, help="clip length in seconds, in (0, 600] (default: 12)")
         p.add_argument("--seed", type=int, default=0, help="seed of the data and the run, in [0, 2^63) (default: 0)")
         p.add_argument("--threads", type=int, default=2, help="torch threads, >= 1 (default: 2)")
@@ -195,6 +216,10 @@ def register(sub) -> None:
     m.add_argument("--work", required=True, help="run directories and report.json (resumable)")
     m.add_argument("--recipe", default="demo", choices=["demo", "tiny"],
                    help="demo: the shipped bundle's; tiny: seconds, for tests (default: demo)")
+    m.add_argument("--corpus", default=None, choices=CORPORA,
+                   help="the training corpus (default: the recipe's, synth)")
+    m.add_argument("--midi", default=None, metavar="FOLDER",
+                   help="with --corpus scores or mix: your MIDI files instead of the music21 corpus")
     m.add_argument("--seed", type=int, default=0, help="seed of the data and every stage, in [0, 2^63) (default: 0)")
     m.add_argument("--threads", type=int, default=2, help="torch threads, >= 1 (default: 2)")
     m.add_argument("--overwrite", action="store_true", help="replace an existing bundle at -o")

@@ -36,7 +36,7 @@ from v2m.models.checkpoint import save_safetensors
 from v2m.models.vae import OobleckConfig, OobleckDecoder
 
 from . import common
-from .data import Source, SynthSource
+from .data import Source
 
 __all__ = [
     "AutoencoderConfig",
@@ -224,11 +224,10 @@ def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 # --- data -----------------------------------------------------------------------------------------
 def _pool_source(source: Source, tc: AETrainConfig) -> Source:
-    """What the crops are cut from: for the synthetic corpus, `pool_clips` clips of `pool_seconds`
-    of another seed (so none is a DiT training clip); a folder as it is."""
-    if isinstance(source, SynthSource):
-        return SynthSource(source.seed + 7919, tc.pool_clips, max(tc.pool_seconds, 2.0))
-    return source
+    """What the crops are cut from: for a generated corpus (synthetic, scores, mix), `pool_clips`
+    clips of `pool_seconds` of another seed (so none is a DiT training clip); a folder as it is."""
+    resized = source.resized(getattr(source, "seed", 0) + 7919, tc.pool_clips, max(tc.pool_seconds, 2.0))
+    return resized if resized is not None else source
 
 
 def _pool(source: Source) -> list[np.ndarray]:

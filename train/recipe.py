@@ -4,7 +4,7 @@
 
 runs, each stage resumable in `--work`:
 
-1. the autoencoder on the synthetic corpus (`v2m.train.autoencoder`, preset demo);
+1. the autoencoder on the recipe's corpus (synthetic by default; `corpus="scores"` or "mix") (`v2m.train.autoencoder`, preset demo);
 2. the DiT on the corpus's latents and music curves (`v2m.train.dit`, preset demo);
 3. the bundle: EMA weights in fp16, the weight-free `cut` frame encoder, the
    recipe's sampler defaults; written to a temporary directory beside `-o` and
@@ -34,7 +34,7 @@ from v2m.core.errors import OutputError
 
 from . import common
 from .autoencoder import AE_PRESETS, AE_TRAIN_PRESETS, AETrainConfig, train_autoencoder
-from .data import SynthSource
+from .data import open_source
 from .dit import DIT_TRAIN_PRESETS, DiTTrainConfig, train_dit
 
 __all__ = ["DemoRecipe", "RECIPES", "run_recipe"]
@@ -44,8 +44,11 @@ log = logging.getLogger("v2m.train.recipe")
 
 @dataclass
 class DemoRecipe:
-    clips: int = 800  # synthetic clips the DiT trains on
+    clips: int = 800  # clips the DiT trains on
     clip_seconds: float = 12.0
+    # the training corpus (`v2m.train.data.CORPORA`): "synth" (drums, bass, pads), "scores"
+    # (corpus scores played by General MIDI instruments in FluidSynth) or "mix" (both, interleaved)
+    corpus: str = "synth"
     autoencoder: str = "demo"  # AE_PRESETS / AE_TRAIN_PRESETS key
     ae_train: AETrainConfig = field(default_factory=lambda: AE_TRAIN_PRESETS["demo"])
     dit_train: DiTTrainConfig = field(default_factory=lambda: DIT_TRAIN_PRESETS["demo"])
@@ -74,8 +77,11 @@ RECIPES: dict[str, DemoRecipe] = {
 
 
 def run_recipe(work: str | Path, out: str | Path, recipe: DemoRecipe, seed: int = 0, threads: int | None = None,
-               progress: bool = True, overwrite: bool = False) -> dict:
-    """Run the recipe; returns (and writes to `work/report.json`) the stage times and check figures."""
+               progress: bool = True, overwrite: bool = False, midi_folder: str | None = None) -> dict:
+    """Run the recipe; returns (and writes to `work/report.json`) the stage times and check figures.
+
+    `midi_folder`: the user's MIDI files played instead of the music21 corpus (corpus scores or mix).
+    """
     from .dit import write_bundle
 
     work, out = Path(work), Path(out)
@@ -99,7 +105,7 @@ def run_recipe(work: str | Path, out: str | Path, recipe: DemoRecipe, seed: int 
         log.info("stage %s: %s", name, report["stages"][name])
         return result
 
-    source = SynthSource(seed, recipe.clips, recipe.clip_seconds)
+    source = open_source(recipe.corpus, seed, recipe.clips, recipe.clip_seconds, midi_folder=midi_folder)
     ae_dir = work / "autoencoder"
     stage("autoencoder", lambda: train_autoencoder(ae_dir, source, AE_PRESETS[recipe.autoencoder], recipe.ae_train,
                                                    seed=seed, threads=n_threads, progress=progress), ae_dir)
