@@ -80,18 +80,24 @@ def cmd_train_demo(args) -> int:
     _prepare_torch(args.threads)
     from dataclasses import replace
 
+    from v2m.train.paper_recipe import PAPER_RECIPES, run_paper_recipe
     from v2m.train.recipe import RECIPES, run_recipe
 
-    recipe = RECIPES[args.recipe]
+    paper = args.recipe in PAPER_RECIPES
+    recipe = PAPER_RECIPES[args.recipe] if paper else RECIPES[args.recipe]
     if args.corpus is not None:
         recipe = replace(recipe, corpus=args.corpus)
     if args.midi and recipe.corpus == "synth":
         raise InputError("--midi plays through the score corpus: add --corpus scores or --corpus mix")
-    report = run_recipe(args.work, args.output, recipe, seed=args.seed, threads=args.threads,
-                        progress=not args.quiet, overwrite=args.overwrite, midi_folder=args.midi)
+    if args.text_encoder is not None and not paper:
+        raise InputError("--text-encoder is the paper recipe's: add --recipe paper")
+    run = run_paper_recipe if paper else run_recipe
+    extra = {"text_source": args.text_encoder, "stop_after": args.stop_after} if paper else {}
+    report = run(args.work, args.output, recipe, seed=args.seed, threads=args.threads, progress=not args.quiet,
+                 overwrite=args.overwrite, midi_folder=args.midi, **extra)
     for name, s in report["stages"].items():
         print(f"{name:<12} {s['wall_s'] / 60:7.1f} min wall {s['cpu_s'] / 60:7.1f} min CPU")
-    t = report["total"]
+    t = report.get("total") or {k: round(sum(s[k] for s in report["stages"].values()), 1) for k in ("wall_s", "cpu_s")}
     print(f"{'total':<12} {t['wall_s'] / 60:7.1f} min wall {t['cpu_s'] / 60:7.1f} min CPU "
           f"({report['threads']} threads; load average {report['load_avg_start'][0]:.1f} at the start)")
     if "check" in report:
@@ -211,11 +217,18 @@ def register(sub) -> None:
 
     m = ts.add_parser("demo", help="the shipped demo bundle: autoencoder, DiT, fp16 bundle, alignment check",
                       examples=["v2m train demo --seed 0 --work runs/demo -o runtime/demo_bundle",
-                                "v2m train demo --recipe tiny --work runs/tiny -o tiny-trained"])
+                                "v2m train demo --recipe paper --work runs/paper -o paper-bundle"])
     m.add_argument("-o", "--output", required=True, help="the bundle directory (e.g. runtime/demo_bundle)")
     m.add_argument("--work", required=True, help="run directories and report.json (resumable)")
-    m.add_argument("--recipe", default="demo", choices=["demo", "tiny"],
-                   help="demo: the shipped bundle's; tiny: seconds, for tests (default: demo)")
+    m.add_argument("--recipe", default="demo", choices=["demo", "tiny", "paper", "paper-tiny"],
+                   help="demo: the shipped bundle's; paper: the paper's two stages (a text-to-music model, then the "
+                        "curve fine-tune; real instruments, a pretrained text encoder); tiny, paper-tiny: seconds, for "
+                        "tests (default: demo)")
+    m.add_argument("--text-encoder", default=None, metavar="SOURCE",
+                   help="with --recipe paper: the sentence text encoder, minilm or a local BERT folder "
+                        "(default: minilm)")
+    m.add_argument("--stop-after", default=None, choices=["corpus", "autoencoder", "stage1"],
+                   help="with --recipe paper: stop after this stage (run the rest by running the command again)")
     m.add_argument("--corpus", default=None, choices=CORPORA,
                    help="the training corpus (default: the recipe's, synth)")
     m.add_argument("--midi", default=None, metavar="FOLDER",

@@ -89,6 +89,9 @@ AE_PRESETS: dict[str, AutoencoderConfig] = {
     # For tests: a few thousand parameters, one step in well under a second.
     "tiny": AutoencoderConfig(latent_channels=4, decoder_channels=2, encoder_hidden=16, encoder_fft=512),
     "tiny-oobleck": AutoencoderConfig(latent_channels=4, decoder_channels=2, encoder="oobleck", encoder_channels=2),
+    # The paper recipe's: the demo's decoder (warm-started from the shipped one) and an Oobleck
+    # encoder the bundle carries.
+    "demo-oobleck": AutoencoderConfig(encoder="oobleck", encoder_channels=8),
 }
 
 
@@ -120,6 +123,8 @@ class AETrainConfig:
 
 AE_TRAIN_PRESETS: dict[str, AETrainConfig] = {
     "demo": AETrainConfig(),
+    # a warm-started decoder and a new encoder, with the stereo loss (the paper recipe)
+    "demo-stereo": AETrainConfig(steps=600, stereo_weight=1.0, warmup=20),
     "tiny": AETrainConfig(steps=6, batch=2, crop_frames=2, pool_clips=4, pool_seconds=2.0, eval_interval=3,
                           eval_clips=2, checkpoint_interval=3, warmup=2),
 }
