@@ -1,12 +1,18 @@
 """int8 graphs for ONNX Runtime on a CPU, gated by a measured accuracy check.
 
 `v2m export --precision int8` (and `--precision int8` at run time, through the ONNX cache)
-quantizes the fp32 `step` and `encoder` graphs with ONNX Runtime's dynamic quantization
-(`onnxruntime.quantization.quantize_dynamic`: MatMul weights int8 per tensor, activations
-uint8 per call; VNNI/AVX-512 kernels on x86). The other graphs (text, schedule, vae) stay
-fp32: the int8 set's manifest entries point at the fp32 files. The VAE is left in fp32
-because its output is the audio itself: a convolutional decoder with Snake activations
-quantizes poorly, and its SNR is what the gate measures.
+quantizes the fp32 `step` and `encoder` graphs with `quantize_graph`, the one int8 recipe:
+ONNX Runtime's dynamic quantization of the linear layers (MatMul/Gemm with a constant
+weight): weights int8 per output channel, activations uint8 per call (u8s8, the VNNI
+`vpdpbusd` operand order; reduce_range off, since VNNI does not saturate), the first and
+last linear layers (the DiT's in_proj and out_proj) left fp32. ONNX Runtime fuses each into
+`DynamicQuantizeMatMul`. The attention products (QK^T, AV) stay fp32. Why this one
+(measured against static QDQ / QOperator with calibration from real sampler inputs, s8s8,
+per-tensor weights, attention included): docs/cpu-backends.md and bench/bench_int8.py.
+The other graphs (text, schedule, vae) stay fp32: the int8 set's manifest entries point
+at the fp32 files. The VAE is left in fp32 because its output is the audio itself: a
+convolutional decoder with Snake activations quantizes poorly, and its SNR is what the
+gate measures.
 
 The gate (`measure`), recorded in the manifest under `quantization`:
 - the sampler run twice from one seed (seeded curve, text and noise; `GATE_STEPS` steps,
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +36,7 @@ import numpy as np
 from v2m.core.bundle import BundleConfig
 from v2m.core.manifest import sha256_file
 
-__all__ = ["INT8_GRAPHS", "GATE", "GATE_STEPS", "quantize_graphs", "measure", "gate_failure"]
+__all__ = ["INT8_GRAPHS", "GATE", "GATE_STEPS", "RECIPE", "quantize_graph", "quantize_graphs", "measure", "gate_failure"]
 
 log = logging.getLogger("v2m.export.int8")
 
@@ -40,10 +47,37 @@ GATE_STEPS = 8
 GATE = {"min_step_cosine": 0.98, "min_audio_snr_db": 25.0, "min_encoder_cosine": 0.99}
 
 
-def quantize_graphs(out: Path, fp32: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Write onnx/int8/{step,encoder}.onnx from the fp32 graphs; the int8 set's manifest entries."""
+RECIPE = "dynamic int8 MatMul/Gemm (weights QInt8 per channel, activations QUInt8 per call, first and last linear fp32)"
+
+
+def linear_nodes(model) -> list[str]:
+    """Names of the MatMul/Gemm nodes of an ONNX model whose weight (input 1) is a constant, in graph order."""
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in consts]
+
+
+def quantize_graph(src: Path, dst: Path) -> str:
+    """The int8 recipe (module docstring): quantize the fp32 graph `src` into `dst`; its description."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    lin = linear_nodes(onnx.load(str(src), load_external_data=False))
+    quiet = logging.getLogger()  # quantize_dynamic logs a pre-processing hint on the root logger
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
+                         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=[lin[0], lin[-1]] if lin else [])
+    finally:
+        quiet.setLevel(level)
+    return RECIPE
+
+
+def quantize_graphs(out: Path, fp32: dict[str, dict[str, Any]],
+                    quantize: Callable[[Path, Path], str] = quantize_graph) -> dict[str, dict[str, Any]]:
+    """Write onnx/int8/{step,encoder}.onnx from the fp32 graphs with `quantize` (the recipe; the
+    bench passes the alternatives it compares); the int8 set's manifest entries."""
     (out / "onnx" / "int8").mkdir(parents=True, exist_ok=True)
     graphs = {}
     for name, entry in fp32.items():
@@ -52,16 +86,9 @@ def quantize_graphs(out: Path, fp32: dict[str, dict[str, Any]]) -> dict[str, dic
             continue  # runs in fp32: the same file
         dst = out / "onnx" / "int8" / f"{name}.onnx"
         t0 = time.perf_counter()
-        quiet = logging.getLogger()  # quantize_dynamic logs a pre-processing hint on the root logger
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
-        try:
-            quantize_dynamic(str(out / entry["file"]), str(dst), weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Gemm"])
-        finally:
-            quiet.setLevel(level)
+        how = quantize(out / entry["file"], dst)
         graphs[name].update(file=dst.relative_to(out).as_posix(), sha256=sha256_file(dst), data_file=None,
-                            data_sha256=None, quantization="dynamic int8 MatMul/Gemm (weights QInt8, activations QUInt8)")
+                            data_sha256=None, quantization=how)
         log.info("quantized %s to int8 in %.1f s", name, time.perf_counter() - t0)
     return graphs
 
