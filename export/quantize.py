@@ -18,7 +18,9 @@ The gate (`measure`), recorded in the manifest under `quantization`:
 - the sampler run twice from one seed (seeded curve, text and noise; `GATE_STEPS` steps,
   CFG), fp32 and int8 graphs; per step the cosine between the two runs' updates
   x_{i+1} - x_i (the velocity times the step size);
-- the SNR of the int8 run's audio against the fp32 run's, both decoded by the fp32 VAE;
+- the SNR of the int8 run's audio against the fp32 run's, both decoded by the fp32 VAE
+  (recorded beside it, not gated: the latent SNR, and the audio SNR the fp32 VAE gives for
+  white noise at that latent SNR, which tells the VAE's amplification from the DiT's error);
 - the frame encoder's feature cosine (min over a seeded batch of frames).
 Below `GATE` the int8 export is refused with the figures (one line).
 """
@@ -47,7 +49,8 @@ GATE_STEPS = 8
 GATE = {"min_step_cosine": 0.98, "min_audio_snr_db": 25.0, "min_encoder_cosine": 0.99}
 
 
-RECIPE = "dynamic int8 MatMul/Gemm (weights QInt8 per channel, activations QUInt8 per call, first and last linear fp32)"
+RECIPE = ("dynamic int8 MatMul/Gemm (weights QInt8 per channel, activations QUInt8 per call; the first and "
+          "last linear layers and the attention output projections fp32)")
 
 
 def linear_nodes(model) -> list[str]:
@@ -57,27 +60,47 @@ def linear_nodes(model) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in consts]
 
 
+def attention_outputs(model, linear: list[str]) -> list[str]:
+    """The linear nodes fed by an attention product (a MatMul of two activations, through
+    Reshape/Transpose): the attention output projections, whose inputs quantize worst."""
+    by_output = {o: n for n in model.graph.node for o in n.output}
+    lin = set(linear)
+    found = []
+    for n in model.graph.node:
+        if n.name not in lin:
+            continue
+        src = by_output.get(n.input[0])
+        while src is not None and src.op_type in ("Reshape", "Transpose", "Flatten"):
+            src = by_output.get(src.input[0])
+        if src is not None and src.op_type == "MatMul" and src.name not in lin:
+            found.append(n.name)
+    return found
+
+
 def quantize_graph(src: Path, dst: Path) -> str:
     """The int8 recipe (module docstring): quantize the fp32 graph `src` into `dst`; its description."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    lin = linear_nodes(onnx.load(str(src), load_external_data=False))
+    model = onnx.load(str(src), load_external_data=False)
+    lin = linear_nodes(model)
+    keep = ([lin[0], lin[-1]] if lin else []) + attention_outputs(model, lin)
     quiet = logging.getLogger()  # quantize_dynamic logs a pre-processing hint on the root logger
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
-                         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=[lin[0], lin[-1]] if lin else [])
+                         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=keep)
     finally:
         quiet.setLevel(level)
     return RECIPE
 
 
 def quantize_graphs(out: Path, fp32: dict[str, dict[str, Any]],
-                    quantize: Callable[[Path, Path], str] = quantize_graph) -> dict[str, dict[str, Any]]:
+                    quantize: Callable[[Path, Path], str] | None = None) -> dict[str, dict[str, Any]]:
     """Write onnx/int8/{step,encoder}.onnx from the fp32 graphs with `quantize` (the recipe; the
-    bench passes the alternatives it compares); the int8 set's manifest entries."""
+    bench passes the alternatives it compares; default `quantize_graph`); the int8 set's manifest entries."""
+    quantize = quantize or quantize_graph
     (out / "onnx" / "int8").mkdir(parents=True, exist_ok=True)
     graphs = {}
     for name, entry in fp32.items():
@@ -110,6 +133,14 @@ def _trajectory(backend, noise, cond, plan) -> list[np.ndarray]:
     return states
 
 
+def _vae_snr(ref, latents: np.ndarray, audio: np.ndarray, latent_snr_db: float, rng) -> float:
+    """The audio SNR the fp32 VAE gives for white noise added to `latents` at `latent_snr_db`:
+    how much of the int8 run's audio error is the VAE's amplification, not the DiT's."""
+    scale = float(np.sqrt(np.mean(latents.astype(np.float64) ** 2) / 10 ** (latent_snr_db / 10)))
+    noisy = latents + scale * rng.standard_normal(latents.shape).astype(np.float32)
+    return _snr_db(audio, ref.decode(noisy))
+
+
 def measure(out: Path, cfg: BundleConfig, seed: int = 0, length: int = 64) -> dict[str, Any]:
     """The gate's figures for the int8 set of the exported bundle `out` against its fp32 set."""
     from v2m.core.bundle import text_max_tokens
@@ -127,10 +158,12 @@ def measure(out: Path, cfg: BundleConfig, seed: int = 0, length: int = 64) -> di
     noise = sampler.initial_noise(seed, (1, cfg.latent_channels, length)) * plan.table.x0_scale
     a, b = _trajectory(ref, noise, cond, plan), _trajectory(q, noise, cond, plan)
     cosines = [_cosine(a[i + 1] - a[i], b[i + 1] - b[i]) for i in range(len(a) - 1)]
-    snr = _snr_db(ref.decode(a[-1]), ref.decode(b[-1]))
+    audio = ref.decode(a[-1])
+    latent_snr = _snr_db(a[-1], b[-1])
     figures: dict[str, Any] = {"seed": seed, "steps": GATE_STEPS, "length": length,
                                "step_cosine": [round(c, 6) for c in cosines], "min_step_cosine": min(cosines),
-                               "latent_snr_db": _snr_db(a[-1], b[-1]), "audio_snr_db": snr}
+                               "latent_snr_db": latent_snr, "audio_snr_db": _snr_db(audio, ref.decode(b[-1])),
+                               "vae_snr_at_latent_snr_db": _vae_snr(ref, a[-1], audio, latent_snr, rng)}
     if "encoder" in ref.sessions:
         size = int(cfg.encoder.get("input_size", 224))
         pixels = rng.standard_normal((4, 3, size, size), dtype=np.float32)
