@@ -11,7 +11,9 @@ count, the DiT step (`backend.sample` of `--step-calls` guided Euler steps, batc
 fp32 and of every recipe is timed round-robin in one run (harness.time_interleaved).
 
 Recipes (only "ship" is the product's: `v2m.export.quantize.quantize_graph`):
-- ship:        dynamic, weights int8 per channel, activations uint8, first/last linear fp32
+- ship:        dynamic, weights int8 per channel, activations uint8; the first and last linear
+               and the self-attention output projections fp32
+- ship_attn:   ship, with the attention products (QK^T, AV) quantized too (dynamic, both operands uint8)
 - dynamic:     the first int8 path: dynamic, weights int8 per tensor, every linear layer
 - dynamic_pc:  dynamic, per channel, every linear layer
 - static_qdq:  static QDQ u8s8 per channel, activation ranges calibrated (MinMax) on the
@@ -93,7 +95,7 @@ def recipes(calib: dict[str, list[dict]]) -> dict:
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
 
-    from v2m.export.quantize import linear_nodes, quantize_graph
+    from v2m.export.quantize import attention_outputs, linear_nodes, quantize_graph
 
     class Reader(CalibrationDataReader):
         def __init__(self, feeds):
@@ -125,7 +127,15 @@ def recipes(calib: dict[str, list[dict]]) -> dict:
             return f"static {fmt.name} {act.name}/QInt8 per channel{' + attention' if attention else ''}"
         return q
 
-    return {"ship": quantize_graph, "dynamic": dynamic(False), "dynamic_pc": dynamic(True),
+    def ship_attention(src, dst):  # the shipped recipe, with the attention products quantized too (dynamic u8u8)
+        m = onnx.load(str(src), load_external_data=False)
+        lin = linear_nodes(m)
+        keep = [lin[0], lin[-1], *attention_outputs(m, lin)]
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep,
+                         op_types_to_quantize=["MatMul", "Gemm"], extra_options={"MatMulConstBOnly": False})
+        return "shipped + attention products"
+
+    return {"ship": quantize_graph, "ship_attn": ship_attention, "dynamic": dynamic(False), "dynamic_pc": dynamic(True),
             "static_qdq": static(), "static_qdq_s8s8": static(act=QuantType.QInt8),
             "static_qop": static(fmt=QuantFormat.QOperator), "static_qdq_attn": static(attention=True)}
 

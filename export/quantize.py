@@ -4,11 +4,12 @@
 quantizes the fp32 `step` and `encoder` graphs with `quantize_graph`, the one int8 recipe:
 ONNX Runtime's dynamic quantization of the linear layers (MatMul/Gemm with a constant
 weight): weights int8 per output channel, activations uint8 per call (u8s8, the VNNI
-`vpdpbusd` operand order; reduce_range off, since VNNI does not saturate), the first and
-last linear layers (the DiT's in_proj and out_proj) left fp32. ONNX Runtime fuses each into
-`DynamicQuantizeMatMul`. The attention products (QK^T, AV) stay fp32. Why this one
-(measured against static QDQ / QOperator with calibration from real sampler inputs, s8s8,
-per-tensor weights, attention included): docs/cpu-backends.md and bench/bench_int8.py.
+`vpdpbusd` operand order; reduce_range off, since VNNI does not saturate). Left in fp32:
+the first and last linear layers (the DiT's in_proj and out_proj), the self-attention output
+projections (`attention_outputs`) and the attention products (QK^T, AV). ONNX Runtime fuses
+each quantized linear into `DynamicQuantizeMatMul`. Why this one (measured against static
+QDQ / QOperator calibrated on real sampler inputs, s8s8, per-tensor weights, quantized
+attention products): docs/cpu-backends.md and bench/bench_int8.py.
 The other graphs (text, schedule, vae) stay fp32: the int8 set's manifest entries point
 at the fp32 files. The VAE is left in fp32 because its output is the audio itself: a
 convolutional decoder with Snake activations quantizes poorly, and its SNR is what the
@@ -50,7 +51,7 @@ GATE = {"min_step_cosine": 0.98, "min_audio_snr_db": 25.0, "min_encoder_cosine":
 
 
 RECIPE = ("dynamic int8 MatMul/Gemm (weights QInt8 per channel, activations QUInt8 per call; the first and "
-          "last linear layers and the attention output projections fp32)")
+          "last linear layers and the self-attention output projections fp32)")
 
 
 def linear_nodes(model) -> list[str]:
@@ -60,19 +61,29 @@ def linear_nodes(model) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in consts]
 
 
+_SHAPE_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Split", "Slice", "Gather", "Identity")
+
+
+def _source(by_output: dict, name: str):
+    """The node that computes tensor `name`, looking through shape-only ops; None for a graph input."""
+    src = by_output.get(name)
+    while src is not None and src.op_type in _SHAPE_OPS:
+        src = by_output.get(src.input[0])
+    return src
+
+
 def attention_outputs(model, linear: list[str]) -> list[str]:
-    """The linear nodes fed by an attention product (a MatMul of two activations, through
-    Reshape/Transpose): the attention output projections, whose inputs quantize worst."""
+    """The self-attention output projections: linear nodes fed (through shape ops) by an attention
+    product (a MatMul of two activations) whose values this graph computes. Cross-attention's
+    values come in as a graph input (the DiT's text keys/values) and are left to quantize."""
     by_output = {o: n for n in model.graph.node for o in n.output}
     lin = set(linear)
     found = []
     for n in model.graph.node:
         if n.name not in lin:
             continue
-        src = by_output.get(n.input[0])
-        while src is not None and src.op_type in ("Reshape", "Transpose", "Flatten"):
-            src = by_output.get(src.input[0])
-        if src is not None and src.op_type == "MatMul" and src.name not in lin:
+        av = _source(by_output, n.input[0])
+        if av is not None and av.op_type == "MatMul" and av.name not in lin and _source(by_output, av.input[1]):
             found.append(n.name)
     return found
 
@@ -179,7 +190,11 @@ def gate_failure(figures: dict[str, Any]) -> str | None:
     if figures["min_step_cosine"] < GATE["min_step_cosine"]:
         short.append(f"step cosine {figures['min_step_cosine']:.4f} < {GATE['min_step_cosine']}")
     if figures["audio_snr_db"] < GATE["min_audio_snr_db"]:
-        short.append(f"audio SNR {figures['audio_snr_db']:.1f} dB < {GATE['min_audio_snr_db']} dB")
+        why = ""
+        if "vae_snr_at_latent_snr_db" in figures:  # tells a DiT that drifts from a VAE that amplifies
+            why = (f" (latents {figures['latent_snr_db']:.1f} dB; the fp32 VAE turns white noise at that latent SNR "
+                   f"into {figures['vae_snr_at_latent_snr_db']:.1f} dB)")
+        short.append(f"audio SNR {figures['audio_snr_db']:.1f} dB < {GATE['min_audio_snr_db']} dB{why}")
     enc = figures.get("min_encoder_cosine")
     if enc is not None and enc < GATE["min_encoder_cosine"]:
         short.append(f"encoder cosine {enc:.4f} < {GATE['min_encoder_cosine']}")
