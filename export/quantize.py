@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from v2m.core.bundle import BundleConfig
-from v2m.core.manifest import sha256_file
+from v2m.core.manifest import INT8_RECIPE, sha256_file
 
 __all__ = ["INT8_GRAPHS", "GATE", "GATE_STEPS", "RECIPE", "quantize_graph", "quantize_graphs", "measure", "gate_failure"]
 
@@ -181,6 +181,7 @@ def measure(out: Path, cfg: BundleConfig, seed: int = 0, length: int = 64) -> di
         fr, fq = ref.encode_frames(pixels), q.encode_frames(pixels)
         figures["min_encoder_cosine"] = min(_cosine(x, y) for x, y in zip(fr, fq))
     figures["gate"] = dict(GATE)
+    figures["recipe_version"] = INT8_RECIPE  # the recipe itself: each int8 graph entry's "quantization"
     return figures
 
 
