@@ -40,6 +40,7 @@ __all__ = [
     "MANIFEST_FORMAT",
     "MANIFEST_NAME",
     "ONNX_OPSET",
+    "INT8_RECIPE",
     "GRAPH_SECTIONS",
     "GraphInfo",
     "Manifest",
@@ -52,6 +53,9 @@ __all__ = [
 MANIFEST_FORMAT = "v2m-onnx/2"
 MANIFEST_NAME = "manifest.json"
 GRAPH_SECTIONS = ("dit", "vae", "encoder")  # the config sections baked into the graphs
+# The version of the int8 recipe (`v2m.export.quantize.quantize_graph`): bump it when the recipe
+# changes, so that the ONNX cache does not reuse int8 graphs made by another one.
+INT8_RECIPE = 2
 ONNX_OPSET = 17  # LayerNormalization is a single op from 17 on (TensorRT maps it to INormalizationLayer)
 
 

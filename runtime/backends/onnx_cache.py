@@ -8,7 +8,7 @@ is exported by `v2m.export.exporter.export_bundle` into
 
 where `<key>` is a sha256 over what the graphs are made of and run by: the weight files'
 sha256, the graph-shaping config sections, the precision, the ONNX opset, the v2m and ONNX
-Runtime versions. A changed weight file or config gets a new key; an entry is never reused
+Runtime versions (and for int8 the recipe's version, `INT8_RECIPE`). A changed weight file or config gets a new key; an entry is never reused
 because a directory exists (its manifest still checks every graph's sha256 on load).
 
 Concurrent first use: one process exports under an exclusive lock (`<key>.lock`), into a
@@ -40,7 +40,7 @@ from pathlib import Path
 
 from v2m.core.bundle import BundleConfig
 from v2m.core.errors import BackendUnavailable
-from v2m.core.manifest import MANIFEST_NAME, ONNX_OPSET, config_sections_digest, sha256_file
+from v2m.core.manifest import INT8_RECIPE, MANIFEST_NAME, ONNX_OPSET, config_sections_digest, sha256_file
 
 __all__ = ["CACHE_ENV", "cache_root", "cache_key", "cached_export", "can_export"]
 
@@ -125,6 +125,8 @@ def cache_key(bundle_dir: str | Path, cfg: BundleConfig, precision: str, root: P
         "onnxruntime": _version("onnxruntime"),
         "torch": _version("torch"),
     }
+    if precision == "int8":  # fp32 keys stay as they were
+        parts["int8_recipe"] = INT8_RECIPE
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 

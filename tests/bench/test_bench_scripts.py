@@ -170,3 +170,20 @@ def test_bench_frame_dedup_rows(tmp_path):
     assert rows["repeat"]["frames_encoded"] == rows["repeat"]["samples"] == rows["dedup"]["samples"] == 25
     assert rows["dedup"]["frames_encoded"] == 16  # 2 s at 8 fps
     assert all(r["features_identical"] and r["commit"] and r["device"] and r["ms"] > 0 for r in rows.values())
+
+
+def test_bench_int8_rows(tmp_path):
+    """A gate row per recipe (with the fused ops ONNX Runtime made) and a step row per (recipe, threads)."""
+    proc = _run("bench_int8.py", "--preset", "tiny", "--recipes", "ship,static_qdq", "--threads", "1", "--iters", "1",
+                "--step-calls", "1", "--length", "16", "--calib-steps", "2", "--workdir", str(tmp_path / "work"),
+                "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "int8.jsonl").read_text().splitlines()]
+    gates = {r["recipe"]: r for r in rows if r["row"] == "gate"}
+    assert set(gates) == {"ship", "static_qdq"}
+    assert gates["ship"]["step_ops"]["DynamicQuantizeMatMul"] > 0 and gates["static_qdq"]["step_ops"]["QLinearMatMul"] > 0
+    assert all(len(g["step_cosine"]) == g["steps"] and "audio_snr_db" in g for g in gates.values())
+    steps = {r["recipe"]: r for r in rows if r["row"] == "step"}
+    assert set(steps) == {"fp32", "ship", "static_qdq"} and steps["fp32"]["speedup_vs_fp32"] == 1.0
+    for r in steps.values():
+        assert r["threads"] == 1 and r["L"] == 16 and r["ms_p10"] <= r["ms"] <= r["ms_p90"] and r["device"] and r["commit"]

@@ -76,7 +76,7 @@ def test_auto_exports_once_then_reuses_and_matches_torch(tiny_bundle, cache, sho
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temp dir left
 
 
-def test_changed_weights_get_a_new_key(tiny_bundle, tmp_path, cache):
+def test_changed_weights_get_a_new_key(tiny_bundle, tmp_path, cache, monkeypatch):
     from v2m.models.bundle import init_bundle
 
     copy = Path(shutil.copytree(tiny_bundle, tmp_path / "copy"))
@@ -84,6 +84,9 @@ def test_changed_weights_get_a_new_key(tiny_bundle, tmp_path, cache):
     key = onnx_cache.cache_key(copy, cfg, "fp32")
     assert onnx_cache.cache_key(tiny_bundle, cfg, "fp32") == key  # content, not path
     assert onnx_cache.cache_key(copy, cfg, "int8") != key
+    int8 = onnx_cache.cache_key(copy, cfg, "int8")
+    monkeypatch.setattr(onnx_cache, "INT8_RECIPE", onnx_cache.INT8_RECIPE + 1)  # a new int8 recipe: new int8 key
+    assert onnx_cache.cache_key(copy, cfg, "int8") != int8 and onnx_cache.cache_key(copy, cfg, "fp32") == key
     other = init_bundle("tiny", tmp_path / "seed1", seed=1)
     shutil.copy(other / "dit.safetensors", copy / "dit.safetensors")  # new bytes, new mtime
     assert onnx_cache.cache_key(copy, cfg, "fp32") != key
