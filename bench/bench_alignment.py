@@ -63,6 +63,10 @@ def _args():
     ap.add_argument("--prompts", default="caption,none,free", help="prompt sets: caption, none, free")
     ap.add_argument("--reference-clips", type=int, default=12, help="corpus clips for the Frechet distance (0: none)")
     ap.add_argument("--reference-seed", type=int, default=40_000, help="corpus seed of the reference clips")
+    ap.add_argument("--duration", default="8,12", help="the videos' length range in seconds, MIN,MAX (default 8,12)")
+    ap.add_argument("--reference-corpus", default="synth", choices=["synth", "scores"],
+                    help="the reference clips' corpus: synth (the old demo's training music) or scores (real "
+                         "instrument samples playing scores, a seed no recipe trains on)")
     ap.add_argument("--prompt-videos", type=int, default=1, help="videos for prompt following (0: none)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=None, help="keep the videos here (default: a temporary directory)")
@@ -70,11 +74,13 @@ def _args():
     return ap.parse_args()
 
 
-def corpus(seed: int, count: int, sample_rate: int = 44100) -> list:
-    """`count` 10 s clips of the demo training corpus generator: [(audio, sample rate)]."""
-    from v2m.train.synth_music import make_clip
+def corpus(seed: int, count: int, kind: str = "synth", sample_rate: int = 44100) -> list:
+    """`count` 10 s clips of a training corpus generator (`v2m.train.data.open_source`: synth, the
+    synthetic grooves; scores, works played by General MIDI instruments): [(audio, sample rate)]."""
+    from v2m.train.data import open_source
 
-    return [(c.audio, c.sample_rate) for c in (make_clip(seed, i, 10.0, sample_rate) for i in range(count))]
+    src = open_source(kind, seed, count, 10.0)
+    return [(src.clip(i)[0], sample_rate) for i in range(count)]
 
 
 def _fmt(v) -> str:
@@ -94,8 +100,8 @@ def main() -> None:
     pipe = Pipeline.from_pretrained(args.model, backend="torch", device="cpu")
     weights = [float(w) for w in args.curve_guidance.split(",") if w.strip()]
     sets = [p.strip() for p in args.prompts.split(",") if p.strip()]
-    ref = corpus(args.reference_seed, args.reference_clips) if args.reference_clips else None
-    floor = set_frechet(corpus(args.reference_seed + 1, args.reference_clips), ref) if ref else None
+    ref = corpus(args.reference_seed, args.reference_clips, args.reference_corpus) if args.reference_clips else None
+    floor = set_frechet(corpus(args.reference_seed + 1, args.reference_clips, args.reference_corpus), ref) if ref else None
     env = harness.environment("cpu")
     default = pipe.config.sampler.curve_guidance
     print(f"{'variant':<42} " + " ".join(f"{k[:6]:>6}" for k in MEASURES) + "  targets")
@@ -103,7 +109,8 @@ def main() -> None:
         work = Path(args.workdir or td)
         for prompts in sets:
             t0 = time.perf_counter()
-            kw = dict(steps=args.steps, pipeline=pipe, prompts=prompts, beats=True, reference=ref)
+            kw = dict(steps=args.steps, pipeline=pipe, prompts=prompts, beats=True, reference=ref,
+                      duration=tuple(float(x) for x in args.duration.split(",")))
             runs = {None: alignment_check(args.model, work, args.videos, args.seed, **kw)}
             for w in weights:
                 runs[w] = alignment_check(args.model, work, args.videos, args.seed, curve_guidance=w, **kw)
@@ -120,6 +127,7 @@ def main() -> None:
                     "curve_guidance": w, "videos": args.videos, "seed": args.seed,
                     "steps": args.steps or pipe.config.sampler.steps, **m, "no_curve": base["no_curve"],
                     "targets": TARGETS, "met": met, "wall_s": round(wall, 1), "reference_clips": args.reference_clips,
+                    "reference_corpus": args.reference_corpus, "duration": args.duration,
                     "frechet_floor": floor, "beat_tolerance": 0.1,
                 }, Path(args.out) if args.out else None)
         if floor is not None:

@@ -112,6 +112,7 @@ def alignment_check(
     prompts: str = "caption",
     beats: bool = False,
     reference: list[tuple[np.ndarray, int]] | None = None,
+    duration: tuple[float, float] = (8.0, 12.0),
 ) -> dict[str, Any]:
     """Generate for `count` held-out cut videos with and without the curve; return the figures.
 
@@ -123,6 +124,7 @@ def alignment_check(
         prompts: a key of `PROMPT_SETS` ("caption", "none", "free"); video i gets prompt i mod n.
         beats: also BCS, BHS and F1 against each video's motion beats (needs librosa).
         reference: (audio, sample rate) pieces: each variant's Frechet distance to them.
+        duration: the videos' range of lengths in seconds (`make_cut_videos`).
 
     Returns:
         {"videos": n, "prompts": ..., "curve": {corr, cut_hits, flatness, lr_corr, mono_db[, bcs, bhs,
@@ -143,7 +145,7 @@ def alignment_check(
     rows: dict[str, list[dict]] = {k: [] for k in variants}
     audios: dict[str, list[tuple[np.ndarray, int]]] = {k: [] for k in variants}
     per_video = []
-    for i, (path, cuts) in enumerate(make_cut_videos(Path(workdir) / "videos", count, seed)):
+    for i, (path, cuts) in enumerate(make_cut_videos(Path(workdir) / "videos", count, seed, duration)):
         prepared = pipe.prepare(path, Request(prompt=texts[i % len(texts)], seed=seed + i, steps=steps))
         video_curve = prepared.curve  # decoded and encoded once for every variant
         motion = (measures.motion_beats(measures.motion_curve(path, cfg.latent_rate, cfg.curve.kernel), cfg.latent_rate)
