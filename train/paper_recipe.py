@@ -73,7 +73,9 @@ class PaperRecipe:
         clips_per_file=1, eval_interval=500, checkpoint_interval=250, eval_clips=4, eval_generate=2, dtype="fp16"))
     encoder: str = "cut"
     kernel: int = 15  # the curves' Hann window (the demo's)
-    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=32, cfg_scale=2.0, curve_guidance=1.0))
+    # windows of the trained clip length (10 s = 123 latent frames): a longer video runs in windows
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=32, cfg_scale=2.0, curve_guidance=1.0,
+                                                                         max_frames=124))
     scale_clips: int = 64  # corpus clips whose latents set the per-channel latent scale
     export_onnx: bool = True
     check_videos: int = 6
