@@ -46,6 +46,7 @@ __all__ = [
     "STFTEncoder",
     "OobleckPosterior",
     "bundle_vae_encoder",
+    "distill_oobleck_encoder",
     "Autoencoder",
     "mrstft_loss",
     "mid_side_loss",
@@ -124,7 +125,7 @@ class AETrainConfig:
 AE_TRAIN_PRESETS: dict[str, AETrainConfig] = {
     "demo": AETrainConfig(),
     # a warm-started decoder and a new encoder, with the stereo loss (the paper recipe)
-    "demo-stereo": AETrainConfig(steps=600, stereo_weight=1.0, warmup=20),
+    "demo-stereo": AETrainConfig(steps=450, stereo_weight=1.0, warmup=20),
     "tiny": AETrainConfig(steps=6, batch=2, crop_frames=2, pool_clips=4, pool_seconds=2.0, eval_interval=3,
                           eval_clips=2, checkpoint_interval=3, warmup=2),
 }
@@ -357,9 +358,12 @@ def bundle_vae_encoder(run_dir: str | Path, scale: np.ndarray) -> dict[str, torc
 
     run_dir = Path(run_dir)
     cfg = AutoencoderConfig(**json.loads((run_dir / "run.json").read_text())["model"])
-    if cfg.encoder != "oobleck":
+    if cfg.encoder == "oobleck":
+        sd = {k.removeprefix("net."): v for k, v in load_safetensors(run_dir / "encoder.safetensors").items()}
+    elif (run_dir / DISTILLED).is_file():  # an "stft" run's distilled Oobleck encoder
+        sd = dict(load_safetensors(run_dir / DISTILLED))
+    else:
         return None
-    sd = {k.removeprefix("net."): v for k, v in load_safetensors(run_dir / "encoder.safetensors").items()}
     c = cfg.latent_channels
     s = torch.from_numpy(np.asarray(scale, dtype=np.float32))
     sd["conv2.weight"] = sd["conv2.weight"].clone()
@@ -367,6 +371,54 @@ def bundle_vae_encoder(run_dir: str | Path, scale: np.ndarray) -> dict[str, torc
     sd["conv2.weight"][:c] /= s[:, None, None]
     sd["conv2.bias"][:c] /= s
     return sd
+
+
+DISTILLED = "oobleck_encoder.safetensors"
+
+
+def distill_oobleck_encoder(run_dir: str | Path, source: Source, steps: int = 300, batch: int = 8,
+                            crop_frames: int = 12, lr: float = 1e-3, channels: int = 8, pool_clips: int = 96,
+                            seed: int = 0, threads: int | None = None) -> Path:
+    """An Oobleck encoder for an "stft" run, so its bundles carry a `vae_encoder`: trained to give the
+    run's posterior means (MSE against the frozen STFT encoder's, on crops of another seed's clips).
+
+    Trained jointly with a decoder, an Oobleck encoder can collapse to a constant posterior (seen
+    here with a warm-started decoder: the same latents for every clip); regression onto a working
+    encoder's means cannot. Writes `oobleck_encoder.safetensors` (native keys) once; returns it.
+    """
+    from v2m.models.vae_encoder import OobleckEncoder
+
+    run_dir = check_autoencoder_run(run_dir)
+    out = run_dir / DISTILLED
+    if out.is_file():
+        return out
+    common.set_threads(threads)
+    cfg = AutoencoderConfig(**json.loads((run_dir / "run.json").read_text())["model"])
+    teacher = load_autoencoder(run_dir).encoder.requires_grad_(False)
+    torch.manual_seed(seed)
+    enc = OobleckEncoder(OobleckConfig(latent_channels=cfg.latent_channels, channels=channels))
+    resized = source.resized(getattr(source, "seed", 0) + 104_729, pool_clips, 4.0)
+    pool = _pool(resized if resized is not None else source)
+    opt = torch.optim.AdamW(enc.parameters(), lr=lr, betas=(0.8, 0.99))
+    c = cfg.latent_channels
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = common.cosine_lr(step, steps, lr, 20)
+        x = _batch(pool, batch, crop_frames, common.step_rng(seed, step, stream=11))
+        with torch.no_grad():
+            target, _ = teacher(x)  # (B, C, L)
+        loss = F.mse_loss(enc(x)[:, :c], target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(enc.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % 50 == 0 or step + 1 == steps:
+            log.info("oobleck encoder step %d: mse %.4f (target variance %.4f)", step + 1, loss.item(), target.var().item())
+    tmp = run_dir / f".{DISTILLED}.tmp"
+    save_safetensors(enc.state_dict(), tmp, metadata={"format": "v2m", "component": "vae_encoder",
+                                                      "trained": "distilled from the run's STFT encoder"})
+    tmp.replace(out)
+    return out
 
 
 def check_autoencoder_run(run_dir: str | Path) -> Path:

@@ -261,3 +261,31 @@ def test_mid_side_loss_sees_the_phase_between_channels():
     assert float(ae.mid_side_loss(x, x)) == pytest.approx(0.0, abs=1e-6)
     assert float(ae.mrstft_loss(flipped, x)) == pytest.approx(0.0, abs=1e-5)
     assert float(ae.mid_side_loss(flipped, x)) > 1.0
+
+
+def test_distilled_oobleck_encoder_follows_the_stft_encoder(ae_run, tmp_path):
+    """`distill_oobleck_encoder` regresses an Oobleck encoder onto the run's STFT-encoder means: on
+    held-out crops its error falls well below that of the untrained encoder, and the bundle's
+    `vae_encoder` is it, scale folded (`bundle_vae_encoder`)."""
+    import shutil
+
+    from v2m.models.vae_encoder import OobleckEncoder
+    from v2m.models.vae import OobleckConfig
+
+    run = tmp_path / "ae"
+    shutil.copytree(ae_run, run)
+    x = torch.from_numpy(np.stack([SynthSource(77, 2, 2.0).clip(i)[0][:, : 4 * 3584] for i in range(2)]))
+    with torch.no_grad():
+        target, _ = ae.load_autoencoder(run).encoder(x)
+        torch.manual_seed(0)
+        before = float(((OobleckEncoder(OobleckConfig(latent_channels=4, channels=2))(x)[:, :4] - target) ** 2).mean())
+    ae.distill_oobleck_encoder(run, SynthSource(0, 4, 2.0), steps=60, batch=4, crop_frames=4, lr=3e-3, channels=2,
+                               pool_clips=4, threads=2)
+    scale = np.array([2.0, 1.0, 0.5, 4.0], np.float32)
+    sd = ae.bundle_vae_encoder(run, scale)
+    enc = OobleckEncoder(OobleckConfig(latent_channels=4, channels=2))
+    enc.load_state_dict(sd)
+    with torch.no_grad():
+        got = enc.encode(x) * torch.from_numpy(scale)[None, :, None]
+    after = float(((got - target) ** 2).mean())
+    assert after < 0.5 * before, (before, after)
