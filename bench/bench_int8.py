@@ -76,24 +76,21 @@ def record_step_feeds(bundle: Path, cfg, length: int, steps: int, seed: int = 1)
 
 
 def _inputs(cfg, length: int, steps: int, seed: int):
-    from v2m.core.bundle import text_max_tokens
-    from v2m.runtime import sampler
+    from v2m.export.quantize import gate_inputs
 
-    rng = np.random.default_rng(seed)
-    s = text_max_tokens(cfg.text)
-    mask = np.ones((1, s), np.float32)
-    mask[:, s // 2:] = 0
-    cond = sampler.Conditioning(rng.random((1, 1, length), dtype=np.float32),
-                                rng.standard_normal((1, s, cfg.text_dim), dtype=np.float32), mask)
-    plan = sampler.Plan.make(sampler.SamplerOptions(steps=steps, cfg_scale=4.5))
-    return sampler.initial_noise(seed, (1, cfg.latent_channels, length)) * plan.table.x0_scale, cond, plan
+    return gate_inputs(cfg, length, steps, seed)[:3]
 
 
 def recipes(calib: dict[str, list[dict]]) -> dict:
     """{name: quantize(src, dst) -> description}; `calib` maps a graph file name to its recorded feeds."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     from v2m.export.quantize import attention_outputs, linear_nodes, quantize_graph
 

@@ -152,21 +152,28 @@ def _vae_snr(ref, latents: np.ndarray, audio: np.ndarray, latent_snr_db: float, 
     return _snr_db(audio, ref.decode(noisy))
 
 
-def measure(out: Path, cfg: BundleConfig, seed: int = 0, length: int = 64) -> dict[str, Any]:
-    """The gate's figures for the int8 set of the exported bundle `out` against its fp32 set."""
+def gate_inputs(cfg: BundleConfig, length: int, steps: int, seed: int):
+    """The gate's sampler inputs: (initial noise [1, C, L], a random curve and half-masked text, the plan,
+    the generator, which the gate draws on for its other inputs)."""
     from v2m.core.bundle import text_max_tokens
     from v2m.runtime import sampler
-    from v2m.runtime.backends.ort_backend import OrtBackend
 
-    ref, q = (OrtBackend(out, cfg, device="cpu", precision=p) for p in ("fp32", "int8"))
     rng = np.random.default_rng(seed)
     s = text_max_tokens(cfg.text)
     mask = np.ones((1, s), np.float32)
     mask[:, s // 2:] = 0
     cond = sampler.Conditioning(rng.random((1, 1, length), dtype=np.float32),
                                 rng.standard_normal((1, s, cfg.text_dim), dtype=np.float32), mask)
-    plan = sampler.Plan.make(sampler.SamplerOptions(steps=GATE_STEPS, cfg_scale=4.5))
-    noise = sampler.initial_noise(seed, (1, cfg.latent_channels, length)) * plan.table.x0_scale
+    plan = sampler.Plan.make(sampler.SamplerOptions(steps=steps, cfg_scale=4.5))
+    return sampler.initial_noise(seed, (1, cfg.latent_channels, length)) * plan.table.x0_scale, cond, plan, rng
+
+
+def measure(out: Path, cfg: BundleConfig, seed: int = 0, length: int = 64) -> dict[str, Any]:
+    """The gate's figures for the int8 set of the exported bundle `out` against its fp32 set."""
+    from v2m.runtime.backends.ort_backend import OrtBackend
+
+    ref, q = (OrtBackend(out, cfg, device="cpu", precision=p) for p in ("fp32", "int8"))
+    noise, cond, plan, rng = gate_inputs(cfg, length, GATE_STEPS, seed)
     a, b = _trajectory(ref, noise, cond, plan), _trajectory(q, noise, cond, plan)
     cosines = [_cosine(a[i + 1] - a[i], b[i + 1] - b[i]) for i in range(len(a) - 1)]
     audio = ref.decode(a[-1])
