@@ -61,8 +61,7 @@ def register(sub) -> None:
                        description="Convert a Stable Audio Open model (stable-audio-tools or diffusers layout) to a "
                                    "v2m bundle, or (--text-encoder) make a sentence encoder a bundle's text "
                                    "component, offline. Needs PyTorch (and transformers, onnx for --text-encoder).",
-                       examples=["v2m convert stable-audio-open-1.0/ -o sao-bundle --t5 t5-base/",
-                                 "v2m convert stable-audio-open-1.0-diffusers/ -o sao-bundle",
+                       examples=["v2m convert stable-audio-open-1.0-diffusers/ -o sao-bundle",
                                  "v2m convert stable-audio-open-1.0/ -o sao-curve --t5 t5-base/ --add-curve-channel "
                                  "--encoder dinov2-large/",
                                  "v2m convert --text-encoder minilm -o my-bundle"])
