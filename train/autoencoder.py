@@ -90,9 +90,6 @@ AE_PRESETS: dict[str, AutoencoderConfig] = {
     # For tests: a few thousand parameters, one step in well under a second.
     "tiny": AutoencoderConfig(latent_channels=4, decoder_channels=2, encoder_hidden=16, encoder_fft=512),
     "tiny-oobleck": AutoencoderConfig(latent_channels=4, decoder_channels=2, encoder="oobleck", encoder_channels=2),
-    # The paper recipe's: the demo's decoder (warm-started from the shipped one) and an Oobleck
-    # encoder the bundle carries.
-    "demo-oobleck": AutoencoderConfig(encoder="oobleck", encoder_channels=8),
 }
 
 

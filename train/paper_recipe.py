@@ -42,8 +42,17 @@ from v2m.core.bundle import AudioConfig, BundleConfig, CurveConfig, SamplerConfi
 from v2m.core.errors import OutputError
 
 from . import common
-from .autoencoder import (AE_PRESETS, AE_TRAIN_PRESETS, HOP, AETrainConfig, AutoencoderConfig, bundle_vae_encoder,
-                          distill_oobleck_encoder, load_autoencoder, train_autoencoder)
+from .autoencoder import (
+    AE_PRESETS,
+    AE_TRAIN_PRESETS,
+    HOP,
+    AETrainConfig,
+    AutoencoderConfig,
+    bundle_vae_encoder,
+    distill_oobleck_encoder,
+    load_autoencoder,
+    train_autoencoder,
+)
 from .data import Source
 from .dit import latent_scale
 from .finetune import FinetuneConfig, finetune
@@ -61,7 +70,8 @@ class PaperRecipe:
     # AE_PRESETS key: the demo's STFT encoder and decoder (warm-started), then an Oobleck encoder
     # distilled from it for the bundle (`distill_oobleck_encoder`; trained jointly it collapsed)
     autoencoder: str = "demo"
-    distill_steps: int = 300
+    # `distill_oobleck_encoder`'s settings (steps, channels, pool_clips, crop_frames, batch)
+    distill: dict = field(default_factory=lambda: {"steps": 300})
     ae_train: AETrainConfig = field(default_factory=lambda: AE_TRAIN_PRESETS["demo-stereo"])
     warm_decoder: bool = True  # start the decoder from the shipped demo bundle's
     dit: dict = field(default_factory=lambda: dict(latent_channels=16, width=128, depth=4, heads=4, mlp_dim=384,
@@ -94,7 +104,8 @@ PAPER_RECIPES: dict[str, PaperRecipe] = {
     "paper": PaperRecipe(),
     # CI and tests: every stage for real, in seconds (the text encoder is a tiny random BERT folder).
     "paper-tiny": PaperRecipe(
-        corpus="synth", clips=4, clip_seconds=2.0, autoencoder="tiny", distill_steps=2, ae_train=AE_TRAIN_PRESETS["tiny"],
+        corpus="synth", clips=4, clip_seconds=2.0, autoencoder="tiny",
+        distill={"steps": 2, "channels": 2, "pool_clips": 2, "crop_frames": 2, "batch": 2}, ae_train=AE_TRAIN_PRESETS["tiny"],
         warm_decoder=False, dit=dict(latent_channels=4, width=32, depth=1, heads=2, mlp_dim=64, text_dim=32, freq_dim=16),
         max_tokens=8, kernel=5,
         stage1=FinetuneConfig(steps=3, batch_size=2, warmup=1, curve_dropout=1.0, clips_per_file=1, eval_interval=3,
@@ -227,10 +238,7 @@ def run_paper_recipe(work: str | Path, out: str | Path, recipe: PaperRecipe, see
     stage("autoencoder", lambda: train_autoencoder(ae_dir, source, AE_PRESETS[recipe.autoencoder], recipe.ae_train,
                                                    seed=seed, threads=n_threads, progress=progress, init_decoder=warm))
     if recipe.autoencoder_needs_distill():
-        tiny = recipe.distill_steps < 50
-        stage("encoder", lambda: distill_oobleck_encoder(ae_dir, source, recipe.distill_steps, seed=seed, threads=n_threads,
-                                                         **({"channels": 2, "pool_clips": 2, "crop_frames": 2, "batch": 2}
-                                                            if tiny else {})))
+        stage("encoder", lambda: distill_oobleck_encoder(ae_dir, source, seed=seed, threads=n_threads, **recipe.distill))
     if stopped("autoencoder"):
         return report
     base = work / "base"
