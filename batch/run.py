@@ -282,7 +282,7 @@ def run_batch(
     progress = progress or Progress(len(todo), opts.progress)
     progress.total = len(todo)
     run = _Run(pipe, jobs, opts, progress, profiler, t_start)
-    plan = pipe.plan(run.options, opts.request.negative_prompt is not None)
+    plan = pipe.plan(run.options, opts.request.negative_prompt is not None, pipe.null_prompt(opts.request))
     engine_max = pipe.max_batch(plan)
     group_size = opts.batch_size if engine_max is None else min(opts.batch_size, engine_max)
     if group_size < opts.batch_size:

@@ -89,8 +89,9 @@ def cmd_train_demo(args) -> int:
         recipe = replace(recipe, corpus=args.corpus)
     if args.midi and recipe.corpus == "synth":
         raise InputError("--midi plays through the score corpus: add --corpus scores or --corpus mix")
-    if args.text_encoder is not None and not paper:
-        raise InputError("--text-encoder is the paper recipe's: add --recipe paper")
+    if args.text_encoder is not None and (not paper or recipe.backbone != "v2m"):
+        raise InputError("--text-encoder is the paper recipe's: add --recipe paper"
+                         + (" (paper-sao's text encoder is a T5 of its own)" if paper else ""))
     run = run_paper_recipe if paper else run_recipe
     extra = {"text_source": args.text_encoder, "stop_after": args.stop_after} if paper else {}
     report = run(args.work, args.output, recipe, seed=args.seed, threads=args.threads, progress=not args.quiet,
@@ -100,8 +101,7 @@ def cmd_train_demo(args) -> int:
     t = report.get("total") or {k: round(sum(s[k] for s in report["stages"].values()), 1) for k in ("wall_s", "cpu_s")}
     print(f"{'total':<12} {t['wall_s'] / 60:7.1f} min wall {t['cpu_s'] / 60:7.1f} min CPU "
           f"({report['threads']} threads; load average {report['load_avg_start'][0]:.1f} at the start)")
-    if "check" in report:
-        c = report["check"]
+    for c in (report[k] for k in ("check", "check-sao") if k in report):
         for k in ("curve", "no_curve"):
             print(f"check {k:<9} corr {c[k]['corr']:.3f}  cut hits {c[k]['cut_hits']:.3f}  "
                   f"flatness {c[k]['flatness']:.3f}  ({c['videos']} held-out cut videos)")
@@ -220,10 +220,12 @@ def register(sub) -> None:
                                 "v2m train demo --recipe paper --work runs/paper -o paper-bundle"])
     m.add_argument("-o", "--output", required=True, help="the bundle directory (e.g. runtime/demo_bundle)")
     m.add_argument("--work", required=True, help="run directories and report.json (resumable)")
-    m.add_argument("--recipe", default="demo", choices=["demo", "tiny", "paper", "paper-tiny"],
+    m.add_argument("--recipe", default="demo", choices=["demo", "tiny", "paper", "paper-tiny", "paper-sao",
+                                                        "paper-sao-tiny"],
                    help="demo: the shipped bundle's; paper: the paper's two stages (a text-to-music model, then the "
-                        "curve fine-tune; real instruments, a pretrained text encoder); tiny, paper-tiny: seconds, for "
-                        "tests (default: demo)")
+                        "curve fine-tune; real instruments, a pretrained text encoder); paper-sao: the same stages on "
+                        "Stable Audio Open's architecture (shares --work's corpus and autoencoder); tiny, paper-tiny, "
+                        "paper-sao-tiny: seconds, for tests (default: demo)")
     m.add_argument("--text-encoder", default=None, metavar="SOURCE",
                    help="with --recipe paper: the sentence text encoder, minilm or a local BERT folder "
                         "(default: minilm)")

@@ -169,6 +169,10 @@ class SamplerConfig:
     solver: str = "euler"  # euler | heun (v2m.runtime.sampler.SOLVERS)
     shift: float = 1.0  # SD3 timestep shift; 1 = the uniform grid
     curve_guidance: float = 0.0  # extra guidance on the curve (0 = off)
+    # What no prompt conditions on: "null", the unconditional branch's zero embeddings (what text
+    # dropout trains: bundles v2m's fine-tune writes), or "encode", the text encoder's embedding
+    # of the empty string (bundles written before this field, and converted ones)
+    empty_prompt: str = "encode"
     # Longest clip the DiT was trained on, in latent frames (32 s at 12.3 frames/s).
     max_frames: int = 394
     # Longer videos run in max_frames windows that crossfade over this share of a

@@ -185,6 +185,7 @@ SAMPLER = {
     "steps": Rule(integer(1, MAX_STEPS)), "cfg_scale": Rule(number(0.0, MAX_GUIDANCE)),
     "uncond_keeps_curve": Rule(boolean), "solver": Rule(choice(*SOLVERS)),
     "shift": Rule(number(1.0 / MAX_SHIFT, MAX_SHIFT)), "curve_guidance": Rule(number(0.0, MAX_GUIDANCE)),
+    "empty_prompt": Rule(choice("encode", "null")),
     # windows crossfade over up to a third of a window: fewer than 8 frames leaves no room
     "max_frames": Rule(integer(8, 65536)), "window_overlap": Rule(number(0.0, 65536.0)),
 }

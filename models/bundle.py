@@ -169,12 +169,15 @@ def init_bundle(
     overwrite: bool = False,
     device: str | torch.device = "cpu",
     encoder: str = "dinov2",
+    config: BundleConfig | None = None,
 ) -> Path:
     """Write a random-weight bundle of `preset` to `out_dir`.
 
     Args:
         encoder: the frame encoder: dinov2 (random weights), or weight-free cut / motion
             (no encoder component).
+        config: a bundle config of its own instead of the preset's (`preset` and `encoder`
+            are then unused): a recipe's model of a size no preset has.
         device: where the random weights are made ("cuda" makes the 1.5B-parameter
             `full` preset in seconds). Each device's generator gives its own
             weights for a seed: bundles are reproducible per device, not across.
@@ -187,7 +190,7 @@ def init_bundle(
             raise OutputError(f"{out} exists and is not empty; choose another directory")
         if not overwrite:  # a bundle, even of this preset: its weights are not replaced silently
             raise OutputError(f"{out} holds a bundle already; pass --overwrite to replace it, or choose another directory")
-    cfg = bundle_config(preset, encoder)
+    cfg = config if config is not None else bundle_config(preset, encoder)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(seed)

@@ -46,7 +46,7 @@ from . import dinov2, sao_cond, sao_dit, t5
 from . import vae as vae_mod
 from .checkpoint import apply_state_dict, load_safetensors, save_safetensors
 
-__all__ = ["SAO_PRESETS", "OBJECTIVE_DEFAULTS", "bundle_config", "detect_layout", "convert"]
+__all__ = ["SAO_PRESETS", "OBJECTIVE_DEFAULTS", "assemble", "text_config", "bundle_config", "detect_layout", "convert"]
 
 log = logging.getLogger("v2m.convert")
 
@@ -70,8 +70,10 @@ SAO_PRESETS: dict[str, tuple] = {
 }
 
 
-def _assemble(preset: str, dit: dict, cond: dict, vae_cfg: vae_mod.OobleckConfig, text_cfg: dict, objective: str,
+def assemble(preset: str, dit: dict, cond: dict, vae_cfg: vae_mod.OobleckConfig, text_cfg: dict, objective: str,
               latent_frames: int, encoder: dict, sampler: str | None = None, **overrides) -> BundleConfig:
+    """A Stable Audio Open bundle's config from its parts' config dicts, with the objective's
+    model-card sampling defaults (`OBJECTIVE_DEFAULTS`, `overrides` replacing any of them)."""
     d = {**OBJECTIVE_DEFAULTS[objective], **overrides}
     sao = SAOConfig(objective=objective, sigma_min=d["sigma_min"], sigma_max=d["sigma_max"],
                     sigma_schedule=d["sigma_schedule"], sampler=sampler or DEFAULT_SAMPLER[objective],
@@ -89,7 +91,7 @@ def _assemble(preset: str, dit: dict, cond: dict, vae_cfg: vae_mod.OobleckConfig
     )
 
 
-def _text_config(t5_cfg: t5.T5Config, max_tokens: int) -> dict:
+def text_config(t5_cfg: t5.T5Config, max_tokens: int) -> dict:
     return {"kind": "t5", "config": t5_cfg.to_dict(), "max_tokens": int(max_tokens),
             "tokenizer": "tokenizer.json", "file": "text.safetensors"}
 
@@ -97,8 +99,8 @@ def _text_config(t5_cfg: t5.T5Config, max_tokens: int) -> dict:
 def bundle_config(preset: str) -> BundleConfig:
     """The config of a random Stable Audio Open bundle of `preset`."""
     net, objective, vae_cfg, t5_preset, tokens, frames, enc_of = SAO_PRESETS[preset]
-    return _assemble(preset, sao_dit.PRESETS[net].to_dict(), sao_cond.PRESETS[net].to_dict(), vae_cfg,
-                     _text_config(t5.PRESETS[t5_preset], tokens), objective, frames, dinov2.encoder_section(enc_of))
+    return assemble(preset, sao_dit.PRESETS[net].to_dict(), sao_cond.PRESETS[net].to_dict(), vae_cfg,
+                     text_config(t5.PRESETS[t5_preset], tokens), objective, frames, dinov2.encoder_section(enc_of))
 
 
 # --- conversion ----------------------------------------------------------------------------------
@@ -305,8 +307,8 @@ def convert(
     else:
         enc, encoder = None, {"kind": "none"}
     overrides = {k: meta[k] for k in ("sigma_min", "sigma_max") if k in meta}
-    cfg = _assemble("converted", dit_cfg.to_dict(), cond_cfg.to_dict(), vae_cfg,
-                    _text_config(text_model.cfg, max_tokens), meta["objective"], meta["latent_frames"], encoder,
+    cfg = assemble("converted", dit_cfg.to_dict(), cond_cfg.to_dict(), vae_cfg,
+                    text_config(text_model.cfg, max_tokens), meta["objective"], meta["latent_frames"], encoder,
                     sampler=meta.get("sampler"), **overrides)
     BundleConfig.from_dict(cfg.to_dict())  # validated as `load_config` will read it
 

@@ -330,7 +330,8 @@ class Pipeline(SamplingStage):
         req = p.request
         with obs.stage("text", [p]):
             p.emb, p.mask, p.neg, p.neg_mask = self.encode_prompts(req.prompt, req.negative_prompt, req.text_embeddings)
-        self.plan(p.options, p.neg is not None)
+        p.null_prompt = self.null_prompt(req)
+        self.plan_of(p)
 
     def variant(self, prepared: Prepared, observers: Observers | None = None, **changes: Any) -> Prepared:
         """The same video with another request (`Request` fields: seed, prompt, use_curve...):
@@ -350,7 +351,7 @@ class Pipeline(SamplingStage):
         if any(getattr(req, k) != getattr(prepared.request, k) for k in text_fields):
             self._encode_request(p, observers or Observers())
         else:
-            self.plan(p.options, p.neg is not None)
+            self.plan_of(p)
         return p
 
 
@@ -475,7 +476,7 @@ class Pipeline(SamplingStage):
 
     def _result(self, p: Prepared, s: Sampled, audio: np.ndarray, prof_obs: ProfilerObserver | None) -> GenerationResult:
         cfg, opts = self.config, p.options
-        plan = self.plan(opts, p.neg is not None)
+        plan = self.plan_of(p)
         log.info("generated %.2f s of audio (seed %d) in %.2f s", p.duration_s, p.seed, sum(p.timings.values()))
         info = {
             **self.backend.describe(),

@@ -44,6 +44,7 @@ class Prepared:
     mask: np.ndarray  # [S]
     neg: np.ndarray | None = None  # [S', E] negative prompt embeddings
     neg_mask: np.ndarray | None = None
+    null_prompt: bool = False  # no prompt, conditioned on the null branch (`SamplingStage.null_prompt`)
     lost_s: float = 0.0  # seconds of damaged video held over
     windowed: bool = False  # longer than the model's window: sampled in overlapping windows
     source: Any = None  # `media.Source` of the CLI's pre-check (probe and mux plan), if any
@@ -63,7 +64,7 @@ class Prepared:
             return ("windows", id(self))
         o = self.options
         neg = None if self.neg is None else self.neg.shape[0]
-        return (self.length, self.mask.shape[-1], neg, o.steps, o.cfg_scale, o.solver, o.shift, o.use_curve,
+        return (self.length, self.mask.shape[-1], neg, self.null_prompt, o.steps, o.cfg_scale, o.solver, o.shift, o.use_curve,
                 o.curve_guidance, self.request.loop)
 
 

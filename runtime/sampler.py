@@ -186,24 +186,40 @@ class Guidance:
         return len(self.branches)
 
 
-def guidance(opts: SamplerOptions, uncond_keeps_curve: bool = True, has_negative: bool = False) -> Guidance:
+def guidance(opts: SamplerOptions, uncond_keeps_curve: bool = True, has_negative: bool = False,
+             null_prompt: bool = False) -> Guidance:
     """Branches and weights of classifier-free guidance (text), optionally with curve guidance.
 
     - cond: the prompt and the curve (zeros with `use_curve=False`): weight w + w_curve.
     - uncond: the negative prompt (else zero embeddings with the prompt's mask) and the
       curve if the bundle keeps it there: weight 1 - w. Dropped when w = 1 (weight 0).
     - nocurve: the prompt without the curve, only with curve guidance: weight -w_curve.
+
+    `null_prompt`: there is no prompt and the bundle conditions that on the unconditional
+    branch's zeros (`SamplerConfig.empty_prompt == "null"`: what text dropout trains). The
+    prompt's branches then take "null" text, and a branch equal to an earlier one is merged
+    into it (weights added): with no negative prompt, cond and uncond are one model call.
     """
     w, wc = opts.cfg_scale, opts.curve_guidance
-    branches = [Branch("cond", "prompt", opts.use_curve)]
+    text = "null" if null_prompt else "prompt"
+    branches = [Branch("cond", text, opts.use_curve)]
     weights = [w + wc]
     if w != 1.0:
         branches.append(Branch("uncond", "negative" if has_negative else "null", opts.use_curve and uncond_keeps_curve))
         weights.append(1.0 - w)
     if wc != 0.0:
-        branches.append(Branch("nocurve", "prompt", False))
+        branches.append(Branch("nocurve", text, False))
         weights.append(-wc)
-    return Guidance(tuple(branches), np.asarray(weights, dtype=np.float64))
+    merged: dict[tuple[str, bool], int] = {}
+    out_b, out_w = [], []
+    for br, wt in zip(branches, weights):
+        k = merged.setdefault((br.text, br.curve), len(out_b))
+        if k == len(out_b):
+            out_b.append(br)
+            out_w.append(wt)
+        else:
+            out_w[k] += wt
+    return Guidance(tuple(out_b), np.asarray(out_w, dtype=np.float64))
 
 
 @dataclass
@@ -422,11 +438,11 @@ class Plan:
     @classmethod
     def make(
         cls, opts: SamplerOptions, uncond_keeps_curve: bool = True, has_negative: bool = False, sigmas=None,
-        objective: str = "v2m",
+        objective: str = "v2m", null_prompt: bool = False,
     ) -> Plan:
         """v2m's rectified flow by default; a Stable Audio Open model passes its objective and a
         sigmas(steps) -> schedule callable (`v2m.families.sao.sigma_schedule`)."""
-        g = guidance(opts, uncond_keeps_curve, has_negative)
+        g = guidance(opts, uncond_keeps_curve, has_negative, null_prompt)
         if objective == "v2m":
             if opts.solver not in OBJECTIVE_SOLVERS["v2m"]:
                 raise ValueError(f"solver {opts.solver!r} does not fit this model; use euler or heun")

@@ -31,16 +31,28 @@ class SamplingStage:
     config: object
     backend: object
 
-    def plan(self, opts: sampler.SamplerOptions, has_negative: bool = False) -> sampler.Plan:
+    def plan(self, opts: sampler.SamplerOptions, has_negative: bool = False, null_prompt: bool = False) -> sampler.Plan:
         """The sampler plan (guidance branches and weights, solver table) of `opts` for this bundle:
         its family's time grid or noise schedule and model convention (`v2m.families`). A solver
-        that does not fit the model is an InputError."""
+        that does not fit the model is an InputError. `null_prompt`: see `null_prompt`."""
         fam = families.of(self.config)
         try:
             return sampler.Plan.make(opts, self.config.sampler.uncond_keeps_curve, has_negative,
-                                     sigmas=fam.sigmas(self.config), objective=fam.objective(self.config))
+                                     sigmas=fam.sigmas(self.config), objective=fam.objective(self.config),
+                                     null_prompt=null_prompt)
         except ValueError as e:
             raise InputError(f"{e} (this is a {fam.kind(self.config)} model)") from None
+
+    def plan_of(self, p: Prepared) -> sampler.Plan:
+        """The plan of one prepared item (its options, negative prompt and `null_prompt`)."""
+        return self.plan(p.options, p.neg is not None, p.null_prompt)
+
+    def null_prompt(self, request) -> bool:
+        """True when `request` has no prompt (nor precomputed embeddings) and the bundle conditions
+        that on the unconditional branch's zeros (`sampler.empty_prompt == "null"`): the case text
+        dropout trained, where the empty string's embedding is one the model never saw."""
+        return (self.config.sampler.empty_prompt == "null" and not request.prompt.strip()
+                and not request.text_embeddings)
 
     def sampling_length(self, length: int) -> int:
         """Latent frames a generation of `length` is sampled at: a fixed-length model (Stable Audio
@@ -113,7 +125,7 @@ class SamplingStage:
             groups.setdefault(p.group_key(), []).append(i)
         for idx in groups.values():
             first = items[idx[0]]
-            plan = self.plan(first.options, first.neg is not None)
+            plan = self.plan_of(first)
             size = self.max_batch(plan) or len(idx)
             for k in range(0, len(idx), size):
                 chunk = idx[k : k + size]

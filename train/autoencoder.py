@@ -122,7 +122,7 @@ class AETrainConfig:
 AE_TRAIN_PRESETS: dict[str, AETrainConfig] = {
     "demo": AETrainConfig(),
     # a warm-started decoder and a new encoder, with the stereo loss (the paper recipe)
-    "demo-stereo": AETrainConfig(steps=450, stereo_weight=1.0, warmup=20),
+    "demo-stereo": AETrainConfig(steps=900, stereo_weight=1.0, warmup=20),
     "tiny": AETrainConfig(steps=6, batch=2, crop_frames=2, pool_clips=4, pool_seconds=2.0, eval_interval=3,
                           eval_clips=2, checkpoint_interval=3, warmup=2),
 }
@@ -368,6 +368,21 @@ def bundle_vae_encoder(run_dir: str | Path, scale: np.ndarray) -> dict[str, torc
     sd["conv2.weight"][:c] /= s[:, None, None]
     sd["conv2.bias"][:c] /= s
     return sd
+
+
+def write_bundle_autoencoder(folder: Path, run_dir: str | Path, scale: np.ndarray, meta: dict) -> None:
+    """A bundle's `vae` (the run's decoder, taking latents / scale: the scale folded into its first
+    conv) and `vae_encoder` (`bundle_vae_encoder`) components, written into `folder`."""
+    from v2m.models.checkpoint import load_safetensors, save_safetensors
+
+    run_dir = Path(run_dir)
+    vae = load_safetensors(run_dir / "decoder.safetensors")
+    vae["conv1.weight"] = vae["conv1.weight"] * torch.from_numpy(np.asarray(scale, np.float32))[None, :, None]
+    meta = {**meta, "weights": "trained"}
+    save_safetensors(vae, folder / "vae.safetensors", {**meta, "component": "vae"})
+    enc = bundle_vae_encoder(run_dir, scale)
+    if enc is not None:
+        save_safetensors(enc, folder / "vae_encoder.safetensors", {**meta, "component": "vae_encoder"})
 
 
 DISTILLED = "oobleck_encoder.safetensors"

@@ -121,6 +121,10 @@ class Base(nn.Module):
             return self.dit(x, curve, t, text, text_mask)
         with torch.no_grad():
             cross, glob = self.cond(text, text_mask, seconds)
+            # a dropped prompt (all-zero text rows) is the branch the sampler's CFG runs: zero cross
+            # tokens, seconds' included (stable-audio-tools' null_embed), not the conditioner's output
+            kept = text.flatten(1).ne(0).any(dim=1)  # (B,)
+            cross = cross * kept[:, None, None].to(cross.dtype)
         return self.dit(x, t, cross, glob, curve)
 
 
@@ -164,6 +168,7 @@ def write_bundle(out: Path, base: Base, dit: nn.Module, kernel: int, dtype: torc
         d["dit"] = dit.cfg.to_dict()
         d["preset"] = "finetuned"
         d["curve"] = {**d["curve"], "kernel": int(kernel), "music": music[0]}  # `v2m curve music.wav` reads it
+        d["sampler"] = {**d["sampler"], "empty_prompt": "null"}  # text dropout trained no prompt as the null branch
         if music[1]:  # a Hugging Face music encoder travels with the bundle
             from v2m.runtime.music_encoders import HF_DIR
 

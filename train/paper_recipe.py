@@ -48,14 +48,15 @@ from .autoencoder import (
     HOP,
     AETrainConfig,
     AutoencoderConfig,
-    bundle_vae_encoder,
     distill_oobleck_encoder,
     load_autoencoder,
     train_autoencoder,
+    write_bundle_autoencoder,
 )
 from .data import Source
 from .dit import latent_scale
 from .finetune import FinetuneConfig, finetune
+from .paper_sao import SAO_BACKBONE, SAO_BACKBONE_TINY, write_sao_base
 
 __all__ = ["PaperRecipe", "PAPER_RECIPES", "run_paper_recipe", "write_corpus", "write_base"]
 
@@ -71,11 +72,15 @@ class PaperRecipe:
     # distilled from it for the bundle (`distill_oobleck_encoder`; trained jointly it collapsed)
     autoencoder: str = "demo"
     # `distill_oobleck_encoder`'s settings (steps, channels, pool_clips, crop_frames, batch)
-    distill: dict = field(default_factory=lambda: {"steps": 300})
+    distill: dict = field(default_factory=lambda: {"steps": 600})
     ae_train: AETrainConfig = field(default_factory=lambda: AE_TRAIN_PRESETS["demo-stereo"])
     warm_decoder: bool = True  # start the decoder from the shipped demo bundle's
+    # "v2m": v2m's DiT with the sentence text encoder (the demo); "sao": Stable Audio Open's
+    # architecture in miniature, T5 and the seconds conditioner included (`paper_sao`)
+    backbone: str = "v2m"
     dit: dict = field(default_factory=lambda: dict(latent_channels=16, width=128, depth=4, heads=4, mlp_dim=384,
                                                    text_dim=384, freq_dim=64))
+    sao: dict = field(default_factory=lambda: dict(SAO_BACKBONE))  # the "sao" backbone's parts
     text: str = "minilm"  # `v2m.export.sentence` source
     max_tokens: int = 32
     stage1: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
@@ -96,6 +101,10 @@ class PaperRecipe:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def stage_dir(self, name: str) -> str:
+        """A stage's folder in `--work`: the backbones share the corpus, autoencoder and cache."""
+        return name if self.backbone == "v2m" else f"{name}-{self.backbone}"
+
     def autoencoder_needs_distill(self) -> bool:
         return AE_PRESETS[self.autoencoder].encoder != "oobleck"
 
@@ -114,6 +123,12 @@ PAPER_RECIPES: dict[str, PaperRecipe] = {
                               eval_clips=1, eval_generate=1, eval_steps=2, dtype="fp16"),
         sampler=SamplerConfig(steps=4, cfg_scale=2.0), scale_clips=2, export_onnx=False, check_videos=0),
 }
+# The fine-tune's claim on Stable Audio Open's architecture (docs/finetune.md): same corpus and
+# autoencoder (a shared --work reuses them), a 6,000-step stage 2; its bundle is not the demo.
+PAPER_RECIPES["paper-sao"] = replace(PAPER_RECIPES["paper"], backbone="sao",
+                                     stage2=replace(PAPER_RECIPES["paper"].stage2, steps=6000))
+PAPER_RECIPES["paper-sao-tiny"] = replace(PAPER_RECIPES["paper-tiny"], backbone="sao", sao=dict(SAO_BACKBONE_TINY),
+                                          autoencoder="tiny")
 
 
 def write_corpus(folder: Path, source: Source) -> Path:
@@ -158,7 +173,7 @@ def write_base(out: Path, ae_dir: Path, scale: np.ndarray, recipe: PaperRecipe, 
     zero, the autoencoder's decoder (scale folded into its first conv) and encoder (`bundle_vae_encoder`),
     the sentence text encoder. Written beside `out` and renamed."""
     from v2m.export.sentence import add_sentence_text
-    from v2m.models.checkpoint import load_safetensors, save_safetensors
+    from v2m.models.checkpoint import save_safetensors
     from v2m.models.dit import DiT, DiTConfig
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -172,11 +187,7 @@ def write_base(out: Path, ae_dir: Path, scale: np.ndarray, recipe: PaperRecipe, 
         meta = {"format": "v2m", "preset": "demo", "seed": str(seed), "weights": "random"}
         save_safetensors({k: v.detach() for k, v in dit.state_dict().items()}, tmp / "dit.safetensors",
                          {**meta, "component": "dit"})
-        vae = load_safetensors(ae_dir / "decoder.safetensors")
-        vae["conv1.weight"] = vae["conv1.weight"] * torch.from_numpy(scale)[None, :, None]  # takes latents / scale
-        save_safetensors(vae, tmp / "vae.safetensors", {**meta, "weights": "trained", "component": "vae"})
-        save_safetensors(bundle_vae_encoder(ae_dir, scale), tmp / "vae_encoder.safetensors",
-                         {**meta, "weights": "trained", "component": "vae_encoder"})
+        write_bundle_autoencoder(tmp, ae_dir, scale, meta)
         ae_cfg = AutoencoderConfig(**json.loads((ae_dir / "run.json").read_text())["model"])
         vae_cfg = ae_cfg.decoder_config()
         save_safetensors({"embedding.weight": torch.zeros(2, dit_cfg.text_dim)}, tmp / "text.safetensors",
@@ -241,26 +252,29 @@ def run_paper_recipe(work: str | Path, out: str | Path, recipe: PaperRecipe, see
         stage("encoder", lambda: distill_oobleck_encoder(ae_dir, source, seed=seed, threads=n_threads, **recipe.distill))
     if stopped("autoencoder"):
         return report
-    base = work / "base"
+    d = recipe.stage_dir
+    base, s1, s2 = work / d("base"), work / d("stage1"), work / d("stage2")
     if not (base / "config.json").is_file():
         scale = stage("scale", lambda: _scale(ae_dir, corpus, recipe.scale_clips))
-        stage("base", lambda: write_base(base, ae_dir, scale, recipe, seed, text_source or recipe.text))
+        if recipe.backbone == "sao":
+            stage(d("base"), lambda: write_sao_base(base, ae_dir, scale, recipe, seed, corpus))
+        else:
+            stage("base", lambda: write_base(base, ae_dir, scale, recipe, seed, text_source or recipe.text))
     clip_s = {"clip_seconds": recipe.clip_seconds}
-    stage("stage1", lambda: finetune(work / "stage1", base, corpus, replace(recipe.stage1, **clip_s), seed=seed,
-                                              threads=n_threads, cache=work / "cache", progress=progress))
-    report["stage1_eval"] = _final_eval(work / "stage1")
+    stage(d("stage1"), lambda: finetune(s1, base, corpus, replace(recipe.stage1, **clip_s), seed=seed,
+                                        threads=n_threads, cache=work / "cache", progress=progress))
+    report[d("stage1") + "_eval"] = _final_eval(s1)
     if stopped("stage1"):
         return report
-    stage("stage2", lambda: finetune(work / "stage2", work / "stage1" / "bundle", corpus,
-                                              replace(recipe.stage2, **clip_s), seed=seed + 1, threads=n_threads,
-                                              cache=work / "cache", progress=progress))
-    report["stage2_eval"] = _final_eval(work / "stage2")
-    stage("bundle", lambda: _ship(work / "stage2" / "bundle", out, recipe))
+    stage(d("stage2"), lambda: finetune(s2, s1 / "bundle", corpus, replace(recipe.stage2, **clip_s), seed=seed + 1,
+                                        threads=n_threads, cache=work / "cache", progress=progress))
+    report[d("stage2") + "_eval"] = _final_eval(s2)
+    stage(d("bundle"), lambda: _ship(s2 / "bundle", out, recipe))
     if recipe.check_videos:
         from v2m.eval.alignment import alignment_check
 
-        report["check"] = stage("check", lambda: alignment_check(out, work / "check", count=recipe.check_videos,
-                                                                 seed=10_000 + seed))
+        report[d("check")] = stage(d("check"), lambda: alignment_check(out, work / d("check"),
+                                                                       count=recipe.check_videos, seed=10_000 + seed))
     report["bundle_bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     report["load_avg_end"] = os.getloadavg()
     report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -280,8 +294,12 @@ def _ship(stage2_bundle: Path, out: Path, recipe: PaperRecipe) -> Path:
     try:
         shutil.copytree(stage2_bundle, tmp)
         d = json.loads((tmp / "config.json").read_text())
-        d["preset"] = "demo"
-        d["sampler"] = {**d.get("sampler", {}), **asdict(recipe.sampler)}
+        d["preset"] = "demo" if recipe.backbone == "v2m" else f"paper-{recipe.backbone}"
+        sampler = asdict(recipe.sampler)
+        del sampler["empty_prompt"]  # the fine-tune's ("null": what its text dropout trained)
+        if d.get("family") == "sao":  # a fixed-length model: its window is its length
+            del sampler["max_frames"]
+        d["sampler"] = {**d["sampler"], **sampler}
         BundleConfig.from_dict(d).save(tmp)
         if recipe.export_onnx:
             from v2m.export.exporter import export_bundle

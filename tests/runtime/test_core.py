@@ -55,6 +55,37 @@ def test_the_video_curve_reaches_the_model(pipe, oracle_dit, short_video):
     assert rel_err(s.latents, zero) > 1e-2  # the curve matters to this model: the check above can fail
 
 
+def test_no_prompt_is_the_null_branch_where_the_bundle_says(tiny_bundle_copy, oracle_dit, short_video):
+    """`sampler.empty_prompt: null` (bundles trained with text dropout): no prompt samples on the
+    null branch's zero text (the plain loop with zero embeddings), in one model call per
+    evaluation instead of two; a prompt, and a bundle without the field, are unchanged."""
+    import json
+
+    from v2m.runtime import Pipeline
+
+    cfg_path = tiny_bundle_copy / "config.json"
+    d = json.loads(cfg_path.read_text())
+    d["sampler"]["empty_prompt"] = "null"
+    cfg_path.write_text(json.dumps(d))
+    null_pipe = Pipeline.from_pretrained(tiny_bundle_copy, backend="torch", device="cpu")
+    req = Request(prompt="  ", seed=3, steps=4, cfg_scale=3.0)
+    p = null_pipe.prepare(short_video.path, req)
+    assert p.null_prompt and [br.name for br in null_pipe.plan_of(p).guidance.branches] == ["cond"]
+    (s,) = null_pipe.sample([p])
+    noise = sampler.initial_noise(3, (1, null_pipe.config.latent_channels, p.length))
+    o = p.options
+    want = oracle_sample(oracle_dit, noise, p.curve[None, None], np.zeros_like(p.emb)[None], p.mask[None],
+                         steps=o.steps, cfg_scale=o.cfg_scale)[0]
+    assert rel_err(s.latents, want) < 1e-4
+    prompted = null_pipe.prepare(short_video.path, req.replace(prompt="warm synth"))
+    assert not prompted.null_prompt and null_pipe.plan_of(prompted).guidance.size == 2
+    d["sampler"].pop("empty_prompt")
+    cfg_path.write_text(json.dumps(d))
+    old = Pipeline.from_pretrained(tiny_bundle_copy, backend="torch", device="cpu")
+    q = old.prepare(short_video.path, req)
+    assert not q.null_prompt and old.plan_of(q).guidance.size == 2  # the empty string's embedding, as before
+
+
 def test_each_window_gets_its_own_curve_and_noise(windowed_bundle, oracle_dit, make_video):
     """A long video's windows: each is the plain loop on its own slice of the whole-video curve
     and noise (a core that reused the first window's slices fails on the second)."""

@@ -109,6 +109,26 @@ def test_guidance_weights_reproduce_the_formula(w, wc, keep, neg):
         assert not by["nocurve"].curve and by["nocurve"].text == "prompt"
 
 
+@pytest.mark.parametrize("w,wc,keep,neg", [(4.0, 0.0, True, False), (2.0, 1.0, True, False), (3.0, 1.5, False, False),
+                                          (4.0, 2.0, True, True), (1.0, 0.0, True, False)])
+def test_no_prompt_on_the_null_branch_merges_equal_branches(w, wc, keep, neg):
+    """With no prompt conditioned on the null branch, each branch's model output is a function of
+    its inputs (text, curve): the formula over the unmerged branches, looked up by inputs, must
+    equal the merged plan's sum, and no two merged branches may have the same inputs."""
+    g = sampler.guidance(sampler.SamplerOptions(cfg_scale=w, curve_guidance=wc), keep, neg, null_prompt=True)
+    rng = np.random.default_rng(4)
+    f = {(t, c): rng.standard_normal(6) for t in ("null", "negative") for c in (True, False)}  # model outputs
+    out_c, out_n = f[("null", True)], f[("null", False)]
+    out_u = f[("negative" if neg else "null", keep)]
+    want = out_u + w * (out_c - out_u) + wc * (out_c - out_n)
+    got = sum(wt * f[(br.text, br.curve)] for br, wt in zip(g.branches, g.weights))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    inputs = [(br.text, br.curve) for br in g.branches]
+    assert len(set(inputs)) == len(inputs) and all(br.text != "prompt" for br in g.branches)
+    if keep and not neg:
+        assert g.size == (1 if wc == 0 else 2)  # cond and uncond are one model call
+
+
 def test_no_curve_zeroes_the_curve_everywhere():
     g = sampler.guidance(sampler.SamplerOptions(use_curve=False))
     assert not any(br.curve for br in g.branches)

@@ -51,6 +51,21 @@ def test_uncond_without_curve_matches_oracle(eager, oracle_dit):
     assert rel_err(got, ref) <= 1e-4
 
 
+@pytest.mark.parametrize("path", ["eager", "fast"])
+def test_no_prompt_on_the_null_branch_matches_oracle(eager, oracle_dit, path):
+    """No prompt with `empty_prompt: null`: the oracle's prompt is the null branch's zero text
+    (its three branches run as the paper writes them); the plan merges cond and uncond."""
+    noise, cond, oracle_kw, opts = case_inputs(eager.cfg, dict(solver="euler", shift=1.0, curve_guidance=1.5))
+    plan = sampler.Plan.make(sampler.SamplerOptions(**opts), True, False, null_prompt=True)
+    assert plan.guidance.size == 2
+    run = eager if path == "eager" else FastSampler(eager.dit, FastConfig())
+    got = run.sample(noise, cond, plan)
+    ref = oracle_sample(oracle_dit, noise, cond.curve, np.zeros_like(cond.text), cond.text_mask, **oracle_kw)
+    assert rel_err(got, ref) <= 1e-4, rel_err(got, ref)
+    prompted = oracle_sample(oracle_dit, noise, cond.curve, cond.text, cond.text_mask, **oracle_kw)
+    assert rel_err(got, prompted) > 1e-2  # the prompt's embeddings were not used
+
+
 def test_options_change_the_result(eager):
     """Each option is live: a solver, shift, negative prompt, no-curve or curve guidance that were
     silently ignored would leave the latents unchanged."""

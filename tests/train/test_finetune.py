@@ -170,10 +170,36 @@ def test_stable_audio_open_gets_a_curve_channel(preset, music, tmp_path, short_v
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["model"]["curve_channel_added"]
     assert report["model"]["objective"] == ("rf_denoiser" if preset == "sao-small-tiny" else "v")
+    assert cfg.sampler.empty_prompt == "null"  # text dropout trained no prompt as the null branch
     load_component(bundle, "dit")  # strict load of the widened DiT
     out = tmp_path / "out.wav"
     assert main(["generate", str(short_video.path), "-o", str(out), "-m", str(bundle), "--steps", "2"]) == 0
     assert out.is_file()
+
+
+def test_a_dropped_prompt_is_the_samplers_null_branch(tmp_path):
+    """Stable Audio Open: training's dropped text (zero T5 rows) must be what CFG's unconditional
+    branch feeds the DiT: zero cross tokens (seconds' included), the global conditioning kept."""
+    from v2m.models.bundle import init_bundle
+    from v2m.train.finetune_model import Base
+
+    base = Base(init_bundle("sao-tiny", tmp_path / "base", seed=0, encoder="cut"))
+    g = torch.Generator().manual_seed(0)
+    c, length = base.cfg.latent_channels, 8
+    x, t = torch.randn(2, c, length, generator=g), torch.tensor([0.3, 0.7])
+    text = torch.randn(2, 5, base.cfg.text_dim, generator=g)
+    text[1] = 0.0  # row 1 dropped
+    mask, curve = torch.ones(2, 5), torch.randn(2, 1, length, generator=g)
+    seconds = torch.tensor([[0.0, 3.0], [0.0, 3.0]])[:, : len(base.seconds_names)]
+    with torch.no_grad():
+        out = base(x, t, text, mask, curve, seconds)
+        cross, glob = base.cond(text, mask, seconds)
+        kept = base.dit(x[:1], t[:1], cross[:1], glob[:1], curve[:1])
+        null = base.dit(x[1:], t[1:], torch.zeros_like(cross[1:]), glob[1:], curve[1:])
+        unzeroed = base.dit(x[1:], t[1:], cross[1:], glob[1:], curve[1:])
+    torch.testing.assert_close(out[:1], kept)
+    torch.testing.assert_close(out[1:], null)
+    assert not torch.allclose(null, unzeroed)  # the conditioner of zero text is not the null branch
 
 
 def test_bad_options_and_bases_are_one_line(music, base, tmp_path, capsys):

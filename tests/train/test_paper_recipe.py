@@ -60,3 +60,42 @@ def test_the_bundle_carries_its_encoder_and_text_encoder(paper_run, short_video,
     assert {"corpus", "autoencoder", "base", "stage1", "stage2", "bundle"} <= set(report["stages"])
     assert main(["generate", str(short_video.path), "-o", str(tmp_path / "o.wav"), "-m", str(out), "--steps", "2",
                  "--prompt", "a slow calm piano piece"]) == 0
+
+
+@pytest.fixture(scope="module")
+def sao_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("paper-sao")
+    rc = main(["train", "demo", "--recipe", "paper-sao-tiny", "--work", str(d / "work"), "-o", str(d / "out"), "-q"])
+    assert rc == 0
+    return d
+
+
+def _sao_curve_weights(bundle: Path) -> list[torch.Tensor]:
+    from v2m.models.checkpoint import load_safetensors
+
+    sd = load_safetensors(bundle / "dit.safetensors")
+    return [sd[k].float() for k in ("concat_pre_in.weight", "concat_pre_out.weight", "concat_proj_in.weight")]
+
+
+def test_the_sao_backbone_gets_its_curve_channel_in_stage_two(sao_run, short_video):
+    """paper-sao: a Stable Audio Open-architecture base with no curve channel; stage 1 adds the
+    zero channel and, with every curve dropped, leaves it exactly zero (the curve changes nothing);
+    stage 2 trains it. The bundle is an ordinary SAO-family bundle that generates for a video."""
+    from v2m.core.bundle import load_config
+    from v2m.runtime import Pipeline
+
+    work = sao_run / "work"
+    base = load_config(work / "base-sao")
+    assert base.family == "sao" and base.dit["input_concat_dim"] == 0 and base.text["kind"] == "t5"
+    stage1, out = work / "stage1-sao" / "bundle", sao_run / "out"
+    assert all(torch.count_nonzero(w) == 0 for w in _sao_curve_weights(stage1))
+    assert any(torch.count_nonzero(w) > 0 for w in _sao_curve_weights(out))
+    pipe = Pipeline.from_pretrained(stage1, backend="torch")
+    a = pipe.generate(short_video.path, seed=0, steps=2, prompt="drums").audio
+    b = pipe.generate(short_video.path, seed=0, steps=2, prompt="drums", use_curve=False).audio
+    np.testing.assert_array_equal(a, b)
+    cfg = load_config(out)
+    assert cfg.family == "sao" and cfg.preset == "paper-sao" and cfg.sampler.empty_prompt == "null"
+    assert cfg.sampler.max_frames == cfg.sao_config.latent_frames
+    report = json.loads((work / "report.json").read_text())
+    assert {"corpus", "autoencoder", "base-sao", "stage1-sao", "stage2-sao", "bundle-sao"} <= set(report["stages"])
