@@ -2,9 +2,11 @@
 
     python bench/bench_alignment.py --model demo --videos 24 --seed 20000 [--curve-guidance 1,2]
         [--prompts caption,none,free] [--reference-clips 12] [--prompt-videos 1]
+        [--duration 8,12] [--fps 24,30,60] [--fades 0.5]
 
-For each held-out video (`v2m.eval.alignment.make_cut_videos`: 8 to 12 s, 2 to 5
-hard cuts at random times; seeds 20000-29999 are used by nothing else, 30000 and up are
+For each held-out video (`v2m.eval.alignment.make_cut_videos`: 8 to 12 s by default, 2 to 5
+cuts at random times, a moving square in every shot; `--fps` frame rates, a `--fades` share
+of them with 0.4-1 s cross-fades instead of hard cuts; seeds 20000-29999 are used by nothing else, 30000 and up are
 the validation videos the bundle's curve-guidance default was chosen on) it generates
 with the curve, without it (`--no-curve`) and with each curve-guidance weight asked
 for, and measures curve correlation, cut hits (+-0.25 s) and the median spectral
@@ -67,6 +69,8 @@ def _args():
     ap.add_argument("--reference-corpus", default="synth", choices=["synth", "scores"],
                     help="the reference clips' corpus: synth (the old demo's training music) or scores (real "
                          "instrument samples playing scores, a seed no recipe trains on)")
+    ap.add_argument("--fps", default="24", help="the videos' frame rates, comma-separated; each video draws one")
+    ap.add_argument("--fades", type=float, default=0.0, help="share of videos whose cuts are 0.4-1 s cross-fades")
     ap.add_argument("--prompt-videos", type=int, default=1, help="videos for prompt following (0: none)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=None, help="keep the videos here (default: a temporary directory)")
@@ -110,7 +114,8 @@ def main() -> None:
         for prompts in sets:
             t0 = time.perf_counter()
             kw = dict(steps=args.steps, pipeline=pipe, prompts=prompts, beats=True, reference=ref,
-                      duration=tuple(float(x) for x in args.duration.split(",")))
+                      duration=tuple(float(x) for x in args.duration.split(",")),
+                      fps=tuple(float(x) for x in args.fps.split(",")), fades=args.fades)
             runs = {None: alignment_check(args.model, work, args.videos, args.seed, **kw)}
             for w in weights:
                 runs[w] = alignment_check(args.model, work, args.videos, args.seed, curve_guidance=w, **kw)
@@ -128,6 +133,7 @@ def main() -> None:
                     "steps": args.steps or pipe.config.sampler.steps, **m, "no_curve": base["no_curve"],
                     "targets": TARGETS, "met": met, "wall_s": round(wall, 1), "reference_clips": args.reference_clips,
                     "reference_corpus": args.reference_corpus, "duration": args.duration,
+                    "fps": args.fps, "fades": args.fades,
                     "frechet_floor": floor, "beat_tolerance": 0.1,
                 }, Path(args.out) if args.out else None)
         if floor is not None:

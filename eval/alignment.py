@@ -54,11 +54,16 @@ PROMPT_SETS = {"caption": PROMPTS, "none": ("",), "free": FREE_PROMPTS}
 
 
 def make_cut_videos(folder: str | Path, count: int, seed: int, duration: tuple[float, float] = (8.0, 12.0),
-                    size: tuple[int, int] = (160, 120)) -> list[tuple[Path, list[float]]]:
-    """`count` clips of 8 to 12 s with 2 to 5 hard cuts at least 1.2 s apart: [(path, cuts)]."""
+                    size: tuple[int, int] = (160, 120), fps: tuple[float, ...] = (24.0,),
+                    fades: float = 0.0) -> list[tuple[Path, list[float]]]:
+    """`count` clips of 8 to 12 s with 2 to 5 cuts at least 1.2 s apart (a moving square in every
+    shot): [(path, cut times)]. Each clip's frame rate is drawn from `fps`; a share `fades` of them
+    turn every cut into a cross-fade of 0.4 to 1 s centred on it. The cut times and lengths for a
+    seed do not depend on `fps` and `fades` (drawn from a stream of their own)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 31])
+    look = np.random.default_rng([seed, 37])  # frame rate and fades
     out = []
     for i in range(count):
         dur = round(float(rng.uniform(*duration)), 1)
@@ -68,9 +73,12 @@ def make_cut_videos(folder: str | Path, count: int, seed: int, duration: tuple[f
             c = round(float(rng.uniform(0.8, dur - 0.8)), 3)
             if all(abs(c - u) >= 1.2 for u in cuts):
                 cuts.append(c)
-        path = folder / f"cuts_{seed}_{i:03d}.mp4"
+        rate = float(look.choice(np.asarray(fps, dtype=np.float64)))
+        fade = round(float(look.uniform(0.4, 1.0)), 2) if look.random() < fades else 0.0
+        tag = "" if (rate, fade) == (24.0, 0.0) else f"_{rate:g}fps" + (f"_fade{fade:g}" if fade else "")
+        path = folder / f"cuts_{seed}_{i:03d}{tag}.mp4"
         if not path.is_file():
-            synth.make_test_video(path, duration_s=dur, size=size, cuts=tuple(sorted(cuts)))
+            synth.make_test_video(path, duration_s=dur, fps=rate, size=size, cuts=tuple(sorted(cuts)), fade_s=fade)
         out.append((path, sorted(cuts)))
     return out
 
@@ -113,6 +121,8 @@ def alignment_check(
     beats: bool = False,
     reference: list[tuple[np.ndarray, int]] | None = None,
     duration: tuple[float, float] = (8.0, 12.0),
+    fps: tuple[float, ...] = (24.0,),
+    fades: float = 0.0,
 ) -> dict[str, Any]:
     """Generate for `count` held-out cut videos with and without the curve; return the figures.
 
@@ -124,7 +134,8 @@ def alignment_check(
         prompts: a key of `PROMPT_SETS` ("caption", "none", "free"); video i gets prompt i mod n.
         beats: also BCS, BHS and F1 against each video's motion beats (needs librosa).
         reference: (audio, sample rate) pieces: each variant's Frechet distance to them.
-        duration: the videos' range of lengths in seconds (`make_cut_videos`).
+        duration, fps, fades: the videos' range of lengths in seconds, frame rates and share
+            of cross-faded cuts (`make_cut_videos`).
 
     Returns:
         {"videos": n, "prompts": ..., "curve": {corr, cut_hits, flatness, lr_corr, mono_db[, bcs, bhs,
@@ -145,7 +156,8 @@ def alignment_check(
     rows: dict[str, list[dict]] = {k: [] for k in variants}
     audios: dict[str, list[tuple[np.ndarray, int]]] = {k: [] for k in variants}
     per_video = []
-    for i, (path, cuts) in enumerate(make_cut_videos(Path(workdir) / "videos", count, seed, duration)):
+    for i, (path, cuts) in enumerate(make_cut_videos(Path(workdir) / "videos", count, seed, duration,
+                                                                  fps=fps, fades=fades)):
         prepared = pipe.prepare(path, Request(prompt=texts[i % len(texts)], seed=seed + i, steps=steps))
         video_curve = prepared.curve  # decoded and encoded once for every variant
         motion = (measures.motion_beats(measures.motion_curve(path, cfg.latent_rate, cfg.curve.kernel), cfg.latent_rate)

@@ -102,6 +102,7 @@ def make_test_video(
     vfr: bool = False,
     seed: int = 0,
     options: dict[str, str] | None = None,
+    fade_s: float = 0.0,
 ) -> list[float]:
     """Write a short video with hard scene cuts at `cuts` (seconds) and return them.
 
@@ -120,6 +121,8 @@ def make_test_video(
         vfr: irregular frame timestamps (variable frame rate).
         seed: seeds the VFR jitter.
         options: encoder options over the defaults, e.g. {"bf": "2"} for B-frames.
+        fade_s: > 0 turns each cut into a cross-fade of this many seconds centred on it
+            (the two scenes blended linearly); keep it under the gap between cuts.
     """
     path = Path(path)
     fmt = _CONTAINERS.get(path.suffix.lower())
@@ -158,6 +161,12 @@ def make_test_video(
         for i, t in enumerate(times):
             scene = sum(t >= c - 1e-9 for c in cuts)
             img = _render(t, scene, width, height)
+            for j, c in enumerate(cuts if fade_s > 0 else ()):
+                a = (t - (c - fade_s / 2)) / fade_s  # 0 -> 1 across the fade
+                if 0.0 < a < 1.0:
+                    mix = (1.0 - a) * _render(t, j, width, height).astype(np.float32) \
+                        + a * _render(t, j + 1, width, height).astype(np.float32)
+                    img = np.clip(np.round(mix), 0, 255).astype(np.uint8)
             if k:
                 # Store rotated clockwise by `rotation`; display undoes it (CCW).
                 img = np.ascontiguousarray(np.rot90(img, -k))

@@ -206,3 +206,31 @@ def test_eval_cli_reference_errors(capsys, tmp_path):
                    "--model", str(tmp_path / "no-such-bundle")])
         err = capsys.readouterr().err
         assert rc == 2 and len(err.strip().splitlines()) == 1 and "--reference" in err, err
+
+
+def test_held_out_videos_vary_frame_rate_and_fade_their_cuts(tmp_path):
+    """`make_cut_videos` with frame rates and fades: each file's rate is one asked for, the cut
+    times are those of the plain set (a stream of their own), and a faded cut's middle frame is
+    the two scenes blended half and half (an oracle from `_render` of each scene)."""
+    import av
+
+    from v2m.eval.alignment import make_cut_videos
+    from v2m.runtime import synth
+
+    plain = make_cut_videos(tmp_path / "plain", 4, seed=5, duration=(6.0, 7.0))
+    varied = make_cut_videos(tmp_path / "varied", 4, seed=5, duration=(6.0, 7.0), fps=(30.0, 60.0), fades=1.0)
+    assert [c for _, c in plain] == [c for _, c in varied]
+    for path, cuts in varied:
+        with av.open(str(path)) as f:
+            assert float(f.streams.video[0].average_rate) in (30.0, 60.0)
+        assert "_fade" in path.name
+    path = tmp_path / "fade.mp4"
+    synth.make_test_video(path, duration_s=2.0, fps=10.0, size=(64, 48), cuts=(1.0,), fade_s=0.8,
+                          options={"crf": "0"})
+    with av.open(str(path)) as f:
+        frames = [fr.to_ndarray(format="rgb24").astype(np.float32) for fr in f.decode(video=0)]
+    mid = frames[10]  # t = 1.0 s: halfway through the fade
+    want = 0.5 * synth._render(1.0, 0, 64, 48).astype(np.float32) + 0.5 * synth._render(1.0, 1, 64, 48).astype(np.float32)
+    assert np.abs(mid - want).mean() < 4.0  # yuv420 chroma subsampling only
+    hard = synth._render(1.0, 1, 64, 48).astype(np.float32)
+    assert np.abs(mid - hard).mean() > 20.0
