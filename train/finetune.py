@@ -80,6 +80,10 @@ class FinetuneConfig:
     fsdp: bool = False  # under torchrun: shard the DiT, its EMA and the optimizer state (FSDP2)
     eval_generate: int = 2  # held-out clips generated at each validation (curve correlation; 0 = off)
     eval_steps: int = 8  # solver steps of those generations
+    # v2m family: this share of steps trains on shorter clips (one length a step, drawn in
+    # [min_clip_seconds, the clip], each row at its own offset), so short videos are a trained case
+    short_clip_share: float = 0.0
+    min_clip_seconds: float = 2.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,11 +122,15 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _batch(data, idx, rng, tc: FinetuneConfig, objective: str, seconds_names):
-    """Everything random of one global batch from `rng` (numpy): tensors in batch order."""
+def _batch(data, idx, rng, tc: FinetuneConfig, objective: str, seconds_names, latent_rate: float = 0.0):
+    """Everything random of one global batch from `rng` (numpy): tensors in batch order
+    (`latent_rate`: the v2m family's, for `short_clip_share`)."""
     from v2m.families.sao import seconds_values
 
     b = len(idx)
+    x, curves = data.latents[idx], data.curves[idx]  # (B, C, L), (B, L)
+    if tc.short_clip_share and latent_rate and rng.random() < tc.short_clip_share:
+        x, curves = _short_clips(x, curves, rng, max(2, round(tc.min_clip_seconds * latent_rate)))
     keep_curve = (rng.random(b) >= tc.curve_dropout).astype(np.float32)
     keep_text = (rng.random(b) >= tc.text_dropout).astype(np.float32)
     levels = training_levels(objective, rng, b)
@@ -130,9 +138,23 @@ def _batch(data, idx, rng, tc: FinetuneConfig, objective: str, seconds_names):
     cid = data.caption_ids[idx]
     seconds = np.stack([seconds_values(seconds_names, float(s)) for s in data.seconds[idx]]) if seconds_names \
         else np.zeros((b, 0), np.float32)
-    return {"x": t(data.latents[idx]), "curve": t(data.curves[idx][:, None, :] * keep_curve[:, None, None]),
+    return {"x": t(x), "curve": t(curves[:, None, :] * keep_curve[:, None, None]),
             "text": t(data.text[cid] * keep_text[:, None, None]), "mask": t(data.text_mask[cid]),
             "seconds": t(seconds), "levels": levels}
+
+
+def _short_clips(x: np.ndarray, curves: np.ndarray, rng, min_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crops of one length n in [min_frames, L] at each row's own offset. A video of n frames has
+    its curve standardized over those frames: each crop is re-centred and scaled to its clip's
+    curve std (the clip's curve was standardized before smoothing, so its std is not 1)."""
+    b, _, length = x.shape
+    n = int(rng.integers(min(min_frames, length), length + 1))
+    starts = rng.integers(0, length - n + 1, size=b)
+    xs = np.stack([x[i, :, s : s + n] for i, s in enumerate(starts)])  # (B, C, n)
+    cs = np.stack([curves[i, s : s + n] for i, s in enumerate(starts)]).astype(np.float64)  # (B, n)
+    sd_clip, sd_crop = curves.std(axis=1, keepdims=True), cs.std(axis=1, keepdims=True)
+    cs = np.where(sd_crop > 1e-6, (cs - cs.mean(axis=1, keepdims=True)) * sd_clip / np.maximum(sd_crop, 1e-6), 0.0)
+    return xs, cs.astype(np.float32)
 
 
 def _loss(model, objective: str, batch: dict, noise: torch.Tensor, sl: slice = slice(None),
@@ -299,7 +321,7 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
     autocast = lambda: torch.autocast("cuda", torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
 
     # The fixed validation batch: held-out clips, curve and text kept, fixed levels and noise.
-    vtc = FinetuneConfig(**{**tc.to_dict(), "curve_dropout": 0.0, "text_dropout": 0.0})
+    vtc = FinetuneConfig(**{**tc.to_dict(), "curve_dropout": 0.0, "text_dropout": 0.0, "short_clip_share": 0.0})
     vb = _batch(data, eval_idx, common.step_rng(seed, 0, stream=7), vtc, base.objective, base_seconds(base))
     vnoise = torch.randn(vb["x"].shape, generator=common.step_generator(seed, 0, stream=7))
 
@@ -310,7 +332,8 @@ def finetune(out_dir, base_dir, audio, tc: FinetuneConfig, seed: int = 0, thread
         for g in opt.param_groups:
             g["lr"] = lr
         rng = common.step_rng(seed, step)  # everything random of step s comes from (seed, s)
-        batch = _batch(data, rng.choice(train_idx, size=tc.batch_size), rng, tc, base.objective, base_seconds(base))
+        batch = _batch(data, rng.choice(train_idx, size=tc.batch_size), rng, tc, base.objective, base_seconds(base),
+                       base.cfg.latent_rate if base.family != "sao" else 0.0)
         noise = torch.randn(batch["x"].shape, generator=common.step_generator(seed, step))
         total = _optimizer_step(model, base.objective, batch, noise, tc, rank, world, per_rank, dev, autocast, params,
                                 opt)

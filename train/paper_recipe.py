@@ -85,10 +85,12 @@ class PaperRecipe:
     max_tokens: int = 32
     stage1: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
         steps=2000, batch_size=8, lr=5e-4, warmup=100, ema=0.998, curve_dropout=1.0, text_dropout=0.2,
-        clips_per_file=1, eval_interval=500, checkpoint_interval=250, eval_clips=4, eval_generate=0, dtype="fp32"))
+        clips_per_file=1, eval_interval=500, checkpoint_interval=250, eval_clips=4, eval_generate=0, dtype="fp32",
+        short_clip_share=0.3))
     stage2: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
         steps=10000, batch_size=8, lr=3e-4, warmup=100, ema=0.998, curve_dropout=0.1, text_dropout=0.3,
-        clips_per_file=1, eval_interval=500, checkpoint_interval=250, eval_clips=4, eval_generate=2, dtype="fp16"))
+        clips_per_file=1, eval_interval=500, checkpoint_interval=250, eval_clips=4, eval_generate=2, dtype="fp16",
+        short_clip_share=0.3))  # 30% of steps on 2-10 s crops: short videos are a trained case
     encoder: str = "cut"
     kernel: int = 15  # the curves' Hann window (the demo's)
     # windows of the trained clip length (10 s = 123 latent frames): a longer video runs in windows

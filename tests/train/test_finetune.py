@@ -177,6 +177,29 @@ def test_stable_audio_open_gets_a_curve_channel(preset, music, tmp_path, short_v
     assert out.is_file()
 
 
+def test_short_clips_are_windows_of_their_clips_with_the_clips_curve_scale():
+    """`short_clip_share`: every row becomes a window of its own clip (found by search), all of one
+    length in [min, L], its curve the window's re-centred to mean 0 and scaled to the clip's std."""
+    from v2m.train.finetune import _short_clips
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 3, 40)).astype(np.float32)
+    curves = (rng.standard_normal((5, 40)) * 0.7).astype(np.float32)
+    lengths = set()
+    for trial in range(20):
+        xs, cs = _short_clips(x, curves, np.random.default_rng(trial), 7)
+        n = xs.shape[-1]
+        lengths.add(n)
+        assert 7 <= n <= 40 and cs.shape == (5, n)
+        for i in range(5):
+            offs = [s for s in range(40 - n + 1) if np.array_equal(x[i, :, s : s + n], xs[i])]
+            assert offs, "not a window of its clip"
+            w = curves[i, offs[0] : offs[0] + n].astype(np.float64)
+            want = (w - w.mean()) / w.std() * curves[i].std()
+            np.testing.assert_allclose(cs[i], want, rtol=1e-4, atol=1e-5)
+    assert len(lengths) > 5  # lengths vary from step to step
+
+
 def test_a_dropped_prompt_is_the_samplers_null_branch(tmp_path):
     """Stable Audio Open: training's dropped text (zero T5 rows) must be what CFG's unconditional
     branch feeds the DiT: zero cross tokens (seconds' included), the global conditioning kept."""
@@ -247,6 +270,15 @@ def test_two_processes_follow_one(music, base, cache, tmp_path):
     assert json.loads((tmp_path / "fsdp" / "report.json").read_text())["timing"]["runs"][0]["fsdp"]
     assert json.loads((tmp_path / "ddp" / "report.json").read_text())["timing"]["runs"][0]["processes"] == 2
     assert (tmp_path / "ddp" / "bundle" / "dit.safetensors").is_file()
+
+
+def test_short_clip_steps_train(music, base, cache, tmp_path):
+    from v2m.train.finetune import finetune
+
+    bundle = finetune(tmp_path / "run", base, music, _tc(short_clip_share=1.0, min_clip_seconds=0.3), cache=cache,
+                      workers=1, progress=False)
+    losses = json.loads((tmp_path / "run" / "losses.json").read_text())["train"]["loss"]
+    assert len(losses) == 4 and all(np.isfinite(v) for _, v in losses) and (bundle / "dit.safetensors").is_file()
 
 
 def test_activation_checkpointing_keeps_the_run(music, base, cache, tmp_path):
