@@ -220,7 +220,7 @@ def test_held_out_videos_vary_frame_rate_and_fade_their_cuts(tmp_path):
     plain = make_cut_videos(tmp_path / "plain", 4, seed=5, duration=(6.0, 7.0))
     varied = make_cut_videos(tmp_path / "varied", 4, seed=5, duration=(6.0, 7.0), fps=(30.0, 60.0), fades=1.0)
     assert [c for _, c in plain] == [c for _, c in varied]
-    for path, cuts in varied:
+    for path, _ in varied:
         with av.open(str(path)) as f:
             assert float(f.streams.video[0].average_rate) in (30.0, 60.0)
         assert "_fade" in path.name
