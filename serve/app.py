@@ -44,8 +44,16 @@ from starlette.requests import ClientDisconnect
 
 from v2m.core.errors import Cancelled, InputError, V2MError, VideoTooLong
 
-from .config import (GENERATE_FIELDS, ZIP_MEDIA_TYPE, GenerateForm, ServeConfig, header_safe, media_type_of,
-                     parse_generate_fields, suffix_of)
+from .config import (
+    GENERATE_FIELDS,
+    ZIP_MEDIA_TYPE,
+    GenerateForm,
+    ServeConfig,
+    header_safe,
+    media_type_of,
+    parse_generate_fields,
+    suffix_of,
+)
 from .engine import Abandoned, Engine, Output, Ticket
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 

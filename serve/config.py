@@ -13,8 +13,8 @@ import math
 import os
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from v2m.core.errors import InputError
 from v2m.eval.candidates import MAX_CANDIDATES

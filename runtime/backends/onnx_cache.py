@@ -40,7 +40,13 @@ from pathlib import Path
 
 from v2m.core.bundle import BundleConfig
 from v2m.core.errors import BackendUnavailable
-from v2m.core.manifest import INT8_RECIPE, MANIFEST_NAME, ONNX_OPSET, config_sections_digest, sha256_file
+from v2m.core.manifest import (
+    INT8_RECIPE,
+    MANIFEST_NAME,
+    ONNX_OPSET,
+    config_sections_digest,
+    sha256_file,
+)
 
 __all__ = ["CACHE_ENV", "cache_root", "cache_key", "cached_export", "can_export"]
 

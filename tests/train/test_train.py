@@ -269,8 +269,8 @@ def test_distilled_oobleck_encoder_follows_the_stft_encoder(ae_run, tmp_path):
     `vae_encoder` is it, scale folded (`bundle_vae_encoder`)."""
     import shutil
 
-    from v2m.models.vae_encoder import OobleckEncoder
     from v2m.models.vae import OobleckConfig
+    from v2m.models.vae_encoder import OobleckEncoder
 
     run = tmp_path / "ae"
     shutil.copytree(ae_run, run)
