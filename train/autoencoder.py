@@ -283,6 +283,8 @@ def train_autoencoder(
     if init_decoder is not None:
         run["init_decoder"] = str(init_decoder)
     step0, losses = common.resume(ckpt_path, run, states)
+    if step0 >= train_cfg.steps and (out / "decoder.safetensors").is_file():  # finished: no pool to render
+        return out / "decoder.safetensors"
     if step0 == 0 and init_decoder is not None:
         from v2m.models.checkpoint import apply_state_dict, load_safetensors
 
