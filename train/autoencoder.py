@@ -284,6 +284,8 @@ def train_autoencoder(
         run["init_decoder"] = str(init_decoder)
     step0, losses = common.resume(ckpt_path, run, states)
     if step0 >= train_cfg.steps and (out / "decoder.safetensors").is_file():  # finished: no pool to render
+        common.record_timing(out, time.perf_counter() - t_start, common.cpu_seconds() - cpu_start,
+                             threads=torch.get_num_threads(), steps=[step0, step0])
         return out / "decoder.safetensors"
     if step0 == 0 and init_decoder is not None:
         from v2m.models.checkpoint import apply_state_dict, load_safetensors
