@@ -105,7 +105,11 @@ def cmd_train_demo(args) -> int:
         for k in ("curve", "no_curve"):
             print(f"check {k:<9} corr {c[k]['corr']:.3f}  cut hits {c[k]['cut_hits']:.3f}  "
                   f"flatness {c[k]['flatness']:.3f}  ({c['videos']} held-out cut videos)")
-    print(f"wrote {args.output} ({report['bundle_bytes'] / 1e6:.1f} MB); report in {args.work}/report.json")
+    if "bundle_bytes" in report:
+        print(f"wrote {args.output} ({report['bundle_bytes'] / 1e6:.1f} MB); report in {args.work}/report.json")
+    else:  # --stop-after
+        print(f"stopped after {args.stop_after}; run the same command without --stop-after to go on "
+              f"(report in {args.work}/report.json)")
     return 0
 
 
