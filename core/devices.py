@@ -88,3 +88,25 @@ def check_device(device: str) -> str:
         if idx is not None and idx >= n:
             raise InputError(f"--device {device}: only {n} GPU(s) are visible (cuda:0 .. cuda:{n - 1})")
     return device
+
+
+def cpu_int8_saturates(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True on an x86 CPU without VNNI (AVX2, AVX-512 without VNNI): its u8 x s8 int8 kernel
+    (`vpmaddubsw`) sums pairs of products into int16 with saturation, so full-range int8 weights
+    overflow (255 * 127 * 2 > 32767) and ONNX Runtime's dynamic quantization wants 7-bit
+    weights there (`reduce_range`). Read from /proc/cpuinfo; False where it cannot be read
+    (another OS, another architecture)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return not ({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
+    except OSError:
+        pass
+    return False
+

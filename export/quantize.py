@@ -4,7 +4,9 @@
 quantizes the fp32 `step` and `encoder` graphs with `quantize_graph`, the one int8 recipe:
 ONNX Runtime's dynamic quantization of the linear layers (MatMul/Gemm with a constant
 weight): weights int8 per output channel, activations uint8 per call (u8s8, the VNNI
-`vpdpbusd` operand order; reduce_range off, since VNNI does not saturate). Left in fp32:
+`vpdpbusd` operand order; reduce_range off, since VNNI does not saturate, and on where the
+exporting CPU has no VNNI: `core.devices.cpu_int8_saturates`, 7-bit weights, recorded in the
+manifest and the ONNX cache key). Left in fp32:
 the first and last linear layers (the DiT's in_proj and out_proj), the self-attention output
 projections (`attention_outputs`) and the attention products (QK^T, AV). ONNX Runtime fuses
 each quantized linear into `DynamicQuantizeMatMul`. Why this one (measured against static
@@ -93,6 +95,10 @@ def quantize_graph(src: Path, dst: Path) -> str:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from v2m.core.devices import cpu_int8_saturates
+
+    reduce = cpu_int8_saturates()
+
     model = onnx.load(str(src), load_external_data=False)
     lin = linear_nodes(model)
     keep = ([lin[0], lin[-1]] if lin else []) + attention_outputs(model, lin)
@@ -100,11 +106,11 @@ def quantize_graph(src: Path, dst: Path) -> str:
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce,
                          op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=keep)
     finally:
         quiet.setLevel(level)
-    return RECIPE
+    return RECIPE + ("; 7-bit weights (reduce_range: this CPU has no VNNI)" if reduce else "")
 
 
 def quantize_graphs(out: Path, fp32: dict[str, dict[str, Any]],

@@ -132,7 +132,11 @@ def cache_key(bundle_dir: str | Path, cfg: BundleConfig, precision: str, root: P
         "torch": _version("torch"),
     }
     if precision == "int8":  # fp32 keys stay as they were
+        from v2m.core.devices import cpu_int8_saturates
+
         parts["int8_recipe"] = INT8_RECIPE
+        if cpu_int8_saturates():  # 7-bit weights (`export.quantize`): another graph than a VNNI CPU's
+            parts["int8_reduce_range"] = True
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
