@@ -178,6 +178,10 @@ class SamplerConfig:
     # Longer videos run in max_frames windows that crossfade over this share of a
     # window (or this many frames if >= 1): 10% = 3.2 s, long enough to hide the seam.
     window_overlap: float = 0.1
+    # How the windows are sampled: "separate", each alone from its slice of the noise (bundles
+    # written before this field), or "joint", every window a step at a time from one shared state
+    # whose overlaps are averaged after each step (MultiDiffusion), so they agree where they meet
+    window_mode: str = "separate"
 
 
 @dataclass

@@ -188,6 +188,7 @@ SAMPLER = {
     "empty_prompt": Rule(choice("encode", "null")),
     # windows crossfade over up to a third of a window: fewer than 8 frames leaves no room
     "max_frames": Rule(integer(8, 65536)), "window_overlap": Rule(number(0.0, 65536.0)),
+    "window_mode": Rule(choice("separate", "joint")),
 }
 MUSIC_ENCODERS = ("logmel", "basic-pitch", "hf")  # `curve.music`: the music encoders of the training curves
 CURVE = {"fps": Rule(optional(number(0.0, MAX_CURVE_FPS, lo_open=True))), "kernel": Rule(odd(integer(1, 1001))),

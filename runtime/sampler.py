@@ -325,6 +325,19 @@ class SolverTable:
     def stochastic(self) -> bool:
         return bool(np.any(self.coef[:, COEF_COLUMNS.index("cn")] != 0))
 
+    @property
+    def steps_independent(self) -> bool:
+        """No state crosses a step boundary (a step's first stage has cb = 0: no d_prev from the
+        last step), so the table can run one step at a time (`Plan.step_plan`): euler, heun,
+        pingpong; not the multistep dpmpp-2m solvers."""
+        return bool(np.all(self.coef[:: self.stages, COEF_COLUMNS.index("cb")] == 0))
+
+    def step_rows(self, k: int) -> slice:
+        """The stages (rows of `coef`, `t_model` and stage noise) of step k."""
+        if not 0 <= k < self.steps:
+            raise ValueError(f"step {k} is not in [0, {self.steps})")
+        return slice(k * self.stages, (k + 1) * self.stages)
+
 
 def _row(c_in=1.0, p=0.0, q=1.0, cx=1.0, ca=0.0, cb=0.0, cn=0.0) -> list[float]:
     return [c_in, p, q, cx, ca, cb, cn]
@@ -457,6 +470,16 @@ class Plan:
     @property
     def steps(self) -> int:
         return self.table.steps
+
+    def step_plan(self, k: int) -> Plan:
+        """Step k alone: the table's rows of that step (starting from the state after step k - 1).
+        Only for tables whose steps are independent (`SolverTable.steps_independent`)."""
+        if not self.table.steps_independent:
+            raise ValueError(f"the {self.table.solver} solver carries state across steps; it cannot run a step at a time")
+        rows = self.table.step_rows(k)
+        table = SolverTable(self.table.t_model[rows], self.table.coef[rows], self.table.stages, self.table.solver,
+                            1.0)  # the state is already scaled: x0_scale applies to the initial noise only
+        return Plan(self.options, self.guidance, table)
 
 
 # --- the loop -------------------------------------------------------------------------------

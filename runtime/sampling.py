@@ -170,6 +170,8 @@ class SamplingStage:
 
         Each window gets its slice of the whole-video curve and noise, so the result depends
         only on the seed; `render` decodes each window's own latents and crossfades them.
+        `sampler.window_mode` "joint" samples the windows together (`_joint_windows`), where the
+        solver allows it (one without state across steps); "separate" samples each alone.
         """
         (p,) = group
         cfg = self.config
@@ -186,6 +188,10 @@ class SamplingStage:
                                          None if p.neg_mask is None else p.neg_mask[None], cfg.max_seconds)
             noise = self.initial_noise(p.seed, length)
             stage_noise = self.stage_noise([p.seed], plan, length)
+            if cfg.sampler.window_mode == "joint" and plan.table.steps_independent and noise.shape[-1] == length:
+                latents = self._joint_windows(noise, stage_noise, cond, plan, plan_w, obs, group)
+                obs.end("sample", 0.0, group)
+                return [_checked(Sampled(latents[0], [(w, latents[0, :, w.start : w.end]) for w in plan_w], 1))]
             latents = np.zeros_like(noise)
             parts = []
             for w in plan_w:
@@ -200,6 +206,50 @@ class SamplingStage:
             return [e]
         obs.end("sample", 0.0, group)
         return [_checked(Sampled(latents[0], parts, 1))]
+
+
+    def _joint_windows(self, noise: np.ndarray, stage_noise: np.ndarray | None, cond: sampler.Conditioning,
+                       plan: sampler.Plan, plan_w: list, obs: Observers, group: list[Prepared]) -> np.ndarray:
+        """Latents [1, C, L] of one long video, its windows sampled jointly (MultiDiffusion, Bar-Tal
+        et al. 2023): one state x over all L frames; each step, every window takes that step from its
+        slice of x (the windows batched into one backend call, `Plan.step_plan`), and x becomes the
+        weighted mean of the windows' results over each frame (`windows.blend_weights`). Overlapping
+        windows so agree on the music where they meet, where windows sampled alone each make their
+        own. Costs the same model evaluations as separate windows, one backend call per step."""
+        spans = [(w.start, w.end) for w in plan_w]
+        weights = windows.blend_weights(plan_w)
+        total = np.zeros(noise.shape[-1], np.float64)
+        for (a, b), wt in zip(spans, weights):
+            total[a:b] += wt
+        n = len(spans)
+        rep = lambda v: None if v is None else np.repeat(v, n, axis=0)
+        batch = sampler.Conditioning(np.concatenate([cond.curve[:, :, a:b] for a, b in spans]), rep(cond.text),
+                                     rep(cond.text_mask), rep(cond.negative_text), rep(cond.negative_mask),
+                                     rep(cond.global_cond))
+        size = self.max_batch(plan) or n
+        x = noise if plan.table.x0_scale == 1.0 else noise * np.float32(plan.table.x0_scale)
+        with obs.stage("sampler", group, self.backend.synchronize):
+            for k in range(plan.steps):
+                step = plan.step_plan(k)
+                acc = np.zeros(x.shape, np.float64)
+                for c in range(0, n, size):  # windows c .. c + size - 1 in one call
+                    idx = range(c, min(c + size, n))
+                    xb = np.ascontiguousarray(np.concatenate([x[:, :, spans[i][0] : spans[i][1]] for i in idx]))
+                    part = sampler.Conditioning(*(None if f is None else f[c : c + len(idx)] for f in (
+                        batch.curve, batch.text, batch.text_mask, batch.negative_text, batch.negative_mask,
+                        batch.global_cond)))
+                    sn = None
+                    if stage_noise is not None:
+                        rows = stage_noise[plan.table.step_rows(k)]  # (stages, 1, C, L)
+                        sn = np.ascontiguousarray(np.concatenate([rows[..., spans[i][0] : spans[i][1]] for i in idx],
+                                                                 axis=1))  # (stages, windows, C, M)
+                    out = self.backend.sample(xb, part, step, None, sn)
+                    for j, i in enumerate(idx):
+                        a, b = spans[i]
+                        acc[0, :, a:b] += out[j] * weights[i]
+                x = (acc / total).astype(np.float32)
+                obs.step(k)
+        return x
 
 
 def _checked(s: Sampled) -> Sampled | BaseException:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Window", "plan_windows", "overlap_frames", "crossfade", "equal_power", "join_correlation", "overlap_add",
-           "crossfade_join"]
+           "crossfade_join", "blend_weights"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,25 @@ def plan_windows(length: int, max_frames: int, overlap: int) -> list[Window]:
         last = k == n - 1
         keep_end = s + max_frames if last else starts[k + 1] + overlap
         out.append(Window(s, s + max_frames, keep_end, 0 if k == 0 else overlap, 0 if last else overlap))
+    return out
+
+
+def blend_weights(plan: list[Window]) -> list[np.ndarray]:
+    """Per window, the weight [M] of each of its frames when joint sampling averages the windows'
+    steps (`SamplingStage`, `window_mode` "joint"): 1 inside, a linear ramp (1 / (o + 1) ... o / (o + 1))
+    over each o-frame overlap with a neighbour, so a frame near a window's edge, where that window
+    sees the least context, counts least. Every frame of [0, L) is covered with a total weight > 0."""
+    out = []
+    for i, w in enumerate(plan):
+        m = w.end - w.start
+        wt = np.ones(m, np.float64)
+        if i > 0:  # overlap with the previous window: [w.start, prev.end)
+            o = plan[i - 1].end - w.start
+            wt[:o] = np.minimum(wt[:o], np.arange(1, o + 1) / (o + 1))
+        if i + 1 < len(plan):  # overlap with the next one: [next.start, w.end)
+            o = w.end - plan[i + 1].start
+            wt[m - o :] = np.minimum(wt[m - o :], np.arange(o, 0, -1) / (o + 1))
+        out.append(wt)
     return out
 
 

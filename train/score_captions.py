@@ -59,6 +59,17 @@ _TEMPLATES = (
     "A {feel} arrangement of a {style} for {inst}, {tempo} ({bpm} bpm), in {key}{drums}{changes}",
     "{Tempo} and {feel}: {inst} performing a {style} in {key} at {bpm} bpm{drums}{changes}",
 )
+# Short captions, the length of what people type ("calm piano lullaby"): a share of the
+# clips gets one, so a short prompt is not a length the model never saw.
+SHORT_SHARE = 0.4
+_SHORT = (
+    "{feel} {tempo} {inst}",
+    "{tempo} {inst} {style}",
+    "{feel} {style} on {inst}",
+    "{inst}, {feel} and {tempo}",
+    "{tempo} {feel} {inst}{drums}",
+    "{feel} {inst}",
+)
 
 
 def _pick(rng: np.random.Generator, words):
@@ -144,7 +155,8 @@ def _changes(rng, arr, notes) -> str:
 
 
 def caption(arr, notes, rng: np.random.Generator) -> str:
-    """The caption of a `score_music.Arrangement` (`notes`: its work's)."""
+    """The caption of a `score_music.Arrangement` (`notes`: its work's): a full sentence, or
+    for a share `SHORT_SHARE` of clips a few words (instruments, tempo word, feel, style)."""
     first = arr.segments[0]
     end = arr.segments[1].start if len(arr.segments) > 1 else arr.duration_s
     tonic, minor = _segment_key(arr, notes, first, end)
@@ -158,5 +170,9 @@ def caption(arr, notes, rng: np.random.Generator) -> str:
     fields = {"feel": feel, "style": style, "key": _key_phrase(rng, tonic, minor), "inst": _instruments(rng, first.programs),
               "tempo": _pick(rng, tempo_words(arr.bpm)), "bpm": round(arr.bpm), "drums": drums,
               "changes": _changes(rng, arr, notes)}
+    if rng.random() < SHORT_SHARE:
+        short = dict(fields, inst=_pick(rng, INSTRUMENT_NAMES[first.programs[0]]),
+                     feel=fields["feel"].split(", ")[-1], drums=drums.replace(", with a ", " with a "))
+        return _articles(_pick(rng, _SHORT).format(**short))
     fields.update({k.capitalize(): str(fields[k])[:1].upper() + str(fields[k])[1:] for k in ("feel", "inst", "tempo")})
     return _articles(_pick(rng, _TEMPLATES).format(**fields))

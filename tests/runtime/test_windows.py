@@ -152,3 +152,102 @@ def test_long_generation_has_no_louder_joins(make_video, tmp_path):
     joined = result.audio[:, lo:hi].astype(np.float64)
     excess_db = 10 * np.log10(np.mean(joined**2) / (0.5 * (np.mean(prev**2) + np.mean(new**2))))
     assert abs(excess_db) < 0.3, excess_db
+
+
+@pytest.mark.parametrize(("length", "m", "o"), [(100, 40, 4), (57, 23, 7), (41, 40, 12)])
+def test_blend_weights_cover_and_ramp(length, m, o):
+    from v2m.runtime.windows import blend_weights
+
+    plan = plan_windows(length, m, o)
+    weights = blend_weights(plan)
+    total = np.zeros(length)
+    for w, wt in zip(plan, weights):
+        assert wt.shape == (w.end - w.start,) and np.all(wt > 0) and np.all(wt <= 1)
+        total[w.start : w.end] += wt
+    assert np.all(total > 0)
+    if len(plan) == 1:
+        np.testing.assert_array_equal(weights[0], 1.0)
+    for a, b, wa, wb in zip(plan, plan[1:], weights, weights[1:]):
+        ov = a.end - b.start
+        assert np.all(np.diff(wa[-ov:]) < 0) and np.all(np.diff(wb[:ov]) > 0)  # edges count least
+        np.testing.assert_allclose(wa[-ov:] + wb[:ov], 1.0)  # a symmetric ramp: the pair sums to 1
+
+
+def _context_velocity(x, curve):
+    """A model whose velocity depends on the whole window: the curve minus the window's mean."""
+    return curve[:, None, :] - x.mean(axis=-1, keepdims=True)
+
+
+def _fake_sample(noise, cond, plan, on_step=None, stage_noise=None):
+    """Euler on `_context_velocity` over the plan's table (its `ca` column is dt)."""
+    x = noise.astype(np.float64)
+    for row in plan.table.coef:
+        x = x + float(row[4]) * _context_velocity(x, cond.curve[:, 0, :].astype(np.float64))
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("mode", ["joint", "separate"])
+def test_joint_windows_against_a_plain_loop(tiny_bundle, make_video, tmp_path, mode):
+    """`window_mode` joint on a context-dependent model against a plain loop written here: one
+    state over the video, every window's Euler step from its slice, frames averaged with weights
+    that ramp linearly over each overlap. Separate windows (each alone, then cut at the hand-over)
+    differ from it where windows overlap."""
+    from v2m.runtime import Pipeline, sampler
+    from v2m.runtime.request import Request
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "b40")
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["sampler"].update(max_frames=40, window_mode="joint")
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    clip = make_video("long.mp4", duration_s=8.0, cuts=(2.0, 5.0))
+    pipe = Pipeline.from_pretrained(bundle)
+    pipe.config.sampler.window_mode = mode
+    pipe.backend.sample = _fake_sample
+    steps = 5
+    prepared = pipe.prepare(clip, Request(seed=4, steps=steps))
+    (got,) = pipe.sample([prepared])
+    length = prepared.length
+    plan = plan_windows(length, 40, overlap_frames(40, pipe.config.sampler.window_overlap))
+    assert len(plan) >= 2 and got.latents.shape[-1] == length
+
+    x = sampler.initial_noise(4, (1, pipe.config.latent_channels, length)).astype(np.float64)
+    curve = prepared.curve.astype(np.float64)[None]
+    ts = sampler.time_grid(steps)
+    for dt in np.diff(ts):
+        acc, tot = np.zeros_like(x), np.zeros(length)
+        for i, w in enumerate(plan):
+            xw = x[..., w.start : w.end]
+            new = xw + dt * _context_velocity(xw, curve[:, w.start : w.end])
+            for f in range(w.start, w.end):  # the frame's weight: its distance into each overlap
+                wt = 1.0
+                if i > 0 and f < plan[i - 1].end:
+                    wt = min(wt, (f - w.start + 1) / (plan[i - 1].end - w.start + 1))
+                if i + 1 < len(plan) and f >= plan[i + 1].start:
+                    wt = min(wt, (w.end - f) / (w.end - plan[i + 1].start + 1))
+                acc[..., f] += wt * new[..., f - w.start]
+                tot[f] += wt
+        x = acc / tot
+    if mode == "joint":
+        np.testing.assert_allclose(got.latents, x[0], rtol=1e-4, atol=1e-4)
+        for w, lat in got.windows:  # render decodes the shared state's window slices
+            np.testing.assert_array_equal(lat, got.latents[:, w.start : w.end])
+    else:
+        a, b = plan[0], plan[1]
+        ov = slice(b.start, a.end)
+        assert np.abs(got.latents[:, ov] - x[0][:, ov]).max() > 1e-2
+
+
+def test_step_plans_rebuild_the_whole_table():
+    from v2m.runtime import sampler
+
+    for solver in ("euler", "heun"):
+        plan = sampler.Plan.make(sampler.SamplerOptions(steps=6, solver=solver))
+        assert plan.table.steps_independent
+        parts = [plan.step_plan(k).table for k in range(6)]
+        np.testing.assert_array_equal(np.concatenate([t.coef for t in parts]), plan.table.coef)
+        np.testing.assert_array_equal(np.concatenate([t.t_model for t in parts]), plan.table.t_model)
+        assert all(t.steps == 1 and t.stages == plan.table.stages for t in parts)
+    two_m = sampler.sigma_table(np.array([10.0, 3.0, 1.0, 0.3, 0.0]), "dpmpp-2m", "v")
+    assert not two_m.steps_independent  # d_prev crosses steps: no step plans
+    with pytest.raises(ValueError, match="across steps"):
+        sampler.Plan(sampler.SamplerOptions(steps=4), sampler.guidance(sampler.SamplerOptions(steps=4)), two_m).step_plan(0)

@@ -156,9 +156,26 @@ def test_captions_name_the_rendered_instruments_and_tempo(midi_folder):
         arr, cap = clip.arrangement, clip.caption.lower()
         names = {n.lower() for p in arr.segments[0].programs for n in score_captions.INSTRUMENT_NAMES[p]}
         assert any(n in cap for n in names), cap
-        assert f"{round(arr.bpm)} bpm" in cap, cap
-        assert any(w in cap for w in score_captions.tempo_words(arr.bpm)), cap
+        short = len(cap.split()) <= 10  # a short caption (SHORT_SHARE) names no bpm
+        assert short or f"{round(arr.bpm)} bpm" in cap, cap
+        assert any(w in cap for w in score_captions.tempo_words(arr.bpm)) or short, cap
     assert len({c.caption.split()[0] for c in clips}) > 1  # not one template
+
+
+def test_a_share_of_captions_is_short_and_says_what_was_rendered(monkeypatch):
+    """Short captions (a few words, as people type) for about SHORT_SHARE of the clips, each
+    naming the first instrument; the rest are full sentences with the bpm."""
+    from types import SimpleNamespace as NS
+
+    monkeypatch.setattr(score_captions, "_segment_key", lambda *a: (9, False))  # A major, no notes needed
+    seg = NS(programs=[73, 42], drums=None, dynamics=3, start=0.0)
+    arr = NS(segments=[seg], duration_s=4.0, bpm=140.0, events=[], work=NS(style=("folk tune",)))
+    caps = [score_captions.caption(arr, None, np.random.default_rng(i)) for i in range(400)]
+    short = [c for c in caps if "bpm" not in c.lower()]
+    assert abs(len(short) / len(caps) - score_captions.SHORT_SHARE) < 0.08
+    assert all(len(c.split()) <= 10 and "flute" in c and "cello" not in c for c in short), short[:5]
+    assert all("140 bpm" in c.lower() and "cello" in c for c in caps if c not in short)
+    assert len(set(short)) > 10  # varied words and templates
 
 
 @needs_fluidsynth
