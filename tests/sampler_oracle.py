@@ -39,7 +39,10 @@ def oracle_sample(
     use_curve: bool = True,
     curve_guidance: float = 0.0,
     uncond_keeps_curve: bool = True,
+    windows: list[tuple[int, int, np.ndarray]] | None = None,
 ) -> np.ndarray:
+    """`windows` [(start, end, frame weights)]: joint windows, each step taken by every window on
+    its slice of the state and the results averaged per frame with the weights (MultiDiffusion)."""
     f64 = lambda a: torch.from_numpy(np.asarray(a)).double()
     dit = copy.deepcopy(dit).double()  # the caller's model is left as it was
     x = f64(noise)
@@ -49,7 +52,7 @@ def oracle_sample(
     e_u, m_u = (f64(negative[0]), f64(negative[1])) if negative is not None else (torch.zeros_like(e), m)
     b = x.shape[0]
 
-    def v(x, t):
+    def v(x, t, c, c_u):
         tt = torch.full((b,), float(t), dtype=torch.float64)
         v_c = dit(x, c, tt, e, m)
         v_u = dit(x, c_u, tt, e_u, m_u)
@@ -59,17 +62,27 @@ def oracle_sample(
             out = out + curve_guidance * (v_c - v_n)
         return out
 
-    ts = oracle_grid(steps, shift)
-    for i in range(steps):
+    def step(x, i, c, c_u):
         dt = ts[i + 1] - ts[i]
         if solver == "euler":
-            x = x + dt * v(x, ts[i])
-        elif solver == "heun":
-            k1 = v(x, ts[i])
-            k2 = v(x + dt * k1, ts[i + 1])
-            x = x + dt / 2 * (k1 + k2)
-        else:
-            raise ValueError(solver)
+            return x + dt * v(x, ts[i], c, c_u)
+        if solver == "heun":
+            k1 = v(x, ts[i], c, c_u)
+            k2 = v(x + dt * k1, ts[i + 1], c, c_u)
+            return x + dt / 2 * (k1 + k2)
+        raise ValueError(solver)
+
+    ts = oracle_grid(steps, shift)
+    for i in range(steps):
+        if windows is None:
+            x = step(x, i, c, c_u)
+            continue
+        acc, tot = torch.zeros_like(x), torch.zeros(x.shape[-1], dtype=torch.float64)
+        for a, z, wt in windows:
+            w = torch.from_numpy(np.asarray(wt, np.float64))
+            acc[..., a:z] += w * step(x[..., a:z], i, c[..., a:z], c_u[..., a:z])
+            tot[a:z] += w
+        x = acc / tot
     return x.float().numpy()
 
 
