@@ -43,10 +43,12 @@ PROMPTS = (
     "slow 90 bpm minor groove, half time drums, warm pad, bass",
     "medium 110 bpm major groove, sparse drums, bright pad, bass",
 )
-# Prompts in words absent from every caption (tests/runtime/test_prompt_following.py checks the words).
+# Prompts in words absent from every caption of both corpora, the synthetic grooves' and the score
+# corpus's (tests/runtime/test_prompt_following.py checks the words; until 2026-12-08 two of them had
+# score-caption words, "calm" and "frantic").
 FREE_PROMPTS = (
-    "calm sleepy lullaby",
-    "frantic energetic techno",
+    "sleepy drowsy lullaby",
+    "energetic techno rave",
     "shimmering glassy bells",
     "deep rumbling tuba",
 )

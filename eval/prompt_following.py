@@ -57,11 +57,11 @@ CAPTION_PAIRS = (
     PromptPair(_GROOVE.format(drums="backbeat", pad="bright"), _GROOVE.format(drums="half time", pad="bright"),
                {"onset_rate": -1}),
 )
-FREE_PAIRS = (
-    PromptPair("calm sleepy lullaby", "frantic energetic techno", {"tempo": +1, "onset_rate": +1}, "free"),
-    PromptPair("dark muffled cello", "shimmering glassy bells", {"centroid": +1}, "free"),
-    PromptPair("quiet ambient drone", "busy rapid drumming", {"onset_rate": +1}, "free"),
-    PromptPair("sparkling airy flute solo", "deep rumbling tuba", {"centroid": -1}, "free"),
+FREE_PAIRS = (  # no word of either corpus's captions (synth_music, score_captions.caption_words: a test)
+    PromptPair("sleepy drowsy lullaby", "energetic techno rave", {"tempo": +1, "onset_rate": +1}, "free"),
+    PromptPair("muffled murky rumble", "shimmering glassy bells", {"centroid": +1}, "free"),
+    PromptPair("still ambient drone", "busy rapid drumming", {"onset_rate": +1}, "free"),
+    PromptPair("sparkling twinkly piccolo", "deep rumbling tuba", {"centroid": -1}, "free"),
 )
 PAIRS = CAPTION_PAIRS + FREE_PAIRS
 

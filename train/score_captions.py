@@ -17,7 +17,7 @@ import numpy as np
 
 from .score_corpus import window
 
-__all__ = ["DYNAMICS", "INSTRUMENT_NAMES", "DRUM_WORDS", "tempo_words", "estimate_key", "caption"]
+__all__ = ["DYNAMICS", "INSTRUMENT_NAMES", "DRUM_WORDS", "tempo_words", "estimate_key", "caption", "caption_words"]
 
 INSTRUMENT_NAMES: dict[int, tuple[str, ...]] = {
     0: ("piano", "grand piano", "acoustic piano", "keys"), 4: ("electric piano", "Rhodes-style keys", "e-piano"),
@@ -176,3 +176,25 @@ def caption(arr, notes, rng: np.random.Generator) -> str:
         return _articles(_pick(rng, _SHORT).format(**short))
     fields.update({k.capitalize(): str(fields[k])[:1].upper() + str(fields[k])[1:] for k in ("feel", "inst", "tempo")})
     return _articles(_pick(rng, _TEMPLATES).format(**fields))
+
+
+# Every literal the caption code below and above writes besides its word tables.
+_LITERALS = ("minor major the key of a dark minor key a bright major key then later switching to drums come in "
+             "the drums enter drums drop out the drums stop a sudden swell crescendo burst drop hush fall to "
+             "a new section in more others piece tune melody with a an and bpm")
+
+
+def caption_words() -> set[str]:
+    """Every word (lower case, letters only) a score caption can contain: the word tables, the
+    templates, the corpus's style words. Prompts "with no caption word" are checked against it."""
+    from .score_corpus import _FOLDERS
+
+    texts = [_LITERALS, *_TEMPLATES, *_SHORT, *DYNAMICS, *_NOTE, *_LOUD, *_SOFT]
+    texts += [w for names in INSTRUMENT_NAMES.values() for w in names]
+    texts += [w for words in (*DRUM_WORDS.values(), *_FEEL.values()) for w in words]
+    texts += [w for bpm in (60, 90, 110, 140, 170) for w in tempo_words(bpm)]
+    texts += [w for _, styles in _FOLDERS.values() for w in styles]
+    words = set()
+    for t in texts:
+        words |= set(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", t).lower()))
+    return words

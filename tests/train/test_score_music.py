@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -176,6 +178,8 @@ def test_a_share_of_captions_is_short_and_says_what_was_rendered(monkeypatch):
     assert all(len(c.split()) <= 10 and "flute" in c and "cello" not in c for c in short), short[:5]
     assert all("140 bpm" in c.lower() and "cello" in c for c in caps if c not in short)
     assert len(set(short)) > 10  # varied words and templates
+    words = score_captions.caption_words()  # complete: what "a word no caption has" is checked against
+    assert all(set(re.findall(r"[a-z]+", c.lower())) <= words for c in caps)
 
 
 @needs_fluidsynth
