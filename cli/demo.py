@@ -144,7 +144,7 @@ def register(sub) -> None:
     d.add_argument("--workdir", default=None,
                    help="keep the bundle and test clip in this folder (default: a temporary folder, removed)")
     d.add_argument("--duration", type=float, default=10.0, help="test clip length in seconds, in (0, 600]")
-    d.add_argument("--prompt", default="medium 120 bpm major groove, backbeat drums, warm pad, bass", help="text prompt")
+    d.add_argument("--prompt", default="a calm piano and strings piece", help="text prompt (free text; \"\" for none)")
     d.add_argument("--plot", default=None, metavar="PNG",
                    help="also save the video curve, the output's music curve (with and without the curve) and "
                         "the cuts (matplotlib; a second generation with --no-curve) (default: none)")

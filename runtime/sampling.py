@@ -207,7 +207,6 @@ class SamplingStage:
         obs.end("sample", 0.0, group)
         return [_checked(Sampled(latents[0], parts, 1))]
 
-
     def _joint_windows(self, noise: np.ndarray, stage_noise: np.ndarray | None, cond: sampler.Conditioning,
                        plan: sampler.Plan, plan_w: list, obs: Observers, group: list[Prepared]) -> np.ndarray:
         """Latents [1, C, L] of one long video, its windows sampled jointly (MultiDiffusion, Bar-Tal

@@ -226,14 +226,15 @@ def test_a_dropped_prompt_is_the_samplers_null_branch(tmp_path):
 
 
 def test_bad_options_and_bases_are_one_line(music, base, tmp_path, capsys):
-    demo = Path(__file__).resolve().parents[2] / "runtime" / "demo_bundle"
+    no_encoder = Path(shutil.copytree(base, tmp_path / "no-encoder"))  # a bundle that cannot encode music
+    (no_encoder / "vae_encoder.safetensors").unlink()
     cases = [(["--lr", "0"], "--lr"), (["--lora-rank", "-1"], "--lora-rank"), (["--steps", "0"], "--steps"),
              (["--batch-size", "0"], "--batch-size"), (["--seed", "-1"], "--seed"), (["--threads", "0"], "--threads")]
     for extra, flag in cases:
         assert main(["train", "finetune", "--base", str(base), "--audio", str(music), "-o", str(tmp_path / "x"), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and flag in err[0]
-    assert main(["train", "finetune", "--base", str(demo), "--audio", str(music), "-o", str(tmp_path / "x")]) == 2
+    assert main(["train", "finetune", "--base", str(no_encoder), "--audio", str(music), "-o", str(tmp_path / "x")]) == 2
     assert "vae_encoder" in capsys.readouterr().err
     assert main(["train", "finetune", "--base", str(base), "--audio", str(tmp_path / "nope"), "-o", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
