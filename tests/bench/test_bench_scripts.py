@@ -125,10 +125,14 @@ def test_bench_alignment_rows(tmp_path):
                 "--prompt-videos", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "alignment.jsonl").read_text().splitlines()]
-    # the bundle's default (the demo bundle's curve guidance 1), then the asked-for weight 0
-    caption = ["--no-curve", "curve (bundle: guidance 1)", "curve, guidance 0"]
+    # the bundle's default (the demo bundle's curve guidance), then the asked-for weight 0
+    from v2m.core.bundle import load_config
+    from v2m.runtime.demo import demo_bundle_path
+
+    w = load_config(demo_bundle_path()).sampler.curve_guidance
+    caption = ["--no-curve", f"curve (bundle: guidance {w:g})", "curve, guidance 0"]
     assert [r["variant"] for r in rows] == [*caption, *(v + " [free words]" for v in caption), "prompt following"]
-    assert [r["curve_guidance"] for r in rows[:3]] == [None, 1.0, 0.0]
+    assert [r["curve_guidance"] for r in rows[:3]] == [None, w, 0.0]
     for r in rows[:6]:
         for key in ("corr", "cut_hits", "flatness", "targets", "videos", "steps", "commit", "device", "torch", "numpy",
                     "lr_corr", "mono_db", "frechet", "frechet_floor", "prompts"):

@@ -151,7 +151,13 @@ def test_info_model_shows_the_sampler_defaults(capsys):
     rc, out, _ = _run(capsys, "info", "--model", "demo", "--json")
     assert rc == 0
     m = json.loads(out)["model"]
-    assert (m["steps"], m["cfg_scale"], m["curve_guidance"], m["solver"]) == (32, 2.0, 1.0, "euler")
+    from v2m.core.bundle import load_config
+    from v2m.runtime.demo import demo_bundle_path
+
+    sc = load_config(demo_bundle_path()).sampler  # the bundle's, not the sampler's generic defaults (96, 4.0, 0)
+    assert (m["steps"], m["cfg_scale"], m["curve_guidance"], m["solver"]) == (sc.steps, sc.cfg_scale,
+                                                                            sc.curve_guidance, sc.solver)
+    assert (sc.steps, sc.cfg_scale, sc.curve_guidance) == (32, 2.0, 3.0)
 
 
 def test_info_prints_readable_values(capsys):
