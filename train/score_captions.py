@@ -178,7 +178,7 @@ def caption(arr, notes, rng: np.random.Generator) -> str:
     return _articles(_pick(rng, _TEMPLATES).format(**fields))
 
 
-# Every literal the caption code below and above writes besides its word tables.
+# Every literal the caption code above writes besides its word tables.
 _LITERALS = ("minor major the key of a dark minor key a bright major key then later switching to drums come in "
              "the drums enter drums drop out the drums stop a sudden swell crescendo burst drop hush fall to "
              "a new section in more others piece tune melody with a an and bpm")
