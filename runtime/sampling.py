@@ -104,8 +104,7 @@ class SamplingStage:
         if n > length:
             pad = np.zeros((*cond.curve.shape[:2], n - length), np.float32)
             cond = dataclasses.replace(cond, curve=np.concatenate([cond.curve, pad], axis=-1))
-        x0 = noise if plan.table.x0_scale == 1.0 else (noise * np.float32(plan.table.x0_scale))
-        return self.backend.sample(x0, cond, plan, on_step, stage_noise)[:, :, :length]
+        return self.backend.sample(_initial_state(noise, plan), cond, plan, on_step, stage_noise)[:, :, :length]
 
     def max_batch(self, plan: sampler.Plan) -> int | None:
         """Videos one backend call may take under `plan` (None: unbounded)."""
@@ -214,29 +213,31 @@ class SamplingStage:
         slice of x (the windows batched into one backend call, `Plan.step_plan`), and x becomes the
         weighted mean of the windows' results over each frame (`windows.blend_weights`). Overlapping
         windows so agree on the music where they meet, where windows sampled alone each make their
-        own. Costs the same model evaluations as separate windows, one backend call per step."""
+        own. Costs the same model evaluations as separate windows, in one backend call per step
+        (and chunk of the engine's batch). Engines that keep per-schedule state (ONNX Runtime's and
+        TensorRT's bindings, captured CUDA graphs) set up each step's one-step table anew: the mode
+        is for long-video quality, not speed."""
         spans = [(w.start, w.end) for w in plan_w]
         weights = windows.blend_weights(plan_w)
         total = np.zeros(noise.shape[-1], np.float64)
         for (a, b), wt in zip(spans, weights):
             total[a:b] += wt
-        n = len(spans)
-        rep = lambda v: None if v is None else np.repeat(v, n, axis=0)
-        batch = sampler.Conditioning(np.concatenate([cond.curve[:, :, a:b] for a, b in spans]), rep(cond.text),
-                                     rep(cond.text_mask), rep(cond.negative_text), rep(cond.negative_mask),
-                                     rep(cond.global_cond))
-        size = self.max_batch(plan) or n
-        x = noise if plan.table.x0_scale == 1.0 else noise * np.float32(plan.table.x0_scale)
+        # the windows in chunks of the engine's batch, each chunk's conditioning made once
+        size = self.max_batch(plan) or len(spans)
+        chunks = []
+        for c in range(0, len(spans), size):
+            idx = range(c, min(c + size, len(spans)))
+            shared = [None if v is None else np.repeat(v, len(idx), axis=0) for v in (
+                cond.text, cond.text_mask, cond.negative_text, cond.negative_mask, cond.global_cond)]
+            curve = np.concatenate([cond.curve[:, :, spans[i][0] : spans[i][1]] for i in idx])  # (windows, 1, M)
+            chunks.append((idx, sampler.Conditioning(curve, *shared)))
+        x = _initial_state(noise, plan)
         with obs.stage("sampler", group, self.backend.synchronize):
             for k in range(plan.steps):
                 step = plan.step_plan(k)
                 acc = np.zeros(x.shape, np.float64)
-                for c in range(0, n, size):  # windows c .. c + size - 1 in one call
-                    idx = range(c, min(c + size, n))
+                for idx, part in chunks:
                     xb = np.ascontiguousarray(np.concatenate([x[:, :, spans[i][0] : spans[i][1]] for i in idx]))
-                    part = sampler.Conditioning(*(None if f is None else f[c : c + len(idx)] for f in (
-                        batch.curve, batch.text, batch.text_mask, batch.negative_text, batch.negative_mask,
-                        batch.global_cond)))
                     sn = None
                     if stage_noise is not None:
                         rows = stage_noise[plan.table.step_rows(k)]  # (stages, 1, C, L)
@@ -249,6 +250,12 @@ class SamplingStage:
                 x = (acc / total).astype(np.float32)
                 obs.step(k)
         return x
+
+
+def _initial_state(noise: np.ndarray, plan: sampler.Plan) -> np.ndarray:
+    """The sampler's initial state: the noise scaled by the table's `x0_scale` (v-diffusion starts
+    at sigma_max)."""
+    return noise if plan.table.x0_scale == 1.0 else noise * np.float32(plan.table.x0_scale)
 
 
 def _checked(s: Sampled) -> Sampled | BaseException:

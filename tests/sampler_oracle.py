@@ -86,6 +86,22 @@ def oracle_sample(
     return x.float().numpy()
 
 
+def oracle_window_weights(plan) -> list[np.ndarray]:
+    """Each window's frame weights for joint windows, written out frame by frame: 1, and inside
+    an overlap of o frames with a neighbour, the frame's distance into it over o + 1 (counted from
+    the window's own edge). `plan`: windows with `start` and `end`."""
+    out = []
+    for i, w in enumerate(plan):
+        wt = np.ones(w.end - w.start)
+        for f in range(w.start, w.end):
+            if i > 0 and f < plan[i - 1].end:
+                wt[f - w.start] = min(wt[f - w.start], (f - w.start + 1) / (plan[i - 1].end - w.start + 1))
+            if i + 1 < len(plan) and f >= plan[i + 1].start:
+                wt[f - w.start] = min(wt[f - w.start], (w.end - f) / (w.end - plan[i + 1].start + 1))
+        out.append(wt)
+    return out
+
+
 def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.max(np.abs(got.astype(np.float64) - ref)) / max(np.max(np.abs(ref)), 1e-30))
 

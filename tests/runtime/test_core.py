@@ -12,7 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from sampler_oracle import oracle_sample, rel_err
+from sampler_oracle import oracle_sample, oracle_window_weights, rel_err
 
 from v2m.core.errors import InputError, NumericalError
 from v2m.runtime import sampler, windows
@@ -131,15 +131,7 @@ def test_joint_windows_match_the_plain_loop(windowed_bundle, oracle_dit, make_vi
     plan = windows.plan_windows(p.length, cfg.sampler.max_frames,
                                 windows.overlap_frames(cfg.sampler.max_frames, cfg.sampler.window_overlap))
     assert len(plan) >= 3
-    spans = []
-    for i, w in enumerate(plan):
-        wt = np.ones(w.end - w.start)
-        for f in range(w.start, w.end):
-            if i > 0 and f < plan[i - 1].end:
-                wt[f - w.start] = min(wt[f - w.start], (f - w.start + 1) / (plan[i - 1].end - w.start + 1))
-            if i + 1 < len(plan) and f >= plan[i + 1].start:
-                wt[f - w.start] = min(wt[f - w.start], (w.end - f) / (w.end - plan[i + 1].start + 1))
-        spans.append((w.start, w.end, wt))
+    spans = [(w.start, w.end, wt) for w, wt in zip(plan, oracle_window_weights(plan))]
     noise = sampler.initial_noise(9, (1, cfg.latent_channels, p.length))
     o = p.options
     want = oracle_sample(oracle_dit, noise, p.curve[None, None], p.emb[None], p.mask[None], steps=o.steps,

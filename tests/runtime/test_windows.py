@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from sampler_oracle import oracle_window_weights
 
 from v2m.runtime.windows import (
     crossfade,
@@ -165,6 +166,8 @@ def test_blend_weights_cover_and_ramp(length, m, o):
         assert wt.shape == (w.end - w.start,) and np.all(wt > 0) and np.all(wt <= 1)
         total[w.start : w.end] += wt
     assert np.all(total > 0)
+    for got, want in zip(weights, oracle_window_weights(plan)):  # the frame-by-frame oracle
+        np.testing.assert_allclose(got, want)
     if len(plan) == 1:
         np.testing.assert_array_equal(weights[0], 1.0)
     for a, b, wa, wb in zip(plan, plan[1:], weights, weights[1:]):
@@ -213,19 +216,13 @@ def test_joint_windows_against_a_plain_loop(tiny_bundle, make_video, tmp_path, m
     x = sampler.initial_noise(4, (1, pipe.config.latent_channels, length)).astype(np.float64)
     curve = prepared.curve.astype(np.float64)[None]
     ts = sampler.time_grid(steps)
+    weights = oracle_window_weights(plan)
     for dt in np.diff(ts):
         acc, tot = np.zeros_like(x), np.zeros(length)
-        for i, w in enumerate(plan):
+        for w, wt in zip(plan, weights):
             xw = x[..., w.start : w.end]
-            new = xw + dt * _context_velocity(xw, curve[:, w.start : w.end])
-            for f in range(w.start, w.end):  # the frame's weight: its distance into each overlap
-                wt = 1.0
-                if i > 0 and f < plan[i - 1].end:
-                    wt = min(wt, (f - w.start + 1) / (plan[i - 1].end - w.start + 1))
-                if i + 1 < len(plan) and f >= plan[i + 1].start:
-                    wt = min(wt, (w.end - f) / (w.end - plan[i + 1].start + 1))
-                acc[..., f] += wt * new[..., f - w.start]
-                tot[f] += wt
+            acc[..., w.start : w.end] += wt * (xw + dt * _context_velocity(xw, curve[:, w.start : w.end]))
+            tot[w.start : w.end] += wt
         x = acc / tot
     if mode == "joint":
         np.testing.assert_allclose(got.latents, x[0], rtol=1e-4, atol=1e-4)
