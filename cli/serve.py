@@ -46,12 +46,15 @@ def serve_config(args):
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before the model loads: a port in use is one line (exit 2),
+    """The listening socket, bound and listening before the model loads: a port in use is one line (exit 2),
     and `--port 0` learns its port here (uvicorn serves on this socket)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)  # as uvicorn would
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        # listening from here on: a client that connects once the URL is printed waits in the
+        # backlog until uvicorn serves (it listened only when the server started: refused before)
+        sock.listen(2048)  # uvicorn's default backlog
     except OSError as e:
         sock.close()
         raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e}); check --host, pick another "
